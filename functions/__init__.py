@@ -1,0 +1,1 @@
+"""One small stateless Starlette app per endpoint group; each module exposes ``routes`` and ``app``."""

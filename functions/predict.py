@@ -1,0 +1,111 @@
+"""Predictions: base keywords and styles, and every custom model, on uploads or stored images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from shared.catalog import HeadCache
+from shared.context import Services, get_services
+from shared.embeddings import embed_stored_images
+from shared.errors import not_found
+from shared.http import create_app, read_upload
+from shared.images import decode_image
+from shared.models.backbone import Features
+from shared.models.keywords import base_keywords
+from shared.models.styles import matched_styles, style_scores
+from shared.names import validate_image_id, validate_tag
+
+heads = HeadCache()
+
+
+def _custom(services: Services, embedding: np.ndarray, tag: str | None = None) -> dict[str, Any]:
+    matrix = heads.current(services)
+    if tag is not None and tag not in matrix.index:
+        raise not_found("unknown_tag", f"Tag '{tag}' has no trained model.")
+    scores = matrix.scores(embedding[None, :])[0]
+    return matrix.describe(scores, [tag] if tag is not None else None)
+
+
+def _single(tag: str, custom: dict[str, Any]) -> dict[str, Any]:
+    return {"tag": tag, **custom[tag]}
+
+
+async def _embed_upload(request: Request) -> tuple[Services, Features, Any]:
+    services = get_services()
+    settings = services.settings
+    data = await read_upload(request, settings.max_upload_bytes)
+    decoded = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
+    features = await run_in_threadpool(services.backbone.embed, [decoded.image])
+    return services, features, decoded.image
+
+
+def _tag_param(services: Services, request: Request) -> str:
+    return validate_tag(request.path_params["tag"], services.settings.max_tag_length)
+
+
+async def predict_all(request: Request) -> JSONResponse:
+    services, features, image = await _embed_upload(request)
+    styles = await run_in_threadpool(style_scores, image)
+    custom = await run_in_threadpool(_custom, services, features.embeddings[0])
+    return JSONResponse(
+        {
+            "keywords": base_keywords(features.logits[0], services.settings.keyword_threshold),
+            "styles": matched_styles(styles),
+            "style_scores": styles,
+            "custom": custom,
+        }
+    )
+
+
+async def predict_custom(request: Request) -> JSONResponse:
+    services, features, _ = await _embed_upload(request)
+    custom = await run_in_threadpool(_custom, services, features.embeddings[0])
+    return JSONResponse({"custom": custom})
+
+
+async def predict_custom_tag(request: Request) -> JSONResponse:
+    services = get_services()
+    tag = _tag_param(services, request)
+    if tag not in heads.current(services).index:  # refuse before the upload is decoded
+        raise not_found("unknown_tag", f"Tag '{tag}' has no trained model.")
+    services, features, _ = await _embed_upload(request)
+    custom = await run_in_threadpool(_custom, services, features.embeddings[0], tag)
+    return JSONResponse(_single(tag, custom))
+
+
+def _stored_embedding(services: Services, image_id: str) -> np.ndarray:
+    if not services.registry.image_exists(image_id):
+        raise not_found("unknown_image", f"No image with id '{image_id}'.")
+    settings = services.settings
+    return embed_stored_images(services.store, services.backbone, [image_id], settings.max_image_pixels)[0]
+
+
+def predict_added(request: Request) -> JSONResponse:
+    services = get_services()
+    image_id = validate_image_id(request.path_params["image_id"])
+    custom = _custom(services, _stored_embedding(services, image_id))
+    return JSONResponse({"image_id": image_id, "custom": custom})
+
+
+def predict_added_tag(request: Request) -> JSONResponse:
+    services = get_services()
+    tag = _tag_param(services, request)
+    image_id = validate_image_id(request.path_params["image_id"])
+    custom = _custom(services, _stored_embedding(services, image_id), tag)
+    return JSONResponse({"image_id": image_id, **_single(tag, custom)})
+
+
+routes = [
+    Route("/predict", predict_all, methods=["POST"]),
+    Route("/predict/custom", predict_custom, methods=["POST"]),
+    Route("/predict/custom/{tag:path}", predict_custom_tag, methods=["POST"]),
+    Route("/custom/predict/{image_id}", predict_added, methods=["GET"]),
+    Route("/custom/predict/{tag}/{image_id}", predict_added_tag, methods=["GET"]),
+]
+app = create_app(routes)

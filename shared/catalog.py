@@ -1,0 +1,88 @@
+"""Model versions: archives in the object store, pointers in Redis, heads stacked for predict."""
+
+from __future__ import annotations
+
+import threading
+
+from shared.context import Services
+from shared.models.archive import ModelRecord, pack, unpack
+from shared.models.heads import HeadMatrix
+from shared.registry import ModelPointer
+from shared.store import ObjectNotFound
+
+
+def model_key(tag: str, version: int) -> str:
+    return f"models/{tag}/v{version}.tar"
+
+
+def save_version(services: Services, record: ModelRecord) -> ModelPointer:
+    """Write the record as the tag's next version archive; nothing points at it yet."""
+    version = services.registry.next_version(record.tag)
+    record = ModelRecord(
+        tag=record.tag,
+        version=version,
+        threshold=record.threshold,
+        trained_at=record.trained_at,
+        head=record.head,
+        metrics=record.metrics,
+    )
+    key = model_key(record.tag, version)
+    services.store.put(key, pack([record], services.spec.id, services.spec.embedding_size))
+    return ModelPointer(
+        tag=record.tag,
+        version=version,
+        key=key,
+        threshold=record.threshold,
+        trained_at=record.trained_at,
+        metrics=record.metrics,
+    )
+
+
+def load_version(services: Services, pointer: ModelPointer) -> ModelRecord:
+    spec = services.spec
+    (record,) = unpack(services.store.get(pointer.key), spec.id, spec.embedding_size, services.archive_limits)
+    return record
+
+
+def delete_tag(services: Services, tag: str) -> None:
+    """Forget the tag's examples and model pointer, then remove its archives."""
+    services.registry.delete_tag(tag)
+    for key in list(services.store.list(f"models/{tag}/")):
+        services.store.delete(key)
+
+
+class HeadCache:
+    """The current heads of every tag as one matrix, reloaded only when the generation moves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._records: dict[str, ModelRecord] = {}
+        self._matrix = HeadMatrix([], [], [], [])
+
+    def current(self, services: Services) -> HeadMatrix:
+        generation = services.registry.generation()
+        if generation == self._generation:
+            return self._matrix
+        with self._lock:
+            if generation != self._generation:
+                self._reload(services, generation)
+            return self._matrix
+
+    def _reload(self, services: Services, generation: int) -> None:
+        records: dict[str, ModelRecord] = {}
+        for tag, pointer in services.registry.models().items():
+            cached = self._records.get(pointer.key)
+            if cached is None:
+                try:
+                    cached = load_version(services, pointer)
+                except ObjectNotFound:
+                    continue  # deleted between the pointer read and the load; next generation fixes it
+            records[pointer.key] = cached
+        ordered = sorted(records.values(), key=lambda r: r.tag)
+        self._matrix = HeadMatrix(
+            [r.tag for r in ordered], [r.head for r in ordered], [r.threshold for r in ordered],
+            [r.version for r in ordered],
+        )
+        self._records = records
+        self._generation = generation

@@ -1,0 +1,70 @@
+"""Embeddings of stored images, computed in batches and cached in the object store."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+
+from shared.images import decode_image
+from shared.models.backbone import Backbone
+from shared.store import ObjectNotFound, ObjectStore
+
+
+def image_key(image_id: str) -> str:
+    return f"images/{image_id}"
+
+
+def embedding_key(backbone_id: str, image_id: str) -> str:
+    return f"embeddings/{backbone_id}/{image_id}.npy"
+
+
+def _to_bytes(vector: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, vector.astype(np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _from_bytes(data: bytes, size: int) -> np.ndarray | None:
+    try:
+        vector = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError:
+        return None
+    return vector if vector.shape == (size,) and vector.dtype == np.float32 else None
+
+
+def embed_stored_images(
+    store: ObjectStore,
+    backbone: Backbone,
+    image_ids: list[str],
+    max_pixels: int,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """(N, D) embeddings of stored images: cached ones are read, the rest computed in batches and cached."""
+    result = np.zeros((len(image_ids), backbone.embedding_size), dtype=np.float32)
+    missing: list[int] = []
+    for i, image_id in enumerate(image_ids):
+        try:
+            cached = _from_bytes(store.get(embedding_key(backbone.id, image_id)), backbone.embedding_size)
+        except ObjectNotFound:
+            cached = None
+        if cached is None:
+            missing.append(i)
+        else:
+            result[i] = cached
+    done = len(image_ids) - len(missing)
+    if progress:
+        progress(done, len(image_ids))
+    for start in range(0, len(missing), batch_size):
+        batch = missing[start : start + batch_size]
+        images = [decode_image(store.get(image_key(image_ids[i])), max_pixels).image for i in batch]
+        vectors = backbone.embed(images).embeddings
+        for i, vector in zip(batch, vectors, strict=True):
+            result[i] = vector
+            store.put(embedding_key(backbone.id, image_ids[i]), _to_bytes(vector))
+        done += len(batch)
+        if progress:
+            progress(done, len(image_ids))
+    return result

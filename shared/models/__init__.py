@@ -1,0 +1,1 @@
+"""Model code: the backbone, base keywords and styles, custom heads and state archives."""

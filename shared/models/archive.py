@@ -1,0 +1,207 @@
+"""State archives: a tar of ``manifest.json`` plus one safetensors file per model.
+
+``unpack`` validates everything (member types, names, sizes, the manifest, the backbone,
+tensor shapes and values) before it returns anything, so a caller that publishes only what
+``unpack`` returned publishes all of a valid archive or nothing. Never pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
+
+from shared.errors import ApiError, bad_request
+from shared.models.heads import Head
+from shared.names import validate_tag
+
+FORMAT = "tagsmith-state"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+_MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One trained model of one tag, as it travels in an archive."""
+
+    tag: str
+    version: int
+    threshold: float
+    trained_at: str
+    head: Head
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_bytes: int
+    max_members: int
+    max_tag_length: int = 64
+
+
+def pack(records: list[ModelRecord], backbone_id: str, embedding_size: int) -> bytes:
+    """Serialise models into an archive; member names are numbered, never taken from tags."""
+    members: dict[str, bytes] = {}
+    entries = []
+    for i, record in enumerate(records):
+        name = f"model-{i:05d}.safetensors"
+        members[name] = save_tensors(
+            {
+                "weight": np.ascontiguousarray(record.head.weight, dtype=np.float32),
+                "bias": np.array([record.head.bias], dtype=np.float32),
+            }
+        )
+        entries.append(
+            {
+                "tag": record.tag,
+                "version": record.version,
+                "threshold": record.threshold,
+                "trained_at": record.trained_at,
+                "metrics": record.metrics,
+                "file": name,
+            }
+        )
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": backbone_id,
+        "embedding_size": embedding_size,
+        "models": entries,
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in [(MANIFEST, json.dumps(manifest, indent=1).encode()), *members.items()]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _invalid(message: str) -> ApiError:
+    return bad_request("invalid_archive", message)
+
+
+def read_members(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
+    """The archive's regular files by name, refusing anything but flat, unique, bounded files."""
+    if len(data) > limits.max_bytes:
+        raise ApiError(413, "archive_too_large", f"The archive is larger than {limits.max_bytes} bytes.")
+    members: dict[str, bytes] = {}
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            while (info := tar.next()) is not None:
+                if len(members) >= limits.max_members:
+                    raise _invalid(f"The archive has more than {limits.max_members} members.")
+                if not info.isreg():
+                    raise _invalid(f"Member {info.name!r} is not a regular file (links and devices are refused).")
+                if not _MEMBER_NAME.fullmatch(info.name):
+                    raise _invalid(f"Member name {info.name!r} is not allowed (flat names only, no paths).")
+                if info.name in members:
+                    raise _invalid(f"Member {info.name!r} appears twice.")
+                total += info.size
+                if total > limits.max_bytes:
+                    raise ApiError(413, "archive_too_large", "The archive's members exceed the size limit.")
+                extracted = tar.extractfile(info)
+                content = extracted.read() if extracted else b""
+                if len(content) != info.size:
+                    raise _invalid(f"Member {info.name!r} is truncated.")
+                members[info.name] = content
+    except ApiError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise _invalid(f"The file is not a readable tar archive: {exc}") from None
+    return members
+
+
+def unpack(data: bytes, backbone_id: str, embedding_size: int, limits: ArchiveLimits) -> list[ModelRecord]:
+    """Validate a whole archive and return its models, or raise a 400/413 saying what is wrong."""
+    members = read_members(data, limits)
+    if MANIFEST not in members:
+        raise _invalid("The archive has no manifest.json.")
+    if len(members[MANIFEST]) > MAX_MANIFEST_BYTES:
+        raise ApiError(413, "archive_too_large", "manifest.json is too large.")
+    try:
+        manifest = json.loads(members[MANIFEST])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _invalid(f"manifest.json is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _invalid(f"manifest.json does not describe a {FORMAT} archive.")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise _invalid(
+            f"Archive format version {manifest.get('format_version')!r} is not supported "
+            f"(this server reads version {FORMAT_VERSION})."
+        )
+    if manifest.get("backbone") != backbone_id or manifest.get("embedding_size") != embedding_size:
+        raise _invalid(
+            f"The archive was made for backbone {manifest.get('backbone')!r}; "
+            f"this server runs {backbone_id!r}."
+        )
+    entries = manifest.get("models")
+    if not isinstance(entries, list):
+        raise _invalid("manifest.json has no list of models.")
+    records: list[ModelRecord] = []
+    used: set[str] = set()
+    for i, entry in enumerate(entries):
+        records.append(_record(entry, i, members, used, embedding_size, limits.max_tag_length))
+    tags = [r.tag for r in records]
+    if len(set(tags)) != len(tags):
+        raise _invalid("The archive holds the same tag twice.")
+    unreferenced = set(members) - used - {MANIFEST}
+    if unreferenced:
+        raise _invalid(f"The archive has members no model refers to: {sorted(unreferenced)[:5]}.")
+    return records
+
+
+def _record(
+    entry: Any, i: int, members: dict[str, bytes], used: set[str], size: int, max_tag_length: int
+) -> ModelRecord:
+    if not isinstance(entry, dict):
+        raise _invalid(f"Model entry {i} is not an object.")
+    try:
+        tag = validate_tag(str(entry["tag"]), max_tag_length)
+        version, threshold = entry["version"], entry["threshold"]
+        trained_at, metrics, file = entry.get("trained_at", ""), entry.get("metrics", {}), entry["file"]
+    except KeyError as exc:
+        raise _invalid(f"Model entry {i} lacks {exc}.") from None
+    except ApiError as exc:
+        raise _invalid(f"Model entry {i}: {exc.message}") from None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _invalid(f"Model entry {i} ({tag}) has an invalid version.")
+    if not isinstance(threshold, (int, float)) or not (0.0 <= threshold <= 1.0):
+        raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
+    if not isinstance(trained_at, str) or not isinstance(metrics, dict):
+        raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at or metrics.")
+    if not isinstance(file, str) or file not in members or file == MANIFEST or file in used:
+        raise _invalid(f"Model entry {i} ({tag}) names a missing or shared member {file!r}.")
+    used.add(file)
+    try:
+        tensors = load_tensors(members[file])
+    except Exception:
+        raise _invalid(f"Member {file!r} is not a safetensors file.") from None
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    if set(tensors) != {"weight", "bias"} or weight is None or bias is None:
+        raise _invalid(f"Member {file!r} must hold exactly the tensors 'weight' and 'bias'.")
+    if weight.shape != (size,) or bias.shape != (1,):
+        raise _invalid(f"Member {file!r} has shapes {weight.shape}, {bias.shape}; expected ({size},), (1,).")
+    if weight.dtype != np.float32 or bias.dtype != np.float32:
+        raise _invalid(f"Member {file!r} must hold float32 tensors.")
+    if not (np.isfinite(weight).all() and math.isfinite(float(bias[0]))):
+        raise _invalid(f"Member {file!r} holds NaN or infinite weights.")
+    return ModelRecord(
+        tag=tag,
+        version=version,
+        threshold=float(threshold),
+        trained_at=trained_at,
+        head=Head(weight=weight.copy(), bias=float(bias[0])),
+        metrics=metrics,
+    )

@@ -1,0 +1,52 @@
+"""Validation of the names users choose: tags and image ids."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+
+from shared.errors import bad_request
+
+# A tag starts with a letter or digit and then allows letters, digits, spaces and a few
+# punctuation marks; never "/", "\\", control characters, or a leading dot.
+_TAG = re.compile(r"[^\W_][\w \-.'&+]*")
+_IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+SAMPLE_TYPES = ("positive", "negative")
+
+
+def validate_tag(tag: str, max_length: int = 64) -> str:
+    """Return the tag in NFC form, or raise a 400 saying what is wrong with it."""
+    tag = unicodedata.normalize("NFC", tag)
+    if not tag:
+        raise bad_request("invalid_tag", "The tag is empty.")
+    if len(tag) > max_length:
+        raise bad_request("invalid_tag", f"The tag is longer than {max_length} characters.")
+    if tag != tag.strip() or not _TAG.fullmatch(tag):
+        raise bad_request(
+            "invalid_tag",
+            "A tag starts with a letter or digit and holds only letters, digits, spaces "
+            "and - _ . ' & + (no slashes or control characters, no surrounding spaces).",
+        )
+    return tag
+
+
+def validate_image_id(image_id: str) -> str:
+    """Return the image id, or raise a 400 if it is not 1-128 of [A-Za-z0-9_.-] starting alphanumeric."""
+    if not _IMAGE_ID.fullmatch(image_id):
+        raise bad_request(
+            "invalid_image_id",
+            "An image id is 1 to 128 characters of letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit.",
+        )
+    return image_id
+
+
+def validate_sample_type(sample_type: str) -> str:
+    if sample_type not in SAMPLE_TYPES:
+        raise bad_request("invalid_type", "The type must be 'positive' or 'negative'.")
+    return sample_type
+
+
+def new_image_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,167 @@
+"""The Redis data model: images, per-tag examples, model pointers and the generation counter.
+
+Keys, all under one prefix ``P``:
+
+- ``P:image:<id>``            hash of image metadata
+- ``P:reserve:<id>``          short-lived claim on an id while its bytes are written
+- ``P:tag:<tag>:positive``    set of image ids (likewise ``:negative``)
+- ``P:tag:<tag>:version``     counter of model versions ever made for the tag
+- ``P:tag:<tag>:epoch``       bumped when the tag is deleted; a training started before is discarded
+- ``P:tags``                  set of tags with examples or a model
+- ``P:models``                hash tag -> JSON pointer to the current model version
+- ``P:generation``            bumped on every model change; predict reloads heads when it moves
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from shared.errors import conflict
+
+RESERVATION_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class ModelPointer:
+    """Where a tag's current model lives and what it was measured to do."""
+
+    tag: str
+    version: int
+    key: str
+    threshold: float
+    trained_at: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelPointer:
+        return cls(**json.loads(text))
+
+
+class EpochMoved(RuntimeError):
+    """The tag was deleted while its model was being made."""
+
+
+class Registry:
+    """All reads and writes of tagsmith's metadata in Redis."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.prefix = prefix
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # Images -----------------------------------------------------------------
+
+    def reserve_image(self, image_id: str) -> None:
+        """Claim an unused id before its bytes are stored; 409 if it exists or is being added."""
+        if self.image_exists(image_id):
+            raise conflict("image_exists", f"An image with id '{image_id}' already exists.")
+        if not self.redis.set(self._k("reserve", image_id), "1", nx=True, ex=RESERVATION_SECONDS):
+            raise conflict("image_exists", f"An image with id '{image_id}' is being added right now.")
+
+    def commit_image(self, image_id: str, meta: dict[str, str | int]) -> None:
+        """Make a reserved image visible, once its bytes are safely stored."""
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._k("image", image_id), mapping={**meta, "created_at": utc_now()})
+            pipe.delete(self._k("reserve", image_id))
+            pipe.execute()
+
+    def release_image(self, image_id: str) -> None:
+        self.redis.delete(self._k("reserve", image_id))
+
+    def image_exists(self, image_id: str) -> bool:
+        return bool(self.redis.exists(self._k("image", image_id)))
+
+    def image(self, image_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self._k("image", image_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    # Examples ---------------------------------------------------------------
+
+    def assign(self, image_id: str, tag: str, sample_type: str) -> None:
+        """Make the image a positive or negative example of the tag; never both."""
+        other = "negative" if sample_type == "positive" else "positive"
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(self._k("tag", tag, sample_type), image_id)
+            pipe.srem(self._k("tag", tag, other), image_id)
+            pipe.sadd(self._k("tags"), tag)
+            pipe.execute()
+
+    def examples(self, tag: str) -> tuple[list[str], list[str]]:
+        """The tag's positive and negative image ids, sorted."""
+        with self.redis.pipeline() as pipe:
+            pipe.smembers(self._k("tag", tag, "positive"))
+            pipe.smembers(self._k("tag", tag, "negative"))
+            pos, neg = pipe.execute()
+        return sorted(x.decode() for x in pos), sorted(x.decode() for x in neg)
+
+    def tag_exists(self, tag: str) -> bool:
+        return bool(self.redis.sismember(self._k("tags"), tag))
+
+    def tags(self) -> list[str]:
+        return sorted(x.decode() for x in self.redis.smembers(self._k("tags")))
+
+    # Models -----------------------------------------------------------------
+
+    def model(self, tag: str) -> ModelPointer | None:
+        raw = self.redis.hget(self._k("models"), tag)
+        return ModelPointer.from_json(raw) if raw else None
+
+    def models(self) -> dict[str, ModelPointer]:
+        raw = self.redis.hgetall(self._k("models"))
+        return {k.decode(): ModelPointer.from_json(v) for k, v in sorted(raw.items())}
+
+    def generation(self) -> int:
+        return int(self.redis.get(self._k("generation")) or 0)
+
+    def epoch(self, tag: str) -> int:
+        return int(self.redis.get(self._k("tag", tag, "epoch")) or 0)
+
+    def next_version(self, tag: str) -> int:
+        """A version number never handed out before for this tag, even across deletes."""
+        return int(self.redis.incr(self._k("tag", tag, "version")))
+
+    def publish(self, pointers: list[ModelPointer], epochs: dict[str, int] | None = None) -> None:
+        """Move every pointer at once and bump the generation; all or nothing.
+
+        With ``epochs``, refuse (EpochMoved) if any of those tags was deleted since.
+        """
+        epoch_keys = [self._k("tag", tag, "epoch") for tag in (epochs or {})]
+        with self.redis.pipeline() as pipe:
+            if epoch_keys:
+                pipe.watch(*epoch_keys)
+                for tag, expected in (epochs or {}).items():
+                    if int(pipe.get(self._k("tag", tag, "epoch")) or 0) != expected:
+                        raise EpochMoved(tag)
+                pipe.multi()
+            pipe.hset(self._k("models"), mapping={p.tag: p.to_json() for p in pointers})
+            pipe.sadd(self._k("tags"), *(p.tag for p in pointers))
+            pipe.incr(self._k("generation"))
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise EpochMoved(",".join(epochs or {})) from None
+
+    def delete_tag(self, tag: str) -> None:
+        """Forget the tag's examples and model; images stay, version numbers are never reused."""
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self._k("tag", tag, "positive"), self._k("tag", tag, "negative"))
+            pipe.hdel(self._k("models"), tag)
+            pipe.srem(self._k("tags"), tag)
+            pipe.incr(self._k("tag", tag, "epoch"))
+            pipe.incr(self._k("generation"))
+            pipe.execute()
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

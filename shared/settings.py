@@ -1,0 +1,57 @@
+"""Settings from the environment, all under the ``TAGSMITH_`` prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of tagsmith; ``TAGSMITH_<NAME>`` sets ``<name>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TAGSMITH_")
+
+    # Where the embedded default keeps its Redis data and local object store.
+    data_dir: Path = Path("tagsmith-data")
+    # Redis; empty means `tagsmith serve` starts its own server in data_dir.
+    redis_url: str = ""
+    key_prefix: str = "tagsmith"
+    queue_name: str = "tagsmith-training"
+    # S3 object store; an empty endpoint means a local folder in data_dir.
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "tagsmith"
+    s3_secure: bool = False
+    s3_region: str = ""
+    # HTTP.
+    host: str = "127.0.0.1"
+    port: int = 5000
+    # Limits.
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    max_archive_bytes: int = 64 * 1024 * 1024
+    max_archive_members: int = 10_001
+    max_tag_length: int = 64
+    # Models.
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    torch_threads: int = 0  # 0: let torch decide
+    keyword_threshold: float = 0.1
+    embed_batch_size: int = 32
+    training_timeout_s: int = 3600
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

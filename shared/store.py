@@ -1,0 +1,190 @@
+"""The object store: one bucket of keyed blobs, on S3 (MinIO) or in a local folder.
+
+Both implementations write atomically: a reader sees the whole old blob or the whole
+new one, never a partial write.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from shared.settings import Settings
+
+_KEY = re.compile(r"[^/\x00-\x1f][^\x00-\x1f]*")
+
+
+class ObjectNotFound(KeyError):
+    """The key holds no object."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The object store cannot be reached."""
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def ping(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """Keys are relative, slash-separated, without empty, '.' or '..' segments."""
+    if not _KEY.fullmatch(key) or any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class LocalStore:
+    """A folder on disk; each write goes to a temp file that is fsynced and renamed into place."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                yield path.relative_to(self.root).as_posix()
+
+    def ping(self) -> None:
+        if not self.root.is_dir():
+            raise StoreUnavailable(f"store folder {self.root} is missing")
+
+
+class S3Store:
+    """A bucket on any S3 server, through the ``minio`` client; the bucket is created when missing."""
+
+    def __init__(self, settings: Settings) -> None:
+        from minio import Minio
+
+        self.bucket = settings.s3_bucket
+        self.client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key or None,
+            secret_key=settings.s3_secret_key or None,
+            secure=settings.s3_secure,
+            region=settings.s3_region or None,
+        )
+        self._bucket_ready = False
+
+    def _ready(self) -> None:
+        if self._bucket_ready:
+            return
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+        except Exception as exc:  # network errors surface as many types
+            raise StoreUnavailable(f"S3 server unreachable: {exc}") from exc
+        self._bucket_ready = True
+
+    def put(self, key: str, data: bytes) -> None:
+        self._ready()
+        try:
+            self.client.put_object(self.bucket, check_key(key), io.BytesIO(data), len(data))
+        except Exception as exc:
+            raise StoreUnavailable(f"S3 write failed: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        from minio.error import S3Error
+
+        self._ready()
+        response = None
+        try:
+            response = self.client.get_object(self.bucket, check_key(key))
+            return response.read()
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise ObjectNotFound(key) from None
+            raise StoreUnavailable(f"S3 read failed: {exc}") from exc
+        except Exception as exc:
+            raise StoreUnavailable(f"S3 read failed: {exc}") from exc
+        finally:
+            if response is not None:
+                response.close()
+                response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        self._ready()
+        try:
+            self.client.stat_object(self.bucket, check_key(key))
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise StoreUnavailable(f"S3 stat failed: {exc}") from exc
+        except Exception as exc:
+            raise StoreUnavailable(f"S3 stat failed: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        self._ready()
+        try:
+            self.client.remove_object(self.bucket, check_key(key))
+        except Exception as exc:
+            raise StoreUnavailable(f"S3 delete failed: {exc}") from exc
+
+    def list(self, prefix: str) -> Iterator[str]:
+        self._ready()
+        try:
+            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                yield obj.object_name
+        except Exception as exc:
+            raise StoreUnavailable(f"S3 list failed: {exc}") from exc
+
+    def ping(self) -> None:
+        self._bucket_ready = False
+        self._ready()
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """S3 when an endpoint is configured, else the local folder in the data folder."""
+    if settings.s3_endpoint:
+        return S3Store(settings)
+    return LocalStore(settings.store_dir)

@@ -1,0 +1,1 @@
+"""The RQ worker: keeps the backbone loaded across jobs and trains custom heads."""

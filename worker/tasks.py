@@ -1,0 +1,94 @@
+"""The training job: embed the tag's examples, train its head, publish the next version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rq import get_current_job
+
+from shared import catalog
+from shared.context import Services, get_services
+from shared.embeddings import embed_stored_images
+from shared.models.archive import ModelRecord
+from shared.models.heads import Head, train_head
+from shared.registry import EpochMoved, utc_now
+from shared.store import ObjectNotFound
+
+
+class TrainingError(RuntimeError):
+    """A training that cannot go on, with a message for the person who asked for it."""
+
+
+def _report(stage: str, progress: float, error: str | None = None) -> None:
+    job = get_current_job()
+    if job is None:
+        return
+    job.meta.update(stage=stage, progress=round(progress, 3))
+    if error:
+        job.meta["error"] = error
+    job.save_meta()
+
+
+def train_tag(tag: str, epoch: int) -> dict[str, Any]:
+    """RQ entry point; the job's result is the new version's summary."""
+    services = get_services()
+    job = get_current_job()
+    if job is not None:
+        services.queue.mark_started(tag, job.id)
+    try:
+        return train(services, tag, epoch)
+    except Exception as exc:
+        _report("failed", 0.0, str(exc) if isinstance(exc, TrainingError) else f"Training failed: {exc!r}")
+        raise
+
+
+def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
+    positives, negatives = services.registry.examples(tag)
+    if not positives or not negatives:
+        raise TrainingError(
+            f"Tag '{tag}' has {len(positives)} positive and {len(negatives)} negative examples; "
+            "training needs at least one of each."
+        )
+    ids = positives + negatives
+    labels = np.array([1] * len(positives) + [0] * len(negatives))
+    _report("embedding", 0.0)
+    embeddings = embed_stored_images(
+        services.store,
+        services.backbone,
+        ids,
+        services.settings.max_image_pixels,
+        services.settings.embed_batch_size,
+        progress=lambda done, total: _report("embedding", 0.8 * done / max(total, 1)),
+    )
+    _report("training", 0.8)
+    current = services.registry.model(tag)
+    previous: Head | None = None
+    if current is not None:
+        try:
+            previous = catalog.load_version(services, current).head
+        except ObjectNotFound:
+            current = None  # the archive is gone: train from scratch
+    trained = train_head(embeddings, labels, previous)
+    _report("saving", 0.95)
+    record = ModelRecord(
+        tag=tag,
+        version=0,  # save_version assigns the next free number
+        threshold=trained.threshold,
+        trained_at=utc_now(),
+        head=trained.head,
+        metrics={**trained.metrics, "fine_tuned_from": current.version if current else None},
+    )
+    pointer = catalog.save_version(services, record)
+    try:
+        services.registry.publish([pointer], epochs={tag: epoch})
+    except EpochMoved:
+        services.store.delete(pointer.key)
+        raise TrainingError(f"Tag '{tag}' was deleted while it was training; the result was discarded.") from None
+    return {
+        "tag": tag,
+        "version": pointer.version,
+        "threshold": pointer.threshold,
+        "metrics": pointer.metrics,
+        "trained_at": pointer.trained_at,
+    }
