@@ -56,23 +56,25 @@ class HeadCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._generation = -1
+        self._stamp: tuple[str, str, int] | None = None  # (redis url, key prefix, generation)
         self._records: dict[str, ModelRecord] = {}
         self._matrix = HeadMatrix([], [], [], [])
 
     def current(self, services: Services) -> HeadMatrix:
-        generation = services.registry.generation()
-        if generation == self._generation:
+        stamp = (services.settings.redis_url, services.settings.key_prefix, services.registry.generation())
+        if stamp == self._stamp:
             return self._matrix
         with self._lock:
-            if generation != self._generation:
-                self._reload(services, generation)
+            if stamp != self._stamp:
+                self._reload(services, stamp)
             return self._matrix
 
-    def _reload(self, services: Services, generation: int) -> None:
+    def _reload(self, services: Services, stamp: tuple[str, str, int]) -> None:
+        same_source = self._stamp is not None and self._stamp[:2] == stamp[:2]
+        known = self._records if same_source else {}
         records: dict[str, ModelRecord] = {}
-        for tag, pointer in services.registry.models().items():
-            cached = self._records.get(pointer.key)
+        for pointer in services.registry.models().values():
+            cached = known.get(pointer.key)
             if cached is None:
                 try:
                     cached = load_version(services, pointer)
@@ -85,4 +87,4 @@ class HeadCache:
             [r.version for r in ordered],
         )
         self._records = records
-        self._generation = generation
+        self._stamp = stamp

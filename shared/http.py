@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import ApiError, bad_request, too_large
@@ -113,10 +113,15 @@ async def read_upload(request: Request, limit: int, field: str = "data") -> byte
         await form.close()
 
 
+async def health(request: Request) -> JSONResponse:
+    """Liveness: the process answers."""
+    return JSONResponse({"status": "ok"})
+
+
 def create_app(routes: Sequence[BaseRoute], **kwargs: Any) -> Starlette:
-    """A Starlette app with tagsmith's error handling and body limit around ``routes``."""
+    """A Starlette app with tagsmith's error handling, body limit and ``/health`` around ``routes``."""
     return Starlette(
-        routes=list(routes),
+        routes=[Route("/health", health, methods=["GET"]), *routes],
         middleware=[Middleware(BodyLimit, limit_for=body_limit_for_path)],
         exception_handlers={
             ApiError: _api_error,

@@ -1,0 +1,125 @@
+"""State archives: round trip, and every hostile archive refused before anything changes."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import pickle  # only to build a hostile payload; tagsmith never unpickles
+import tarfile
+
+import numpy as np
+import pytest
+from safetensors.numpy import save as save_tensors
+from starlette.testclient import TestClient
+
+from shared.errors import ApiError
+from shared.models.archive import ArchiveLimits, ModelRecord, pack, unpack
+from shared.models.backbone import LITE0
+from shared.models.heads import Head
+
+LIMITS = ArchiveLimits(max_bytes=1_000_000, max_members=10)
+D = LITE0.embedding_size
+
+
+def record(tag: str = "cat", weight: np.ndarray | None = None) -> ModelRecord:
+    w = np.linspace(-1, 1, D, dtype=np.float32) if weight is None else weight
+    return ModelRecord(tag=tag, version=3, threshold=0.4, trained_at="2026-01-01T00:00:00Z",
+                       head=Head(w, 0.25), metrics={"roc_auc": 0.9})
+
+
+def tar_of(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def manifest(files: list[str], **overrides: object) -> bytes:
+    body = {
+        "format": "tagsmith-state", "format_version": 1, "backbone": LITE0.id, "embedding_size": D,
+        "models": [{"tag": f"t{i}", "version": 1, "threshold": 0.5, "file": f} for i, f in enumerate(files)],
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+def weights(shape: tuple[int, ...] = (D,), value: float = 0.1) -> bytes:
+    return save_tensors({"weight": np.full(shape, value, np.float32), "bias": np.zeros(1, np.float32)})
+
+
+def info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = link
+    return member
+
+
+def good_archive() -> bytes:
+    return pack([record("cat"), record("vintage look")], LITE0.id, D)
+
+
+def hostile_archives() -> dict[str, bytes]:
+    ok = weights()
+    return {
+        "not-a-tar": b"hello, this is not a tar file at all" * 20,
+        "gzip-bomb": gzip.compress(b"\0" * 5_000_000),
+        "truncated": good_archive()[:1500],
+        "traversal": tar_of([(info("manifest.json"), manifest(["../evil"])), (info("../evil"), ok)]),
+        "absolute": tar_of([(info("manifest.json"), manifest(["/etc/evil"])), (info("/etc/evil"), ok)]),
+        "symlink": tar_of([(info("manifest.json"), manifest(["w"])), (info("w", tarfile.SYMTYPE, "/etc/passwd"), None)]),
+        "hardlink": tar_of([(info("manifest.json"), manifest(["w"])), (info("w", tarfile.LNKTYPE, "manifest.json"), None)]),
+        "device": tar_of([(info("manifest.json"), manifest(["w"])), (info("w", tarfile.CHRTYPE), None)]),
+        "directory": tar_of([(info("manifest.json"), manifest([])), (info("dir", tarfile.DIRTYPE), None)]),
+        "duplicate": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), ok), (info("w"), ok)]),
+        "pickle-as-weights": tar_of([(info("manifest.json"), manifest(["w"])),
+                                     (info("w"), pickle.dumps({"weight": [0.0] * D}))]),
+        "wrong-shape": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights((D + 1,)))]),
+        "nan-weights": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights(value=float("nan")))]),
+        "other-backbone": tar_of([(info("manifest.json"), manifest(["w"], backbone="clip-vit-b32")), (info("w"), ok)]),
+        "newer-format": tar_of([(info("manifest.json"), manifest(["w"], format_version=99)), (info("w"), ok)]),
+        "no-manifest": tar_of([(info("w"), ok)]),
+        "bad-json": tar_of([(info("manifest.json"), b"{not json")]),
+        "missing-member": tar_of([(info("manifest.json"), manifest(["w"]))]),
+        "unreferenced": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), ok), (info("extra"), ok)]),
+        "bad-tag": tar_of([(info("manifest.json"), manifest(["w"], models=[
+            {"tag": "../x", "version": 1, "threshold": 0.5, "file": "w"}])), (info("w"), ok)]),
+        "bad-threshold": tar_of([(info("manifest.json"), manifest(["w"], models=[
+            {"tag": "x", "version": 1, "threshold": 7, "file": "w"}])), (info("w"), ok)]),
+        "too-many-members": tar_of([(info("manifest.json"), manifest([]))] + [(info(f"m{i}"), b"x") for i in range(12)]),
+        "oversized": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), b"\0" * 1_100_000)]),
+    }
+
+
+def test_round_trip_keeps_every_field() -> None:
+    records = unpack(good_archive(), LITE0.id, D, LIMITS)
+    assert [r.tag for r in records] == ["cat", "vintage look"]
+    assert records[0].threshold == 0.4 and records[0].version == 3 and records[0].metrics == {"roc_auc": 0.9}
+    np.testing.assert_array_equal(records[0].head.weight, record().head.weight)
+    assert records[0].head.bias == 0.25
+
+
+def test_member_names_never_come_from_tags() -> None:
+    with tarfile.open(fileobj=io.BytesIO(good_archive())) as tar:
+        assert tar.getnames() == ["manifest.json", "model-00000.safetensors", "model-00001.safetensors"]
+
+
+@pytest.mark.parametrize("name", list(hostile_archives()))
+def test_hostile_archive_is_refused(name: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        unpack(hostile_archives()[name], LITE0.id, D, LIMITS)
+    assert refused.value.status in (400, 413)
+    assert refused.value.message
+
+
+def test_hostile_archives_change_nothing_served(client: TestClient) -> None:
+    assert client.post("/set_state", files={"data": ("s.tar", good_archive())}).status_code == 200
+    before = client.get("/get_state").content
+    for name, data in hostile_archives().items():
+        response = client.post("/set_state", files={"data": ("s.tar", data)})
+        assert response.status_code in (400, 413), (name, response.text)
+        assert response.json()["error"] in ("invalid_archive", "archive_too_large", "too_large"), name
+    assert client.get("/get_state").content == before

@@ -1,0 +1,153 @@
+"""Bad input gets a clear JSON error with the right status and changes nothing."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from shared.context import Services
+from shared.settings import get_settings
+from tests.photos import CAT, crops, encode, photo
+
+
+def assert_error(response, status: int, code: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "message"} and body["message"]
+    if code:
+        assert body["error"] == code
+
+
+def png_bomb() -> bytes:
+    """A tiny PNG that claims 20000 x 20000 pixels (400 MP)."""
+    return encode(Image.new("1", (20000, 20000)), "PNG", optimize=True)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        (b"just some text, not an image", 415, "not_an_image"),
+        (b"%PDF-1.4 fake", 415, "not_an_image"),
+        (b"", 400, "empty_file"),
+        (encode(photo(CAT))[:3000], 400, "corrupt_image"),
+        (encode(photo(CAT), "PNG")[:5000], 400, "corrupt_image"),
+    ],
+    ids=["text", "pdf", "empty", "truncated-jpeg", "truncated-png"],
+)
+def test_bad_uploads_are_refused_and_store_nothing(
+    client: TestClient, services: Services, payload: bytes, status: int, code: str
+) -> None:
+    response = client.post("/custom/add?image_id=bad", files={"data": ("x.jpg", payload, "image/jpeg")})
+    assert_error(response, status, code)
+    assert not services.registry.image_exists("bad")
+    assert list(services.store.list("images/")) == []
+    assert_error(client.post("/predict", files={"data": ("x.jpg", payload, "image/jpeg")}), status, code)
+
+
+def test_decompression_bomb_is_refused(client: TestClient, services: Services) -> None:
+    response = client.post("/custom/add?image_id=bomb", files={"data": ("bomb.png", png_bomb(), "image/png")})
+    assert_error(response, 413, "too_many_pixels")
+    assert not services.registry.image_exists("bomb")
+
+
+def test_missing_or_wrong_data_field(client: TestClient) -> None:
+    photo_bytes = crops(CAT, 1, seed=0)[0]
+    assert_error(client.post("/custom/add", files={"image": ("x.jpg", photo_bytes)}), 400, "missing_field")
+    assert_error(client.post("/custom/add", data={"data": "not a file"}), 400, "missing_field")
+    assert_error(client.post("/custom/add", content=photo_bytes), 400, "missing_field")
+    assert_error(client.post("/predict"), 400, "missing_field")
+
+
+def test_upload_over_the_limit_is_413(client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services.settings, "max_upload_bytes", 10_000)
+    monkeypatch.setattr(get_settings(), "max_upload_bytes", 10_000)
+    big = encode(photo(CAT), quality=95)
+    assert len(big) > 80_000
+    assert_error(client.post("/custom/add?image_id=big", files={"data": ("x.jpg", big)}), 413)
+    assert not services.registry.image_exists("big")
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["a%2Fb", "%2E%2E", "..", ".hidden", "tab%09tag", "nul%00", "new%0Aline", " padded", "x" * 65],
+    ids=["slash", "dotdot-encoded", "dotdot", "leading-dot", "tab", "nul", "newline", "space", "too-long"],
+)
+def test_hostile_tag_names_are_refused(client: TestClient, services: Services, tag: str) -> None:
+    client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
+    for response in (
+        client.get(f"/custom/assign/img/positive/{tag}"),
+        client.get(f"/custom/train/{tag}"),
+        client.get(f"/custom/delete/{tag}"),
+        client.post(f"/predict/custom/{tag}", files={"data": ("x.jpg", b"x")}),
+    ):
+        assert response.status_code in (400, 404), response.text
+        assert response.json()["error"] in ("invalid_tag", "not_found")
+    assert services.registry.tags() == []
+
+
+def test_unicode_tags_are_fine(client: TestClient, services: Services) -> None:
+    client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
+    response = client.get("/custom/assign/img/positive/flat lay – Ünïcode")
+    assert response.status_code == 200, response.text
+    assert services.registry.tags() == ["flat lay – Ünïcode"]
+
+
+def test_unknown_ids_and_bad_type(client: TestClient, services: Services) -> None:
+    assert_error(client.get("/custom/assign/nope/positive/cat"), 404, "unknown_image")
+    client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
+    assert_error(client.get("/custom/assign/img/neutral/cat"), 400, "invalid_type")
+    assert_error(client.get("/custom/predict/nope"), 404, "unknown_image")
+    assert_error(client.get("/custom/predict/cat/nope"), 404, "unknown_image")
+    assert_error(client.get("/status/0123456789abcdef"), 404, "unknown_task")
+    assert_error(client.get("/status/..%2F..%2Fetc"), 404)
+    assert_error(client.post("/custom/add?image_id=../../etc/passwd", files={"data": ("x.jpg", b"x")}), 400,
+                 "invalid_image_id")
+    assert_error(client.get("/custom/delete/never-seen"), 404, "unknown_tag")
+    assert_error(client.post("/predict/custom/never-seen", files={"data": ("x.jpg", b"x")}), 404, "unknown_tag")
+    assert_error(client.get("/no/such/route"), 404, "not_found")
+    assert_error(client.delete("/custom/add"), 405, "method_not_allowed")
+    assert services.registry.tags() == []
+
+
+def test_training_without_both_kinds_of_examples_is_400(client: TestClient, services: Services) -> None:
+    assert_error(client.get("/custom/train/empty"), 400, "not_enough_examples")
+    client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
+    client.get("/custom/assign/img/positive/onesided")
+    assert_error(client.get("/custom/train/onesided"), 400, "not_enough_examples")
+    assert services.queue.queue.count == 0
+
+
+def test_redis_down_is_503_json(client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    monkeypatch.setattr(services.registry, "redis", dead)
+    response = client.get("/custom/assign/img/positive/cat")
+    assert_error(response, 503, "backend_unavailable")
+
+
+def test_images_in_many_modes_are_accepted(client: TestClient) -> None:
+    base = photo(CAT).resize((120, 80))
+    variants = {
+        "cmyk": encode(base.convert("CMYK"), "JPEG"),
+        "grey16": encode(Image.fromarray((__import__("numpy").asarray(base.convert("L"), dtype="uint16") * 257)), "PNG"),
+        "rgba": encode(base.convert("RGBA"), "PNG"),
+        "palette": encode(base.convert("P"), "GIF"),
+        "webp": encode(base, "WEBP"),
+    }
+    for name, data in variants.items():
+        response = client.post(f"/custom/add?image_id={name}", files={"data": (name, data)})
+        assert response.status_code == 201, (name, response.text)
+
+
+def test_exif_rotation_is_applied(client: TestClient) -> None:
+    image = photo(CAT).resize((200, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    body = client.post("/custom/add", files={"data": ("r.jpg", buffer.getvalue())}).json()
+    assert (body["width"], body["height"]) == (100, 200)
