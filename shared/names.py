@@ -8,9 +8,6 @@ import uuid
 
 from shared.errors import bad_request
 
-# A tag starts with a letter or digit and then allows letters, digits, spaces and a few
-# punctuation marks; never "/", "\\", control characters, or a leading dot.
-_TAG = re.compile(r"[^\W_][\w \-.'&+]*")
 _IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 SAMPLE_TYPES = ("positive", "negative")
 
@@ -22,11 +19,15 @@ def validate_tag(tag: str, max_length: int = 64) -> str:
         raise bad_request("invalid_tag", "The tag is empty.")
     if len(tag) > max_length:
         raise bad_request("invalid_tag", f"The tag is longer than {max_length} characters.")
-    if tag != tag.strip() or not _TAG.fullmatch(tag):
+    if (
+        tag != tag.strip()
+        or tag.startswith(".")
+        or any(c in "/\\" or (unicodedata.category(c)[0] in "CZ" and c != " ") for c in tag)
+    ):
         raise bad_request(
             "invalid_tag",
-            "A tag starts with a letter or digit and holds only letters, digits, spaces "
-            "and - _ . ' & + (no slashes or control characters, no surrounding spaces).",
+            "A tag may hold letters, digits, spaces and punctuation, but no slashes, control "
+            "characters or surrounding spaces, and may not start with a dot.",
         )
     return tag
 

@@ -27,6 +27,11 @@ INDEX = {label: i for i, label in enumerate(LABELS)}
 OUTPUT = Path(__file__).resolve().parent.parent / "shared" / "models" / "imagenet_keywords.json"
 
 
+def names(text: str) -> list[str]:
+    """The labels of a comma-separated list (no ImageNet label holds a comma)."""
+    return [name.strip() for name in text.split(",")]
+
+
 def span(first: str, last: str) -> list[str]:
     """The labels from ``first`` to ``last`` inclusive, in index order."""
     return LABELS[INDEX[first] : INDEX[last] + 1]
@@ -109,87 +114,103 @@ MAMMALS = span("tusker", "wombat") + span("grey whale", "sea lion") + span("Chih
 MAMMALS += span("wood rabbit", "giant panda")
 
 # Objects.
-CARS = ["beach wagon", "cab", "convertible", "jeep", "limousine", "minivan", "Model T", "racer", "sports car"]
-TRUCKS = ["fire engine", "garbage truck", "moving van", "pickup", "police van", "tow truck", "trailer truck"]
-TRUCKS += ["snowplow"]
-BUSES = ["minibus", "school bus", "trolleybus"]
-BOATS = ["aircraft carrier", "canoe", "catamaran", "container ship", "fireboat", "gondola", "lifeboat", "liner"]
-BOATS += ["pirate", "schooner", "speedboat", "submarine", "trimaran", "wreck", "yawl"]
-AIRCRAFT = ["airliner", "airship", "space shuttle", "warplane", "wing"]
-TRAINS = ["bullet train", "electric locomotive", "freight car", "passenger car", "steam locomotive", "streetcar"]
-BICYCLES = ["bicycle-built-for-two", "mountain bike"]
-MOTORCYCLES = ["moped", "motor scooter"]
-OTHER_VEHICLES = ["amphibian", "bobsled", "dogsled", "forklift", "go-kart", "golfcart", "half track"]
-OTHER_VEHICLES += ["harvester", "horse cart", "jinrikisha", "oxcart", "recreational vehicle", "snowmobile"]
-OTHER_VEHICLES += ["tank", "tractor", "tricycle", "unicycle"]
+CARS = names("ambulance, beach wagon, cab, convertible, jeep, limousine, minivan, Model T, racer, sports car")
+TRUCKS = names(
+    "fire engine, garbage truck, moving van, pickup, police van, snowplow, tow truck, trailer truck"
+)
+BUSES = names("minibus, school bus, trolleybus")
+BOATS = names(
+    "aircraft carrier, canoe, catamaran, container ship, fireboat, gondola, lifeboat, liner, pirate, "
+    "schooner, speedboat, submarine, trimaran, wreck, yawl"
+)
+AIRCRAFT = names("airliner, airship, space shuttle, warplane, wing")
+TRAINS = names("bullet train, electric locomotive, freight car, passenger car, steam locomotive, streetcar")
+BICYCLES = names("bicycle-built-for-two, mountain bike")
+MOTORCYCLES = names("moped, motor scooter")
+OTHER_VEHICLES = names(
+    "amphibian, bobsled, dogsled, forklift, go-kart, golfcart, half track, harvester, horse cart, "
+    "jinrikisha, oxcart, recreational vehicle, snowmobile, tank, tractor, tricycle, unicycle"
+)
 
 FRUIT = span("Granny Smith", "pomegranate")
-VEGETABLES = span("head cabbage", "mushroom") + ["corn", "ear"]
-DISHES = ["plate", "guacamole", "consomme", "hot pot", "cheeseburger", "hotdog", "mashed potato", "carbonara"]
-DISHES += ["meat loaf", "pizza", "potpie", "burrito"]
-DESSERTS = ["trifle", "ice cream", "ice lolly", "chocolate sauce"]
-BREAD = ["French loaf", "bagel", "pretzel"]
-DRINKS = ["red wine", "espresso", "cup", "eggnog"]
+VEGETABLES = span("head cabbage", "mushroom") + names("corn, ear")
+DISHES = names(
+    "plate, guacamole, consomme, hot pot, cheeseburger, hotdog, mashed potato, carbonara, meat loaf, pizza, "
+    "potpie, burrito"
+)
+DESSERTS = names("trifle, ice cream, ice lolly, chocolate sauce")
+BREAD = names("French loaf, bagel, pretzel")
+DRINKS = names("red wine, espresso, cup, eggnog")
 
-INSTRUMENTS = ["accordion", "acoustic guitar", "banjo", "bassoon", "cello", "chime", "cornet", "drum"]
-INSTRUMENTS += ["electric guitar", "flute", "French horn", "gong", "grand piano", "harmonica", "harp", "maraca"]
-INSTRUMENTS += ["marimba", "oboe", "ocarina", "organ", "panpipe", "sax", "steel drum", "trombone", "upright"]
-INSTRUMENTS += ["violin"]
+INSTRUMENTS = names(
+    "accordion, acoustic guitar, banjo, bassoon, cello, chime, cornet, drum, electric guitar, flute, "
+    "French horn, gong, grand piano, harmonica, harp, maraca, marimba, oboe, ocarina, organ, panpipe, sax, "
+    "steel drum, trombone, upright, violin"
+)
 
-CHAIRS = ["barber chair", "folding chair", "rocking chair", "throne"]
-BEDS = ["bassinet", "cradle", "crib", "four-poster", "studio couch"]
-TABLES = ["desk", "dining table"]
-FURNITURE = CHAIRS + BEDS + TABLES + ["bookcase", "chest", "chiffonier", "china cabinet", "entertainment center"]
-FURNITURE += ["file", "medicine chest", "park bench", "wardrobe"]
+CHAIRS = names("barber chair, folding chair, rocking chair, throne")
+BEDS = names("bassinet, cradle, crib, four-poster, studio couch")
+TABLES = names("desk, dining table")
+FURNITURE = CHAIRS + BEDS + TABLES + names(
+    "bookcase, chest, chiffonier, china cabinet, entertainment center, file, medicine chest, park bench, "
+    "wardrobe"
+)
 
-SHOES = ["clog", "cowboy boot", "Loafer", "running shoe", "sandal"]
-HATS = ["bathing cap", "bearskin", "bonnet", "cowboy hat", "mortarboard", "shower cap", "sombrero"]
-SWIMWEAR = ["bikini", "maillot tank suit", "swimming trunks"]
-COATS = ["fur coat", "lab coat", "trench coat"]
-NECKTIES = ["bolo tie", "bow tie", "Windsor tie"]
-CLOTHING = SHOES + HATS + SWIMWEAR + COATS + NECKTIES + ["abaya", "academic gown", "apron", "bib", "brassiere"]
-CLOTHING += ["bulletproof vest", "cardigan", "cloak", "diaper", "feather boa", "gown", "hoopskirt", "jean"]
-CLOTHING += ["jersey", "kimono", "maillot", "military uniform", "miniskirt", "mitten", "overskirt", "pajama"]
-CLOTHING += ["poncho", "sarong", "ski mask", "sock", "stole", "suit", "sweatshirt", "vestment"]
+SHOES = names("clog, cowboy boot, Loafer, running shoe, sandal")
+HATS = names("bathing cap, bearskin, bonnet, cowboy hat, mortarboard, shower cap, sombrero")
+SWIMWEAR = names("bikini, maillot tank suit, swimming trunks")
+COATS = names("fur coat, lab coat, trench coat")
+NECKTIES = names("bolo tie, bow tie, Windsor tie")
+CLOTHING = SHOES + HATS + SWIMWEAR + COATS + NECKTIES + names(
+    "abaya, academic gown, apron, bib, brassiere, bulletproof vest, cardigan, cloak, diaper, feather boa, "
+    "gown, hoopskirt, jean, jersey, kimono, maillot, military uniform, miniskirt, mitten, overskirt, pajama, "
+    "poncho, sarong, ski mask, sock, stole, suit, sweatshirt, vestment"
+)
 
-SHOPS = ["bakery", "barbershop", "bookshop", "butcher shop", "confectionery", "grocery store", "shoe shop"]
-SHOPS += ["tobacco shop", "toyshop"]
-WORSHIP = ["bell cote", "church", "monastery", "mosque", "stupa"]
-BUILDINGS = SHOPS + WORSHIP + ["barn", "boathouse", "castle", "cinema", "cliff dwelling", "greenhouse"]
-BUILDINGS += ["library", "lumbermill", "palace", "planetarium", "prison", "restaurant", "thatch", "tile roof", "yurt"]
-BRIDGES = ["steel arch bridge", "suspension bridge", "viaduct"]
-MONUMENTS = ["megalith", "obelisk", "totem pole", "triumphal arch"]
+SHOPS = names(
+    "bakery, barbershop, bookshop, butcher shop, confectionery, grocery store, shoe shop, tobacco shop, "
+    "toyshop"
+)
+WORSHIP = names("bell cote, church, monastery, mosque, stupa")
+BUILDINGS = SHOPS + WORSHIP + names(
+    "barn, boathouse, castle, cinema, cliff dwelling, greenhouse, library, lumbermill, palace, planetarium, "
+    "prison, restaurant, thatch, tile roof, yurt"
+)
+BRIDGES = names("steel arch bridge, suspension bridge, viaduct")
+MONUMENTS = names("megalith, obelisk, totem pole, triumphal arch")
 
 LANDSCAPES = ["alp"] + span("cliff", "volcano")  # not "bubble", which sits between them
 PLANTS = span("rapeseed", "buckeye")
 FUNGI = span("coral fungus", "bolete")
 
-BALLS = ["baseball", "basketball", "croquet ball", "golf ball", "ping-pong ball", "rugby ball", "soccer ball"]
-BALLS += ["tennis ball", "volleyball"]
-COMPUTERS = ["desktop computer", "hand-held computer", "laptop", "notebook"]
-PHONES = ["cellular telephone", "dial telephone", "pay-phone"]
-CAMERAS = ["Polaroid camera", "reflex camera"]
-GUNS = ["assault rifle", "revolver", "rifle"]
+BALLS = names(
+    "baseball, basketball, croquet ball, golf ball, ping-pong ball, rugby ball, soccer ball, tennis ball, "
+    "volleyball"
+)
+COMPUTERS = names("desktop computer, hand-held computer, laptop, notebook")
+PHONES = names("cellular telephone, dial telephone, pay-phone")
+CAMERAS = names("Polaroid camera, reflex camera")
+GUNS = names("assault rifle, revolver, rifle")
 
 GROUPS: dict[str, list[str]] = {
     # animals
     "animal": span("tench", "puffer"),
     "mammal": MAMMALS,
     "bird": BIRDS,
-    "bird of prey": ["kite", "bald eagle", "vulture", "great grey owl"],
-    "chicken": ["cock", "hen"],
-    "parrot": ["African grey", "macaw", "sulphur-crested cockatoo", "lorikeet"],
-    "waterfowl": ["drake", "red-breasted merganser", "goose", "black swan"],
+    "bird of prey": names("kite, bald eagle, vulture, great grey owl"),
+    "chicken": names("cock, hen"),
+    "parrot": span("African grey", "lorikeet"),
+    "waterfowl": span("drake", "black swan"),
     "fish": FISH,
-    "shark": ["great white shark", "tiger shark", "hammerhead"],
+    "shark": span("great white shark", "hammerhead"),
     "amphibian": span("European fire salamander", "tailed frog"),
     "salamander": span("European fire salamander", "axolotl"),
     "frog": span("bullfrog", "tailed frog"),
     "reptile": span("loggerhead", "sidewinder"),
     "turtle": span("loggerhead", "box turtle"),
     "lizard": span("banded gecko", "Komodo dragon"),
-    "crocodilian": ["African crocodile", "American alligator"],
-    "dinosaur": ["triceratops"],
+    "crocodilian": span("African crocodile", "American alligator"),
+    "dinosaur": names("triceratops"),
     "snake": span("thunder snake", "sidewinder"),
     "arachnid": span("harvestman", "tick"),
     "spider": span("black and gold garden spider", "wolf spider"),
@@ -197,33 +218,33 @@ GROUPS: dict[str, list[str]] = {
     "beetle": span("tiger beetle", "weevil"),
     "butterfly": span("admiral", "lycaenid"),
     "crustacean": span("Dungeness crab", "isopod"),
-    "crab": span("Dungeness crab", "king crab") + ["hermit crab"],
+    "crab": span("Dungeness crab", "king crab") + names("hermit crab"),
     "mollusk": span("conch", "chambered nautilus"),
-    "marsupial": ["wallaby", "koala", "wombat"],
-    "whale": ["grey whale", "killer whale"],
+    "marsupial": span("wallaby", "wombat"),
+    "whale": span("grey whale", "killer whale"),
     "dog": DOGS,
     "canine": span("Chihuahua", "African hunting dog") + span("red fox", "grey fox"),
-    "wolf": ["timber wolf", "white wolf", "red wolf"],
-    "wild dog": ["dingo", "dhole", "African hunting dog"],
+    "wolf": span("timber wolf", "red wolf"),
+    "wild dog": span("dingo", "African hunting dog"),
     "fox": span("red fox", "grey fox"),
     "cat": CATS,  # domestic cats only: a tiger is a "wild cat", never a "cat"
     "wild cat": WILD_CATS,
     "big cat": span("leopard", "tiger"),
     "feline": CATS + WILD_CATS,
-    "pet": DOGS + CATS + ["goldfish", "hamster", "guinea pig", "Angora"],
+    "pet": DOGS + CATS + names("goldfish, hamster, guinea pig, Angora"),
     "bear": span("brown bear", "sloth bear") + ["giant panda"],
     "rabbit": span("wood rabbit", "Angora"),
     "rodent": span("hamster", "guinea pig"),
-    "horse": ["sorrel"],
+    "horse": names("sorrel"),
     "pig": span("hog", "warthog"),
-    "cattle": ["ox", "water buffalo"],
-    "sheep": ["ram", "bighorn"],
+    "cattle": names("ox, water buffalo"),
+    "sheep": names("ram, bighorn"),
     "antelope": span("hartebeest", "gazelle"),
     "primate": span("orangutan", "indri"),
     "ape": span("orangutan", "siamang"),
     "monkey": span("guenon", "squirrel monkey"),
-    "lemur": ["Madagascar cat", "indri"],
-    "elephant": ["tusker", "Indian elephant", "African elephant"],
+    "lemur": names("Madagascar cat, indri"),
+    "elephant": names("tusker, Indian elephant, African elephant"),
     # vehicles
     "vehicle": CARS + TRUCKS + BUSES + BOATS + AIRCRAFT + TRAINS + BICYCLES + MOTORCYCLES + OTHER_VEHICLES,
     "car": CARS,
@@ -244,8 +265,8 @@ GROUPS: dict[str, list[str]] = {
     "drink": DRINKS,
     # things
     "musical instrument": INSTRUMENTS,
-    "guitar": ["acoustic guitar", "electric guitar"],
-    "piano": ["grand piano", "upright"],
+    "guitar": names("acoustic guitar, electric guitar"),
+    "piano": names("grand piano, upright"),
     "furniture": FURNITURE,
     "chair": CHAIRS,
     "bed": BEDS,
@@ -256,26 +277,34 @@ GROUPS: dict[str, list[str]] = {
     "swimwear": SWIMWEAR,
     "coat": COATS,
     "necktie": NECKTIES,
+    "helmet": names("crash helmet, football helmet, pickelhaube"),
+    "bag": names("backpack, mailbag, plastic bag, purse"),
     "ball": BALLS,
-    "sports equipment": BALLS + ["balance beam", "barbell", "dumbbell", "horizontal bar", "parallel bars"]
-    + ["puck", "punching bag", "racket", "ski"],
-    "electronics": COMPUTERS + PHONES + CAMERAS + ["cassette player", "CD player", "computer keyboard"]
-    + ["hard disc", "home theater", "iPod", "loudspeaker", "modem", "monitor", "mouse", "oscilloscope"]
-    + ["photocopier", "printer", "projector", "radio", "remote control", "screen", "tape player", "television"],
+    "sports equipment": BALLS + names(
+        "balance beam, barbell, dumbbell, horizontal bar, parallel bars, puck, punching bag, racket, ski"
+    ),
+    "electronics": COMPUTERS + PHONES + CAMERAS + names(
+        "cassette player, CD player, computer keyboard, hard disc, home theater, iPod, loudspeaker, modem, "
+        "monitor, mouse, oscilloscope, photocopier, printer, projector, radio, remote control, screen, "
+        "tape player, television"
+    ),
     "computer": COMPUTERS,
     "phone": PHONES,
     "camera": CAMERAS,
-    "home appliance": ["Crock Pot", "dishwasher", "electric fan", "espresso maker", "hand blower", "iron"]
-    + ["microwave", "refrigerator", "rotisserie", "sewing machine", "space heater", "stove", "toaster"]
-    + ["vacuum", "waffle iron", "washer"],
-    "kitchenware": ["beer glass", "caldron", "can opener", "cleaver", "cocktail shaker", "coffee mug"]
-    + ["coffeepot", "corkscrew", "Dutch oven", "frying pan", "goblet", "ladle", "measuring cup", "mixing bowl"]
-    + ["pitcher", "plate rack", "saltshaker", "soup bowl", "spatula", "strainer", "teapot", "tray", "wok"]
-    + ["wooden spoon"],
-    "bottle": ["beer bottle", "pill bottle", "pop bottle", "water bottle", "wine bottle"],
-    "clock": ["analog clock", "digital clock", "wall clock"],
-    "tool": ["carpenter's kit", "chain saw", "hammer", "hatchet", "plane", "power drill", "screwdriver", "shovel"],
-    "weapon": GUNS + ["bow", "cannon", "missile", "projectile"],
+    "home appliance": names(
+        "Crock Pot, dishwasher, electric fan, espresso maker, hand blower, iron, microwave, refrigerator, "
+        "rotisserie, sewing machine, space heater, stove, toaster, vacuum, waffle iron, washer"
+    ),
+    "kitchenware": names(
+        "beer glass, caldron, can opener, cleaver, cocktail shaker, coffee mug, coffeepot, corkscrew, "
+        "Dutch oven, frying pan, goblet, ladle, measuring cup, mixing bowl, pitcher, plate rack, saltshaker, "
+        "soup bowl, spatula, strainer, teapot, tray, wok, wooden spoon"
+    ),
+    "bottle": names("beer bottle, pill bottle, pop bottle, water bottle, wine bottle"),
+    "clock": names("analog clock, digital clock, wall clock"),
+    "tool": names("carpenter's kit, chain saw, hammer, hatchet, plane, power drill, screwdriver, shovel"),
+    "weapon": GUNS + names("bow, cannon"),
+    "rocket": names("missile, projectile"),  # their ImageNet photos include space rockets: not "weapon"
     "gun": GUNS,
     # places and nature
     "building": BUILDINGS,
@@ -283,29 +312,33 @@ GROUPS: dict[str, list[str]] = {
     "place of worship": WORSHIP,
     "bridge": BRIDGES,
     "monument": MONUMENTS,
-    "architecture": BUILDINGS + BRIDGES + MONUMENTS + ["dome", "vault"],
+    "fence": names("chainlink fence, picket fence, worm fence"),
+    "architecture": BUILDINGS + BRIDGES + MONUMENTS + names("dome, vault"),
     "landscape": LANDSCAPES,
-    "mountain": ["alp", "volcano"],
-    "coast": ["promontory", "sandbar", "seashore"],
+    "mountain": names("alp, volcano"),
+    "coast": span("promontory", "seashore"),
     "nature": LANDSCAPES + PLANTS + FUNGI,
     "plant": PLANTS,
-    "flower": ["rapeseed", "daisy", "yellow lady's slipper"],
-    "fungus": FUNGI + ["mushroom"],
-    "mushroom": FUNGI + ["mushroom"],
-    "person": ["ballplayer", "groom", "scuba diver"],
+    "flower": span("rapeseed", "yellow lady's slipper"),
+    "fungus": FUNGI + names("mushroom"),
+    "mushroom": FUNGI + names("mushroom"),
+    "person": span("ballplayer", "scuba diver"),
 }
 
 
 def build_table() -> list[dict[str, object]]:
-    """One ``{"label", "parents"}`` row per ImageNet class, in logit order; raises on inconsistencies."""
-    assert len(LABELS) == 1000 and len(INDEX) == 1000, "expected 1000 unique ImageNet labels"
-    missing = sorted({name for members in GROUPS.values() for name in members} | set(RENAMES) - set(INDEX))
-    assert not missing, f"unknown labels: {missing}"
+    """One ``{"label", "parents"}`` row per ImageNet class, in logit order; exits on inconsistencies."""
+    if len(LABELS) != 1000 or len(INDEX) != 1000:
+        raise SystemExit("expected 1000 unique ImageNet labels")
+    used = {name for members in GROUPS.values() for name in members} | set(RENAMES)
+    if missing := sorted(used - set(INDEX)):
+        raise SystemExit(f"unknown labels: {missing}")
     labels = [RENAMES.get(label, label) for label in LABELS]
     folded = [label.casefold() for label in labels]
-    assert len(set(folded)) == 1000, "renamed labels are not unique"
-    clashes = sorted(set(folded) & {parent.casefold() for parent in GROUPS})
-    assert not clashes, f"labels spelled like a parent keyword: {clashes}"
+    if len(set(folded)) != 1000:
+        raise SystemExit("renamed labels are not unique")
+    if clashes := sorted(set(folded) & {parent.casefold() for parent in GROUPS}):
+        raise SystemExit(f"labels spelled like a parent keyword: {clashes}")
     by_size = sorted(GROUPS, key=lambda parent: len(set(GROUPS[parent])))  # stable: ties keep order
     parents: list[list[str]] = [[] for _ in LABELS]
     for parent in by_size:
@@ -333,7 +366,8 @@ def main() -> None:
         print("    " + ", ".join(LABELS[i] for i in sorted(indices)))
     for old, new in RENAMES.items():
         print(f"rename {INDEX[old]}: {old!r} -> {new!r}")
-    OUTPUT.write_text("[\n" + ",\n".join(json.dumps(row, ensure_ascii=False) for row in table) + "\n]\n")
+    rows = ",\n".join(json.dumps(row, ensure_ascii=False) for row in table)
+    OUTPUT.write_text(f"[\n{rows}\n]\n", encoding="utf-8")
     print(f"wrote {len(table)} labels to {OUTPUT}")
 
 
