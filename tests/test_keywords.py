@@ -113,13 +113,20 @@ def test_top_k_limits_labels_not_parents() -> None:
     assert all(k["kind"] == "parent" for k in base_keywords(logits_for(fruit), threshold=0.05, top_k=0))
 
 
-def test_items_are_sorted_unique_rounded_and_capped() -> None:
-    keywords = base_keywords(np.eye(1000)[TABBY] * 50.0, threshold=0.0001)
+def test_items_are_sorted_unique_and_rounded() -> None:
+    logits = logits_for({TABBY: 0.31, TIGER_CAT: 0.17, BEAGLE: 0.123456, CRANE_BIRD: 0.07, TENCH: 0.05})
+    keywords = base_keywords(logits, threshold=0.01)
     scores = [keyword["score"] for keyword in keywords]
-    assert scores == sorted(scores, reverse=True)
+    assert len(set(scores)) > 5 and scores == sorted(scores, reverse=True)
     assert len({keyword["name"] for keyword in keywords}) == len(keywords)
-    assert all(0.0 < score <= 1.0 and round(score, 4) == score for score in scores)
-    assert by_name(keywords)["animal"]["score"] == 1.0
+    assert all(round(score, 4) == score for score in scores)
+    assert by_name(keywords)["beagle"]["score"] == 0.1235
+
+
+def test_equal_scores_list_the_most_specific_keyword_first() -> None:
+    keywords = base_keywords(np.eye(1000)[TABBY] * 50.0)
+    assert [keyword["name"] for keyword in keywords] == ["tabby", "cat", "feline", "pet", "mammal", "animal"]
+    assert all(keyword["score"] == 1.0 for keyword in keywords)
 
 
 def test_batch_shaped_logits_are_accepted_and_wrong_sizes_refused() -> None:

@@ -130,12 +130,15 @@ def test_colour_casts_make_photos_warm_or_cool(photos: dict[str, Image.Image]) -
 
 def test_scores_hardly_depend_on_resolution(photos: dict[str, Image.Image]) -> None:
     image = photos["astronaut"]
-    small, large = style_scores(image), style_scores(image.resize((1536, 1536), Image.Resampling.LANCZOS))
-    assert all(abs(small[name] - large[name]) < 0.1 for name in STYLES)
+    large = image.resize((1536, 1536), Image.Resampling.LANCZOS)
+    small_scores, large_scores = style_scores(image), style_scores(large)
+    assert all(abs(small_scores[name] - large_scores[name]) < 0.1 for name in STYLES)
+    assert large.size == (1536, 1536)  # the caller's image is left alone
 
 
 def test_tiny_and_non_rgb_images_are_scored() -> None:
-    for image in (Image.new("L", (1, 1), 90), Image.new("RGBA", (2, 5), (200, 90, 40, 9)), Image.new("P", (4, 4))):
+    images = (Image.new("L", (1, 1), 90), Image.new("RGBA", (2, 5), (200, 90, 40, 9)), Image.new("P", (9, 4)))
+    for image in images:
         scores = style_scores(image)
         assert scores.keys() == STYLES.keys() and all(0.0 <= score <= 1.0 for score in scores.values())
 
