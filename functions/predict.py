@@ -24,11 +24,12 @@ from shared.names import validate_image_id, validate_tag
 heads = HeadCache()
 
 
-def _custom(services: Services, embedding: np.ndarray, tag: str | None = None) -> dict[str, Any]:
+def _custom(services: Services, vector: np.ndarray, tag: str | None = None) -> dict[str, Any]:
+    """Scores of every tag (or one) for one (semantic | style) feature vector."""
     matrix = heads.current(services)
     if tag is not None and tag not in matrix.index:
         raise not_found("unknown_tag", f"Tag '{tag}' has no trained model.")
-    scores = matrix.scores(embedding[None, :])[0]
+    scores = matrix.scores(vector[None, :])[0]
     return matrix.describe(scores, [tag] if tag is not None else None)
 
 
@@ -52,7 +53,7 @@ def _tag_param(services: Services, request: Request) -> str:
 async def predict_all(request: Request) -> JSONResponse:
     services, features, image = await _embed_upload(request)
     styles = await run_in_threadpool(style_scores, image)
-    custom = await run_in_threadpool(_custom, services, features.embeddings[0])
+    custom = await run_in_threadpool(_custom, services, features.vectors[0])
     return JSONResponse(
         {
             "keywords": base_keywords(features.logits[0], services.settings.keyword_threshold),
@@ -65,7 +66,7 @@ async def predict_all(request: Request) -> JSONResponse:
 
 async def predict_custom(request: Request) -> JSONResponse:
     services, features, _ = await _embed_upload(request)
-    custom = await run_in_threadpool(_custom, services, features.embeddings[0])
+    custom = await run_in_threadpool(_custom, services, features.vectors[0])
     return JSONResponse({"custom": custom})
 
 
@@ -75,11 +76,11 @@ async def predict_custom_tag(request: Request) -> JSONResponse:
     if tag not in heads.current(services).index:  # refuse before the upload is decoded
         raise not_found("unknown_tag", f"Tag '{tag}' has no trained model.")
     services, features, _ = await _embed_upload(request)
-    custom = await run_in_threadpool(_custom, services, features.embeddings[0], tag)
+    custom = await run_in_threadpool(_custom, services, features.vectors[0], tag)
     return JSONResponse(_single(tag, custom))
 
 
-def _stored_embedding(services: Services, image_id: str) -> np.ndarray:
+def _stored_vector(services: Services, image_id: str) -> np.ndarray:
     if not services.registry.image_exists(image_id):
         raise not_found("unknown_image", f"No image with id '{image_id}'.")
     settings = services.settings
@@ -89,7 +90,7 @@ def _stored_embedding(services: Services, image_id: str) -> np.ndarray:
 def predict_added(request: Request) -> JSONResponse:
     services = get_services()
     image_id = validate_image_id(request.path_params["image_id"])
-    custom = _custom(services, _stored_embedding(services, image_id))
+    custom = _custom(services, _stored_vector(services, image_id))
     return JSONResponse({"image_id": image_id, "custom": custom})
 
 
@@ -97,7 +98,7 @@ def predict_added_tag(request: Request) -> JSONResponse:
     services = get_services()
     tag = _tag_param(services, request)
     image_id = validate_image_id(request.path_params["image_id"])
-    custom = _custom(services, _stored_embedding(services, image_id), tag)
+    custom = _custom(services, _stored_vector(services, image_id), tag)
     return JSONResponse({"image_id": image_id, **_single(tag, custom)})
 
 

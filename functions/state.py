@@ -17,8 +17,7 @@ from shared.names import validate_tag
 
 def load_state(services: Services, data: bytes) -> list[dict[str, object]]:
     """Validate the whole archive, store every model as a new version, then publish them together."""
-    spec = services.spec
-    records = unpack(data, spec.id, spec.embedding_size, services.archive_limits)
+    records = unpack(data, services.spec, services.archive_limits)
     pointers = [catalog.save_version(services, record) for record in records]
     if pointers:
         services.registry.publish(pointers)
@@ -34,7 +33,7 @@ def export_state(services: Services, tag: str | None) -> bytes:
             raise not_found("unknown_tag", f"Tag '{tag}' has no trained model.")
         pointers = [pointer]
     records = [catalog.load_version(services, p) for p in pointers]
-    return pack(records, services.spec.id, services.spec.embedding_size)
+    return pack(records, services.spec)
 
 
 async def set_state(request: Request) -> JSONResponse:

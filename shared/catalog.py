@@ -24,10 +24,11 @@ def save_version(services: Services, record: ModelRecord) -> ModelPointer:
         threshold=record.threshold,
         trained_at=record.trained_at,
         head=record.head,
+        form=record.form,
         metrics=record.metrics,
     )
     key = model_key(record.tag, version)
-    services.store.put(key, pack([record], services.spec.id, services.spec.embedding_size))
+    services.store.put(key, pack([record], services.spec))
     return ModelPointer(
         tag=record.tag,
         version=version,
@@ -39,8 +40,7 @@ def save_version(services: Services, record: ModelRecord) -> ModelPointer:
 
 
 def load_version(services: Services, pointer: ModelPointer) -> ModelRecord:
-    spec = services.spec
-    (record,) = unpack(services.store.get(pointer.key), spec.id, spec.embedding_size, services.archive_limits)
+    (record,) = unpack(services.store.get(pointer.key), services.spec, services.archive_limits)
     return record
 
 
@@ -58,18 +58,19 @@ class HeadCache:
         self._lock = threading.Lock()
         self._stamp: tuple[str, str, int] | None = None  # (redis url, key prefix, generation)
         self._records: dict[str, ModelRecord] = {}
-        self._matrix = HeadMatrix([], [], [], [])
+        self._matrix: HeadMatrix | None = None
 
     def current(self, services: Services) -> HeadMatrix:
         stamp = (services.settings.redis_url, services.settings.key_prefix, services.registry.generation())
-        if stamp == self._stamp:
-            return self._matrix
+        matrix = self._matrix
+        if stamp == self._stamp and matrix is not None:
+            return matrix
         with self._lock:
-            if stamp != self._stamp:
-                self._reload(services, stamp)
+            if stamp != self._stamp or self._matrix is None:
+                self._matrix = self._reload(services, stamp)
             return self._matrix
 
-    def _reload(self, services: Services, stamp: tuple[str, str, int]) -> None:
+    def _reload(self, services: Services, stamp: tuple[str, str, int]) -> HeadMatrix:
         same_source = self._stamp is not None and self._stamp[:2] == stamp[:2]
         known = self._records if same_source else {}
         records: dict[str, ModelRecord] = {}
@@ -82,9 +83,12 @@ class HeadCache:
                     continue  # deleted between the pointer read and the load; next generation fixes it
             records[pointer.key] = cached
         ordered = sorted(records.values(), key=lambda r: r.tag)
-        self._matrix = HeadMatrix(
-            [r.tag for r in ordered], [r.head for r in ordered], [r.threshold for r in ordered],
-            [r.version for r in ordered],
-        )
         self._records = records
         self._stamp = stamp
+        return HeadMatrix(
+            [r.tag for r in ordered],
+            [r.head for r in ordered],
+            [r.threshold for r in ordered],
+            [r.version for r in ordered],
+            (services.spec.embedding_size, services.spec.style_size),
+        )

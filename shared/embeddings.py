@@ -42,12 +42,15 @@ def embed_stored_images(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """(N, D) embeddings of stored images: cached ones are read, the rest computed in batches and cached."""
-    result = np.zeros((len(image_ids), backbone.embedding_size), dtype=np.float32)
+    """(N, D) feature vectors (semantic | style) of stored images: cached ones are read, the rest
+    computed in batches and cached. A cached vector of another size (an older layout) is recomputed."""
+    spec = backbone.spec
+    width = spec.embedding_size + spec.style_size
+    result = np.zeros((len(image_ids), width), dtype=np.float32)
     missing: list[int] = []
     for i, image_id in enumerate(image_ids):
         try:
-            cached = _from_bytes(store.get(embedding_key(backbone.id, image_id)), backbone.embedding_size)
+            cached = _from_bytes(store.get(embedding_key(spec.id, image_id)), width)
         except ObjectNotFound:
             cached = None
         if cached is None:
@@ -60,10 +63,10 @@ def embed_stored_images(
     for start in range(0, len(missing), batch_size):
         batch = missing[start : start + batch_size]
         images = [decode_image(store.get(image_key(image_ids[i])), max_pixels).image for i in batch]
-        vectors = backbone.embed(images).embeddings
+        vectors = backbone.embed(images).vectors
         for i, vector in zip(batch, vectors, strict=True):
             result[i] = vector
-            store.put(embedding_key(backbone.id, image_ids[i]), _to_bytes(vector))
+            store.put(embedding_key(spec.id, image_ids[i]), _to_bytes(vector))
         done += len(batch)
         if progress:
             progress(done, len(image_ids))

@@ -19,7 +19,7 @@ from shared.models.backbone import LITE0
 from shared.models.heads import Head
 
 LIMITS = ArchiveLimits(max_bytes=1_000_000, max_members=10)
-D = LITE0.embedding_size
+D = LITE0.embedding_size + LITE0.style_size
 
 
 def record(tag: str = "cat", weight: np.ndarray | None = None) -> ModelRecord:
@@ -40,7 +40,8 @@ def tar_of(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
 
 def manifest(files: list[str], **overrides: object) -> bytes:
     body = {
-        "format": "tagsmith-state", "format_version": 1, "backbone": LITE0.id, "embedding_size": D,
+        "format": "tagsmith-state", "format_version": 2, "backbone": LITE0.id,
+        "embedding_size": LITE0.embedding_size, "style_size": LITE0.style_size,
         "models": [{"tag": f"t{i}", "version": 1, "threshold": 0.5, "file": f} for i, f in enumerate(files)],
     }
     body.update(overrides)
@@ -59,7 +60,7 @@ def info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.Ta
 
 
 def good_archive() -> bytes:
-    return pack([record("cat"), record("vintage look")], LITE0.id, D)
+    return pack([record("cat"), record("vintage look")], LITE0)
 
 
 def hostile_archives() -> dict[str, bytes]:
@@ -78,6 +79,9 @@ def hostile_archives() -> dict[str, bytes]:
         "pickle-as-weights": tar_of([(info("manifest.json"), manifest(["w"])),
                                      (info("w"), pickle.dumps({"weight": [0.0] * D}))]),
         "wrong-shape": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights((D + 1,)))]),
+        "v1-shape-in-v2": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights((LITE0.embedding_size,)))]),
+        "unknown-form": tar_of([(info("manifest.json"), manifest(["w"], models=[
+            {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", "form": "magic"}])), (info("w"), ok)]),
         "nan-weights": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights(value=float("nan")))]),
         "other-backbone": tar_of([(info("manifest.json"), manifest(["w"], backbone="clip-vit-b32")), (info("w"), ok)]),
         "newer-format": tar_of([(info("manifest.json"), manifest(["w"], format_version=99)), (info("w"), ok)]),
@@ -95,11 +99,22 @@ def hostile_archives() -> dict[str, bytes]:
 
 
 def test_round_trip_keeps_every_field() -> None:
-    records = unpack(good_archive(), LITE0.id, D, LIMITS)
+    records = unpack(good_archive(), LITE0, LIMITS)
     assert [r.tag for r in records] == ["cat", "vintage look"]
     assert records[0].threshold == 0.4 and records[0].version == 3 and records[0].metrics == {"roc_auc": 0.9}
     np.testing.assert_array_equal(records[0].head.weight, record().head.weight)
     assert records[0].head.bias == 0.25
+
+
+def test_version_1_archives_load_as_semantic_heads() -> None:
+    semantic = np.linspace(-1, 1, LITE0.embedding_size, dtype=np.float32)
+    v1 = manifest(["w"], format_version=1, style_size=None)
+    archive = tar_of([(info("manifest.json"), v1),
+                      (info("w"), save_tensors({"weight": semantic, "bias": np.array([0.5], np.float32)}))])
+    (loaded,) = unpack(archive, LITE0, LIMITS)
+    assert loaded.form == "semantic"
+    np.testing.assert_array_equal(loaded.head.weight[: LITE0.embedding_size], semantic)
+    assert not loaded.head.weight[LITE0.embedding_size :].any()
 
 
 def test_member_names_never_come_from_tags() -> None:
@@ -110,7 +125,7 @@ def test_member_names_never_come_from_tags() -> None:
 @pytest.mark.parametrize("name", list(hostile_archives()))
 def test_hostile_archive_is_refused(name: str) -> None:
     with pytest.raises(ApiError) as refused:
-        unpack(hostile_archives()[name], LITE0.id, D, LIMITS)
+        unpack(hostile_archives()[name], LITE0, LIMITS)
     assert refused.value.status in (400, 413)
     assert refused.value.message
 

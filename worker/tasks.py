@@ -53,7 +53,7 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
     ids = positives + negatives
     labels = np.array([1] * len(positives) + [0] * len(negatives))
     _report("embedding", 0.0)
-    embeddings = embed_stored_images(
+    features = embed_stored_images(
         services.store,
         services.backbone,
         ids,
@@ -69,7 +69,8 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
             previous = catalog.load_version(services, current).head
         except ObjectNotFound:
             current = None  # the archive is gone: train from scratch
-    trained = train_head(embeddings, labels, previous)
+    spec = services.spec
+    trained = train_head(features, labels, (spec.embedding_size, spec.style_size), previous)
     _report("saving", 0.95)
     record = ModelRecord(
         tag=tag,
@@ -77,6 +78,7 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
         threshold=trained.threshold,
         trained_at=utc_now(),
         head=trained.head,
+        form=trained.form,
         metrics={**trained.metrics, "fine_tuned_from": current.version if current else None},
     )
     pointer = catalog.save_version(services, record)
@@ -89,6 +91,7 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
         "tag": tag,
         "version": pointer.version,
         "threshold": pointer.threshold,
+        "form": trained.form,
         "metrics": pointer.metrics,
         "trained_at": pointer.trained_at,
     }

@@ -20,11 +20,15 @@ from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
 from shared.errors import ApiError, bad_request
-from shared.models.heads import Head
+from shared.models.backbone import BackboneSpec
+from shared.models.heads import FORMS, Head
 from shared.names import validate_tag
 
 FORMAT = "tagsmith-state"
-FORMAT_VERSION = 1
+# Version 2: heads span the semantic and style embeddings. Version 1 heads span the semantic
+# embedding only; they load as "semantic" heads with zero style weights.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 _MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -39,6 +43,7 @@ class ModelRecord:
     threshold: float
     trained_at: str
     head: Head
+    form: str = "both"
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -49,7 +54,7 @@ class ArchiveLimits:
     max_tag_length: int = 64
 
 
-def pack(records: list[ModelRecord], backbone_id: str, embedding_size: int) -> bytes:
+def pack(records: list[ModelRecord], spec: BackboneSpec) -> bytes:
     """Serialise models into an archive; member names are numbered, never taken from tags."""
     members: dict[str, bytes] = {}
     entries = []
@@ -67,6 +72,7 @@ def pack(records: list[ModelRecord], backbone_id: str, embedding_size: int) -> b
                 "version": record.version,
                 "threshold": record.threshold,
                 "trained_at": record.trained_at,
+                "form": record.form,
                 "metrics": record.metrics,
                 "file": name,
             }
@@ -74,8 +80,9 @@ def pack(records: list[ModelRecord], backbone_id: str, embedding_size: int) -> b
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "backbone": backbone_id,
-        "embedding_size": embedding_size,
+        "backbone": spec.id,
+        "embedding_size": spec.embedding_size,
+        "style_size": spec.style_size,
         "models": entries,
     }
     buffer = io.BytesIO()
@@ -123,7 +130,7 @@ def read_members(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
     return members
 
 
-def unpack(data: bytes, backbone_id: str, embedding_size: int, limits: ArchiveLimits) -> list[ModelRecord]:
+def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits) -> list[ModelRecord]:
     """Validate a whole archive and return its models, or raise a 400/413 saying what is wrong."""
     members = read_members(data, limits)
     if MANIFEST not in members:
@@ -136,15 +143,21 @@ def unpack(data: bytes, backbone_id: str, embedding_size: int, limits: ArchiveLi
         raise _invalid(f"manifest.json is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(f"manifest.json does not describe a {FORMAT} archive.")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise _invalid(
-            f"Archive format version {manifest.get('format_version')!r} is not supported "
-            f"(this server reads version {FORMAT_VERSION})."
+            f"Archive format version {version!r} is not supported "
+            f"(this server reads versions {', '.join(map(str, READABLE_VERSIONS))})."
         )
-    if manifest.get("backbone") != backbone_id or manifest.get("embedding_size") != embedding_size:
+    expected_style = spec.style_size if version >= 2 else None
+    if (
+        manifest.get("backbone") != spec.id
+        or manifest.get("embedding_size") != spec.embedding_size
+        or manifest.get("style_size") != expected_style
+    ):
         raise _invalid(
-            f"The archive was made for backbone {manifest.get('backbone')!r}; "
-            f"this server runs {backbone_id!r}."
+            f"The archive was made for backbone {manifest.get('backbone')!r} with other embedding sizes; "
+            f"this server runs {spec.id!r}."
         )
     entries = manifest.get("models")
     if not isinstance(entries, list):
@@ -152,7 +165,7 @@ def unpack(data: bytes, backbone_id: str, embedding_size: int, limits: ArchiveLi
     records: list[ModelRecord] = []
     used: set[str] = set()
     for i, entry in enumerate(entries):
-        records.append(_record(entry, i, members, used, embedding_size, limits.max_tag_length))
+        records.append(_record(entry, i, members, used, spec, version, limits.max_tag_length))
     tags = [r.tag for r in records]
     if len(set(tags)) != len(tags):
         raise _invalid("The archive holds the same tag twice.")
@@ -163,7 +176,13 @@ def unpack(data: bytes, backbone_id: str, embedding_size: int, limits: ArchiveLi
 
 
 def _record(
-    entry: Any, i: int, members: dict[str, bytes], used: set[str], size: int, max_tag_length: int
+    entry: Any,
+    i: int,
+    members: dict[str, bytes],
+    used: set[str],
+    spec: BackboneSpec,
+    format_version: int,
+    max_tag_length: int,
 ) -> ModelRecord:
     if not isinstance(entry, dict):
         raise _invalid(f"Model entry {i} is not an object.")
@@ -181,6 +200,9 @@ def _record(
         raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
     if not isinstance(trained_at, str) or not isinstance(metrics, dict):
         raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at or metrics.")
+    form = entry.get("form", "semantic") if format_version >= 2 else "semantic"
+    if form not in FORMS:
+        raise _invalid(f"Model entry {i} ({tag}) has an unknown form {form!r}.")
     if not isinstance(file, str) or file not in members or file == MANIFEST or file in used:
         raise _invalid(f"Model entry {i} ({tag}) names a missing or shared member {file!r}.")
     used.add(file)
@@ -191,17 +213,21 @@ def _record(
     weight, bias = tensors.get("weight"), tensors.get("bias")
     if set(tensors) != {"weight", "bias"} or weight is None or bias is None:
         raise _invalid(f"Member {file!r} must hold exactly the tensors 'weight' and 'bias'.")
+    size = spec.embedding_size + (spec.style_size if format_version >= 2 else 0)
     if weight.shape != (size,) or bias.shape != (1,):
         raise _invalid(f"Member {file!r} has shapes {weight.shape}, {bias.shape}; expected ({size},), (1,).")
     if weight.dtype != np.float32 or bias.dtype != np.float32:
         raise _invalid(f"Member {file!r} must hold float32 tensors.")
     if not (np.isfinite(weight).all() and math.isfinite(float(bias[0]))):
         raise _invalid(f"Member {file!r} holds NaN or infinite weights.")
+    if format_version == 1:  # a semantic-only head: zero weights on the style group
+        weight = np.concatenate([weight, np.zeros(spec.style_size, dtype=np.float32)])
     return ModelRecord(
         tag=tag,
         version=version,
         threshold=float(threshold),
         trained_at=trained_at,
         head=Head(weight=weight.copy(), bias=float(bias[0])),
+        form=form,
         metrics=metrics,
     )

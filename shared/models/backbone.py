@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -18,8 +18,14 @@ from PIL import Image
 class Features:
     """What one forward pass gives for a batch of N images."""
 
-    embeddings: np.ndarray  # (N, embedding_size) float32, the pooled vector
+    embeddings: np.ndarray  # (N, embedding_size) float32, the pooled vector: what is in the picture
+    styles: np.ndarray  # (N, style_size) float32, channel means and stds of early blocks: how it looks
     logits: np.ndarray  # (N, 1000) float32, ImageNet-1k class scores
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, embedding_size + style_size): what custom heads see and the embedding cache keeps."""
+        return np.concatenate([self.embeddings, self.styles], axis=1)
 
 
 @dataclass(frozen=True)
@@ -28,14 +34,23 @@ class BackboneSpec:
 
     id: str  # names weights and preprocessing; embeddings and heads are only valid for it
     embedding_size: int
+    style_size: int
 
 
-LITE0 = BackboneSpec(id="efficientnet-lite0-in1k-v1", embedding_size=1280)
+# The style embedding, from the stem (32 channels) and blocks 0-3 (16, 24, 40, 80 channels):
+# per-channel mean and std (the classic style statistics), per-channel centre-minus-border mean
+# (vignettes, framing), and the correlations between the stem's channels (colour grading).
+STYLE_BLOCKS = (0, 1, 2, 3)
+_STYLE_CHANNELS = 32 + 16 + 24 + 40 + 80
+LITE0 = BackboneSpec(
+    id="efficientnet-lite0-in1k-v1",
+    embedding_size=1280,
+    style_size=3 * _STYLE_CHANNELS + 32 * 31 // 2,
+)
 
 
 class Backbone(Protocol):
-    id: str  # names weights and preprocessing; embeddings and heads are only valid for it
-    embedding_size: int
+    spec: BackboneSpec
 
     def embed(self, images: list[Image.Image]) -> Features: ...
 
@@ -62,8 +77,7 @@ class EfficientNetLite0:
     ``tf_efficientnet_lite0``; its inputs are scaled to [-1, 1] (checked on real photos).
     """
 
-    id = LITE0.id
-    embedding_size = LITE0.embedding_size
+    spec = LITE0
 
     def __init__(self, device: str = "auto", threads: int = 0) -> None:
         import timm
@@ -96,12 +110,54 @@ class EfficientNetLite0:
         torch = self._torch
         batch = torch.from_numpy(np.stack([preprocess(im) for im in images])).to(self.device)
         with self._lock, torch.inference_mode():
-            pooled = self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
-            logits = self.model.get_classifier()(pooled)
+            pooled, styles, logits = self.forward(batch)
         return Features(
             embeddings=pooled.float().cpu().numpy(),
+            styles=styles.float().cpu().numpy(),
             logits=logits.float().cpu().numpy(),
         )
+
+    def forward(self, batch: Any) -> tuple[Any, Any, Any]:
+        """(N, 3, 224, 224) -> pooled embedding, style statistics, logits; one pass through the network."""
+        torch, model = self._torch, self.model
+
+        x = model.bn1(model.conv_stem(batch))
+        stem, early = x, [x]
+        for i, block in enumerate(model.blocks):
+            x = block(x)
+            if i in STYLE_BLOCKS:
+                early.append(x)
+        pooled = model.forward_head(model.bn2(model.conv_head(x)), pre_logits=True)
+        styles = torch.cat(
+            [torch.cat([a.mean(dim=(2, 3)), a.std(dim=(2, 3))], dim=1) for a in early]
+            + [_centre_minus_border(a) for a in early]
+            + [_channel_correlations(stem)],
+            dim=1,
+        )
+        return pooled, styles, model.get_classifier()(pooled)
+
+
+def _centre_minus_border(a: Any) -> Any:
+    """(N, C, H, W) -> (N, C): mean of the central half (each side) minus mean of the rest."""
+    height, width = a.shape[2:]
+    top, left = height // 4, width // 4
+    centre_area = (height - 2 * top) * (width - 2 * left)
+    total = a.sum(dim=(2, 3))
+    centre = a[:, :, top : height - top, left : width - left].sum(dim=(2, 3))
+    return centre / centre_area - (total - centre) / (height * width - centre_area)
+
+
+def _channel_correlations(a: Any) -> Any:
+    """(N, C, H, W) -> (N, C*(C-1)/2): correlation of every pair of channels over the image."""
+    import torch
+
+    n, c = a.shape[:2]
+    flat = a.reshape(n, c, -1)
+    flat = flat - flat.mean(dim=2, keepdim=True)
+    cov = torch.bmm(flat, flat.transpose(1, 2)) / flat.shape[2]
+    std = cov.diagonal(dim1=1, dim2=2).clamp_min(1e-8).sqrt()
+    rows, cols = torch.triu_indices(c, c, 1)
+    return cov[:, rows, cols] / (std[:, rows] * std[:, cols])
 
 
 _lock = threading.Lock()

@@ -1,8 +1,11 @@
 """Custom heads: class-balanced, L2-regularised logistic regression on normalised embeddings.
 
-Training picks the regularisation strength and the decision threshold by stratified
-cross-validation and reports the cross-validated metrics. Retraining starts the optimiser
-from the previous head (fine-tuning). At predict time all heads are one matrix
+A head sees two groups of features from the same forward pass: the semantic embedding (what is
+in the picture) and the style embedding (how it looks). Each group is normalised on its own
+(unit length times sqrt of its size). Per tag, cross-validation chooses the form — semantic
+only, style only, or both — and the decision threshold, and reports held-out metrics.
+Retraining starts the optimiser from the previous head (fine-tuning). Whatever the form, a
+head is one row over the normalised groups, so at predict time all heads are one matrix
 (``HeadMatrix``): one multiply scores every tag.
 """
 
@@ -14,13 +17,16 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
-L2_GRID = (1e-3, 1e-2, 1e-1)
+L2 = 1e-3
 MAX_FOLDS = 5
+MAX_CV_EXAMPLES = 400  # cross-validate on a stratified sample of at most this many; fit on all
+# Form name -> weight of (semantic, style) group in the head's input.
+FORMS: dict[str, tuple[float, float]] = {"semantic": (1.0, 0.0), "style": (0.0, 1.0), "both": (1.0, 1.0)}
 
 
 @dataclass(frozen=True)
 class Head:
-    weight: np.ndarray  # (D,) float32
+    weight: np.ndarray  # (D,) float32 over the normalised feature groups
     bias: float
 
 
@@ -28,29 +34,33 @@ class Head:
 class TrainedHead:
     head: Head
     threshold: float
+    form: str
     metrics: dict[str, Any]
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
-    """Scale each embedding to unit length times sqrt(D), so features are O(1) whatever D is."""
+    """Scale each row to unit length times sqrt(width), so features are O(1) whatever the width."""
     x = np.asarray(x, dtype=np.float64)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, 1e-12) * np.sqrt(x.shape[-1])
+
+
+def normalise_groups(features: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    """Normalise each consecutive group of columns (semantic, style) on its own."""
+    bounds = np.cumsum((0, *sizes))
+    if bounds[-1] != features.shape[-1]:
+        raise ValueError(f"features have {features.shape[-1]} columns, groups {sizes}")
+    return np.concatenate([normalise(features[..., a:b]) for a, b in zip(bounds[:-1], bounds[1:])], axis=-1)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, init: Head | None = None) -> Head:
-    """Minimise the class-balanced mean log loss + l2/2 * |w|^2 with L-BFGS.
-
-    ``x`` is already normalised; ``init`` warm-starts the optimiser.
-    """
-    n, d = x.shape
-    n_pos = max(int(y.sum()), 1)
-    n_neg = max(n - int(y.sum()), 1)
-    sample_weight = np.where(y == 1, n / (2.0 * n_pos), n / (2.0 * n_neg)) / n
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, init: Head | None = None) -> Head:
+    """Minimise the class-balanced mean log loss + l2/2 * |w|^2 with L-BFGS; ``init`` warm-starts."""
+    d = x.shape[1]
+    sample_weight = _balanced_weights(y)
     sign = 2.0 * y - 1.0
 
     def loss_and_grad(params: np.ndarray) -> tuple[float, np.ndarray]:
@@ -63,8 +73,37 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, init: Head | None = No
     start = np.zeros(d + 1)
     if init is not None and init.weight.shape == (d,):
         start = np.concatenate([init.weight.astype(np.float64), [init.bias]])
-    result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": 300, "ftol": 1e-7})
     return Head(weight=result.x[:d].astype(np.float32), bias=float(result.x[d]))
+
+
+def _balanced_weights(y: np.ndarray) -> np.ndarray:
+    n = len(y)
+    n_pos = max(int(y.sum()), 1)
+    n_neg = max(n - int(y.sum()), 1)
+    return np.where(y == 1, n / (2.0 * n_pos), n / (2.0 * n_neg)) / n
+
+
+def fit_logistic_dual(kernel: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float]:
+    """The same objective as ``fit_logistic`` with w = X.T @ alpha, given the Gram matrix X @ X.T.
+
+    With fewer examples than features (cross-validation folds) this searches n numbers instead
+    of D, which is several times faster. Returns (alpha, bias).
+    """
+    n = len(y)
+    sample_weight = _balanced_weights(y)
+    sign = 2.0 * y - 1.0
+
+    def loss_and_grad(params: np.ndarray) -> tuple[float, np.ndarray]:
+        alpha, b = params[:n], params[n]
+        k_alpha = kernel @ alpha
+        margin = sign * (k_alpha + b)
+        loss = float(sample_weight @ np.logaddexp(0.0, -margin) + 0.5 * l2 * (alpha @ k_alpha))
+        g = -sample_weight * sign * sigmoid(-margin)
+        return loss, np.concatenate([kernel @ (g + l2 * alpha), [g.sum()]])
+
+    result = minimize(loss_and_grad, np.zeros(n + 1), jac=True, method="L-BFGS-B", options={"maxiter": 300, "ftol": 1e-7})
+    return result.x[:n], float(result.x[n])
 
 
 def score(head: Head, x: np.ndarray) -> np.ndarray:
@@ -79,29 +118,47 @@ def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
+def log_loss(y: np.ndarray, s: np.ndarray) -> float:
+    """Class-balanced mean log loss."""
+    s = np.clip(s, 1e-7, 1 - 1e-7)
+    return float(-(np.log(s[y == 1]).mean() + np.log(1 - s[y == 0]).mean()) / 2)
+
+
 def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
     """k index arrays that split positives and negatives evenly."""
     rng = np.random.default_rng(seed)
     folds: list[list[int]] = [[] for _ in range(k)]
     for label in (1, 0):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        for i, j in enumerate(idx):
+        for i, j in enumerate(rng.permutation(np.flatnonzero(y == label))):
             folds[i % k].append(int(j))
     return [np.array(sorted(f)) for f in folds]
 
 
-def out_of_fold_scores(x: np.ndarray, y: np.ndarray, l2: float, folds: list[np.ndarray]) -> np.ndarray:
+def stratified_sample(y: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``limit`` examples keeping the class ratio (all of them if few enough)."""
+    if len(y) <= limit:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    take_pos = min(len(positives), max(2, round(limit * len(positives) / len(y))))
+    take_neg = min(len(negatives), limit - take_pos)
+    return np.sort(np.concatenate([rng.choice(positives, take_pos, False), rng.choice(negatives, take_neg, False)]))
+
+
+def out_of_fold_scores(kernel: np.ndarray, y: np.ndarray, folds: list[np.ndarray]) -> np.ndarray:
+    """Held-out scores of each fold from a head fitted on the others, given the Gram matrix."""
     scores = np.zeros(len(y))
     for held_out in folds:
         train = np.setdiff1d(np.arange(len(y)), held_out)
-        scores[held_out] = score(fit_logistic(x[train], y[train], l2), x[held_out])
+        alpha, bias = fit_logistic_dual(kernel[np.ix_(train, train)], y[train])
+        scores[held_out] = sigmoid(kernel[np.ix_(held_out, train)] @ alpha + bias)
     return scores
 
 
 def best_threshold(y: np.ndarray, s: np.ndarray) -> float:
-    """The threshold with the highest F1 on cross-validated scores (midpoint between scores)."""
-    candidates = np.unique(s)
-    cuts = np.concatenate([[0.5], (candidates[:-1] + candidates[1:]) / 2]) if len(candidates) > 1 else [0.5]
+    """The threshold with the highest F1 on cross-validated scores (midpoints; ties nearest 0.5)."""
+    values = np.unique(s)
+    cuts = np.concatenate([[0.5], (values[:-1] + values[1:]) / 2])
     best, best_f1 = 0.5, -1.0
     for t in cuts:
         f1 = metrics_at(y, s, float(t))["f1"]
@@ -126,48 +183,81 @@ def metrics_at(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, floa
     }
 
 
-def train_head(embeddings: np.ndarray, labels: np.ndarray, previous: Head | None = None) -> TrainedHead:
-    """Train one tag's head on raw embeddings and 0/1 labels.
+def _form_input(z: np.ndarray, sizes: tuple[int, int], form: str) -> np.ndarray:
+    weights = np.repeat(FORMS[form], sizes)
+    return z * weights
 
-    With at least two examples of each class, the L2 strength and the threshold come from
-    stratified k-fold cross-validation (k = min(5, smallest class)), and the reported
-    metrics are those of the held-out folds. With fewer, the threshold is 0.5 and the
-    metrics say that cross-validation was not possible.
+
+def train_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    sizes: tuple[int, int],
+    previous: Head | None = None,
+    forms: tuple[str, ...] = tuple(FORMS),
+) -> TrainedHead:
+    """Train one tag's head on raw (semantic | style) features and 0/1 labels.
+
+    With at least two examples of each class, stratified k-fold cross-validation
+    (k = min(5, smallest class)) picks the form with the lowest held-out log loss and the
+    threshold with the best held-out F1, and the reported metrics are those of the held-out
+    folds. With fewer, the form is "both", the threshold 0.5, and no metrics are claimed.
     """
-    x, y = normalise(embeddings), np.asarray(labels, dtype=np.float64)
+    z = normalise_groups(features, sizes)
+    y = np.asarray(labels, dtype=np.float64)
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     k = min(MAX_FOLDS, n_pos, n_neg)
     metrics: dict[str, Any] = {"positives": n_pos, "negatives": n_neg, "folds": k if k >= 2 else 0}
-    l2, threshold = L2_GRID[1], 0.5
+    form, threshold = ("both" if "both" in forms else forms[0]), 0.5
     if k >= 2:
-        folds = stratified_folds(y, k)
-        by_l2 = {c: out_of_fold_scores(x, y, c, folds) for c in L2_GRID}
-        l2 = max(L2_GRID, key=lambda c: (roc_auc(y, by_l2[c]), -abs(np.log10(c) + 2)))
-        oof = by_l2[l2]
-        threshold = best_threshold(y, oof)
-        metrics.update(roc_auc=round(roc_auc(y, oof), 4), **metrics_at(y, oof, threshold))
-    metrics["l2"] = l2
-    head = fit_logistic(x, y, l2, init=previous)
-    return TrainedHead(head=head, threshold=round(threshold, 6), metrics=metrics)
+        sample = stratified_sample(y, MAX_CV_EXAMPLES)
+        zs, ys = z[sample], y[sample]
+        folds = stratified_folds(ys, k)
+        semantic, style = zs[:, : sizes[0]], zs[:, sizes[0] :]
+        grams = (semantic @ semantic.T, style @ style.T)
+        oof = {
+            f: out_of_fold_scores(FORMS[f][0] ** 2 * grams[0] + FORMS[f][1] ** 2 * grams[1], ys, folds)
+            for f in forms
+        }
+        losses = {f: log_loss(ys, s) for f, s in oof.items()}
+        form = min(forms, key=lambda f: losses[f])
+        threshold = best_threshold(ys, oof[form])
+        metrics.update(
+            cv_examples=len(sample),
+            roc_auc=round(roc_auc(ys, oof[form]), 4),
+            **metrics_at(ys, oof[form], threshold),
+            log_loss_by_form={f: round(v, 4) for f, v in losses.items()},
+        )
+    metrics["form"] = form
+    fitted = fit_logistic(_form_input(z, sizes, form), y, init=previous)
+    weight = fitted.weight * np.repeat(FORMS[form], sizes).astype(np.float32)
+    return TrainedHead(Head(weight, fitted.bias), threshold=round(threshold, 6), form=form, metrics=metrics)
 
 
 class HeadMatrix:
     """Every tag's head stacked into one (T, D) matrix: one multiply scores all tags."""
 
-    def __init__(self, tags: list[str], heads: list[Head], thresholds: list[float], versions: list[int]) -> None:
+    def __init__(
+        self,
+        tags: list[str],
+        heads: list[Head],
+        thresholds: list[float],
+        versions: list[int],
+        sizes: tuple[int, int],
+    ) -> None:
         self.tags = tags
+        self.sizes = sizes
         self.thresholds = np.array(thresholds, dtype=np.float64)
         self.versions = versions
-        dim = heads[0].weight.shape[0] if heads else 0
-        self.weights = np.stack([h.weight for h in heads]).astype(np.float64) if heads else np.zeros((0, dim))
+        width = sum(sizes)
+        self.weights = np.stack([h.weight for h in heads]).astype(np.float64) if heads else np.zeros((0, width))
         self.biases = np.array([h.bias for h in heads], dtype=np.float64)
         self.index = {tag: i for i, tag in enumerate(tags)}
 
-    def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """(N, D) raw embeddings -> (N, T) probabilities."""
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) raw (semantic | style) features -> (N, T) probabilities."""
         if not self.tags:
-            return np.zeros((len(embeddings), 0))
-        return sigmoid(normalise(embeddings) @ self.weights.T + self.biases)
+            return np.zeros((len(features), 0))
+        return sigmoid(normalise_groups(features, self.sizes) @ self.weights.T + self.biases)
 
     def describe(self, scores: np.ndarray, tags: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """One image's scores as {tag: {score, match, threshold, version}}, best first."""

@@ -1,0 +1,1 @@
+"""Benchmarks and evaluations; each runs as ``python -m bench.<name>`` and prints its own table."""

@@ -1,0 +1,102 @@
+"""Photos, style transforms and keyword groups for the quality evaluation (``bench/quality.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from skimage import data
+
+# Colour photos scikit-image ships; training uses the first half, evaluation only the second.
+TRAIN_SOURCES = ("astronaut", "coffee", "rocket", "hubble_deep_field")
+TEST_SOURCES = ("chelsea", "retina", "immunohistochemistry", "motorcycle")
+
+
+def source(name: str) -> Image.Image:
+    array = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    return Image.fromarray(array).convert("RGB")
+
+
+def random_crops(image: Image.Image, count: int, rng: np.random.Generator, size: int = 320) -> list[Image.Image]:
+    """Crops of 40-100% of the short side, some mirrored, resized to ``size`` on the short side."""
+    width, height = image.size
+    out = []
+    for _ in range(count):
+        side = int(min(width, height) * rng.uniform(0.4, 1.0))
+        aspect = rng.uniform(0.75, 1.33)
+        w, h = min(width, int(side * aspect)), side
+        x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        crop = image.crop((x, y, x + w, y + h))
+        if rng.random() < 0.5:
+            crop = ImageOps.mirror(crop)
+        scale = size / min(crop.size)
+        out.append(crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.Resampling.BICUBIC))
+    return out
+
+
+def sepia(im: Image.Image) -> Image.Image:
+    grey = np.asarray(ImageOps.grayscale(im), dtype=np.float32)
+    tone = np.stack([grey * 1.07, grey * 0.87, grey * 0.62], axis=-1) + np.array([20, 10, 0])
+    return Image.fromarray(np.clip(tone, 0, 255).astype(np.uint8))
+
+
+def vignette(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    y, x = np.ogrid[-1 : 1 : h * 1j, -1 : 1 : w * 1j]
+    mask = np.clip(1.25 - 0.85 * (x**2 + y**2), 0.15, 1.0)[..., None]
+    return Image.fromarray((np.asarray(im, dtype=np.float32) * mask).astype(np.uint8))
+
+
+def grain(im: Image.Image, seed: int = 0) -> Image.Image:
+    noise = np.random.default_rng(seed).normal(0, 22, (im.height, im.width, 1))
+    return Image.fromarray(np.clip(np.asarray(im, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def faded(im: Image.Image) -> Image.Image:
+    washed = ImageEnhance.Color(ImageEnhance.Contrast(im).enhance(0.6)).enhance(0.6)
+    return Image.fromarray((np.asarray(washed, dtype=np.float32) * 0.8 + 45).astype(np.uint8))
+
+
+def teal_orange(im: Image.Image) -> Image.Image:
+    a = np.asarray(im, dtype=np.float32)
+    luma = a.mean(axis=-1, keepdims=True) / 255
+    tint = luma * np.array([40, 10, -30]) + (1 - luma) * np.array([-30, 10, 35])
+    return Image.fromarray(np.clip(a + tint, 0, 255).astype(np.uint8))
+
+
+STYLE_TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "sepia": sepia,
+    "black and white": lambda im: ImageOps.grayscale(im).convert("RGB"),
+    "vignette": vignette,
+    "soft focus": lambda im: im.filter(ImageFilter.GaussianBlur(3)),
+    "grainy film": grain,
+    "high contrast": lambda im: ImageEnhance.Contrast(im).enhance(2.2),
+    "faded": faded,
+    "teal and orange": teal_orange,
+    "pixelated": lambda im: im.resize((im.width // 12, im.height // 12), Image.Resampling.NEAREST).resize(
+        im.size, Image.Resampling.NEAREST
+    ),
+}
+
+
+# Keyword subjects: training crops come from the left part of each photo, evaluation crops
+# from the right part, so no evaluated pixel region was seen in training.
+KEYWORD_SUBJECTS = {"cat": "chelsea", "coffee": "coffee", "person": "astronaut", "rocket": "rocket",
+                    "motorcycle": "motorcycle"}
+
+
+def half_crops(name: str, side: str, count: int, rng: np.random.Generator) -> list[Image.Image]:
+    image = source(name)
+    width = image.width
+    region = image.crop((0, 0, int(width * 0.55), image.height) if side == "left"
+                        else (int(width * 0.45), 0, width, image.height))
+    return random_crops(region, count, rng)
+
+
+def faces(split: str) -> tuple[list[Image.Image], list[Image.Image]]:
+    """LFW faces and non-faces (25x25 greyscale, 100 each), halves split into train and test."""
+    images = [Image.fromarray((a * 255).astype(np.uint8)).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
+              for a in data.lfw_subset()]  # floats in [0, 1]
+    part = slice(0, 50) if split == "train" else slice(50, 100)
+    return images[:100][part], images[100:][part]

@@ -1,0 +1,162 @@
+"""Quality of custom heads on real photos: pooled-embedding-only heads against the new heads.
+
+Style tags are made by transforming photos (sepia, vignette, grain, ...); keyword tags are
+subjects (cat, coffee, person, rocket, motorcycle; faces from LFW). Training and evaluation
+never share a photo region: style tags train on four source photos and are evaluated on four
+others; keyword subjects train on the left part of each photo and are evaluated on the right
+part (faces: disjoint halves of LFW). For 5+5, 10+10 and 20+20 training examples, it prints the
+held-out ROC AUC per tag (mean of several random draws) for both kinds of head, and exits
+non-zero if a target is missed.
+
+    python -m bench.quality [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.photos import (
+    KEYWORD_SUBJECTS,
+    STYLE_TRANSFORMS,
+    TEST_SOURCES,
+    TRAIN_SOURCES,
+    faces,
+    half_crops,
+    random_crops,
+    source,
+)
+from shared.models.backbone import LITE0, load_backbone
+from shared.models.heads import fit_logistic, normalise, normalise_groups, roc_auc, sigmoid, train_head
+
+SIZES = (LITE0.embedding_size, LITE0.style_size)
+SHOTS = (5, 10, 20)
+CROPS_PER_SOURCE = 12
+
+
+def embed(images: list[Image.Image]) -> np.ndarray:
+    backbone = load_backbone()
+    return np.concatenate([backbone.embed(images[i : i + 32]).vectors for i in range(0, len(images), 32)])
+
+
+def style_pools(rng: np.random.Generator) -> dict[tuple[str, str], np.ndarray]:
+    """(split, transform or 'none') -> features of every crop of that split's photos."""
+    pools = {}
+    for split, sources in (("train", TRAIN_SOURCES), ("test", TEST_SOURCES)):
+        crops = [c for name in sources for c in random_crops(source(name), CROPS_PER_SOURCE, rng)]
+        for transform in ("none", *STYLE_TRANSFORMS):
+            images = crops if transform == "none" else [STYLE_TRANSFORMS[transform](c) for c in crops]
+            pools[(split, transform)] = embed(images)
+    return pools
+
+
+def restyle(images: list[Image.Image], rng: np.random.Generator) -> list[Image.Image]:
+    """Apply a random style transform (or none) to each image: style is a nuisance for keywords."""
+    choices = ["none", *STYLE_TRANSFORMS]
+    out = []
+    for image in images:
+        name = choices[int(rng.integers(len(choices)))]
+        out.append(image if name == "none" else STYLE_TRANSFORMS[name](image))
+    return out
+
+
+def keyword_pools(rng: np.random.Generator) -> dict[tuple[str, str], np.ndarray]:
+    """(split, subject) -> features of restyled crops of that subject's photo region."""
+    pools = {}
+    for tag, name in KEYWORD_SUBJECTS.items():
+        for split, side in (("train", "left"), ("test", "right")):
+            pools[(split, tag)] = embed(restyle(half_crops(name, side, 2 * CROPS_PER_SOURCE, rng), rng))
+    for split in ("train", "test"):
+        positives, negatives = faces(split)
+        pools[(split, "face")] = embed(positives)
+        pools[(split, "not face")] = embed(negatives)
+    return pools
+
+
+def load_pools(cache: Path | None) -> tuple[dict, dict]:
+    """Embed the photos, or read their features from ``cache`` (written on the first run)."""
+    if cache is not None and cache.exists():
+        with np.load(cache) as saved:
+            pools: tuple[dict, dict] = ({}, {})
+            for key in saved.files:
+                which, split, tag = key.split("|")
+                pools[int(which)][(split, tag)] = saved[key]
+            return pools
+    rng = np.random.default_rng(0)
+    pools = (style_pools(rng), keyword_pools(rng))
+    if cache is not None:
+        np.savez(cache, **{f"{i}|{s}|{t}": v for i, pool in enumerate(pools) for (s, t), v in pool.items()})
+    return pools
+
+
+def draw(pools: dict, split: str, tag: str, negatives_from: list[str], n: int, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    positives = pools[(split, tag)]
+    pos = positives[rng.choice(len(positives), n, replace=False)]
+    neg = [pools[(split, negatives_from[rng.integers(len(negatives_from))])] for _ in range(n)]
+    neg = np.stack([pool[rng.integers(len(pool))] for pool in neg])
+    return np.concatenate([pos, neg]), np.array([1] * n + [0] * n)
+
+
+def evaluate(pools: dict, tag: str, negatives_from: list[str], reps: int) -> dict[int, tuple[float, float]]:
+    """shots -> (AUC of pooled-only heads, AUC of the new heads), means over ``reps`` draws."""
+    rng = np.random.default_rng(1)
+    test_x, test_y = draw(pools, "test", tag, negatives_from, len(pools[("test", tag)]), rng)
+    test_z = normalise_groups(test_x, SIZES)
+    result = {}
+    for n in SHOTS:
+        pooled, new = [], []
+        for _ in range(reps):
+            x, y = draw(pools, "train", tag, negatives_from, n, rng)
+            for forms, sink in ((("semantic",), pooled), (("semantic", "style", "both"), new)):
+                head = train_head(x, y, SIZES, forms=forms).head
+                sink.append(roc_auc(test_y, sigmoid(test_z @ head.weight.astype(np.float64) + head.bias)))
+        result[n] = (float(np.mean(pooled)), float(np.mean(new)))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=5, help="random training draws per tag and size")
+    parser.add_argument("--cache", type=Path, help="keep the photos' features in this .npz between runs")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    styles, keywords = load_pools(args.cache)
+    print(f"embedded the photos in {time.perf_counter() - started:.0f} s")
+    rows: list[tuple[str, str, dict[int, tuple[float, float]]]] = []
+    for tag in STYLE_TRANSFORMS:
+        others = [t for t in STYLE_TRANSFORMS if t != tag]
+        negatives = ["none"] * len(others) + others  # half plain, half other styles, at random
+        rows.append(("style", tag, evaluate(styles, tag, negatives, args.reps)))
+    for tag in KEYWORD_SUBJECTS:
+        rows.append(("keyword", tag, evaluate(keywords, tag, [t for t in KEYWORD_SUBJECTS if t != tag], args.reps)))
+    rows.append(("keyword", "face", evaluate(keywords, "face", ["not face"], args.reps)))
+
+    header = "| kind | tag | " + " | ".join(f"{n}+{n} pooled | {n}+{n} new" for n in SHOTS) + " |"
+    print(header)
+    print("|" + "---|" * (2 + 2 * len(SHOTS)))
+    for kind, tag, result in rows:
+        print(f"| {kind} | {tag} | " + " | ".join(f"{result[n][0]:.3f} | {result[n][1]:.3f}" for n in SHOTS) + " |")
+    failures = []
+    for kind in ("style", "keyword"):
+        chosen = [r for k, _, r in rows if k == kind]
+        means = [(np.mean([r[n][0] for r in chosen]), np.mean([r[n][1] for r in chosen])) for n in SHOTS]
+        print(f"| {kind} | **mean** | " + " | ".join(f"{p:.3f} | {q:.3f}" for p, q in means) + " |")
+    style_10 = [r[10][1] for k, _, r in rows if k == "style"]
+    if np.mean(style_10) < 0.97 or min(style_10) < 0.93:
+        failures.append(f"style tags at 10+10: mean {np.mean(style_10):.3f} (target 0.97), min {min(style_10):.3f} (0.93)")
+    for kind, tag, result in rows:
+        if kind == "keyword" and result[10][1] < result[10][0] - 0.01:
+            failures.append(f"keyword '{tag}' at 10+10: new {result[10][1]:.3f} < pooled {result[10][0]:.3f}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    for failure in failures:
+        print("MISSED:", failure)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
