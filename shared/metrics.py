@@ -13,7 +13,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -23,6 +30,7 @@ log = logging.getLogger("tagsmith")
 
 TRAINING_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+disable_created_metrics()  # no `_created` series: they double the output and nobody graphs them
 
 REQUESTS = Counter(
     "tagsmith_http_requests", "HTTP requests served.", ["method", "route", "status"]

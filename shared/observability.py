@@ -18,6 +18,7 @@ access_log = logging.getLogger("tagsmith.access")
 log = logging.getLogger("tagsmith")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+_CONVERTER = re.compile(r":\w+}")  # {tag:path} -> {tag}, as in the OpenAPI schema
 _QUIET_ROUTES = {"/health", "/ready", "/metrics"}  # probes and scrapes log at DEBUG
 
 
@@ -25,7 +26,7 @@ def route_template(scope: Scope) -> str:
     """The matched route's path template (``/status/{task_id}``), so metrics stay low-cardinality."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) and path else "<unmatched>"
+    return _CONVERTER.sub("}", path) if isinstance(path, str) and path else "<unmatched>"
 
 
 class RequestObserver:
