@@ -13,8 +13,8 @@ from shared import catalog
 from shared.context import Services, get_services
 from shared.errors import bad_request, conflict, not_found
 from shared.http import create_app
-from shared.registry import EpochMoved, ModelPointer
 from shared.names import validate_tag
+from shared.registry import EpochMoved, ModelPointer
 from shared.store import ObjectNotFound
 
 

@@ -128,7 +128,8 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
         else:
             print(task["task_id"])
         return 0
-    with _bar(args, total=100, unit="%", desc="queued", bar_format="{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}") as bar:
+    layout = "{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}"
+    with _bar(args, total=100, unit="%", desc="queued", bar_format=layout) as bar:
         def show(status: TaskStatus) -> None:
             bar.set_description_str(str(status.get("stage") or status.get("status")))
             bar.update(round(100 * float(status.get("progress", 0.0))) - bar.n)

@@ -4,7 +4,7 @@ logs and metrics, and the operations and documentation routes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -27,7 +27,7 @@ log = logging.getLogger("tagsmith")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
 
 
-def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def json_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 

@@ -9,7 +9,8 @@ import time
 from contextvars import ContextVar
 
 request_id: ContextVar[str | None] = ContextVar("tagsmith_request_id", default=None)
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_STANDARD |= {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

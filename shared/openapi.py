@@ -108,10 +108,8 @@ def _request_body(spec: dict[str, Any]) -> dict[str, Any] | None:
     properties: dict[str, Any] = {field: {"type": "array", "items": binary} if multiple else binary}
     for name, extra in (spec.get("form") or {}).items():
         properties[name] = dict(extra)
-    return {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {"type": "object", "required": [field], "properties": properties}}},
-    }
+    schema = {"type": "object", "required": [field], "properties": properties}
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
 def _responses(spec: dict[str, Any]) -> dict[str, Any]:
@@ -251,7 +249,8 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> str:
         media, content = next(iter(response["content"].items()))
         example = content.get("example")
         sample = f"<pre>{_e(json.dumps(example, indent=1))}</pre>" if example is not None else ""
-        items.append(f"<li><b>{_e(status)}</b> <code>{_e(media)}</code> — {_text(response['description'])}{sample}</li>")
+        description = _text(response["description"])
+        items.append(f"<li><b>{_e(status)}</b> <code>{_e(media)}</code> — {description}{sample}</li>")
     parts.append(f"<ul class=\"responses\">{''.join(items)}</ul></section>")
     return "".join(parts)
 
@@ -288,7 +287,8 @@ h1 small{font-size:.5em;color:#777}h2{border-bottom:2px solid #ddd;margin-top:2e
 .op h3{font-size:1.05em;margin:.6em 0 .2em}.summary{margin-top:0}
 .m{display:inline-block;min-width:4.2em;text-align:center;border-radius:4px;color:#fff;font-size:.8em;padding:.1em .3em}
 .get{background:#2b7bb9}.post{background:#3a9b4d}.delete{background:#c0392b}.put,.patch{background:#b9772b}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #e3e3e3;padding:.2em .5em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #e3e3e3;padding:.2em .5em;text-align:left;vertical-align:top}
 code{background:#f4f4f4;padding:0 .2em;border-radius:3px}pre{background:#f4f4f4;padding:.5em;overflow:auto}
 nav li{margin:.2em 0}nav a{margin-right:.3em}
 """

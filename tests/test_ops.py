@@ -119,3 +119,18 @@ def test_server_logs_are_json_lines_with_the_request_id(live_server: TagsmithSer
     assert ours[0]["logger"] == "tagsmith.access"
     assert (ours[0]["route"], ours[0]["status"], ours[0]["method"]) == ("/custom/images/{image_id}", 404, "GET")
     assert worker, "the worker's logs are JSON lines too"
+
+
+def test_an_unexpected_error_is_a_500_json_with_the_request_id() -> None:
+    from starlette.routing import Route
+
+    from shared.http import create_app
+
+    def broken(request):  # type: ignore[no-untyped-def]
+        """Fails."""
+        raise RuntimeError("a bug")
+
+    with TestClient(create_app([Route("/broken", broken)]), raise_server_exceptions=False) as bare:
+        response = bare.get("/broken", headers={"X-Request-ID": "bug-1"})
+    assert response.status_code == 500 and response.headers["x-request-id"] == "bug-1"
+    assert response.json() == {"error": "internal_error", "message": "The server failed to handle this request."}
