@@ -261,6 +261,8 @@ def render_docs(schema: dict[str, Any]) -> str:
     for path, operations in schema["paths"].items():
         for method, op in operations.items():
             groups.setdefault(op["tags"][0], []).append((path, method, op))
+    order = ["images", "gallery", "training", "versions", "suggest", "predict", "state", "webpage", "ops", "openapi"]
+    groups = dict(sorted(groups.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     toc = "".join(
         f"<li><b>{_e(group)}</b>: "
         + ", ".join(f'<a href="#{_e(op["operationId"])}">{method.upper()} {_e(path)}</a>' for path, method, op in ops)
