@@ -51,6 +51,14 @@ def _tag_param(services: Services, request: Request) -> str:
 
 
 async def predict_all(request: Request) -> JSONResponse:
+    """Base keywords and styles plus every custom tag, for an uploaded image.
+    ---
+    upload: data
+    response:
+      description: Keywords, styles and custom tags, best first.
+      example: {keywords: [{name: cat, score: 0.93, kind: parent}], styles: [{name: warm, score: 0.71}], style_scores: {warm: 0.71}, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}
+    errors: [400, 413, 415, 503]
+    """
     services, features, image = await _embed_upload(request)
     styles = await run_in_threadpool(style_scores, image)
     custom = await run_in_threadpool(_custom, services, features.vectors[0])
@@ -65,12 +73,24 @@ async def predict_all(request: Request) -> JSONResponse:
 
 
 async def predict_custom(request: Request) -> JSONResponse:
+    """Every custom tag, for an uploaded image.
+    ---
+    upload: data
+    response: {description: 'Every trained tag, best first.', example: {custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
+    errors: [400, 413, 415, 503]
+    """
     services, features, _ = await _embed_upload(request)
     custom = await run_in_threadpool(_custom, services, features.vectors[0])
     return JSONResponse({"custom": custom})
 
 
 async def predict_custom_tag(request: Request) -> JSONResponse:
+    """One custom tag, for an uploaded image.
+    ---
+    upload: data
+    response: {description: The tag's score., example: {tag: cat, score: 0.998, match: true, threshold: 0.5, version: 2}}
+    errors: [400, 404, 413, 415, 503]
+    """
     services = get_services()
     tag = _tag_param(services, request)
     if tag not in heads.current(services).index:  # refuse before the upload is decoded
@@ -88,6 +108,11 @@ def _stored_vector(services: Services, image_id: str) -> np.ndarray:
 
 
 def predict_added(request: Request) -> JSONResponse:
+    """Every custom tag, for a stored image.
+    ---
+    response: {description: 'Every trained tag, best first.', example: {image_id: cat-1, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
+    errors: [400, 404, 503]
+    """
     services = get_services()
     image_id = validate_image_id(request.path_params["image_id"])
     custom = _custom(services, _stored_vector(services, image_id))
@@ -95,6 +120,11 @@ def predict_added(request: Request) -> JSONResponse:
 
 
 def predict_added_tag(request: Request) -> JSONResponse:
+    """One custom tag, for a stored image.
+    ---
+    response: {description: The tag's score., example: {image_id: cat-1, tag: cat, score: 0.998, match: true, threshold: 0.5, version: 2}}
+    errors: [400, 404, 503]
+    """
     services = get_services()
     tag = _tag_param(services, request)
     image_id = validate_image_id(request.path_params["image_id"])

@@ -37,6 +37,17 @@ def export_state(services: Services, tag: str | None) -> bytes:
 
 
 async def set_state(request: Request) -> JSONResponse:
+    """Load custom models from a state archive.
+
+    The whole archive is validated before anything changes; then all its models are published
+    at once, each as its tag's next version.
+    ---
+    upload: data
+    response:
+      description: The models loaded.
+      example: {loaded: [{tag: cat, version: 3, threshold: 0.41}]}
+    errors: [400, 413, 503]
+    """
     services = get_services()
     data = await read_upload(request, services.settings.max_archive_bytes)
     loaded = await run_in_threadpool(load_state, services, data)
@@ -44,6 +55,13 @@ async def set_state(request: Request) -> JSONResponse:
 
 
 def get_state(request: Request) -> Response:
+    """Export the current model of every tag (or one) as a state archive.
+    ---
+    query:
+      tag: {type: string, description: Export only this tag.}
+    response: {description: 'A tar of `manifest.json` and one safetensors file per model.', content: tar}
+    errors: [400, 404, 503]
+    """
     services = get_services()
     tag = request.query_params.get("tag")
     if tag is not None:

@@ -18,6 +18,18 @@ _TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 def train(request: Request) -> JSONResponse:
+    """Queue a training of a tag's model.
+
+    The tag needs at least one positive and one negative example. A request while a training of
+    the tag is still waiting returns that task (`already_queued`). Each training makes a new
+    version, fine-tuned from the current one.
+    ---
+    response:
+      status: 202
+      description: The training is queued; follow it at `/status/{task_id}`.
+      example: {task_id: 3f2c..., tag: cat, status: queued, already_queued: false}
+    errors: [400, 503]
+    """
     services = get_services()
     tag = validate_tag(request.path_params["tag"], services.settings.max_tag_length)
     positives, negatives = services.registry.examples(tag)
@@ -35,6 +47,17 @@ def train(request: Request) -> JSONResponse:
 
 
 def status(request: Request) -> JSONResponse:
+    """The state of a training task.
+
+    `status` is queued, started, finished or failed; `progress` runs from 0 to 1 through the
+    stages embedding, training and saving. Once finished, `result` holds the new version, its
+    threshold and its cross-validated metrics; once failed, `error` says why.
+    ---
+    response:
+      description: The task's state.
+      example: {task_id: 3f2c..., tag: cat, status: finished, progress: 1.0, stage: done, result: {version: 1, threshold: 0.41, metrics: {roc_auc: 1.0, f1: 1.0, precision: 1.0, recall: 1.0, accuracy: 1.0}}}
+    errors: [404, 503]
+    """
     task_id = request.path_params["task_id"]
     if not _TASK_ID.fullmatch(task_id):
         raise not_found("unknown_task", f"No task with id '{task_id}'.")
@@ -42,6 +65,13 @@ def status(request: Request) -> JSONResponse:
 
 
 def delete(request: Request) -> JSONResponse:
+    """Reset a tag: its models and assignments go, the images stay.
+
+    Version numbers are never reused, even after a reset.
+    ---
+    response: {description: The tag is reset., example: {tag: cat, deleted: true}}
+    errors: [400, 404, 503]
+    """
     services = get_services()
     tag = validate_tag(request.path_params["tag"], services.settings.max_tag_length)
     if not services.registry.tag_exists(tag):

@@ -1,4 +1,5 @@
-"""The ``tagsmith`` command: ``serve`` (the embedded default) and ``worker``."""
+"""The ``tagsmith`` command: ``serve`` (the embedded default), ``worker``, and the client commands
+(``add``, ``train``, ``predict``, ...) that talk to a server over HTTP."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from infra.commands import add_commands
+from shared.logs import configure_logging
 from shared.settings import get_settings
 
 
@@ -47,7 +50,8 @@ def serve(args: argparse.Namespace) -> None:
         try:
             from infra.gateway import app
 
-            uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+            # Our JSON logs and access log replace uvicorn's own.
+            uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
         finally:
             supervisor.stop()
             if redis_process is not None:
@@ -61,8 +65,7 @@ def worker(args: argparse.Namespace) -> None:
     run_worker(burst=args.burst)
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tagsmith", description="Image tagging with custom keywords and styles.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("serve", help="serve the HTTP API with its own Redis and worker (embedded default)")
@@ -73,8 +76,29 @@ def main(argv: list[str] | None = None) -> None:
     w = commands.add_parser("worker", help="run a training worker against TAGSMITH_REDIS_URL")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.set_defaults(run=worker)
+    add_commands(commands)
     args = parser.parse_args(argv)
+    if hasattr(args, "client_command"):
+        return run_client_command(args)
+    configure_logging(get_settings().log_level)
     args.run(args)
+    return 0
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    from tagsmith_client import Client, TagsmithError
+
+    try:
+        with Client(args.url) as client:
+            return int(args.client_command(client, args))
+    except TagsmithError as exc:
+        print(f"tagsmith: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
+    except TimeoutError as exc:
+        print(f"tagsmith: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,7 +5,18 @@ In containers, ``infra/nginx.conf`` routes the same paths to one service per fun
 
 from __future__ import annotations
 
-from functions import images, predict, state, training
+from functions import gallery, images, predict, state, suggest, training, versions, webpage
 from shared.http import create_app
 
-app = create_app([*images.routes, *training.routes, *predict.routes, *state.routes])
+app = create_app(
+    [
+        *images.routes,
+        *gallery.routes,
+        *training.routes,
+        *versions.routes,
+        *suggest.routes,
+        *predict.routes,
+        *state.routes,
+        *webpage.routes,
+    ]
+)

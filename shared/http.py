@@ -1,22 +1,25 @@
-"""What every function app shares: JSON errors, the request body limit and upload reading."""
+"""What every function app shares: JSON errors, the request body limit, upload reading, request ids,
+logs and metrics, and the operations and documentation routes."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import openapi, ops
 from shared.errors import ApiError, bad_request, too_large
+from shared.observability import RequestObserver
 from shared.settings import get_settings
 from shared.store import StoreUnavailable
 
@@ -24,7 +27,7 @@ log = logging.getLogger("tagsmith")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
 
 
-def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def json_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
@@ -82,23 +85,50 @@ class BodyLimit:
 
 
 def body_limit_for_path(path: str) -> int:
-    """State archives may be larger than image uploads; 64 KiB covers multipart framing."""
+    """State archives and batches may be larger than one image upload; 64 KiB covers multipart framing."""
     settings = get_settings()
-    limit = settings.max_archive_bytes if path.rstrip("/") == "/set_state" else settings.max_upload_bytes
-    return limit + 64 * 1024
+    limits = {"/set_state": settings.max_archive_bytes, "/custom/add_many": settings.max_batch_bytes}
+    return limits.get(path.rstrip("/"), settings.max_upload_bytes) + 64 * 1024
 
 
-async def read_upload(request: Request, limit: int, field: str = "data") -> bytes:
-    """The bytes of the multipart file field ``field``; 400 if absent, 413 if over ``limit``."""
+async def _parse_form(request: Request, field: str, max_files: int, max_fields: int) -> FormData:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise bad_request("missing_field", f"Send the file as multipart/form-data in the field '{field}'.")
     try:
-        form = await request.form(max_files=4, max_fields=16)
+        return await request.form(max_files=max_files, max_fields=max_fields)
     except ApiError:
         raise
     except Exception as exc:  # malformed multipart bodies raise several types
         raise bad_request("malformed_body", f"The multipart body cannot be parsed: {exc}") from None
+
+
+async def read_uploads(
+    request: Request, limit: int, max_files: int, field: str = "data"
+) -> tuple[list[tuple[str, bytes | ApiError]], FormData]:
+    """Every file of the multipart field ``field`` as (file name, bytes, or the 413 it earned), in
+    order, and the form's other fields; 400 without files or with more than ``max_files``."""
+    form = await _parse_form(request, field, max_files + 4, 4 * max_files + 16)
+    try:
+        uploads = form.getlist(field)
+        if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
+            raise bad_request("missing_field", f"Send one or more files in the multipart field '{field}'.")
+        if len(uploads) > max_files:
+            raise bad_request("too_many_files", f"Send at most {max_files} files in one request.")
+        files: list[tuple[str, bytes | ApiError]] = []
+        for upload in uploads:
+            assert isinstance(upload, UploadFile)
+            data = await upload.read(limit + 1)
+            too_big = too_large("too_large", f"The file is larger than {limit} bytes.")
+            files.append((upload.filename or "", too_big if len(data) > limit else data))
+        return files, form
+    finally:
+        await form.close()
+
+
+async def read_upload(request: Request, limit: int, field: str = "data") -> bytes:
+    """The bytes of the multipart file field ``field``; 400 if absent, 413 if over ``limit``."""
+    form = await _parse_form(request, field, 4, 16)
     try:
         upload = form.get(field)
         if upload is None:
@@ -113,16 +143,12 @@ async def read_upload(request: Request, limit: int, field: str = "data") -> byte
         await form.close()
 
 
-async def health(request: Request) -> JSONResponse:
-    """Liveness: the process answers."""
-    return JSONResponse({"status": "ok"})
-
-
 def create_app(routes: Sequence[BaseRoute], **kwargs: Any) -> Starlette:
-    """A Starlette app with tagsmith's error handling, body limit and ``/health`` around ``routes``."""
+    """A Starlette app with tagsmith's error handling, body limit, request ids, access logs and
+    metrics around ``routes``, plus ``/health``, ``/ready``, ``/metrics``, ``/openapi.json`` and ``/docs``."""
     return Starlette(
-        routes=[Route("/health", health, methods=["GET"]), *routes],
-        middleware=[Middleware(BodyLimit, limit_for=body_limit_for_path)],
+        routes=[*ops.routes, *openapi.routes, *routes],
+        middleware=[Middleware(RequestObserver), Middleware(BodyLimit, limit_for=body_limit_for_path)],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -132,3 +158,17 @@ def create_app(routes: Sequence[BaseRoute], **kwargs: Any) -> Starlette:
         },
         **kwargs,
     )
+
+
+def query_int(request: Request, name: str, default: int, lowest: int, highest: int) -> int:
+    """An integer query parameter within [lowest, highest], or a 400 saying so."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lowest - 1
+    if not lowest <= value <= highest:
+        raise bad_request("invalid_parameter", f"'{name}' must be a whole number from {lowest} to {highest}.")
+    return value

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from rq import Queue
+from rq import Callback, Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -18,6 +18,9 @@ from shared.errors import not_found
 from shared.settings import Settings
 
 TRAIN_FUNCTION = "worker.tasks.train_tag"
+# Run in the worker when a training ends: they count trainings and durations for /metrics.
+ON_SUCCESS = Callback("shared.metrics.on_training_success")
+ON_FAILURE = Callback("shared.metrics.on_training_failure")
 _STATUS = {
     JobStatus.QUEUED: "queued",
     JobStatus.DEFERRED: "queued",
@@ -58,6 +61,8 @@ class TrainingQueue:
             failure_ttl=365 * 24 * 3600,
             meta={"tag": tag, "progress": 0.0, "stage": "queued"},
             description=f"train {tag}",
+            on_success=ON_SUCCESS,
+            on_failure=ON_FAILURE,
         )
         self.redis.set(self._queued_key(tag), job.id)
         return job.id, False

@@ -3,6 +3,7 @@
 Keys, all under one prefix ``P``:
 
 - ``P:image:<id>``            hash of image metadata
+- ``P:images``                sorted set of image ids, scored by when they were added
 - ``P:reserve:<id>``          short-lived claim on an id while its bytes are written
 - ``P:tag:<tag>:positive``    set of image ids (likewise ``:negative``)
 - ``P:tag:<tag>:version``     counter of model versions ever made for the tag
@@ -14,6 +15,7 @@ Keys, all under one prefix ``P``:
 
 from __future__ import annotations
 
+import calendar
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -72,6 +74,7 @@ class Registry:
         """Make a reserved image visible, once its bytes are safely stored."""
         with self.redis.pipeline() as pipe:
             pipe.hset(self._k("image", image_id), mapping={**meta, "created_at": utc_now()})
+            pipe.zadd(self._k("images"), {image_id: time.time()})
             pipe.delete(self._k("reserve", image_id))
             pipe.execute()
 
@@ -85,6 +88,65 @@ class Registry:
         raw = self.redis.hgetall(self._k("image", image_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def _index_images(self) -> None:
+        """Build ``P:images`` once from the image hashes, for data stored before the index existed."""
+        marker = self._k("images", "indexed")
+        if self.redis.exists(marker):
+            return
+        pattern, start = self._k("image", "*"), len(self._k("image", ""))
+        for key in self.redis.scan_iter(match=pattern, count=1000):
+            image_id = key.decode()[start:]
+            created = self.redis.hget(key, "created_at")
+            when = calendar.timegm(time.strptime(created.decode(), "%Y-%m-%dT%H:%M:%SZ")) if created else 0.0
+            self.redis.zadd(self._k("images"), {image_id: when}, nx=True)
+        self.redis.set(marker, "1")
+
+    def image_ids(self, offset: int = 0, limit: int | None = None) -> list[str]:
+        """Stored image ids, newest first."""
+        self._index_images()
+        end = -1 if limit is None else offset + limit - 1
+        return [x.decode() for x in self.redis.zrevrange(self._k("images"), offset, end)]
+
+    def image_count(self) -> int:
+        self._index_images()
+        return int(self.redis.zcard(self._k("images")))
+
+    def images(self, image_ids: list[str]) -> list[dict[str, str]]:
+        """Metadata of several images at once (an empty dict for an unknown id)."""
+        with self.redis.pipeline() as pipe:
+            for image_id in image_ids:
+                pipe.hgetall(self._k("image", image_id))
+            rows = pipe.execute()
+        return [{k.decode(): v.decode() for k, v in row.items()} for row in rows]
+
+    def assignments(self, image_id: str) -> dict[str, str]:
+        """The tags the image is an example of, each with 'positive' or 'negative'."""
+        tags = self.tags()
+        with self.redis.pipeline() as pipe:
+            for tag in tags:
+                pipe.sismember(self._k("tag", tag, "positive"), image_id)
+                pipe.sismember(self._k("tag", tag, "negative"), image_id)
+            flags = pipe.execute()
+        out: dict[str, str] = {}
+        for i, tag in enumerate(tags):
+            if flags[2 * i]:
+                out[tag] = "positive"
+            elif flags[2 * i + 1]:
+                out[tag] = "negative"
+        return out
+
+    def delete_image(self, image_id: str) -> list[str]:
+        """Forget the image and remove it from every tag; returns the tags it was an example of."""
+        tags = sorted(self.assignments(image_id))
+        with self.redis.pipeline() as pipe:
+            for tag in tags:
+                pipe.srem(self._k("tag", tag, "positive"), image_id)
+                pipe.srem(self._k("tag", tag, "negative"), image_id)
+            pipe.delete(self._k("image", image_id))
+            pipe.zrem(self._k("images"), image_id)
+            pipe.execute()
+        return tags
+
     # Examples ---------------------------------------------------------------
 
     def assign(self, image_id: str, tag: str, sample_type: str) -> None:
@@ -95,6 +157,23 @@ class Registry:
             pipe.srem(self._k("tag", tag, other), image_id)
             pipe.sadd(self._k("tags"), tag)
             pipe.execute()
+
+    def unassign(self, image_id: str, tag: str) -> str | None:
+        """Make the image no example of the tag; returns what it was ('positive', 'negative' or None)."""
+        with self.redis.pipeline() as pipe:
+            pipe.srem(self._k("tag", tag, "positive"), image_id)
+            pipe.srem(self._k("tag", tag, "negative"), image_id)
+            was_positive, was_negative = pipe.execute()
+        return "positive" if was_positive else "negative" if was_negative else None
+
+    def example_counts(self, tags: list[str]) -> list[tuple[int, int]]:
+        """(positives, negatives) of each tag."""
+        with self.redis.pipeline() as pipe:
+            for tag in tags:
+                pipe.scard(self._k("tag", tag, "positive"))
+                pipe.scard(self._k("tag", tag, "negative"))
+            counts = pipe.execute()
+        return [(int(counts[2 * i]), int(counts[2 * i + 1])) for i in range(len(tags))]
 
     def examples(self, tag: str) -> tuple[list[str], list[str]]:
         """The tag's positive and negative image ids, sorted."""

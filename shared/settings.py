@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     max_archive_bytes: int = 64 * 1024 * 1024
     max_archive_members: int = 10_001
     max_tag_length: int = 64
+    max_batch_files: int = 100  # images in one /custom/add_many request
+    max_batch_bytes: int = 256 * 1024 * 1024  # body of one /custom/add_many request
+    # Suggestions rank at most this many of the newest unassigned images.
+    suggest_max_candidates: int = 1000
+    # Logs: one JSON object per line.
+    log_level: str = "INFO"
     # Models.
     device: str = "auto"  # "auto", "cpu" or "cuda"
     torch_threads: int = 0  # 0: let torch decide

@@ -11,9 +11,10 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
+from infra.embedded import free_port
 from shared.context import Services, get_services
 from shared.settings import get_settings
-from tests.servers import RedisServer
+from tests.servers import RedisServer, TagsmithServer
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +51,16 @@ def run_queued_jobs(services: Services) -> None:
     """Run every queued training in this process with the real RQ worker, then return."""
     worker = SimpleWorker([services.queue.queue], connection=services.redis, serializer=JSONSerializer)
     worker.work(burst=True)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TagsmithServer]:
+    """One real ``tagsmith serve`` (own Redis, worker and data folder) on a free port, for the
+    tests of the command line, the web page and the logs. Tests share it: each uses its own tags."""
+    folder = tmp_path_factory.mktemp("live")
+    server = TagsmithServer(folder / "data", free_port())
+    for name in [n for n in server.env if n.startswith("TAGSMITH_")]:
+        del server.env[name]
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,204 @@
+"""``Client``: one method per API call, named like the seed's Python functions where it has them."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any, cast
+from urllib.parse import quote
+
+import httpx
+
+from tagsmith_client.errors import TagsmithError, TaskFailed
+from tagsmith_client.types import AddedImage, Assignment, BatchResult, Prediction, Task, TaskStatus
+
+DEFAULT_URL = "http://127.0.0.1:5000"
+ImageSource = str | os.PathLike[str] | bytes | IO[bytes]
+"""A file path, the file's bytes, or a binary file object."""
+
+
+def _seg(value: str | int) -> str:
+    return quote(str(value), safe="")
+
+
+def _file(source: ImageSource, default_name: str = "image") -> tuple[str, bytes]:
+    if isinstance(source, bytes):
+        return default_name, source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return path.name, path.read_bytes()
+    return Path(str(getattr(source, "name", default_name))).name, source.read()
+
+
+class Client:
+    """Talks to a tagsmith server over HTTP; every refusal raises ``TagsmithError``.
+
+    ``url`` defaults to ``$TAGSMITH_URL`` or http://127.0.0.1:5000. Pass ``http`` to use your own
+    ``httpx.Client`` (a proxy, TLS settings, or Starlette's ``TestClient`` in tests).
+    """
+
+    def __init__(self, url: str | None = None, *, timeout: float = 120.0, http: httpx.Client | None = None) -> None:
+        if url is None:
+            url = str(http.base_url) if http is not None else os.environ.get("TAGSMITH_URL") or DEFAULT_URL
+        self.url = url.rstrip("/")
+        self._own_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        if self._own_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, self.url + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise TagsmithError(0, "unreachable", f"Cannot reach tagsmith at {self.url}: {exc}") from exc
+        if response.is_success:
+            return response
+        try:
+            body = response.json()
+            code, message = str(body["error"]), str(body["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", response.text[:300] or response.reason_phrase
+        raise TagsmithError(response.status_code, code, message)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # --- the seed's calls -----------------------------------------------------------------
+
+    def add_image(self, img: ImageSource, image_id: str | None = None) -> AddedImage:
+        """Store an image; without ``image_id`` the server generates one."""
+        params = {"image_id": image_id} if image_id else None
+        return cast(AddedImage, self._json("POST", "/custom/add", params=params, files={"data": _file(img)}))
+
+    def assign_image(self, sample_type: str, tag: str, image_id: str) -> Assignment:
+        """Make the image a 'positive' or 'negative' example of the tag (the seed's argument order)."""
+        path = f"/custom/assign/{_seg(image_id)}/{_seg(sample_type)}/{_seg(tag)}"
+        return cast(Assignment, self._json("POST", path))
+
+    def train(self, tag: str) -> Task:
+        """Queue a training; returns the task (``task_id``) to follow with ``status`` or ``wait``."""
+        return cast(Task, self._json("POST", f"/custom/train/{_seg(tag)}"))
+
+    def status(self, task_id: str) -> TaskStatus:
+        return cast(TaskStatus, self._json("GET", f"/status/{_seg(task_id)}"))
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_progress: Callable[[TaskStatus], None] | None = None,
+    ) -> TaskStatus:
+        """Poll until the task finishes and return its status; ``TaskFailed`` if it failed,
+        ``TimeoutError`` after ``timeout`` seconds. ``on_progress`` sees every status polled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(task_id)
+            if on_progress is not None:
+                on_progress(status)
+            if status.get("status") == "finished":
+                return status
+            if status.get("status") == "failed":
+                raise TaskFailed(dict(status))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"Task {task_id} did not finish within {timeout} s.")
+            time.sleep(poll)
+
+    def delete(self, tag: str) -> dict[str, Any]:
+        """Reset the tag: its models and assignments go, the images stay."""
+        return cast(dict[str, Any], self._json("POST", f"/custom/delete/{_seg(tag)}"))
+
+    def predict(self, img: ImageSource) -> Prediction:
+        """Base keywords and styles plus every custom tag."""
+        return cast(Prediction, self._json("POST", "/predict", files={"data": _file(img)}))
+
+    def predict_custom(self, img: ImageSource, tag: str | None = None) -> dict[str, Any]:
+        """Every custom tag (``{"custom": {...}}``), or one (``{"tag", "score", "match", ...}``)."""
+        path = "/predict/custom" if tag is None else f"/predict/custom/{_seg(tag)}"
+        return cast(dict[str, Any], self._json("POST", path, files={"data": _file(img)}))
+
+    def predict_added(self, image_id: str, tag: str | None = None) -> dict[str, Any]:
+        """Custom tags for a stored image: all of them, or one."""
+        path = f"/custom/predict/{_seg(image_id)}" if tag is None else f"/custom/predict/{_seg(tag)}/{_seg(image_id)}"
+        return cast(dict[str, Any], self._json("GET", path))
+
+    def set_state(self, archive: ImageSource) -> dict[str, Any]:
+        """Load custom models from a state archive (path, bytes or file)."""
+        return cast(dict[str, Any], self._json("POST", "/set_state", files={"data": _file(archive, "state.tar")}))
+
+    def get_state(self, tag: str | None = None) -> bytes:
+        """The current models of every tag (or one) as a state archive."""
+        return self._request("GET", "/get_state", params={"tag": tag} if tag else None).content
+
+    # --- beyond the seed ------------------------------------------------------------------
+
+    def add_images(
+        self,
+        images: Iterable[ImageSource],
+        *,
+        image_ids: Sequence[str] | None = None,
+        tag: str | None = None,
+        sample_type: str | None = None,
+    ) -> BatchResult:
+        """Store several images in one request, optionally assigning them all to ``tag`` as
+        ``sample_type``; each file gets its own result, in order."""
+        files = [("data", _file(img, f"image-{i}")) for i, img in enumerate(images)]
+        data = {"image_id": [i or "" for i in image_ids]} if image_ids else None
+        params = {"tag": tag, "type": sample_type} if tag or sample_type else None
+        return cast(BatchResult, self._json("POST", "/custom/add_many", params=params, files=files, data=data))
+
+    def unassign_image(self, image_id: str, tag: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("POST", f"/custom/unassign/{_seg(image_id)}/{_seg(tag)}"))
+
+    def images(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """A page of stored images, newest first, and the total."""
+        return cast(dict[str, Any], self._json("GET", "/custom/images", params={"limit": limit, "offset": offset}))
+
+    def image(self, image_id: str) -> dict[str, Any]:
+        """A stored image's details and the tags it is an example of."""
+        return cast(dict[str, Any], self._json("GET", f"/custom/images/{_seg(image_id)}"))
+
+    def thumbnail(self, image_id: str, size: int = 256) -> bytes:
+        return self._request("GET", f"/custom/images/{_seg(image_id)}/thumbnail", params={"size": size}).content
+
+    def delete_image(self, image_id: str) -> dict[str, Any]:
+        """Delete a stored image, its cached embeddings, and its place in every tag."""
+        return cast(dict[str, Any], self._json("DELETE", f"/custom/images/{_seg(image_id)}"))
+
+    def tags(self) -> list[dict[str, Any]]:
+        """Every tag with its example counts and current model."""
+        return cast(list[dict[str, Any]], self._json("GET", "/custom/tags")["tags"])
+
+    def tag(self, tag: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("GET", f"/custom/tags/{_seg(tag)}"))
+
+    def versions(self, tag: str) -> dict[str, Any]:
+        """The tag's model versions with metrics and dates, and which one is current."""
+        return cast(dict[str, Any], self._json("GET", f"/custom/versions/{_seg(tag)}"))
+
+    def rollback(self, tag: str, version: int) -> dict[str, Any]:
+        """Make an earlier version the current one again."""
+        return cast(dict[str, Any], self._json("POST", f"/custom/rollback/{_seg(tag)}/{_seg(version)}"))
+
+    def suggest(self, tag: str, limit: int = 10) -> dict[str, Any]:
+        """Unlabelled images to label next: ``uncertain`` and ``likely_positive``."""
+        return cast(dict[str, Any], self._json("GET", f"/custom/suggest/{_seg(tag)}", params={"limit": limit}))
+
+    def health(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("GET", "/health"))
+
+    def ready(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("GET", "/ready"))

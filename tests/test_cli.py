@@ -1,0 +1,97 @@
+"""The ``tagsmith`` client commands against a real server: add folders, train with a progress
+bar, predict files and folders as a table or JSON, export and load state."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from infra.cli import main
+from infra.embedded import free_port
+from tests.photos import CAT, OTHERS, crops
+from tests.servers import TagsmithServer
+
+
+def run(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
+    code = main([*args, "--url", url])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def photos(folder: Path, prefix: str, name: str, count: int, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(crops(name, count, seed=seed)):
+        (folder / f"{prefix} {i}.jpg").write_bytes(data)
+    return folder
+
+
+def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    url = live_server.base
+    cats = photos(tmp_path / "cats", "cli-cat", CAT, 4, seed=31)
+    others = tmp_path / "others"
+    for name in OTHERS:
+        photos(others / name, f"cli-{name}", name, 1, seed=32)  # nested folders are searched too
+    (others / "notes.txt").write_text("not a photo")
+    (others / "notes.jpg").write_text("not a photo either")
+
+    code, out, err = run(capsys, url, "add", str(cats), "--tag", "cli cat", "--positive", "--ids-from-names")
+    assert code == 0, err
+    assert out.strip() == "added 4 images as positive examples of 'cli cat'"
+    assert "4/4" in err  # the progress bar
+    code, out, err = run(capsys, url, "add", str(others), "--tag", "cli cat", "--negative")
+    assert code == 1
+    assert out.strip() == f"added {len(OTHERS)} images as negative examples of 'cli cat'; 1 failed"
+    assert "notes.jpg: The file is not an image in a supported format. (not_an_image)" in err
+    assert main(["tags", "--json", "--url", url]) == 0
+    tags = {t["tag"]: t for t in json.loads(capsys.readouterr().out)}
+    assert (tags["cli cat"]["positives"], tags["cli cat"]["negatives"]) == (4, len(OTHERS))
+
+    code, out, err = run(capsys, url, "train", "cli cat", "--wait")
+    assert code == 0, err
+    assert out.startswith("trained 'cli cat' version 1: ROC AUC ")
+    assert "100%" in err and "done" in err  # the bar ends at 100 % on the last stage
+
+    code, out, err = run(capsys, url, "train", "cli cat")
+    task_id = out.strip()
+    code, out, err = run(capsys, url, "status", task_id)
+    assert code == 0 and out.startswith("cli cat: ")
+
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    (probes / "cat.jpg").write_bytes(crops(CAT, 1, seed=33)[0])
+    (probes / "rocket.jpg").write_bytes(crops("rocket", 1, seed=33)[0])
+    code, out, err = run(capsys, url, "predict", str(probes))
+    assert code == 0, err
+    header, rule, *rows = out.splitlines()
+    assert header.split()[:3] == ["file", "custom", "tags"] and set(rule) <= {"-", " "}
+    assert rows[0].startswith(str(probes / "cat.jpg")) and "cli cat" in rows[0] and "cat" in rows[0]
+    code, out, err = run(capsys, url, "predict", str(probes), "--tag", "cli cat", "--json")
+    scores = json.loads(out)
+    assert scores[str(probes / "cat.jpg")]["match"] and not scores[str(probes / "rocket.jpg")]["match"]
+
+    archive = tmp_path / "state.tar"
+    code, out, err = run(capsys, url, "export", "-o", str(archive), "--tag", "cli cat")
+    assert code == 0 and out.startswith(f"wrote {archive}")
+    with tarfile.open(archive) as tar:
+        assert "manifest.json" in tar.getnames()
+    code, out, err = run(capsys, url, "load", str(archive))
+    assert code == 0 and out.strip().startswith("loaded 'cli cat' as version ")
+    code, out, err = run(capsys, url, "versions", "cli cat")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[2:]][:1] == ["1"] and " * " not in out.splitlines()[2]
+    code, out, err = run(capsys, url, "rollback", "cli cat", "1")
+    assert code == 0 and out.startswith("'cli cat' now uses version 1")
+
+
+def test_errors_are_reported_with_a_nonzero_exit(live_server: TagsmithServer, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, live_server.base, "versions", "no such tag")
+    assert code == 1 and err.strip() == "tagsmith: No tag 'no such tag'. (unknown_tag)"
+    code, out, err = run(capsys, f"http://127.0.0.1:{free_port()}", "tags")
+    assert code == 1 and "Cannot reach tagsmith at" in err
+    with pytest.raises(SystemExit, match="no such file or folder"):
+        main(["add", str(tmp_path / "missing"), "--url", live_server.base])

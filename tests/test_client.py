@@ -1,0 +1,126 @@
+"""The Python client against the real API (in process, on a real Redis), seed calls first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from infra.embedded import free_port
+from shared.context import Services
+from tagsmith_client import Client, TagsmithError, TaskFailed
+from tests.conftest import run_queued_jobs
+from tests.photos import CAT, OTHERS, crops
+from tests.servers import ROOT
+
+
+@pytest.fixture
+def tagsmith(client: TestClient) -> Iterator[Client]:
+    with Client(http=client) as api:
+        yield api
+
+
+def test_the_seed_flow(tagsmith: Client, services: Services, tmp_path: Path) -> None:
+    first = tmp_path / "cat-0.jpg"
+    first.write_bytes(crops(CAT, 1, seed=1)[0])
+    generated = tagsmith.add_image(first)["image_id"]
+    assert tagsmith.assign_image("positive", "cat", generated)["positives"] == 1
+    for i, data in enumerate(crops(CAT, 3, seed=2)):
+        assert tagsmith.add_image(data, image_id=f"cat-{i + 1}")["image_id"] == f"cat-{i + 1}"
+        tagsmith.assign_image("positive", "cat", f"cat-{i + 1}")
+    for name in OTHERS:
+        with (tmp_path / "other.jpg").open("wb+") as f:
+            f.write(crops(name, 1, seed=3)[0])
+            f.seek(0)
+            image_id = tagsmith.add_image(f, image_id=name)["image_id"]
+        assert tagsmith.assign_image("negative", "cat", image_id)["negatives"] >= 1
+
+    task = tagsmith.train("cat")
+    assert task["status"] == "queued" and tagsmith.status(task["task_id"])["status"] == "queued"
+    run_queued_jobs(services)
+    seen: list[str] = []
+    final = tagsmith.wait(task["task_id"], on_progress=lambda s: seen.append(s["status"]))
+    assert seen == ["finished"] and final["result"]["version"] == 1
+
+    probe = crops(CAT, 1, seed=99)[0]
+    assert tagsmith.predict(probe)["custom"]["cat"]["match"]
+    assert tagsmith.predict_custom(probe)["custom"]["cat"]["version"] == 1
+    assert tagsmith.predict_custom(probe, "cat")["tag"] == "cat"
+    assert tagsmith.predict_added("cat-1")["custom"]["cat"]["match"]
+    assert not tagsmith.predict_added("coffee", "cat")["match"]
+
+    archive = tagsmith.get_state()
+    assert tagsmith.delete("cat") == {"tag": "cat", "deleted": True}
+    assert tagsmith.predict_custom(probe) == {"custom": {}}
+    assert [m["tag"] for m in tagsmith.set_state(archive)["loaded"]] == ["cat"]
+    assert tagsmith.predict_custom(probe, "cat")["match"]
+
+
+def test_calls_beyond_the_seed(tagsmith: Client, services: Services) -> None:
+    batch = tagsmith.add_images(crops(CAT, 2, seed=4), image_ids=["p1", "p2"], tag="cat", sample_type="positive")
+    assert batch["added"] == 2 and [i["image_id"] for i in batch["images"]] == ["p1", "p2"]
+    tagsmith.add_images(crops("coffee", 2, seed=4), image_ids=["n1", "n2"], tag="cat", sample_type="negative")
+    assert tagsmith.images()["total"] == 4
+    assert tagsmith.image("p1")["tags"] == {"cat": "positive"}
+    assert tagsmith.thumbnail("p1", size=32)[:2] == b"\xff\xd8"
+    assert tagsmith.tags()[0] | {"model": None} == {"tag": "cat", "positives": 2, "negatives": 2, "model": None}
+    tagsmith.train("cat")
+    run_queued_jobs(services)
+    tagsmith.add_image(crops(CAT, 1, seed=5)[0], image_id="unlabelled")
+    assert tagsmith.suggest("cat", limit=5)["likely_positive"][0]["image_id"] == "unlabelled"
+    assert tagsmith.versions("cat")["current"] == 1
+    tagsmith.train("cat")
+    run_queued_jobs(services)
+    assert tagsmith.rollback("cat", 1)["previous"] == 2
+    assert tagsmith.unassign_image("p2", "cat")["removed"] == "positive"
+    assert tagsmith.tag("cat")["positives"] == ["p1"]
+    assert tagsmith.delete_image("p1")["removed_from"] == ["cat"]
+    assert tagsmith.health() == {"status": "ok"} and tagsmith.ready()["status"] == "ready"
+
+
+def test_errors_carry_the_servers_status_code_and_message(tagsmith: Client) -> None:
+    with pytest.raises(TagsmithError) as unknown:
+        tagsmith.predict_added("nope")
+    assert (unknown.value.status, unknown.value.code) == (404, "unknown_image")
+    assert unknown.value.message == "No image with id 'nope'."
+    tagsmith.add_image(crops(CAT, 1, seed=0)[0], image_id="taken")
+    with pytest.raises(TagsmithError) as taken:
+        tagsmith.add_image(crops(CAT, 1, seed=0)[0], image_id="taken")
+    assert (taken.value.status, taken.value.code) == (409, "image_exists")
+    with pytest.raises(TagsmithError) as wrong:
+        tagsmith.assign_image("maybe", "cat", "taken")
+    assert (wrong.value.status, wrong.value.code) == (400, "invalid_type")
+    with pytest.raises(TagsmithError) as text:
+        tagsmith.predict(b"just text")
+    assert (text.value.status, text.value.code) == (415, "not_an_image")
+    with pytest.raises(TagsmithError) as tag:
+        tagsmith.train("a/b")  # encoded, so the server sees the slash and refuses the name
+    assert tag.value.status in (400, 404)
+
+
+def test_wait_raises_when_the_task_fails_or_takes_too_long(tagsmith: Client, services: Services) -> None:
+    tagsmith.add_images(crops(CAT, 1, seed=0), image_ids=["p"], tag="cat", sample_type="positive")
+    tagsmith.add_images(crops("coffee", 1, seed=0), image_ids=["n"], tag="cat", sample_type="negative")
+    task = tagsmith.train("cat")
+    with pytest.raises(TimeoutError):
+        tagsmith.wait(task["task_id"], timeout=0, poll=0)
+    tagsmith.unassign_image("n", "cat")  # the worker will find no negative example
+    run_queued_jobs(services)
+    with pytest.raises(TaskFailed) as failed:
+        tagsmith.wait(task["task_id"])
+    assert "at least one of each" in failed.value.message and failed.value.task["status"] == "failed"
+
+
+def test_an_unreachable_server_is_an_error_too() -> None:
+    with Client(f"http://127.0.0.1:{free_port()}", timeout=5) as nobody, pytest.raises(TagsmithError) as error:
+        nobody.health()
+    assert (error.value.status, error.value.code) == (0, "unreachable")
+
+
+def test_the_client_imports_without_torch_or_numpy() -> None:
+    code = "import sys, tagsmith_client; assert not {'torch', 'numpy', 'shared'} & set(sys.modules), sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
