@@ -42,7 +42,7 @@ async def _embed_upload(request: Request) -> tuple[Services, Features, Any]:
     settings = services.settings
     data = await read_upload(request, settings.max_upload_bytes)
     decoded = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
-    features = await run_in_threadpool(services.backbone.embed, [decoded.image])
+    features = await services.batcher.embed(decoded.image)
     return services, features, decoded.image
 
 

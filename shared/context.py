@@ -7,6 +7,7 @@ from functools import cached_property, lru_cache
 
 import redis
 
+from shared.batching import MicroBatcher
 from shared.jobs import TrainingQueue
 from shared.models.archive import ArchiveLimits
 from shared.models.backbone import LITE0, Backbone, BackboneSpec, load_backbone
@@ -27,7 +28,13 @@ class Services:
     @cached_property
     def backbone(self) -> Backbone:
         """Loaded on first use and kept for the life of the process."""
-        return load_backbone(self.settings.device, self.settings.torch_threads)
+        s = self.settings
+        return load_backbone(s.runtime, s.device, s.torch_threads, str(s.model_cache_dir))
+
+    @cached_property
+    def batcher(self) -> MicroBatcher:
+        """Shares the backbone between concurrent predict requests, one forward pass per batch."""
+        return MicroBatcher(self.backbone, self.settings.predict_batch_size)
 
     @property
     def archive_limits(self) -> ArchiveLimits:

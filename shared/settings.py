@@ -43,9 +43,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Models.
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    torch_threads: int = 0  # 0: let torch decide
+    # Backbone runtime: "auto" (torch on CUDA, else OpenVINO, else ONNX Runtime), "torch",
+    # "onnxruntime" or "openvino". The exported runtimes use an ONNX file built once from torch.
+    runtime: str = "auto"
+    model_cache_dir: Path = Path("~/.cache/tagsmith")
+    torch_threads: int = 0  # CPU threads of the backbone; 0: all cores
     keyword_threshold: float = 0.1
     embed_batch_size: int = 32
+    predict_batch_size: int = 16  # most concurrent predict requests sharing one forward pass
     training_timeout_s: int = 3600
 
     @property

@@ -7,6 +7,7 @@ later without touching the callers.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -156,18 +157,20 @@ def _channel_correlations(a: Any) -> Any:
     flat = flat - flat.mean(dim=2, keepdim=True)
     cov = torch.bmm(flat, flat.transpose(1, 2)) / flat.shape[2]
     std = cov.diagonal(dim1=1, dim2=2).clamp_min(1e-8).sqrt()
-    rows, cols = torch.triu_indices(c, c, 1)
+    rows, cols = (torch.as_tensor(i) for i in np.triu_indices(c, 1))  # constants, so ONNX export works
     return cov[:, rows, cols] / (std[:, rows] * std[:, cols])
 
 
 _lock = threading.Lock()
-_cached: dict[tuple[str, int], EfficientNetLite0] = {}
+_cached: dict[tuple[str, str, int, str], Backbone] = {}
 
 
-def load_backbone(device: str = "auto", threads: int = 0) -> Backbone:
-    """The process-wide backbone, loaded once on first use."""
+def load_backbone(runtime: str = "torch", device: str = "auto", threads: int = 0, cache_dir: str = "") -> Backbone:
+    """The process-wide backbone for these settings, loaded once on first use."""
+    from shared.models.runtimes import open_backbone
+
+    key = (runtime, device, threads, cache_dir)
     with _lock:
-        key = (device, threads)
         if key not in _cached:
-            _cached[key] = EfficientNetLite0(device, threads)
+            _cached[key] = open_backbone(runtime, device, threads, Path(cache_dir or "~/.cache/tagsmith"))
         return _cached[key]

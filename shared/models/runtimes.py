@@ -1,0 +1,155 @@
+"""CPU serving runtimes: the torch backbone exported once to ONNX, run by ONNX Runtime or OpenVINO.
+
+The export is built from the torch definition on first use (or ahead of time with
+``python -m shared.models.runtimes``) and cached under a name that changes whenever the
+backbone's code does; nothing is downloaded. Both runtimes give the same three outputs as the
+torch model (pooled embedding, style statistics, logits) to within 1e-4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from shared.models import backbone as torch_backbone
+from shared.models.backbone import LITE0, Backbone, BackboneSpec, Features, preprocess
+
+OUTPUTS = ("embedding", "style", "logits")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+
+
+def export_path(cache_dir: Path) -> Path:
+    """Where the export of the current backbone code lives."""
+    digest = hashlib.sha256(Path(torch_backbone.__file__).read_bytes()).hexdigest()[:12]
+    return Path(cache_dir).expanduser() / f"{LITE0.id}-{digest}.onnx"
+
+
+def export_onnx(cache_dir: Path) -> Path:
+    """Export the torch backbone to ONNX (dynamic batch) unless already cached; atomic."""
+    path = export_path(cache_dir)
+    if path.exists():
+        return path
+    import torch
+
+    model = torch_backbone.EfficientNetLite0("cpu")
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model.model
+
+        def forward(self, images: Any) -> tuple[Any, Any, Any]:
+            return model.forward(images)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    example = torch.zeros(2, 3, torch_backbone.INPUT_SIZE, torch_backbone.INPUT_SIZE)
+    torch.onnx.export(
+        Graph().eval(),
+        (example,),
+        str(tmp),
+        input_names=["images"],
+        output_names=list(OUTPUTS),
+        dynamic_axes={name: {0: "batch"} for name in ("images", *OUTPUTS)},
+        opset_version=17,
+        dynamo=False,
+    )
+    os.replace(tmp, path)
+    return path
+
+
+class _ExportedBackbone:
+    """Shared by both runtimes: batch preprocessing and the Features result."""
+
+    spec: BackboneSpec = LITE0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def embed(self, images: list[Image.Image]) -> Features:
+        batch = np.stack([preprocess(image) for image in images])
+        with self._lock:
+            embedding, style, logits = self._run(batch)
+        return Features(embeddings=embedding, styles=style, logits=logits)
+
+
+class OnnxRuntimeBackbone(_ExportedBackbone):
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return list(self.session.run(list(OUTPUTS), {"images": batch}))
+
+
+class OpenVinoBackbone(_ExportedBackbone):
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__()
+        import openvino as ov
+
+        core = ov.Core()
+        self.model = core.compile_model(
+            str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        )
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        result = self.model(batch)
+        return [np.asarray(result[i]) for i in range(len(OUTPUTS))]
+
+
+def choose_runtime(runtime: str, device: str) -> str:
+    """'auto': torch on CUDA, else OpenVINO if installed, else ONNX Runtime, else torch."""
+    if runtime != "auto":
+        return runtime
+    if device == "cuda" or (device == "auto" and _cuda_available()):
+        return "torch"
+    for name in ("openvino", "onnxruntime"):
+        try:
+            __import__(name)
+            return name
+        except ImportError:
+            continue
+    return "torch"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def open_backbone(runtime: str, device: str, threads: int, cache_dir: Path) -> Backbone:
+    """The backbone on the chosen runtime; exported runtimes use all cores unless ``threads`` is set."""
+    chosen = choose_runtime(runtime, device)
+    if chosen == "torch":
+        return torch_backbone.EfficientNetLite0(device, threads)
+    cpu_threads = threads or os.cpu_count() or 1
+    path = export_onnx(cache_dir)
+    if chosen == "openvino":
+        return OpenVinoBackbone(path, cpu_threads)
+    if chosen == "onnxruntime":
+        return OnnxRuntimeBackbone(path, cpu_threads)
+    raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+
+
+if __name__ == "__main__":
+    from shared.settings import get_settings
+
+    print(export_onnx(get_settings().model_cache_dir))
