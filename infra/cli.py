@@ -58,7 +58,20 @@ def serve(args: argparse.Namespace) -> None:
 def worker(args: argparse.Namespace) -> None:
     from worker.main import run_worker
 
-    run_worker(burst=args.burst)
+    run_worker(burst=args.burst, name=args.name)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Exit 0 when Redis and the object store answer, else 1 with the reason (for health checks)."""
+    from shared.context import get_services
+
+    try:
+        services = get_services()
+        services.redis.ping()
+        services.store.ping()
+    except Exception as exc:
+        raise SystemExit(f"not ready: {exc}") from None
+    print("ok")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(run=serve)
     w = commands.add_parser("worker", help="run a training worker against TAGSMITH_REDIS_URL")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--name", help="worker name shown in RQ (default: a random id)")
     w.set_defaults(run=worker)
+    c = commands.add_parser("check", help="exit 0 when Redis and the object store answer (health checks)")
+    c.set_defaults(run=check)
     args = parser.parse_args(argv)
     args.run(args)
 

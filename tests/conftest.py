@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rq import SimpleWorker
-from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
 from shared.context import Services, get_services
@@ -47,6 +45,7 @@ def client(services: Services) -> Iterator[TestClient]:
 
 
 def run_queued_jobs(services: Services) -> None:
-    """Run every queued training in this process with the real RQ worker, then return."""
-    worker = SimpleWorker([services.queue.queue], connection=services.redis, serializer=JSONSerializer)
-    worker.work(burst=True)
+    """Run every queued training in this process with the real worker class, then return."""
+    from worker.main import make_worker
+
+    make_worker().work(burst=True)

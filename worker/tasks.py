@@ -36,6 +36,8 @@ def train_tag(tag: str, epoch: int) -> dict[str, Any]:
     job = get_current_job()
     if job is not None:
         services.queue.mark_started(tag, job.id)
+        job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+        job.save_meta()
     try:
         return train(services, tag, epoch)
     except Exception as exc:
@@ -79,9 +81,9 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
         head=trained.head,
         metrics={**trained.metrics, "fine_tuned_from": current.version if current else None},
     )
-    pointer = catalog.save_version(services, record)
+    pointer = catalog.save_version(services, record)  # the archive is whole before anything points at it
     try:
-        services.registry.publish([pointer], epochs={tag: epoch})
+        moved = services.registry.publish([pointer], epochs={tag: epoch})
     except EpochMoved:
         services.store.delete(pointer.key)
         raise TrainingError(f"Tag '{tag}' was deleted while it was training; the result was discarded.") from None
@@ -91,4 +93,6 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
         "threshold": pointer.threshold,
         "metrics": pointer.metrics,
         "trained_at": pointer.trained_at,
+        # False when a newer version of the tag was published while this one trained.
+        "published": tag in moved,
     }
