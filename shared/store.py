@@ -136,25 +136,23 @@ class S3Store:
         self._bucket_ready = True
 
     def put(self, key: str, data: bytes) -> None:
+        key = check_key(key)
         self._ready()
         try:
-            self.client.put_object(self.bucket, check_key(key), io.BytesIO(data), len(data))
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
         except Exception as exc:
             raise StoreUnavailable(f"S3 write failed: {exc}") from exc
 
     def get(self, key: str) -> bytes:
-        from minio.error import S3Error
-
+        key = check_key(key)
         self._ready()
         response = None
         try:
-            response = self.client.get_object(self.bucket, check_key(key))
+            response = self.client.get_object(self.bucket, key)
             return response.read()
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                raise ObjectNotFound(key) from None
-            raise StoreUnavailable(f"S3 read failed: {exc}") from exc
         except Exception as exc:
+            if _s3_code(exc) in ("NoSuchKey", "NoSuchObject"):
+                raise ObjectNotFound(key) from None
             raise StoreUnavailable(f"S3 read failed: {exc}") from exc
         finally:
             if response is not None:
@@ -162,33 +160,31 @@ class S3Store:
                 response.release_conn()
 
     def exists(self, key: str) -> bool:
-        from minio.error import S3Error
-
+        key = check_key(key)
         self._ready()
         try:
-            self.client.stat_object(self.bucket, check_key(key))
+            self.client.stat_object(self.bucket, key)
             return True
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                return False
-            raise StoreUnavailable(f"S3 stat failed: {exc}") from exc
         except Exception as exc:
+            if _s3_code(exc) in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
             raise StoreUnavailable(f"S3 stat failed: {exc}") from exc
 
     def delete(self, key: str) -> None:
+        key = check_key(key)
         self._ready()
         try:
-            self.client.remove_object(self.bucket, check_key(key))
+            self.client.remove_object(self.bucket, key)
         except Exception as exc:
             raise StoreUnavailable(f"S3 delete failed: {exc}") from exc
 
     def list(self, prefix: str) -> Iterator[str]:
         self._ready()
         try:
-            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
-                yield obj.object_name
+            names = [obj.object_name for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
         except Exception as exc:
             raise StoreUnavailable(f"S3 list failed: {exc}") from exc
+        yield from sorted(name for name in names if name is not None)
 
     def ping(self) -> None:
         self._bucket_ready = False

