@@ -162,7 +162,12 @@ class S3Server:
         from minio import Minio
 
         client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
-        _wait(lambda: client.bucket_exists("probe") in (True, False), self.process, "weed mini", self.log, 60)
+
+        def ready() -> bool:  # the port first (cheap), then a signed request through the filer
+            requests.get(f"http://{self.endpoint}/", timeout=1)
+            return client.bucket_exists("probe") in (True, False)
+
+        _wait(ready, self.process, "weed mini", self.log, 60)
 
     def env(self, bucket: str) -> dict[str, str]:
         """The settings that point tagsmith at this server and ``bucket``."""
@@ -268,6 +273,15 @@ class Process:
         _stop(self.process)
 
 
+def stop_all(processes: list[Process]) -> None:
+    """SIGTERM to every process at once, then wait for each: shutdowns overlap."""
+    for process in processes:
+        if process.process.poll() is None:
+            process.process.terminate()
+    for process in processes:
+        process.stop()
+
+
 class FunctionServer(Process):
     """One function app alone under uvicorn, as in its container: ``uvicorn functions.<name>:app``."""
 
@@ -319,7 +333,9 @@ class NginxGateway(Process):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (folder / "nginx.conf").write_text(
-            f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log warn;\n"
+            # As root, nginx's workers would run as nobody, who cannot enter the test's private temp folder.
+            ("user root;\n" if os.geteuid() == 0 else "")
+            + f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log warn;\n"
             "events { worker_connections 256; }\n"
             f"http {{\n  access_log {folder}/access.log;\n  client_body_temp_path {folder}/body;\n"
             f"  proxy_temp_path {folder}/proxy;\n{blocks}\n"
