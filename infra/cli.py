@@ -39,9 +39,12 @@ def serve(args: argparse.Namespace) -> None:
         from shared.context import get_services
 
         services = get_services()
-        requeued = requeue_abandoned(services.redis, settings.queue_name)
-        if requeued:
-            logging.getLogger("tagsmith").info("requeued %d interrupted trainings", len(requeued))
+        if redis_process is not None:
+            # Our own Redis: no worker but ours can hold a training, and ours are all gone.
+            # (With a shared Redis, workers elsewhere may be mid-training: their leases decide.)
+            requeued = requeue_abandoned(services.redis, settings.queue_name)
+            if requeued:
+                logging.getLogger("tagsmith").info("requeued %d interrupted trainings", len(requeued))
         supervisor = WorkerSupervisor(dict(os.environ), lock_fd)
         supervisor.start()
         try:

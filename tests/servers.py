@@ -289,7 +289,7 @@ class FunctionServer(Process):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "uvicorn", f"functions.{function}:app",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--timeout-keep-alive", "75"]
         super().__init__(name or function, command, folder, env)
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -327,7 +327,7 @@ class NginxGateway(Process):
         (folder / "tagsmith").mkdir(exist_ok=True)
         shutil.copy(ROOT / "infra" / "nginx" / "routes.conf", folder / "tagsmith" / "routes.conf")
         blocks = "\n".join(
-            f"upstream tagsmith_{name} {{ {' '.join(f'server {a};' for a in addresses)} keepalive 4; }}"
+            f"upstream tagsmith_{name} {{ {' '.join(f'server {a};' for a in addresses)} keepalive 4; keepalive_timeout 30s; }}"
             for name, addresses in upstreams.items()
         )
         self.port = free_port()
