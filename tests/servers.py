@@ -149,7 +149,7 @@ class S3Server:
             "s3.port": next(ports), "s3.port.grpc": next(ports),
             "admin.port": next(ports), "admin.port.grpc": next(ports),
             "s3.port.iceberg": 0, "s3.port.lance": 0, "webdav": "false", "admin.ui": "false",
-            "master.telemetry": "false", "master.volumeSizeLimitMB": 64, "volume.max": 8,
+            "master.telemetry": "false", "master.volumeSizeLimitMB": 16, "volume.max": 400,
             "filer.localSocket": folder / "filer.sock", "s3.localSocket": folder / "s3.sock",
         }
         self.endpoint = f"127.0.0.1:{flags['s3.port']}"

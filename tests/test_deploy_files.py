@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 from rq import Queue
 
@@ -176,7 +175,7 @@ def test_keda_scales_gpu_workers_on_the_rq_queue_down_to_zero() -> None:
     assert trigger["type"] == "redis"
     queue_name = find("ConfigMap", "tagsmith-config")["data"]["TAGSMITH_QUEUE_NAME"]
     # The list KEDA measures is the one RQ pushes jobs onto.
-    assert trigger["metadata"]["listName"] == Queue(queue_name, connection=redis.Redis()).key
+    assert trigger["metadata"]["listName"] == Queue.redis_queue_namespace_prefix + queue_name
     host, port = trigger["metadata"]["address"].split(":")
     assert host.split(".")[0] == "redis" and port == "6379"
     assert int(trigger["metadata"]["listLength"]) >= 1
