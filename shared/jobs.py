@@ -63,7 +63,7 @@ class TrainingQueue:
                     pipe.watch(key)
                     waiting = pipe.get(key)
                     if waiting:
-                        job = self._fetch(waiting.decode())
+                        job = self._fetch(waiting.decode() if isinstance(waiting, bytes) else str(waiting))
                         if job is not None and job.get_status() == JobStatus.QUEUED:
                             return job.id, True
                     job = self.queue.create_job(

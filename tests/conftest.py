@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from shared.context import Services, get_services
 from shared.settings import get_settings
-from tests.servers import MinioContainer, RedisContainer, RedisServer, S3Server, start_redis, start_s3
+from tests.servers import RedisContainer, RedisServer, S3Endpoint, start_redis, start_s3
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server | MinioContainer]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     server = start_s3(tmp_path_factory.mktemp("s3"))
     yield server
     server.stop()
@@ -39,7 +39,9 @@ def unique_name(prefix: str = "test") -> str:
 
 
 @pytest.fixture
-def services(redis_server: RedisServer | RedisContainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+def services(
+    redis_server: RedisServer | RedisContainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Services]:
     """Services on the test Redis (own key prefix and queue) and a local store in tmp_path."""
     name = uuid.uuid4().hex[:12]
     monkeypatch.setenv("TAGSMITH_REDIS_URL", redis_server.url)

