@@ -43,6 +43,9 @@ class TrainingWorker(SimpleWorker):
         return self.heartbeat_ttl
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        # Counted before the job shows as started, so a kill at any moment after counts the attempt.
+        job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+        job.save_meta()
         execution = self.prepare_execution(job)
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="heartbeat", daemon=True)

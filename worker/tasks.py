@@ -36,8 +36,6 @@ def train_tag(tag: str, epoch: int) -> dict[str, Any]:
     job = get_current_job()
     if job is not None:
         services.queue.mark_started(tag, job.id)
-        job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
-        job.save_meta()
     try:
         return train(services, tag, epoch)
     except Exception as exc:
