@@ -81,6 +81,13 @@ class TrainingWorker(SimpleWorker):
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
 
+class _QuietMaintenance(logging.Filter):
+    """RQ logs every maintenance pass at INFO; every few seconds, that would drown the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "cleaning" not in str(record.msg)
+
+
 def make_worker(name: str | None = None) -> TrainingWorker:
     services = get_services()
     settings = services.settings
@@ -99,6 +106,7 @@ def run_worker(burst: bool = False, name: str | None = None) -> None:
     backbone = services.backbone  # load the weights before the first job, not during it
     services.store.ping()
     worker = make_worker(name)
+    logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
     log.info(
         "worker %s ready on queue %s in %.1f s (device %s)",
         worker.name, services.settings.queue_name, time.monotonic() - started, getattr(backbone, "device", "?"),
