@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -139,4 +142,13 @@ routes = [
     Route("/custom/predict/{image_id}", predict_added, methods=["GET"]),
     Route("/custom/predict/{tag}/{image_id}", predict_added_tag, methods=["GET"]),
 ]
-app = create_app(routes)
+
+
+@asynccontextmanager
+async def _load_backbone(app: Starlette) -> AsyncIterator[None]:
+    """Run alone, the function loads the backbone before it answers, so it is ready once healthy."""
+    await run_in_threadpool(lambda: get_services().backbone)
+    yield
+
+
+app = create_app(routes, lifespan=_load_backbone)

@@ -42,9 +42,12 @@ def serve(args: argparse.Namespace) -> None:
         from shared.context import get_services
 
         services = get_services()
-        requeued = requeue_abandoned(services.redis, settings.queue_name)
-        if requeued:
-            logging.getLogger("tagsmith").info("requeued %d interrupted trainings", len(requeued))
+        if redis_process is not None:
+            # Our own Redis: no worker but ours can hold a training, and ours are all gone.
+            # (With a shared Redis, workers elsewhere may be mid-training: their leases decide.)
+            requeued = requeue_abandoned(services.redis, settings.queue_name)
+            if requeued:
+                logging.getLogger("tagsmith").info("requeued %d interrupted trainings", len(requeued))
         supervisor = WorkerSupervisor(dict(os.environ), lock_fd)
         supervisor.start()
         try:
@@ -62,7 +65,20 @@ def serve(args: argparse.Namespace) -> None:
 def worker(args: argparse.Namespace) -> None:
     from worker.main import run_worker
 
-    run_worker(burst=args.burst)
+    run_worker(burst=args.burst, name=args.name)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Exit 0 when Redis and the object store answer, else 1 with the reason (for health checks)."""
+    from shared.context import get_services
+
+    try:
+        services = get_services()
+        services.redis.ping()
+        services.store.ping()
+    except Exception as exc:
+        raise SystemExit(f"not ready: {exc}") from None
+    print("ok")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=serve)
     w = commands.add_parser("worker", help="run a training worker against TAGSMITH_REDIS_URL")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--name", help="worker name shown in RQ (default: a random id)")
     w.set_defaults(run=worker)
     add_commands(commands)
+    c = commands.add_parser("check", help="exit 0 when Redis and the object store answer (health checks)")
+    c.set_defaults(run=check)
     args = parser.parse_args(argv)
     if hasattr(args, "client_command"):
         return run_client_command(args)

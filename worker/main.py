@@ -1,20 +1,114 @@
-"""``tagsmith worker``: an RQ worker that runs jobs in its own process, so the backbone loads once."""
+"""``tagsmith worker``: an RQ worker that runs jobs in its own process, so the backbone loads once.
+
+rq's ``SimpleWorker`` registers a started job for its whole timeout plus a minute, so a
+worker killed with SIGKILL would leave its task "started" for an hour. ``TrainingWorker``
+instead holds a short lease on each job (``heartbeat_ttl_s``) that a thread renews while the
+job runs; idle workers, and busy ones from that thread, look for expired leases every
+``maintenance_interval_s`` and queue the abandoned job again or fail it (see shared/jobs.py).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from typing import Any
 
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 
 from shared.context import get_services
 
+log = logging.getLogger("tagsmith")
 
-def run_worker(burst: bool = False) -> None:
+
+class TrainingWorker(SimpleWorker):
+    """A no-fork RQ worker whose started jobs hold a short, renewed lease."""
+
+    def __init__(self, queues: list[Queue], *, heartbeat_ttl: int, maintenance_interval: int, **kwargs: Any) -> None:
+        # worker_ttl - 15 is how long an idle worker blocks on the queue between maintenance checks.
+        super().__init__(
+            queues,
+            maintenance_interval=maintenance_interval,
+            worker_ttl=maintenance_interval + 15,
+            serializer=JSONSerializer,
+            **kwargs,
+        )
+        self.heartbeat_ttl = heartbeat_ttl
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.heartbeat_ttl
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Counted before the job shows as started, so a kill at any moment after counts the attempt.
+        job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+        job.save_meta()
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
+        """Renew the job's lease; run maintenance when due, since this worker's loop is busy."""
+        while not stop.wait(max(1.0, self.heartbeat_ttl / 3)):
+            try:
+                self.maintain_heartbeats(job, execution)
+                if self.should_run_maintenance_tasks:
+                    self.clean_registries()
+            except Exception as exc:  # Redis hiccup: the next beat tries again
+                log.warning("heartbeat of job %s failed: %s", job.id, exc)
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        if execution is not None:
+            # The job raised: running it again would fail the same way. Only abandoned jobs retry.
+            job.retries_left = 0
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+
+
+class _QuietMaintenance(logging.Filter):
+    """RQ logs every maintenance pass at INFO; every few seconds, that would drown the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "cleaning" not in str(record.msg)
+
+
+def make_worker(name: str | None = None) -> TrainingWorker:
     services = get_services()
-    services.backbone  # load the weights before the first job, not during it
-    worker = SimpleWorker(
-        [services.queue.queue], connection=services.redis, serializer=JSONSerializer
+    settings = services.settings
+    return TrainingWorker(
+        [services.queue.queue],
+        connection=services.redis,
+        name=name,
+        heartbeat_ttl=settings.heartbeat_ttl_s,
+        maintenance_interval=settings.maintenance_interval_s,
     )
-    logging.getLogger("tagsmith").info("worker ready on queue %s", services.settings.queue_name)
+
+
+def run_worker(burst: bool = False, name: str | None = None) -> None:
+    started = time.monotonic()
+    services = get_services()
+    backbone = services.backbone  # load the weights before the first job, not during it
+    services.store.ping()
+    worker = make_worker(name)
+    logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
+    log.info(
+        "worker %s ready on queue %s in %.1f s (device %s)",
+        worker.name, services.settings.queue_name, time.monotonic() - started, getattr(backbone, "device", "?"),
+    )
     worker.work(burst=burst, logging_level="INFO")

