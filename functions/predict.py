@@ -19,10 +19,11 @@ from shared.embeddings import embed_stored_images
 from shared.errors import not_found
 from shared.http import create_app, read_upload
 from shared.images import decode_image
-from shared.models.backbone import Features
+from shared.models.backbone import Features, load_backbone
 from shared.models.keywords import base_keywords
 from shared.models.styles import matched_styles, style_scores
 from shared.names import validate_image_id, validate_tag
+from shared.settings import get_settings
 
 heads = HeadCache()
 
@@ -147,7 +148,10 @@ routes = [
 @asynccontextmanager
 async def _load_backbone(app: Starlette) -> AsyncIterator[None]:
     """Run alone, the function loads the backbone before it answers, so it is ready once healthy."""
-    await run_in_threadpool(lambda: get_services().backbone)
+    settings = get_settings()
+    await run_in_threadpool(
+        load_backbone, settings.runtime, settings.device, settings.torch_threads, str(settings.model_cache_dir)
+    )
     yield
 
 

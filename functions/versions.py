@@ -130,7 +130,7 @@ def rollback(request: Request) -> JSONResponse:
         raise not_found("unknown_version", f"Tag '{tag}' has no version {version}.") from None
     previous = services.registry.model(tag)
     try:
-        services.registry.publish([pointer], epochs={tag: epoch})
+        services.registry.publish([pointer], epochs={tag: epoch}, rollback=True)
     except EpochMoved:
         raise conflict("tag_deleted", f"Tag '{tag}' was deleted meanwhile.") from None
     return JSONResponse({"tag": tag, "version": version, "previous": previous.version if previous else None,

@@ -31,15 +31,15 @@ RESERVATION_SECONDS = 120
 # ARGV: number of checked epochs, the expected epochs, then (tag, version, pointer JSON) triples.
 # Returns -1 if an epoch moved, else the tags whose pointer moved (never to an older version).
 _PUBLISH = """
-local n = tonumber(ARGV[1])
+local n, any_version = tonumber(ARGV[1]), ARGV[2] == '1'
 for i = 1, n do
-  if tonumber(redis.call('GET', KEYS[3 + i]) or '0') ~= tonumber(ARGV[1 + i]) then return -1 end
+  if tonumber(redis.call('GET', KEYS[3 + i]) or '0') ~= tonumber(ARGV[2 + i]) then return -1 end
 end
 local moved = {}
-for i = n + 2, #ARGV, 3 do
+for i = n + 3, #ARGV, 3 do
   local tag, version = ARGV[i], tonumber(ARGV[i + 1])
   local current = redis.call('HGET', KEYS[1], tag)
-  if not current or cjson.decode(current)['version'] < version then
+  if any_version or not current or cjson.decode(current)['version'] < version then
     redis.call('HSET', KEYS[1], tag, ARGV[i + 2])
     redis.call('SADD', KEYS[2], tag)
     table.insert(moved, tag)
@@ -232,17 +232,19 @@ class Registry:
         """A version number never handed out before for this tag, even across deletes."""
         return int(self.redis.incr(self._k("tag", tag, "version")))
 
-    def publish(self, pointers: list[ModelPointer], epochs: dict[str, int] | None = None) -> list[str]:
+    def publish(
+        self, pointers: list[ModelPointer], epochs: dict[str, int] | None = None, rollback: bool = False
+    ) -> list[str]:
         """Move every pointer at once and bump the generation; all or nothing. Returns the tags moved.
 
-        A pointer never moves back to an older version: when two trainings of one tag finish
-        out of order, the newer version stays current. With ``epochs``, refuse (EpochMoved)
-        if any of those tags was deleted since.
+        A pointer never moves back to an older version (when two trainings of one tag finish
+        out of order, the newer version stays current) unless ``rollback`` asks for exactly
+        that. With ``epochs``, refuse (EpochMoved) if any of those tags was deleted since.
         """
         epochs = epochs or {}
         keys = [self._k("models"), self._k("tags"), self._k("generation")]
         keys += [self._k("tag", tag, "epoch") for tag in epochs]
-        args: list[str | int] = [len(epochs), *epochs.values()]
+        args: list[str | int] = [len(epochs), int(rollback), *epochs.values()]
         for p in pointers:
             args += [p.tag, p.version, p.to_json()]
         moved = self._publish(keys=keys, args=args)

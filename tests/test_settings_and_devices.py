@@ -78,11 +78,11 @@ def test_the_backbone_runs_where_the_setting_says() -> None:
     import torch
 
     if torch.cuda.is_available():
-        assert load_backbone("auto").device.type == "cuda"  # type: ignore[attr-defined]
+        assert load_backbone("torch", "auto").device.type == "cuda"  # type: ignore[attr-defined]
         return
-    assert load_backbone("auto").device.type == "cpu"  # type: ignore[attr-defined]
+    assert load_backbone("torch", "auto").device.type == "cpu"  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="TAGSMITH_DEVICE=cuda but torch sees no CUDA device"):
-        load_backbone("cuda")
+        load_backbone("torch", "cuda")
 
 
 def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -115,7 +115,7 @@ def choose_runtime(runtime: str, device: str) -> str:
     """'auto': torch on CUDA, else OpenVINO if installed, else ONNX Runtime, else torch."""
     if runtime != "auto":
         return runtime
-    if device == "cuda" or (device == "auto" and _cuda_available()):
+    if device.startswith("cuda") or (device == "auto" and _cuda_available()):
         return "torch"
     for name in ("openvino", "onnxruntime"):
         try:
