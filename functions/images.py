@@ -13,7 +13,7 @@ from shared.context import Services, get_services
 from shared.embeddings import image_key
 from shared.errors import ApiError, bad_request, not_found
 from shared.http import create_app, read_upload, read_uploads
-from shared.images import DecodedImage, decode_image
+from shared.images import VERIFY_SIZE, DecodedImage, decode_image
 from shared.names import new_image_id, validate_image_id, validate_sample_type, validate_tag
 
 
@@ -51,7 +51,7 @@ async def add(request: Request) -> JSONResponse:
     requested = request.query_params.get("image_id")
     image_id = validate_image_id(requested) if requested is not None else new_image_id()
     data = await read_upload(request, settings.max_upload_bytes)
-    decoded = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
+    decoded = await run_in_threadpool(decode_image, data, settings.max_image_pixels, VERIFY_SIZE)
     await run_in_threadpool(store_image, services, image_id, data, decoded)
     return JSONResponse(
         {"image_id": image_id, "format": decoded.format, "width": decoded.width, "height": decoded.height},
@@ -106,7 +106,7 @@ async def add_many(request: Request) -> JSONResponse:
             if isinstance(data, ApiError):
                 raise data
             image_id = validate_image_id(requested) if requested else new_image_id()
-            decoded = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
+            decoded = await run_in_threadpool(decode_image, data, settings.max_image_pixels, VERIFY_SIZE)
             await run_in_threadpool(store_image, services, image_id, data, decoded)
             if assignment:
                 services.registry.assign(image_id, *assignment)

@@ -12,6 +12,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from shared.errors import ApiError, bad_request, too_large
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Adding an image only needs to prove it decodes: JPEGs are read at 1/8 scale (the whole stream
+# is still parsed, so truncation is caught) without building full-size pixels.
+VERIFY_SIZE = 32
 # Pillow's own bomb check is replaced by the configurable limit below.
 Image.MAX_IMAGE_PIXELS = None
 

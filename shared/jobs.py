@@ -159,4 +159,5 @@ def abandoned_message(attempts: int) -> str:
 
 
 def _iso(moment: Any) -> str | None:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+    """ISO 8601 UTC to the millisecond."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z" if moment else None

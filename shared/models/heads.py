@@ -249,26 +249,26 @@ class HeadMatrix:
         self.thresholds = np.array(thresholds, dtype=np.float64)
         self.versions = versions
         width = sum(sizes)
-        self.weights = np.stack([h.weight for h in heads]).astype(np.float64) if heads else np.zeros((0, width))
-        self.biases = np.array([h.bias for h in heads], dtype=np.float64)
+        stacked = np.stack([h.weight for h in heads]) if heads else np.zeros((0, width))
+        self.columns = np.ascontiguousarray(stacked.T, dtype=np.float32)  # (D, T): one matrix multiply
+        self.biases = np.array([h.bias for h in heads], dtype=np.float32)
         self.index = {tag: i for i, tag in enumerate(tags)}
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """(N, D) raw (semantic | style) features -> (N, T) probabilities."""
         if not self.tags:
             return np.zeros((len(features), 0))
-        return sigmoid(normalise_groups(features, self.sizes) @ self.weights.T + self.biases)
+        z = normalise_groups(features, self.sizes).astype(np.float32)
+        return sigmoid((z @ self.columns + self.biases).astype(np.float64))
 
     def describe(self, scores: np.ndarray, tags: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """One image's scores as {tag: {score, match, threshold, version}}, best first."""
-        chosen = [self.index[t] for t in tags] if tags is not None else range(len(self.tags))
-        rows = {
-            self.tags[i]: {
-                "score": round(float(scores[i]), 6),
-                "match": bool(scores[i] >= self.thresholds[i]),
-                "threshold": round(float(self.thresholds[i]), 6),
-                "version": self.versions[i],
-            }
-            for i in chosen
+        chosen = np.array([self.index[t] for t in tags] if tags is not None else range(len(self.tags)), dtype=int)
+        chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
+        rounded = np.round(scores[chosen], 6).tolist()
+        matches = (scores[chosen] >= self.thresholds[chosen]).tolist()
+        thresholds = np.round(self.thresholds[chosen], 6).tolist()
+        return {
+            self.tags[i]: {"score": sc, "match": m, "threshold": th, "version": self.versions[i]}
+            for i, sc, m, th in zip(chosen.tolist(), rounded, matches, thresholds)
         }
-        return dict(sorted(rows.items(), key=lambda kv: -kv[1]["score"]))

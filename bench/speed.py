@@ -1,0 +1,257 @@
+"""Speed of tagsmith against the limits of this machine, measured side by side in one run.
+
+It measures the raw backbone (torch eager, ONNX Runtime, OpenVINO) on preprocessed tensors,
+then starts ``tagsmith serve`` on a free port and measures the service over HTTP, and prints
+each figure next to its baseline and the ratio. Exits 1 if a target is missed.
+
+    python -m bench.speed [--seconds 8] [--clients 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from bench.photos import source
+from infra.embedded import free_port
+from shared.images import decode_image
+from shared.models.archive import ModelRecord, pack
+from shared.models.backbone import LITE0, EfficientNetLite0, preprocess
+from shared.models.heads import Head, train_head
+from shared.models.runtimes import OnnxRuntimeBackbone, OpenVinoBackbone, export_onnx
+from shared.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = os.cpu_count() or 1
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def rate(work: Callable[[], int], seconds: float) -> float:
+    """Items per second of ``work`` (which returns how many items it did), after one warm-up call."""
+    work()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        done += work()
+    return done / (time.perf_counter() - started)
+
+
+def raw_runtimes(seconds: float, batches: tuple[int, ...]) -> dict[str, dict[int, float]]:
+    """Images per second of each runtime's forward pass alone, by batch size."""
+    path = export_onnx(get_settings().model_cache_dir)
+    tensor = preprocess(source("astronaut"))
+    runtimes = {
+        "torch eager": EfficientNetLite0("cpu", THREADS),
+        "ONNX Runtime": OnnxRuntimeBackbone(path, THREADS),
+        "OpenVINO": OpenVinoBackbone(path, THREADS),
+    }
+    result: dict[str, dict[int, float]] = {}
+    for name, backbone in runtimes.items():
+        result[name] = {}
+        for n in batches:
+            batch = np.repeat(tensor[None], n, axis=0)
+            if isinstance(backbone, EfficientNetLite0):
+                import torch
+
+                def step(b: np.ndarray = batch, m: EfficientNetLite0 = backbone) -> int:
+                    with torch.inference_mode():
+                        m.forward(torch.from_numpy(b))
+                    return len(b)
+            else:
+                def step(b: np.ndarray = batch, m=backbone) -> int:  # type: ignore[no-untyped-def]
+                    m._run(b)
+                    return len(b)
+            result[name][n] = rate(step, seconds)
+    return result
+
+
+class Server:
+    """``tagsmith serve`` on a free port with its own data folder, for the HTTP figures."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSMITH_")}
+        env["TAGSMITH_MODEL_CACHE_DIR"] = str(get_settings().model_cache_dir)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "serve", "--port", str(self.port), "--data-dir", str(folder)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.base + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise SystemExit("tagsmith serve did not become ready")
+        httpx.post(self.base + "/predict", files={"data": jpeg(source("coffee"))}, timeout=120)  # load the backbone
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+def concurrent_rate(url: str, payloads: list[bytes], clients: int, seconds: float) -> tuple[float, int]:
+    """Requests per second from ``clients`` threads posting the payloads in turn; and the errors."""
+    deadline = time.perf_counter() + seconds
+    counts = [0] * clients
+    errors = [0] * clients
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=120) as http:
+            k = i
+            while time.perf_counter() < deadline:
+                response = http.post(url, files={"data": ("photo.jpg", payloads[k % len(payloads)], "image/jpeg")})
+                counts[i] += 1
+                errors[i] += response.status_code >= 400
+                k += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return sum(counts) / (time.perf_counter() - started), sum(errors)
+
+
+def latency_ms(url: str, payload: bytes, count: int) -> float:
+    """Median wall time of ``count`` sequential requests."""
+    times = []
+    with httpx.Client(timeout=120) as http:
+        http.post(url, files={"data": payload})
+        for _ in range(count):
+            started = time.perf_counter()
+            http.post(url, files={"data": payload}).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def many_heads(count: int) -> bytes:
+    rng = np.random.default_rng(0)
+    width = LITE0.embedding_size + LITE0.style_size
+    records = [
+        ModelRecord(f"tag {i:04d}", 1, 0.5, "2026-01-01T00:00:00Z",
+                    Head(rng.normal(0, 0.01, width).astype(np.float32), 0.0), "both")
+        for i in range(count)
+    ]
+    return pack(records, LITE0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each throughput measurement")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients")
+    args = parser.parse_args()
+    batch = get_settings().predict_batch_size
+    rows: list[tuple[str, str, float, str, float, float | None, str]] = []  # figure, value, baseline, ratio, target
+
+    def row(name: str, value: float, unit: str, baseline_name: str, baseline: float, target: float | None, better: str) -> None:
+        rows.append((name, f"{value:.1f} {unit}", baseline, baseline_name, value / baseline, target, better))
+
+    raw = raw_runtimes(args.seconds / 2, (1, 8, batch, 32))
+    print("raw backbone, images/s (forward pass only, preprocessed 224x224):")
+    for name, by_batch in raw.items():
+        print(f"  {name:13s} " + "  ".join(f"batch {n}: {v:6.1f}" for n, v in by_batch.items()))
+    best_name = max(("ONNX Runtime", "OpenVINO"), key=lambda n: raw[n][batch])
+    best = raw[best_name][batch]
+    best_single_ms = 1000 / max(raw["ONNX Runtime"][1], raw["OpenVINO"][1])
+
+    phone = source("retina").resize((4000, 3000), Image.Resampling.BICUBIC)
+    phone_jpeg = jpeg(phone, 92)
+    started = time.perf_counter()
+    Image.open(io.BytesIO(phone_jpeg)).convert("RGB")
+    full_ms = (time.perf_counter() - started) * 1000
+    draft_ms = 1000 / rate(lambda: (decode_image(phone_jpeg, 50_000_000), 1)[1], 2)
+    print(f"12 MP JPEG decode: full {full_ms:.0f} ms, tagsmith (draft mode) {draft_ms:.0f} ms")
+
+    photos = [jpeg(source(name)) for name in ("astronaut", "coffee", "rocket", "chelsea")]
+    megapixel = [jpeg(source(n).resize((1155, 866))) for n in ("astronaut", "coffee", "rocket", "chelsea")]
+    with tempfile.TemporaryDirectory() as folder:
+        server = Server(Path(folder) / "data")
+        try:
+            http_rate, errors = concurrent_rate(server.base + "/predict", photos, args.clients, args.seconds)
+            row("POST /predict, 0.3 MP photos", http_rate, "img/s", f"{best_name} batch {batch}", best, 0.85, "higher")
+            phone_rate, phone_errors = concurrent_rate(server.base + "/predict", [phone_jpeg], args.clients, args.seconds)
+            row("POST /predict, 12 MP JPEGs", phone_rate, "img/s", f"{best_name} batch {batch}", best, 0.6, "higher")
+            p50 = latency_ms(server.base + "/predict", photos[0], 30)
+            rows.append(("POST /predict p50, one client", f"{p50:.1f} ms", best_single_ms, "raw batch-1 forward (ms)",
+                         p50 / best_single_ms, 1.3, "lower"))
+
+            http = httpx.Client(timeout=300)
+            one = many_heads(1)
+            http.post(server.base + "/set_state", files={"data": one}).raise_for_status()
+            one_tag = latency_ms(server.base + "/predict/custom", photos[0], 30)
+            http.post(server.base + "/set_state", files={"data": many_heads(1000)}).raise_for_status()
+            thousand = latency_ms(server.base + "/predict/custom", photos[0], 30)
+            rows.append(("POST /predict/custom p50, 1000 tags", f"{thousand:.1f} ms", one_tag, "same with 1 tag (ms)",
+                         thousand / one_tag, 1.05, "lower"))
+
+            add_rate, add_errors = 0.0, 0
+            counter = iter(range(10**9))
+
+            def add_many_images() -> int:
+                with ThreadPoolExecutor(8) as pool:
+                    results = list(pool.map(lambda _: http.post(server.base + f"/custom/add?image_id=mp-{next(counter)}",
+                                                                files={"data": megapixel[0]}).status_code, range(64)))
+                nonlocal add_errors
+                add_errors += sum(code >= 400 for code in results)
+                return len(results)
+
+            add_rate = rate(add_many_images, args.seconds / 2)
+            rows.append(("POST /custom/add, 1 MP JPEGs", f"{add_rate:.0f} img/s", 200.0, "target (img/s)",
+                         add_rate / 200.0, 1.0, "higher"))
+
+            rss = server.peak_rss_mb()
+            rows.append(("peak RSS of the predict process", f"{rss:.0f} MB", 600.0, "target (MB)", rss / 600, 1.0, "lower"))
+            errors += phone_errors + add_errors
+        finally:
+            server.stop()
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(1000, LITE0.embedding_size + LITE0.style_size)).astype(np.float32)
+    labels = (rng.random(1000) < 0.3).astype(int)
+    features[labels == 1, :64] += 1.0
+    started = time.perf_counter()
+    train_head(features, labels, (LITE0.embedding_size, LITE0.style_size))
+    train_s = time.perf_counter() - started
+    rows.append(("train a head on 1000 cached embeddings", f"{train_s:.2f} s", 2.0, "target (s)", train_s / 2.0, 1.0, "lower"))
+
+    print(f"\nmachine: {os.cpu_count()} cores; clients: {args.clients}; server batch: {batch}; HTTP errors: {errors}")
+    print("| figure | value | baseline | ratio | target |")
+    print("|---|---|---|---|---|")
+    missed = []
+    for name, value, baseline, baseline_name, ratio, target, better in rows:
+        ok = target is None or (ratio >= target if better == "higher" else ratio <= target)
+        mark = "" if ok else " MISSED"
+        print(f"| {name} | {value} | {baseline_name}: {baseline:.1f} | {ratio:.2f} | {'≥' if better == 'higher' else '≤'} {target}{mark} |")
+        if not ok:
+            missed.append(name)
+    return 1 if missed or errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
