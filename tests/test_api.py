@@ -128,3 +128,14 @@ def test_state_export_delete_load_gives_the_same_scores(client: TestClient, serv
     assert after["score"] == pytest.approx(before["score"], abs=1e-6)
     assert after["threshold"] == before["threshold"]
     assert client.get("/get_state?tag=dog").status_code == 404
+
+
+def test_status_names_the_examples_cross_validation_gets_most_wrong(client: TestClient, services: Services) -> None:
+    add(client, crops("coffee", 1, seed=11)[0], "mislabelled")
+    client.get("/custom/assign/mislabelled/positive/cat")  # a cup of coffee marked as a cat
+    result = teach_cat(client, services)["result"]
+    wrong = result["metrics"]["most_wrong"]
+    flagged = {w["image_id"]: w for w in wrong}
+    assert "mislabelled" in flagged and flagged["mislabelled"]["type"] == "positive"
+    assert flagged["mislabelled"]["score"] < 0.5
+    assert not any(w["image_id"].startswith("cat-") for w in wrong)  # the real cats are fine

@@ -79,7 +79,14 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
         trained_at=utc_now(),
         head=trained.head,
         form=trained.form,
-        metrics={**trained.metrics, "fine_tuned_from": current.version if current else None},
+        metrics={
+            **trained.metrics,
+            "fine_tuned_from": current.version if current else None,
+            "most_wrong": [
+                {"image_id": ids[i], "type": "positive" if labels[i] else "negative", "score": score}
+                for i, score in trained.most_wrong
+            ],
+        },
     )
     pointer = catalog.save_version(services, record)  # the archive is whole before anything points at it
     try:

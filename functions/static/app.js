@@ -221,7 +221,13 @@ async function loadVersions() {
       el("td", {}, fixed(m.precision)), el("td", {}, fixed(m.recall)),
       el("td", {}, v.threshold.toFixed(3)), el("td", {}, action));
   });
-  box.replaceChildren(el("table", {}, head, ...rows));
+  const current = answer.versions.find((v) => v.current) || answer.versions[answer.versions.length - 1];
+  const wrong = (current.metrics.most_wrong || []).map((w) =>
+    card(w.image_id, `${w.type}, scored ${w.score.toFixed(2)}`));
+  const review = wrong.length
+    ? [el("h3", {}, `Most wrong in cross-validation (v${current.version})`), el("div", { class: "grid most-wrong" }, ...wrong)]
+    : [];
+  box.replaceChildren(el("table", {}, head, ...rows), ...review);
 }
 
 async function rollback(version) {

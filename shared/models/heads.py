@@ -11,7 +11,7 @@ head is one row over the normalised groups, so at predict time all heads are one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,11 @@ from scipy.optimize import minimize
 
 L2 = 1e-3
 MAX_FOLDS = 5
-MAX_CV_EXAMPLES = 400  # cross-validate on a stratified sample of at most this many; fit on all
+MAX_CV_EXAMPLES = 400
+# Another form replaces "semantic" only if its held-out log loss is at least 10% lower: with few
+# examples, near-ties are noise, and keyword tags should not pick up style by chance.
+SEMANTIC_MARGIN = 0.9
+MOST_WRONG = 10  # cross-validate on a stratified sample of at most this many; fit on all
 # Form name -> weight of (semantic, style) group in the head's input.
 FORMS: dict[str, tuple[float, float]] = {"semantic": (1.0, 0.0), "style": (0.0, 1.0), "both": (1.0, 1.0)}
 
@@ -36,6 +40,9 @@ class TrainedHead:
     threshold: float
     form: str
     metrics: dict[str, Any]
+    # (index into the training examples, held-out score), the examples cross-validation got most
+    # wrong first: positives scored lowest and negatives highest, those on the wrong side of 0.5.
+    most_wrong: list[tuple[int, float]] = field(default_factory=list)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -198,7 +205,8 @@ def train_head(
     """Train one tag's head on raw (semantic | style) features and 0/1 labels.
 
     With at least two examples of each class, stratified k-fold cross-validation
-    (k = min(5, smallest class)) picks the form with the lowest held-out log loss and the
+    (k = min(5, smallest class)) picks the form with the lowest held-out log loss (semantic
+    unless another is clearly better) and the
     threshold with the best held-out F1, and the reported metrics are those of the held-out
     folds. With fewer, the form is "both", the threshold 0.5, and no metrics are claimed.
     """
@@ -208,6 +216,7 @@ def train_head(
     k = min(MAX_FOLDS, n_pos, n_neg)
     metrics: dict[str, Any] = {"positives": n_pos, "negatives": n_neg, "folds": k if k >= 2 else 0}
     form, threshold = ("both" if "both" in forms else forms[0]), 0.5
+    most_wrong: list[tuple[int, float]] = []
     if k >= 2:
         sample = stratified_sample(y, MAX_CV_EXAMPLES)
         zs, ys = z[sample], y[sample]
@@ -220,6 +229,8 @@ def train_head(
         }
         losses = {f: log_loss(ys, s) for f, s in oof.items()}
         form = min(forms, key=lambda f: losses[f])
+        if "semantic" in forms and losses[form] > SEMANTIC_MARGIN * losses["semantic"]:
+            form = "semantic"  # style features must clearly earn their place
         threshold = best_threshold(ys, oof[form])
         metrics.update(
             cv_examples=len(sample),
@@ -227,10 +238,13 @@ def train_head(
             **metrics_at(ys, oof[form], threshold),
             log_loss_by_form={f: round(v, 4) for f, v in losses.items()},
         )
+        wrong_by = np.where(ys == 1, 0.5 - oof[form], oof[form] - 0.5)  # > 0: on the wrong side of 0.5
+        order = [j for j in np.argsort(-wrong_by, kind="stable") if wrong_by[j] > 0][:MOST_WRONG]
+        most_wrong = [(int(sample[j]), round(float(oof[form][j]), 4)) for j in order]
     metrics["form"] = form
     fitted = fit_logistic(_form_input(z, sizes, form), y, init=previous)
     weight = fitted.weight * np.repeat(FORMS[form], sizes).astype(np.float32)
-    return TrainedHead(Head(weight, fitted.bias), threshold=round(threshold, 6), form=form, metrics=metrics)
+    return TrainedHead(Head(weight, fitted.bias), round(threshold, 6), form, metrics, most_wrong)
 
 
 class HeadMatrix:
