@@ -299,14 +299,14 @@ def stop_all(processes: list[Process]) -> None:
 
 
 class FunctionServer(Process):
-    """One function app alone under uvicorn, as in its container: ``uvicorn functions.<name>:app``."""
+    """One function service alone under uvicorn, as in its container: ``uvicorn infra.services:<name>``."""
 
-    def __init__(self, function: str, folder: Path, env: dict[str, str], name: str | None = None) -> None:
+    def __init__(self, service: str, folder: Path, env: dict[str, str], name: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "uvicorn", f"functions.{function}:app", "--host", "127.0.0.1",
+        command = [sys.executable, "-m", "uvicorn", f"infra.services:{service}", "--host", "127.0.0.1",
                    "--port", str(self.port), "--log-level", "warning", "--timeout-keep-alive", "75"]
-        super().__init__(name or function, command, folder, env)
+        super().__init__(name or service, command, folder, env)
 
     def ready(self) -> bool:
         return requests.get(self.url + "/health", timeout=1).ok

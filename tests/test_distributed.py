@@ -1,6 +1,7 @@
 """The production topology on loopback: nginx with the repository's routes in front of each
-function running alone under uvicorn (two predict instances), two ``tagsmith worker`` processes,
-Redis and an S3 server. Every request goes through the gateway, as a client's would.
+function service (infra/services.py) alone under uvicorn (two predict instances), two
+``tagsmith worker`` processes, Redis and an S3 server. Every request goes through the gateway, as a
+client's would.
 """
 
 from __future__ import annotations
@@ -159,6 +160,38 @@ def test_gateway_answers_json_for_its_own_errors(cluster: Cluster) -> None:
     just_over = b"\0" * (25 * 1024 * 1024 + 1)  # under nginx's limit: the function answers
     over_app_limit = requests.post(cluster.base + "/custom/add", files={"data": ("x.jpg", just_over)})
     assert over_app_limit.status_code == 413 and over_app_limit.json()["error"] == "too_large"
+
+
+def test_the_newer_routes_reach_their_services(cluster: Cluster) -> None:
+    base = cluster.base
+    # A batch over the 26 MiB upload limit but under add_many's own: nginx lets it through and the
+    # function refuses only the one file that is too large.
+    photos = crops(CAT, 2, seed=21)
+    batch = [("data", ("a.jpg", photos[0])), ("data", ("b.jpg", photos[1])),
+             ("data", ("big.jpg", b"\0" * (26 * 1024 * 1024)))]
+    added = requests.post(f"{base}/custom/add_many?tag=newer&type=positive", files=batch)
+    assert added.status_code == 200, added.text
+    body = added.json()
+    assert (body["added"], body["failed"]) == (2, 1) and body["images"][2]["error"] == "too_large"
+    first = body["images"][0]["image_id"]
+
+    assert requests.get(f"{base}/custom/images").json()["total"] >= 2  # images service: gallery
+    thumbnail = requests.get(f"{base}/custom/images/{first}/thumbnail")
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    tags = {t["tag"]: t for t in requests.get(f"{base}/custom/tags").json()["tags"]}  # training: versions
+    assert tags["newer"]["positives"] == 2
+    assert requests.get(f"{base}/custom/unassign/{first}/newer").status_code == 200
+    unknown = requests.get(f"{base}/custom/suggest/newer")  # predict: suggest, which knows no model yet
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_tag"
+
+    page = requests.get(f"{base}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert requests.get(f"{base}/static/app.js").status_code == 200
+    assert requests.get(f"{base}/ready").json()["status"] == "ready"
+    assert "tagsmith_images" in requests.get(f"{base}/metrics").text
+    paths = requests.get(f"{base}/openapi.json").json()["paths"]  # the whole API, from one service
+    assert {"/custom/add_many", "/custom/tags", "/predict", "/get_state", "/custom/suggest/{tag}"} <= set(paths)
+    assert requests.get(f"{base}/docs").status_code == 200
 
 
 def test_seed_flow_through_the_gateway(cluster: Cluster) -> None:
