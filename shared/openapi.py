@@ -6,7 +6,7 @@ to a ``---`` line the description, and the YAML after it the details, in a short
     query:    {name: {type: integer, description: ..., required: false}}
     upload:   data            # a multipart file field; ``{field: data, multiple: true}`` for many
     form:     {name: {type: string, description: ...}}   # text fields sent with the upload
-    response: {status: 201, description: ..., content: json|jpeg|image|tar|html|text, example: ...}
+    response: {status: 201, description: ..., content: json|jpeg|image|tar|onnx|html|text, example: ...}
     errors:   [400, 404]
 
 Path parameters come from the route's path and are described once, in ``PATH_PARAMETERS``.
@@ -55,6 +55,7 @@ CONTENT = {
     "jpeg": "image/jpeg",
     "image": "image/*",
     "tar": "application/x-tar",
+    "onnx": "application/octet-stream",
     "html": "text/html",
     "text": "text/plain",
 }

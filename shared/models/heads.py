@@ -20,9 +20,6 @@ from scipy.optimize import minimize
 L2 = 1e-3
 MAX_FOLDS = 5
 MAX_CV_EXAMPLES = 400
-# Another form replaces "semantic" only if its held-out log loss is at least 10% lower: with few
-# examples, near-ties are noise, and keyword tags should not pick up style by chance.
-SEMANTIC_MARGIN = 0.9
 MOST_WRONG = 10  # cross-validate on a stratified sample of at most this many; fit on all
 # Form name -> weight of (semantic, style) group in the head's input.
 FORMS: dict[str, tuple[float, float]] = {"semantic": (1.0, 0.0), "style": (0.0, 1.0), "both": (1.0, 1.0)}
@@ -205,8 +202,7 @@ def train_head(
     """Train one tag's head on raw (semantic | style) features and 0/1 labels.
 
     With at least two examples of each class, stratified k-fold cross-validation
-    (k = min(5, smallest class)) picks the form with the lowest held-out log loss (semantic
-    unless another is clearly better) and the
+    (k = min(5, smallest class)) picks the form with the lowest held-out log loss and the
     threshold with the best held-out F1, and the reported metrics are those of the held-out
     folds. With fewer, the form is "both", the threshold 0.5, and no metrics are claimed.
     """
@@ -229,8 +225,6 @@ def train_head(
         }
         losses = {f: log_loss(ys, s) for f, s in oof.items()}
         form = min(forms, key=lambda f: losses[f])
-        if "semantic" in forms and losses[form] > SEMANTIC_MARGIN * losses["semantic"]:
-            form = "semantic"  # style features must clearly earn their place
         threshold = best_threshold(ys, oof[form])
         metrics.update(
             cv_examples=len(sample),
