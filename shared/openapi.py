@@ -47,7 +47,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
 ERRORS = {
     400: "Bad input: the message says what is wrong.",
     401: "An API key is needed (the server has `TAGSMITH_API_KEYS` set) and none or a wrong one was sent.",
-    404: "Unknown image, tag, version or task.",
+    404: "Unknown image, tag, version or task, or a path that matches no route (a line break in a parameter).",
     408: "The request body did not arrive in time (`TAGSMITH_BODY_READ_TIMEOUT_S`).",
     409: "Conflict: the image id is taken, or the most tags allowed exist already.",
     413: "Too large: the upload, the image's pixels or the archive.",
@@ -116,7 +116,7 @@ def _request_body(spec: dict[str, Any]) -> dict[str, Any] | None:
     return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
-def _responses(spec: dict[str, Any], public: bool) -> dict[str, Any]:
+def _responses(spec: dict[str, Any], public: bool, has_parameters: bool) -> dict[str, Any]:
     response = dict(spec.get("response") or {})
     status = str(response.pop("status", 200))
     media = CONTENT[response.pop("content", "json")]
@@ -130,6 +130,8 @@ def _responses(spec: dict[str, Any], public: bool) -> dict[str, Any]:
         errors.add(401)
     if spec.get("upload"):
         errors.add(408)
+    if has_parameters:  # a parameter the route's pattern cannot match is a 404
+        errors.add(404)
     for code in sorted(errors):
         responses[str(code)] = {
             "description": ERRORS[int(code)],
@@ -161,7 +163,7 @@ def build_schema(routes: Sequence[BaseRoute], title: str = "tagsmith") -> dict[s
         body = _request_body(spec)
         if body:
             operation["requestBody"] = body
-        operation["responses"] = _responses(spec, endpoint.path in PUBLIC_PATHS)
+        operation["responses"] = _responses(spec, endpoint.path in PUBLIC_PATHS, "{" in endpoint.path)
         paths.setdefault(endpoint.path, {})[endpoint.http_method] = operation
     order = ["get", "post", "put", "patch", "delete"]
     for path, operations in paths.items():
