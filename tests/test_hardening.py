@@ -121,8 +121,9 @@ def _raw_request(port: int, head: bytes, body: bytes) -> socket.socket:
 
 
 def _read_response(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
+    """Read until the JSON error body has arrived or the server closes the connection."""
+    chunks: list[bytes] = []
+    while not b"".join(chunks).rstrip().endswith(b"}"):
         try:
             chunk = sock.recv(65536)
         except (ConnectionResetError, TimeoutError):

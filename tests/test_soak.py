@@ -1,6 +1,6 @@
 """A short soak: concurrent clients against a real ``tagsmith serve``; ``bench/soak.py`` runs a long one.
 
-TAGSMITH_SOAK_SECONDS sets its length (default 20)."""
+TAGSMITH_SOAK_SECONDS sets its length (default 10)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.servers import TagsmithServer
 
 
 def test_soak(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
-    seconds = float(os.environ.get("TAGSMITH_SOAK_SECONDS", "20"))
+    seconds = float(os.environ.get("TAGSMITH_SOAK_SECONDS", "10"))
     server = TagsmithServer(tmp_path / "data", free_port(), {"TAGSMITH_API_KEYS": ""})
     for name in [n for n in server.env if n.startswith("TAGSMITH_") and n != "TAGSMITH_API_KEYS"]:
         del server.env[name]
