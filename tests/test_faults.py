@@ -8,7 +8,6 @@ import socket
 from pathlib import Path
 
 import psutil
-import pytest
 import requests
 from starlette.routing import Route
 

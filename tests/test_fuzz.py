@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
