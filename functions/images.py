@@ -90,11 +90,13 @@ async def add_many(request: Request) -> JSONResponse:
         images:
           - {filename: cat.jpg, image_id: cat-1, format: JPEG, width: 451, height: 300}
           - {filename: notes.txt, image_id: null, status: 415, error: not_an_image, message: The file is not an image in a supported format.}
-    errors: [400, 413, 503]
+    errors: [400, 409, 413, 503]
     """
     services = get_services()
     settings = services.settings
     assignment = _assignment_query(services, request)
+    if assignment:
+        services.registry.check_room_for([assignment[0]], services.settings.max_tags)
     files, form = await read_uploads(request, settings.max_upload_bytes, settings.max_batch_files)
     ids = [str(x) for x in form.getlist("image_id")]
     if ids and len(ids) != len(files):
@@ -136,6 +138,7 @@ def assign(request: Request) -> JSONResponse:
     tag = validate_tag(params["tag"], services.settings.max_tag_length)
     if not services.registry.image_exists(image_id):
         raise not_found("unknown_image", f"No image with id '{image_id}'.")
+    services.registry.check_room_for([tag], services.settings.max_tags)
     services.registry.assign(image_id, tag, sample_type)
     positives, negatives = services.registry.examples(tag)
     return JSONResponse(

@@ -21,6 +21,7 @@ from shared.names import validate_tag
 def load_state(services: Services, data: bytes) -> list[dict[str, object]]:
     """Validate the whole archive, store every model as a new version, then publish them together."""
     records = unpack(data, services.spec, services.archive_limits)
+    services.registry.check_room_for([record.tag for record in records], services.settings.max_tags)
     pointers = [catalog.save_version(services, record) for record in records]
     if pointers:
         services.registry.publish(pointers)
@@ -63,7 +64,7 @@ async def set_state(request: Request) -> JSONResponse:
     response:
       description: The models loaded.
       example: {loaded: [{tag: cat, version: 3, threshold: 0.41}]}
-    errors: [400, 413, 503]
+    errors: [400, 409, 413, 503]
     """
     services = get_services()
     data = await read_upload(request, services.settings.max_archive_bytes)

@@ -108,7 +108,7 @@ def run_client_command(args: argparse.Namespace) -> int:
     from tagsmith_client import Client, TagsmithError
 
     try:
-        with Client(args.url) as client:
+        with Client(args.url, api_key=args.api_key) as client:
             return int(args.client_command(client, args))
     except TagsmithError as exc:
         print(f"tagsmith: {exc.message} ({exc.code})", file=sys.stderr)

@@ -274,6 +274,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("TAGSMITH_URL") or DEFAULT_URL,
                         help="tagsmith server (default $TAGSMITH_URL or %(default)s)")
+    common.add_argument("--api-key", default=os.environ.get("TAGSMITH_API_KEY") or None,
+                        help="API key, when the server needs one (default $TAGSMITH_API_KEY)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import anyio
 import redis
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
@@ -18,13 +19,14 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import openapi, ops
+from shared.auth import ApiKeys
 from shared.errors import ApiError, bad_request, too_large
 from shared.observability import RequestObserver
 from shared.settings import get_settings
 from shared.store import StoreUnavailable
 
 log = logging.getLogger("tagsmith")
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 408: "body_timeout", 413: "too_large"}
 
 
 def json_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -54,11 +56,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 class BodyLimit:
-    """Refuses request bodies over a per-path byte limit, whether or not Content-Length is sent."""
+    """Refuses request bodies over a per-path byte limit, whether or not Content-Length is sent,
+    and bodies that stall: waiting more than ``timeout()`` seconds for the next piece is a 408."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int], timeout: Callable[[], float]) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,11 +75,18 @@ class BodyLimit:
                     scope, receive, send
                 )
                 return
-        received = 0
+        received, complete, timeout = 0, False, self.timeout()
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body only a disconnect can come: no deadline
+                return await receive()
+            try:
+                with anyio.fail_after(timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise ApiError(408, "body_timeout", f"The request body stalled for over {timeout:g} s.") from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit:
                 raise too_large("too_large", f"The request body is larger than {limit} bytes.")
@@ -148,7 +159,11 @@ def create_app(routes: Sequence[BaseRoute], **kwargs: Any) -> Starlette:
     metrics around ``routes``, plus ``/health``, ``/ready``, ``/metrics``, ``/openapi.json`` and ``/docs``."""
     return Starlette(
         routes=[*ops.routes, *openapi.routes, *routes],
-        middleware=[Middleware(RequestObserver), Middleware(BodyLimit, limit_for=body_limit_for_path)],
+        middleware=[
+            Middleware(RequestObserver),
+            Middleware(ApiKeys, keys=lambda: get_settings().api_key_list),
+            Middleware(BodyLimit, limit_for=body_limit_for_path, timeout=lambda: get_settings().body_read_timeout_s),
+        ],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

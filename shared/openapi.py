@@ -28,6 +28,8 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 
+from shared.auth import PUBLIC_PATHS
+
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "image_id": {
         "description": "Image id: 1-128 of `A-Z a-z 0-9 _ . -`, starting with a letter or digit.",
@@ -44,8 +46,10 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
 }
 ERRORS = {
     400: "Bad input: the message says what is wrong.",
-    404: "Unknown image, tag, version or task.",
-    409: "Conflict: the image id is taken.",
+    401: "An API key is needed (the server has `TAGSMITH_API_KEYS` set) and none or a wrong one was sent.",
+    404: "Unknown image, tag, version or task, or a path that matches no route (a line break in a parameter).",
+    408: "The request body did not arrive in time (`TAGSMITH_BODY_READ_TIMEOUT_S`).",
+    409: "Conflict: the image id is taken, or the most tags allowed exist already.",
     413: "Too large: the upload, the image's pixels or the archive.",
     415: "Not an image, or a format that is not supported.",
     503: "Redis or the object store is unavailable; try again shortly.",
@@ -113,7 +117,7 @@ def _request_body(spec: dict[str, Any]) -> dict[str, Any] | None:
     return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
-def _responses(spec: dict[str, Any]) -> dict[str, Any]:
+def _responses(spec: dict[str, Any], public: bool, has_parameters: bool) -> dict[str, Any]:
     response = dict(spec.get("response") or {})
     status = str(response.pop("status", 200))
     media = CONTENT[response.pop("content", "json")]
@@ -122,7 +126,14 @@ def _responses(spec: dict[str, Any]) -> dict[str, Any]:
         body["example"] = response.pop("example")
     responses: dict[str, Any] = {status: {"description": response.pop("description", "Success."),
                                           "content": {media: body}}}
-    for code in spec.get("errors") or []:
+    errors = set(spec.get("errors") or [])
+    if not public:
+        errors.add(401)
+    if spec.get("upload"):
+        errors.add(408)
+    if has_parameters:  # a parameter the route's pattern cannot match is a 404
+        errors.add(404)
+    for code in sorted(errors):
         responses[str(code)] = {
             "description": ERRORS[int(code)],
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -153,7 +164,7 @@ def build_schema(routes: Sequence[BaseRoute], title: str = "tagsmith") -> dict[s
         body = _request_body(spec)
         if body:
             operation["requestBody"] = body
-        operation["responses"] = _responses(spec)
+        operation["responses"] = _responses(spec, endpoint.path in PUBLIC_PATHS, "{" in endpoint.path)
         paths.setdefault(endpoint.path, {})[endpoint.http_method] = operation
     order = ["get", "post", "put", "patch", "delete"]
     for path, operations in paths.items():

@@ -209,6 +209,13 @@ class Registry:
     def tag_exists(self, tag: str) -> bool:
         return bool(self.redis.sismember(self._k("tags"), tag))
 
+    def check_room_for(self, tags: list[str], max_tags: int) -> None:
+        """Refuse (409 too_many_tags) when adding ``tags`` would make more than ``max_tags`` tags."""
+        new = {tag for tag in tags if not self.tag_exists(tag)}
+        if new and self.redis.scard(self._k("tags")) + len(new) > max_tags:
+            raise conflict("too_many_tags", f"There are already {max_tags} tags, the most allowed "
+                           "(TAGSMITH_MAX_TAGS); delete one or reuse an existing tag.")
+
     def tags(self) -> list[str]:
         return sorted(x.decode() for x in self.redis.smembers(self._k("tags")))
 

@@ -41,10 +41,14 @@ class Settings(BaseSettings):
     max_archive_bytes: int = 64 * 1024 * 1024
     max_archive_members: int = 10_001
     max_tag_length: int = 64
+    max_tags: int = 10_000  # tags with examples or a model; a new one beyond is refused
+    body_read_timeout_s: float = 30.0  # longest wait for the next piece of a request body
     max_batch_files: int = 100  # images in one /custom/add_many request
     max_batch_bytes: int = 256 * 1024 * 1024  # body of one /custom/add_many request
     # Suggestions rank at most this many of the newest unassigned images.
     suggest_max_candidates: int = 1000
+    # Access control: comma-separated API keys; empty means no key is needed.
+    api_keys: str = ""
     # Logs: one JSON object per line.
     log_level: str = "INFO"
     # Models.
@@ -90,6 +94,10 @@ class Settings(BaseSettings):
         if value < 0:
             raise ValueError("must be 0 or more")
         return value
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
 
     @property
     def store_dir(self) -> Path:

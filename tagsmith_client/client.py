@@ -35,14 +35,24 @@ def _file(source: ImageSource, default_name: str = "image") -> tuple[str, bytes]
 class Client:
     """Talks to a tagsmith server over HTTP; every refusal raises ``TagsmithError``.
 
-    ``url`` defaults to ``$TAGSMITH_URL`` or http://127.0.0.1:5000. Pass ``http`` to use your own
-    ``httpx.Client`` (a proxy, TLS settings, or Starlette's ``TestClient`` in tests).
+    ``url`` defaults to ``$TAGSMITH_URL`` or http://127.0.0.1:5000, ``api_key`` (sent as
+    ``X-API-Key``) to ``$TAGSMITH_API_KEY``. Pass ``http`` to use your own ``httpx.Client`` (a proxy,
+    TLS settings, or Starlette's ``TestClient`` in tests).
     """
 
-    def __init__(self, url: str | None = None, *, timeout: float = 120.0, http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        http: httpx.Client | None = None,
+    ) -> None:
         if url is None:
             url = str(http.base_url) if http is not None else os.environ.get("TAGSMITH_URL") or DEFAULT_URL
         self.url = url.rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("TAGSMITH_API_KEY", "")
+        self._headers = {"X-API-Key": key} if key else {}
         self._own_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout)
 
@@ -60,7 +70,8 @@ class Client:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, self.url + path, **kwargs)
+            headers = {**self._headers, **kwargs.pop("headers", {})}
+            response = self._http.request(method, self.url + path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
             raise TagsmithError(0, "unreachable", f"Cannot reach tagsmith at {self.url}: {exc}") from exc
         if response.is_success:

