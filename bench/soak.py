@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import io
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 import random
 import tempfile
 import threading
@@ -110,8 +111,9 @@ def _call(base: str, http: requests.Session, ledger: Ledger, photos: list[bytes]
     return None
 
 
-def warm_up(base: str, ledger: Ledger, photos: list[bytes], ids: Any) -> None:
-    """Every operation once, a first model of each tag, and the backbone loaded in the API process."""
+def warm_up(base: str, ledger: Ledger, photos: list[bytes], ids: Any, clients: int) -> None:
+    """Every operation once, a first model of each tag, and the backbone loaded in the API process
+    and run at the batch sizes ``clients`` concurrent requests make (its buffers reach full size)."""
     http = requests.Session()
     for i, tag in enumerate(TAGS):
         for kind, image in (("positive", photos[2 * i]), ("negative", photos[2 * i + 1])):
@@ -122,6 +124,12 @@ def warm_up(base: str, ledger: Ledger, photos: list[bytes], ids: Any) -> None:
         ledger.tasks[http.post(f"{base}/custom/train/{tag}").json()["task_id"]] = tag
     wait_for_tasks(base, ledger, 300)
     assert http.post(f"{base}/predict", files={"data": ("p.jpg", photos[0])}).ok
+
+    def predict(photo: bytes) -> bool:
+        return requests.post(f"{base}/predict", files={"data": ("p.jpg", photo)}, timeout=120).ok
+
+    with ThreadPoolExecutor(clients) as pool:
+        assert all(pool.map(predict, photos[: 4 * clients]))
 
 
 def wait_for_tasks(base: str, ledger: Ledger, timeout: float) -> dict[str, str]:
@@ -134,22 +142,36 @@ def wait_for_tasks(base: str, ledger: Ledger, timeout: float) -> dict[str, str]:
         time.sleep(0.5)
 
 
-def soak(base: str, pid: int, seconds: float, clients: int = 4) -> dict[str, Any]:
-    """Run the soak against a server at ``base`` whose API process is ``pid``; returns the figures."""
-    process = psutil.Process(pid)
-    ledger, photos, ids = Ledger(), photo_pool(48), itertools.count()
-    warm_up(base, ledger, photos, ids)
-    rss_start = process.memory_info().rss
-    samples = [rss_start]
+WARM_UP_SECONDS = 10.0
+
+
+def run_clients(
+    base: str, ledger: Ledger, photos: list[bytes], ids: Any, clients: int, seconds: float,
+    sample: Any = None,
+) -> None:
+    """``clients`` threads running the mixed load for ``seconds``; ``sample()`` every half second."""
     deadline = time.monotonic() + seconds
     threads = [threading.Thread(target=_client, args=(base, ledger, photos, deadline, n, ids)) for n in range(clients)]
     for thread in threads:
         thread.start()
     while any(t.is_alive() for t in threads):
         time.sleep(0.5)
-        samples.append(process.memory_info().rss)
+        if sample is not None:
+            sample()
     for thread in threads:
         thread.join()
+
+
+def soak(base: str, pid: int, seconds: float, clients: int = 4) -> dict[str, Any]:
+    """Run the soak against a server at ``base`` whose API process is ``pid``; returns the figures."""
+    process = psutil.Process(pid)
+    ledger, photos, ids = Ledger(), photo_pool(48), itertools.count()
+    warm_up(base, ledger, photos, ids, clients)
+    run_clients(base, ledger, photos, ids, clients, WARM_UP_SECONDS)  # the same mix, not measured
+    rss_start = process.memory_info().rss
+    warm_up_calls = Counter(ledger.calls)
+    samples = [rss_start]
+    run_clients(base, ledger, photos, ids, clients, seconds, lambda: samples.append(process.memory_info().rss))
     rss_end = process.memory_info().rss
     states = wait_for_tasks(base, ledger, max(120.0, seconds))
     missing_images = [i for i, digest in ledger.images.items()
@@ -162,8 +184,8 @@ def soak(base: str, pid: int, seconds: float, clients: int = 4) -> dict[str, Any
     return {
         "seconds": seconds,
         "clients": clients,
-        "requests": sum(ledger.calls.values()),
-        "by_operation": dict(sorted(ledger.calls.items())),
+        "requests": sum((ledger.calls - warm_up_calls).values()),  # errors count the warm-up too
+        "by_operation": dict(sorted((ledger.calls - warm_up_calls).items())),
         "errors": len(ledger.errors),
         "first_errors": ledger.errors[:5],
         "images_acknowledged": len(ledger.images),

@@ -91,6 +91,10 @@ class OnnxRuntimeBackbone(_ExportedBackbone):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Without the arena, memory a large batch used goes back after it: about 270 MB less peak
+        # RSS at batch 16, for a small cost in speed.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False  # no buffers kept per input shape (batch sizes vary)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
