@@ -119,8 +119,9 @@ class OpenVinoBackbone(_ExportedBackbone):
 def choose_runtime(runtime: str, device: str) -> str:
     """'auto': torch on CUDA, else ONNX Runtime, else OpenVINO, else torch.
 
-    ONNX Runtime comes first on CPU: in ``bench/speed.py`` on this project's 2-core machines it
-    ran the backbone faster than OpenVINO and with about 120 MB less memory.
+    ONNX Runtime comes first on CPU: in ``bench/speed.py`` on this project's 2-core machines the
+    service reached 18.5 img/s with it and 23.2 with OpenVINO (per-request work, not the network,
+    is the limit there), but its predict process peaked at 524 MB against OpenVINO's 995 MB.
     """
     if runtime != "auto":
         return runtime
