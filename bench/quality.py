@@ -32,7 +32,7 @@ from bench.photos import (
     source,
 )
 from shared.models.backbone import LITE0, load_backbone
-from shared.models.heads import fit_logistic, normalise, normalise_groups, roc_auc, sigmoid, train_head
+from shared.models.heads import normalise_groups, roc_auc, sigmoid, train_head
 
 SIZES = (LITE0.embedding_size, LITE0.style_size)
 SHOTS = (5, 10, 20)
