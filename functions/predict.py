@@ -146,7 +146,7 @@ routes = [
 
 
 @asynccontextmanager
-async def _load_backbone(app: Starlette) -> AsyncIterator[None]:
+async def preload_backbone(app: Starlette) -> AsyncIterator[None]:
     """Run alone, the function loads the backbone before it answers, so it is ready once healthy."""
     settings = get_settings()
     await run_in_threadpool(
@@ -155,4 +155,4 @@ async def _load_backbone(app: Starlette) -> AsyncIterator[None]:
     yield
 
 
-app = create_app(routes, lifespan=_load_backbone)
+app = create_app(routes, lifespan=preload_backbone)

@@ -37,7 +37,7 @@ GROUPS: dict[str, list[BaseRoute]] = {
 images = create_app(GROUPS["images"])
 training = create_app(GROUPS["training"])
 # Loads the backbone before it answers, as functions/predict.py does alone (suggest needs it too).
-predict = create_app(GROUPS["predict"], lifespan=predict_function._load_backbone)
+predict = create_app(GROUPS["predict"], lifespan=predict_function.preload_backbone)
 state = create_app(GROUPS["state"])
 
 APPS: dict[str, Starlette] = {"images": images, "training": training, "predict": predict, "state": state}

@@ -226,7 +226,7 @@ def test_the_services_group_every_function_module_and_each_still_runs_alone() ->
             assert id(route) in grouped, f"{module}: {route} is in no service"
             assert importlib.import_module(f"functions.{module}").app is not None
     # the predict service loads the backbone before it answers, as functions.predict does alone
-    assert service_apps.predict.router.lifespan_context is importlib.import_module("functions.predict")._load_backbone
+    assert service_apps.predict.router.lifespan_context is importlib.import_module("functions.predict").preload_backbone
     paths = {re.sub(r":\w+\}", "}", getattr(route, "path")) for app in service_apps.APPS.values() for route in app.routes}
     assert set(service_apps.images.state.openapi["paths"]) == paths - {"/static"}
 
