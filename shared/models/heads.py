@@ -110,10 +110,6 @@ def fit_logistic_dual(kernel: np.ndarray, y: np.ndarray, l2: float = L2) -> tupl
     return result.x[:n], float(result.x[n])
 
 
-def score(head: Head, x: np.ndarray) -> np.ndarray:
-    return sigmoid(x @ head.weight.astype(np.float64) + head.bias)
-
-
 def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
     """Probability that a random positive outscores a random negative (ties count half)."""
     pos, neg = s[y == 1], s[y == 0]
