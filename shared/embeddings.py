@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from shared.images import decode_image
-from shared.models.backbone import Backbone
+from shared.models.backbone import Backbone, cpu_pool, preprocess
 from shared.store import ObjectNotFound, ObjectStore
 
 
@@ -46,27 +46,42 @@ def embed_stored_images(
     computed in batches and cached. A cached vector of another size (an older layout) is recomputed."""
     spec = backbone.spec
     width = spec.embedding_size + spec.style_size
+    pool = cpu_pool()
+
+    def cached(image_id: str) -> np.ndarray | None:
+        try:
+            return _from_bytes(store.get(embedding_key(spec.id, image_id)), width)
+        except ObjectNotFound:
+            return None
+
+    def pixels(i: int) -> np.ndarray:
+        return preprocess(decode_image(store.get(image_key(image_ids[i])), max_pixels).image)
+
     result = np.zeros((len(image_ids), width), dtype=np.float32)
     missing: list[int] = []
-    for i, image_id in enumerate(image_ids):
-        try:
-            cached = _from_bytes(store.get(embedding_key(spec.id, image_id)), width)
-        except ObjectNotFound:
-            cached = None
-        if cached is None:
+    for i, vector in enumerate(pool.map(cached, image_ids)):  # object-store reads overlap
+        if vector is None:
             missing.append(i)
         else:
-            result[i] = cached
+            result[i] = vector
     done = len(image_ids) - len(missing)
     if progress:
         progress(done, len(image_ids))
-    for start in range(0, len(missing), batch_size):
-        batch = missing[start : start + batch_size]
-        images = [decode_image(store.get(image_key(image_ids[i])), max_pixels).image for i in batch]
-        vectors = backbone.embed(images).vectors
-        for i, vector in zip(batch, vectors, strict=True):
-            result[i] = vector
-            store.put(embedding_key(spec.id, image_ids[i]), _to_bytes(vector))
+
+    # While the backbone runs one batch, the pool reads, decodes and resizes the next one.
+    batches = [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
+    upcoming = [pool.submit(pixels, i) for i in batches[0]] if batches else []
+    for k, batch in enumerate(batches):
+        ready = [future.result() for future in upcoming]
+        upcoming = [pool.submit(pixels, i) for i in batches[k + 1]] if k + 1 < len(batches) else []
+        vectors = backbone.embed_pixels(np.stack(ready)).vectors
+        writes = [
+            pool.submit(store.put, embedding_key(spec.id, image_ids[i]), _to_bytes(vector))
+            for i, vector in zip(batch, vectors, strict=True)
+        ]
+        result[batch] = vectors
+        for write in writes:
+            write.result()
         done += len(batch)
         if progress:
             progress(done, len(image_ids))

@@ -6,7 +6,9 @@ later without touching the callers.
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,7 +55,13 @@ LITE0 = BackboneSpec(
 class Backbone(Protocol):
     spec: BackboneSpec
 
-    def embed(self, images: list[Image.Image]) -> Features: ...
+    def embed(self, images: list[Image.Image]) -> Features:
+        """Features of N images (any size, RGB)."""
+        ...
+
+    def embed_pixels(self, batch: np.ndarray) -> Features:
+        """Features of N images already preprocessed: (N, 3, 224, 224) float32 from ``preprocess``."""
+        ...
 
 
 INPUT_SIZE = 224
@@ -69,6 +77,26 @@ def preprocess(image: Image.Image) -> np.ndarray:
     left, top = (size[0] - INPUT_SIZE) // 2, (size[1] - INPUT_SIZE) // 2
     pixels = np.asarray(image.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE)), dtype=np.float32)
     return ((pixels / 127.5) - 1.0).transpose(2, 0, 1)
+
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def cpu_pool() -> ThreadPoolExecutor:
+    """The process's pool for decoding and resizing (Pillow releases the GIL): one thread per core."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="pixels")
+        return _pool
+
+
+def preprocess_batch(images: list[Image.Image]) -> np.ndarray:
+    """(N, 3, 224, 224) float32 for N images, resized on all cores."""
+    if len(images) == 1:
+        return preprocess(images[0])[None]
+    return np.stack(list(cpu_pool().map(preprocess, images)))
 
 
 def resolve_device(requested: str, cuda_available: bool, cuda_devices: int = 1) -> str:
@@ -128,8 +156,11 @@ class EfficientNetLite0:
         self._lock = threading.Lock()
 
     def embed(self, images: list[Image.Image]) -> Features:
+        return self.embed_pixels(preprocess_batch(images))
+
+    def embed_pixels(self, pixels: np.ndarray) -> Features:
         torch = self._torch
-        batch = torch.from_numpy(np.stack([preprocess(im) for im in images]))
+        batch = torch.from_numpy(pixels)
         if self.device.type == "cuda":  # one copy of the whole batch, from page-locked memory
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         with self._lock, torch.inference_mode():

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from shared.models import backbone as torch_backbone
-from shared.models.backbone import LITE0, Backbone, BackboneSpec, Features, preprocess
+from shared.models.backbone import LITE0, Backbone, BackboneSpec, Features, preprocess_batch
 
 OUTPUTS = ("embedding", "style", "logits")
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
@@ -77,7 +77,9 @@ class _ExportedBackbone:
         raise NotImplementedError
 
     def embed(self, images: list[Image.Image]) -> Features:
-        batch = np.stack([preprocess(image) for image in images])
+        return self.embed_pixels(preprocess_batch(images))
+
+    def embed_pixels(self, batch: np.ndarray) -> Features:
         with self._lock:
             embedding, style, logits = self._run(batch)
         return Features(embeddings=embedding, styles=style, logits=logits)

@@ -1,0 +1,170 @@
+"""The training worker on its device: embedding throughput against the raw backbone, and a real job.
+
+Measured in one run, on whatever device ``TAGSMITH_DEVICE`` (default ``auto``) picks:
+
+- the raw forward pass on preprocessed tensors already on the device: the limit;
+- the worker's own path (``embed_stored_images``: read each stored 1 MP JPEG, decode, resize,
+  forward, cache the vector) over ``--images`` photos, and its ratio to the raw figure;
+- parity of the device's features with the CPU's (max absolute difference; heads trained on a
+  GPU worker must score the same on CPU predict functions);
+- one real training job: its own Redis, a local object store and ``tagsmith worker`` on the
+  device; enqueue to started on an idle worker, and the job's wall time.
+
+    python -m bench.worker_embed [--images 512] [--batches 32,64,128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.photos import random_crops, source
+from infra.embedded import data_folder_lock, start_redis
+from shared.embeddings import embed_stored_images, image_key
+from shared.models.backbone import EfficientNetLite0, preprocess
+from shared.store import LocalStore
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def megapixel_jpegs(count: int) -> list[bytes]:
+    """``count`` distinct 1155 x 866 JPEGs cut from real photos."""
+    rng = np.random.default_rng(0)
+    crops = [c for name in PHOTOS for c in random_crops(source(name), count // len(PHOTOS) + 1, rng, size=866)]
+    out = []
+    for crop in crops[:count]:
+        buffer = io.BytesIO()
+        crop.resize((1155, 866)).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def raw_forward(backbone: EfficientNetLite0, batch: int, seconds: float) -> float:
+    """Images per second of the forward pass alone, on tensors already on the device."""
+    torch = backbone._torch
+    pixels = torch.from_numpy(np.stack([preprocess(source("coffee"))] * batch)).to(backbone.device)
+
+    def once() -> None:
+        with torch.inference_mode():
+            backbone.forward(pixels)
+        if backbone.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    once()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        once()
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+def worker_path(backbone: EfficientNetLite0, jpegs: list[bytes], batch: int, folder: Path) -> float:
+    """Images per second of ``embed_stored_images`` over freshly stored JPEGs (nothing cached)."""
+    store = LocalStore(folder / f"objects-{batch}")
+    ids = [f"photo-{i}" for i in range(len(jpegs))]
+    for image_id, data in zip(ids, jpegs, strict=True):
+        store.put(image_key(image_id), data)
+    embed_stored_images(store, backbone, ids[:batch], 50_000_000, batch)  # warm-up, then cached
+    started = time.perf_counter()
+    embed_stored_images(store, backbone, ids[batch:], 50_000_000, batch)
+    return (len(ids) - batch) / (time.perf_counter() - started)
+
+
+def training_job(jpegs: list[bytes], folder: Path) -> dict[str, float | str]:
+    """Enqueue one training on an idle ``tagsmith worker``; returns its timings and result."""
+    import redis
+
+    from shared.context import build_services
+    from shared.settings import Settings
+
+    data = folder / "job"
+    lock = data_folder_lock(data)
+    fd = lock.__enter__()
+    redis_process, url = start_redis(data / "redis", fd)
+    env = {**os.environ, "TAGSMITH_DATA_DIR": str(data), "TAGSMITH_REDIS_URL": url}
+    worker = subprocess.Popen([sys.executable, "-m", "infra.cli", "worker"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        services = build_services(Settings(data_dir=data, redis_url=url))
+        half = len(jpegs) // 2
+        for i, payload in enumerate(jpegs):
+            image_id = f"photo-{i}"
+            services.registry.reserve_image(image_id)
+            services.store.put(image_key(image_id), payload)
+            services.registry.commit_image(image_id, {"format": "JPEG", "width": 1155, "height": 866, "bytes": len(payload)})
+            services.registry.assign(image_id, "astronaut-or-coffee", "positive" if i < half else "negative")
+        for line in worker.stderr:  # wait until the worker is idle on its queue
+            print("   worker:", line.rstrip(), file=sys.stderr)
+            if " ready on queue " in line:
+                break
+        time.sleep(1.0)
+        started = time.perf_counter()
+        task_id, _ = services.queue.submit("astronaut-or-coffee", services.registry.epoch("astronaut-or-coffee"))
+        while (status := services.queue.status(task_id))["status"] not in ("finished", "failed"):
+            time.sleep(0.01)
+        wall = time.perf_counter() - started
+        if status["status"] == "failed":
+            raise SystemExit(f"training failed: {status.get('error')}")
+        enqueued = np.datetime64(status["enqueued_at"].rstrip("Z"))
+        began = np.datetime64(status["started_at"].rstrip("Z"))
+        result = status["result"]
+        return {
+            "enqueue_to_started_ms": float((began - enqueued) / np.timedelta64(1, "us")) / 1000,
+            "job_wall_s": wall,
+            "version": result["version"],
+            "form": result["form"],
+            "cv_auc": result["metrics"].get("roc_auc", float("nan")),
+        }
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        redis.Redis.from_url(url).shutdown(nosave=True)
+        redis_process.wait(10)
+        lock.__exit__(None, None, None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=512, help="1 MP JPEGs for the worker path (default 512)")
+    parser.add_argument("--batches", default="32,64,128", help="batch sizes, comma-separated")
+    parser.add_argument("--seconds", type=float, default=5.0, help="time per raw measurement")
+    parser.add_argument("--job-images", type=int, default=200, help="labelled images of the training job")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+
+    started = time.perf_counter()
+    backbone = EfficientNetLite0(os.environ.get("TAGSMITH_DEVICE", "auto"))
+    load_s = time.perf_counter() - started
+    name = backbone._torch.cuda.get_device_name() if backbone.device.type == "cuda" else f"cpu x{os.cpu_count()}"
+    print(f"device {backbone.device} ({name}), {os.cpu_count()} CPU cores; backbone loaded in {load_s:.1f} s")
+
+    jpegs = megapixel_jpegs(args.images)
+    probe = [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs[:16]]
+    here, cpu = backbone.embed(probe), EfficientNetLite0("cpu").embed(probe)
+    for group in ("embeddings", "styles", "logits"):
+        diff = float(np.abs(getattr(here, group) - getattr(cpu, group)).max())
+        print(f"parity with CPU, {group}: max abs difference {diff:.2e} {'ok' if diff <= 1e-4 else 'OVER 1e-4'}")
+
+    print(f"\n{'batch':>5} {'raw forward img/s':>18} {'worker path img/s':>18} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in batches:
+            raw = raw_forward(backbone, batch, args.seconds)
+            path = worker_path(backbone, jpegs, batch, Path(tmp))
+            print(f"{batch:>5} {raw:>18.0f} {path:>18.0f} {path / raw:>6.2f}")
+        job = training_job(jpegs[: args.job_images], Path(tmp))
+    print(f"\ntraining job, {args.job_images} labelled 1 MP JPEGs, nothing cached, on an idle worker:")
+    for key, value in job.items():
+        print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
