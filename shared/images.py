@@ -15,6 +15,9 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Adding an image only needs to prove it decodes: JPEGs are read at 1/8 scale (the whole stream
 # is still parsed, so truncation is caught) without building full-size pixels.
 VERIFY_SIZE = 32
+# Everything else decodes JPEGs in draft mode to the smallest DCT scale (1/2, 1/4, 1/8) whose short
+# side is still at least the backbone's resize size: between one and two times what it needs.
+DRAFT_SIZE = 256
 # Pillow's own bomb check is replaced by the configurable limit below.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -27,7 +30,7 @@ class DecodedImage:
     height: int
 
 
-def decode_image(data: bytes, max_pixels: int, draft_size: int | None = 448) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SIZE) -> DecodedImage:
     """Decode bytes into an upright RGB image, or raise a 400/413/415 ApiError.
 
     JPEGs are decoded in draft mode (DCT scaling) straight to at least ``draft_size``
@@ -56,7 +59,7 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = 448) -> 
     fmt = img.format
     try:
         orientation = img.getexif().get(0x0112, 1)
-        if draft_size and fmt == "JPEG":
+        if draft_size and fmt == "JPEG":  # Pillow picks the smallest scale at least this big
             scale = max(1, min(width, height) // draft_size)
             img.draft("RGB", (width // scale, height // scale))
         img.load()
