@@ -30,7 +30,8 @@ from PIL import Image
 from bench.photos import random_crops, source
 from infra.embedded import data_folder_lock, start_redis
 from shared.embeddings import embed_stored_images, image_key
-from shared.models.backbone import EfficientNetLite0, preprocess
+from shared.images import decode_image
+from shared.models.backbone import EfficientNetLite0, cpu_pool, preprocess
 from shared.store import LocalStore
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -65,6 +66,15 @@ def raw_forward(backbone: EfficientNetLite0, batch: int, seconds: float) -> floa
         once()
         done += batch
     return done / (time.perf_counter() - started)
+
+
+def cpu_side(jpegs: list[bytes]) -> float:
+    """Images per second of reading nothing but decoding and resizing, on every core: the CPU's limit."""
+    pool = cpu_pool()
+    list(pool.map(lambda data: preprocess(decode_image(data, 50_000_000).image), jpegs[:64]))
+    started = time.perf_counter()
+    list(pool.map(lambda data: preprocess(decode_image(data, 50_000_000).image), jpegs))
+    return len(jpegs) / (time.perf_counter() - started)
 
 
 def worker_path(backbone: EfficientNetLite0, jpegs: list[bytes], batch: int, folder: Path) -> float:
@@ -154,6 +164,7 @@ def main() -> int:
         diff = float(np.abs(getattr(here, group) - getattr(cpu, group)).max())
         print(f"parity with CPU, {group}: max abs difference {diff:.2e} {'ok' if diff <= 1e-4 else 'OVER 1e-4'}")
 
+    print(f"decoding and resizing alone, {os.cpu_count()} threads: {cpu_side(jpegs):.0f} img/s")
     print(f"\n{'batch':>5} {'raw forward img/s':>18} {'worker path img/s':>18} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for batch in batches:

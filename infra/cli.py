@@ -83,12 +83,13 @@ def check(args: argparse.Namespace) -> None:
     print("ok")
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's per-thread malloc arenas: with a threadpool serving requests, each thread's own
-    arena otherwise keeps freed image buffers, and the process's memory creeps up under load."""
+def limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas at one per core (at least 2): with a threadpool serving requests,
+    each thread's own arena otherwise keeps freed image buffers, and the process's memory creeps
+    up under load. One per core still lets every core decode images without waiting on malloc."""
     if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+            ctypes.CDLL("libc.so.6").mallopt(-8, max(2, os.cpu_count() or 1))  # M_ARENA_MAX
 
 
 def main(argv: list[str] | None = None) -> int:

