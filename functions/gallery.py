@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from shared.context import Services, get_services
@@ -18,6 +18,7 @@ from shared.errors import not_found
 from shared.http import create_app, query_int
 from shared.images import decode_image
 from shared.names import validate_image_id
+from shared.responses import JSONResponse
 
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
                "BMP": "image/bmp", "TIFF": "image/tiff"}

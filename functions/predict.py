@@ -10,7 +10,6 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from shared.catalog import HeadCache
@@ -19,10 +18,11 @@ from shared.embeddings import embed_stored_images
 from shared.errors import not_found
 from shared.http import create_app, read_upload
 from shared.images import decode_image
-from shared.models.backbone import Features, load_backbone
+from shared.models.backbone import Features, crop_pixels, load_backbone, resize_for_backbone
 from shared.models.keywords import base_keywords
 from shared.models.styles import matched_styles, style_scores
 from shared.names import validate_image_id, validate_tag
+from shared.responses import JSONResponse
 from shared.settings import get_settings
 
 heads = HeadCache()
@@ -41,17 +41,35 @@ def _single(tag: str, custom: dict[str, Any]) -> dict[str, Any]:
     return {"tag": tag, **custom[tag]}
 
 
-async def _embed_upload(request: Request) -> tuple[Services, Features, Any]:
+def _prepare(data: bytes, max_pixels: int, with_styles: bool) -> tuple[np.ndarray, dict[str, float]]:
+    """Decode, resize and crop for the backbone; base styles are measured on the resized copy."""
+    resized = resize_for_backbone(decode_image(data, max_pixels).image)
+    return crop_pixels(resized), style_scores(resized) if with_styles else {}
+
+
+async def _embed_upload(request: Request, with_styles: bool = False) -> tuple[Services, Features, dict[str, float]]:
+    """The upload's features (from a shared batch) and, if asked, its base style scores: one hop to
+    a thread for the pixels, one batched forward pass."""
     services = get_services()
     settings = services.settings
     data = await read_upload(request, settings.max_upload_bytes)
-    decoded = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
-    features = await services.batcher.embed(decoded.image)
-    return services, features, decoded.image
+    pixels, styles = await run_in_threadpool(_prepare, data, settings.max_image_pixels, with_styles)
+    return services, await services.batcher.embed(pixels), styles
 
 
 def _tag_param(services: Services, request: Request) -> str:
     return validate_tag(request.path_params["tag"], services.settings.max_tag_length)
+
+
+def _everything(services: Services, features: Features, styles: dict[str, float]) -> JSONResponse:
+    return JSONResponse(
+        {
+            "keywords": base_keywords(features.logits[0], services.settings.keyword_threshold),
+            "styles": matched_styles(styles),
+            "style_scores": styles,
+            "custom": _custom(services, features.vectors[0]),
+        }
+    )
 
 
 async def predict_all(request: Request) -> JSONResponse:
@@ -63,17 +81,12 @@ async def predict_all(request: Request) -> JSONResponse:
       example: {keywords: [{name: cat, score: 0.93, kind: parent}], styles: [{name: warm, score: 0.71}], style_scores: {warm: 0.71}, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}
     errors: [400, 413, 415, 503]
     """
-    services, features, image = await _embed_upload(request)
-    styles = await run_in_threadpool(style_scores, image)
-    custom = await run_in_threadpool(_custom, services, features.vectors[0])
-    return JSONResponse(
-        {
-            "keywords": base_keywords(features.logits[0], services.settings.keyword_threshold),
-            "styles": matched_styles(styles),
-            "style_scores": styles,
-            "custom": custom,
-        }
-    )
+    services, features, styles = await _embed_upload(request, with_styles=True)
+    return await run_in_threadpool(_everything, services, features, styles)
+
+
+def _every_tag(services: Services, features: Features) -> JSONResponse:
+    return JSONResponse({"custom": _custom(services, features.vectors[0])})
 
 
 async def predict_custom(request: Request) -> JSONResponse:
@@ -84,8 +97,7 @@ async def predict_custom(request: Request) -> JSONResponse:
     errors: [400, 413, 415, 503]
     """
     services, features, _ = await _embed_upload(request)
-    custom = await run_in_threadpool(_custom, services, features.vectors[0])
-    return JSONResponse({"custom": custom})
+    return await run_in_threadpool(_every_tag, services, features)
 
 
 async def predict_custom_tag(request: Request) -> JSONResponse:
@@ -100,8 +112,7 @@ async def predict_custom_tag(request: Request) -> JSONResponse:
     if tag not in heads.current(services).index:  # refuse before the upload is decoded
         raise not_found("unknown_tag", f"Tag '{tag}' has no trained model.")
     services, features, _ = await _embed_upload(request)
-    custom = await run_in_threadpool(_custom, services, features.vectors[0], tag)
-    return JSONResponse(_single(tag, custom))
+    return JSONResponse(_single(tag, _custom(services, features.vectors[0], tag)))
 
 
 def _stored_vector(services: Services, image_id: str) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from shared import catalog
@@ -16,6 +16,7 @@ from shared.models.edge import build_edge_model
 from shared.models.heads import HeadMatrix
 from shared.models.runtimes import export_onnx
 from shared.names import validate_tag
+from shared.responses import JSONResponse
 
 
 def load_state(services: Services, data: bytes) -> list[dict[str, object]]:

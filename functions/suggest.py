@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from shared.catalog import HeadCache
@@ -16,6 +15,7 @@ from shared.embeddings import embed_stored_images
 from shared.errors import not_found
 from shared.http import create_app, query_int
 from shared.names import validate_tag
+from shared.responses import JSONResponse
 
 heads = HeadCache()
 

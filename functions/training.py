@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from shared import catalog
@@ -13,6 +12,7 @@ from shared.context import get_services
 from shared.errors import bad_request, not_found
 from shared.http import create_app
 from shared.names import validate_tag
+from shared.responses import JSONResponse
 
 _TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 

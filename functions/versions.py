@@ -6,7 +6,6 @@ import re
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from shared import catalog
@@ -15,6 +14,7 @@ from shared.errors import bad_request, conflict, not_found
 from shared.http import create_app
 from shared.names import validate_tag
 from shared.registry import EpochMoved, ModelPointer
+from shared.responses import JSONResponse
 from shared.store import ObjectNotFound
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from shared.responses import JSONResponse
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/"})
 PUBLIC_PREFIXES = ("/static/",)

@@ -14,7 +14,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +22,7 @@ from shared import openapi, ops
 from shared.auth import ApiKeys
 from shared.errors import ApiError, bad_request, too_large
 from shared.observability import RequestObserver
+from shared.responses import JSONResponse
 from shared.settings import get_settings
 from shared.store import StoreUnavailable
 

@@ -8,11 +8,11 @@ import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics
 from shared.logs import request_id
+from shared.responses import JSONResponse
 
 access_log = logging.getLogger("tagsmith.access")
 log = logging.getLogger("tagsmith")

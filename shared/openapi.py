@@ -24,11 +24,12 @@ from typing import Any
 
 import yaml
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 
 from shared.auth import PUBLIC_PATHS
+from shared.responses import JSONResponse
 
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "image_id": {

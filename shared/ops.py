@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from shared import metrics
+from shared.responses import JSONResponse
 
 
 async def health(request: Request) -> JSONResponse:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from shared.batching import MicroBatcher
-from shared.models.backbone import EfficientNetLite0, Features
+from shared.models.backbone import EfficientNetLite0, Features, preprocess
 from shared.models.runtimes import OnnxRuntimeBackbone, OpenVinoBackbone, choose_runtime, export_onnx, export_path
 from tests.photos import CAT, OTHERS, photo
 
@@ -51,17 +51,17 @@ def test_auto_runtime_uses_torch_on_cuda_and_an_exported_graph_on_cpu() -> None:
 def test_concurrent_requests_share_batches(exported: Path, images: list[Image.Image], reference: Features) -> None:
     backbone = OnnxRuntimeBackbone(exported, threads=2)
     sizes: list[int] = []
-    original = backbone.embed
+    original = backbone.embed_pixels
 
-    def counting(batch: list[Image.Image]) -> Features:
+    def counting(batch: np.ndarray) -> Features:
         sizes.append(len(batch))
         return original(batch)
 
-    backbone.embed = counting  # type: ignore[method-assign]
+    backbone.embed_pixels = counting  # type: ignore[method-assign]
     batcher = MicroBatcher(backbone, max_batch=8)
 
     async def all_at_once() -> list[Features]:
-        return await asyncio.gather(*(batcher.embed(image) for image in images * 2))
+        return await asyncio.gather(*(batcher.embed(preprocess(image)) for image in images * 2))
 
     results = asyncio.run(all_at_once())
     assert sum(sizes) == 2 * len(images) and len(sizes) < 2 * len(images)  # batched, none lost
