@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import logging
 import os
 import sys
@@ -13,6 +11,7 @@ from pathlib import Path
 
 from infra.commands import add_commands
 from shared.logs import configure_logging
+from shared.process import tune_process
 from shared.settings import get_settings
 
 
@@ -67,6 +66,7 @@ def serve(args: argparse.Namespace) -> None:
 def worker(args: argparse.Namespace) -> None:
     from worker.main import run_worker
 
+    tune_process()
     run_worker(burst=args.burst, name=args.name)
 
 
@@ -83,17 +83,7 @@ def check(args: argparse.Namespace) -> None:
     print("ok")
 
 
-def limit_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas at one per core (at least 2): with a threadpool serving requests,
-    each thread's own arena otherwise keeps freed image buffers, and the process's memory creeps
-    up under load. One per core still lets every core decode images without waiting on malloc."""
-    if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").mallopt(-8, max(2, os.cpu_count() or 1))  # M_ARENA_MAX
-
-
 def main(argv: list[str] | None = None) -> int:
-    limit_malloc_arenas()
     parser = argparse.ArgumentParser(prog="tagsmith", description="Image tagging with custom keywords and styles.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("serve", help="serve the HTTP API with its own Redis and worker (embedded default)")

@@ -20,7 +20,7 @@ def embedding_key(backbone_id: str, image_id: str) -> str:
     return f"embeddings/{backbone_id}/{image_id}.npy"
 
 
-def _to_bytes(vector: np.ndarray) -> bytes:
+def to_bytes(vector: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, vector.astype(np.float32), allow_pickle=False)
     return buffer.getvalue()
@@ -76,7 +76,7 @@ def embed_stored_images(
         upcoming = [pool.submit(pixels, i) for i in batches[k + 1]] if k + 1 < len(batches) else []
         vectors = backbone.embed_pixels(np.stack(ready)).vectors
         writes = [
-            pool.submit(store.put, embedding_key(spec.id, image_ids[i]), _to_bytes(vector))
+            pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
             for i, vector in zip(batch, vectors, strict=True)
         ]
         result[batch] = vectors

@@ -22,6 +22,7 @@ from shared import openapi, ops
 from shared.auth import ApiKeys
 from shared.errors import ApiError, bad_request, too_large
 from shared.observability import RequestObserver
+from shared.process import tune_process
 from shared.responses import JSONResponse
 from shared.settings import get_settings
 from shared.store import StoreUnavailable
@@ -158,6 +159,7 @@ async def read_upload(request: Request, limit: int, field: str = "data") -> byte
 def create_app(routes: Sequence[BaseRoute], **kwargs: Any) -> Starlette:
     """A Starlette app with tagsmith's error handling, body limit, request ids, access logs and
     metrics around ``routes``, plus ``/health``, ``/ready``, ``/metrics``, ``/openapi.json`` and ``/docs``."""
+    tune_process()  # however the app is started: tagsmith serve, uvicorn, tests
     return Starlette(
         routes=[*ops.routes, *openapi.routes, *routes],
         middleware=[
