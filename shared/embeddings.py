@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -10,6 +11,9 @@ import numpy as np
 from shared.images import decode_image
 from shared.models.backbone import Backbone, cpu_pool, preprocess
 from shared.store import ObjectNotFound, ObjectStore
+
+
+LOOKAHEAD = 2  # batches being read and decoded ahead of the backbone
 
 
 def image_key(image_id: str) -> str:
@@ -68,12 +72,13 @@ def embed_stored_images(
     if progress:
         progress(done, len(image_ids))
 
-    # While the backbone runs one batch, the pool reads, decodes and resizes the next one.
+    # While the backbone runs one batch, the pool reads, decodes and resizes the next two.
     batches = [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
-    upcoming = [pool.submit(pixels, i) for i in batches[0]] if batches else []
+    upcoming = deque([pool.submit(pixels, i) for i in batch] for batch in batches[:LOOKAHEAD])
     for k, batch in enumerate(batches):
-        ready = [future.result() for future in upcoming]
-        upcoming = [pool.submit(pixels, i) for i in batches[k + 1]] if k + 1 < len(batches) else []
+        ready = [future.result() for future in upcoming.popleft()]
+        if k + LOOKAHEAD < len(batches):
+            upcoming.append([pool.submit(pixels, i) for i in batches[k + LOOKAHEAD]])
         vectors = backbone.embed_pixels(np.stack(ready)).vectors
         writes = [
             pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
