@@ -54,11 +54,11 @@ class AddServer:
         """CPU time used so far by the server and by each of its children (Redis, the worker)."""
         tick = os.sysconf("SC_CLK_TCK")
 
-        def used(pid: int) -> float:
+        def used(pid: int, part: slice = slice(11, 13)) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            return (int(fields[11]) + int(fields[12])) / tick
+            return sum(int(x) for x in fields[part]) / tick
 
-        out = {"server": used(self.process.pid)}
+        out = {"server": used(self.process.pid), "(server kernel)": used(self.process.pid, slice(12, 13))}
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         for child in children:
             name = Path(f"/proc/{child}/comm").read_text().strip()

@@ -57,6 +57,14 @@ if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 2 end
 return 0
 """
 
+# KEYS: the image's hash, the images index, the reservation; ARGV: score and id for the index,
+# then the hash's field-value pairs.
+_COMMIT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('DEL', KEYS[3])
+"""
+
 
 @dataclass(frozen=True)
 class ModelPointer:
@@ -89,6 +97,7 @@ class Registry:
         self.prefix = prefix
         self._publish = client.register_script(_PUBLISH)
         self._reserve = client.register_script(_RESERVE)
+        self._commit = client.register_script(_COMMIT)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -107,12 +116,11 @@ class Registry:
             raise conflict("image_exists", f"An image with id '{image_id}' is being added right now.")
 
     def commit_image(self, image_id: str, meta: dict[str, str | int]) -> None:
-        """Make a reserved image visible, once its bytes are safely stored."""
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self._k("image", image_id), mapping={**meta, "created_at": utc_now()})
-            pipe.zadd(self._k("images"), {image_id: time.time()})
-            pipe.delete(self._k("reserve", image_id))
-            pipe.execute()
+        """Make a reserved image visible, once its bytes are safely stored (one atomic call)."""
+        fields: list[str | int | float] = [time.time(), image_id]
+        for name, value in {**meta, "created_at": utc_now()}.items():
+            fields += [name, value]
+        self._commit(keys=[self._k("image", image_id), self._k("images"), self._k("reserve", image_id)], args=fields)
 
     def release_image(self, image_id: str) -> None:
         self.redis.delete(self._k("reserve", image_id))
