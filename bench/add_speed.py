@@ -31,11 +31,14 @@ from infra.embedded import free_port
 class AddServer:
     """``tagsmith serve`` from the code tree ``root``, without loading any model."""
 
-    def __init__(self, root: Path, folder: Path) -> None:
+    def __init__(self, root: Path, folder: Path, pythonpath: str | None = None) -> None:
         self.root = root
+        self.label = f"{root} with PYTHONPATH={pythonpath}" if pythonpath else str(root)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSMITH_")}
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
         self.process = subprocess.Popen(
             [sys.executable, "-m", "infra.cli", "serve", "--port", str(self.port), "--data-dir", str(folder)],
             cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -95,6 +98,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tree", action="append", type=Path, help="another code tree to measure beside this one")
+    parser.add_argument("--with-path", help="also measure this tree with PYTHONPATH set to this (e.g. extra packages)")
     parser.add_argument("--py-spy", help="py-spy binary: record the (first) server during one extra round")
     args = parser.parse_args()
     trees = [ROOT, *(args.tree or [])]
@@ -103,6 +107,9 @@ def main() -> int:
     results: list[list[float]] = [[] for _ in trees]
     with tempfile.TemporaryDirectory() as folder:
         servers = [AddServer(tree.resolve(), Path(folder) / f"data{i}") for i, tree in enumerate(trees)]
+        if args.with_path:
+            servers.append(AddServer(ROOT, Path(folder) / "data-with-path", args.with_path))
+            results.append([])
         try:
             for r in range(args.rounds):
                 for i, server in enumerate(servers):
@@ -114,7 +121,7 @@ def main() -> int:
                     cpu = {name: (after[name] - before.get(name, 0.0)) * 1000 / images for name in after}
                     cpu["client"] = client * 1000 / images
                     results[i].append(value)
-                    print(f"round {r + 1}: {server.root}: {value:.0f} img/s, {errors} errors; CPU ms per image: "
+                    print(f"round {r + 1}: {server.label}: {value:.0f} img/s, {errors} errors; CPU ms per image: "
                           + ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items()), flush=True)
             if args.py_spy:
                 out = Path(folder).parent / "add-profile.txt"
@@ -129,7 +136,7 @@ def main() -> int:
             for server in servers:
                 server.stop()
     for server, values in zip(servers, results):
-        print(f"{server.root}: median {statistics.median(values):.0f} img/s over {len(values)} rounds "
+        print(f"{server.label}: median {statistics.median(values):.0f} img/s over {len(values)} rounds "
               f"({', '.join(f'{v:.0f}' for v in values)})")
     return 0
 
