@@ -21,7 +21,6 @@ from itertools import count
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 from bench.photos import source
 from bench.speed import ROOT, jpeg

@@ -29,7 +29,7 @@ from shared.store import StoreUnavailable
 try:
     from python_multipart.multipart import MultipartParser, parse_options_header
 except ModuleNotFoundError:  # python-multipart before 0.0.13 named its module 'multipart'
-    from multipart.multipart import MultipartParser, parse_options_header  # type: ignore[no-redef]
+    from multipart.multipart import MultipartParser, parse_options_header  # type: ignore[no-redef,import-untyped]
 
 log = logging.getLogger("tagsmith")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 408: "body_timeout", 413: "too_large"}
