@@ -31,6 +31,13 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
         raise
 
 
+def verify_and_store(services: Services, image_id: str, data: bytes) -> DecodedImage:
+    """Check that the upload decodes (400/413/415 if not), then store it: one threadpool trip for both."""
+    decoded = decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE)
+    store_image(services, image_id, data, decoded)
+    return decoded
+
+
 async def add(request: Request) -> JSONResponse:
     """Store an image.
 
@@ -51,8 +58,7 @@ async def add(request: Request) -> JSONResponse:
     requested = request.query_params.get("image_id")
     image_id = validate_image_id(requested) if requested is not None else new_image_id()
     data = await read_upload(request, settings.max_upload_bytes)
-    decoded = await run_in_threadpool(decode_image, data, settings.max_image_pixels, VERIFY_SIZE)
-    await run_in_threadpool(store_image, services, image_id, data, decoded)
+    decoded = await run_in_threadpool(verify_and_store, services, image_id, data)
     return JSONResponse(
         {"image_id": image_id, "format": decoded.format, "width": decoded.width, "height": decoded.height},
         status_code=201,
@@ -108,8 +114,7 @@ async def add_many(request: Request) -> JSONResponse:
             if isinstance(data, ApiError):
                 raise data
             image_id = validate_image_id(requested) if requested else new_image_id()
-            decoded = await run_in_threadpool(decode_image, data, settings.max_image_pixels, VERIFY_SIZE)
-            await run_in_threadpool(store_image, services, image_id, data, decoded)
+            decoded = await run_in_threadpool(verify_and_store, services, image_id, data)
             if assignment:
                 services.registry.assign(image_id, *assignment)
             results.append({"filename": filename, "image_id": image_id, "format": decoded.format,

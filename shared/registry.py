@@ -49,6 +49,22 @@ if #moved > 0 then redis.call('INCR', KEYS[3]) end
 return moved
 """
 
+# KEYS: the image's hash, its reservation; ARGV: the reservation's lifetime in seconds.
+# Returns 1 if the image exists, 2 if another add holds the id, else 0: the id is now reserved.
+_RESERVE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 2 end
+return 0
+"""
+
+# KEYS: the image's hash, the images index, the reservation; ARGV: score and id for the index,
+# then the hash's field-value pairs.
+_COMMIT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('DEL', KEYS[3])
+"""
+
 
 @dataclass(frozen=True)
 class ModelPointer:
@@ -80,6 +96,8 @@ class Registry:
         self.redis = client
         self.prefix = prefix
         self._publish = client.register_script(_PUBLISH)
+        self._reserve = client.register_script(_RESERVE)
+        self._commit = client.register_script(_COMMIT)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -87,19 +105,22 @@ class Registry:
     # Images -----------------------------------------------------------------
 
     def reserve_image(self, image_id: str) -> None:
-        """Claim an unused id before its bytes are stored; 409 if it exists or is being added."""
-        if self.image_exists(image_id):
+        """Claim an unused id before its bytes are stored; 409 if it exists or is being added.
+
+        One atomic round trip: no commit of the same id can slip between the two checks."""
+        taken = self._reserve(keys=[self._k("image", image_id), self._k("reserve", image_id)],
+                              args=[RESERVATION_SECONDS])
+        if taken == 1:
             raise conflict("image_exists", f"An image with id '{image_id}' already exists.")
-        if not self.redis.set(self._k("reserve", image_id), "1", nx=True, ex=RESERVATION_SECONDS):
+        if taken == 2:
             raise conflict("image_exists", f"An image with id '{image_id}' is being added right now.")
 
     def commit_image(self, image_id: str, meta: dict[str, str | int]) -> None:
-        """Make a reserved image visible, once its bytes are safely stored."""
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self._k("image", image_id), mapping={**meta, "created_at": utc_now()})
-            pipe.zadd(self._k("images"), {image_id: time.time()})
-            pipe.delete(self._k("reserve", image_id))
-            pipe.execute()
+        """Make a reserved image visible, once its bytes are safely stored (one atomic call)."""
+        fields: list[str | int | float] = [time.time(), image_id]
+        for name, value in {**meta, "created_at": utc_now()}.items():
+            fields += [name, value]
+        self._commit(keys=[self._k("image", image_id), self._k("images"), self._k("reserve", image_id)], args=fields)
 
     def release_image(self, image_id: str) -> None:
         self.redis.delete(self._k("reserve", image_id))

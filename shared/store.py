@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
+import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -43,34 +44,97 @@ def check_key(key: str) -> str:
     return key
 
 
+class _FolderSync:
+    """Makes renames into one folder durable with as few fsyncs of it as possible.
+
+    A rename is durable once an fsync of its folder that began after the rename has ended;
+    concurrent writers therefore share fsyncs: one runs while the others wait for it, and the
+    next one covers every rename done meanwhile."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._requested = 0  # renames announced
+        self._synced = 0  # all renames up to this one are durable
+        self._running = False
+
+    def sync(self, folder: Path) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while self._synced < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running, covers, ok = True, self._requested, False
+                self._cond.release()
+                try:
+                    _fsync_folder(folder)
+                    ok = True
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    if ok:
+                        self._synced = max(self._synced, covers)
+                    self._cond.notify_all()
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalStore:
-    """A folder on disk; each write goes to a temp file that is fsynced and renamed into place."""
+    """A folder on disk; each write goes to a temp file that is fsynced and renamed into place,
+    and the folder is fsynced before ``put`` returns, so a written blob survives a crash."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._syncs: dict[Path, _FolderSync] = {}
+        self._syncs_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def _make_folder(self, folder: Path) -> None:
+        """Create ``folder`` and any missing parents, durably (each new entry's parent is fsynced)."""
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            new.mkdir(exist_ok=True)
+            _fsync_folder(new.parent)
+
+    def _folder_sync(self, folder: Path) -> _FolderSync:
+        with self._syncs_lock:
+            return self._syncs.setdefault(folder, _FolderSync())
+
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(tmp, flags, 0o600)
+        except FileNotFoundError:  # the first blob in this folder
+            self._make_folder(path.parent)
+            fd = os.open(tmp, flags, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._folder_sync(path.parent).sync(path.parent)
 
     def get(self, key: str) -> bytes:
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +94,45 @@ def test_readers_never_see_a_partial_write(store: ObjectStore) -> None:
         assert store.get("models/t/v1.tar") in versions
         reads += 1
     writer.join()
+
+
+def test_local_store_shares_folder_fsyncs_and_never_skips_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent writers into one folder share its fsyncs, yet each put returns only after an
+    fsync of the folder that began after its own rename; a failed fsync fails the put."""
+    from shared import store as store_module
+
+    store = LocalStore(tmp_path / "objects")
+    store.put("images/first", b"x")  # the folder exists from here on
+    synced: list[set[str]] = []
+    real_fsync = store_module._fsync_folder
+
+    def recording_fsync(folder: Path) -> None:
+        present = {p.name for p in folder.iterdir()}  # what this fsync is sure to cover
+        time.sleep(0.005)
+        real_fsync(folder)
+        synced.append(present)
+
+    monkeypatch.setattr(store_module, "_fsync_folder", recording_fsync)
+    keys = [f"images/k{i}" for i in range(40)]
+
+    def put(key: str) -> None:
+        store.put(key, key.encode())
+        assert any(key.rpartition("/")[2] in names for names in synced), key  # durable before returning
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, keys))
+    assert all(store.get(key) == key.encode() for key in keys)
+    assert len(synced) < len(keys)
+
+    def failing_fsync(folder: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store_module, "_fsync_folder", failing_fsync)
+    with pytest.raises(OSError):
+        store.put("images/late", b"x")
+    monkeypatch.setattr(store_module, "_fsync_folder", real_fsync)
+    store.put("images/later", b"y")  # a failed fsync leaves nothing stuck
+    assert store.get("images/later") == b"y"
 
 
 def test_ping(store: ObjectStore) -> None:
