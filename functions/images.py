@@ -6,7 +6,6 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from shared.context import Services, get_services
@@ -15,6 +14,7 @@ from shared.errors import ApiError, bad_request, not_found
 from shared.http import create_app, read_upload, read_uploads
 from shared.images import VERIFY_SIZE, DecodedImage, decode_image
 from shared.names import new_image_id, validate_image_id, validate_sample_type, validate_tag
+from shared.responses import JSONResponse
 
 
 def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage) -> None:

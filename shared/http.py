@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import redis
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -27,11 +28,6 @@ from shared.process import tune_process
 from shared.responses import JSONResponse
 from shared.settings import get_settings
 from shared.store import StoreUnavailable
-
-try:
-    from python_multipart.multipart import MultipartParser, parse_options_header
-except ModuleNotFoundError:  # python-multipart before 0.0.13 named its module 'multipart'
-    from multipart.multipart import MultipartParser, parse_options_header  # type: ignore[no-redef,import-untyped]
 
 log = logging.getLogger("tagsmith")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 408: "body_timeout", 413: "too_large"}
