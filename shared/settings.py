@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     torch_threads: int = 0  # CPU threads of the backbone; 0: all cores
     keyword_threshold: float = 0.1
     embed_batch_size: int = 32
-    predict_batch_size: int = 16  # most concurrent predict requests sharing one forward pass
+    predict_batch_size: int = 8  # most concurrent predict requests sharing one forward pass
     # Training jobs and workers.
     training_timeout_s: int = 3600
     heartbeat_ttl_s: int = 30  # a training whose worker stops beating for this long is abandoned
