@@ -32,7 +32,7 @@ from shared.images import decode_image
 from shared.models.archive import ModelRecord, pack
 from shared.models.backbone import LITE0, EfficientNetLite0, preprocess
 from shared.models.heads import Head
-from shared.models.runtimes import OnnxRuntimeBackbone, OpenVinoBackbone, export_onnx
+from shared.models.runtimes import RUNTIMES, OnnxRuntimeBackbone, OpenVinoBackbone, export_onnx
 from shared.settings import get_settings
 from shared.store import LocalStore
 
@@ -94,11 +94,12 @@ def raw_runtimes(seconds: float, batches: tuple[int, ...]) -> dict[str, dict[int
 class Server:
     """``tagsmith serve`` on a free port with its own data folder, for the HTTP figures."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, runtime: str = "auto") -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSMITH_")}
         env["TAGSMITH_MODEL_CACHE_DIR"] = str(get_settings().model_cache_dir)
+        env["TAGSMITH_RUNTIME"] = runtime
         self.process = subprocess.Popen(
             [sys.executable, "-m", "infra.cli", "serve", "--port", str(self.port), "--data-dir", str(folder)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -201,6 +202,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each throughput measurement")
     parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES, help="the server's TAGSMITH_RUNTIME")
     args = parser.parse_args()
     batch = get_settings().predict_batch_size
     rows: list[tuple[str, str, float, str, float, float | None, str]] = []  # figure, value, baseline, ratio, target
@@ -227,7 +229,7 @@ def main() -> int:
     photos = [jpeg(source(name)) for name in ("astronaut", "coffee", "rocket", "chelsea")]
     megapixel = [jpeg(source(n).resize((1155, 866))) for n in ("astronaut", "coffee", "rocket", "chelsea")]
     with tempfile.TemporaryDirectory() as folder:
-        server = Server(Path(folder) / "data")
+        server = Server(Path(folder) / "data", args.runtime)
         try:
             http_rate, errors = concurrent_rate(server.base + "/predict", photos, args.clients, args.seconds)
             row("POST /predict, 0.3 MP photos", http_rate, "img/s", f"{best_name} batch {batch}", best, 0.85, "higher")
@@ -273,7 +275,8 @@ def main() -> int:
         finally:
             server.stop()
 
-    print(f"\nmachine: {os.cpu_count()} cores; clients: {args.clients}; server batch: {batch}; HTTP errors: {errors}")
+    print(f"\nmachine: {os.cpu_count()} cores; clients: {args.clients}; server runtime: {args.runtime}; "
+          f"server batch: {batch}; HTTP errors: {errors}")
     print("| figure | value | baseline | ratio | target |")
     print("|---|---|---|---|---|")
     missed = []
