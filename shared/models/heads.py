@@ -3,7 +3,8 @@
 A head sees two groups of features from the same forward pass: the semantic embedding (what is
 in the picture) and the style embedding (how it looks). Each group is normalised on its own
 (unit length times sqrt of its size). Per tag, cross-validation chooses the form — semantic
-only, style only, or both — and the decision threshold, and reports held-out metrics.
+only, style only, or both — together with the L2 strength, and the decision threshold, and
+reports held-out metrics.
 Retraining starts the optimiser from the previous head (fine-tuning). Whatever the form, a
 head is one row over the normalised groups, so at predict time all heads are one matrix
 (``HeadMatrix``): one multiply scores every tag.
@@ -17,10 +18,16 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
-L2 = 1e-3
+L2 = 1e-3  # with too few examples to cross-validate
+# L2 strengths cross-validation chooses from, jointly with the form. Near-hard-margin fits (1e-3)
+# make overconfident held-out scores with 5-20 examples a class, so the log loss that compares
+# forms is noisy; stronger penalties are better calibrated and often generalise better.
+L2_GRID = (1e-3, 1e-1, 1.0)
 MAX_FOLDS = 5
-MAX_CV_EXAMPLES = 400
-MOST_WRONG = 10  # cross-validate on a stratified sample of at most this many; fit on all
+# Cross-validate on a stratified sample of at most this many (fit on all): 3 forms x 3 L2
+# strengths x 5 folds keep training 1000 examples well under 2 s.
+MAX_CV_EXAMPLES = 120
+MOST_WRONG = 10
 # Form name -> weight of (semantic, style) group in the head's input.
 FORMS: dict[str, tuple[float, float]] = {"semantic": (1.0, 0.0), "style": (0.0, 1.0), "both": (1.0, 1.0)}
 
@@ -88,11 +95,13 @@ def _balanced_weights(y: np.ndarray) -> np.ndarray:
     return np.where(y == 1, n / (2.0 * n_pos), n / (2.0 * n_neg)) / n
 
 
-def fit_logistic_dual(kernel: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float]:
+def fit_logistic_dual(
+    kernel: np.ndarray, y: np.ndarray, l2: float = L2, init: tuple[np.ndarray, float] | None = None
+) -> tuple[np.ndarray, float]:
     """The same objective as ``fit_logistic`` with w = X.T @ alpha, given the Gram matrix X @ X.T.
 
     With fewer examples than features (cross-validation folds) this searches n numbers instead
-    of D, which is several times faster. Returns (alpha, bias).
+    of D, which is several times faster. ``init`` (alpha, bias) warm-starts. Returns (alpha, bias).
     """
     n = len(y)
     sample_weight = _balanced_weights(y)
@@ -106,7 +115,8 @@ def fit_logistic_dual(kernel: np.ndarray, y: np.ndarray, l2: float = L2) -> tupl
         g = -sample_weight * sign * sigmoid(-margin)
         return loss, np.concatenate([kernel @ (g + l2 * alpha), [g.sum()]])
 
-    result = minimize(loss_and_grad, np.zeros(n + 1), jac=True, method="L-BFGS-B", options={"maxiter": 300, "ftol": 1e-7})
+    start = np.zeros(n + 1) if init is None else np.concatenate([init[0], [init[1]]])
+    result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": 300, "ftol": 1e-7})
     return result.x[:n], float(result.x[n])
 
 
@@ -145,13 +155,19 @@ def stratified_sample(y: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate([rng.choice(positives, take_pos, False), rng.choice(negatives, take_neg, False)]))
 
 
-def out_of_fold_scores(kernel: np.ndarray, y: np.ndarray, folds: list[np.ndarray]) -> np.ndarray:
-    """Held-out scores of each fold from a head fitted on the others, given the Gram matrix."""
-    scores = np.zeros(len(y))
+def out_of_fold_scores(
+    kernel: np.ndarray, y: np.ndarray, folds: list[np.ndarray], l2s: tuple[float, ...] = (L2,)
+) -> dict[float, np.ndarray]:
+    """Held-out scores of each fold from a head fitted on the others, given the Gram matrix, for
+    each L2 strength; each fold's path goes from the strongest penalty down, warm-started."""
+    scores = {l2: np.zeros(len(y)) for l2 in l2s}
     for held_out in folds:
         train = np.setdiff1d(np.arange(len(y)), held_out)
-        alpha, bias = fit_logistic_dual(kernel[np.ix_(train, train)], y[train])
-        scores[held_out] = sigmoid(kernel[np.ix_(held_out, train)] @ alpha + bias)
+        inner, cross = kernel[np.ix_(train, train)], kernel[np.ix_(held_out, train)]
+        start: tuple[np.ndarray, float] | None = None
+        for l2 in sorted(l2s, reverse=True):
+            start = fit_logistic_dual(inner, y[train], l2, init=start)
+            scores[l2][held_out] = sigmoid(cross @ start[0] + start[1])
     return scores
 
 
@@ -198,16 +214,17 @@ def train_head(
     """Train one tag's head on raw (semantic | style) features and 0/1 labels.
 
     With at least two examples of each class, stratified k-fold cross-validation
-    (k = min(5, smallest class)) picks the form with the lowest held-out log loss and the
-    threshold with the best held-out F1, and the reported metrics are those of the held-out
-    folds. With fewer, the form is "both", the threshold 0.5, and no metrics are claimed.
+    (k = min(5, smallest class)) picks the form and L2 strength (``L2_GRID``) with the lowest
+    held-out log loss and the threshold with the best held-out F1, and the reported metrics are
+    those of the held-out folds. With fewer, the form is "both", the L2 strength ``L2``, the
+    threshold 0.5, and no metrics are claimed.
     """
     z = normalise_groups(features, sizes)
     y = np.asarray(labels, dtype=np.float64)
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     k = min(MAX_FOLDS, n_pos, n_neg)
     metrics: dict[str, Any] = {"positives": n_pos, "negatives": n_neg, "folds": k if k >= 2 else 0}
-    form, threshold = ("both" if "both" in forms else forms[0]), 0.5
+    form, threshold, l2 = ("both" if "both" in forms else forms[0]), 0.5, L2
     most_wrong: list[tuple[int, float]] = []
     if k >= 2:
         sample = stratified_sample(y, MAX_CV_EXAMPLES)
@@ -215,24 +232,29 @@ def train_head(
         folds = stratified_folds(ys, k)
         semantic, style = zs[:, : sizes[0]], zs[:, sizes[0] :]
         grams = (semantic @ semantic.T, style @ style.T)
-        oof = {
-            f: out_of_fold_scores(FORMS[f][0] ** 2 * grams[0] + FORMS[f][1] ** 2 * grams[1], ys, folds)
-            for f in forms
-        }
-        losses = {f: log_loss(ys, s) for f, s in oof.items()}
-        form = min(forms, key=lambda f: losses[f])
-        threshold = best_threshold(ys, oof[form])
+        oof: dict[tuple[str, float], np.ndarray] = {}
+        for f in forms:
+            kernel = FORMS[f][0] ** 2 * grams[0] + FORMS[f][1] ** 2 * grams[1]
+            for strength, held_out_scores in out_of_fold_scores(kernel, ys, folds, L2_GRID).items():
+                oof[(f, strength)] = held_out_scores
+        losses = {key: log_loss(ys, s) for key, s in oof.items()}
+        form, l2 = min(losses, key=lambda key: losses[key])
+        by_form = {f: min(losses[(f, strength)] for strength in L2_GRID) for f in forms}
+        scores = oof[(form, l2)]
+        threshold = best_threshold(ys, scores)
         metrics.update(
             cv_examples=len(sample),
-            roc_auc=round(roc_auc(ys, oof[form]), 4),
-            **metrics_at(ys, oof[form], threshold),
-            log_loss_by_form={f: round(v, 4) for f, v in losses.items()},
+            roc_auc=round(roc_auc(ys, scores), 4),
+            **metrics_at(ys, scores, threshold),
+            log_loss_by_form={f: round(v, 4) for f, v in by_form.items()},
+            log_loss_by_l2={f"{strength:g}": round(losses[(form, strength)], 4) for strength in L2_GRID},
         )
-        wrong_by = np.where(ys == 1, 0.5 - oof[form], oof[form] - 0.5)  # > 0: on the wrong side of 0.5
+        wrong_by = np.where(ys == 1, 0.5 - scores, scores - 0.5)  # > 0: on the wrong side of 0.5
         order = [j for j in np.argsort(-wrong_by, kind="stable") if wrong_by[j] > 0][:MOST_WRONG]
-        most_wrong = [(int(sample[j]), round(float(oof[form][j]), 4)) for j in order]
+        most_wrong = [(int(sample[j]), round(float(scores[j]), 4)) for j in order]
     metrics["form"] = form
-    fitted = fit_logistic(_form_input(z, sizes, form), y, init=previous)
+    metrics["l2"] = l2
+    fitted = fit_logistic(_form_input(z, sizes, form), y, l2=l2, init=previous)
     weight = fitted.weight * np.repeat(FORMS[form], sizes).astype(np.float32)
     return TrainedHead(Head(weight, fitted.bias), round(threshold, 6), form, metrics, most_wrong)
 
