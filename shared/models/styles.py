@@ -74,16 +74,17 @@ def measure(image: Image.Image) -> dict[str, float]:
     contrast = float(np.std(y))
     rg, yb = r - g, (r + g) / 2 - b
 
+    # Mean squared distance from the band's mean chroma = total minus between-band sum of squares.
     band = np.minimum((y * BANDS).astype(np.intp), BANDS - 1).ravel()
     count = np.maximum(np.bincount(band, minlength=BANDS), 1)
-    rg_band = np.bincount(band, rg.ravel(), BANDS) / count
-    yb_band = np.bincount(band, yb.ravel(), BANDS) / count
-    spread = np.mean((rg.ravel() - rg_band[band]) ** 2 + (yb.ravel() - yb_band[band]) ** 2)
+    rg_sums, yb_sums = np.bincount(band, rg.ravel(), BANDS), np.bincount(band, yb.ravel(), BANDS)
+    chroma_squares = float(np.mean(rg**2 + yb**2))
+    spread = max(chroma_squares - float(np.sum((rg_sums**2 + yb_sums**2) / count)) / band.size, 0.0)
 
     laplacian = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
     gradient = (y[1:-1, 2:] - y[1:-1, :-2]) ** 2 + (y[2:, 1:-1] - y[:-2, 1:-1]) ** 2
     return {
-        "chroma": float(np.sqrt(np.mean(rg**2 + yb**2))),
+        "chroma": float(np.sqrt(chroma_squares)),
         "tone spread": float(np.sqrt(spread)) / max(contrast, 1e-6),
         "warmth": float(np.mean(r - b)),
         "median luma": float(np.median(y)),
