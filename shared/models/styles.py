@@ -68,8 +68,7 @@ def measure(image: Image.Image) -> dict[str, float]:
     small.thumbnail((SIZE, SIZE), Image.Resampling.BILINEAR)
     if min(small.size) < 3:  # the Laplacian needs a 3x3 neighbourhood
         small = small.resize((max(small.width, 3), max(small.height, 3)))
-    rgb = np.asarray(small, dtype=np.float32) / 255.0
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    r, g, b = np.asarray(small, dtype=np.float32).transpose(2, 0, 1).copy() / 255.0  # contiguous planes
     y = 0.2126 * r + 0.7152 * g + 0.0722 * b
     contrast = float(np.std(y))
     rg, yb = r - g, (r + g) / 2 - b
