@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
@@ -21,6 +22,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from shared.context import get_services
+from shared.models.backbone import INPUT_SIZE
 
 log = logging.getLogger("tagsmith")
 
@@ -104,6 +106,9 @@ def run_worker(burst: bool = False, name: str | None = None) -> None:
     started = time.monotonic()
     services = get_services()
     backbone = services.backbone  # load the weights before the first job, not during it
+    # One forward pass now: CUDA loads its kernels (and a CPU runtime sets up its buffers) on the
+    # first run, which would otherwise be part of the first training's time.
+    backbone.embed_pixels(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32))
     services.store.ping()
     worker = make_worker(name)
     logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
