@@ -116,7 +116,7 @@ async def add_many(request: Request) -> JSONResponse:
             image_id = validate_image_id(requested) if requested else new_image_id()
             decoded = await run_in_threadpool(verify_and_store, services, image_id, data)
             if assignment:
-                services.registry.assign(image_id, *assignment)
+                services.registry.assign(image_id, *assignment, settings.max_tags)
             results.append({"filename": filename, "image_id": image_id, "format": decoded.format,
                             "width": decoded.width, "height": decoded.height})
         except ApiError as exc:
@@ -134,7 +134,7 @@ def assign(request: Request) -> JSONResponse:
     response:
       description: The assignment and the tag's example counts.
       example: {image_id: cat-1, tag: cat, type: positive, positives: 6, negatives: 8}
-    errors: [400, 404, 503]
+    errors: [400, 404, 409, 503]
     """
     services = get_services()
     params = request.path_params
@@ -143,8 +143,7 @@ def assign(request: Request) -> JSONResponse:
     tag = validate_tag(params["tag"], services.settings.max_tag_length)
     if not services.registry.image_exists(image_id):
         raise not_found("unknown_image", f"No image with id '{image_id}'.")
-    services.registry.check_room_for([tag], services.settings.max_tags)
-    services.registry.assign(image_id, tag, sample_type)
+    services.registry.assign(image_id, tag, sample_type, services.settings.max_tags)
     positives, negatives = services.registry.examples(tag)
     return JSONResponse(
         {

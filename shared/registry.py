@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from shared.errors import conflict
+from shared.errors import ApiError, conflict
 
 RESERVATION_SECONDS = 120
 
@@ -65,6 +65,25 @@ redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 redis.call('DEL', KEYS[3])
 """
 
+# Assign an example (KEYS: the tag set, the tag's set of this type, its other set; ARGV: tag, image
+# id, the most tags allowed or 0). A new tag beyond the limit assigns nothing and returns 0: the
+# check and the assignment are one step, so concurrent new tags cannot go over the limit.
+_ASSIGN = """
+if tonumber(ARGV[3]) > 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0
+   and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def _too_many_tags(max_tags: int) -> ApiError:
+    return conflict("too_many_tags", f"There are already {max_tags} tags, the most allowed "
+                    "(TAGSMITH_MAX_TAGS); delete one or reuse an existing tag.")
+
 
 @dataclass(frozen=True)
 class ModelPointer:
@@ -98,6 +117,7 @@ class Registry:
         self._publish = client.register_script(_PUBLISH)
         self._reserve = client.register_script(_RESERVE)
         self._commit = client.register_script(_COMMIT)
+        self._assign = client.register_script(_ASSIGN)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -193,14 +213,13 @@ class Registry:
 
     # Examples ---------------------------------------------------------------
 
-    def assign(self, image_id: str, tag: str, sample_type: str) -> None:
-        """Make the image a positive or negative example of the tag; never both."""
+    def assign(self, image_id: str, tag: str, sample_type: str, max_tags: int = 0) -> None:
+        """Make the image a positive or negative example of the tag; never both. A new tag beyond
+        ``max_tags`` (0: no limit) is refused with 409 too_many_tags, atomically."""
         other = "negative" if sample_type == "positive" else "positive"
-        with self.redis.pipeline() as pipe:
-            pipe.sadd(self._k("tag", tag, sample_type), image_id)
-            pipe.srem(self._k("tag", tag, other), image_id)
-            pipe.sadd(self._k("tags"), tag)
-            pipe.execute()
+        keys = [self._k("tags"), self._k("tag", tag, sample_type), self._k("tag", tag, other)]
+        if not self._assign(keys=keys, args=[tag, image_id, max_tags]):
+            raise _too_many_tags(max_tags)
 
     def unassign(self, image_id: str, tag: str) -> str | None:
         """Make the image no example of the tag; returns what it was ('positive', 'negative' or None)."""
@@ -234,8 +253,7 @@ class Registry:
         """Refuse (409 too_many_tags) when adding ``tags`` would make more than ``max_tags`` tags."""
         new = {tag for tag in tags if not self.tag_exists(tag)}
         if new and self.redis.scard(self._k("tags")) + len(new) > max_tags:
-            raise conflict("too_many_tags", f"There are already {max_tags} tags, the most allowed "
-                           "(TAGSMITH_MAX_TAGS); delete one or reuse an existing tag.")
+            raise _too_many_tags(max_tags)
 
     def tags(self) -> list[str]:
         return sorted(x.decode() for x in self.redis.smembers(self._k("tags")))

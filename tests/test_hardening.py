@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 import requests
 
 from infra.embedded import free_port
+from shared.context import Services
+from shared.errors import ApiError
 from tests.badinput import Case, Sample, cases
 from tests.servers import RedisServer, TagsmithServer
 
@@ -152,3 +155,25 @@ def test_stalled_body_gets_408_and_frees_the_server(stack: Stack, path: str) -> 
             sock.close()
     assert stack.alive()
     assert stack.snapshot() == before
+
+
+def test_concurrent_new_tags_never_go_over_the_limit(services: Services) -> None:
+    """The limit check and the assignment are one atomic step: 40 new tags racing for the last 5
+    places get exactly 5 of them, and every other one a clear 409."""
+    registry = services.registry
+    for i in range(5):
+        registry.assign("img", f"old-{i}", "positive", max_tags=10)
+
+    def assign(i: int) -> str:
+        try:
+            registry.assign("img", f"new-{i}", "positive", max_tags=10)
+            return "ok"
+        except ApiError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(assign, range(40)))
+    assert outcomes.count("ok") == 5 and outcomes.count("too_many_tags") == 35
+    assert len(registry.tags()) == 10
+    registry.assign("img", "old-0", "negative", max_tags=10)  # existing tags still take examples
+    assert registry.examples("old-0") == ([], ["img"])
