@@ -13,13 +13,13 @@ import argparse
 import io
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -35,8 +35,8 @@ from shared.models.heads import Head
 from shared.models.runtimes import RUNTIMES, OnnxRuntimeBackbone, OpenVinoBackbone, export_onnx
 from shared.settings import get_settings
 from shared.store import LocalStore
+from tests.servers import TagsmithServer
 
-ROOT = Path(__file__).resolve().parent.parent
 THREADS = os.cpu_count() or 1
 
 
@@ -96,40 +96,22 @@ def raw_runtimes(seconds: float, batches: tuple[int, ...]) -> tuple[dict[str, di
     return result, steps
 
 
-class Server:
-    """``tagsmith serve`` on a free port with its own data folder, for the HTTP figures."""
+class Server(TagsmithServer):
+    """``tagsmith serve`` on a free port with its own data folder, backbone loaded, for the HTTP figures."""
 
     def __init__(self, folder: Path, runtime: str = "auto") -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSMITH_")}
-        env["TAGSMITH_MODEL_CACHE_DIR"] = str(get_settings().model_cache_dir)
-        env["TAGSMITH_RUNTIME"] = runtime
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "serve", "--port", str(self.port), "--data-dir", str(folder)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.base + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise SystemExit("tagsmith serve did not become ready")
+        cache = str(get_settings().model_cache_dir)
+        super().__init__(folder, free_port(), {"TAGSMITH_MODEL_CACHE_DIR": cache, "TAGSMITH_RUNTIME": runtime,
+                                               "TAGSMITH_API_KEYS": ""})
+        self.start(timeout=180)
         httpx.post(self.base + "/predict", files={"data": jpeg(source("coffee"))}, timeout=120)  # load the backbone
 
     def peak_rss_mb(self) -> float:
+        assert self.process is not None
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(60)
 
 
 def concurrent_rate(url: str, payloads: list[bytes], clients: int, seconds: float) -> tuple[float, int]:
@@ -226,8 +208,13 @@ def cached_training(base: str, data_dir: Path, count: int = 1000, tag: str = "ca
         wall = time.perf_counter() - started
     if status["status"] != "finished":
         raise SystemExit(f"the training failed: {status.get('error')}")
-    queued = np.datetime64(status["started_at"].rstrip("Z")) - np.datetime64(status["enqueued_at"].rstrip("Z"))
-    return wall, float(queued / np.timedelta64(1, "us")) / 1000
+    return wall, queued_ms(status)
+
+
+def queued_ms(status: dict[str, Any]) -> float:
+    """Milliseconds a task waited from enqueued to started, from its ``/status``."""
+    waited = np.datetime64(status["started_at"].rstrip("Z")) - np.datetime64(status["enqueued_at"].rstrip("Z"))
+    return float(waited / np.timedelta64(1, "us")) / 1000
 
 
 def main() -> int:

@@ -28,7 +28,10 @@ import numpy as np
 from PIL import Image
 
 from bench.photos import random_crops, source
+from bench.speed import queued_ms, rate
+from functions.images import verify_and_store
 from infra.embedded import data_folder_lock, start_redis
+from shared.context import Services
 from shared.embeddings import embed_stored_images, image_key
 from shared.images import decode_image
 from shared.models.backbone import EfficientNetLite0, cpu_pool, preprocess
@@ -51,30 +54,28 @@ def megapixel_jpegs(count: int) -> list[bytes]:
 
 def raw_forward(backbone: EfficientNetLite0, batch: int, seconds: float) -> float:
     """Images per second of the forward pass alone, on tensors already on the device."""
-    torch = backbone._torch
+    import torch
+
     pixels = torch.from_numpy(np.stack([preprocess(source("coffee"))] * batch)).to(backbone.device)
 
-    def once() -> None:
+    def once() -> int:
         with torch.inference_mode():
             backbone.forward(pixels)
         if backbone.device.type == "cuda":
             torch.cuda.synchronize()
+        return batch
 
-    once()
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        once()
-        done += batch
-    return done / (time.perf_counter() - started)
+    return rate(once, seconds)
 
 
-def cpu_side(jpegs: list[bytes]) -> float:
-    """Images per second of reading nothing but decoding and resizing, on every core: the CPU's limit."""
-    pool = cpu_pool()
-    list(pool.map(lambda data: preprocess(decode_image(data, 50_000_000).image), jpegs[:64]))
-    started = time.perf_counter()
-    list(pool.map(lambda data: preprocess(decode_image(data, 50_000_000).image), jpegs))
-    return len(jpegs) / (time.perf_counter() - started)
+def cpu_side(jpegs: list[bytes], seconds: float) -> float:
+    """Images per second of decoding and resizing alone (nothing read or stored), on every core."""
+    chunk = jpegs[:256]
+
+    def decode(data: bytes) -> np.ndarray:
+        return preprocess(decode_image(data, 50_000_000).image)
+
+    return rate(lambda: len(list(cpu_pool().map(decode, chunk))), seconds)
 
 
 def worker_path(backbone: EfficientNetLite0, jpegs: list[bytes], batch: int, folder: Path) -> float:
@@ -97,50 +98,48 @@ def training_job(jpegs: list[bytes], folder: Path) -> dict[str, float | str]:
     from shared.settings import Settings
 
     data = folder / "job"
-    lock = data_folder_lock(data)
-    fd = lock.__enter__()
-    redis_process, url = start_redis(data / "redis", fd)
-    env = {**os.environ, "TAGSMITH_DATA_DIR": str(data), "TAGSMITH_REDIS_URL": url}
-    worker = subprocess.Popen([sys.executable, "-m", "infra.cli", "worker"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        services = build_services(Settings(data_dir=data, redis_url=url))
-        tag = "astronaut"  # positives: crops of the astronaut photo; negatives: the other photos
-        for i, payload in enumerate(jpegs):
-            image_id = f"photo-{i}"
-            services.registry.reserve_image(image_id)
-            services.store.put(image_key(image_id), payload)
-            services.registry.commit_image(image_id, {"format": "JPEG", "width": 1155, "height": 866, "bytes": len(payload)})
-            services.registry.assign(image_id, tag, "positive" if PHOTOS[i % len(PHOTOS)] == tag else "negative")
-        for line in worker.stderr:  # wait until the worker is idle on its queue
-            print("   worker:", line.rstrip(), file=sys.stderr)
-            if " ready on queue " in line:
-                break
-        timings: dict[str, float | str] = {}
-        for run in ("first job (nothing cached)", "second job (embeddings cached)"):
-            time.sleep(1.0)
-            started = time.perf_counter()
-            task_id, _ = services.queue.submit(tag, services.registry.epoch(tag))
-            while (status := services.queue.status(task_id))["status"] not in ("finished", "failed"):
-                time.sleep(0.01)
-            wall = time.perf_counter() - started
-            if status["status"] == "failed":
-                raise SystemExit(f"training failed: {status.get('error')}")
-            enqueued = np.datetime64(status["enqueued_at"].rstrip("Z"))
-            began = np.datetime64(status["started_at"].rstrip("Z"))
-            result = status["result"]
-            timings[f"{run}: enqueue to started (ms)"] = float((began - enqueued) / np.timedelta64(1, "us")) / 1000
-            timings[f"{run}: wall (s)"] = wall
-            timings[f"{run}: version, form, CV ROC AUC"] = (
-                f"{result['version']}, {result['form']}, {result['metrics'].get('roc_auc', float('nan')):.3f}"
-            )
-        return timings
-    finally:
-        worker.terminate()
-        worker.wait(30)
-        redis.Redis.from_url(url).shutdown(nosave=True)
-        redis_process.wait(10)
-        lock.__exit__(None, None, None)
+    with data_folder_lock(data) as fd:
+        redis_process, url = start_redis(data / "redis", fd)
+        env = {**os.environ, "TAGSMITH_DATA_DIR": str(data), "TAGSMITH_REDIS_URL": url}
+        worker = subprocess.Popen([sys.executable, "-m", "infra.cli", "worker"], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            services = build_services(Settings(data_dir=data, redis_url=url))
+            return _run_jobs(services, jpegs, worker)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+            redis.Redis.from_url(url).shutdown(nosave=True)
+            redis_process.wait(10)
 
+
+def _run_jobs(services: Services, jpegs: list[bytes], worker: subprocess.Popen[str]) -> dict[str, float | str]:
+    """Store and label the photos, wait for the idle worker, then train the tag twice."""
+    tag = "astronaut"  # positives: crops of the astronaut photo; negatives: the other photos
+    for i, payload in enumerate(jpegs):
+        verify_and_store(services, f"photo-{i}", payload)
+        services.registry.assign(f"photo-{i}", tag, "positive" if PHOTOS[i % len(PHOTOS)] == tag else "negative")
+    assert worker.stderr is not None
+    for line in worker.stderr:  # wait until the worker is idle on its queue
+        print("   worker:", line.rstrip(), file=sys.stderr)
+        if " ready on queue " in line:
+            break
+    timings: dict[str, float | str] = {}
+    for run in ("first job (nothing cached)", "second job (embeddings cached)"):
+        time.sleep(1.0)
+        started = time.perf_counter()
+        task_id, _ = services.queue.submit(tag, services.registry.epoch(tag))
+        while (status := services.queue.status(task_id))["status"] not in ("finished", "failed"):
+            time.sleep(0.01)
+        wall = time.perf_counter() - started
+        if status["status"] == "failed":
+            raise SystemExit(f"training failed: {status.get('error')}")
+        result = status["result"]
+        timings[f"{run}: enqueue to started (ms)"] = queued_ms(status)
+        timings[f"{run}: wall (s)"] = wall
+        timings[f"{run}: version, form, CV ROC AUC"] = (
+            f"{result['version']}, {result['form']}, {result['metrics'].get('roc_auc', float('nan')):.3f}"
+        )
+    return timings
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,10 +150,12 @@ def main() -> int:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
+    import torch
+
     started = time.perf_counter()
     backbone = EfficientNetLite0(os.environ.get("TAGSMITH_DEVICE", "auto"))
     load_s = time.perf_counter() - started
-    name = backbone._torch.cuda.get_device_name() if backbone.device.type == "cuda" else f"cpu x{os.cpu_count()}"
+    name = torch.cuda.get_device_name() if backbone.device.type == "cuda" else f"cpu x{os.cpu_count()}"
     print(f"device {backbone.device} ({name}), {os.cpu_count()} CPU cores; backbone loaded in {load_s:.1f} s")
 
     jpegs = megapixel_jpegs(args.images)
@@ -164,7 +165,7 @@ def main() -> int:
         diff = float(np.abs(getattr(here, group) - getattr(cpu, group)).max())
         print(f"parity with CPU, {group}: max abs difference {diff:.2e} {'ok' if diff <= 1e-4 else 'OVER 1e-4'}")
 
-    print(f"decoding and resizing alone, {os.cpu_count()} threads: {cpu_side(jpegs):.0f} img/s")
+    print(f"decoding and resizing alone, {os.cpu_count()} threads: {cpu_side(jpegs, args.seconds):.0f} img/s")
     print(f"\n{'batch':>5} {'raw forward img/s':>18} {'worker path img/s':>18} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for batch in batches:

@@ -11,26 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
-import threading
-
-_lock = threading.Lock()
-_done = False
 
 
+@functools.cache
 def tune_process() -> None:
     """Apply the settings above; later calls do nothing."""
-    global _done
-    with _lock:
-        if _done:
-            return
-        _done = True
-        if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL("libc.so.6").mallopt(-8, max(2, os.cpu_count() or 1))  # M_ARENA_MAX
-        import numpy  # noqa: F401  (both BLAS libraries must be loaded to be limited)
-        import scipy.optimize  # noqa: F401
-        from threadpoolctl import threadpool_limits
+    if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(-8, max(2, os.cpu_count() or 1))  # M_ARENA_MAX
+    import numpy  # noqa: F401  (both BLAS libraries must be loaded to be limited)
+    import scipy.optimize  # noqa: F401
+    from threadpoolctl import threadpool_limits
 
-        threadpool_limits(1, user_api="blas")
+    threadpool_limits(1, user_api="blas")
