@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench.load import Connection, upload_request
 from bench.photos import source
 from infra.embedded import free_port
 from shared.embeddings import embedding_key, to_bytes
@@ -115,24 +117,31 @@ class Server(TagsmithServer):
 
 
 def concurrent_rate(url: str, payloads: list[bytes], clients: int, seconds: float) -> tuple[float, int]:
-    """Requests per second from ``clients`` threads posting the payloads in turn; and the errors."""
+    """Requests per second from ``clients`` connections posting the payloads in turn; and the errors."""
+    requests = [upload_request(url, payload) for payload in payloads]
     deadline = time.perf_counter() + seconds
     counts = [0] * clients
     errors = [0] * clients
 
     def client(i: int) -> None:
-        with httpx.Client(timeout=120) as http:
+        with Connection(url) as connection:
             k = i
             while time.perf_counter() < deadline:
-                response = http.post(url, files={"data": ("photo.jpg", payloads[k % len(payloads)], "image/jpeg")})
+                status, _ = connection.send(requests[k % len(requests)])
                 counts[i] += 1
-                errors[i] += response.status_code >= 400
+                errors[i] += status >= 400
                 k += 1
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     return sum(counts) / (time.perf_counter() - started), sum(errors)
+
+
+def _ok(reply: tuple[int, bytes]) -> None:
+    status, body = reply
+    if status >= 400:
+        raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
 
 
 def timed_ms(work: Callable[[], object]) -> float:
@@ -145,10 +154,11 @@ def paired_latency_ms(url: str, payload: bytes, raw_step: Step, count: int) -> t
     """Medians of one request at a time and of the raw batch-1 forward pass, taken in turns so
     that both see the same moments of a noisy machine."""
     requests, forwards = [], []
-    with httpx.Client(timeout=120) as http:
+    request = upload_request(url, payload)
+    with Connection(url) as connection:
 
         def post() -> None:
-            http.post(url, files={"data": payload}).raise_for_status()
+            _ok(connection.send(request))
 
         post(), raw_step()
         for _ in range(count):
@@ -161,10 +171,11 @@ def tags_latency_ms(base: str, payload: bytes, counts: tuple[int, int], rounds: 
     """Median latency of POST /predict/custom with each number of tags, the states taking turns."""
     archives = [many_heads(count) for count in counts]
     times: list[list[float]] = [[] for _ in counts]
-    with httpx.Client(base_url=base, timeout=300) as http:
+    request = upload_request(base + "/predict/custom", payload)
+    with httpx.Client(base_url=base, timeout=300) as http, Connection(base) as connection:
 
         def post() -> None:
-            http.post("/predict/custom", files={"data": payload}).raise_for_status()
+            _ok(connection.send(request))
 
         for _ in range(rounds):
             for archive, samples in zip(archives, times, strict=True):
@@ -264,20 +275,29 @@ def main() -> int:
             rows.append(("POST /predict/custom p50, 1000 tags", f"{thousand:.1f} ms", one_tag,
                          "same with 1 tag, in turns (ms)", thousand / one_tag, 1.05, "lower"))
 
-            http = httpx.Client(timeout=300)
-
-            add_rate, add_errors = 0.0, 0
+            add_errors = 0
             counter = iter(range(10**9))
+            connections: list[Connection] = []
+            local = threading.local()
 
-            def add_many_images() -> int:
-                with ThreadPoolExecutor(8) as pool:
-                    results = list(pool.map(lambda _: http.post(server.base + f"/custom/add?image_id=mp-{next(counter)}",
-                                                                files={"data": megapixel[0]}).status_code, range(64)))
-                nonlocal add_errors
-                add_errors += sum(code >= 400 for code in results)
-                return len(results)
+            def add_one(_: int) -> int:
+                if not hasattr(local, "connection"):
+                    local.connection = Connection(server.base)
+                    connections.append(local.connection)
+                url = server.base + f"/custom/add?image_id=mp-{next(counter)}"
+                return local.connection.send(upload_request(url, megapixel[0]))[0]
 
-            add_rate = rate(add_many_images, args.seconds / 2)
+            with ThreadPoolExecutor(8) as pool:
+
+                def add_many_images() -> int:
+                    nonlocal add_errors
+                    results = list(pool.map(add_one, range(64)))
+                    add_errors += sum(code >= 400 for code in results)
+                    return len(results)
+
+                add_rate = rate(add_many_images, args.seconds / 2)
+            for connection in connections:
+                connection.close()
             rows.append(("POST /custom/add, 1 MP JPEGs", f"{add_rate:.0f} img/s", 200.0, "target (img/s)",
                          add_rate / 200.0, 1.0, "higher"))
 

@@ -18,7 +18,7 @@ from shared.embeddings import embed_stored_images
 from shared.errors import not_found
 from shared.http import create_app, read_upload
 from shared.images import decode_image
-from shared.models.backbone import Features, crop_pixels, load_backbone, resize_for_backbone
+from shared.models.backbone import Features, load_backbone, preprocess
 from shared.models.keywords import base_keywords
 from shared.models.styles import matched_styles, style_scores
 from shared.names import validate_image_id, validate_tag
@@ -42,9 +42,9 @@ def _single(tag: str, custom: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prepare(data: bytes, max_pixels: int, with_styles: bool) -> tuple[np.ndarray, dict[str, float]]:
-    """Decode, resize and crop for the backbone; base styles are measured on the resized copy."""
-    resized = resize_for_backbone(decode_image(data, max_pixels).image)
-    return crop_pixels(resized), style_scores(resized) if with_styles else {}
+    """Decode, then resize and crop for the backbone and, if asked, measure the base styles."""
+    image = decode_image(data, max_pixels).image
+    return preprocess(image), style_scores(image) if with_styles else {}
 
 
 async def _embed_upload(request: Request, with_styles: bool = False) -> tuple[Services, Features, dict[str, float]]:

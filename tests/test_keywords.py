@@ -30,7 +30,8 @@ def by_name(keywords: list[Keyword]) -> dict[str, Keyword]:
 
 
 def children(parent: str) -> np.ndarray:
-    return keyword_table().parents[parent]
+    table = keyword_table()
+    return np.flatnonzero(table.membership[table.parents.index(parent)])
 
 
 def test_table_follows_imagenet_order_with_readable_unique_names() -> None:

@@ -44,7 +44,7 @@ def test_exported_runtime_matches_torch(runtime, exported: Path, images: list[Im
 
 def test_auto_runtime_uses_torch_on_cuda_and_an_exported_graph_on_cpu() -> None:
     assert choose_runtime("auto", "cuda") == "torch"
-    assert choose_runtime("auto", "cpu") == "onnxruntime"
+    assert choose_runtime("auto", "cpu") == "openvino"
     assert choose_runtime("onnxruntime", "cpu") == "onnxruntime"
 
 

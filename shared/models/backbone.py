@@ -68,25 +68,20 @@ INPUT_SIZE = 224
 RESIZE_SIZE = 256  # shorter side before the centre crop (timm's crop_pct 0.875)
 
 
-def resize_for_backbone(image: Image.Image) -> Image.Image:
-    """The image with its short side resized to 256 (bicubic), the first step of ``preprocess``."""
+def preprocess(image: Image.Image) -> np.ndarray:
+    """RGB image -> (3, 224, 224) float32 in [-1, 1]: resize the short side to 256 (bicubic), centre crop.
+
+    Only the cropped region is resampled (Pillow's ``box``): the same pixels as resizing the
+    whole image and then cropping, in about half the time.
+    """
     width, height = image.size
     scale = RESIZE_SIZE / min(width, height)
-    size = (max(INPUT_SIZE, round(width * scale)), max(INPUT_SIZE, round(height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
-
-
-def crop_pixels(resized: Image.Image) -> np.ndarray:
-    """A ``resize_for_backbone`` image -> (3, 224, 224) float32 in [-1, 1] from its centre."""
-    width, height = resized.size
-    left, top = (width - INPUT_SIZE) // 2, (height - INPUT_SIZE) // 2
-    pixels = np.asarray(resized.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE)), dtype=np.float32)
-    return ((pixels / 127.5) - 1.0).transpose(2, 0, 1)
-
-
-def preprocess(image: Image.Image) -> np.ndarray:
-    """RGB image -> (3, 224, 224) float32 in [-1, 1]: resize the short side to 256, centre crop."""
-    return crop_pixels(resize_for_backbone(image))
+    resized = (max(INPUT_SIZE, round(width * scale)), max(INPUT_SIZE, round(height * scale)))
+    left, top = (resized[0] - INPUT_SIZE) // 2, (resized[1] - INPUT_SIZE) // 2
+    x_scale, y_scale = width / resized[0], height / resized[1]
+    box = (left * x_scale, top * y_scale, (left + INPUT_SIZE) * x_scale, (top + INPUT_SIZE) * y_scale)
+    crop = image.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC, box=box)
+    return ((np.asarray(crop, dtype=np.float32) / 127.5) - 1.0).transpose(2, 0, 1)
 
 
 _pool_lock = threading.Lock()

@@ -30,7 +30,8 @@ class Keyword(TypedDict):
 @dataclass(frozen=True)
 class KeywordTable:
     labels: tuple[str, ...]  # one per logit
-    parents: dict[str, np.ndarray]  # parent keyword -> indices of its labels, most specific first
+    parents: tuple[str, ...]  # parent keywords, most specific (fewest labels) first
+    membership: np.ndarray  # (parents, labels) 0/1: a parent's score is one row times the probabilities
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +46,10 @@ def keyword_table() -> KeywordTable:
     if len(set(labels)) != len(labels) or set(labels) & set(members):
         raise ValueError(f"{TABLE}: labels and parent keywords must be unique names")
     ordered = sorted(members.items(), key=lambda item: len(item[1]))
-    return KeywordTable(labels, {parent: np.array(indices) for parent, indices in ordered})
+    membership = np.zeros((len(ordered), len(labels)))
+    for row, (_, indices) in enumerate(ordered):
+        membership[row, indices] = 1.0
+    return KeywordTable(labels, tuple(parent for parent, _ in ordered), membership)
 
 
 def base_keywords(logits: np.ndarray, threshold: float = 0.1, top_k: int = 10) -> list[Keyword]:
@@ -65,9 +69,9 @@ def base_keywords(logits: np.ndarray, threshold: float = 0.1, top_k: int = 10) -
         for i in np.argsort(-probs, kind="stable")[: max(top_k, 0)]
         if probs[i] >= threshold
     ]
-    counted = np.where(probs >= NOISE_FLOOR, probs, 0.0)
-    for parent, indices in table.parents.items():
-        score = min(float(counted[indices].sum()), 1.0)
-        if score >= threshold:
-            found.append({"name": parent, "score": round(score, 4), "kind": "parent"})
+    parent_scores = np.minimum(table.membership @ np.where(probs >= NOISE_FLOOR, probs, 0.0), 1.0)
+    found.extend(
+        {"name": table.parents[i], "score": round(float(parent_scores[i]), 4), "kind": "parent"}
+        for i in np.flatnonzero(parent_scores >= threshold)
+    )
     return sorted(found, key=lambda keyword: -keyword["score"])

