@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -48,13 +49,13 @@ def _prepare(data: bytes, max_pixels: int, with_styles: bool) -> tuple[np.ndarra
 
 
 async def _embed_upload(request: Request, with_styles: bool = False) -> tuple[Services, Features, dict[str, float]]:
-    """The upload's features (from a shared batch) and, if asked, its base style scores: one hop to
-    a thread for the pixels, one batched forward pass."""
+    """The upload's features and, if asked, its base style scores: prepared and embedded in a
+    shared batch (``MicroBatcher``)."""
     services = get_services()
     settings = services.settings
     data = await read_upload(request, settings.max_upload_bytes)
-    pixels, styles = await run_in_threadpool(_prepare, data, settings.max_image_pixels, with_styles)
-    return services, await services.batcher.embed(pixels), styles
+    features, styles = await services.batcher.embed(partial(_prepare, data, settings.max_image_pixels, with_styles))
+    return services, features, styles
 
 
 def _tag_param(services: Services, request: Request) -> str:

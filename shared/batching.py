@@ -1,24 +1,43 @@
-"""Dynamic micro-batching: concurrent requests share one forward pass of the backbone."""
+"""Dynamic micro-batching: concurrent requests share one forward pass of the backbone.
+
+Each request hands over how to prepare its image (decode, resize, crop, anything else it needs
+from the pixels) rather than the prepared pixels: a batch first prepares all its images on every
+core, then runs the forward pass on every core. The two phases take turns instead of competing
+for the same cores: image work running beside the forward pass slowed the runtime's threads
+(they wait on each other at every layer), and cost more CPU per image than it saved.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from shared.models.backbone import Backbone, Features
+from shared.models.backbone import Backbone, Features, cpu_pool
+
+T = TypeVar("T")
+# What ``prepare`` returns: the (3, 224, 224) pixels from ``shared.models.backbone.preprocess``
+# and anything else the caller wants back (base style scores, say).
+Prepare = Callable[[], tuple[np.ndarray, T]]
 
 
 @dataclass
-class _Pending:
-    pixels: np.ndarray  # (3, 224, 224), from ``shared.models.backbone.preprocess``
-    future: asyncio.Future[Features] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+class _Pending(Generic[T]):
+    prepare: Prepare[T]
+    future: asyncio.Future[tuple[Features, T]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+Result = tuple[Features, Any] | BaseException  # per request: its features and extras, or its error
 
 
 class MicroBatcher:
-    """Collects preprocessed images from concurrent callers and embeds up to ``max_batch`` at once.
+    """Collects concurrent requests and embeds up to ``max_batch`` images at once.
 
     A lone request runs at once (no added latency); while a batch runs, new requests queue up
     and go together in the next one.
@@ -27,17 +46,18 @@ class MicroBatcher:
     def __init__(self, backbone: Backbone, max_batch: int = 16) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending] | None = None
+        self._queue: asyncio.Queue[_Pending[Any]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def embed(self, pixels: np.ndarray) -> Features:
-        """The features of one preprocessed image, computed in whichever batch it joins."""
+    async def embed(self, prepare: Prepare[T]) -> tuple[Features, T]:
+        """Run ``prepare`` and the forward pass of its pixels in whichever batch it joins; the
+        features and what else ``prepare`` returned. An error in ``prepare`` reaches this caller only."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._loop is not loop:
             self._loop, self._queue = loop, asyncio.Queue()
             self._task = loop.create_task(self._run())
-        pending = _Pending(pixels)
+        pending: _Pending[T] = _Pending(prepare)
         assert self._queue is not None
         await self._queue.put(pending)
         return await pending.future
@@ -49,15 +69,45 @@ class MicroBatcher:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                features = await run_in_threadpool(self.backbone.embed_pixels, np.stack([p.pixels for p in batch]))
+                results: list[Result] = await run_in_threadpool(self._process, [p.prepare for p in batch])
             except Exception as exc:  # every waiter gets the failure, the loop goes on
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            for i, p in enumerate(batch):
-                if not p.future.done():
-                    p.future.set_result(_row(features, i))
+                results = [exc] * len(batch)
+            for pending, result in zip(batch, results, strict=True):
+                _settle(pending.future, result)
+
+    def _process(self, prepares: list[Prepare[Any]]) -> list[Result]:
+        """Prepare every image on all cores, then one forward pass over those that succeeded."""
+        prepared = list(cpu_pool().map(_attempt, prepares)) if len(prepares) > 1 else [_attempt(prepares[0])]
+        results: list[Result] = [p if isinstance(p, BaseException) else _NOT_RUN for p in prepared]
+        ready = {i: p for i, p in enumerate(prepared) if not isinstance(p, BaseException)}
+        if ready:
+            features: Features | BaseException
+            try:
+                features = self.backbone.embed_pixels(np.stack([pixels for pixels, _ in ready.values()]))
+            except Exception as exc:  # every image of this forward pass gets the failure
+                features = exc
+            for row, (i, (_, extras)) in enumerate(ready.items()):
+                results[i] = features if isinstance(features, BaseException) else (_row(features, row), extras)
+        return results
+
+
+_NOT_RUN = RuntimeError("not embedded")  # a placeholder: every entry is set before results are used
+
+
+def _attempt(prepare: Prepare[Any]) -> tuple[np.ndarray, Any] | BaseException:
+    try:
+        return prepare()
+    except Exception as exc:
+        return exc
+
+
+def _settle(future: asyncio.Future[Any], result: Result) -> None:
+    if future.done():  # the caller went away
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def _row(features: Features, i: int) -> Features:
@@ -68,4 +118,4 @@ def _row(features: Features, i: int) -> Features:
     )
 
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "Prepare"]

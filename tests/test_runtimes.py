@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +61,32 @@ def test_concurrent_requests_share_batches(exported: Path, images: list[Image.Im
     backbone.embed_pixels = counting  # type: ignore[method-assign]
     batcher = MicroBatcher(backbone, max_batch=8)
 
-    async def all_at_once() -> list[Features]:
-        return await asyncio.gather(*(batcher.embed(preprocess(image)) for image in images * 2))
+    def prepare(i: int) -> tuple[np.ndarray, int]:
+        return preprocess(images[i % len(images)]), i
 
-    results = asyncio.run(all_at_once())
+    async def all_at_once() -> list[tuple[Features, int]]:
+        return await asyncio.gather(*(batcher.embed(partial(prepare, i)) for i in range(2 * len(images))))
+
+    outcomes = asyncio.run(all_at_once())
+    assert [extra for _, extra in outcomes] == list(range(2 * len(images)))  # what prepare returned, too
+    results = [features for features, _ in outcomes]
     assert sum(sizes) == 2 * len(images) and len(sizes) < 2 * len(images)  # batched, none lost
     for i, result in enumerate(results):  # each caller gets its own image's features
         assert np.abs(result.embeddings[0] - reference.embeddings[i % len(images)]).max() <= 1e-4
+
+
+def test_a_failed_preparation_fails_only_its_own_request(exported: Path, images: list[Image.Image]) -> None:
+    batcher = MicroBatcher(OnnxRuntimeBackbone(exported, threads=2), max_batch=8)
+
+    def prepare(i: int) -> tuple[np.ndarray, None]:
+        if i == 1:
+            raise ValueError("not an image")
+        return preprocess(images[i]), None
+
+    async def together() -> list[object]:
+        return await asyncio.gather(*(batcher.embed(partial(prepare, i)) for i in range(3)), return_exceptions=True)
+
+    first, failed, third = asyncio.run(together())
+    assert isinstance(failed, ValueError) and str(failed) == "not an image"
+    assert isinstance(first, tuple) and isinstance(third, tuple)
+    assert first[0].embeddings.shape == third[0].embeddings.shape == (1, 1280)
