@@ -287,17 +287,19 @@ def main() -> int:
                 url = server.base + f"/custom/add?image_id=mp-{next(counter)}"
                 return local.connection.send(upload_request(url, megapixel[0]))[0]
 
-            with ThreadPoolExecutor(8) as pool:
+            try:
+                with ThreadPoolExecutor(8) as pool:
 
-                def add_many_images() -> int:
-                    nonlocal add_errors
-                    results = list(pool.map(add_one, range(64)))
-                    add_errors += sum(code >= 400 for code in results)
-                    return len(results)
+                    def add_many_images() -> int:
+                        nonlocal add_errors
+                        results = list(pool.map(add_one, range(64)))
+                        add_errors += sum(code >= 400 for code in results)
+                        return len(results)
 
-                add_rate = rate(add_many_images, args.seconds / 2)
-            for connection in connections:
-                connection.close()
+                    add_rate = rate(add_many_images, args.seconds / 2)
+            finally:
+                for connection in connections:
+                    connection.close()
             rows.append(("POST /custom/add, 1 MP JPEGs", f"{add_rate:.0f} img/s", 200.0, "target (img/s)",
                          add_rate / 200.0, 1.0, "higher"))
 

@@ -52,28 +52,40 @@ class MicroBatcher:
 
     async def embed(self, prepare: Prepare[T]) -> tuple[Features, T]:
         """Run ``prepare`` and the forward pass of its pixels in whichever batch it joins; the
-        features and what else ``prepare`` returned. An error in ``prepare`` reaches this caller only."""
+        features and what else ``prepare`` returned. An error in ``prepare`` reaches this caller only.
+
+        ``prepare`` runs on ``cpu_pool()`` beside the batch's other preparations, so it must not
+        itself wait on that pool; a slow one (a huge image) delays its whole batch.
+        """
         loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._loop is not loop:
-            self._loop, self._queue = loop, asyncio.Queue()
-            self._task = loop.create_task(self._run())
+        if self._queue is None or self._loop is not loop:
+            self._loop, self._queue, self._task = loop, asyncio.Queue(), None
+        if self._task is None or self._task.done():  # first use, or the loop ended: queued callers wait on
+            self._task = loop.create_task(self._run(self._queue))
         pending: _Pending[T] = _Pending(prepare)
-        assert self._queue is not None
         await self._queue.put(pending)
         return await pending.future
 
-    async def _run(self) -> None:
-        assert self._queue is not None
+    async def _run(self, queue: asyncio.Queue[_Pending[Any]]) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            batch = [p for p in batch if not p.future.done()]  # callers that went away cost nothing
+            if not batch:
+                continue
             try:
                 results: list[Result] = await run_in_threadpool(self._process, [p.prepare for p in batch])
-            except Exception as exc:  # every waiter gets the failure, the loop goes on
-                results = [exc] * len(batch)
+            except BaseException as exc:  # nobody is left waiting; only cancellation ends the loop
+                failure = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")
+                for pending in batch:
+                    _settle(pending.future, failure)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
             for pending, result in zip(batch, results, strict=True):
                 _settle(pending.future, result)
+            del batch, results  # no uploads kept alive while idle
 
     def _process(self, prepares: list[Prepare[Any]]) -> list[Result]:
         """Prepare every image on all cores, then one forward pass over those that succeeded."""
@@ -104,7 +116,9 @@ def _attempt(prepare: Prepare[Any]) -> tuple[np.ndarray, Any] | BaseException:
 def _settle(future: asyncio.Future[Any], result: Result) -> None:
     if future.done():  # the caller went away
         return
-    if isinstance(result, BaseException):
+    if isinstance(result, StopIteration):  # a future cannot hold one
+        future.set_exception(RuntimeError(f"prepare raised StopIteration: {result}"))
+    elif isinstance(result, BaseException):
         future.set_exception(result)
     else:
         future.set_result(result)

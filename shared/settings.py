@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Models.
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:<index>"
-    # Backbone runtime: "auto" (torch on CUDA, else ONNX Runtime, else OpenVINO), "torch",
+    # Backbone runtime: "auto" (torch on CUDA, else OpenVINO, else ONNX Runtime), "torch",
     # "onnxruntime" or "openvino". The exported runtimes use an ONNX file built once from torch.
     runtime: str = "auto"
     model_cache_dir: Path = Path("~/.cache/tagsmith")

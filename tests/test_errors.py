@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
@@ -45,6 +46,20 @@ def test_bad_uploads_are_refused_and_store_nothing(
     assert not services.registry.image_exists("bad")
     assert list(services.store.list("images/")) == []
     assert_error(client.post("/predict", files={"data": ("x.jpg", payload, "image/jpeg")}), status, code)
+
+
+def test_bad_uploads_among_good_ones_fail_alone(client: TestClient) -> None:
+    """Concurrent predictions share batches: a corrupt upload fails its own request only."""
+    cat = encode(photo(CAT))
+    payloads = [cat, encode(photo(CAT))[:3000], cat, b"not an image", cat, b""] * 2
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        responses = list(pool.map(lambda p: client.post("/predict", files={"data": ("x.jpg", p, "image/jpeg")}), payloads))
+    for payload, response in zip(payloads, responses, strict=True):
+        if payload is cat:
+            assert response.status_code == 200, response.text
+            assert "cat" in {k["name"] for k in response.json()["keywords"]}
+        else:
+            assert_error(response, 400 if payload != b"not an image" else 415)
 
 
 def test_decompression_bomb_is_refused(client: TestClient, services: Services) -> None:

@@ -78,15 +78,19 @@ def test_concurrent_requests_share_batches(exported: Path, images: list[Image.Im
 def test_a_failed_preparation_fails_only_its_own_request(exported: Path, images: list[Image.Image]) -> None:
     batcher = MicroBatcher(OnnxRuntimeBackbone(exported, threads=2), max_batch=8)
 
-    def prepare(i: int) -> tuple[np.ndarray, None]:
+    def prepare(i: int) -> tuple[np.ndarray, int]:
         if i == 1:
             raise ValueError("not an image")
-        return preprocess(images[i]), None
+        if i == 2:
+            raise StopIteration  # no future can hold one: it must still reach its caller
+        return preprocess(images[i % len(images)]), i
 
-    async def together() -> list[object]:
-        return await asyncio.gather(*(batcher.embed(partial(prepare, i)) for i in range(3)), return_exceptions=True)
+    async def together() -> tuple[list[object], tuple[Features, int]]:
+        first = await asyncio.gather(*(batcher.embed(partial(prepare, i)) for i in range(4)), return_exceptions=True)
+        return first, await batcher.embed(partial(prepare, 5))  # the batch loop goes on
 
-    first, failed, third = asyncio.run(together())
-    assert isinstance(failed, ValueError) and str(failed) == "not an image"
-    assert isinstance(first, tuple) and isinstance(third, tuple)
-    assert first[0].embeddings.shape == third[0].embeddings.shape == (1, 1280)
+    (first, bad, stopped, fourth), after = asyncio.run(together())
+    assert isinstance(bad, ValueError) and str(bad) == "not an image"
+    assert isinstance(stopped, RuntimeError)
+    assert isinstance(first, tuple) and isinstance(fourth, tuple) and (first[1], fourth[1], after[1]) == (0, 3, 5)
+    assert first[0].embeddings.shape == fourth[0].embeddings.shape == after[0].embeddings.shape == (1, 1280)

@@ -71,8 +71,9 @@ RESIZE_SIZE = 256  # shorter side before the centre crop (timm's crop_pct 0.875)
 def preprocess(image: Image.Image) -> np.ndarray:
     """RGB image -> (3, 224, 224) float32 in [-1, 1]: resize the short side to 256 (bicubic), centre crop.
 
-    Only the cropped region is resampled (Pillow's ``box``): the same pixels as resizing the
-    whole image and then cropping, in about half the time.
+    Only the cropped region is resampled (Pillow's ``box``), in about half the time of resizing
+    the whole image and then cropping: the same geometry and filter; Pillow's two 8-bit passes may
+    round differently, by a few levels at most on portrait images.
     """
     width, height = image.size
     scale = RESIZE_SIZE / min(width, height)

@@ -129,7 +129,7 @@ def choose_runtime(runtime: str, device: str) -> str:
 
     OpenVINO comes first on CPU: on this project's 2-core machines it spent about 27 ms of CPU
     per image at batch 8 against ONNX Runtime's 33 (``bench/speed.py`` prints both every run),
-    and the service's peak RSS with it is under 500 MB.
+    and the service's peak RSS with it was 476–506 MB in three runs (the target is 600).
     """
     if runtime != "auto":
         return runtime
