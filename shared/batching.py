@@ -10,6 +10,7 @@ for the same cores: image work running beside the forward pass slowed the runtim
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -46,9 +47,10 @@ class MicroBatcher:
     def __init__(self, backbone: Backbone, max_batch: int = 16) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending[Any]] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Per event loop (one in a server; tests start several): its queue and the task serving it,
+        # kept until that loop is closed so that no caller's request is left behind.
+        self._lanes: dict[asyncio.AbstractEventLoop, tuple[asyncio.Queue[_Pending[Any]], asyncio.Task[None]]] = {}
+        self._lanes_lock = threading.Lock()
 
     async def embed(self, prepare: Prepare[T]) -> tuple[Features, T]:
         """Run ``prepare`` and the forward pass of its pixels in whichever batch it joins; the
@@ -58,12 +60,13 @@ class MicroBatcher:
         itself wait on that pool; a slow one (a huge image) delays its whole batch.
         """
         loop = asyncio.get_running_loop()
-        if self._queue is None or self._loop is not loop:
-            self._loop, self._queue, self._task = loop, asyncio.Queue(), None
-        if self._task is None or self._task.done():  # first use, or the loop ended: queued callers wait on
-            self._task = loop.create_task(self._run(self._queue))
+        with self._lanes_lock:
+            queue, task = self._lanes.get(loop) or (asyncio.Queue(), None)
+            if task is None or task.done():  # first use on this loop, or its task ended: queued callers wait on
+                self._lanes = {other: lane for other, lane in self._lanes.items() if not other.is_closed()}
+                self._lanes[loop] = (queue, loop.create_task(self._run(queue)))
         pending: _Pending[T] = _Pending(prepare)
-        await self._queue.put(pending)
+        await queue.put(pending)
         return await pending.future
 
     async def _run(self, queue: asyncio.Queue[_Pending[Any]]) -> None:
