@@ -11,4 +11,4 @@ from starlette import responses
 
 class JSONResponse(responses.JSONResponse):
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(content)

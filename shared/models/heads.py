@@ -281,6 +281,7 @@ class HeadMatrix:
         self.tags = tags
         self.sizes = sizes
         self.thresholds = np.array(thresholds, dtype=np.float64)
+        self._rounded_thresholds: list[float] = np.round(self.thresholds, 6).tolist()
         self.versions = versions
         width = sum(sizes)
         stacked = np.stack([h.weight for h in heads]) if heads else np.zeros((0, width))
@@ -297,12 +298,12 @@ class HeadMatrix:
 
     def describe(self, scores: np.ndarray, tags: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """One image's scores as {tag: {score, match, threshold, version}}, best first."""
-        chosen = np.array([self.index[t] for t in tags] if tags is not None else range(len(self.tags)), dtype=int)
-        chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
-        rounded = np.round(scores[chosen], 6).tolist()
-        matches = (scores[chosen] >= self.thresholds[chosen]).tolist()
-        thresholds = np.round(self.thresholds[chosen], 6).tolist()
+        chosen = np.arange(len(self.tags)) if tags is None else np.array([self.index[t] for t in tags], dtype=int)
+        order = chosen[np.argsort(-scores[chosen], kind="stable")].tolist()
+        rounded = np.round(scores, 6).tolist()
+        matches = (scores >= self.thresholds).tolist()
+        names, thresholds, versions = self.tags, self._rounded_thresholds, self.versions
         return {
-            self.tags[i]: {"score": sc, "match": m, "threshold": th, "version": self.versions[i]}
-            for i, sc, m, th in zip(chosen.tolist(), rounded, matches, thresholds)
+            names[i]: {"score": rounded[i], "match": matches[i], "threshold": thresholds[i], "version": versions[i]}
+            for i in order
         }
