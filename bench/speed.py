@@ -109,6 +109,13 @@ class Server(TagsmithServer):
                                                "TAGSMITH_API_KEYS": ""})
         self.start(timeout=180)
         httpx.post(self.base + "/predict", files={"data": jpeg(source("coffee"))}, timeout=120)  # load the backbone
+        # The embedded worker loads its own backbone at start: measuring before it is idle would
+        # share the cores with that.
+        deadline = time.monotonic() + 180
+        while "ready on queue" not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start: {self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
 
     def peak_rss_mb(self) -> float:
         assert self.process is not None
