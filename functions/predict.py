@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -42,10 +42,10 @@ def _single(tag: str, custom: dict[str, Any]) -> dict[str, Any]:
     return {"tag": tag, **custom[tag]}
 
 
-def _prepare(data: bytes, max_pixels: int, with_styles: bool) -> tuple[np.ndarray, dict[str, float]]:
-    """Decode, then resize and crop for the backbone and, if asked, measure the base styles."""
+def _prepare(data: bytes, max_pixels: int, with_styles: bool) -> tuple[np.ndarray, Callable[[], dict[str, float]]]:
+    """Decode, then resize and crop for the backbone; later, if asked, measure the base styles."""
     image = decode_image(data, max_pixels).image
-    return preprocess(image), style_scores(image) if with_styles else {}
+    return preprocess(image), partial(style_scores, image) if with_styles else dict
 
 
 async def _embed_upload(request: Request, with_styles: bool = False) -> tuple[Services, Features, dict[str, float]]:

@@ -1,10 +1,12 @@
 """Dynamic micro-batching: concurrent requests share one forward pass of the backbone.
 
-Each request hands over how to prepare its image (decode, resize, crop, anything else it needs
-from the pixels) rather than the prepared pixels: a batch first prepares all its images on every
-core, then runs the forward pass on every core. The two phases take turns instead of competing
-for the same cores: image work running beside the forward pass slowed the runtime's threads
-(they wait on each other at every layer), and cost more CPU per image than it saved.
+Each request hands over how to prepare its image rather than the prepared pixels: ``prepare``
+decodes and crops, and returns the pixels and ``later``, the rest of its work on the image (base
+style scores, say). A batch first runs all its images' work on every core, then the forward pass
+on every core: the two phases take turns instead of competing for the same cores, since image
+work beside the forward pass slowed the runtime's threads (they wait on each other at every
+layer) and cost more CPU per image than it saved. A lone image is the exception: a forward pass
+of one image leaves room, and its ``later`` work runs beside it, which shortens the request.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from shared.models.backbone import Backbone, Features, cpu_pool
 
 T = TypeVar("T")
 # What ``prepare`` returns: the (3, 224, 224) pixels from ``shared.models.backbone.preprocess``
-# and anything else the caller wants back (base style scores, say).
-Prepare = Callable[[], tuple[np.ndarray, T]]
+# and ``later``, whose result the caller gets back with the features.
+Prepare = Callable[[], tuple[np.ndarray, Callable[[], T]]]
 
 
 @dataclass
@@ -92,26 +94,39 @@ class MicroBatcher:
 
     def _process(self, prepares: list[Prepare[Any]]) -> list[Result]:
         """Prepare every image on all cores, then one forward pass over those that succeeded."""
-        prepared = list(cpu_pool().map(_attempt, prepares)) if len(prepares) > 1 else [_attempt(prepares[0])]
+        pool = cpu_pool()
+        prepared = list(pool.map(_attempt, prepares)) if len(prepares) > 1 else [_attempt(prepares[0])]
         results: list[Result] = [p if isinstance(p, BaseException) else _NOT_RUN for p in prepared]
         ready = {i: p for i, p in enumerate(prepared) if not isinstance(p, BaseException)}
-        if ready:
-            features: Features | BaseException
-            try:
-                features = self.backbone.embed_pixels(np.stack([pixels for pixels, _ in ready.values()]))
-            except Exception as exc:  # every image of this forward pass gets the failure
-                features = exc
-            for row, (i, (_, extras)) in enumerate(ready.items()):
-                results[i] = features if isinstance(features, BaseException) else (_row(features, row), extras)
+        if not ready:
+            return results
+        pixels = np.stack([pixels for pixels, _ in ready.values()])
+        laters = [later for _, later in ready.values()]
+        if len(laters) == 1:  # runs beside the forward pass
+            lone = pool.submit(_attempt, laters[0])
+        else:  # first, on all cores
+            extras = list(pool.map(_attempt, laters))
+        features: Features | BaseException
+        try:
+            features = self.backbone.embed_pixels(pixels)
+        except Exception as exc:  # every image of this forward pass gets the failure
+            features = exc
+        if len(laters) == 1:
+            extras = [lone.result()]
+        for row, (i, extra) in enumerate(zip(ready, extras, strict=True)):
+            if isinstance(features, BaseException) or isinstance(extra, BaseException):
+                results[i] = features if isinstance(features, BaseException) else extra
+            else:
+                results[i] = (_row(features, row), extra)
         return results
 
 
 _NOT_RUN = RuntimeError("not embedded")  # a placeholder: every entry is set before results are used
 
 
-def _attempt(prepare: Prepare[Any]) -> tuple[np.ndarray, Any] | BaseException:
+def _attempt(work: Callable[[], T]) -> T | BaseException:
     try:
-        return prepare()
+        return work()
     except Exception as exc:
         return exc
 

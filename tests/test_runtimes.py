@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -61,8 +62,8 @@ def test_concurrent_requests_share_batches(exported: Path, images: list[Image.Im
     backbone.embed_pixels = counting  # type: ignore[method-assign]
     batcher = MicroBatcher(backbone, max_batch=8)
 
-    def prepare(i: int) -> tuple[np.ndarray, int]:
-        return preprocess(images[i % len(images)]), i
+    def prepare(i: int) -> tuple[np.ndarray, Callable[[], int]]:
+        return preprocess(images[i % len(images)]), lambda: i
 
     async def all_at_once() -> list[tuple[Features, int]]:
         return await asyncio.gather(*(batcher.embed(partial(prepare, i)) for i in range(2 * len(images))))
@@ -78,19 +79,25 @@ def test_concurrent_requests_share_batches(exported: Path, images: list[Image.Im
 def test_a_failed_preparation_fails_only_its_own_request(exported: Path, images: list[Image.Image]) -> None:
     batcher = MicroBatcher(OnnxRuntimeBackbone(exported, threads=2), max_batch=8)
 
-    def prepare(i: int) -> tuple[np.ndarray, int]:
+    def later(i: int) -> int:
+        if i == 4:
+            raise ValueError("no styles")
+        return i
+
+    def prepare(i: int) -> tuple[np.ndarray, Callable[[], int]]:
         if i == 1:
             raise ValueError("not an image")
         if i == 2:
             raise StopIteration  # no future can hold one: it must still reach its caller
-        return preprocess(images[i % len(images)]), i
+        return preprocess(images[i % len(images)]), partial(later, i)
 
     async def together() -> tuple[list[object], tuple[Features, int]]:
-        first = await asyncio.gather(*(batcher.embed(partial(prepare, i)) for i in range(4)), return_exceptions=True)
-        return first, await batcher.embed(partial(prepare, 5))  # the batch loop goes on
+        first = await asyncio.gather(*(batcher.embed(partial(prepare, i)) for i in range(5)), return_exceptions=True)
+        return first, await batcher.embed(partial(prepare, 5))  # the batch loop goes on; a lone image
 
-    (first, bad, stopped, fourth), after = asyncio.run(together())
+    (first, bad, stopped, fourth, no_styles), after = asyncio.run(together())
     assert isinstance(bad, ValueError) and str(bad) == "not an image"
     assert isinstance(stopped, RuntimeError)
+    assert isinstance(no_styles, ValueError) and str(no_styles) == "no styles"
     assert isinstance(first, tuple) and isinstance(fourth, tuple) and (first[1], fourth[1], after[1]) == (0, 3, 5)
     assert first[0].embeddings.shape == fourth[0].embeddings.shape == after[0].embeddings.shape == (1, 1280)
