@@ -15,6 +15,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -102,17 +103,13 @@ class MicroBatcher:
             return results
         pixels = np.stack([pixels for pixels, _ in ready.values()])
         laters = [later for _, later in ready.values()]
-        if len(laters) == 1:  # runs beside the forward pass
+        if len(laters) == 1:  # a lone image: its later work runs beside the forward pass
             lone = pool.submit(_attempt, laters[0])
-        else:  # first, on all cores
-            extras = list(pool.map(_attempt, laters))
-        features: Features | BaseException
-        try:
-            features = self.backbone.embed_pixels(pixels)
-        except Exception as exc:  # every image of this forward pass gets the failure
-            features = exc
-        if len(laters) == 1:
+            features = _attempt(partial(self.backbone.embed_pixels, pixels))
             extras = [lone.result()]
+        else:  # a batch: all the image work first, on all cores, then the forward pass
+            extras = list(pool.map(_attempt, laters))
+            features = _attempt(partial(self.backbone.embed_pixels, pixels))
         for row, (i, extra) in enumerate(zip(ready, extras, strict=True)):
             if isinstance(features, BaseException) or isinstance(extra, BaseException):
                 results[i] = features if isinstance(features, BaseException) else extra
