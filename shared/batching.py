@@ -56,11 +56,11 @@ class MicroBatcher:
         self._lanes_lock = threading.Lock()
 
     async def embed(self, prepare: Prepare[T]) -> tuple[Features, T]:
-        """Run ``prepare`` and the forward pass of its pixels in whichever batch it joins; the
-        features and what else ``prepare`` returned. An error in ``prepare`` reaches this caller only.
+        """Run ``prepare``, its ``later`` and the forward pass of its pixels in whichever batch it
+        joins; the features and what ``later`` returned. An error in either reaches this caller only.
 
-        ``prepare`` runs on ``cpu_pool()`` beside the batch's other preparations, so it must not
-        itself wait on that pool; a slow one (a huge image) delays its whole batch.
+        Both run on ``cpu_pool()`` beside the batch's other image work, so they must not
+        themselves wait on that pool; a slow one (a huge image) delays its whole batch.
         """
         loop = asyncio.get_running_loop()
         with self._lanes_lock:
