@@ -111,11 +111,7 @@ class Server(TagsmithServer):
         httpx.post(self.base + "/predict", files={"data": jpeg(source("coffee"))}, timeout=120)  # load the backbone
         # The embedded worker loads its own backbone at start: measuring before it is idle would
         # share the cores with that.
-        deadline = time.monotonic() + 180
-        while "ready on queue" not in self.log.read_text(errors="replace"):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not start: {self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        self.wait_for_worker()
 
     def peak_rss_mb(self) -> float:
         assert self.process is not None
@@ -179,7 +175,8 @@ def paired_latency_ms(url: str, payload: bytes, raw_step: Step, count: int) -> t
         def post() -> None:
             _ok(connection.send(request))
 
-        post(), raw_step()
+        post()
+        raw_step()  # warm both up
         for _ in range(count):
             requests.append(timed_ms(post))
             forwards.append(timed_ms(raw_step))
@@ -278,13 +275,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         server = Server(Path(folder) / "data", args.runtime)
         try:
-            http_errors = 0
+            errors = 0
 
             def service(payloads: list[bytes]) -> Callable[[float], float]:
                 def measure(seconds: float) -> float:
-                    nonlocal http_errors
+                    nonlocal errors
                     images_per_second, failed = concurrent_rate(server.base + "/predict", payloads, args.clients, seconds)
-                    http_errors += failed
+                    errors += failed
                     return images_per_second
 
                 return measure
@@ -302,7 +299,6 @@ def main() -> int:
             baseline_name = f"{best_name} batch {batch}, in turns"
             row("POST /predict, 0.3 MP photos", rates["photos"], "img/s", baseline_name, rates[best_name], 0.85, "higher")
             row("POST /predict, 12 MP JPEGs", rates["phone"], "img/s", baseline_name, rates[best_name], 0.6, "higher")
-            errors = http_errors
             p50, forward_ms = paired_latency_ms(server.base + "/predict", photos[0], steps[best_single][1], 40)
             rows.append(("POST /predict p50, one client", f"{p50:.1f} ms", forward_ms,
                          f"{best_single} batch-1 forward, in turns (ms)", p50 / forward_ms, 1.3, "lower"))
@@ -311,7 +307,6 @@ def main() -> int:
             rows.append(("POST /predict/custom p50, 1000 tags", f"{thousand:.1f} ms", one_tag,
                          "same with 1 tag, in turns (ms)", thousand / one_tag, 1.05, "lower"))
 
-            add_errors = 0
             counter = iter(range(10**9))
             connections: list[Connection] = []
             local = threading.local()
@@ -327,9 +322,9 @@ def main() -> int:
                 with ThreadPoolExecutor(8) as pool:
 
                     def add_many_images() -> int:
-                        nonlocal add_errors
+                        nonlocal errors
                         results = list(pool.map(add_one, range(64)))
-                        add_errors += sum(code >= 400 for code in results)
+                        errors += sum(code >= 400 for code in results)
                         return len(results)
 
                     add_rate = rate(add_many_images, args.seconds / 2)
@@ -347,7 +342,6 @@ def main() -> int:
 
             rss = server.peak_rss_mb()
             rows.append(("peak RSS of the predict process", f"{rss:.0f} MB", 600.0, "target (MB)", rss / 600, 1.0, "lower"))
-            errors += add_errors
         finally:
             server.stop()
 

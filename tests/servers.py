@@ -94,6 +94,12 @@ class TagsmithServer:
             time.sleep(0.2)
         raise RuntimeError(f"tagsmith serve did not answer: {self.log.read_text()[-3000:]}")
 
+    def wait_for_worker(self, timeout: float = 180) -> None:
+        """Until the embedded worker has loaded its backbone and waits on its queue."""
+        assert self.process is not None
+        _wait(lambda: "ready on queue" in self.log.read_text(errors="replace"), self.process,
+              "tagsmith serve's worker", self.log, timeout)
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
