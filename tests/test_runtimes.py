@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from shared.batching import MicroBatcher
-from shared.models.backbone import EfficientNetLite0, Features, preprocess
+from shared.models.backbone import LITE0, EfficientNetLite0, Features, preprocess
 from shared.models.runtimes import OnnxRuntimeBackbone, OpenVinoBackbone, choose_runtime, export_onnx, export_path
 from tests.photos import CAT, OTHERS, photo
 
@@ -30,8 +30,13 @@ def reference(images: list[Image.Image]) -> Features:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("models")
+    stale = folder / f"{LITE0.id}-000000000000.onnx"  # an export of earlier backbone code
+    stale.write_bytes(b"old graph")
+    unrelated = folder / "notes.onnx"
+    unrelated.write_bytes(b"not ours")
     path = export_onnx(folder)
     assert path == export_path(folder) and export_onnx(folder) == path  # cached, not rebuilt
+    assert not stale.exists() and unrelated.exists()
     return path
 
 

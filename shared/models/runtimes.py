@@ -35,7 +35,8 @@ def export_path(cache_dir: Path) -> Path:
 
 
 def export_onnx(cache_dir: Path) -> Path:
-    """Export the torch backbone to ONNX (dynamic batch) unless already cached; atomic."""
+    """Export the torch backbone to ONNX (dynamic batch) unless already cached; atomic. A new
+    export replaces those of earlier backbone code in the same folder."""
     path = export_path(cache_dir)
     if path.exists():
         return path
@@ -65,6 +66,9 @@ def export_onnx(cache_dir: Path) -> Path:
         dynamo=False,
     )
     os.replace(tmp, path)
+    for stale in path.parent.glob(f"{LITE0.id}-*.onnx"):  # exports of earlier backbone code, 19 MB each
+        if stale != path:
+            stale.unlink(missing_ok=True)
     return path
 
 
