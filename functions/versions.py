@@ -17,6 +17,8 @@ from shared.registry import EpochMoved, ModelPointer
 from shared.responses import JSONResponse
 from shared.store import ObjectNotFound
 
+_VERSION = re.compile(r"[0-9]{1,18}")
+
 
 def _model(pointer: ModelPointer | None) -> dict[str, Any] | None:
     if pointer is None:
@@ -120,7 +122,8 @@ def rollback(request: Request) -> JSONResponse:
     services = get_services()
     tag = _tag(services, request)
     raw = request.path_params["version"]
-    if not raw.isdigit() or int(raw) < 1:
+    # ASCII digits only: str.isdigit() also accepts '²' or '①', which int() refuses (a 500).
+    if not _VERSION.fullmatch(raw) or int(raw) < 1:
         raise bad_request("invalid_version", "The version must be a whole number from 1.")
     version = int(raw)
     epoch = services.registry.epoch(tag)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
@@ -200,6 +201,10 @@ def _record(
         raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
     if not isinstance(trained_at, str) or not isinstance(metrics, dict):
         raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at or metrics.")
+    try:  # the API renders metrics with orjson: integers beyond 64 bits or deep nesting would be a 500
+        orjson.dumps(metrics)
+    except orjson.JSONEncodeError:
+        raise _invalid(f"Model entry {i} ({tag}) has metrics that cannot be served as JSON.") from None
     form = entry.get("form", "semantic") if format_version >= 2 else "semantic"
     if form not in FORMS:
         raise _invalid(f"Model entry {i} ({tag}) has an unknown form {form!r}.")

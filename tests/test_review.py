@@ -1,0 +1,28 @@
+"""Review findings: bad input and races that must give clear 4xx JSON errors and leave state consistent."""
+
+from __future__ import annotations
+
+from starlette.testclient import TestClient
+
+from shared.context import Services
+from shared.models.archive import pack
+from shared.models.backbone import LITE0
+from tests.test_archive import record
+
+
+def test_rollback_with_a_unicode_digit_version_is_a_400(client: TestClient, services: Services) -> None:
+    assert client.post("/set_state", files={"data": ("s.tar", pack([record("cat")], LITE0))}).status_code == 200
+    for version in ("\u00b2", "\u2460", "1" * 5000):  # superscript two, circled one, over int's digit limit
+        response = client.get(f"/custom/rollback/cat/{version}")
+        assert response.status_code == 400, (version[:10], response.status_code, response.text)
+        assert response.json()["error"] == "invalid_version"
+
+
+def test_set_state_metrics_that_json_cannot_render_are_refused(client: TestClient, services: Services) -> None:
+    model = record("cat")
+    model = type(model)(**{**model.__dict__, "metrics": {"roc_auc": 0.9, "positives": 10**30}})
+    response = client.post("/set_state", files={"data": ("s.tar", pack([model], LITE0))})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_archive", response.text
+    for path in ("/custom/tags", "/custom/tags/cat", "/custom/versions/cat"):
+        listing = client.get(path)
+        assert listing.status_code in (200, 404), (path, listing.status_code, listing.text)
