@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from shared.errors import ApiError, conflict
+from shared.errors import ApiError, conflict, not_found
 
 RESERVATION_SECONDS = 120
 
@@ -65,10 +65,12 @@ redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 redis.call('DEL', KEYS[3])
 """
 
-# Assign an example (KEYS: the tag set, the tag's set of this type, its other set; ARGV: tag, image
-# id, the most tags allowed or 0). A new tag beyond the limit assigns nothing and returns 0: the
-# check and the assignment are one step, so concurrent new tags cannot go over the limit.
+# Assign an example (KEYS: the tag set, the tag's set of this type, its other set, the image's hash;
+# ARGV: tag, image id, the most tags allowed or 0). A new tag beyond the limit assigns nothing and
+# returns 0, an image that no longer exists -1: the checks and the assignment are one step, so
+# concurrent new tags cannot go over the limit and a concurrent delete cannot leave an example behind.
 _ASSIGN = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
 if tonumber(ARGV[3]) > 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0
    and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   return 0
@@ -79,6 +81,21 @@ redis.call('SADD', KEYS[1], ARGV[1])
 return 1
 """
 
+
+# Delete an image (KEYS: its hash, the images index, the tag set; ARGV: the key prefix, the image id)
+# and remove it from every tag in one step, so no assignment made meanwhile survives it. Returns the
+# tags it was an example of.
+_DELETE_IMAGE = """
+local removed = {}
+for _, tag in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local base = ARGV[1] .. ':tag:' .. tag .. ':'
+  local was = redis.call('SREM', base .. 'positive', ARGV[2]) + redis.call('SREM', base .. 'negative', ARGV[2])
+  if was > 0 then table.insert(removed, tag) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return removed
+"""
 
 def _too_many_tags(max_tags: int) -> ApiError:
     return conflict("too_many_tags", f"There are already {max_tags} tags, the most allowed "
@@ -118,6 +135,7 @@ class Registry:
         self._reserve = client.register_script(_RESERVE)
         self._commit = client.register_script(_COMMIT)
         self._assign = client.register_script(_ASSIGN)
+        self._delete_image = client.register_script(_DELETE_IMAGE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -200,25 +218,27 @@ class Registry:
         return out
 
     def delete_image(self, image_id: str) -> list[str]:
-        """Forget the image and remove it from every tag; returns the tags it was an example of."""
-        tags = sorted(self.assignments(image_id))
-        with self.redis.pipeline() as pipe:
-            for tag in tags:
-                pipe.srem(self._k("tag", tag, "positive"), image_id)
-                pipe.srem(self._k("tag", tag, "negative"), image_id)
-            pipe.delete(self._k("image", image_id))
-            pipe.zrem(self._k("images"), image_id)
-            pipe.execute()
-        return tags
+        """Forget the image and remove it from every tag (one atomic step: an assignment racing the
+        delete either comes before it and is removed, or finds no image); returns the tags it was an
+        example of."""
+        removed = self._delete_image(
+            keys=[self._k("image", image_id), self._k("images"), self._k("tags")], args=[self.prefix, image_id]
+        )
+        return sorted(x.decode() if isinstance(x, bytes) else str(x) for x in removed)
 
     # Examples ---------------------------------------------------------------
 
     def assign(self, image_id: str, tag: str, sample_type: str, max_tags: int = 0) -> None:
         """Make the image a positive or negative example of the tag; never both. A new tag beyond
-        ``max_tags`` (0: no limit) is refused with 409 too_many_tags, atomically."""
+        ``max_tags`` (0: no limit) is refused with 409 too_many_tags, an image that does not exist
+        (or was deleted meanwhile) with 404 unknown_image, atomically."""
         other = "negative" if sample_type == "positive" else "positive"
-        keys = [self._k("tags"), self._k("tag", tag, sample_type), self._k("tag", tag, other)]
-        if not self._assign(keys=keys, args=[tag, image_id, max_tags]):
+        keys = [self._k("tags"), self._k("tag", tag, sample_type), self._k("tag", tag, other),
+                self._k("image", image_id)]
+        done = self._assign(keys=keys, args=[tag, image_id, max_tags])
+        if done == -1:
+            raise not_found("unknown_image", f"No image with id '{image_id}'.")
+        if not done:
             raise _too_many_tags(max_tags)
 
     def unassign(self, image_id: str, tag: str) -> str | None:

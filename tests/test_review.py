@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from starlette.testclient import TestClient
 
 from shared.context import Services
 from shared.models.archive import pack
 from shared.models.backbone import LITE0
+from tests.photos import CAT, crops
+from tests.test_api import add
 from tests.test_archive import record
 
 
@@ -26,3 +29,24 @@ def test_set_state_metrics_that_json_cannot_render_are_refused(client: TestClien
     for path in ("/custom/tags", "/custom/tags/cat", "/custom/versions/cat"):
         listing = client.get(path)
         assert listing.status_code in (200, 404), (path, listing.status_code, listing.text)
+
+
+def test_assign_racing_a_delete_leaves_no_example_of_a_deleted_image(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add(client, crops(CAT, 1, seed=0)[0], "a")
+    registry = services.registry
+    real_exists = registry.image_exists
+
+    def exists_then_deleted(image_id: str) -> bool:
+        """The image exists when assign checks, and is deleted right after (another request)."""
+        found = real_exists(image_id)
+        monkeypatch.setattr(registry, "image_exists", real_exists)
+        assert client.delete(f"/custom/images/{image_id}").status_code == 200
+        return found
+
+    monkeypatch.setattr(registry, "image_exists", exists_then_deleted)
+    response = client.get("/custom/assign/a/positive/cat")
+    assert response.status_code in (200, 404)
+    assert not registry.image_exists("a")
+    assert registry.examples("cat") == ([], []), "an example of a deleted image (training fails, unassign 404s)"
