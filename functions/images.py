@@ -31,6 +31,12 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
         raise
 
 
+def unstore_image(services: Services, image_id: str) -> None:
+    """Undo ``store_image`` for an image nothing refers to yet."""
+    services.registry.delete_image(image_id)
+    services.store.delete(image_key(image_id))
+
+
 def verify_and_store(services: Services, image_id: str, data: bytes) -> DecodedImage:
     """Check that the upload decodes (400/413/415 if not), then store it: one threadpool trip for both."""
     decoded = decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE)
@@ -116,7 +122,11 @@ async def add_many(request: Request) -> JSONResponse:
             image_id = validate_image_id(requested) if requested else new_image_id()
             decoded = await run_in_threadpool(verify_and_store, services, image_id, data)
             if assignment:
-                services.registry.assign(image_id, *assignment, settings.max_tags)
+                try:
+                    services.registry.assign(image_id, *assignment, settings.max_tags)
+                except ApiError:  # e.g. another request took the last free tag: this file changes nothing
+                    await run_in_threadpool(unstore_image, services, image_id)
+                    raise
             results.append({"filename": filename, "image_id": image_id, "format": decoded.format,
                             "width": decoded.width, "height": decoded.height})
         except ApiError as exc:

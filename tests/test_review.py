@@ -50,3 +50,22 @@ def test_assign_racing_a_delete_leaves_no_example_of_a_deleted_image(
     assert response.status_code in (200, 404)
     assert not registry.image_exists("a")
     assert registry.examples("cat") == ([], []), "an example of a deleted image (training fails, unassign 404s)"
+
+
+def test_add_many_reports_the_id_of_an_image_it_stored(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the assignment fails after the image was stored, the result must not hide the stored image."""
+    from shared.errors import conflict
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise conflict("too_many_tags", "There are already 1 tags, the most allowed.")
+
+    monkeypatch.setattr(services.registry, "assign", full)
+    response = client.post("/custom/add_many?tag=cat&type=positive",
+                           files=[("data", ("a.jpg", crops(CAT, 1, seed=0)[0], "image/jpeg"))])
+    assert response.status_code == 200, response.text
+    (row,) = response.json()["images"]
+    assert row["error"] == "too_many_tags"
+    assert services.registry.image_ids() == [], "the file was reported failed but its image was stored"
+    assert list(services.store.list("images/")) == []
