@@ -10,6 +10,7 @@ from shared.errors import bad_request
 
 _IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 SAMPLE_TYPES = ("positive", "negative")
+MAX_TAG_BYTES = 255  # the longest file name most file systems allow
 
 
 def validate_tag(tag: str, max_length: int = 64) -> str:
@@ -19,6 +20,8 @@ def validate_tag(tag: str, max_length: int = 64) -> str:
         raise bad_request("invalid_tag", "The tag is empty.")
     if len(tag) > max_length:
         raise bad_request("invalid_tag", f"The tag is longer than {max_length} characters.")
+    if len(tag.encode()) > MAX_TAG_BYTES:  # it names a folder of the local store: models/<tag>/
+        raise bad_request("invalid_tag", f"The tag is longer than {MAX_TAG_BYTES} bytes in UTF-8.")
     if (
         tag != tag.strip()
         or tag.startswith(".")

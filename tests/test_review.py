@@ -69,3 +69,16 @@ def test_add_many_reports_the_id_of_an_image_it_stored(
     assert row["error"] == "too_many_tags"
     assert services.registry.image_ids() == [], "the file was reported failed but its image was stored"
     assert list(services.store.list("images/")) == []
+
+
+def test_a_tag_over_255_utf8_bytes_is_refused_not_a_500(client: TestClient, services: Services) -> None:
+    """64 emoji or CJK Extension B letters are 256 bytes in UTF-8, over the local store's 255-byte file
+    name limit: set_state answered 500 and every training of such a tag failed with an OSError."""
+    tag = "\U00020000" * 64  # CJK Extension B letters (category Lo)
+    response = client.post("/set_state", files={"data": ("s.tar", pack([record(tag)], LITE0))})
+    assert response.status_code == 400, (response.status_code, response.text)
+    add(client, crops(CAT, 1, seed=0)[0], "a")
+    assert client.get(f"/custom/assign/a/positive/{tag}").json()["error"] == "invalid_tag"
+    ok = "\U00020000" * 63 + "\u732b"  # 64 characters, 255 bytes
+    assert client.post("/set_state", files={"data": ("s.tar", pack([record(ok)], LITE0))}).status_code == 200
+    assert client.get(f"/custom/versions/{ok}").json()["current"] is not None
