@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from shared.context import Services, get_services
-from shared.embeddings import image_key
+from shared.embeddings import embedding_key, image_key
 from shared.errors import ApiError, bad_request, not_found
 from shared.http import create_app, read_upload, read_uploads
 from shared.images import VERIFY_SIZE, DecodedImage, decode_image
@@ -18,9 +18,13 @@ from shared.responses import JSONResponse
 
 
 def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage) -> None:
-    """Claim the id, write the bytes, then make the image visible; a crash leaves nothing visible."""
+    """Claim the id, write the bytes, then make the image visible; a crash leaves nothing visible.
+
+    An embedding cached under the id belongs to an earlier image of that id (a delete that raced
+    its embedding, or died before reaching the store): it goes first, so it is never reused."""
     services.registry.reserve_image(image_id)
     try:
+        services.store.delete(embedding_key(services.spec.id, image_id))
         services.store.put(image_key(image_id), data)
         services.registry.commit_image(
             image_id,

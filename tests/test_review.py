@@ -82,3 +82,28 @@ def test_a_tag_over_255_utf8_bytes_is_refused_not_a_500(client: TestClient, serv
     ok = "\U00020000" * 63 + "\u732b"  # 64 characters, 255 bytes
     assert client.post("/set_state", files={"data": ("s.tar", pack([record(ok)], LITE0))}).status_code == 200
     assert client.get(f"/custom/versions/{ok}").json()["current"] is not None
+
+
+def test_an_id_reused_after_a_delete_never_gets_the_old_images_embedding(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete that races the embedding of the same image (a GET /custom/predict/<id>, a training or
+    a suggestion caching it), or that dies between Redis and the store, leaves the old image's
+    embedding cached; an image added later under the same id was then trained and predicted with
+    the old picture's embedding."""
+    from shared.embeddings import embedding_key
+
+    add(client, crops(CAT, 1, seed=0)[0], "x")
+    store, real_put = services.store, services.store.put
+    key = embedding_key(services.spec.id, "x")
+
+    def put(k: str, data: bytes) -> None:
+        if k == key:  # the delete lands while the embedding is being computed
+            monkeypatch.setattr(store, "put", real_put)
+            assert client.delete("/custom/images/x").status_code == 200
+        real_put(k, data)
+
+    monkeypatch.setattr(store, "put", put)
+    client.get("/custom/predict/x")  # 200 or 404: the image went meanwhile
+    add(client, crops("coffee", 1, seed=0)[0], "x")  # a different picture under the same id
+    assert not store.exists(key), "the new image 'x' would be embedded as the deleted cat"
