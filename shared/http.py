@@ -27,7 +27,7 @@ from shared.observability import RequestObserver
 from shared.process import tune_process
 from shared.responses import JSONResponse
 from shared.settings import get_settings
-from shared.store import StoreUnavailable
+from shared.store import ObjectNotFound, StoreUnavailable
 
 log = logging.getLogger("tagsmith")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 408: "body_timeout", 413: "too_large"}
@@ -52,6 +52,11 @@ async def _backend_down(request: Request, exc: Exception) -> Response:
     backend = "Redis" if isinstance(exc, redis.RedisError) else "the object store"
     log.warning("backend unavailable: %s", exc)
     return json_error(503, "backend_unavailable", f"{backend} is unavailable; try again shortly.")
+
+
+async def _object_gone(request: Request, exc: Exception) -> Response:
+    """An object (an image's bytes, say) deleted by another request between our check and our read."""
+    return json_error(404, "not_found", "What this request needs was deleted meanwhile.")
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -251,6 +256,7 @@ def create_app(routes: Sequence[BaseRoute], **kwargs: Any) -> Starlette:
             HTTPException: _http_error,
             redis.RedisError: _backend_down,
             StoreUnavailable: _backend_down,
+            ObjectNotFound: _object_gone,
             Exception: _unexpected,
         },
         **kwargs,

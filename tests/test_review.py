@@ -107,3 +107,33 @@ def test_an_id_reused_after_a_delete_never_gets_the_old_images_embedding(
     client.get("/custom/predict/x")  # 200 or 404: the image went meanwhile
     add(client, crops("coffee", 1, seed=0)[0], "x")  # a different picture under the same id
     assert not store.exists(key), "the new image 'x' would be embedded as the deleted cat"
+
+
+def test_an_image_deleted_while_it_is_being_read_is_a_404_not_a_500(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add(client, crops(CAT, 1, seed=0)[0], "x")
+    registry, real_exists, real_image = services.registry, services.registry.image_exists, services.registry.image
+
+    def exists_then_deleted(image_id: str) -> bool:
+        found = real_exists(image_id)
+        services.store.delete(f"images/{image_id}")
+        registry.delete_image(image_id)
+        return found
+
+    def image_then_deleted(image_id: str) -> dict[str, str]:
+        meta = real_image(image_id)
+        services.store.delete(f"images/{image_id}")
+        registry.delete_image(image_id)
+        return meta
+
+    monkeypatch.setattr(registry, "image_exists", exists_then_deleted)
+    response = client.get("/custom/predict/x")
+    assert response.status_code == 404, response.text
+    monkeypatch.setattr(registry, "image_exists", real_exists)
+    for path in ("/custom/images/x/original", "/custom/images/x/thumbnail"):
+        add(client, crops(CAT, 1, seed=0)[0], "x")
+        monkeypatch.setattr(registry, "image", image_then_deleted)
+        response = client.get(path)
+        monkeypatch.setattr(registry, "image", real_image)
+        assert response.status_code == 404, (path, response.text)
