@@ -1,4 +1,4 @@
-"""Review findings: bad input and races that must give clear 4xx JSON errors and leave state consistent."""
+"""Races with deletes and rare inputs: each gives a clear 4xx JSON error and leaves the state consistent."""
 
 from __future__ import annotations
 
