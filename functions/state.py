@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,14 +18,25 @@ from shared.models.edge import build_edge_model
 from shared.models.heads import HeadMatrix
 from shared.models.runtimes import export_onnx
 from shared.names import validate_tag
+from shared.registry import ModelPointer
 from shared.responses import JSONResponse
 
 
 def load_state(services: Services, data: bytes) -> list[dict[str, object]]:
-    """Validate the whole archive, store every model as a new version, then publish them together."""
+    """Validate the whole archive, store every model as a new version, then publish them together.
+    If a model cannot be stored, those stored before it are removed again (as far as the store
+    lets us): a failed load adds no versions."""
     records = unpack(data, services.spec, services.archive_limits)
     services.registry.check_room_for([record.tag for record in records], services.settings.max_tags)
-    pointers = [catalog.save_version(services, record) for record in records]
+    pointers: list[ModelPointer] = []
+    try:
+        for record in records:
+            pointers.append(catalog.save_version(services, record))
+    except Exception:
+        for pointer in pointers:
+            with contextlib.suppress(Exception):  # the store may be down: the error that stopped us matters
+                services.store.delete(pointer.key)
+        raise
     if pointers:
         services.registry.publish(pointers)
     return [{"tag": p.tag, "version": p.version, "threshold": p.threshold} for p in pointers]

@@ -67,12 +67,14 @@ def tag_info(request: Request) -> JSONResponse:
 
 
 def stored_versions(services: Services, tag: str) -> list[ModelPointer]:
-    """Every version archive the store holds for the tag, oldest first, read from the archives."""
+    """Every version archive the store holds for the tag since its last delete, oldest first, read
+    from the archives."""
     pattern = re.compile(rf"models/{re.escape(tag)}/v(\d+)\.tar")
+    deleted_through = services.registry.deleted_through(tag)
     pointers = []
     for key in services.store.list(f"models/{tag}/"):
         match = pattern.fullmatch(key)
-        if match:
+        if match and int(match.group(1)) > deleted_through:
             try:
                 pointers.append(_read_version(services, tag, int(match.group(1))))
             except ObjectNotFound:
@@ -127,10 +129,12 @@ def rollback(request: Request) -> JSONResponse:
         raise bad_request("invalid_version", "The version must be a whole number from 1.")
     version = int(raw)
     epoch = services.registry.epoch(tag)
-    try:
-        pointer = _read_version(services, tag, version)
+    try:  # versions up to deleted_through belonged to the tag before its last delete
+        pointer = _read_version(services, tag, version) if version > services.registry.deleted_through(tag) else None
     except ObjectNotFound:
-        raise not_found("unknown_version", f"Tag '{tag}' has no version {version}.") from None
+        pointer = None
+    if pointer is None:
+        raise not_found("unknown_version", f"Tag '{tag}' has no version {version}.")
     previous = services.registry.model(tag)
     try:
         services.registry.publish([pointer], epochs={tag: epoch}, rollback=True)

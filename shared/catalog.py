@@ -45,7 +45,8 @@ def load_version(services: Services, pointer: ModelPointer) -> ModelRecord:
 
 
 def delete_tag(services: Services, tag: str) -> None:
-    """Forget the tag's examples and model pointer, then remove its archives."""
+    """Forget the tag's examples, model pointer and versions, then remove its archives (archives a
+    crash leaves behind are never listed again: ``Registry.deleted_through``)."""
     services.registry.delete_tag(tag)
     for key in list(services.store.list(f"models/{tag}/")):
         services.store.delete(key)

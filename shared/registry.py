@@ -8,6 +8,8 @@ Keys, all under one prefix ``P``:
 - ``P:tag:<tag>:positive``    set of image ids (likewise ``:negative``)
 - ``P:tag:<tag>:version``     counter of model versions ever made for the tag
 - ``P:tag:<tag>:epoch``       bumped when the tag is deleted; a training started before is discarded
+- ``P:tag:<tag>:deleted_through``  the last version number handed out before the tag's last delete:
+                              archives up to it belong to the deleted tag, even if a crash kept them
 - ``P:tags``                  set of tags with examples or a model
 - ``P:models``                hash tag -> JSON pointer to the current model version
 - ``P:generation``            bumped on every model change; predict reloads heads when it moves
@@ -97,6 +99,19 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 return removed
 """
 
+# Delete a tag (KEYS: its positive and negative sets, the models hash, the tag set, its epoch, its
+# deleted_through, its version counter, the generation; ARGV: the tag) in one step, marking every
+# version handed out so far as the deleted tag's.
+_DELETE_TAG = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('INCR', KEYS[5])
+redis.call('SET', KEYS[6], redis.call('GET', KEYS[7]) or 0)
+redis.call('INCR', KEYS[8])
+"""
+
+
 def _too_many_tags(max_tags: int) -> ApiError:
     return conflict("too_many_tags", f"There are already {max_tags} tags, the most allowed "
                     "(TAGSMITH_MAX_TAGS); delete one or reuse an existing tag.")
@@ -136,6 +151,7 @@ class Registry:
         self._commit = client.register_script(_COMMIT)
         self._assign = client.register_script(_ASSIGN)
         self._delete_image = client.register_script(_DELETE_IMAGE)
+        self._delete_tag = client.register_script(_DELETE_TAG)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -318,15 +334,18 @@ class Registry:
             raise EpochMoved(",".join(epochs))
         return [x.decode() if isinstance(x, bytes) else str(x) for x in moved]
 
+    def deleted_through(self, tag: str) -> int:
+        """The last version number of the tag before its last delete (0 if never deleted): those
+        versions are gone even where a crash or a store failure kept their archives."""
+        return int(self.redis.get(self._k("tag", tag, "deleted_through")) or 0)
+
     def delete_tag(self, tag: str) -> None:
-        """Forget the tag's examples and model; images stay, version numbers are never reused."""
-        with self.redis.pipeline() as pipe:
-            pipe.delete(self._k("tag", tag, "positive"), self._k("tag", tag, "negative"))
-            pipe.hdel(self._k("models"), tag)
-            pipe.srem(self._k("tags"), tag)
-            pipe.incr(self._k("tag", tag, "epoch"))
-            pipe.incr(self._k("generation"))
-            pipe.execute()
+        """Forget the tag's examples, model and versions, in one step; images stay, version numbers
+        are never reused."""
+        keys = [self._k("tag", tag, "positive"), self._k("tag", tag, "negative"), self._k("models"), self._k("tags"),
+                self._k("tag", tag, "epoch"), self._k("tag", tag, "deleted_through"), self._k("tag", tag, "version"),
+                self._k("generation")]
+        self._delete_tag(keys=keys, args=[tag])
 
 
 def utc_now() -> str:

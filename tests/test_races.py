@@ -137,3 +137,52 @@ def test_an_image_deleted_while_it_is_being_read_is_a_404_not_a_500(
         response = client.get(path)
         monkeypatch.setattr(registry, "image", real_image)
         assert response.status_code == 404, (path, response.text)
+
+
+def test_versions_a_failed_tag_delete_left_behind_never_come_back(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete forgets the tag in Redis, then removes its archives; when the store fails (or the
+    process dies) in between, the archives stay — but not as versions of the tag made anew."""
+    from shared.store import StoreUnavailable
+
+    state = pack([record("cat")], LITE0)
+    for _ in range(2):
+        assert client.post("/set_state", files={"data": ("s.tar", state)}).status_code == 200  # v1, v2
+
+    def store_down(key: str) -> None:
+        raise StoreUnavailable("the store is down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(services.store, "delete", store_down)
+        assert client.post("/custom/delete/cat").status_code == 503
+    assert sorted(services.store.list("models/cat/")) == ["models/cat/v1.tar", "models/cat/v2.tar"]
+
+    assert client.post("/set_state", files={"data": ("s.tar", state)}).json()["loaded"][0]["version"] == 3
+    listing = client.get("/custom/versions/cat").json()
+    assert [v["version"] for v in listing["versions"]] == [3] and listing["current"] == 3
+    response = client.get("/custom/rollback/cat/2")
+    assert response.status_code == 404 and response.json()["error"] == "unknown_version"
+    assert client.post("/custom/delete/cat").status_code == 200  # a delete that completes removes them all
+    assert list(services.store.list("models/cat/")) == []
+
+
+def test_a_set_state_the_store_fails_adds_no_versions(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.store import StoreUnavailable
+
+    real_put, puts = services.store.put, []
+
+    def second_put_fails(key: str, data: bytes) -> None:
+        puts.append(key)
+        if len(puts) == 2:
+            raise StoreUnavailable("the store went down")
+        real_put(key, data)
+
+    monkeypatch.setattr(services.store, "put", second_put_fails)
+    response = client.post("/set_state", files={"data": ("s.tar", pack([record("cat"), record("dog")], LITE0))})
+    assert response.status_code == 503, response.text
+    monkeypatch.setattr(services.store, "put", real_put)
+    assert list(services.store.list("models/")) == []
+    assert client.get("/custom/tags").json()["tags"] == []
