@@ -57,7 +57,8 @@ class TrainingQueue:
         """Queue a training of the tag; returns (task id, whether it was already queued).
 
         Race-free: the check of the tag's waiting task and the enqueue are one transaction
-        (WATCH on the tag's queued key), so concurrent requests get one task between them.
+        (WATCH on the tag's queued key), so concurrent requests get one task between them. A
+        waiting task of an earlier epoch (queued before the tag was deleted) is not reused.
         """
         key = self._queued_key(tag)
         with self.redis.pipeline() as pipe:
@@ -67,7 +68,9 @@ class TrainingQueue:
                     waiting = pipe.get(key)
                     if waiting:
                         job = self._fetch(waiting.decode() if isinstance(waiting, bytes) else str(waiting))
-                        if job is not None and job.get_status() == JobStatus.QUEUED:
+                        # A task queued before the tag was deleted is discarded when it runs
+                        # (its epoch moved): a training of the tag made anew needs its own.
+                        if job is not None and job.get_status() == JobStatus.QUEUED and _epoch(job) == epoch:
                             return job.id, True
                     job = self.queue.create_job(
                         TRAIN_FUNCTION,
@@ -148,6 +151,14 @@ class TrainingQueue:
         if status == "failed":
             body["error"] = meta.get("error") or abandoned_message(attempts)
         return body
+
+
+def _epoch(job: Job) -> int | None:
+    """The tag epoch a training job was queued under (its second argument)."""
+    try:
+        return int(job.args[1])
+    except (IndexError, TypeError, ValueError):
+        return None
 
 
 def abandoned_message(attempts: int) -> str:

@@ -135,3 +135,29 @@ def test_concurrent_train_requests_share_one_queued_task(leased: Services) -> No
     # Once the worker has taken it, a new request queues a new task.
     leased.queue.mark_started("cat", answers[0][0])
     assert leased.queue.submit("cat", 0) == (leased.queue.queue.job_ids[-1], False)
+
+
+def test_a_training_asked_for_after_the_tag_was_reset_is_not_merged_into_the_doomed_one(
+    client, services: Services  # type: ignore[no-untyped-def]
+) -> None:
+    """A training still waiting when its tag is deleted is discarded when it runs (the tag's epoch
+    moved). A training of the tag made anew must not be answered with that doomed task."""
+    from tests.photos import CAT, crops
+    from tests.test_api import add
+
+    for i, data in enumerate(crops(CAT, 2, seed=3)):
+        add(client, data, f"img-{i}")
+
+    def label() -> None:
+        assert client.get("/custom/assign/img-0/positive/cat").status_code == 200
+        assert client.get("/custom/assign/img-1/negative/cat").status_code == 200
+
+    label()
+    doomed = client.get("/custom/train/cat").json()["task_id"]  # waits: no worker is running
+    assert client.get("/custom/delete/cat").status_code == 200
+    label()
+    again = client.get("/custom/train/cat").json()
+    run_queued_jobs(services)
+    status = client.get(f"/status/{again['task_id']}").json()
+    assert status["status"] == "finished", (again, doomed, status.get("error"))
+    assert not again["already_queued"]
