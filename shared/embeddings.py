@@ -47,7 +47,36 @@ def embed_stored_images(
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """(N, D) feature vectors (semantic | style) of stored images: cached ones are read, the rest
-    computed in batches and cached. A cached vector of another size (an older layout) is recomputed."""
+    computed in batches and cached. A cached vector of another size (an older layout) is recomputed.
+    An image whose bytes are gone raises ObjectNotFound."""
+    features, _ = _embed(store, backbone, image_ids, max_pixels, batch_size, progress, skip_missing=False)
+    return features
+
+
+def embed_present_images(
+    store: ObjectStore,
+    backbone: Backbone,
+    image_ids: list[str],
+    max_pixels: int,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """Like ``embed_stored_images``, but leaves out images deleted meanwhile (their bytes gone):
+    returns the features of the others and their positions in ``image_ids``."""
+    features, present = _embed(store, backbone, image_ids, max_pixels, batch_size, progress, skip_missing=True)
+    kept = [i for i, here in enumerate(present) if here]
+    return features[kept], kept
+
+
+def _embed(
+    store: ObjectStore,
+    backbone: Backbone,
+    image_ids: list[str],
+    max_pixels: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+    skip_missing: bool,
+) -> tuple[np.ndarray, list[bool]]:
     spec = backbone.spec
     width = spec.embedding_size + spec.style_size
     pool = cpu_pool()
@@ -58,10 +87,17 @@ def embed_stored_images(
         except ObjectNotFound:
             return None
 
-    def pixels(i: int) -> np.ndarray:
-        return preprocess(decode_image(store.get(image_key(image_ids[i])), max_pixels).image)
+    def pixels(i: int) -> np.ndarray | None:
+        try:
+            data = store.get(image_key(image_ids[i]))
+        except ObjectNotFound:
+            if skip_missing:
+                return None
+            raise
+        return preprocess(decode_image(data, max_pixels).image)
 
     result = np.zeros((len(image_ids), width), dtype=np.float32)
+    present = [True] * len(image_ids)
     missing: list[int] = []
     for i, vector in enumerate(pool.map(cached, image_ids)):  # object-store reads overlap
         if vector is None:
@@ -76,18 +112,23 @@ def embed_stored_images(
     batches = [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
     upcoming = deque([pool.submit(pixels, i) for i in batch] for batch in batches[:LOOKAHEAD])
     for k, batch in enumerate(batches):
-        ready = [future.result() for future in upcoming.popleft()]
+        read = [future.result() for future in upcoming.popleft()]
         if k + LOOKAHEAD < len(batches):
             upcoming.append([pool.submit(pixels, i) for i in batches[k + LOOKAHEAD]])
-        vectors = backbone.embed_pixels(np.stack(ready)).vectors
-        writes = [
-            pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
-            for i, vector in zip(batch, vectors, strict=True)
-        ]
-        result[batch] = vectors
-        for write in writes:
-            write.result()
+        for i, image in zip(batch, read, strict=True):
+            if image is None:  # deleted since its id was read
+                present[i] = False
+        here = [i for i, image in zip(batch, read, strict=True) if image is not None]
+        if here:
+            vectors = backbone.embed_pixels(np.stack([image for image in read if image is not None])).vectors
+            writes = [
+                pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
+                for i, vector in zip(here, vectors, strict=True)
+            ]
+            result[here] = vectors
+            for write in writes:
+                write.result()
         done += len(batch)
         if progress:
             progress(done, len(image_ids))
-    return result
+    return result, present

@@ -186,3 +186,36 @@ def test_a_set_state_the_store_fails_adds_no_versions(
     monkeypatch.setattr(services.store, "put", real_put)
     assert list(services.store.list("models/")) == []
     assert client.get("/custom/tags").json()["tags"] == []
+
+
+def test_an_example_deleted_while_its_tag_trains_is_left_out_not_a_failed_training(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting one of a tag's images while the tag trains (the worker has read the examples but not
+    yet the image's bytes) failed the whole training with "Training failed: ObjectNotFound(...)"."""
+    from tests.conftest import run_queued_jobs
+
+    for i, data in enumerate(crops(CAT, 3, seed=4)):
+        add(client, data, f"cat-{i}")
+        assert client.get(f"/custom/assign/cat-{i}/positive/cat").status_code == 200
+    for i, data in enumerate(crops("coffee", 2, seed=4)):
+        add(client, data, f"cup-{i}")
+        assert client.get(f"/custom/assign/cup-{i}/negative/cat").status_code == 200
+    task = client.get("/custom/train/cat").json()["task_id"]
+
+    registry = services.registry
+    real_examples = registry.examples
+
+    def examples_then_deleted(tag: str) -> tuple[list[str], list[str]]:
+        """The worker reads the examples, then another request deletes one of the images."""
+        found = real_examples(tag)
+        monkeypatch.setattr(registry, "examples", real_examples)
+        assert client.delete("/custom/images/cat-2").status_code == 200
+        return found
+
+    monkeypatch.setattr(registry, "examples", examples_then_deleted)
+    run_queued_jobs(services)
+    status = client.get(f"/status/{task}").json()
+    assert status["status"] == "finished", status.get("error")
+    metrics = status["result"]["metrics"]
+    assert (metrics["positives"], metrics["negatives"]) == (2, 2)

@@ -9,7 +9,7 @@ from rq import get_current_job
 
 from shared import catalog
 from shared.context import Services, get_services
-from shared.embeddings import embed_stored_images
+from shared.embeddings import embed_present_images
 from shared.models.archive import ModelRecord
 from shared.models.heads import Head, train_head
 from shared.registry import EpochMoved, utc_now
@@ -53,7 +53,7 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
     ids = positives + negatives
     labels = np.array([1] * len(positives) + [0] * len(negatives))
     _report("embedding", 0.0)
-    features = embed_stored_images(
+    features, kept = embed_present_images(
         services.store,
         services.backbone,
         ids,
@@ -61,6 +61,13 @@ def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
         services.settings.embed_batch_size,
         progress=lambda done, total: _report("embedding", 0.8 * done / max(total, 1)),
     )
+    if len(kept) < len(ids):  # images deleted since the examples were read: no longer examples
+        ids, labels = [ids[i] for i in kept], labels[kept]
+        if labels.all() or not labels.any():
+            raise TrainingError(
+                f"Tag '{tag}' has {int(labels.sum())} positive and {int((labels == 0).sum())} negative "
+                "examples left after images were deleted during the training; training needs at least one of each."
+            )
     _report("training", 0.8)
     current = services.registry.model(tag)
     previous: Head | None = None
