@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from shared.catalog import HeadCache
 from shared.context import Services, get_services
-from shared.embeddings import embed_stored_images
+from shared.embeddings import embed_present_images
 from shared.errors import not_found
 from shared.http import create_app, query_int
 from shared.names import validate_tag
@@ -24,11 +24,13 @@ heads = HeadCache()
 class TagScores:
     version: int
     threshold: float
-    scores: np.ndarray  # (N,) probabilities, one per image id asked for
+    image_ids: list[str]  # those asked for, less any deleted meanwhile
+    scores: np.ndarray  # (N,) probabilities, one per image id above
 
 
 def score_stored_images(services: Services, tag: str, image_ids: list[str]) -> TagScores:
-    """The tag's current model applied to stored images, using (and filling) the embedding cache.
+    """The tag's current model applied to stored images, using (and filling) the embedding cache;
+    images deleted since their ids were read are left out.
 
     The one place suggestions score images: when heads change, this is what changes.
     """
@@ -37,20 +39,22 @@ def score_stored_images(services: Services, tag: str, image_ids: list[str]) -> T
         raise not_found("unknown_tag", f"Tag '{tag}' has no trained model.")
     i = matrix.index[tag]
     settings = services.settings
-    embeddings = embed_stored_images(
+    embeddings, kept = embed_present_images(
         services.store, services.backbone, image_ids, settings.max_image_pixels, settings.embed_batch_size
     )
-    scores = matrix.scores(embeddings)[:, i] if image_ids else np.zeros(0)
-    return TagScores(version=matrix.versions[i], threshold=float(matrix.thresholds[i]), scores=scores)
+    scores = matrix.scores(embeddings)[:, i] if kept else np.zeros(0)
+    return TagScores(version=matrix.versions[i], threshold=float(matrix.thresholds[i]),
+                     image_ids=[image_ids[j] for j in kept], scores=scores)
 
 
 def suggestions(services: Services, tag: str, limit: int) -> dict[str, object]:
     positives, negatives = services.registry.examples(tag)
     labelled = set(positives) | set(negatives)
     newest = services.registry.image_ids(0, services.settings.suggest_max_candidates + len(labelled))
-    candidates = [i for i in newest if i not in labelled][: services.settings.suggest_max_candidates]
-    result = score_stored_images(services, tag, candidates)
-    scores, threshold = result.scores, result.threshold
+    result = score_stored_images(
+        services, tag, [i for i in newest if i not in labelled][: services.settings.suggest_max_candidates]
+    )
+    candidates, scores, threshold = result.image_ids, result.scores, result.threshold
 
     def rows(order: np.ndarray) -> list[dict[str, object]]:
         return [{"image_id": candidates[j], "score": round(float(scores[j]), 6),

@@ -219,3 +219,35 @@ def test_an_example_deleted_while_its_tag_trains_is_left_out_not_a_failed_traini
     assert status["status"] == "finished", status.get("error")
     metrics = status["result"]["metrics"]
     assert (metrics["positives"], metrics["negatives"]) == (2, 2)
+
+
+def test_suggestions_leave_out_an_image_deleted_while_they_are_ranked(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unlabelled image deleted by another request after suggest listed the candidates made the
+    whole /custom/suggest/<tag> answer 404 not_found (its bytes were gone when it was embedded)."""
+    from tests.conftest import run_queued_jobs
+
+    for i, data in enumerate(crops(CAT, 2, seed=5)):
+        add(client, data, f"cat-{i}")
+    add(client, crops("coffee", 1, seed=5)[0], "cup")
+    client.get("/custom/assign/cat-0/positive/cat")
+    client.get("/custom/assign/cup/negative/cat")
+    client.get("/custom/train/cat")
+    run_queued_jobs(services)
+    add(client, crops("coffee", 1, seed=6)[0], "gone")
+
+    registry = services.registry
+    real_ids = registry.image_ids
+
+    def ids_then_deleted(*args: int) -> list[str]:
+        found = real_ids(*args)
+        monkeypatch.setattr(registry, "image_ids", real_ids)
+        assert client.delete("/custom/images/gone").status_code == 200
+        return found
+
+    monkeypatch.setattr(registry, "image_ids", ids_then_deleted)
+    response = client.get("/custom/suggest/cat")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["candidates"] == 1 and [s["image_id"] for s in body["uncertain"]] == ["cat-1"]
