@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import re
 import shutil
@@ -323,3 +324,43 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in sorted(SETTINGS) if f"`{name}`" not in readme]
     assert not missing, f"settings missing from the README: {missing}"
+
+
+def _final_stage_env(dockerfile: str) -> dict[str, str]:
+    """The ENV of a Dockerfile's last stage (``ENV A=1 B=2`` lines, continuations joined)."""
+    text = (ROOT / dockerfile).read_text().replace("\\\n", " ")
+    stage = text[text.rindex("\nFROM "):]
+    env: dict[str, str] = {}
+    for line in stage.splitlines():
+        if line.startswith("ENV "):
+            for pair in line[4:].split():
+                name, _, value = pair.partition("=")
+                env[name] = value
+    return env
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.gpu-worker"])
+def test_the_images_keep_the_backbone_export_where_their_user_can_write(
+    dockerfile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU runtimes (the predict service, /export/onnx, a worker without a GPU) export the backbone
+    to TAGSMITH_MODEL_CACHE_DIR on first use. The images run as a user whose home is /nonexistent (so
+    Docker and Kubernetes set HOME=/nonexistent), and the Kubernetes pods have a read-only root with
+    only /tmp writable: the default ~/.cache/tagsmith cannot be created there, and the predict
+    service failed at start-up with PermissionError."""
+    text = (ROOT / dockerfile).read_text()
+    home = re.search(r"useradd .*--home-dir (\S+)", text)
+    assert home is not None
+    env = {**_final_stage_env(dockerfile), **compose()["x-tagsmith-env"],
+           **find("ConfigMap", "tagsmith-config")["data"]}
+    for name in [n for n in list(os.environ) if n.startswith("TAGSMITH_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", home.group(1))
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    cache = Path(Settings().model_cache_dir).expanduser()
+    writable = [mount["mountPath"] for _, doc in k8s_docs() if doc["kind"] == "Deployment"
+                for c in doc["spec"]["template"]["spec"]["containers"] for mount in c.get("volumeMounts", [])
+                if c["image"].startswith("tagsmith-")]
+    assert set(writable) == {"/tmp"}
+    assert cache.is_relative_to("/tmp"), f"{dockerfile}: the backbone export would go to {cache}"
