@@ -118,6 +118,10 @@ def run_client_command(args: argparse.Namespace) -> int:
     except TimeoutError as exc:
         print(f"tagsmith: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a local file to read or write: missing, a folder, not permitted
+        print(f"tagsmith: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"tagsmith: {exc}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -95,3 +95,12 @@ def test_errors_are_reported_with_a_nonzero_exit(live_server: TagsmithServer, tm
     assert code == 1 and "Cannot reach tagsmith at" in err
     with pytest.raises(SystemExit, match="no such file or folder"):
         main(["add", str(tmp_path / "missing"), "--url", live_server.base])
+
+
+def test_a_missing_local_file_is_an_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tagsmith load missing.tar` ended in a FileNotFoundError traceback (as did `export -o` into a
+    folder that does not exist); `add` and `predict` already say "no such file or folder"."""
+    url = f"http://127.0.0.1:{free_port()}"  # never reached: the local file fails first
+    code, out, err = run(capsys, url, "load", str(tmp_path / "missing.tar"))
+    assert code == 1 and err.startswith("tagsmith: ") and "missing.tar" in err, err
+    assert "Traceback" not in err
