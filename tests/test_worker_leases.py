@@ -161,3 +161,7 @@ def test_a_training_asked_for_after_the_tag_was_reset_is_not_merged_into_the_doo
     status = client.get(f"/status/{again['task_id']}").json()
     assert status["status"] == "finished", (again, doomed, status.get("error"))
     assert not again["already_queued"]
+    # The doomed task trained nothing: it stopped at once, saying why, and made no version.
+    stopped = client.get(f"/status/{doomed}").json()
+    assert stopped["status"] == "failed" and "was deleted after this training was asked for" in stopped["error"]
+    assert [v["version"] for v in client.get("/custom/versions/cat").json()["versions"]] == [status["result"]["version"]]

@@ -44,6 +44,8 @@ def train_tag(tag: str, epoch: int) -> dict[str, Any]:
 
 
 def train(services: Services, tag: str, epoch: int) -> dict[str, Any]:
+    if services.registry.epoch(tag) != epoch:  # deleted since it was queued: its result would be discarded
+        raise TrainingError(f"Tag '{tag}' was deleted after this training was asked for; nothing was trained.")
     positives, negatives = services.registry.examples(tag)
     if not positives or not negatives:
         raise TrainingError(

@@ -201,7 +201,10 @@ async function follow(taskId, tag) {
     $("#progress-text").textContent = `${status.stage} ${percent}%`;
     if (status.status === "finished") {
       $("#progress-text").textContent = `Trained version ${status.result.version}`;
-      say(`Trained '${tag}': version ${status.result.version} is now in use.`, true);
+      const { version, published } = status.result;
+      say(published === false
+        ? `Trained '${tag}': version ${version} is kept, but a newer version, trained meanwhile, stays in use.`
+        : `Trained '${tag}': version ${version} is now in use.`, true);
       break;
     }
     if (status.status === "failed") {
