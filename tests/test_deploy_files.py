@@ -340,27 +340,32 @@ def _final_stage_env(dockerfile: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.gpu-worker"])
-def test_the_images_keep_the_backbone_export_where_their_user_can_write(
+def test_the_images_ship_the_backbone_export_where_their_containers_read_it(
     dockerfile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The CPU runtimes (the predict service, /export/onnx, a worker without a GPU) export the backbone
-    to TAGSMITH_MODEL_CACHE_DIR on first use. The images run as a user whose home is /nonexistent (so
-    Docker and Kubernetes set HOME=/nonexistent), and the Kubernetes pods have a read-only root with
-    only /tmp writable: the default ~/.cache/tagsmith cannot be created there, and the predict
-    service failed at start-up with PermissionError."""
+    """The CPU runtimes (the predict service, /export/onnx, a worker without a GPU) need the backbone's
+    ONNX export in TAGSMITH_MODEL_CACHE_DIR, and build it there on first use when it is missing. The
+    images run as a user whose home is /nonexistent, and the Kubernetes pods have a read-only root
+    with only /tmp writable (an empty volume): the default ~/.cache/tagsmith cannot be created, and
+    an export built into /tmp would be hidden by the volume. So each image builds the export at build
+    time, into the folder the containers read, which neither Compose nor Kubernetes overrides."""
     text = (ROOT / dockerfile).read_text()
     home = re.search(r"useradd .*--home-dir (\S+)", text)
     assert home is not None
-    env = {**_final_stage_env(dockerfile), **compose()["x-tagsmith-env"],
-           **find("ConfigMap", "tagsmith-config")["data"]}
+    final_stage = text[text.rindex("\nFROM "):]
+    image_env = _final_stage_env(dockerfile)
+    assert final_stage.index("TAGSMITH_MODEL_CACHE_DIR=") < final_stage.index("RUN python -m shared.models.runtimes")
+    overrides = {**compose()["x-tagsmith-env"], **find("ConfigMap", "tagsmith-config")["data"]}
+    assert "TAGSMITH_MODEL_CACHE_DIR" not in overrides
     for name in [n for n in list(os.environ) if n.startswith("TAGSMITH_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", home.group(1))
-    for name, value in env.items():
+    for name, value in {**image_env, **overrides}.items():
         monkeypatch.setenv(name, str(value))
     cache = Path(Settings().model_cache_dir).expanduser()
-    writable = [mount["mountPath"] for _, doc in k8s_docs() if doc["kind"] == "Deployment"
-                for c in doc["spec"]["template"]["spec"]["containers"] for mount in c.get("volumeMounts", [])
-                if c["image"].startswith("tagsmith-")]
-    assert set(writable) == {"/tmp"}
-    assert cache.is_relative_to("/tmp"), f"{dockerfile}: the backbone export would go to {cache}"
+    assert cache == Path(image_env["TAGSMITH_MODEL_CACHE_DIR"])
+    mounts = [mount["mountPath"] for _, doc in k8s_docs() if doc["kind"] == "Deployment"
+              for c in doc["spec"]["template"]["spec"]["containers"] for mount in c.get("volumeMounts", [])
+              if c["image"].startswith("tagsmith-")]
+    assert mounts and not any(cache.is_relative_to(mount) for mount in mounts), (
+        f"{dockerfile}: a volume would hide the export in {cache}")
