@@ -115,6 +115,12 @@ class LocalStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
+        try:
+            self._put(path, data)
+        except OSError as exc:  # a full disk, a read-only or unreadable folder: as an S3 server refusing
+            raise StoreUnavailable(f"local store write failed: {exc}") from exc
+
+    def _put(self, path: Path, data: bytes) -> None:
         tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
@@ -137,24 +143,38 @@ class LocalStore:
         self._folder_sync(path.parent).sync(path.parent)
 
     def get(self, key: str) -> bytes:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFound(key) from None
+        except OSError as exc:
+            raise StoreUnavailable(f"local store read failed: {exc}") from exc
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._path(key)
+        try:
+            return path.is_file()
+        except OSError as exc:
+            raise StoreUnavailable(f"local store stat failed: {exc}") from exc
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"local store delete failed: {exc}") from exc
 
     def list(self, prefix: str) -> Iterator[str]:
         folder = prefix.rpartition("/")[0]
         base = self.root / folder if folder else self.root
-        if not base.is_dir():
-            return
-        keys = (path.relative_to(self.root).as_posix() for path in base.rglob("*")
-                if path.is_file() and not path.name.startswith(".tmp-"))
+        try:
+            if not base.is_dir():
+                return
+            keys = [path.relative_to(self.root).as_posix() for path in base.rglob("*")
+                    if path.is_file() and not path.name.startswith(".tmp-")]
+        except OSError as exc:
+            raise StoreUnavailable(f"local store list failed: {exc}") from exc
         yield from sorted(key for key in keys if key.startswith(prefix))
 
     def ping(self) -> None:

@@ -168,3 +168,24 @@ def test_exif_rotation_is_applied(client: TestClient) -> None:
     image.save(buffer, "JPEG", exif=exif)
     body = client.post("/custom/add", files={"data": ("r.jpg", buffer.getvalue())}).json()
     assert (body["width"], body["height"]) == (100, 200)
+
+
+def test_a_full_disk_is_503_json_and_stores_nothing(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local store's disk full: 503 backend_unavailable (as an S3 server that refuses writes),
+    not 500 internal_error, and the image is not registered."""
+    import errno
+
+    from shared import store as store_module
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_write = store_module.os.write
+    monkeypatch.setattr(store_module.os, "write", disk_full)
+    assert_error(client.post("/custom/add?image_id=full", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])}),
+                 503, "backend_unavailable")
+    monkeypatch.setattr(store_module.os, "write", real_write)
+    assert not services.registry.image_exists("full")
+    assert client.post("/custom/add?image_id=full", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])}).status_code == 201

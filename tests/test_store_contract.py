@@ -128,7 +128,7 @@ def test_local_store_shares_folder_fsyncs_and_never_skips_one(tmp_path: Path, mo
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(store_module, "_fsync_folder", failing_fsync)
-    with pytest.raises(OSError):
+    with pytest.raises(StoreUnavailable):
         store.put("images/late", b"x")
     monkeypatch.setattr(store_module, "_fsync_folder", real_fsync)
     store.put("images/later", b"y")  # a failed fsync leaves nothing stuck
@@ -170,3 +170,31 @@ def test_local_store_with_its_folder_gone_is_unavailable(tmp_path: Path) -> None
     (tmp_path / "objects").rmdir()
     with pytest.raises(StoreUnavailable):
         store.ping()
+
+
+def test_local_store_failures_are_unavailable_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk or an unreadable folder is the store being unavailable (HTTP 503, as on S3), not
+    an unexpected error (a 500); the half-written temp file goes."""
+    import errno
+
+    from shared import store as store_module
+
+    store = LocalStore(tmp_path / "objects")
+    store.put("images/kept", b"x")
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_write = store_module.os.write
+    monkeypatch.setattr(store_module.os, "write", disk_full)
+    with pytest.raises(StoreUnavailable, match="No space left on device"):
+        store.put("images/new", b"y")
+    monkeypatch.setattr(store_module.os, "write", real_write)
+    assert sorted(p.name for p in (tmp_path / "objects" / "images").iterdir()) == ["kept"]
+
+    def unreadable(self: Path) -> bytes:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    with pytest.raises(StoreUnavailable, match="Permission denied"):
+        store.get("images/kept")
