@@ -219,13 +219,25 @@ class S3Store:
             raise StoreUnavailable(f"S3 bucket '{self.bucket}' cannot be used: {exc}") from exc
         self._bucket_ready = True
 
+    def _bucket_gone(self, exc: Exception) -> bool:
+        """Whether ``exc`` says the bucket is missing (removed after we made or found it); the next
+        call then makes it again, as at start-up."""
+        if _s3_code(exc) != "NoSuchBucket":
+            return False
+        self._bucket_ready = False
+        return True
+
     def put(self, key: str, data: bytes) -> None:
         key = check_key(key)
-        self._ready()
-        try:
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
-        except Exception as exc:
-            raise StoreUnavailable(f"S3 write failed: {exc}") from exc
+        for attempt in range(2):
+            self._ready()
+            try:
+                self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+                return
+            except Exception as exc:
+                if self._bucket_gone(exc) and attempt == 0:
+                    continue
+                raise StoreUnavailable(f"S3 write failed: {exc}") from exc
 
     def get(self, key: str) -> bytes:
         key = check_key(key)
@@ -235,7 +247,7 @@ class S3Store:
             response = self.client.get_object(self.bucket, key)
             return response.read()
         except Exception as exc:
-            if _s3_code(exc) in ("NoSuchKey", "NoSuchObject"):
+            if _s3_code(exc) in ("NoSuchKey", "NoSuchObject") or self._bucket_gone(exc):
                 raise ObjectNotFound(key) from None
             raise StoreUnavailable(f"S3 read failed: {exc}") from exc
         finally:
@@ -250,7 +262,7 @@ class S3Store:
             self.client.stat_object(self.bucket, key)
             return True
         except Exception as exc:
-            if _s3_code(exc) in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            if _s3_code(exc) in ("NoSuchKey", "NoSuchObject", "NotFound") or self._bucket_gone(exc):
                 return False
             raise StoreUnavailable(f"S3 stat failed: {exc}") from exc
 
@@ -260,6 +272,8 @@ class S3Store:
         try:
             self.client.remove_object(self.bucket, key)
         except Exception as exc:
+            if self._bucket_gone(exc):
+                return
             raise StoreUnavailable(f"S3 delete failed: {exc}") from exc
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -267,6 +281,8 @@ class S3Store:
         try:
             names = [obj.object_name for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
         except Exception as exc:
+            if self._bucket_gone(exc):
+                return
             raise StoreUnavailable(f"S3 list failed: {exc}") from exc
         yield from sorted(name for name in names if name is not None)
 

@@ -198,3 +198,20 @@ def test_local_store_failures_are_unavailable_not_a_crash(tmp_path: Path, monkey
     monkeypatch.setattr(Path, "read_bytes", unreadable)
     with pytest.raises(StoreUnavailable, match="Permission denied"):
         store.get("images/kept")
+
+
+def test_s3_bucket_removed_while_running_is_created_again(s3_server: S3Endpoint) -> None:
+    """"Created when missing" holds after start-up too: a bucket removed under a running process
+    (an operator, a MinIO that lost its volume) is made again by the next write, instead of every
+    request answering 503 until something happens to call /ready."""
+    bucket = unique_name("gone")
+    store = S3Store(s3_server.settings(bucket))
+    store.put("images/x", b"x")
+    store.delete("images/x")
+    store.client.remove_bucket(bucket)
+    with pytest.raises(ObjectNotFound):
+        store.get("images/x")
+    assert not store.exists("images/x")
+    assert list(store.list("images/")) == []
+    store.put("images/y", b"y")
+    assert store.get("images/y") == b"y"
