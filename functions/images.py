@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
@@ -15,6 +17,7 @@ from shared.http import create_app, read_upload, read_uploads
 from shared.images import VERIFY_SIZE, DecodedImage, decode_image
 from shared.names import new_image_id, validate_image_id, validate_sample_type, validate_tag
 from shared.responses import JSONResponse
+from shared.store import StoreUnavailable
 
 
 def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage) -> None:
@@ -128,14 +131,27 @@ async def add_many(request: Request) -> JSONResponse:
             if assignment:
                 try:
                     services.registry.assign(image_id, *assignment, settings.max_tags)
-                except ApiError:  # e.g. another request took the last free tag: this file changes nothing
-                    await run_in_threadpool(unstore_image, services, image_id)
+                except (ApiError, StoreUnavailable, redis.RedisError):
+                    # e.g. another request took the last free tag, or Redis failed: this file changes
+                    # nothing (as far as the backends let us undo it)
+                    with contextlib.suppress(StoreUnavailable, redis.RedisError):
+                        await run_in_threadpool(unstore_image, services, image_id)
                     raise
             results.append({"filename": filename, "image_id": image_id, "format": decoded.format,
                             "width": decoded.width, "height": decoded.height})
         except ApiError as exc:
             results.append({"filename": filename, "image_id": requested or None, "status": exc.status,
                             "error": exc.code, "message": exc.message})
+        except (StoreUnavailable, redis.RedisError):
+            if not any("error" not in r for r in results):
+                raise  # nothing stored yet: the whole request is a 503
+            # Earlier files are stored (and assigned): say so, and stop here rather than wait out
+            # the backend's timeouts once per remaining file.
+            for j in range(i, len(files)):
+                results.append({"filename": files[j][0], "image_id": (ids[j] if ids else "") or None,
+                                "status": 503, "error": "backend_unavailable",
+                                "message": "The backend became unavailable; this file was not stored. Try it again."})
+            break
     added = sum("error" not in r for r in results)
     return JSONResponse({"added": added, "failed": len(results) - added, "images": results})
 

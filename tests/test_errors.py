@@ -189,3 +189,48 @@ def test_a_full_disk_is_503_json_and_stores_nothing(
     monkeypatch.setattr(store_module.os, "write", real_write)
     assert not services.registry.image_exists("full")
     assert client.post("/custom/add?image_id=full", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])}).status_code == 201
+
+
+def test_add_many_reports_what_it_stored_when_the_store_fails_midway(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object store failing on the second file of a batch: the first is stored and assigned
+    already, so a bare 503 for the whole batch hid it (a retry then got 409 image_exists for it,
+    or stored a duplicate under a new generated id). Each file gets its row; the batch stops at
+    the failure instead of waiting out the store's timeouts once per remaining file."""
+    from shared.store import StoreUnavailable
+
+    real_put = services.store.put
+
+    def put(key: str, data: bytes) -> None:
+        if key == "images/b":
+            raise StoreUnavailable("S3 write failed: connection refused")
+        real_put(key, data)
+
+    monkeypatch.setattr(services.store, "put", put)
+    photos = crops(CAT, 3, seed=0)
+    response = client.post(
+        "/custom/add_many?tag=cat&type=positive",
+        files=[("data", (f"{i}.jpg", p)) for i, p in zip("abc", photos, strict=True)],
+        data={"image_id": ["a", "b", "c"]},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["added"], body["failed"]) == (1, 2)
+    assert [(r["image_id"], r.get("status"), r.get("error")) for r in body["images"]] == [
+        ("a", None, None), ("b", 503, "backend_unavailable"), ("c", 503, "backend_unavailable")]
+    assert services.registry.examples("cat") == (["a"], [])
+    assert not services.registry.image_exists("b") and not services.registry.image_exists("c")
+
+
+def test_add_many_that_stores_nothing_before_the_store_fails_is_a_503(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.store import StoreUnavailable
+
+    def put(key: str, data: bytes) -> None:
+        raise StoreUnavailable("S3 write failed: connection refused")
+
+    monkeypatch.setattr(services.store, "put", put)
+    response = client.post("/custom/add_many", files=[("data", ("a.jpg", crops(CAT, 1, seed=0)[0]))])
+    assert_error(response, 503, "backend_unavailable")
