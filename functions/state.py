@@ -112,7 +112,7 @@ def get_edge_model(request: Request) -> Response:
     image; tags, thresholds and versions are in the file's metadata under `tagsmith`.
     ---
     query:
-      tag: {type: string, description: 'Export only these tags (repeat the parameter); default every tag.'}
+      tag: {type: array, items: {type: string}, description: 'Export only these tags (repeat the parameter: `?tag=a&tag=b`); default every tag.'}
     response: {description: 'An ONNX model.', content: onnx}
     errors: [400, 404, 503]
     """
