@@ -113,7 +113,7 @@ def body_limit_for_path(path: str) -> int:
 
 async def _parse_form(request: Request, field: str, max_files: int, max_fields: int) -> FormData:
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if not content_type.lower().startswith("multipart/form-data"):  # media types ignore case
         raise bad_request("missing_field", f"Send the file as multipart/form-data in the field '{field}'.")
     try:
         return await request.form(max_files=max_files, max_fields=max_fields)
@@ -217,7 +217,7 @@ async def read_upload(request: Request, limit: int, field: str = "data") -> byte
 
     The body is parsed as it arrives and only that file is kept, in one buffer."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if not content_type.lower().startswith("multipart/form-data"):  # media types ignore case
         raise bad_request("missing_field", f"Send the file as multipart/form-data in the field '{field}'.")
     wanted = _OneFile(field, limit)
     try:

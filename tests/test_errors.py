@@ -234,3 +234,14 @@ def test_add_many_that_stores_nothing_before_the_store_fails_is_a_503(
     monkeypatch.setattr(services.store, "put", put)
     response = client.post("/custom/add_many", files=[("data", ("a.jpg", crops(CAT, 1, seed=0)[0]))])
     assert_error(response, 503, "backend_unavailable")
+
+
+def test_a_multipart_content_type_in_capitals_is_accepted(client: TestClient, services: Services) -> None:
+    """Media types ignore case (RFC 9110): 'Multipart/Form-Data' is multipart/form-data."""
+    data = crops(CAT, 1, seed=0)[0]
+    body = (b'--b0undary\r\nContent-Disposition: form-data; name="data"; filename="cat.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + data + b"\r\n--b0undary--\r\n")
+    for path in ("/custom/add?image_id=upper", "/custom/add_many"):
+        response = client.post(path, content=body, headers={"Content-Type": "Multipart/Form-Data; boundary=b0undary"})
+        assert response.status_code in (200, 201) and "error" not in response.text, (path, response.text)
+    assert "upper" in services.registry.image_ids() and len(services.registry.image_ids()) == 2
