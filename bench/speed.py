@@ -50,6 +50,9 @@ from shared.store import LocalStore
 from tests.servers import TagsmithServer
 
 THREADS = os.cpu_count() or 1
+# The targets: /predict throughput against the best raw runtime at the same batch size
+# (0.3 MP photos, 12 MP JPEGs), and one-client p50 against the raw batch-1 forward pass.
+PHOTOS_RATIO, PHONE_RATIO, LATENCY_RATIO = 0.85, 0.6, 1.3
 
 
 def jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -330,20 +333,21 @@ def main() -> int:
             )
             best_name = max(("ONNX Runtime", "OpenVINO"), key=lambda name: rates[name])
             baseline_name = f"{best_name} batch {batch}, in turns"
-            row("POST /predict, 0.3 MP photos", rates["photos"], "img/s", baseline_name, rates[best_name], 0.85, "higher")
-            row("POST /predict, 12 MP JPEGs", rates["phone"], "img/s", baseline_name, rates[best_name], 0.6, "higher")
+            row("POST /predict, 0.3 MP photos", rates["photos"], "img/s", baseline_name, rates[best_name], PHOTOS_RATIO, "higher")
+            row("POST /predict, 12 MP JPEGs", rates["phone"], "img/s", baseline_name, rates[best_name], PHONE_RATIO, "higher")
             p50, forward_ms = paired_latency_ms(server.base + "/predict", photos[0], steps[best_single][1], 40)
             rows.append(("POST /predict p50, one client", f"{p50:.1f} ms", forward_ms,
-                         f"{best_single} batch-1 forward, in turns (ms)", p50 / forward_ms, 1.3, "lower"))
+                         f"{best_single} batch-1 forward, in turns (ms)", p50 / forward_ms, LATENCY_RATIO, "lower"))
 
             # What each target leaves for the image work beside the forward pass, next to that work alone.
             per_image = THREADS * 1000 / rates[best_name]  # the raw runtime holds every core for 1/rate s an image
             basis = f"of CPU; the raw forward pass holds both cores {per_image / THREADS:.1f} ms an image"
-            allowances.append(("POST /predict, 0.3 MP photos", "≥ 0.85", per_image * (1 / 0.85 - 1),
+            allowances.append(("POST /predict, 0.3 MP photos", f"≥ {PHOTOS_RATIO}", per_image * (1 / PHOTOS_RATIO - 1),
                                image_work_ms(photos), basis))
-            allowances.append(("POST /predict, 12 MP JPEGs", "≥ 0.6", per_image * (1 / 0.6 - 1),
+            allowances.append(("POST /predict, 12 MP JPEGs", f"≥ {PHONE_RATIO}", per_image * (1 / PHONE_RATIO - 1),
                                image_work_ms([phone_jpeg]), basis))
-            allowances.append(("POST /predict p50, one client", "≤ 1.3", forward_ms * 0.3, image_work_ms(photos[:1]),
+            allowances.append(("POST /predict p50, one client", f"≤ {LATENCY_RATIO}", forward_ms * (LATENCY_RATIO - 1),
+                               image_work_ms(photos[:1]),
                                (f"of wall time; the batch-1 forward pass holds both cores {forward_ms:.1f} ms, "
                                 "so image work adds at least half its CPU time")))
 

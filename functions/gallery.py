@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from functions.images import forget_image
 from shared.context import Services, get_services
-from shared.embeddings import embedding_key, image_key
+from shared.embeddings import image_key
 from shared.errors import not_found
 from shared.http import create_app, query_int
 from shared.images import decode_image
@@ -113,11 +114,6 @@ def original(request: Request) -> Response:
                     headers={"Cache-Control": "no-cache"})
 
 
-def stored_object_keys(services: Services, image_id: str) -> list[str]:
-    """Every object the store holds for one image: its bytes and its cached embeddings."""
-    return [image_key(image_id), embedding_key(services.spec.id, image_id)]
-
-
 def delete_image(request: Request) -> JSONResponse:
     """Delete a stored image.
 
@@ -131,9 +127,7 @@ def delete_image(request: Request) -> JSONResponse:
     """
     services = get_services()
     image_id, _ = _known_image(services, request)
-    tags = services.registry.delete_image(image_id)
-    for key in stored_object_keys(services, image_id):
-        services.store.delete(key)
+    tags = forget_image(services, image_id)
     return JSONResponse({"image_id": image_id, "deleted": True, "removed_from": tags})
 
 

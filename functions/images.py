@@ -38,10 +38,13 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
         raise
 
 
-def unstore_image(services: Services, image_id: str) -> None:
-    """Undo ``store_image`` for an image nothing refers to yet."""
-    services.registry.delete_image(image_id)
-    services.store.delete(image_key(image_id))
+def forget_image(services: Services, image_id: str) -> list[str]:
+    """Delete a stored image: from every tag and the registry first, then its bytes and cached
+    embedding. Returns the tags it was an example of."""
+    tags = services.registry.delete_image(image_id)
+    for key in (image_key(image_id), embedding_key(services.spec.id, image_id)):
+        services.store.delete(key)
+    return tags
 
 
 def verify_and_store(services: Services, image_id: str, data: bytes) -> DecodedImage:
@@ -135,7 +138,7 @@ async def add_many(request: Request) -> JSONResponse:
                     # e.g. another request took the last free tag, or Redis failed: this file changes
                     # nothing (as far as the backends let us undo it)
                     with contextlib.suppress(StoreUnavailable, redis.RedisError):
-                        await run_in_threadpool(unstore_image, services, image_id)
+                        await run_in_threadpool(forget_image, services, image_id)
                     raise
             results.append({"filename": filename, "image_id": image_id, "format": decoded.format,
                             "width": decoded.width, "height": decoded.height})

@@ -12,7 +12,6 @@ from shared.images import decode_image
 from shared.models.backbone import Backbone, cpu_pool, preprocess
 from shared.store import ObjectNotFound, ObjectStore
 
-
 LOOKAHEAD = 2  # batches being read and decoded ahead of the backbone
 
 
@@ -46,10 +45,12 @@ def embed_stored_images(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """(N, D) feature vectors (semantic | style) of stored images: cached ones are read, the rest
-    computed in batches and cached. A cached vector of another size (an older layout) is recomputed.
-    An image whose bytes are gone raises ObjectNotFound."""
-    features, _ = _embed(store, backbone, image_ids, max_pixels, batch_size, progress, skip_missing=False)
+    """(N, D) feature vectors (semantic | style) of stored images, as ``embed_present_images``;
+    an image whose bytes are gone raises ObjectNotFound."""
+    features, kept = embed_present_images(store, backbone, image_ids, max_pixels, batch_size, progress)
+    if len(kept) < len(image_ids):
+        gone = min(set(range(len(image_ids))) - set(kept))
+        raise ObjectNotFound(image_key(image_ids[gone]))
     return features
 
 
@@ -61,22 +62,9 @@ def embed_present_images(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, list[int]]:
-    """Like ``embed_stored_images``, but leaves out images deleted meanwhile (their bytes gone):
-    returns the features of the others and their positions in ``image_ids``."""
-    features, present = _embed(store, backbone, image_ids, max_pixels, batch_size, progress, skip_missing=True)
-    kept = [i for i, here in enumerate(present) if here]
-    return features[kept], kept
-
-
-def _embed(
-    store: ObjectStore,
-    backbone: Backbone,
-    image_ids: list[str],
-    max_pixels: int,
-    batch_size: int,
-    progress: Callable[[int, int], None] | None,
-    skip_missing: bool,
-) -> tuple[np.ndarray, list[bool]]:
+    """Feature vectors (semantic | style) of the stored images whose bytes are still there (others
+    were deleted meanwhile), and their positions in ``image_ids``. Cached vectors are read, the rest
+    computed in batches and cached; a cached vector of another size (an older layout) is recomputed."""
     spec = backbone.spec
     width = spec.embedding_size + spec.style_size
     pool = cpu_pool()
@@ -91,13 +79,11 @@ def _embed(
         try:
             data = store.get(image_key(image_ids[i]))
         except ObjectNotFound:
-            if skip_missing:
-                return None
-            raise
+            return None
         return preprocess(decode_image(data, max_pixels).image)
 
     result = np.zeros((len(image_ids), width), dtype=np.float32)
-    present = [True] * len(image_ids)
+    gone: set[int] = set()
     missing: list[int] = []
     for i, vector in enumerate(pool.map(cached, image_ids)):  # object-store reads overlap
         if vector is None:
@@ -115,9 +101,7 @@ def _embed(
         read = [future.result() for future in upcoming.popleft()]
         if k + LOOKAHEAD < len(batches):
             upcoming.append([pool.submit(pixels, i) for i in batches[k + LOOKAHEAD]])
-        for i, image in zip(batch, read, strict=True):
-            if image is None:  # deleted since its id was read
-                present[i] = False
+        gone.update(i for i, image in zip(batch, read, strict=True) if image is None)  # deleted meanwhile
         here = [i for i, image in zip(batch, read, strict=True) if image is not None]
         if here:
             vectors = backbone.embed_pixels(np.stack([image for image in read if image is not None])).vectors
@@ -131,4 +115,5 @@ def _embed(
         done += len(batch)
         if progress:
             progress(done, len(image_ids))
-    return result, present
+    kept = [i for i in range(len(image_ids)) if i not in gone]
+    return result[kept], kept
