@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -26,6 +27,7 @@ from shared.names import validate_image_id, validate_tag
 from shared.responses import JSONResponse
 from shared.settings import get_settings
 
+log = logging.getLogger("tagsmith")
 heads = HeadCache()
 
 
@@ -161,9 +163,10 @@ routes = [
 async def preload_backbone(app: Starlette) -> AsyncIterator[None]:
     """Run alone, the function loads the backbone before it answers, so it is ready once healthy."""
     settings = get_settings()
-    await run_in_threadpool(
+    backbone = await run_in_threadpool(
         load_backbone, settings.runtime, settings.device, settings.torch_threads, str(settings.model_cache_dir)
     )
+    log.info("backbone ready: %s, %s", backbone.runtime, backbone.precision)
     yield
 
 

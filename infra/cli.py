@@ -8,11 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from infra.commands import add_commands
 from shared.logs import configure_logging
 from shared.process import tune_process
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 
 def _reset_settings(**overrides: str) -> None:
@@ -25,9 +26,12 @@ def _reset_settings(**overrides: str) -> None:
     get_services.cache_clear()
 
 
-def serve(args: argparse.Namespace) -> None:
-    import uvicorn
+def say(line: str) -> None:
+    """A line for the person at the console, on stdout; the JSON logs go to stderr."""
+    print(f"tagsmith: {line}", flush=True)
 
+
+def serve(args: argparse.Namespace) -> None:
     from infra.embedded import WorkerSupervisor, data_folder_lock, requeue_abandoned, start_redis
 
     overrides = {k: str(v) for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -49,18 +53,45 @@ def serve(args: argparse.Namespace) -> None:
             requeued = requeue_abandoned(services.redis, settings.queue_name)
             if requeued:
                 logging.getLogger("tagsmith").info("requeued %d interrupted trainings", len(requeued))
+        prepare_backbone(settings)
         supervisor = WorkerSupervisor(dict(os.environ), lock_fd)
         supervisor.start()
         try:
             from infra.gateway import app
 
-            # Our JSON logs and access log replace uvicorn's own.
-            uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+            run_server(app, settings)
         finally:
             supervisor.stop()
             if redis_process is not None:
                 redis_process.terminate()
                 redis_process.wait(30)
+
+
+def prepare_backbone(settings: Settings) -> None:
+    """Build the CPU runtimes' export of the backbone now, saying so, if this is its first start."""
+    from shared.models.runtimes import choose_runtime, export_onnx, export_path
+
+    if choose_runtime(settings.runtime, settings.device) == "torch":
+        return
+    if not export_path(settings.model_cache_dir).exists():
+        say(f"first start: building the backbone's ONNX export once, into {settings.model_cache_dir} (about a minute)")
+        export_onnx(settings.model_cache_dir)
+
+
+def run_server(app: Any, settings: Settings) -> None:
+    """uvicorn on the settings' address, saying where it listens once it does; our JSON logs and
+    access log replace uvicorn's own."""
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                host = f"[{settings.host}]" if ":" in settings.host else settings.host
+                say(f"serving http://{host}:{settings.port}/ (data in {settings.data_dir}); Ctrl+C stops it")
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    AnnouncingServer(config).run()
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -19,5 +19,7 @@ app = create_app(
         *predict.routes,
         *state.routes,
         *webpage.routes,
-    ]
+    ],
+    # The backbone loads before the gateway answers, as in the production predict service.
+    lifespan=predict.preload_backbone,
 )

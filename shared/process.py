@@ -12,8 +12,24 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import math
 import os
 import sys
+from pathlib import Path
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    ``os.cpu_count()`` counts the host's cores, also inside a container limited to two of them
+    (``docker run --cpus 2``, a Kubernetes CPU limit), where that many threads would only queue.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return max(1, cores)
 
 
 @functools.cache
@@ -21,7 +37,7 @@ def tune_process() -> None:
     """Apply the settings above; later calls do nothing."""
     if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").mallopt(-8, max(2, os.cpu_count() or 1))  # M_ARENA_MAX
+            ctypes.CDLL("libc.so.6").mallopt(-8, max(2, usable_cores()))  # M_ARENA_MAX
     import numpy  # noqa: F401  (both BLAS libraries must be loaded to be limited)
     import scipy.optimize  # noqa: F401
     from threadpoolctl import threadpool_limits

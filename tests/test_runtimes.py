@@ -1,4 +1,9 @@
-"""The exported runtimes give the torch model's outputs, so heads trained anywhere score the same."""
+"""The exported runtimes give the torch model's outputs, so heads trained anywhere score the same.
+
+The parity checks hold on every CPU because each runtime is asked for float32 and reports what it
+compiled: on a CPU with AVX512_BF16 or AMX, OpenVINO left to itself computes in bfloat16 (its
+embeddings then differ from torch's by up to 0.2) and reports ``bf16`` here.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,23 @@ import pytest
 from PIL import Image
 
 from shared.batching import MicroBatcher
-from shared.models.backbone import LITE0, EfficientNetLite0, Features, preprocess
-from shared.models.runtimes import OnnxRuntimeBackbone, OpenVinoBackbone, choose_runtime, export_onnx, export_path
+from shared.models.backbone import (
+    LITE0,
+    EfficientNetLite0,
+    Features,
+    PrecisionError,
+    enforce_torch_float32,
+    preprocess,
+    require_float32,
+)
+from shared.models.runtimes import (
+    OnnxRuntimeBackbone,
+    OpenVinoBackbone,
+    choose_runtime,
+    export_onnx,
+    export_path,
+    openvino_precision,
+)
 from tests.photos import CAT, OTHERS, photo
 
 
@@ -42,11 +62,41 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("runtime", [OnnxRuntimeBackbone, OpenVinoBackbone])
 def test_exported_runtime_matches_torch(runtime, exported: Path, images: list[Image.Image], reference: Features) -> None:  # type: ignore[no-untyped-def]
-    features = runtime(exported, threads=2).embed(images)
+    backbone = runtime(exported, threads=2)
+    assert backbone.precision == "f32"
+    features = backbone.embed(images)
     for name in ("embeddings", "styles", "logits"):
         got, want = getattr(features, name), getattr(reference, name)
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-4, name
+
+
+def test_openvino_is_compiled_for_float32_whatever_the_cpu(exported: Path) -> None:
+    import openvino as ov
+
+    # What the CPU plugin would pick by itself: bfloat16 on CPUs with BF16, float32 elsewhere.
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    backbone = OpenVinoBackbone(exported, threads=2)
+    assert openvino_precision(backbone.model) == "f32", f"the CPU's own choice is {default}"
+
+
+def test_a_runtime_reporting_another_precision_is_refused() -> None:
+    assert require_float32("OpenVINO", "f32") == "f32"
+    for reported in ("bf16", "f16"):
+        with pytest.raises(PrecisionError, match=f"OpenVINO would compute the backbone in {reported}"):
+            require_float32("OpenVINO", reported)
+
+
+def test_torch_is_held_to_ieee_float32() -> None:
+    import torch
+
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # torch's own default for cuDNN convolutions
+    torch.backends.mkldnn.conv.fp32_precision = "bf16"
+    try:
+        enforce_torch_float32(torch)
+        assert torch.backends.cudnn.conv.fp32_precision == torch.backends.mkldnn.conv.fp32_precision == "ieee"
+    finally:
+        torch.backends.fp32_precision = "ieee"
 
 
 def test_auto_runtime_uses_torch_on_cuda_and_an_exported_graph_on_cpu() -> None:

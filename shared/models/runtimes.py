@@ -4,6 +4,12 @@ The export is built from the torch definition on first use (or ahead of time wit
 ``python -m shared.models.runtimes``) and cached under a name that changes whenever the
 backbone's code does; nothing is downloaded. Both runtimes give the same three outputs as the
 torch model (pooled embedding, style statistics, logits) to within 1e-4.
+
+Numerical contract: every runtime computes in float32 on every machine. Heads are trained on the
+worker's embeddings and scored on the predict functions' ones, so a runtime that picks a lower
+precision by itself (OpenVINO chooses bfloat16 on CPUs with AVX512_BF16 or AMX unless told
+otherwise) would silently serve other scores. Each runtime is asked for float32 explicitly and the
+precision it compiled is read back; anything else refuses to start (``PrecisionError``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import os
 import shutil
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,16 @@ import numpy as np
 from PIL import Image
 
 from shared.models import backbone as torch_backbone
-from shared.models.backbone import LITE0, Backbone, BackboneSpec, Features, preprocess_batch
+from shared.models.backbone import (
+    LITE0,
+    PRECISION,
+    Backbone,
+    BackboneSpec,
+    Features,
+    preprocess_batch,
+    require_float32,
+)
+from shared.process import usable_cores
 
 OUTPUTS = ("embedding", "style", "logits")
 # Images per forward pass on the CPU: larger runs are no faster there, and would only grow the
@@ -55,16 +71,20 @@ def export_onnx(cache_dir: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     example = torch.zeros(2, 3, torch_backbone.INPUT_SIZE, torch_backbone.INPUT_SIZE)
-    torch.onnx.export(
-        Graph().eval(),
-        (example,),
-        str(tmp),
-        input_names=["images"],
-        output_names=list(OUTPUTS),
-        dynamic_axes={name: {0: "batch"} for name in ("images", *OUTPUTS)},
-        opset_version=17,
-        dynamo=False,
-    )
+    # The tracer warns about every shape it turns into a constant (the style statistics' fixed
+    # channel pairs among them): expected for this fixed-size graph, and ~150 lines on a console.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Graph().eval(),
+            (example,),
+            str(tmp),
+            input_names=["images"],
+            output_names=list(OUTPUTS),
+            dynamic_axes={name: {0: "batch"} for name in ("images", *OUTPUTS)},
+            opset_version=17,
+            dynamo=False,
+        )
     os.replace(tmp, path)
     for stale in path.parent.glob(f"{LITE0.id}-*.onnx"):  # exports of earlier backbone code, 19 MB each
         if stale != path:
@@ -76,6 +96,7 @@ class _ExportedBackbone:
     """Shared by both runtimes: batch preprocessing and the Features result."""
 
     spec: BackboneSpec = LITE0
+    precision: str = PRECISION
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -107,7 +128,15 @@ class OnnxRuntimeBackbone(_ExportedBackbone):
         options.enable_mem_pattern = False  # no buffers kept per input shape (batch sizes vary)
         # Idle threads sleep instead of spinning: the same cores decode the next requests.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # IEEE float32 throughout: denormals kept (as torch keeps them), no bfloat16 fast math.
+        options.add_session_config_entry("session.set_denormal_as_zero", "0")
+        options.add_session_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.runtime = f"ONNX Runtime on CPU, {threads} threads"
+        # ONNX Runtime's CPU provider computes in the graph's own types: check they are float32.
+        types = {arg.type for arg in (*self.session.get_inputs(), *self.session.get_outputs())}
+        if types != {"tensor(float)"}:
+            require_float32("ONNX Runtime", f"the graph's types {sorted(types)}")
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         return list(self.session.run(list(OUTPUTS), {"images": batch}))
@@ -120,12 +149,21 @@ class OpenVinoBackbone(_ExportedBackbone):
 
         core = ov.Core()
         self.model = core.compile_model(
-            str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+            str(path),
+            "CPU",
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"},
         )
+        self.precision = require_float32("OpenVINO", openvino_precision(self.model))
+        self.runtime = f"OpenVINO on CPU, {threads} threads"
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         result = self.model(batch)
         return [np.asarray(result[i]) for i in range(len(OUTPUTS))]
+
+
+def openvino_precision(compiled: Any) -> str:
+    """The precision a compiled OpenVINO model computes in, as ``f32``, ``bf16`` or ``f16``."""
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
 
 
 def choose_runtime(runtime: str, device: str) -> str:
@@ -165,7 +203,7 @@ def open_backbone(runtime: str, device: str, threads: int, cache_dir: Path) -> B
     chosen = choose_runtime(runtime, device)
     if chosen == "torch":
         return torch_backbone.EfficientNetLite0(device, threads)
-    cpu_threads = threads or os.cpu_count() or 1
+    cpu_threads = threads or usable_cores()
     path = export_onnx(cache_dir)
     if chosen == "openvino":
         return OpenVinoBackbone(path, cpu_threads)
