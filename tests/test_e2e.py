@@ -1,75 +1,27 @@
 """End to end: the real ``tagsmith serve`` as a subprocess, driven by the seed's own snippets and curl lines.
 
-The seed's Python functions below are copied unchanged from custom-training.rst; they talk to
-127.0.0.1:5000, so the server under test binds port 5000.
+The server binds a free port (so a ``tagsmith serve`` on 5000 may run beside the tests); the
+seed's snippets (``tests/seed_snippets.py``) and curl lines are pointed at it.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-import requests
 
+from infra.embedded import free_port
+from tests import seed_snippets
 from tests.photos import CAT, OTHERS, crops
 from tests.servers import TagsmithServer
 
-PORT = 5000
 
-
-# --- the seed's snippets, unchanged -------------------------------------------------------
-
-def add_image(img, image_id=None):
-    with open(img,'rb') as image:
-        data = {'data': image}
-        url = 'http://127.0.0.1:5000/custom/add'
-        if image_id:
-            url += '?image_id=' + image_id
-        r = requests.post(url, files=data).json()
-    return r
-
-
-def assign_image(sample_type, tag, image_id):
-    url = 'http://127.0.0.1:5000/custom/assign/%s/%s/%s'%(image_id, sample_type, tag)
-    r = requests.get(url).json()
-    return r
-
-
-def get_custom_predictions_for_tag(img, tag):
-   with open(img,'rb') as image:
-       data = {'data': image}
-       pred = requests.post('http://127.0.0.1:5000/predict/custom/%s'%tag, files=data).json()
-   return pred
-
-
-def get_custom_predictions(img):
-   with open(img,'rb') as image:
-       data = {'data': image}
-       pred = requests.post('http://127.0.0.1:5000/predict/custom', files=data).json()
-   return pred
-
-
-def get_predictions(img):
-   with open(img,'rb') as image:
-       data = {'data': image}
-       pred = requests.post('http://127.0.0.1:5000/predict', files=data).json()
-   return pred
-
-
-def get_predictions_added(image_id, tag=None):
-    if tag is None:
-        pred = requests.get('http://127.0.0.1:5000/custom/predict/%s'%(image_id)).json()
-    else:
-        pred = requests.get('http://127.0.0.1:5000/custom/predict/%s/%s'%(tag, image_id)).json()
-    return pred
-
-# -------------------------------------------------------------------------------------------
 
 
 def curl(*args: str) -> dict:
@@ -77,10 +29,10 @@ def curl(*args: str) -> dict:
     return json.loads(output)
 
 
-def wait_for(task_id: str, timeout: float = 300) -> dict:
+def wait_for(host: str, task_id: str, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = curl(f"127.0.0.1:5000/status/{task_id}")
+        status = curl(f"{host}/status/{task_id}")
         if status["status"] in ("finished", "failed"):
             return status
         time.sleep(0.5)
@@ -89,13 +41,15 @@ def wait_for(task_id: str, timeout: float = 300) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TagsmithServer]:
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", PORT)) == 0:
-            pytest.fail(f"port {PORT} is taken; the seed's snippets need it for this test")
-    instance = TagsmithServer(tmp_path_factory.mktemp("e2e") / "data", PORT)
+    instance = TagsmithServer(tmp_path_factory.mktemp("e2e") / "data", free_port())
     instance.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture(scope="module")
+def seed(server: TagsmithServer) -> SimpleNamespace:
+    return seed_snippets.load(server.port)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +65,13 @@ def photo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path
     return files
 
 
-def test_seed_flow_end_to_end_and_across_a_restart(server: TagsmithServer, photo_files: dict[str, list[Path]]) -> None:
+def test_seed_flow_end_to_end_and_across_a_restart(
+    server: TagsmithServer, seed: SimpleNamespace, photo_files: dict[str, list[Path]]
+) -> None:
+    host = f"127.0.0.1:{server.port}"
+    add_image, assign_image = seed.add_image, seed.assign_image
+    get_predictions, get_predictions_added = seed.get_predictions, seed.get_predictions_added
+    get_custom_predictions, get_custom_predictions_for_tag = seed.get_custom_predictions, seed.get_custom_predictions_for_tag
     cats = photo_files[CAT]
     generated = add_image(str(cats[0]))["image_id"]
     assign_image("positive", "cat", generated)
@@ -121,11 +81,11 @@ def test_seed_flow_end_to_end_and_across_a_restart(server: TagsmithServer, photo
         assert assign_image("positive", "cat", f"cat-{i}")["type"] == "positive"
     for name in OTHERS:
         for i, path in enumerate(photo_files[name]):
-            curl(f"127.0.0.1:5000/custom/add?image_id={name}-{i}", "-X", "POST", "-F", f"data=@{path}")
-            curl(f"127.0.0.1:5000/custom/assign/{name}-{i}/negative/cat")
+            curl(f"{host}/custom/add?image_id={name}-{i}", "-X", "POST", "-F", f"data=@{path}")
+            curl(f"{host}/custom/assign/{name}-{i}/negative/cat")
 
-    task = curl("127.0.0.1:5000/custom/train/cat")
-    status = wait_for(task["task_id"])
+    task = curl(f"{host}/custom/train/cat")
+    status = wait_for(host, task["task_id"])
     assert status["status"] == "finished", status
     assert status["result"]["version"] == 1 and status["result"]["metrics"]["roc_auc"] >= 0.9
 
@@ -139,13 +99,13 @@ def test_seed_flow_end_to_end_and_across_a_restart(server: TagsmithServer, photo
     assert everything["custom"]["cat"]["match"]
     assert get_predictions_added("cat-0")["custom"]["cat"]["match"]
     assert get_predictions_added("coffee-0", "cat")["match"] is False
-    assert curl("127.0.0.1:5000/predict", "-X", "POST", "-F", f"data=@{held_cat}")["custom"]["cat"]["match"]
+    assert curl(f"{host}/predict", "-X", "POST", "-F", f"data=@{held_cat}")["custom"]["cat"]["match"]
 
-    state = subprocess.run(["curl", "-s", "127.0.0.1:5000/get_state"], check=True, capture_output=True).stdout
+    state = subprocess.run(["curl", "-s", f"{host}/get_state"], check=True, capture_output=True).stdout
     (server.data_dir.parent / "state.tar").write_bytes(state)
-    assert curl("127.0.0.1:5000/custom/delete/cat") == {"tag": "cat", "deleted": True}
+    assert curl(f"{host}/custom/delete/cat") == {"tag": "cat", "deleted": True}
     assert get_custom_predictions(str(held_cat)) == {"custom": {}}
-    loaded = curl("127.0.0.1:5000/set_state", "-X", "POST", "-F", f"data=@{server.data_dir.parent / 'state.tar'}")
+    loaded = curl(f"{host}/set_state", "-X", "POST", "-F", f"data=@{server.data_dir.parent / 'state.tar'}")
     assert [m["tag"] for m in loaded["loaded"]] == ["cat"]
     assert get_custom_predictions_for_tag(str(held_cat), "cat")["score"] == pytest.approx(cat_score["score"], abs=1e-6)
 
@@ -154,12 +114,12 @@ def test_seed_flow_end_to_end_and_across_a_restart(server: TagsmithServer, photo
     for name in OTHERS:
         for i in range(3):
             assign_image("negative", "cat", f"{name}-{i}")
-    retrained = wait_for(curl("127.0.0.1:5000/custom/train/cat")["task_id"])
+    retrained = wait_for(host, curl(f"{host}/custom/train/cat")["task_id"])
     assert retrained["result"]["version"] == 3 and retrained["result"]["metrics"]["fine_tuned_from"] == 2
 
     server.stop(signal.SIGKILL)
     server.start()
-    assert wait_for(task["task_id"])["result"]["version"] == 1
+    assert wait_for(host, task["task_id"])["result"]["version"] == 1
     assert get_predictions_added("cat-0", "cat")["version"] == 3
     assert assign_image("positive", "cat", "cat-1")["positives"] == 7
     assert add_image(str(cats[1]), "cat-0")["error"] == "image_exists"
