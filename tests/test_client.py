@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from shared.context import Services
 from tagsmith_client import Client, TagsmithError, TaskFailed
 from tests.conftest import run_queued_jobs
 from tests.photos import CAT, OTHERS, crops
-from tests.servers import ROOT
+from tests.servers import ROOT, TagsmithServer
 
 
 @pytest.fixture
@@ -121,6 +122,20 @@ def test_an_unreachable_server_is_an_error_too() -> None:
     assert (error.value.status, error.value.code) == (0, "unreachable")
 
 
-def test_the_client_imports_without_torch_or_numpy() -> None:
-    code = "import sys, tagsmith_client; assert not {'torch', 'numpy', 'shared'} & set(sys.modules), sys.modules"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+def test_the_client_installs_alone_with_only_httpx(tmp_path: Path, live_server: TagsmithServer) -> None:
+    """``pip install ./client`` in a fresh environment: httpx and its own few, nothing of the server."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", str(ROOT / "client")], check=True, timeout=600)
+    listed = subprocess.run([python, "-m", "pip", "list", "--format=json"], check=True, capture_output=True).stdout
+    installed = {package["name"].lower() for package in json.loads(listed)}
+    assert {"tagsmith-client", "httpx"} <= installed
+    assert not installed & {"tagsmith", "torch", "numpy", "pillow", "starlette", "redis"}, installed
+    code = (
+        "import sys; from tagsmith_client import Client; "
+        f"print(Client({live_server.base!r}).health()['status']); "
+        "assert not {'torch', 'numpy', 'shared'} & set(sys.modules)"
+    )
+    ran = subprocess.run([python, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True)
+    assert ran.stdout.strip() == "ok"
