@@ -31,7 +31,8 @@ from bench.photos import (
     random_crops,
     source,
 )
-from shared.models.backbone import LITE0, load_backbone
+from shared.core.settings import Settings
+from shared.models.backbone import LITE0, Backbone, open_backbone
 from shared.models.heads import normalise_groups, roc_auc, sigmoid, train_head
 
 SIZES = (LITE0.embedding_size, LITE0.style_size)
@@ -39,8 +40,15 @@ SHOTS = (5, 10, 20)
 CROPS_PER_SOURCE = 12
 
 
+_opened: list[Backbone] = []
+
+
 def embed(images: list[Image.Image]) -> np.ndarray:
-    backbone = load_backbone()
+    """Feature vectors of the images on the backbone the service would open (opened on first use)."""
+    if not _opened:
+        settings = Settings()
+        _opened.append(open_backbone(settings.runtime, settings.device, settings.torch_threads, settings.model_cache_dir))
+    backbone = _opened[0]
     return np.concatenate([backbone.embed(images[i : i + 32]).vectors for i in range(0, len(images), 32)])
 
 

@@ -221,16 +221,14 @@ def report(figures: dict[str, Any]) -> str:
 
 def main() -> int:
     from infra.embedded import free_port
-    from tests.servers import TagsmithServer
+    from tests.support.servers import TagsmithServer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tagsmith-soak-") as folder:
-        server = TagsmithServer(Path(folder) / "data", free_port(), {"TAGSMITH_API_KEYS": ""})
-        for name in [n for n in server.env if n.startswith("TAGSMITH_") and n != "TAGSMITH_API_KEYS"]:
-            del server.env[name]
+        server = TagsmithServer(Path(folder) / "data", free_port())
         server.start()
         try:
             assert server.process is not None

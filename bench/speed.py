@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import sys
 import tempfile
@@ -33,23 +32,22 @@ from PIL import Image
 from bench.load import Connection, upload_request
 from bench.photos import source
 from infra.embedded import free_port
-from shared.embeddings import embedding_key, to_bytes
-from shared.images import decode_image
+from shared.core.process import usable_cores
+from shared.core.settings import Settings
+from shared.data.keys import embedding_key
+from shared.data.store import LocalStore
+from shared.domain.embeddings import to_bytes
 from shared.models.archive import ModelRecord, pack
-from shared.models.backbone import LITE0, EfficientNetLite0, preprocess
+from shared.models.backbone import LITE0, RUNTIMES, preprocess
+from shared.models.backbone.exported import OnnxRuntimeBackbone, OpenVinoBackbone, export_onnx
+from shared.models.backbone.lite0 import EfficientNetLite0
+from shared.models.base_styles import style_scores
+from shared.models.decoding import decode_image
 from shared.models.heads import Head
-from shared.models.runtimes import (
-    RUNTIMES,
-    OnnxRuntimeBackbone,
-    OpenVinoBackbone,
-    export_onnx,
-)
-from shared.models.styles import style_scores
-from shared.settings import get_settings
-from shared.store import LocalStore
-from tests.servers import TagsmithServer
+from tests.support.servers import TagsmithServer
 
-THREADS = os.cpu_count() or 1
+THREADS = usable_cores()
+DEFAULTS = Settings()  # the model cache and limits the served process uses too
 # The issue's targets: /predict throughput against the best raw runtime at the same batch size
 # (0.3 MP photos, 12 MP JPEGs), and one-client p50 against the raw batch-1 forward pass.
 PHOTOS_RATIO, PHONE_RATIO, LATENCY_RATIO = 0.85, 0.6, 1.3
@@ -78,7 +76,7 @@ def raw_runtimes(seconds: float, batches: tuple[int, ...]) -> tuple[dict[str, di
     its default session options (memory arena, spinning threads), OpenVINO with the latency hint."""
     import onnxruntime as ort
 
-    path = export_onnx(get_settings().model_cache_dir)
+    path = export_onnx(DEFAULTS.model_cache_dir)
     tensor = preprocess(source("astronaut"))
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
@@ -115,9 +113,8 @@ class Server(TagsmithServer):
     """``tagsmith serve`` on a free port with its own data folder, backbone loaded, for the HTTP figures."""
 
     def __init__(self, folder: Path, runtime: str = "auto") -> None:
-        cache = str(get_settings().model_cache_dir)
-        super().__init__(folder, free_port(), {"TAGSMITH_MODEL_CACHE_DIR": cache, "TAGSMITH_RUNTIME": runtime,
-                                               "TAGSMITH_API_KEYS": ""})
+        cache = str(DEFAULTS.model_cache_dir)
+        super().__init__(folder, free_port(), {"TAGSMITH_MODEL_CACHE_DIR": cache, "TAGSMITH_RUNTIME": runtime})
         self.start(timeout=180)
         httpx.post(self.base + "/predict", files={"data": jpeg(source("coffee"))}, timeout=120)  # load the backbone
         # The embedded worker loads its own backbone at start: measuring before it is idle would
@@ -184,7 +181,7 @@ def thread_cpu_ms(work: Callable[[], object], repeats: int = 15) -> float:
 def image_work_ms(payloads: list[bytes]) -> dict[str, float]:
     """CPU ms per image, averaged over ``payloads``, of the work /predict does on an upload besides
     the forward pass: decoding, resampling the crop, measuring the base styles."""
-    max_pixels = get_settings().max_image_pixels
+    max_pixels = DEFAULTS.max_image_pixels
     images = [decode_image(payload, max_pixels).image for payload in payloads]
     stages: dict[str, list[Callable[[], object]]] = {
         "decode": [partial(decode_image, payload, max_pixels) for payload in payloads],
@@ -285,7 +282,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients")
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES, help="the server's TAGSMITH_RUNTIME")
     args = parser.parse_args()
-    batch = get_settings().predict_batch_size
+    batch = DEFAULTS.predict_batch_size
     rows: list[tuple[str, str, float, str, float, float | None, str]] = []  # figure, value, baseline, ratio, target
 
     def row(name: str, value: float, unit: str, baseline_name: str, baseline: float, target: float | None, better: str) -> None:
@@ -393,7 +390,7 @@ def main() -> int:
         finally:
             server.stop()
 
-    print(f"\nmachine: {os.cpu_count()} cores; clients: {args.clients}; server runtime: {args.runtime}; "
+    print(f"\nmachine: {THREADS} cores; clients: {args.clients}; server runtime: {args.runtime}; "
           f"server batch: {batch}; HTTP errors: {errors}")
     print("| figure | value | baseline | ratio | target |")
     print("|---|---|---|---|---|")

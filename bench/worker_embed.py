@@ -29,13 +29,16 @@ from PIL import Image
 
 from bench.photos import random_crops, source
 from bench.speed import queued_ms, rate
-from functions.images import verify_and_store
 from infra.embedded import data_folder_lock, start_redis
-from shared.context import Services
-from shared.embeddings import embed_stored_images, image_key
-from shared.images import decode_image
-from shared.models.backbone import EfficientNetLite0, cpu_pool, preprocess
-from shared.store import LocalStore
+from shared.domain.services import Services
+from shared.data.keys import image_key
+from shared.domain.embeddings import embed_stored_images
+from shared.domain.images import add_image
+from shared.models.decoding import decode_image
+from shared.core.process import cpu_pool
+from shared.models.backbone import preprocess
+from shared.models.backbone.lite0 import EfficientNetLite0
+from shared.data.store import LocalStore
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -94,8 +97,8 @@ def training_job(jpegs: list[bytes], folder: Path) -> dict[str, float | str]:
     """Enqueue one training on an idle ``tagsmith worker``; returns its timings and result."""
     import redis
 
-    from shared.context import build_services
-    from shared.settings import Settings
+    from shared.domain.services import build_services
+    from shared.core.settings import Settings
 
     data = folder / "job"
     with data_folder_lock(data) as fd:
@@ -116,7 +119,7 @@ def _run_jobs(services: Services, jpegs: list[bytes], worker: subprocess.Popen[s
     """Store and label the photos, wait for the idle worker, then train the tag twice."""
     tag = "astronaut"  # positives: crops of the astronaut photo; negatives: the other photos
     for i, payload in enumerate(jpegs):
-        verify_and_store(services, f"photo-{i}", payload)
+        add_image(services, payload, f"photo-{i}")
         services.registry.assign(f"photo-{i}", tag, "positive" if PHOTOS[i % len(PHOTOS)] == tag else "negative")
     assert worker.stderr is not None
     for line in worker.stderr:  # wait until the worker is idle on its queue

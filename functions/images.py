@@ -2,56 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
-import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.routing import Route
 
-from shared.context import Services, get_services
-from shared.embeddings import embedding_key, image_key
-from shared.errors import ApiError, bad_request, not_found
-from shared.http import create_app, read_upload, read_uploads
-from shared.images import VERIFY_SIZE, DecodedImage, decode_image
-from shared.names import new_image_id, validate_image_id, validate_sample_type, validate_tag
-from shared.responses import JSONResponse
-from shared.store import StoreUnavailable
-
-
-def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage) -> None:
-    """Claim the id, write the bytes, then make the image visible; a crash leaves nothing visible.
-
-    An embedding cached under the id belongs to an earlier image of that id (a delete that raced
-    its embedding, or died before reaching the store): it goes first, so it is never reused."""
-    services.registry.reserve_image(image_id)
-    try:
-        services.store.delete(embedding_key(services.spec.id, image_id))
-        services.store.put(image_key(image_id), data)
-        services.registry.commit_image(
-            image_id,
-            {"format": decoded.format, "width": decoded.width, "height": decoded.height, "bytes": len(data)},
-        )
-    except BaseException:
-        services.registry.release_image(image_id)
-        raise
-
-
-def forget_image(services: Services, image_id: str) -> list[str]:
-    """Delete a stored image: from every tag and the registry first, then its bytes and cached
-    embedding. Returns the tags it was an example of."""
-    tags = services.registry.delete_image(image_id)
-    for key in (image_key(image_id), embedding_key(services.spec.id, image_id)):
-        services.store.delete(key)
-    return tags
-
-
-def verify_and_store(services: Services, image_id: str, data: bytes) -> DecodedImage:
-    """Check that the upload decodes (400/413/415 if not), then store it: one threadpool trip for both."""
-    decoded = decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE)
-    store_image(services, image_id, data, decoded)
-    return decoded
+from shared.core.errors import InvalidInput
+from shared.core.names import validate_image_id, validate_sample_type, validate_tag
+from shared.domain import images, labels
+from shared.web.app import create_app
+from shared.web.errors import error_row
+from shared.web.responses import JSONResponse
+from shared.web.routing import ApiRoute
+from shared.web.state import services_of
+from shared.web.uploads import read_upload, read_uploads
 
 
 async def add(request: Request) -> JSONResponse:
@@ -69,25 +31,20 @@ async def add(request: Request) -> JSONResponse:
       example: {image_id: cat-1, format: JPEG, width: 451, height: 300}
     errors: [400, 409, 413, 415, 503]
     """
-    services = get_services()
-    settings = services.settings
+    services = services_of(request)
     requested = request.query_params.get("image_id")
-    image_id = validate_image_id(requested) if requested is not None else new_image_id()
-    data = await read_upload(request, settings.max_upload_bytes)
-    decoded = await run_in_threadpool(verify_and_store, services, image_id, data)
-    return JSONResponse(
-        {"image_id": image_id, "format": decoded.format, "width": decoded.width, "height": decoded.height},
-        status_code=201,
-    )
+    image_id = validate_image_id(requested) if requested is not None else None
+    data = await read_upload(request, services.settings.max_upload_bytes)
+    return JSONResponse(await run_in_threadpool(images.add_image, services, data, image_id), status_code=201)
 
 
-def _assignment_query(services: Services, request: Request) -> tuple[str, str] | None:
+def _assignment_query(request: Request, max_tag_length: int) -> tuple[str, str] | None:
     tag, sample_type = request.query_params.get("tag"), request.query_params.get("type")
     if tag is None and sample_type is None:
         return None
     if tag is None or sample_type is None:
-        raise bad_request("missing_parameter", "Give both 'tag' and 'type' to assign the images, or neither.")
-    return validate_tag(tag, services.settings.max_tag_length), validate_sample_type(sample_type)
+        raise InvalidInput("missing_parameter", "Give both 'tag' and 'type' to assign the images, or neither.")
+    return validate_tag(tag, max_tag_length), validate_sample_type(sample_type)
 
 
 async def add_many(request: Request) -> JSONResponse:
@@ -114,49 +71,22 @@ async def add_many(request: Request) -> JSONResponse:
           - {filename: notes.txt, image_id: null, status: 415, error: not_an_image, message: The file is not an image in a supported format.}
     errors: [400, 409, 413, 503]
     """
-    services = get_services()
+    services = services_of(request)
     settings = services.settings
-    assignment = _assignment_query(services, request)
-    if assignment:
-        services.registry.check_room_for([assignment[0]], services.settings.max_tags)
+    assignment = _assignment_query(request, settings.max_tag_length)
     files, form = await read_uploads(request, settings.max_upload_bytes, settings.max_batch_files)
     ids = [str(x) for x in form.getlist("image_id")]
     if ids and len(ids) != len(files):
-        raise bad_request("image_ids_mismatch", f"Got {len(ids)} image ids for {len(files)} files; send one per file.")
-    results: list[dict[str, Any]] = []
-    for i, (filename, data) in enumerate(files):
-        requested = ids[i] if ids else ""
-        try:
-            if isinstance(data, ApiError):
-                raise data
-            image_id = validate_image_id(requested) if requested else new_image_id()
-            decoded = await run_in_threadpool(verify_and_store, services, image_id, data)
-            if assignment:
-                try:
-                    services.registry.assign(image_id, *assignment, settings.max_tags)
-                except (ApiError, StoreUnavailable, redis.RedisError):
-                    # e.g. another request took the last free tag, or Redis failed: this file changes
-                    # nothing (as far as the backends let us undo it)
-                    with contextlib.suppress(StoreUnavailable, redis.RedisError):
-                        await run_in_threadpool(forget_image, services, image_id)
-                    raise
-            results.append({"filename": filename, "image_id": image_id, "format": decoded.format,
-                            "width": decoded.width, "height": decoded.height})
-        except ApiError as exc:
-            results.append({"filename": filename, "image_id": requested or None, "status": exc.status,
-                            "error": exc.code, "message": exc.message})
-        except (StoreUnavailable, redis.RedisError):
-            if not any("error" not in r for r in results):
-                raise  # nothing stored yet: the whole request is a 503
-            # Earlier files are stored (and assigned): say so, and stop here rather than wait out
-            # the backend's timeouts once per remaining file.
-            for j in range(i, len(files)):
-                results.append({"filename": files[j][0], "image_id": (ids[j] if ids else "") or None,
-                                "status": 503, "error": "backend_unavailable",
-                                "message": "The backend became unavailable; this file was not stored. Try it again."})
-            break
-    added = sum("error" not in r for r in results)
-    return JSONResponse({"added": added, "failed": len(results) - added, "images": results})
+        raise InvalidInput("image_ids_mismatch", f"Got {len(ids)} image ids for {len(files)} files; send one per file.")
+    results = await run_in_threadpool(images.add_images, services, files, ids, assignment)
+    rows = [
+        {"filename": r.filename, **r.image} if r.image is not None
+        else {"filename": r.filename, "image_id": r.image_id, **error_row(r.error)} if r.error is not None
+        else {}
+        for r in results
+    ]
+    added = sum(r.error is None for r in results)
+    return JSONResponse({"added": added, "failed": len(results) - added, "images": rows})
 
 
 def assign(request: Request) -> JSONResponse:
@@ -169,24 +99,8 @@ def assign(request: Request) -> JSONResponse:
       example: {image_id: cat-1, tag: cat, type: positive, positives: 6, negatives: 8}
     errors: [400, 404, 409, 503]
     """
-    services = get_services()
-    params = request.path_params
-    image_id = validate_image_id(params["image_id"])
-    sample_type = validate_sample_type(params["type"])
-    tag = validate_tag(params["tag"], services.settings.max_tag_length)
-    if not services.registry.image_exists(image_id):
-        raise not_found("unknown_image", f"No image with id '{image_id}'.")
-    services.registry.assign(image_id, tag, sample_type, services.settings.max_tags)
-    positives, negatives = services.registry.examples(tag)
-    return JSONResponse(
-        {
-            "image_id": image_id,
-            "tag": tag,
-            "type": sample_type,
-            "positives": len(positives),
-            "negatives": len(negatives),
-        }
-    )
+    p = request.path_params
+    return JSONResponse(labels.assign(services_of(request), p["image_id"], p["tag"], p["type"]))
 
 
 def unassign(request: Request) -> JSONResponse:
@@ -199,24 +113,14 @@ def unassign(request: Request) -> JSONResponse:
       example: {image_id: cat-1, tag: cat, removed: positive, positives: 5, negatives: 8}
     errors: [400, 404, 503]
     """
-    services = get_services()
-    image_id = validate_image_id(request.path_params["image_id"])
-    tag = validate_tag(request.path_params["tag"], services.settings.max_tag_length)
-    if not services.registry.image_exists(image_id):
-        raise not_found("unknown_image", f"No image with id '{image_id}'.")
-    if not services.registry.tag_exists(tag):
-        raise not_found("unknown_tag", f"No tag '{tag}'.")
-    removed = services.registry.unassign(image_id, tag)
-    ((positives, negatives),) = services.registry.example_counts([tag])
-    return JSONResponse(
-        {"image_id": image_id, "tag": tag, "removed": removed, "positives": positives, "negatives": negatives}
-    )
+    p = request.path_params
+    return JSONResponse(labels.unassign(services_of(request), p["image_id"], p["tag"]))
 
 
 routes = [
-    Route("/custom/add", add, methods=["POST"]),
-    Route("/custom/add_many", add_many, methods=["POST"]),
-    Route("/custom/assign/{image_id}/{type}/{tag:path}", assign, methods=["GET", "POST"]),
-    Route("/custom/unassign/{image_id}/{tag:path}", unassign, methods=["GET", "POST", "DELETE"]),
+    ApiRoute("/custom/add", add, methods=["POST"]),
+    ApiRoute("/custom/add_many", add_many, methods=["POST"]),
+    ApiRoute("/custom/assign/{image_id}/{type}/{tag:path}", assign, methods=["GET", "POST"]),
+    ApiRoute("/custom/unassign/{image_id}/{tag:path}", unassign, methods=["GET", "POST", "DELETE"]),
 ]
 app = create_app(routes)

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 from starlette.requests import Request
-from starlette.routing import Route
 
-from shared import catalog
-from shared.context import get_services
-from shared.errors import bad_request, not_found
-from shared.http import create_app
-from shared.names import validate_tag
-from shared.responses import JSONResponse
-
-_TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+from shared.domain import catalog, training
+from shared.web.app import create_app
+from shared.web.responses import JSONResponse
+from shared.web.routing import ApiRoute
+from shared.web.state import services_of
 
 
 def train(request: Request) -> JSONResponse:
@@ -30,20 +24,7 @@ def train(request: Request) -> JSONResponse:
       example: {task_id: 3f2c..., tag: cat, status: queued, already_queued: false}
     errors: [400, 503]
     """
-    services = get_services()
-    tag = validate_tag(request.path_params["tag"], services.settings.max_tag_length)
-    positives, negatives = services.registry.examples(tag)
-    if not positives or not negatives:
-        raise bad_request(
-            "not_enough_examples",
-            f"Tag '{tag}' has {len(positives)} positive and {len(negatives)} negative examples; "
-            "training needs at least one of each.",
-        )
-    task_id, already_queued = services.queue.submit(tag, services.registry.epoch(tag))
-    return JSONResponse(
-        {"task_id": task_id, "tag": tag, "status": "queued", "already_queued": already_queued},
-        status_code=202,
-    )
+    return JSONResponse(training.request_training(services_of(request), request.path_params["tag"]), status_code=202)
 
 
 def status(request: Request) -> JSONResponse:
@@ -58,10 +39,7 @@ def status(request: Request) -> JSONResponse:
       example: {task_id: 3f2c..., tag: cat, status: finished, progress: 1.0, stage: done, result: {version: 1, threshold: 0.41, metrics: {roc_auc: 1.0, f1: 1.0, precision: 1.0, recall: 1.0, accuracy: 1.0}}}
     errors: [404, 503]
     """
-    task_id = request.path_params["task_id"]
-    if not _TASK_ID.fullmatch(task_id):
-        raise not_found("unknown_task", f"No task with id '{task_id}'.")
-    return JSONResponse(get_services().queue.status(task_id))
+    return JSONResponse(services_of(request).queue.status(request.path_params["task_id"]))
 
 
 def delete(request: Request) -> JSONResponse:
@@ -72,17 +50,14 @@ def delete(request: Request) -> JSONResponse:
     response: {description: The tag is reset., example: {tag: cat, deleted: true}}
     errors: [400, 404, 503]
     """
-    services = get_services()
-    tag = validate_tag(request.path_params["tag"], services.settings.max_tag_length)
-    if not services.registry.tag_exists(tag):
-        raise not_found("unknown_tag", f"No tag '{tag}'.")
-    catalog.delete_tag(services, tag)
+    tag = request.path_params["tag"]
+    catalog.delete_tag(services_of(request), tag)
     return JSONResponse({"tag": tag, "deleted": True})
 
 
 routes = [
-    Route("/custom/train/{tag:path}", train, methods=["GET", "POST"]),
-    Route("/status/{task_id}", status, methods=["GET"]),
-    Route("/custom/delete/{tag:path}", delete, methods=["GET", "POST", "DELETE"]),
+    ApiRoute("/custom/train/{tag:path}", train, methods=["GET", "POST"]),
+    ApiRoute("/status/{task_id}", status, methods=["GET"]),
+    ApiRoute("/custom/delete/{tag:path}", delete, methods=["GET", "POST", "DELETE"]),
 ]
 app = create_app(routes)

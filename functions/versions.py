@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 from starlette.requests import Request
-from starlette.routing import Route
 
-from shared import catalog
-from shared.context import Services, get_services
-from shared.errors import bad_request, conflict, not_found
-from shared.http import create_app
-from shared.names import validate_tag
-from shared.registry import EpochMoved, ModelPointer
-from shared.responses import JSONResponse
-from shared.store import ObjectNotFound
-
-_VERSION = re.compile(r"[0-9]{1,18}")
-
-
-def _model(pointer: ModelPointer | None) -> dict[str, Any] | None:
-    if pointer is None:
-        return None
-    return {"version": pointer.version, "threshold": pointer.threshold, "trained_at": pointer.trained_at,
-            "metrics": pointer.metrics}
-
-
-def _tag(services: Services, request: Request) -> str:
-    return validate_tag(request.path_params["tag"], services.settings.max_tag_length)
+from shared.domain import catalog
+from shared.web.app import create_app
+from shared.web.responses import JSONResponse
+from shared.web.routing import ApiRoute
+from shared.web.state import services_of
 
 
 def list_tags(request: Request) -> JSONResponse:
@@ -39,14 +19,7 @@ def list_tags(request: Request) -> JSONResponse:
       example: {tags: [{tag: cat, positives: 6, negatives: 8, model: {version: 2, threshold: 0.41, trained_at: '2025-01-01T12:00:00Z', metrics: {roc_auc: 1.0, f1: 1.0}}}]}
     errors: [503]
     """
-    registry = get_services().registry
-    tags = registry.tags()
-    models = registry.models()
-    counts = registry.example_counts(tags)
-    return JSONResponse({"tags": [
-        {"tag": tag, "positives": p, "negatives": n, "model": _model(models.get(tag))}
-        for tag, (p, n) in zip(tags, counts, strict=True)
-    ]})
+    return JSONResponse({"tags": catalog.tags_overview(services_of(request))})
 
 
 def tag_info(request: Request) -> JSONResponse:
@@ -57,35 +30,7 @@ def tag_info(request: Request) -> JSONResponse:
       example: {tag: cat, positives: [cat-1, cat-2], negatives: [rocket-1], model: null}
     errors: [400, 404, 503]
     """
-    services = get_services()
-    tag = _tag(services, request)
-    if not services.registry.tag_exists(tag):
-        raise not_found("unknown_tag", f"No tag '{tag}'.")
-    positives, negatives = services.registry.examples(tag)
-    return JSONResponse({"tag": tag, "positives": positives, "negatives": negatives,
-                         "model": _model(services.registry.model(tag))})
-
-
-def stored_versions(services: Services, tag: str) -> list[ModelPointer]:
-    """Every version archive the store holds for the tag since its last delete, oldest first, read
-    from the archives."""
-    pattern = re.compile(rf"models/{re.escape(tag)}/v(\d+)\.tar")
-    deleted_through = services.registry.deleted_through(tag)
-    pointers = []
-    for key in services.store.list(f"models/{tag}/"):
-        match = pattern.fullmatch(key)
-        if match and int(match.group(1)) > deleted_through:
-            try:
-                pointers.append(_read_version(services, tag, int(match.group(1))))
-            except ObjectNotFound:
-                continue  # deleted while listing
-    return sorted(pointers, key=lambda p: p.version)
-
-
-def _read_version(services: Services, tag: str, version: int) -> ModelPointer:
-    key = catalog.model_key(tag, version)
-    record = catalog.load_version(services, ModelPointer(tag, version, key, 0.0, ""))
-    return ModelPointer(tag, version, key, record.threshold, record.trained_at, record.metrics)
+    return JSONResponse(catalog.tag_details(services_of(request), request.path_params["tag"]))
 
 
 def list_versions(request: Request) -> JSONResponse:
@@ -96,18 +41,7 @@ def list_versions(request: Request) -> JSONResponse:
       example: {tag: cat, current: 2, versions: [{version: 1, current: false, threshold: 0.5, trained_at: '2025-01-01T12:00:00Z', metrics: {roc_auc: 0.98, f1: 0.92, positives: 6, negatives: 8}}]}
     errors: [400, 404, 503]
     """
-    services = get_services()
-    tag = _tag(services, request)
-    if not services.registry.tag_exists(tag):
-        raise not_found("unknown_tag", f"No tag '{tag}'.")
-    current = services.registry.model(tag)
-    current_version = current.version if current else None
-    versions = [
-        {"version": p.version, "current": p.version == current_version, "threshold": p.threshold,
-         "trained_at": p.trained_at, "metrics": p.metrics}
-        for p in stored_versions(services, tag)
-    ]
-    return JSONResponse({"tag": tag, "current": current_version, "versions": versions})
+    return JSONResponse(catalog.version_list(services_of(request), request.path_params["tag"]))
 
 
 def rollback(request: Request) -> JSONResponse:
@@ -121,33 +55,14 @@ def rollback(request: Request) -> JSONResponse:
       example: {tag: cat, version: 1, previous: 2, threshold: 0.5}
     errors: [400, 404, 409, 503]
     """
-    services = get_services()
-    tag = _tag(services, request)
-    raw = request.path_params["version"]
-    # ASCII digits only: str.isdigit() also accepts '²' or '①', which int() refuses (a 500).
-    if not _VERSION.fullmatch(raw) or int(raw) < 1:
-        raise bad_request("invalid_version", "The version must be a whole number from 1.")
-    version = int(raw)
-    epoch = services.registry.epoch(tag)
-    try:  # versions up to deleted_through belonged to the tag before its last delete
-        pointer = _read_version(services, tag, version) if version > services.registry.deleted_through(tag) else None
-    except ObjectNotFound:
-        pointer = None
-    if pointer is None:
-        raise not_found("unknown_version", f"Tag '{tag}' has no version {version}.")
-    previous = services.registry.model(tag)
-    try:
-        services.registry.publish([pointer], epochs={tag: epoch}, rollback=True)
-    except EpochMoved:
-        raise conflict("tag_deleted", f"Tag '{tag}' was deleted meanwhile.") from None
-    return JSONResponse({"tag": tag, "version": version, "previous": previous.version if previous else None,
-                         "threshold": pointer.threshold})
+    p = request.path_params
+    return JSONResponse(catalog.rollback(services_of(request), p["tag"], p["version"]))
 
 
 routes = [
-    Route("/custom/tags", list_tags, methods=["GET"]),
-    Route("/custom/tags/{tag:path}", tag_info, methods=["GET"]),
-    Route("/custom/versions/{tag:path}", list_versions, methods=["GET"]),
-    Route("/custom/rollback/{tag:path}/{version}", rollback, methods=["GET", "POST"]),
+    ApiRoute("/custom/tags", list_tags, methods=["GET"]),
+    ApiRoute("/custom/tags/{tag:path}", tag_info, methods=["GET"]),
+    ApiRoute("/custom/versions/{tag:path}", list_versions, methods=["GET"]),
+    ApiRoute("/custom/rollback/{tag:path}/{version}", rollback, methods=["GET", "POST"]),
 ]
 app = create_app(routes)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from shared.http import create_app
+from shared.web.app import create_app
+from shared.web.routing import ApiRoute
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -25,7 +26,7 @@ def index(request: Request) -> FileResponse:
 
 
 routes = [
-    Route("/", index, methods=["GET"]),
+    ApiRoute("/", index, methods=["GET"]),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
 app = create_app(routes)

@@ -11,19 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from infra.commands import add_commands
-from shared.logs import configure_logging
-from shared.process import tune_process
-from shared.settings import Settings, get_settings
-
-
-def _reset_settings(**overrides: str) -> None:
-    """Apply overrides to the environment (children inherit it) and re-read the settings."""
-    for name, value in overrides.items():
-        os.environ[f"TAGSMITH_{name.upper()}"] = value
-    get_settings.cache_clear()
-    from shared.context import get_services
-
-    get_services.cache_clear()
+from shared.core.logs import configure_logging
+from shared.core.process import tune_process
+from shared.core.settings import Settings
 
 
 def say(line: str) -> None:
@@ -31,35 +21,28 @@ def say(line: str) -> None:
     print(f"tagsmith: {line}", flush=True)
 
 
-def serve(args: argparse.Namespace) -> None:
-    from infra.embedded import WorkerSupervisor, data_folder_lock, requeue_abandoned, start_redis
+def serve(args: argparse.Namespace, settings: Settings) -> None:
+    from infra.embedded import WorkerSupervisor, data_folder_lock, start_redis
+    from infra.gateway import create_gateway
+    from shared.domain.services import build_services
 
-    overrides = {k: str(v) for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if args.data_dir:
-        overrides["data_dir"] = str(Path(args.data_dir).resolve())
-    _reset_settings(**overrides)
-    settings = get_settings()
     with data_folder_lock(settings.data_dir) as lock_fd:
         redis_process = None
         if not settings.redis_url:
             redis_process, url = start_redis(settings.redis_dir, lock_fd)
-            _reset_settings(redis_url=url)
-        from shared.context import get_services
-
-        services = get_services()
+            settings = settings.model_copy(update={"redis_url": url})
+        services = build_services(settings)
         if redis_process is not None:
             # Our own Redis: no worker but ours can hold a training, and ours are all gone.
             # (With a shared Redis, workers elsewhere may be mid-training: their leases decide.)
-            requeued = requeue_abandoned(services.redis, settings.queue_name)
+            requeued = services.queue.recover_abandoned(every_started=True)
             if requeued:
                 logging.getLogger("tagsmith").info("requeued %d interrupted trainings", len(requeued))
         prepare_backbone(settings)
-        supervisor = WorkerSupervisor(dict(os.environ), lock_fd)
+        supervisor = WorkerSupervisor({**os.environ, **settings.as_env()}, lock_fd)
         supervisor.start()
         try:
-            from infra.gateway import app
-
-            run_server(app, settings)
+            run_server(create_gateway(services=services), settings)
         finally:
             supervisor.stop()
             if redis_process is not None:
@@ -69,7 +52,8 @@ def serve(args: argparse.Namespace) -> None:
 
 def prepare_backbone(settings: Settings) -> None:
     """Build the CPU runtimes' export of the backbone now, saying so, if this is its first start."""
-    from shared.models.runtimes import choose_runtime, export_onnx, export_path
+    from shared.models.backbone import choose_runtime
+    from shared.models.backbone.exported import export_onnx, export_path
 
     if choose_runtime(settings.runtime, settings.device) == "torch":
         return
@@ -94,19 +78,19 @@ def run_server(app: Any, settings: Settings) -> None:
     AnnouncingServer(config).run()
 
 
-def worker(args: argparse.Namespace) -> None:
+def worker(args: argparse.Namespace, settings: Settings) -> None:
     from worker.main import run_worker
 
     tune_process()
-    run_worker(burst=args.burst, name=args.name)
+    run_worker(settings, burst=args.burst, name=args.name)
 
 
-def check(args: argparse.Namespace) -> None:
+def check(args: argparse.Namespace, settings: Settings) -> None:
     """Exit 0 when Redis and the object store answer, else 1 with the reason (for health checks)."""
-    from shared.context import get_services
+    from shared.domain.services import build_services
 
     try:
-        services = get_services()
+        services = build_services(settings)
         services.redis.ping()
         services.store.ping()
     except Exception as exc:
@@ -132,9 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if hasattr(args, "client_command"):
         return run_client_command(args)
-    configure_logging(get_settings().log_level)
-    args.run(args)
+    settings = Settings().model_copy(update=_overrides(args))  # the environment, read once, and the options given
+    configure_logging(settings.log_level)
+    args.run(args, settings)
     return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """``serve``'s --host, --port and --data-dir, where given."""
+    given = {name: getattr(args, name, None) for name in ("host", "port", "data_dir")}
+    if given["data_dir"]:
+        given["data_dir"] = Path(given["data_dir"]).resolve()
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def run_client_command(args: argparse.Namespace) -> int:

@@ -65,7 +65,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def _bar(args: argparse.Namespace, **kwargs: Any) -> tqdm:  # type: ignore[type-arg]
+def _bar(args: argparse.Namespace, **kwargs: Any) -> tqdm:
     kwargs.setdefault("disable", args.quiet)
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
 
@@ -280,7 +280,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     def add(name: str, run: Any, help: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, parents=[common], help=help, description=help)
+        parser: argparse.ArgumentParser = commands.add_parser(name, parents=[common], help=help, description=help)
         parser.set_defaults(client_command=run)
         return parser
 

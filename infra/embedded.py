@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import redis
@@ -93,24 +92,6 @@ def start_redis(folder: Path, lock_fd: int) -> tuple[subprocess.Popen[bytes], st
             raise SystemExit("redis-server did not start within 30 s")
         time.sleep(0.05)
     return process, url
-
-
-def requeue_abandoned(client: redis.Redis, queue_name: str) -> list[str]:
-    """Requeue trainings left 'started' by a previous run; no worker of ours is alive to own them."""
-    from rq import Queue
-    from rq.registry import FailedJobRegistry, StartedJobRegistry
-    from rq.serializers import JSONSerializer
-
-    queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
-    started = StartedJobRegistry(queue=queue)
-    abandoned = started.get_job_ids()
-    if abandoned:
-        started.cleanup(timestamp=(datetime.now(timezone.utc) + timedelta(days=3650)).timestamp())
-        failed = FailedJobRegistry(queue=queue)
-        for job_id in abandoned:
-            with contextlib.suppress(Exception):
-                failed.requeue(job_id)
-    return abandoned
 
 
 class WorkerSupervisor:

@@ -24,8 +24,8 @@ from functions import images as images_function
 from functions import predict as predict_function
 from functions import state as state_function
 from functions import training as training_function
-from shared import openapi
-from shared.http import create_app
+from shared.web import openapi
+from shared.web.app import create_app
 
 GROUPS: dict[str, list[BaseRoute]] = {
     "images": [*images_function.routes, *gallery.routes, *webpage.routes],
@@ -37,7 +37,7 @@ GROUPS: dict[str, list[BaseRoute]] = {
 images = create_app(GROUPS["images"])
 training = create_app(GROUPS["training"])
 # Loads the backbone before it answers, as functions/predict.py does alone (suggest needs it too).
-predict = create_app(GROUPS["predict"], lifespan=predict_function.preload_backbone)
+predict = create_app(GROUPS["predict"], backbone=True)
 state = create_app(GROUPS["state"])
 
 APPS: dict[str, Starlette] = {"images": images, "training": training, "predict": predict, "state": state}

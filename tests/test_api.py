@@ -8,30 +8,9 @@ import tarfile
 import pytest
 from starlette.testclient import TestClient
 
-from shared.context import Services
-from tests.conftest import run_queued_jobs
-from tests.photos import CAT, OTHERS, crops
-
-
-def add(client: TestClient, data: bytes, image_id: str | None = None) -> str:
-    url = "/custom/add" + (f"?image_id={image_id}" if image_id else "")
-    response = client.post(url, files={"data": ("photo.jpg", data, "image/jpeg")})
-    assert response.status_code == 201, response.text
-    return response.json()["image_id"]
-
-
-def teach_cat(client: TestClient, services: Services, positives: int = 6, negatives_each: int = 2) -> dict:
-    """Add cat crops as positives and other photos as negatives, train, return the finished status."""
-    for i, data in enumerate(crops(CAT, positives, seed=1)):
-        add(client, data, f"cat-{i}")
-        assert client.get(f"/custom/assign/cat-{i}/positive/cat").status_code == 200
-    for name in OTHERS:
-        for i, data in enumerate(crops(name, negatives_each, seed=2)):
-            add(client, data, f"{name}-{i}")
-            assert client.get(f"/custom/assign/{name}-{i}/negative/cat").status_code == 200
-    task = client.get("/custom/train/cat").json()
-    run_queued_jobs(services)
-    return client.get(f"/status/{task['task_id']}").json()
+from shared.domain.services import Services
+from tests.support.api import add, run_queued_jobs, teach_cat
+from tests.support.photos import CAT, crops
 
 
 def test_add_generates_an_id_and_refuses_reuse(client: TestClient) -> None:

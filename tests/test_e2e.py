@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import pytest
 
 from infra.embedded import free_port
-from tests import seed_snippets
-from tests.photos import CAT, OTHERS, crops
-from tests.servers import TagsmithServer
+from tests.support import seed_snippets
+from tests.support.photos import CAT, OTHERS, crops
+from tests.support.servers import TagsmithServer
 
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import onnxruntime as ort
 from starlette.testclient import TestClient
 
-from shared.context import Services
-from shared.images import decode_image
+from shared.domain.services import Services
+from shared.models.decoding import decode_image
 from shared.models.backbone import preprocess
 from shared.models.edge import edge_manifest
-from tests.photos import CAT, crops
-from tests.test_api import teach_cat
+from tests.support.photos import CAT, crops
+from tests.support.api import teach_cat
 
 
 def test_exported_model_scores_like_the_server(client: TestClient, services: Services) -> None:
@@ -19,7 +19,7 @@ def test_exported_model_scores_like_the_server(client: TestClient, services: Ser
     client.get("/custom/assign/coffee-0/positive/coffee")
     client.get("/custom/assign/cat-0/negative/coffee")
     client.get("/custom/train/coffee")
-    from tests.conftest import run_queued_jobs
+    from tests.support.api import run_queued_jobs
 
     run_queued_jobs(services)
     response = client.get("/export/onnx")

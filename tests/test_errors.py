@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from shared.context import Services
-from shared.settings import get_settings
-from tests.photos import CAT, crops, encode, photo
+from shared.domain.services import Services
+from tests.support.photos import CAT, crops, encode, photo
 
 
 def assert_error(response, status: int, code: str | None = None) -> None:  # type: ignore[no-untyped-def]
@@ -78,7 +77,6 @@ def test_missing_or_wrong_data_field(client: TestClient) -> None:
 
 def test_upload_over_the_limit_is_413(client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(services.settings, "max_upload_bytes", 10_000)
-    monkeypatch.setattr(get_settings(), "max_upload_bytes", 10_000)
     for big in (encode(photo(CAT), quality=95), encode(photo(CAT), "PNG")):  # ~50 KB, ~300 KB
         assert len(big) > 40_000
         assert_error(client.post("/custom/add?image_id=big", files={"data": ("x.jpg", big)}), 413, "too_large")
@@ -177,7 +175,7 @@ def test_a_full_disk_is_503_json_and_stores_nothing(
     not 500 internal_error, and the image is not registered."""
     import errno
 
-    from shared import store as store_module
+    from shared.data import store as store_module
 
     def disk_full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -198,7 +196,7 @@ def test_add_many_reports_what_it_stored_when_the_store_fails_midway(
     already, so a bare 503 for the whole batch hid it (a retry then got 409 image_exists for it,
     or stored a duplicate under a new generated id). Each file gets its row; the batch stops at
     the failure instead of waiting out the store's timeouts once per remaining file."""
-    from shared.store import StoreUnavailable
+    from shared.data.store import StoreUnavailable
 
     real_put = services.store.put
 
@@ -226,7 +224,7 @@ def test_add_many_reports_what_it_stored_when_the_store_fails_midway(
 def test_add_many_that_stores_nothing_before_the_store_fails_is_a_503(
     client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.store import StoreUnavailable
+    from shared.data.store import StoreUnavailable
 
     def put(key: str, data: bytes) -> None:
         raise StoreUnavailable("S3 write failed: connection refused")

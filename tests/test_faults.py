@@ -12,9 +12,9 @@ import requests
 from starlette.routing import Route
 
 from infra.embedded import free_port
-from shared.auth import is_public
-from tests.photos import CAT, OTHERS, crops
-from tests.servers import RedisServer, TagsmithServer
+from shared.web.auth import is_public
+from tests.support.photos import CAT, OTHERS, crops
+from tests.support.servers import RedisServer, TagsmithServer
 
 PARAMS = {"image_id": "img1", "tag": "cat", "type": "positive", "task_id": "abc", "version": "1"}
 NO_REDIS = {"/openapi.json", "/docs", "/metrics"}
@@ -79,9 +79,7 @@ def kill_everything(server: TagsmithServer) -> int:
 
 
 def test_sigkill_loses_no_acknowledged_write_and_shows_no_half_upload(tmp_path: Path) -> None:
-    server = TagsmithServer(tmp_path / "data", free_port(), {"TAGSMITH_API_KEYS": ""})
-    for name in [n for n in server.env if n.startswith("TAGSMITH_") and n != "TAGSMITH_API_KEYS"]:
-        del server.env[name]
+    server = TagsmithServer(tmp_path / "data", free_port())
     server.start()
     base = server.base
     photos = crops(CAT, 6, seed=7) + [crops(name, 1, seed=8)[0] for name in OTHERS]
@@ -138,23 +136,19 @@ def _one_model_archive() -> bytes:
     return pack([record], LITE0)
 
 
-def test_s3_outage_is_503_and_heals_itself(tmp_path: Path, monkeypatch, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_s3_outage_is_503_and_heals_itself(tmp_path: Path, redis_server, backbone) -> None:  # type: ignore[no-untyped-def]
     """The S3 server dies: uploads and reads answer JSON 503; it comes back: tagsmith works again,
     without a restart, and what was stored before is still there."""
     from starlette.testclient import TestClient
 
-    from shared.context import get_services
-    from shared.settings import get_settings
-    from tests.servers import S3Server
+    from infra.gateway import create_gateway
+    from shared.domain.services import build_services
+    from tests.support.api import settings_for
+    from tests.support.servers import S3Server
 
     s3 = S3Server(tmp_path / "s3")
-    monkeypatch.setenv("TAGSMITH_REDIS_URL", redis_server.url)
-    monkeypatch.setenv("TAGSMITH_KEY_PREFIX", f"s3fault-{tmp_path.name}")
-    for name, value in s3.env("tagsmith-fault").items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    get_services.cache_clear()
-    from infra.gateway import app
+    settings = settings_for(redis_server.url, tmp_path / "data", **s3.overrides("tagsmith-fault"))
+    app = create_gateway(services=build_services(settings, backbone))
 
     first, second = crops(CAT, 2, seed=5)
     try:
@@ -172,5 +166,3 @@ def test_s3_outage_is_503_and_heals_itself(tmp_path: Path, monkeypatch, redis_se
             assert client.get("/custom/images/before/original").content == first
     finally:
         s3.stop()
-        get_settings.cache_clear()
-        get_services.cache_clear()

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from shared.context import Services
-from shared.embeddings import embedding_key
-from tests.photos import CAT, crops, encode, photo
-from tests.test_api import add, teach_cat
+from shared.domain.services import Services
+from shared.domain.embeddings import embedding_key
+from tests.support.photos import CAT, crops, encode, photo
+from tests.support.api import add, teach_cat
 
 
 def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -12,10 +12,10 @@ import redis
 import requests
 
 from infra.embedded import free_port
-from shared.context import Services
-from shared.errors import ApiError
-from tests.badinput import Case, Sample, cases
-from tests.servers import RedisServer, TagsmithServer
+from shared.domain.services import Services
+from shared.core.errors import DomainError
+from tests.support.badinput import Case, Sample, cases
+from tests.support.servers import RedisServer, TagsmithServer
 
 PREFIX = "hard"
 UPLOAD_LIMIT = 1_000_000
@@ -170,7 +170,7 @@ def test_concurrent_new_tags_never_go_over_the_limit(services: Services) -> None
         try:
             registry.assign("img", f"new-{i}", "positive", max_tags=10)
             return "ok"
-        except ApiError as exc:
+        except DomainError as exc:
             return exc.code
 
     with ThreadPoolExecutor(16) as pool:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from shared.models.backbone import LITE0, load_backbone
+from shared.models.backbone import LITE0, Backbone
 from shared.models.heads import HeadMatrix, normalise_groups, roc_auc, sigmoid, train_head
-from tests.photos import CAT, OTHERS, photo
+from tests.support.photos import CAT, OTHERS, photo
 
 SIZES = (LITE0.embedding_size, LITE0.style_size)
 
@@ -29,8 +29,7 @@ def sepia(image: Image.Image) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def features() -> dict[str, np.ndarray]:
-    backbone = load_backbone()
+def features(backbone: Backbone) -> dict[str, np.ndarray]:
     plain = [c for name in (CAT, *OTHERS) for c in crops(name, 6, seed=3)]
     return {
         "plain": backbone.embed(plain).vectors,

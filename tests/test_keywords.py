@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.models.keywords import NOISE_FLOOR, Keyword, base_keywords, keyword_table
+from shared.models.base_keywords import NOISE_FLOOR, Keyword, base_keywords, keyword_table
 
 TENCH, CRANE_BIRD, BEAGLE, TABBY, TIGER_CAT, EGYPTIAN_CAT, TIGER = 0, 134, 162, 281, 282, 285, 292
 CRANE_MACHINE, MAILLOT, TANK_SUIT, GRANNY_SMITH, POMEGRANATE = 517, 638, 639, 948, 957

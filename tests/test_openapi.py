@@ -49,7 +49,10 @@ def test_schema_matches_the_routes_and_documents_each(client: TestClient) -> Non
 
 
 @pytest.mark.parametrize("module", [images, gallery, training, versions, suggest, predict, state, webpage])
-def test_each_function_serves_its_own_schema(module) -> None:  # type: ignore[no-untyped-def]
+def test_each_function_serves_its_own_schema(module, services, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Run alone (as uvicorn runs it in a container), a function reads its settings from the environment.
+    for name, value in services.settings.as_env().items():
+        monkeypatch.setenv(name, value)
     with TestClient(module.app) as standalone:
         schema = standalone.get("/openapi.json").json()
     assert documented(schema) == operations(module.app.routes)

@@ -7,19 +7,19 @@ import logging
 import shutil
 import time
 import uuid
+from pathlib import Path
 
-import pytest
 import requests
 from starlette.testclient import TestClient
 
 from infra.embedded import free_port
-from shared.context import Services, get_services
-from shared.logs import JsonFormatter
-from shared.settings import get_settings
-from tests.conftest import run_queued_jobs
-from tests.photos import CAT, crops
-from tests.servers import TagsmithServer
-from tests.test_api import add
+from infra.gateway import create_gateway
+from shared.core.logs import JsonFormatter
+from shared.domain.services import Services, build_services
+from shared.models.backbone import Backbone
+from tests.support.api import add, run_queued_jobs, settings_for
+from tests.support.photos import CAT, crops
+from tests.support.servers import TagsmithServer
 
 
 def metric(text: str, line_start: str) -> float:
@@ -36,17 +36,16 @@ def test_ready_when_both_backends_answer(client: TestClient) -> None:
     assert response.json() == {"status": "ready", "checks": {"redis": "ok", "store": "ok"}}
 
 
-def test_not_ready_without_redis(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TAGSMITH_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
-    get_settings.cache_clear()
-    get_services.cache_clear()
-    response = client.get("/ready")
-    assert response.status_code == 503
-    body = response.json()
-    assert body["error"] == "not_ready" and "Redis is unavailable" in body["message"]
-    assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/custom/images").status_code == 503
-    assert "tagsmith_redis_up 0.0" in client.get("/metrics").text
+def test_not_ready_without_redis(backbone: Backbone, tmp_path: Path) -> None:
+    nowhere = build_services(settings_for(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "data"), backbone)
+    with TestClient(create_gateway(services=nowhere), raise_server_exceptions=False) as client:
+        response = client.get("/ready")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["error"] == "not_ready" and "Redis is unavailable" in body["message"]
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/custom/images").status_code == 503
+        assert "tagsmith_redis_up 0.0" in client.get("/metrics").text
 
 
 def test_not_ready_without_the_object_store(client: TestClient, services: Services) -> None:
@@ -121,16 +120,16 @@ def test_server_logs_are_json_lines_with_the_request_id(live_server: TagsmithSer
     assert worker, "the worker's logs are JSON lines too"
 
 
-def test_an_unexpected_error_is_a_500_json_with_the_request_id() -> None:
+def test_an_unexpected_error_is_a_500_json_with_the_request_id(services: Services) -> None:
     from starlette.routing import Route
 
-    from shared.http import create_app
+    from shared.web.app import create_app
 
     def broken(request):  # type: ignore[no-untyped-def]
         """Fails."""
         raise RuntimeError("a bug")
 
-    with TestClient(create_app([Route("/broken", broken)]), raise_server_exceptions=False) as bare:
+    with TestClient(create_app([Route("/broken", broken)], services=services), raise_server_exceptions=False) as bare:
         response = bare.get("/broken", headers={"X-Request-ID": "bug-1"})
     assert response.status_code == 500 and response.headers["x-request-id"] == "bug-1"
     assert response.json() == {"error": "internal_error", "message": "The server failed to handle this request."}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.models.backbone import INPUT_SIZE, RESIZE_SIZE, preprocess
-from tests.photos import CAT, OTHERS, photo
+from shared.models.backbone.preprocess import INPUT_SIZE, RESIZE_SIZE, preprocess
+from tests.support.photos import CAT, OTHERS, photo
 
 LEVEL = 1 / 127.5  # one 8-bit step in the [-1, 1] input scale
 

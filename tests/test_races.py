@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from shared.context import Services
+from shared.domain.services import Services
 from shared.models.archive import pack
 from shared.models.backbone import LITE0
-from tests.photos import CAT, crops
-from tests.test_api import add
-from tests.test_archive import record
+from tests.support.photos import CAT, crops
+from tests.support.api import add
+from tests.support.api import record
 
 
 def test_rollback_with_a_unicode_digit_version_is_a_400(client: TestClient, services: Services) -> None:
@@ -56,10 +56,10 @@ def test_add_many_reports_the_id_of_an_image_it_stored(
     client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When the assignment fails after the image was stored, the result must not hide the stored image."""
-    from shared.errors import conflict
+    from shared.core.errors import Conflict
 
     def full(*args: object, **kwargs: object) -> None:
-        raise conflict("too_many_tags", "There are already 1 tags, the most allowed.")
+        raise Conflict("too_many_tags", "There are already 1 tags, the most allowed.")
 
     monkeypatch.setattr(services.registry, "assign", full)
     response = client.post("/custom/add_many?tag=cat&type=positive",
@@ -91,7 +91,7 @@ def test_an_id_reused_after_a_delete_never_gets_the_old_images_embedding(
     a suggestion caching it), or that dies between Redis and the store, leaves the old image's
     embedding cached; an image added later under the same id was then trained and predicted with
     the old picture's embedding."""
-    from shared.embeddings import embedding_key
+    from shared.domain.embeddings import embedding_key
 
     add(client, crops(CAT, 1, seed=0)[0], "x")
     store, real_put = services.store, services.store.put
@@ -144,7 +144,7 @@ def test_versions_a_failed_tag_delete_left_behind_never_come_back(
 ) -> None:
     """The delete forgets the tag in Redis, then removes its archives; when the store fails (or the
     process dies) in between, the archives stay — but not as versions of the tag made anew."""
-    from shared.store import StoreUnavailable
+    from shared.data.store import StoreUnavailable
 
     state = pack([record("cat")], LITE0)
     for _ in range(2):
@@ -170,7 +170,7 @@ def test_versions_a_failed_tag_delete_left_behind_never_come_back(
 def test_a_set_state_the_store_fails_adds_no_versions(
     client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.store import StoreUnavailable
+    from shared.data.store import StoreUnavailable
 
     real_put, puts = services.store.put, []
 
@@ -193,7 +193,7 @@ def test_an_example_deleted_while_its_tag_trains_is_left_out_not_a_failed_traini
 ) -> None:
     """Deleting one of a tag's images while the tag trains (the worker has read the examples but not
     yet the image's bytes) failed the whole training with "Training failed: ObjectNotFound(...)"."""
-    from tests.conftest import run_queued_jobs
+    from tests.support.api import run_queued_jobs
 
     for i, data in enumerate(crops(CAT, 3, seed=4)):
         add(client, data, f"cat-{i}")
@@ -226,7 +226,7 @@ def test_suggestions_leave_out_an_image_deleted_while_they_are_ranked(
 ) -> None:
     """An unlabelled image deleted by another request after suggest listed the candidates made the
     whole /custom/suggest/<tag> answer 404 not_found (its bytes were gone when it was embedded)."""
-    from tests.conftest import run_queued_jobs
+    from tests.support.api import run_queued_jobs
 
     for i, data in enumerate(crops(CAT, 2, seed=5)):
         add(client, data, f"cat-{i}")

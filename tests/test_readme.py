@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from infra.embedded import free_port
-from tests.photos import CAT, crops
-from tests.servers import TagsmithServer
+from tests.support.photos import CAT, crops
+from tests.support.servers import TagsmithServer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 RUNNABLE = {"sh", "python"}

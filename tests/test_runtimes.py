@@ -16,25 +16,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.batching import MicroBatcher
-from shared.models.backbone import (
-    LITE0,
-    EfficientNetLite0,
-    Features,
-    PrecisionError,
-    enforce_torch_float32,
-    preprocess,
-    require_float32,
-)
-from shared.models.runtimes import (
+from shared.web.batching import MicroBatcher
+from shared.models.backbone import LITE0, Features, PrecisionError, choose_runtime, preprocess
+from shared.models.backbone.exported import (
     OnnxRuntimeBackbone,
     OpenVinoBackbone,
-    choose_runtime,
     export_onnx,
     export_path,
     openvino_precision,
 )
-from tests.photos import CAT, OTHERS, photo
+from shared.models.backbone.lite0 import EfficientNetLite0, enforce_torch_float32
+from shared.models.backbone.spec import require_float32
+from tests.support.photos import CAT, OTHERS, photo
 
 
 @pytest.fixture(scope="module")

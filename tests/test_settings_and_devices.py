@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from shared.context import Services
-from shared.models.backbone import load_backbone, resolve_device
-from shared.settings import Settings
-from shared.store import split_endpoint
-from tests.servers import ROOT, free_port
+from shared.domain.services import Services
+from shared.models.backbone import open_backbone
+from shared.models.backbone.lite0 import resolve_device
+from shared.core.settings import Settings
+from shared.data.store import split_endpoint
+from tests.support.servers import ROOT, free_port, clean_env
 
 
 def test_every_setting_comes_from_its_tagsmith_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,15 +79,15 @@ def test_the_backbone_runs_where_the_setting_says() -> None:
     import torch
 
     if torch.cuda.is_available():
-        assert load_backbone("torch", "auto").device.type == "cuda"  # type: ignore[attr-defined]
+        assert open_backbone("torch", "auto", 0, Path()).device.type == "cuda"  # type: ignore[attr-defined]
         return
-    assert load_backbone("torch", "auto").device.type == "cpu"  # type: ignore[attr-defined]
+    assert open_backbone("torch", "auto", 0, Path()).device.type == "cpu"  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="TAGSMITH_DEVICE=cuda but torch sees no CUDA device"):
-        load_backbone("torch", "cuda")
+        open_backbone("torch", "cuda", 0, Path())
 
 
 def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TAGSMITH_")}, **env}
+    env = clean_env(**env)
     return subprocess.run([sys.executable, "-m", "infra.cli", "check"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 

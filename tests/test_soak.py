@@ -11,14 +11,12 @@ import pytest
 
 from bench.soak import report, soak
 from infra.embedded import free_port
-from tests.servers import TagsmithServer
+from tests.support.servers import TagsmithServer
 
 
 def test_soak(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
     seconds = float(os.environ.get("TAGSMITH_SOAK_SECONDS", "10"))
-    server = TagsmithServer(tmp_path / "data", free_port(), {"TAGSMITH_API_KEYS": ""})
-    for name in [n for n in server.env if n.startswith("TAGSMITH_") and n != "TAGSMITH_API_KEYS"]:
-        del server.env[name]
+    server = TagsmithServer(tmp_path / "data", free_port())
     server.start()
     try:
         assert server.process is not None

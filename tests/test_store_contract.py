@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import Settings
-from shared.store import LocalStore, ObjectNotFound, ObjectStore, S3Store, StoreUnavailable, open_store
-from tests.conftest import unique_name
-from tests.servers import S3Endpoint, free_port
+from shared.core.settings import Settings
+from shared.data.store import LocalStore, ObjectNotFound, ObjectStore, S3Store, StoreUnavailable, open_store
+from tests.support.api import unique_name
+from tests.support.servers import S3Endpoint, free_port
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -99,7 +99,7 @@ def test_readers_never_see_a_partial_write(store: ObjectStore) -> None:
 def test_local_store_shares_folder_fsyncs_and_never_skips_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Concurrent writers into one folder share its fsyncs, yet each put returns only after an
     fsync of the folder that began after its own rename; a failed fsync fails the put."""
-    from shared import store as store_module
+    from shared.data import store as store_module
 
     store = LocalStore(tmp_path / "objects")
     store.put("images/first", b"x")  # the folder exists from here on
@@ -177,7 +177,7 @@ def test_local_store_failures_are_unavailable_not_a_crash(tmp_path: Path, monkey
     an unexpected error (a 500); the half-written temp file goes."""
     import errno
 
-    from shared import store as store_module
+    from shared.data import store as store_module
 
     store = LocalStore(tmp_path / "objects")
     store.put("images/kept", b"x")

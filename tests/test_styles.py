@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from shared.models.styles import STYLES, matched_styles, style_scores
-from tests.photos import photo
+from shared.models.base_styles import STYLES, matched_styles, style_scores
+from tests.support.photos import photo
 
 COLOUR_PHOTOS = ("chelsea", "coffee", "astronaut")
 

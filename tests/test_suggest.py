@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.testclient import TestClient
 
-from shared.context import Services
-from tests.photos import CAT, crops
-from tests.test_api import add, teach_cat
+from shared.domain.services import Services
+from tests.support.photos import CAT, crops
+from tests.support.api import add, teach_cat
 
 
 def test_suggestions_rank_unlabelled_images(client: TestClient, services: Services) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.testclient import TestClient
 
-from shared.context import Services
-from tests.conftest import run_queued_jobs
-from tests.photos import CAT, crops
-from tests.test_api import add, teach_cat
+from shared.domain.services import Services
+from tests.support.api import run_queued_jobs
+from tests.support.photos import CAT, crops
+from tests.support.api import add, teach_cat
 
 
 def retrain(client: TestClient, services: Services) -> dict:  # type: ignore[type-arg]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.photos import CAT, OTHERS, crops
-from tests.servers import TagsmithServer
+from tests.support.photos import CAT, OTHERS, crops
+from tests.support.servers import TagsmithServer
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT_S = 120

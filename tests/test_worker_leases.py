@@ -6,7 +6,6 @@ so they start in a second or two; the training itself is covered by test_api and
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -19,32 +18,30 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from shared.context import Services, get_services
-from shared.settings import get_settings
-from tests.conftest import run_queued_jobs
-from tests.servers import Process
+from shared.domain.services import Services
+from tests.support.api import run_queued_jobs
+from tests.support.servers import Process, clean_env
 
-LEASE = {"TAGSMITH_HEARTBEAT_TTL_S": "2", "TAGSMITH_MAINTENANCE_INTERVAL_S": "1"}
 
 
 @pytest.fixture
-def leased(services: Services, monkeypatch: pytest.MonkeyPatch) -> Services:
+def leased(services: Services) -> Services:
     """The test's services with short leases, as the workers started below get them."""
-    for name, value in LEASE.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    get_services.cache_clear()
-    return get_services()
+    services.settings.heartbeat_ttl_s, services.settings.maintenance_interval_s = 2, 1
+    return services
 
 
 @pytest.fixture
 def start_worker(leased: Services, tmp_path: Path) -> Iterator[Callable[[str], Process]]:
     """Start the real worker class in a subprocess, without loading the backbone."""
     started: list[Process] = []
-    code = "import sys; from worker.main import make_worker; make_worker(sys.argv[1]).work()"
+    code = ("import sys; from shared.core.settings import Settings; from shared.domain.services import "
+            "build_services; from worker.main import TrainingWorker; "
+            "TrainingWorker(build_services(Settings()), sys.argv[1]).work()")
+    env = clean_env(**leased.settings.as_env())
 
     def start(name: str) -> Process:
-        worker = Process(name, [sys.executable, "-c", code, name], tmp_path / "logs", dict(os.environ))
+        worker = Process(name, [sys.executable, "-c", code, name], tmp_path / "logs", env)
         started.append(worker)
         until(lambda: bool(leased.redis.exists(f"rq:worker:{name}")), f"worker {name} registered")
         return worker
@@ -65,7 +62,7 @@ def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None
 def sleeper(services: Services, seconds: float) -> Job:
     """A job that holds a worker for a while, with the retry budget that trainings get."""
     return services.queue.queue.enqueue_call(
-        "time.sleep", args=(seconds,), timeout=120, meta={"tag": "t"},
+        "tests.support.api.hold_worker", args=(seconds,), timeout=120, meta={"tag": "t"},
         retry=Retry(max=services.settings.abandoned_retries),
     )
 
@@ -142,8 +139,8 @@ def test_a_training_asked_for_after_the_tag_was_reset_is_not_merged_into_the_doo
 ) -> None:
     """A training still waiting when its tag is deleted is discarded when it runs (the tag's epoch
     moved). A training of the tag made anew must not be answered with that doomed task."""
-    from tests.photos import CAT, crops
-    from tests.test_api import add
+    from tests.support.photos import CAT, crops
+    from tests.support.api import add
 
     for i, data in enumerate(crops(CAT, 2, seed=3)):
         add(client, data, f"img-{i}")

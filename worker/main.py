@@ -4,7 +4,7 @@ rq's ``SimpleWorker`` registers a started job for its whole timeout plus a minut
 worker killed with SIGKILL would leave its task "started" for an hour. ``TrainingWorker``
 instead holds a short lease on each job (``heartbeat_ttl_s``) that a thread renews while the
 job runs; idle workers, and busy ones from that thread, look for expired leases every
-``maintenance_interval_s`` and queue the abandoned job again or fail it (see shared/jobs.py).
+``maintenance_interval_s`` and queue the abandoned job again or fail it (see shared/data/jobs.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from shared.context import get_services
+from shared.core.settings import Settings
+from shared.domain.services import Services, build_services
 from shared.models.backbone import INPUT_SIZE
+from worker.tasks import TrainingJob
 
 log = logging.getLogger("tagsmith")
 
@@ -30,16 +32,20 @@ log = logging.getLogger("tagsmith")
 class TrainingWorker(SimpleWorker):
     """A no-fork RQ worker whose started jobs hold a short, renewed lease."""
 
-    def __init__(self, queues: list[Queue], *, heartbeat_ttl: int, maintenance_interval: int, **kwargs: Any) -> None:
+    def __init__(self, services: Services, name: str | None = None) -> None:
+        settings = services.settings
         # worker_ttl - 15 is how long an idle worker blocks on the queue between maintenance checks.
         super().__init__(
-            queues,
-            maintenance_interval=maintenance_interval,
-            worker_ttl=maintenance_interval + 15,
+            [services.queue.queue],
+            connection=services.redis,
+            name=name,
+            maintenance_interval=settings.maintenance_interval_s,
+            worker_ttl=settings.maintenance_interval_s + 15,
             serializer=JSONSerializer,
-            **kwargs,
+            job_class=TrainingJob,
         )
-        self.heartbeat_ttl = heartbeat_ttl
+        self.services = services
+        self.heartbeat_ttl = settings.heartbeat_ttl_s
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
@@ -48,6 +54,8 @@ class TrainingWorker(SimpleWorker):
         # Counted before the job shows as started, so a kill at any moment after counts the attempt.
         job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
         job.save_meta()
+        if isinstance(job, TrainingJob):
+            job.services = self.services
         execution = self.prepare_execution(job)
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="heartbeat", daemon=True)
@@ -90,30 +98,19 @@ class _QuietMaintenance(logging.Filter):
         return "cleaning" not in str(record.msg)
 
 
-def make_worker(name: str | None = None) -> TrainingWorker:
-    services = get_services()
-    settings = services.settings
-    return TrainingWorker(
-        [services.queue.queue],
-        connection=services.redis,
-        name=name,
-        heartbeat_ttl=settings.heartbeat_ttl_s,
-        maintenance_interval=settings.maintenance_interval_s,
-    )
-
-
-def run_worker(burst: bool = False, name: str | None = None) -> None:
+def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> None:
+    """Build this worker's services, load the backbone, then take trainings until stopped."""
     started = time.monotonic()
-    services = get_services()
+    services = build_services(settings)
     backbone = services.backbone  # load the weights before the first job, not during it
     # One forward pass now: CUDA loads its kernels (and a CPU runtime sets up its buffers) on the
     # first run, which would otherwise be part of the first training's time.
     backbone.embed_pixels(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32))
     services.store.ping()
-    worker = make_worker(name)
+    worker = TrainingWorker(services, name)
     logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
     log.info(
         "worker %s ready on queue %s in %.1f s (%s, %s)",
-        worker.name, services.settings.queue_name, time.monotonic() - started, backbone.runtime, backbone.precision,
+        worker.name, settings.queue_name, time.monotonic() - started, backbone.runtime, backbone.precision,
     )
     worker.work(burst=burst, logging_level="INFO")

@@ -20,10 +20,10 @@ import orjson
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from shared.errors import ApiError, bad_request
+from shared.core.errors import DomainError, InvalidInput, TooLarge
 from shared.models.backbone import BackboneSpec
 from shared.models.heads import FORMS, Head
-from shared.names import validate_tag
+from shared.core.names import validate_tag
 
 FORMAT = "tagsmith-state"
 # Version 2: heads span the semantic and style embeddings. Version 1 heads span the semantic
@@ -95,14 +95,14 @@ def pack(records: list[ModelRecord], spec: BackboneSpec) -> bytes:
     return buffer.getvalue()
 
 
-def _invalid(message: str) -> ApiError:
-    return bad_request("invalid_archive", message)
+def _invalid(message: str) -> InvalidInput:
+    return InvalidInput("invalid_archive", message)
 
 
 def read_members(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
     """The archive's regular files by name, refusing anything but flat, unique, bounded files."""
     if len(data) > limits.max_bytes:
-        raise ApiError(413, "archive_too_large", f"The archive is larger than {limits.max_bytes} bytes.")
+        raise TooLarge("archive_too_large", f"The archive is larger than {limits.max_bytes} bytes.")
     members: dict[str, bytes] = {}
     total = 0
     try:
@@ -118,13 +118,13 @@ def read_members(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
                     raise _invalid(f"Member {info.name!r} appears twice.")
                 total += info.size
                 if total > limits.max_bytes:
-                    raise ApiError(413, "archive_too_large", "The archive's members exceed the size limit.")
+                    raise TooLarge("archive_too_large", "The archive's members exceed the size limit.")
                 extracted = tar.extractfile(info)
                 content = extracted.read() if extracted else b""
                 if len(content) != info.size:
                     raise _invalid(f"Member {info.name!r} is truncated.")
                 members[info.name] = content
-    except ApiError:
+    except DomainError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise _invalid(f"The file is not a readable tar archive: {exc}") from None
@@ -132,12 +132,12 @@ def read_members(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
 
 
 def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits) -> list[ModelRecord]:
-    """Validate a whole archive and return its models, or raise a 400/413 saying what is wrong."""
+    """Validate a whole archive and return its models, or raise InvalidInput or TooLarge saying what is wrong."""
     members = read_members(data, limits)
     if MANIFEST not in members:
         raise _invalid("The archive has no manifest.json.")
     if len(members[MANIFEST]) > MAX_MANIFEST_BYTES:
-        raise ApiError(413, "archive_too_large", "manifest.json is too large.")
+        raise TooLarge("archive_too_large", "manifest.json is too large.")
     try:
         manifest = json.loads(members[MANIFEST])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -193,7 +193,7 @@ def _record(
         trained_at, metrics, file = entry.get("trained_at", ""), entry.get("metrics", {}), entry["file"]
     except KeyError as exc:
         raise _invalid(f"Model entry {i} lacks {exc}.") from None
-    except ApiError as exc:
+    except InvalidInput as exc:
         raise _invalid(f"Model entry {i}: {exc.message}") from None
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise _invalid(f"Model entry {i} ({tag}) has an invalid version.")

@@ -72,7 +72,7 @@ def build_edge_model(backbone_onnx: Path, matrix: HeadMatrix, spec: BackboneSpec
     }
     helper.set_model_props(model, {METADATA_KEY: json.dumps(manifest)})
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def edge_manifest(model_bytes: bytes) -> dict[str, object]:

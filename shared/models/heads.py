@@ -56,7 +56,8 @@ def normalise(x: np.ndarray) -> np.ndarray:
     """Scale each row to unit length times sqrt(width), so features are O(1) whatever the width."""
     x = np.asarray(x, dtype=np.float64)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12) * np.sqrt(x.shape[-1])
+    scaled: np.ndarray = x / np.maximum(norms, 1e-12) * np.sqrt(x.shape[-1])
+    return scaled
 
 
 def normalise_groups(features: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
@@ -209,7 +210,8 @@ def metrics_at(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, floa
 
 def _form_input(z: np.ndarray, sizes: tuple[int, int], form: str) -> np.ndarray:
     weights = np.repeat(FORMS[form], sizes)
-    return z * weights
+    weighted: np.ndarray = z * weights
+    return weighted
 
 
 def train_head(

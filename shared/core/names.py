@@ -1,0 +1,65 @@
+"""Validation of the names and numbers that come in paths: tags, image ids, example types,
+versions and task ids. Each returns the value in its canonical form or raises ``InvalidInput``."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+
+from shared.core.errors import InvalidInput
+
+_IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+_VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also takes '²' or '①', which int() refuses
+SAMPLE_TYPES = ("positive", "negative")
+MAX_TAG_BYTES = 255  # the longest file name most file systems allow
+
+
+def validate_tag(tag: str, max_length: int = 64) -> str:
+    """Return the tag in NFC form, or raise a 400 saying what is wrong with it."""
+    tag = unicodedata.normalize("NFC", tag)
+    if not tag:
+        raise InvalidInput("invalid_tag", "The tag is empty.")
+    if len(tag) > max_length:
+        raise InvalidInput("invalid_tag", f"The tag is longer than {max_length} characters.")
+    if len(tag.encode()) > MAX_TAG_BYTES:  # it names a folder of the local store: models/<tag>/
+        raise InvalidInput("invalid_tag", f"The tag is longer than {MAX_TAG_BYTES} bytes in UTF-8.")
+    if (
+        tag != tag.strip()
+        or tag.startswith(".")
+        or any(c in "/\\" or (unicodedata.category(c)[0] in "CZ" and c != " ") for c in tag)
+    ):
+        raise InvalidInput(
+            "invalid_tag",
+            "A tag may hold letters, digits, spaces and punctuation, but no slashes, control "
+            "characters or surrounding spaces, and may not start with a dot.",
+        )
+    return tag
+
+
+def validate_image_id(image_id: str) -> str:
+    """Return the image id, or raise a 400 if it is not 1-128 of [A-Za-z0-9_.-] starting alphanumeric."""
+    if not _IMAGE_ID.fullmatch(image_id):
+        raise InvalidInput(
+            "invalid_image_id",
+            "An image id is 1 to 128 characters of letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit.",
+        )
+    return image_id
+
+
+def validate_sample_type(sample_type: str) -> str:
+    if sample_type not in SAMPLE_TYPES:
+        raise InvalidInput("invalid_type", "The type must be 'positive' or 'negative'.")
+    return sample_type
+
+
+def validate_version(version: str) -> int:
+    """A model version: a whole number from 1."""
+    if not _VERSION.fullmatch(version) or int(version) < 1:
+        raise InvalidInput("invalid_version", "The version must be a whole number from 1.")
+    return int(version)
+
+
+def new_image_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,121 @@
+"""Settings from the environment, all under the ``TAGSMITH_`` prefix.
+
+A process reads them once, at start (``Settings()`` in its entry point: the command line, an app's
+lifespan, the worker), and passes them down; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# S3 bucket naming rules: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+
+
+class Settings(BaseSettings):
+    """Every knob of tagsmith; ``TAGSMITH_<NAME>`` sets ``<name>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TAGSMITH_")
+
+    # Where the embedded default keeps its Redis data and local object store.
+    data_dir: Path = Path("tagsmith-data")
+    # Redis; empty means `tagsmith serve` starts its own server in data_dir.
+    redis_url: str = ""
+    key_prefix: str = "tagsmith"
+    queue_name: str = "tagsmith-training"
+    # S3 object store; an empty endpoint means a local folder in data_dir.
+    s3_endpoint: str = ""  # host:port, or http(s)://host:port (the scheme then sets s3_secure)
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "tagsmith"
+    s3_secure: bool = False
+    s3_region: str = ""
+    # HTTP.
+    host: str = "127.0.0.1"
+    port: int = 5000
+    # Limits.
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    max_archive_bytes: int = 64 * 1024 * 1024
+    max_archive_members: int = 10_001
+    max_tag_length: int = 64
+    max_tags: int = 10_000  # tags with examples or a model; a new one beyond is refused
+    body_read_timeout_s: float = 30.0  # longest wait for the next piece of a request body
+    max_batch_files: int = 100  # images in one /custom/add_many request
+    max_batch_bytes: int = 256 * 1024 * 1024  # body of one /custom/add_many request
+    # Suggestions rank at most this many of the newest unassigned images.
+    suggest_max_candidates: int = 1000
+    # Access control: comma-separated API keys; empty means no key is needed.
+    api_keys: str = ""
+    # Logs: one JSON object per line.
+    log_level: str = "INFO"
+    # Models.
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:<index>"
+    # Backbone runtime: "auto" (torch on CUDA, else OpenVINO, else ONNX Runtime), "torch",
+    # "onnxruntime" or "openvino". The exported runtimes use an ONNX file built once from torch.
+    runtime: str = "auto"
+    model_cache_dir: Path = Path("~/.cache/tagsmith")
+    torch_threads: int = 0  # CPU threads of the backbone; 0: all cores
+    keyword_threshold: float = 0.1
+    embed_batch_size: int = 32
+    predict_batch_size: int = 8  # most concurrent predict requests sharing one forward pass
+    # Training jobs and workers.
+    training_timeout_s: int = 3600
+    heartbeat_ttl_s: int = 30  # a training whose worker stops beating for this long is abandoned
+    maintenance_interval_s: int = 15  # how often idle workers look for abandoned trainings
+    abandoned_retries: int = 1  # times an abandoned training is queued again before it fails
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError("TAGSMITH_DEVICE must be auto, cpu, cuda or cuda:<index>")
+        return value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not _BUCKET.fullmatch(value) or ".." in value:
+            raise ValueError("TAGSMITH_S3_BUCKET must be 3-63 of a-z 0-9 . - (an S3 bucket name)")
+        return value
+
+    @field_validator("heartbeat_ttl_s", "maintenance_interval_s", "embed_batch_size", "training_timeout_s")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("abandoned_retries")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 or more")
+        return value
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``TAGSMITH_*`` variables, for a child process to read the same."""
+        return {f"TAGSMITH_{name.upper()}": _env_value(value) for name, value in self.model_dump().items()}
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,1 @@
+"""Storage: the object store, the Redis data model and the training queue."""

@@ -1,0 +1,241 @@
+"""The training queue: RQ jobs whose id is the task id and whose meta holds progress.
+
+Jobs are serialised as JSON, never pickled, and their results are kept until the tag's
+task is looked up, across restarts. A job whose worker stops beating (killed, out of
+memory, cut off) is queued again up to ``abandoned_retries`` times, then failed with a
+clear error; a job that raises is never retried, since it would fail the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis
+from rq import Callback, Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from shared.core.errors import NotFound
+from shared.core.settings import Settings
+
+TRAIN_FUNCTION = "worker.tasks.train_tag"
+# Run in the worker when a training ends: they count trainings and durations for /metrics.
+ON_SUCCESS = Callback("shared.data.jobs.on_training_success")
+ON_FAILURE = Callback("shared.data.jobs.on_training_failure")
+TRAINING_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+_TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_STATUS = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.DEFERRED: "queued",
+    JobStatus.SCHEDULED: "queued",
+    JobStatus.STARTED: "started",
+    JobStatus.FINISHED: "finished",
+    JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "failed",
+    JobStatus.CANCELED: "failed",
+}
+
+
+class TrainingQueue:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.prefix = settings.key_prefix
+        self.timeout = settings.training_timeout_s
+        self.retries = settings.abandoned_retries
+        self.queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
+
+    @property
+    def stats_key(self) -> str:
+        """The hash of training counts and durations, kept by the workers' job callbacks."""
+        return f"{self.prefix}:metrics:training"
+
+    def training_stats(self) -> dict[str, Any]:
+        """Queue depth, and trainings finished and failed with their durations (for /metrics)."""
+        with self.redis.pipeline() as pipe:
+            pipe.llen(self.queue.key)
+            pipe.hgetall(self.stats_key)
+            depth, raw = pipe.execute()
+        stats = {k.decode(): float(v) for k, v in raw.items()}
+        cumulative, buckets = 0.0, []
+        for bound in (*TRAINING_BUCKETS, math.inf):
+            name = "+Inf" if bound == math.inf else str(bound)
+            cumulative += stats.get(f"le:{name}", 0.0)
+            buckets.append((name, cumulative))
+        return {"depth": int(depth), "finished": stats.get("finished", 0.0), "failed": stats.get("failed", 0.0),
+                "seconds": stats.get("seconds", 0.0), "buckets": buckets}
+
+    def _queued_key(self, tag: str) -> str:
+        return f"{self.prefix}:tag:{tag}:queued"
+
+    def _fetch(self, task_id: str) -> Job | None:
+        try:
+            return Job.fetch(task_id, connection=self.redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None
+
+    def submit(self, tag: str, epoch: int) -> tuple[str, bool]:
+        """Queue a training of the tag; returns (task id, whether it was already queued).
+
+        Race-free: the check of the tag's waiting task and the enqueue are one transaction
+        (WATCH on the tag's queued key), so concurrent requests get one task between them. A
+        waiting task of an earlier epoch (queued before the tag was deleted) is not reused.
+        """
+        key = self._queued_key(tag)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    waiting = pipe.get(key)
+                    if waiting:
+                        job = self._fetch(waiting.decode() if isinstance(waiting, bytes) else str(waiting))
+                        # A task queued before the tag was deleted is discarded when it runs
+                        # (its epoch moved): a training of the tag made anew needs its own.
+                        if job is not None and job.get_status() == JobStatus.QUEUED and _epoch(job) == epoch:
+                            return job.id, True
+                    job = self.queue.create_job(
+                        TRAIN_FUNCTION,
+                        args=(tag, epoch),
+                        timeout=self.timeout,
+                        result_ttl=-1,
+                        failure_ttl=365 * 24 * 3600,
+                        meta={"tag": tag, "progress": 0.0, "stage": "queued", "attempts": 0,
+                              "stats_key": self.stats_key},
+                        description=f"train {tag}",
+                        retry=Retry(max=self.retries) if self.retries else None,
+                        on_success=ON_SUCCESS,
+                        on_failure=ON_FAILURE,
+                    )
+                    pipe.multi()
+                    self.queue.enqueue_job(job, pipeline=pipe)
+                    pipe.set(key, job.id)
+                    pipe.execute()
+                    return job.id, False
+                except redis.WatchError:
+                    continue
+
+    def mark_started(self, tag: str, task_id: str) -> None:
+        """Called by the worker: later requests for the tag queue a new training."""
+        key = self._queued_key(tag)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) == task_id.encode():
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.execute()
+            except redis.WatchError:
+                pass  # a new task was queued meanwhile: the key is no longer ours
+
+    def recover_abandoned(self, every_started: bool = False) -> list[str]:
+        """Retry or fail trainings whose worker stopped beating; returns the ids it handled.
+
+        Workers do the same in their maintenance (RQ's registry cleanup). ``every_started`` treats
+        every started training as abandoned, leases or not: for ``tagsmith serve`` starting on its
+        own Redis, whose workers all died with the previous run; those are queued again even
+        when their retries are spent, since no fault of theirs stopped them. Takes RQ's
+        maintenance lock, so no two processes handle one abandoned job twice.
+        """
+        if not self.queue.acquire_maintenance_lock():
+            return []
+        try:
+            started = StartedJobRegistry(queue=self.queue)
+            if not every_started:
+                expired = started.get_expired_job_ids()
+                started.cleanup()
+                return [str(job_id) for job_id in expired]
+            abandoned = started.get_job_ids()
+            started.cleanup(timestamp=(datetime.now(timezone.utc) + timedelta(days=3650)).timestamp())
+            failed = FailedJobRegistry(queue=self.queue)
+            for job_id in abandoned:
+                with contextlib.suppress(Exception):  # retried already: it is queued, not failed
+                    failed.requeue(job_id)
+            return abandoned
+        finally:
+            self.queue.release_maintenance_lock()
+
+    def _is_abandoned(self, task_id: str) -> bool:
+        return task_id in StartedJobRegistry(queue=self.queue).get_expired_job_ids()
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        """The task's state for clients; 404 if no such task exists.
+
+        Looking at a started task whose worker has stopped beating recovers it right away,
+        so clients polling a task see it end even when no worker is left to notice.
+        """
+        job = self._fetch(task_id) if _TASK_ID.fullmatch(task_id) else None
+        if job is None:
+            raise NotFound("unknown_task", f"No task with id '{task_id}'.")
+        if job.get_status() == JobStatus.STARTED and self._is_abandoned(task_id):
+            self.recover_abandoned()
+        status = _STATUS.get(job.get_status(refresh=True), "queued")
+        meta = job.get_meta()
+        attempts = int(meta.get("attempts", 0))
+        body: dict[str, Any] = {
+            "task_id": job.id,
+            "tag": meta.get("tag"),
+            "status": status,
+            "progress": {"finished": 1.0, "queued": 0.0}.get(status, float(meta.get("progress", 0.0))),
+            "stage": {"finished": "done", "queued": "queued", "failed": "failed"}.get(status)
+            or meta.get("stage", status),
+            "attempts": attempts,
+            "enqueued_at": _iso(job.enqueued_at),
+            "started_at": _iso(job.started_at),
+            "ended_at": _iso(job.ended_at),
+        }
+        if status == "finished":
+            body["result"] = job.return_value()
+        if status == "failed":
+            body["error"] = meta.get("error") or abandoned_message(attempts)
+        return body
+
+
+def _stats_key(job: Job) -> str:
+    return str(job.meta.get("stats_key") or "tagsmith:metrics:training")  # jobs queued before it was kept
+
+
+def on_training_success(job: Job, connection: redis.Redis, result: Any, *args: Any, **kwargs: Any) -> None:
+    """RQ success callback (runs in the worker): count the training and its duration."""
+    started = job.started_at
+    seconds = 0.0
+    if started is not None:
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=timezone.utc)
+        seconds = max(0.0, (datetime.now(timezone.utc) - started).total_seconds())
+    bucket = next((str(b) for b in TRAINING_BUCKETS if seconds <= b), "+Inf")
+    with connection.pipeline() as pipe:
+        pipe.hincrby(_stats_key(job), "finished", 1)
+        pipe.hincrbyfloat(_stats_key(job), "seconds", seconds)
+        pipe.hincrby(_stats_key(job), f"le:{bucket}", 1)
+        pipe.execute()
+
+
+def on_training_failure(job: Job, connection: redis.Redis, *exc_info: Any, **kwargs: Any) -> None:
+    """RQ failure callback (runs in the worker): count the failed training."""
+    connection.hincrby(_stats_key(job), "failed", 1)
+
+
+def _epoch(job: Job) -> int | None:
+    """The tag epoch a training job was queued under (its second argument)."""
+    try:
+        return int(job.args[1])
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
+def abandoned_message(attempts: int) -> str:
+    tries = f" on each of its {attempts} attempts" if attempts > 1 else ""
+    return (
+        f"The worker running this task stopped before it finished{tries} (killed, out of memory "
+        "or cut off from Redis), so the task was given up. Train the tag again to retry."
+    )
+
+
+def _iso(moment: Any) -> str | None:
+    """ISO 8601 UTC to the millisecond."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z" if moment else None

@@ -1,0 +1,33 @@
+"""The object store's key formats, in one place.
+
+    images/<image_id>                          the bytes as uploaded
+    embeddings/<backbone_id>/<image_id>.npy    the image's cached feature vector for that backbone
+    models/<tag>/v<version>.tar                one state archive per trained (or loaded) version
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def image_key(image_id: str) -> str:
+    return f"images/{image_id}"
+
+
+def embedding_key(backbone_id: str, image_id: str) -> str:
+    return f"embeddings/{backbone_id}/{image_id}.npy"
+
+
+def model_key(tag: str, version: int) -> str:
+    return f"models/{tag}/v{version}.tar"
+
+
+def model_prefix(tag: str) -> str:
+    """The prefix of every version archive of the tag."""
+    return f"models/{tag}/"
+
+
+def model_version(tag: str, key: str) -> int | None:
+    """The version a key of ``model_prefix(tag)`` holds, or None for any other object there."""
+    match = re.fullmatch(rf"models/{re.escape(tag)}/v(\d+)\.tar", key)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,362 @@
+"""The Redis data model: images, per-tag examples, model pointers and the generation counter.
+
+Keys, all under one prefix ``P``:
+
+- ``P:image:<id>``            hash of image metadata
+- ``P:images``                sorted set of image ids, scored by when they were added
+- ``P:reserve:<id>``          short-lived claim on an id while its bytes are written
+- ``P:tag:<tag>:positive``    set of image ids (likewise ``:negative``)
+- ``P:tag:<tag>:version``     counter of model versions ever made for the tag
+- ``P:tag:<tag>:epoch``       bumped when the tag is deleted; a training started before is discarded
+- ``P:tag:<tag>:deleted_through``  the last version number handed out before the tag's last delete:
+                              archives up to it belong to the deleted tag, even if a crash kept them
+- ``P:tags``                  set of tags with examples or a model
+- ``P:models``                hash tag -> JSON pointer to the current model version
+- ``P:generation``            bumped on every model change; predict reloads heads when it moves
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from shared.core.errors import Conflict, NotFound
+
+RESERVATION_SECONDS = 120
+
+# KEYS: models hash, tags set, generation counter, then one epoch key per checked tag.
+# ARGV: number of checked epochs, the expected epochs, then (tag, version, pointer JSON) triples.
+# Returns -1 if an epoch moved, else the tags whose pointer moved (never to an older version).
+_PUBLISH = """
+local n, any_version = tonumber(ARGV[1]), ARGV[2] == '1'
+for i = 1, n do
+  if tonumber(redis.call('GET', KEYS[3 + i]) or '0') ~= tonumber(ARGV[2 + i]) then return -1 end
+end
+local moved = {}
+for i = n + 3, #ARGV, 3 do
+  local tag, version = ARGV[i], tonumber(ARGV[i + 1])
+  local current = redis.call('HGET', KEYS[1], tag)
+  if any_version or not current or cjson.decode(current)['version'] < version then
+    redis.call('HSET', KEYS[1], tag, ARGV[i + 2])
+    redis.call('SADD', KEYS[2], tag)
+    table.insert(moved, tag)
+  end
+end
+if #moved > 0 then redis.call('INCR', KEYS[3]) end
+return moved
+"""
+
+# KEYS: the image's hash, its reservation; ARGV: the reservation's lifetime in seconds.
+# Returns 1 if the image exists, 2 if another add holds the id, else 0: the id is now reserved.
+_RESERVE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 2 end
+return 0
+"""
+
+# KEYS: the image's hash, the images index, the reservation; ARGV: score and id for the index,
+# then the hash's field-value pairs.
+_COMMIT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('DEL', KEYS[3])
+"""
+
+# Assign an example (KEYS: the tag set, the tag's set of this type, its other set, the image's hash;
+# ARGV: tag, image id, the most tags allowed or 0). A new tag beyond the limit assigns nothing and
+# returns 0, an image that no longer exists -1: the checks and the assignment are one step, so
+# concurrent new tags cannot go over the limit and a concurrent delete cannot leave an example behind.
+_ASSIGN = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+if tonumber(ARGV[3]) > 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0
+   and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+# Delete an image (KEYS: its hash, the images index, the tag set; ARGV: the key prefix, the image id)
+# and remove it from every tag in one step, so no assignment made meanwhile survives it. Returns the
+# tags it was an example of.
+_DELETE_IMAGE = """
+local removed = {}
+for _, tag in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local base = ARGV[1] .. ':tag:' .. tag .. ':'
+  local was = redis.call('SREM', base .. 'positive', ARGV[2]) + redis.call('SREM', base .. 'negative', ARGV[2])
+  if was > 0 then table.insert(removed, tag) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return removed
+"""
+
+# Delete a tag (KEYS: its positive and negative sets, the models hash, the tag set, its epoch, its
+# deleted_through, its version counter, the generation; ARGV: the tag) in one step, marking every
+# version handed out so far as the deleted tag's.
+_DELETE_TAG = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('INCR', KEYS[5])
+redis.call('SET', KEYS[6], redis.call('GET', KEYS[7]) or 0)
+redis.call('INCR', KEYS[8])
+"""
+
+
+def _too_many_tags(max_tags: int) -> Conflict:
+    return Conflict("too_many_tags", f"There are already {max_tags} tags, the most allowed "
+                    "(TAGSMITH_MAX_TAGS); delete one or reuse an existing tag.")
+
+
+@dataclass(frozen=True)
+class ModelPointer:
+    """Where a tag's current model lives and what it was measured to do."""
+
+    tag: str
+    version: int
+    key: str
+    threshold: float
+    trained_at: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelPointer:
+        return cls(**json.loads(text))
+
+
+class EpochMoved(RuntimeError):
+    """The tag was deleted while its model was being made."""
+
+
+class Registry:
+    """All reads and writes of tagsmith's metadata in Redis."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client  # every call, the Lua scripts' too, goes through this client
+        self.prefix = prefix
+        self._publish = client.register_script(_PUBLISH)
+        self._reserve = client.register_script(_RESERVE)
+        self._commit = client.register_script(_COMMIT)
+        self._assign = client.register_script(_ASSIGN)
+        self._delete_image = client.register_script(_DELETE_IMAGE)
+        self._delete_tag = client.register_script(_DELETE_TAG)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # Images -----------------------------------------------------------------
+
+    def reserve_image(self, image_id: str) -> None:
+        """Claim an unused id before its bytes are stored; Conflict if it exists or is being added.
+
+        One atomic round trip: no commit of the same id can slip between the two checks."""
+        taken = self._reserve(keys=[self._k("image", image_id), self._k("reserve", image_id)],
+                              args=[RESERVATION_SECONDS], client=self.redis)
+        if taken == 1:
+            raise Conflict("image_exists", f"An image with id '{image_id}' already exists.")
+        if taken == 2:
+            raise Conflict("image_exists", f"An image with id '{image_id}' is being added right now.")
+
+    def commit_image(self, image_id: str, meta: dict[str, str | int]) -> None:
+        """Make a reserved image visible, once its bytes are safely stored (one atomic call)."""
+        fields: list[str | int | float] = [time.time(), image_id]
+        for name, value in {**meta, "created_at": utc_now()}.items():
+            fields += [name, value]
+        self._commit(keys=[self._k("image", image_id), self._k("images"), self._k("reserve", image_id)], args=fields, client=self.redis)
+
+    def release_image(self, image_id: str) -> None:
+        self.redis.delete(self._k("reserve", image_id))
+
+    def image_exists(self, image_id: str) -> bool:
+        return bool(self.redis.exists(self._k("image", image_id)))
+
+    def image(self, image_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self._k("image", image_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def _index_images(self) -> None:
+        """Build ``P:images`` once from the image hashes, for data stored before the index existed."""
+        marker = self._k("images", "indexed")
+        if self.redis.exists(marker):
+            return
+        pattern, start = self._k("image", "*"), len(self._k("image", ""))
+        for key in self.redis.scan_iter(match=pattern, count=1000):
+            image_id = _text(key)[start:]
+            created = self.redis.hget(key, "created_at")
+            when = calendar.timegm(time.strptime(_text(created), "%Y-%m-%dT%H:%M:%SZ")) if created else 0.0
+            self.redis.zadd(self._k("images"), {image_id: when}, nx=True)
+        self.redis.set(marker, "1")
+
+    def image_ids(self, offset: int = 0, limit: int | None = None) -> list[str]:
+        """Stored image ids, newest first."""
+        self._index_images()
+        end = -1 if limit is None else offset + limit - 1
+        return [_text(x) for x in self.redis.zrevrange(self._k("images"), offset, end)]
+
+    def image_count(self) -> int:
+        self._index_images()
+        return int(self.redis.zcard(self._k("images")))
+
+    def images(self, image_ids: list[str]) -> list[dict[str, str]]:
+        """Metadata of several images at once (an empty dict for an unknown id)."""
+        with self.redis.pipeline() as pipe:
+            for image_id in image_ids:
+                pipe.hgetall(self._k("image", image_id))
+            rows = pipe.execute()
+        return [{_text(k): _text(v) for k, v in row.items()} for row in rows]
+
+    def assignments(self, image_id: str) -> dict[str, str]:
+        """The tags the image is an example of, each with 'positive' or 'negative'."""
+        tags = self.tags()
+        with self.redis.pipeline() as pipe:
+            for tag in tags:
+                pipe.sismember(self._k("tag", tag, "positive"), image_id)
+                pipe.sismember(self._k("tag", tag, "negative"), image_id)
+            flags = pipe.execute()
+        out: dict[str, str] = {}
+        for i, tag in enumerate(tags):
+            if flags[2 * i]:
+                out[tag] = "positive"
+            elif flags[2 * i + 1]:
+                out[tag] = "negative"
+        return out
+
+    def delete_image(self, image_id: str) -> list[str]:
+        """Forget the image and remove it from every tag (one atomic step: an assignment racing the
+        delete either comes before it and is removed, or finds no image); returns the tags it was an
+        example of."""
+        removed = self._delete_image(
+            keys=[self._k("image", image_id), self._k("images"), self._k("tags")], args=[self.prefix, image_id],
+            client=self.redis,
+        )
+        return sorted(_text(x) for x in removed)
+
+    # Examples ---------------------------------------------------------------
+
+    def assign(self, image_id: str, tag: str, sample_type: str, max_tags: int = 0) -> None:
+        """Make the image a positive or negative example of the tag; never both. A new tag beyond
+        ``max_tags`` (0: no limit) is refused (Conflict too_many_tags), an image that does not exist
+        (or was deleted meanwhile) too (NotFound unknown_image), atomically."""
+        other = "negative" if sample_type == "positive" else "positive"
+        keys = [self._k("tags"), self._k("tag", tag, sample_type), self._k("tag", tag, other),
+                self._k("image", image_id)]
+        done = self._assign(keys=keys, args=[tag, image_id, max_tags], client=self.redis)
+        if done == -1:
+            raise NotFound("unknown_image", f"No image with id '{image_id}'.")
+        if not done:
+            raise _too_many_tags(max_tags)
+
+    def unassign(self, image_id: str, tag: str) -> str | None:
+        """Make the image no example of the tag; returns what it was ('positive', 'negative' or None)."""
+        with self.redis.pipeline() as pipe:
+            pipe.srem(self._k("tag", tag, "positive"), image_id)
+            pipe.srem(self._k("tag", tag, "negative"), image_id)
+            was_positive, was_negative = pipe.execute()
+        return "positive" if was_positive else "negative" if was_negative else None
+
+    def example_counts(self, tags: list[str]) -> list[tuple[int, int]]:
+        """(positives, negatives) of each tag."""
+        with self.redis.pipeline() as pipe:
+            for tag in tags:
+                pipe.scard(self._k("tag", tag, "positive"))
+                pipe.scard(self._k("tag", tag, "negative"))
+            counts = pipe.execute()
+        return [(int(counts[2 * i]), int(counts[2 * i + 1])) for i in range(len(tags))]
+
+    def examples(self, tag: str) -> tuple[list[str], list[str]]:
+        """The tag's positive and negative image ids, sorted."""
+        with self.redis.pipeline() as pipe:
+            pipe.smembers(self._k("tag", tag, "positive"))
+            pipe.smembers(self._k("tag", tag, "negative"))
+            pos, neg = pipe.execute()
+        return sorted(_text(x) for x in pos), sorted(_text(x) for x in neg)
+
+    def tag_exists(self, tag: str) -> bool:
+        return bool(self.redis.sismember(self._k("tags"), tag))
+
+    def check_room_for(self, tags: list[str], max_tags: int) -> None:
+        """Refuse (Conflict too_many_tags) when adding ``tags`` would make more than ``max_tags`` tags."""
+        new = {tag for tag in tags if not self.tag_exists(tag)}
+        if new and self.redis.scard(self._k("tags")) + len(new) > max_tags:
+            raise _too_many_tags(max_tags)
+
+    def tags(self) -> list[str]:
+        return sorted(_text(x) for x in self.redis.smembers(self._k("tags")))
+
+    # Models -----------------------------------------------------------------
+
+    def model(self, tag: str) -> ModelPointer | None:
+        raw = self.redis.hget(self._k("models"), tag)
+        return ModelPointer.from_json(raw) if raw else None
+
+    def model_count(self) -> int:
+        return int(self.redis.hlen(self._k("models")))
+
+    def models(self) -> dict[str, ModelPointer]:
+        raw = self.redis.hgetall(self._k("models"))
+        return {_text(k): ModelPointer.from_json(v) for k, v in sorted(raw.items())}
+
+    def generation(self) -> int:
+        return int(self.redis.get(self._k("generation")) or 0)
+
+    def epoch(self, tag: str) -> int:
+        return int(self.redis.get(self._k("tag", tag, "epoch")) or 0)
+
+    def next_version(self, tag: str) -> int:
+        """A version number never handed out before for this tag, even across deletes."""
+        return int(self.redis.incr(self._k("tag", tag, "version")))
+
+    def publish(
+        self, pointers: list[ModelPointer], epochs: dict[str, int] | None = None, rollback: bool = False
+    ) -> list[str]:
+        """Move every pointer at once and bump the generation; all or nothing. Returns the tags moved.
+
+        A pointer never moves back to an older version (when two trainings of one tag finish
+        out of order, the newer version stays current) unless ``rollback`` asks for exactly
+        that. With ``epochs``, refuse (EpochMoved) if any of those tags was deleted since.
+        """
+        epochs = epochs or {}
+        keys = [self._k("models"), self._k("tags"), self._k("generation")]
+        keys += [self._k("tag", tag, "epoch") for tag in epochs]
+        args: list[str | int] = [len(epochs), int(rollback), *epochs.values()]
+        for p in pointers:
+            args += [p.tag, p.version, p.to_json()]
+        moved = self._publish(keys=keys, args=args, client=self.redis)
+        if moved == -1:
+            raise EpochMoved(",".join(epochs))
+        return [_text(x) for x in moved]
+
+    def deleted_through(self, tag: str) -> int:
+        """The last version number of the tag before its last delete (0 if never deleted): those
+        versions are gone even where a crash or a store failure kept their archives."""
+        return int(self.redis.get(self._k("tag", tag, "deleted_through")) or 0)
+
+    def delete_tag(self, tag: str) -> None:
+        """Forget the tag's examples, model and versions, in one step; images stay, version numbers
+        are never reused."""
+        keys = [self._k("tag", tag, "positive"), self._k("tag", tag, "negative"), self._k("models"), self._k("tags"),
+                self._k("tag", tag, "epoch"), self._k("tag", tag, "deleted_through"), self._k("tag", tag, "version"),
+                self._k("generation")]
+        self._delete_tag(keys=keys, args=[tag], client=self.redis)
+
+
+def _text(value: bytes | str | Any) -> str:
+    """A Redis reply as text (replies are bytes unless the client decodes them)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

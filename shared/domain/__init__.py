@@ -1,0 +1,1 @@
+"""What tagsmith does, without HTTP: images, labels, embeddings, model versions, training, predictions."""

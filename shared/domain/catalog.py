@@ -1,0 +1,172 @@
+"""Tags and their model versions: archives in the object store, pointers in Redis, and the current
+heads stacked into one matrix for predictions.
+
+A version is an archive ``models/<tag>/v<N>.tar`` (``shared.data.keys``); the tag's pointer in
+Redis names the current one. Versions are listed from the archives themselves, never from a
+second record, and those up to the tag's last delete are never listed again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import TYPE_CHECKING, Any
+
+from shared.core.errors import Conflict, NotFound
+from shared.data import keys
+from shared.data.registry import EpochMoved, ModelPointer
+from shared.data.store import ObjectNotFound
+from shared.models.archive import ModelRecord, pack, unpack
+from shared.models.backbone import BackboneSpec
+from shared.models.heads import HeadMatrix
+
+if TYPE_CHECKING:
+    from shared.domain.services import Services
+
+
+def save_version(services: Services, record: ModelRecord) -> ModelPointer:
+    """Write the record as the tag's next version archive; nothing points at it yet."""
+    record = dataclasses.replace(record, version=services.registry.next_version(record.tag))
+    key = keys.model_key(record.tag, record.version)
+    services.store.put(key, pack([record], services.spec))
+    return ModelPointer(record.tag, record.version, key, record.threshold, record.trained_at, record.metrics)
+
+
+def load_version(services: Services, key: str) -> ModelRecord:
+    (record,) = unpack(services.store.get(key), services.spec, services.archive_limits)
+    return record
+
+
+def _pointer(services: Services, tag: str, version: int) -> ModelPointer:
+    """The pointer to an existing version archive, read from the archive (ObjectNotFound if none)."""
+    key = keys.model_key(tag, version)
+    record = load_version(services, key)
+    return ModelPointer(tag, version, key, record.threshold, record.trained_at, record.metrics)
+
+
+def stored_versions(services: Services, tag: str) -> list[ModelPointer]:
+    """Every version archive the store holds for the tag since its last delete, oldest first."""
+    deleted_through = services.registry.deleted_through(tag)
+    pointers = []
+    for key in services.store.list(keys.model_prefix(tag)):
+        version = keys.model_version(tag, key)
+        if version is not None and version > deleted_through:
+            try:
+                pointers.append(_pointer(services, tag, version))
+            except ObjectNotFound:
+                continue  # deleted while listing
+    return sorted(pointers, key=lambda p: p.version)
+
+
+def require_tag(services: Services, tag: str) -> None:
+    if not services.registry.tag_exists(tag):
+        raise NotFound("unknown_tag", f"No tag '{tag}'.")
+
+
+def describe_model(pointer: ModelPointer | None) -> dict[str, Any] | None:
+    if pointer is None:
+        return None
+    return {"version": pointer.version, "threshold": pointer.threshold, "trained_at": pointer.trained_at,
+            "metrics": pointer.metrics}
+
+
+def tags_overview(services: Services) -> list[dict[str, Any]]:
+    """Every tag, sorted, with its example counts and current model."""
+    registry = services.registry
+    tags = registry.tags()
+    models = registry.models()
+    counts = registry.example_counts(tags)
+    return [{"tag": tag, "positives": p, "negatives": n, "model": describe_model(models.get(tag))}
+            for tag, (p, n) in zip(tags, counts, strict=True)]
+
+
+def tag_details(services: Services, tag: str) -> dict[str, Any]:
+    require_tag(services, tag)
+    positives, negatives = services.registry.examples(tag)
+    return {"tag": tag, "positives": positives, "negatives": negatives,
+            "model": describe_model(services.registry.model(tag))}
+
+
+def version_list(services: Services, tag: str) -> dict[str, Any]:
+    require_tag(services, tag)
+    current = services.registry.model(tag)
+    current_version = current.version if current else None
+    versions = [
+        {"version": p.version, "current": p.version == current_version, "threshold": p.threshold,
+         "trained_at": p.trained_at, "metrics": p.metrics}
+        for p in stored_versions(services, tag)
+    ]
+    return {"tag": tag, "current": current_version, "versions": versions}
+
+
+def rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
+    """Make an earlier version current again; the next training fine-tunes from it."""
+    epoch = services.registry.epoch(tag)
+    pointer = None
+    if version > services.registry.deleted_through(tag):  # earlier ones belonged to the tag before its delete
+        try:
+            pointer = _pointer(services, tag, version)
+        except ObjectNotFound:
+            pointer = None
+    if pointer is None:
+        raise NotFound("unknown_version", f"Tag '{tag}' has no version {version}.")
+    previous = services.registry.model(tag)
+    try:
+        services.registry.publish([pointer], epochs={tag: epoch}, rollback=True)
+    except EpochMoved:
+        raise Conflict("tag_deleted", f"Tag '{tag}' was deleted meanwhile.") from None
+    return {"tag": tag, "version": version, "previous": previous.version if previous else None,
+            "threshold": pointer.threshold}
+
+
+def delete_tag(services: Services, tag: str) -> None:
+    """Forget the tag's examples, model pointer and versions, then remove its archives (archives a
+    crash leaves behind are never listed again: ``Registry.deleted_through``)."""
+    require_tag(services, tag)
+    services.registry.delete_tag(tag)
+    for key in list(services.store.list(keys.model_prefix(tag))):
+        services.store.delete(key)
+
+
+def stack(records: list[ModelRecord], spec: BackboneSpec) -> HeadMatrix:
+    """Heads of several tags as one matrix, in the order given."""
+    return HeadMatrix(
+        [r.tag for r in records], [r.head for r in records], [r.threshold for r in records],
+        [r.version for r in records], (spec.embedding_size, spec.style_size),
+    )
+
+
+class HeadCache:
+    """The current heads of every tag as one matrix, reloaded only when the generation moves.
+
+    One per process (``Services.heads``); archives already loaded are kept across reloads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+        self._records: dict[str, ModelRecord] = {}  # by archive key
+        self._matrix: HeadMatrix | None = None
+
+    def current(self, services: Services) -> HeadMatrix:
+        generation = services.registry.generation()
+        matrix = self._matrix
+        if generation == self._generation and matrix is not None:
+            return matrix
+        with self._lock:
+            if generation != self._generation or self._matrix is None:
+                self._matrix = self._reload(services, generation)
+            return self._matrix
+
+    def _reload(self, services: Services, generation: int) -> HeadMatrix:
+        records: dict[str, ModelRecord] = {}
+        for pointer in services.registry.models().values():
+            cached = self._records.get(pointer.key)
+            if cached is None:
+                try:
+                    cached = load_version(services, pointer.key)
+                except ObjectNotFound:
+                    continue  # deleted between the pointer read and the load; next generation fixes it
+            records[pointer.key] = cached
+        self._records = records
+        self._generation = generation
+        return stack(sorted(records.values(), key=lambda r: r.tag), services.spec)

@@ -1,0 +1,113 @@
+"""Embeddings of stored images, computed in batches and cached in the object store."""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from shared.core.process import cpu_pool
+from shared.data.keys import embedding_key, image_key
+from shared.data.store import ObjectNotFound, ObjectStore
+from shared.models.backbone import Backbone, preprocess
+from shared.models.decoding import decode_image
+
+LOOKAHEAD = 2  # batches being read and decoded ahead of the backbone
+
+
+def to_bytes(vector: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, vector.astype(np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _from_bytes(data: bytes, size: int) -> np.ndarray | None:
+    try:
+        vector = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError:
+        return None
+    return vector if vector.shape == (size,) and vector.dtype == np.float32 else None
+
+
+def embed_stored_images(
+    store: ObjectStore,
+    backbone: Backbone,
+    image_ids: list[str],
+    max_pixels: int,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """(N, D) feature vectors (semantic | style) of stored images, as ``embed_present_images``;
+    an image whose bytes are gone raises ObjectNotFound."""
+    features, kept = embed_present_images(store, backbone, image_ids, max_pixels, batch_size, progress)
+    if len(kept) < len(image_ids):
+        gone = min(set(range(len(image_ids))) - set(kept))
+        raise ObjectNotFound(image_key(image_ids[gone]))
+    return features
+
+
+def embed_present_images(
+    store: ObjectStore,
+    backbone: Backbone,
+    image_ids: list[str],
+    max_pixels: int,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """Feature vectors (semantic | style) of the stored images whose bytes are still there (others
+    were deleted meanwhile), and their positions in ``image_ids``. Cached vectors are read, the rest
+    computed in batches and cached; a cached vector of another size (an older layout) is recomputed."""
+    spec = backbone.spec
+    width = spec.embedding_size + spec.style_size
+    pool = cpu_pool()
+
+    def cached(image_id: str) -> np.ndarray | None:
+        try:
+            return _from_bytes(store.get(embedding_key(spec.id, image_id)), width)
+        except ObjectNotFound:
+            return None
+
+    def pixels(i: int) -> np.ndarray | None:
+        try:
+            data = store.get(image_key(image_ids[i]))
+        except ObjectNotFound:
+            return None
+        return preprocess(decode_image(data, max_pixels).image)
+
+    result = np.zeros((len(image_ids), width), dtype=np.float32)
+    gone: set[int] = set()
+    missing: list[int] = []
+    for i, vector in enumerate(pool.map(cached, image_ids)):  # object-store reads overlap
+        if vector is None:
+            missing.append(i)
+        else:
+            result[i] = vector
+    done = len(image_ids) - len(missing)
+    if progress:
+        progress(done, len(image_ids))
+
+    # While the backbone runs one batch, the pool reads, decodes and resizes the next two.
+    batches = [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
+    upcoming = deque([pool.submit(pixels, i) for i in batch] for batch in batches[:LOOKAHEAD])
+    for k, batch in enumerate(batches):
+        read = [future.result() for future in upcoming.popleft()]
+        if k + LOOKAHEAD < len(batches):
+            upcoming.append([pool.submit(pixels, i) for i in batches[k + LOOKAHEAD]])
+        gone.update(i for i, image in zip(batch, read, strict=True) if image is None)  # deleted meanwhile
+        here = [i for i, image in zip(batch, read, strict=True) if image is not None]
+        if here:
+            vectors = backbone.embed_pixels(np.stack([image for image in read if image is not None])).vectors
+            writes = [
+                pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
+                for i, vector in zip(here, vectors, strict=True)
+            ]
+            result[here] = vectors
+            for write in writes:
+                write.result()
+        done += len(batch)
+        if progress:
+            progress(done, len(image_ids))
+    kept = [i for i in range(len(image_ids)) if i not in gone]
+    return result[kept], kept

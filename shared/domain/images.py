@@ -1,0 +1,160 @@
+"""Stored images: adding them (one or many, optionally as examples of a tag), describing, showing
+and deleting them."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+from PIL import Image
+
+from shared.core.errors import DomainError, NotFound, Unavailable
+from shared.core.names import new_image_id, validate_image_id
+from shared.data import keys
+from shared.data.store import StoreUnavailable
+from shared.models.decoding import VERIFY_SIZE, DecodedImage, decode_image
+
+if TYPE_CHECKING:
+    from shared.domain.services import Services
+
+MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
+               "BMP": "image/bmp", "TIFF": "image/tiff"}
+BACKENDS_DOWN = (StoreUnavailable, redis.RedisError, Unavailable)
+
+
+def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage) -> None:
+    """Claim the id, write the bytes, then make the image visible; a crash leaves nothing visible.
+
+    An embedding cached under the id belongs to an earlier image of that id (a delete that raced
+    its embedding, or died before reaching the store): it goes first, so it is never reused."""
+    services.registry.reserve_image(image_id)
+    try:
+        services.store.delete(keys.embedding_key(services.spec.id, image_id))
+        services.store.put(keys.image_key(image_id), data)
+        services.registry.commit_image(
+            image_id,
+            {"format": decoded.format, "width": decoded.width, "height": decoded.height, "bytes": len(data)},
+        )
+    except BaseException:
+        services.registry.release_image(image_id)
+        raise
+
+
+def add_image(services: Services, data: bytes, image_id: str | None = None) -> dict[str, Any]:
+    """Check that the bytes decode as an image, then store them under ``image_id`` (or a new id)."""
+    image_id = image_id or new_image_id()
+    decoded = decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE)
+    store_image(services, image_id, data, decoded)
+    return {"image_id": image_id, "format": decoded.format, "width": decoded.width, "height": decoded.height}
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What became of one file of a batch: the image stored, or the error that file got."""
+
+    filename: str
+    image_id: str | None  # the id asked for (None: a generated one) when refused
+    image: dict[str, Any] | None = None  # what ``add_image`` returns
+    error: DomainError | None = None
+
+
+def add_images(
+    services: Services,
+    files: list[tuple[str, bytes | DomainError]],
+    ids: list[str],
+    assignment: tuple[str, str] | None = None,
+) -> list[FileResult]:
+    """Store several files, each on its own, in order, so one bad file does not spoil the rest.
+    ``ids`` holds one id per file ('' for a generated one) or none; ``assignment`` (tag, type) makes
+    every stored image an example of the tag.
+
+    A backend failing midway stops the batch: the files stored so far keep their results and each
+    remaining one gets an ``Unavailable`` error (with nothing stored yet, the failure is raised)."""
+    if assignment:
+        services.registry.check_room_for([assignment[0]], services.settings.max_tags)
+    results: list[FileResult] = []
+    for i, (filename, data) in enumerate(files):
+        requested = ids[i] if ids else ""
+        try:
+            if isinstance(data, DomainError):
+                raise data
+            added = add_image(services, data, validate_image_id(requested) if requested else None)
+            if assignment:
+                try:
+                    services.registry.assign(added["image_id"], *assignment, services.settings.max_tags)
+                except (DomainError, *BACKENDS_DOWN):
+                    # e.g. another request took the last free tag, or Redis failed: this file changes
+                    # nothing (as far as the backends let us undo it)
+                    with contextlib.suppress(*BACKENDS_DOWN):
+                        forget_image(services, added["image_id"])
+                    raise
+            results.append(FileResult(filename, added["image_id"], image=added))
+        except BACKENDS_DOWN:
+            if not any(r.error is None for r in results):
+                raise  # nothing stored yet: the whole request fails
+            # Earlier files are stored (and assigned): say so, and stop here rather than wait out
+            # the backend's timeouts once per remaining file.
+            down = Unavailable("backend_unavailable", "The backend became unavailable; this file was not stored. Try it again.")
+            results += [FileResult(files[j][0], (ids[j] if ids else "") or None, error=down) for j in range(i, len(files))]
+            break
+        except DomainError as exc:
+            results.append(FileResult(filename, requested or None, error=exc))
+    return results
+
+
+def forget_image(services: Services, image_id: str) -> list[str]:
+    """Delete a stored image: from every tag and the registry first, then its bytes and cached
+    embedding. Returns the tags it was an example of."""
+    tags = services.registry.delete_image(image_id)
+    for key in (keys.image_key(image_id), keys.embedding_key(services.spec.id, image_id)):
+        services.store.delete(key)
+    return tags
+
+
+def delete_image(services: Services, image_id: str) -> dict[str, Any]:
+    known_image(services, image_id)
+    return {"image_id": image_id, "deleted": True, "removed_from": forget_image(services, image_id)}
+
+
+def known_image(services: Services, image_id: str) -> dict[str, str]:
+    """The image's metadata; NotFound if there is no such image."""
+    meta = services.registry.image(image_id)
+    if not meta:
+        raise NotFound("unknown_image", f"No image with id '{image_id}'.")
+    return meta
+
+
+def describe(image_id: str, meta: dict[str, str]) -> dict[str, Any]:
+    ints = ("width", "height", "bytes")
+    return {"image_id": image_id, **{k: int(v) if k in ints else v for k, v in meta.items()}}
+
+
+def image_page(services: Services, offset: int, limit: int) -> dict[str, Any]:
+    """A page of stored images, newest first, and how many there are."""
+    ids = services.registry.image_ids(offset, limit)
+    images = [describe(i, m) for i, m in zip(ids, services.registry.images(ids), strict=True) if m]
+    return {"total": services.registry.image_count(), "offset": offset, "limit": limit, "images": images}
+
+
+def image_details(services: Services, image_id: str) -> dict[str, Any]:
+    meta = known_image(services, image_id)
+    return {**describe(image_id, meta), "tags": services.registry.assignments(image_id)}
+
+
+def original(services: Services, image_id: str) -> tuple[bytes, str]:
+    """The bytes as uploaded and their media type."""
+    meta = known_image(services, image_id)
+    return services.store.get(keys.image_key(image_id)), MEDIA_TYPES.get(meta.get("format", ""), "application/octet-stream")
+
+
+def thumbnail(services: Services, image_id: str, size: int) -> bytes:
+    """A JPEG no larger than ``size`` on its longer side, upright."""
+    data = services.store.get(keys.image_key(image_id))
+    image = decode_image(data, services.settings.max_image_pixels, draft_size=size).image
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=82, optimize=True)
+    return out.getvalue()

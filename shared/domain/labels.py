@@ -1,0 +1,35 @@
+"""Examples: making stored images positive or negative examples of a tag, or neither."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shared.core.errors import NotFound
+
+if TYPE_CHECKING:
+    from shared.domain.services import Services
+
+
+def require_image(services: Services, image_id: str) -> None:
+    if not services.registry.image_exists(image_id):
+        raise NotFound("unknown_image", f"No image with id '{image_id}'.")
+
+
+def assign(services: Services, image_id: str, tag: str, sample_type: str) -> dict[str, Any]:
+    """Make the image a positive or negative example of the tag; never both (the later call wins).
+    A new tag beyond ``max_tags`` is refused; so is an image that does not exist (checked first,
+    and again inside the assignment's atomic step: a delete may land between the two)."""
+    require_image(services, image_id)
+    services.registry.assign(image_id, tag, sample_type, services.settings.max_tags)
+    ((positives, negatives),) = services.registry.example_counts([tag])
+    return {"image_id": image_id, "tag": tag, "type": sample_type, "positives": positives, "negatives": negatives}
+
+
+def unassign(services: Services, image_id: str, tag: str) -> dict[str, Any]:
+    """Make the image no example of the tag; ``removed`` says what it was (or None)."""
+    require_image(services, image_id)
+    if not services.registry.tag_exists(tag):
+        raise NotFound("unknown_tag", f"No tag '{tag}'.")
+    removed = services.registry.unassign(image_id, tag)
+    ((positives, negatives),) = services.registry.example_counts([tag])
+    return {"image_id": image_id, "tag": tag, "removed": removed, "positives": positives, "negatives": negatives}

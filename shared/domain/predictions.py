@@ -1,0 +1,116 @@
+"""Predictions: base keywords and styles and every custom tag for an image, and which stored images
+to label next for a tag (active learning)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.core.errors import NotFound
+from shared.domain.embeddings import embed_present_images, embed_stored_images
+from shared.domain.labels import require_image
+from shared.models.backbone import Features, preprocess
+from shared.models.base_keywords import base_keywords
+from shared.models.base_styles import matched_styles, style_scores
+from shared.models.decoding import decode_image
+
+if TYPE_CHECKING:
+    from shared.domain.services import Services
+
+
+def prepare_upload(data: bytes, max_pixels: int, with_styles: bool) -> tuple[np.ndarray, Callable[[], dict[str, float]]]:
+    """Decode, then resize and crop for the backbone; and, to run later, the base styles if asked
+    (the shape ``shared.web.batching`` batches)."""
+    image = decode_image(data, max_pixels).image
+    return preprocess(image), partial(style_scores, image) if with_styles else dict
+
+
+def require_model(services: Services, tag: str) -> None:
+    if tag not in services.heads.current(services).index:
+        raise NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
+
+
+def custom_scores(services: Services, vector: np.ndarray, tag: str | None = None) -> dict[str, Any]:
+    """Every tag's score (or one tag's) for one (semantic | style) feature vector, best first."""
+    matrix = services.heads.current(services)
+    if tag is not None and tag not in matrix.index:
+        raise NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
+    scores = matrix.scores(vector[None, :])[0]
+    return matrix.describe(scores, [tag] if tag is not None else None)
+
+
+def one_tag(services: Services, vector: np.ndarray, tag: str) -> dict[str, Any]:
+    return {"tag": tag, **custom_scores(services, vector, tag)[tag]}
+
+
+def everything(services: Services, features: Features, styles: dict[str, float]) -> dict[str, Any]:
+    """What ``POST /predict`` answers: base keywords and styles, and every custom tag."""
+    return {
+        "keywords": base_keywords(features.logits[0], services.settings.keyword_threshold),
+        "styles": matched_styles(styles),
+        "style_scores": styles,
+        "custom": custom_scores(services, features.vectors[0]),
+    }
+
+
+def stored_vector(services: Services, image_id: str) -> np.ndarray:
+    """A stored image's feature vector, from the embedding cache or computed (and cached) now."""
+    require_image(services, image_id)
+    settings = services.settings
+    vectors = embed_stored_images(services.store, services.backbone, [image_id], settings.max_image_pixels)
+    vector: np.ndarray = vectors[0]
+    return vector
+
+
+@dataclass(frozen=True)
+class TagScores:
+    version: int
+    threshold: float
+    image_ids: list[str]  # those asked for, less any deleted meanwhile
+    scores: np.ndarray  # (N,) probabilities, one per image id above
+
+
+def score_stored_images(services: Services, tag: str, image_ids: list[str]) -> TagScores:
+    """The tag's current model applied to stored images, using (and filling) the embedding cache;
+    images deleted since their ids were read are left out."""
+    matrix = services.heads.current(services)
+    if tag not in matrix.index:
+        raise NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
+    i = matrix.index[tag]
+    settings = services.settings
+    embeddings, kept = embed_present_images(
+        services.store, services.backbone, image_ids, settings.max_image_pixels, settings.embed_batch_size
+    )
+    scores = matrix.scores(embeddings)[:, i] if kept else np.zeros(0)
+    return TagScores(version=matrix.versions[i], threshold=float(matrix.thresholds[i]),
+                     image_ids=[image_ids[j] for j in kept], scores=scores)
+
+
+def suggestions(services: Services, tag: str, limit: int) -> dict[str, Any]:
+    """Unlabelled images to label next: those nearest the threshold, and those the model matches."""
+    positives, negatives = services.registry.examples(tag)
+    labelled = set(positives) | set(negatives)
+    newest = services.registry.image_ids(0, services.settings.suggest_max_candidates + len(labelled))
+    result = score_stored_images(
+        services, tag, [i for i in newest if i not in labelled][: services.settings.suggest_max_candidates]
+    )
+    candidates, scores, threshold = result.image_ids, result.scores, result.threshold
+
+    def rows(order: np.ndarray) -> list[dict[str, object]]:
+        return [{"image_id": candidates[j], "score": round(float(scores[j]), 6),
+                 "match": bool(scores[j] >= threshold)} for j in order[:limit]]
+
+    uncertain = np.argsort(np.abs(scores - threshold), kind="stable")
+    likely = [j for j in np.argsort(-scores, kind="stable") if scores[j] >= threshold]
+    return {
+        "tag": tag,
+        "version": result.version,
+        "threshold": round(threshold, 6),
+        "candidates": len(candidates),
+        "uncertain": rows(uncertain),
+        "likely_positive": rows(np.array(likely, dtype=int)),
+    }

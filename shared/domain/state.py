@@ -1,0 +1,59 @@
+"""State archives in and out: loading models from an archive, exporting the current ones, and the
+ONNX file for devices (the backbone and the chosen heads in one graph)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from shared.core.errors import NotFound
+from shared.data.registry import ModelPointer
+from shared.domain import catalog
+from shared.models.archive import ModelRecord, pack, unpack
+from shared.models.backbone.exported import export_onnx
+from shared.models.edge import build_edge_model
+
+if TYPE_CHECKING:
+    from shared.domain.services import Services
+
+
+def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
+    """Validate the whole archive, store every model as a new version, then publish them together.
+    If a model cannot be stored, those stored before it are removed again (as far as the store
+    lets us): a failed load adds no versions."""
+    records = unpack(data, services.spec, services.archive_limits)
+    services.registry.check_room_for([record.tag for record in records], services.settings.max_tags)
+    pointers: list[ModelPointer] = []
+    try:
+        for record in records:
+            pointers.append(catalog.save_version(services, record))
+    except Exception:
+        for pointer in pointers:
+            with contextlib.suppress(Exception):  # the store may be down: the error that stopped us matters
+                services.store.delete(pointer.key)
+        raise
+    if pointers:
+        services.registry.publish(pointers)
+    return [{"tag": p.tag, "version": p.version, "threshold": p.threshold} for p in pointers]
+
+
+def current_records(services: Services, tags: list[str]) -> list[ModelRecord]:
+    """The current model of each tag asked for (every tag when none is); NotFound for a tag without one."""
+    models = services.registry.models()
+    for tag in tags:
+        if tag not in models:
+            raise NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
+    pointers = [models[t] for t in tags] if tags else list(models.values())
+    return [catalog.load_version(services, p.key) for p in pointers]
+
+
+def export_state(services: Services, tag: str | None) -> bytes:
+    return pack(current_records(services, [tag] if tag else []), services.spec)
+
+
+def export_edge(services: Services, tags: list[str]) -> bytes:
+    records = current_records(services, tags)
+    if not records:
+        raise NotFound("no_models", "There is no trained model to export.")
+    matrix = catalog.stack(records, services.spec)
+    return build_edge_model(export_onnx(services.settings.model_cache_dir), matrix, services.spec)

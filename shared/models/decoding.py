@@ -1,0 +1,89 @@
+"""Safe image decoding: every upload passes here before anything is stored or embedded."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shared.core.errors import DomainError, InvalidInput, TooLarge, Unsupported
+
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Adding an image only needs to prove it decodes: JPEGs are read at 1/8 scale (the whole stream
+# is still parsed, so truncation is caught) without building full-size pixels.
+VERIFY_SIZE = 32
+# Everything else decodes JPEGs in draft mode to the smallest DCT scale (1/2, 1/4, 1/8) whose short
+# side is still at least the backbone's resize size: between one and two times what it needs.
+DRAFT_SIZE = 256
+# Pillow's own bomb check is replaced by the configurable limit below.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB
+    format: str
+    width: int  # of the original, after EXIF rotation
+    height: int
+
+
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SIZE) -> DecodedImage:
+    """Decode bytes into an upright RGB image, or raise InvalidInput, TooLarge or Unsupported.
+
+    JPEGs are decoded in draft mode (DCT scaling) straight to at least ``draft_size``
+    on the short side, which is all the models need and several times faster.
+    """
+    if not data:
+        raise InvalidInput("empty_file", "The uploaded file is empty.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise Unsupported("not_an_image", "The file is not an image in a supported format.") from None
+    except Exception as exc:
+        raise InvalidInput("corrupt_image", f"The image cannot be read: {exc}") from None
+    if img.format not in FORMATS:
+        raise Unsupported("unsupported_format", f"Images in {img.format} format are not supported.")
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise InvalidInput("empty_image", "The image has no pixels.")
+    if width * height > max_pixels:
+        raise TooLarge(
+            "too_many_pixels",
+            f"The image has {width}x{height} pixels; the limit is {max_pixels} pixels.",
+        )
+    fmt = img.format
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+        if draft_size and fmt == "JPEG":  # Pillow picks the smallest scale at least this big
+            scale = max(1, min(width, height) // draft_size)
+            img.draft("RGB", (width // scale, height // scale))
+        img.load()
+        rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
+    except DomainError:
+        raise
+    except Exception as exc:  # truncated or corrupt data surfaces as many error types
+        raise InvalidInput("corrupt_image", f"The image data is corrupt or truncated: {exc}") from None
+    if orientation in (5, 6, 7, 8):  # EXIF says the picture is rotated a quarter turn
+        width, height = height, width
+    return DecodedImage(image=rgb, format=fmt or "", width=width, height=height)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB; transparency is composited over white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit and float greyscale
+        values = np.asarray(img, dtype=np.float64)
+        if values.max(initial=0) > 255:
+            values = values / 256
+        img = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" or img.mode in ("LA", "PA", "RGBA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")

@@ -1,0 +1,1 @@
+"""HTTP: the app factory, middleware, uploads, the error contract, operations routes and the schema."""

@@ -1,0 +1,73 @@
+"""The app factory every function uses: tagsmith's error contract, API keys, body limits, request
+ids, access logs and metrics around its routes, plus ``/health``, ``/ready``, ``/metrics``,
+``/openapi.json`` and ``/docs``.
+
+The app's lifespan builds the process's ``Services`` once, from the settings it is given (or, for
+an app started by uvicorn, from the environment, read then), and hands them to every request in
+``request.state``; an app that runs the backbone loads it before it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+
+from shared.core.process import tune_process
+from shared.core.settings import Settings
+from shared.domain.services import Services, build_services
+from shared.web import openapi, ops
+from shared.web.auth import ApiKeys
+from shared.web.batching import MicroBatcher
+from shared.web.errors import HANDLERS
+from shared.web.limits import BodyLimit
+from shared.web.observability import RequestObserver
+from shared.web.state import settings_of
+
+log = logging.getLogger("tagsmith")
+
+
+def create_app(
+    routes: Sequence[BaseRoute],
+    *,
+    settings: Settings | None = None,
+    services: Services | None = None,
+    backbone: bool = False,
+) -> Starlette:
+    """An app serving ``routes``. Its lifespan uses ``services`` if given, else builds them from
+    ``settings`` (default: the environment's, read when the app starts). With ``backbone``, the
+    backbone loads before the app answers and requests share its forward passes (micro-batching)."""
+    tune_process()  # however the app is started: tagsmith serve, uvicorn, tests
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        own = services or build_services(settings or Settings())
+        state: dict[str, Any] = {"services": own}
+        if backbone:
+            loaded = await run_in_threadpool(lambda: own.backbone)
+            log.info("backbone ready: %s, %s", loaded.runtime, loaded.precision)
+            state["batcher"] = MicroBatcher(loaded, own.settings.predict_batch_size)
+        try:
+            yield state
+        finally:
+            if services is None:
+                own.redis.close()
+
+    app = Starlette(
+        routes=[*ops.routes, *openapi.routes, *routes],
+        middleware=[
+            Middleware(RequestObserver),
+            Middleware(ApiKeys, keys=lambda scope: settings_of(scope).api_key_list),
+            Middleware(BodyLimit, settings=settings_of),
+        ],
+        exception_handlers=HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.runs_backbone = backbone
+    return app

@@ -1,0 +1,56 @@
+"""Limits on request bodies: size per path, and how long a body may stall."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.core.settings import Settings
+from shared.web.errors import HttpError, error_response
+
+class BodyLimit:
+    """Refuses request bodies over a per-path byte limit, whether or not Content-Length is sent,
+    and bodies that stall: waiting more than ``timeout()`` seconds for the next piece is a 408."""
+
+    def __init__(self, app: ASGIApp, settings: Callable[[Scope], Settings]) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = self.settings(scope)
+        limit = body_limit_for_path(settings, scope["path"])
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await error_response(413, "too_large", f"The request body is larger than {limit} bytes.")(
+                    scope, receive, send
+                )
+                return
+        received, complete, timeout = 0, False, settings.body_read_timeout_s
+
+        async def limited_receive() -> Message:
+            nonlocal received, complete
+            if complete:  # after the body only a disconnect can come: no deadline
+                return await receive()
+            try:
+                with anyio.fail_after(timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise HttpError(408, "body_timeout", f"The request body stalled for over {timeout:g} s.") from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HttpError(413, "too_large", f"The request body is larger than {limit} bytes.")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def body_limit_for_path(settings: Settings, path: str) -> int:
+    """State archives and batches may be larger than one image upload; 64 KiB covers multipart framing."""
+    limits = {"/set_state": settings.max_archive_bytes, "/custom/add_many": settings.max_batch_bytes}
+    return limits.get(path.rstrip("/"), settings.max_upload_bytes) + 64 * 1024

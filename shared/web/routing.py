@@ -1,0 +1,57 @@
+"""Routes whose path parameters are validated in one place, before any endpoint runs, and the
+query parameters' parsing.
+
+Every function's routes are ``ApiRoute``s: a ``tag``, ``image_id``, ``type`` or ``version`` in
+the path reaches the endpoint already checked and in canonical form (tags in NFC, versions as
+ints), or the request ends in a 400 saying what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from shared.core.errors import InvalidInput
+from shared.core.names import validate_image_id, validate_sample_type, validate_tag, validate_version
+from shared.core.settings import Settings
+from shared.web.state import settings_of
+
+# Path parameter name -> its check, given the settings (the tag's length limit is one).
+PATH_PARAMETERS: dict[str, Callable[[str, Settings], Any]] = {
+    "tag": lambda value, settings: validate_tag(value, settings.max_tag_length),
+    "image_id": lambda value, settings: validate_image_id(value),
+    "type": lambda value, settings: validate_sample_type(value),
+    "version": lambda value, settings: validate_version(value),
+}
+
+
+class ApiRoute(Route):
+    """A route that validates its path parameters (``PATH_PARAMETERS``) before its endpoint runs."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = scope.get("path_params", {})
+        if any(name in PATH_PARAMETERS for name in params):
+            settings = settings_of(scope)
+            scope["path_params"] = {
+                name: PATH_PARAMETERS[name](value, settings) if name in PATH_PARAMETERS else value
+                for name, value in params.items()
+            }
+        await super().handle(scope, receive, send)
+
+
+def query_int(request: Request, name: str, default: int, lowest: int, highest: int) -> int:
+    """An integer query parameter within [lowest, highest], or InvalidInput saying so."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lowest - 1
+    if not lowest <= value <= highest:
+        raise InvalidInput("invalid_parameter", f"'{name}' must be a whole number from {lowest} to {highest}.")
+    return value
