@@ -14,13 +14,13 @@ import argparse
 import hashlib
 import io
 import itertools
-from concurrent.futures import ThreadPoolExecutor
 import random
 import statistics
 import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -30,15 +30,15 @@ from PIL import Image
 from bench.photos import random_crops, source
 from bench.speed import queued_ms, rate
 from infra.embedded import data_folder_lock, start_redis
-from shared.domain.services import Services
+from shared.core.process import cpu_pool
 from shared.data.keys import image_key
+from shared.data.store import LocalStore
 from shared.domain.embeddings import embed_stored_images
 from shared.domain.images import add_image
-from shared.models.decoding import decode_image
-from shared.core.process import cpu_pool
+from shared.domain.services import Services
 from shared.models.backbone import preprocess
 from shared.models.backbone.lite0 import EfficientNetLite0
-from shared.data.store import LocalStore
+from shared.models.decoding import decode_image
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -97,8 +97,8 @@ def training_job(jpegs: list[bytes], folder: Path) -> dict[str, float | str]:
     """Enqueue one training on an idle ``tagsmith worker``; returns its timings and result."""
     import redis
 
-    from shared.domain.services import build_services
     from shared.core.settings import Settings
+    from shared.domain.services import build_services
 
     data = folder / "job"
     with data_folder_lock(data) as fd:

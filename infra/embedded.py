@@ -86,7 +86,7 @@ def start_redis(folder: Path, lock_fd: int) -> tuple[subprocess.Popen[bytes], st
             pass
         except redis.ConnectionError:
             if process.poll() is not None:
-                raise SystemExit(f"redis-server exited with {process.returncode}; see {folder}/redis.log")
+                raise SystemExit(f"redis-server exited with {process.returncode}; see {folder}/redis.log") from None
         if time.monotonic() > deadline:
             process.kill()
             raise SystemExit("redis-server did not start within 30 s")

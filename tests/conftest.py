@@ -25,6 +25,19 @@ from tests.support.api import settings_for
 from tests.support.blocking import blocking_guard
 from tests.support.servers import RedisContainer, RedisServer, S3Endpoint, TagsmithServer, start_redis, start_s3
 
+# Fixtures that start or need a server, a tagsmith process or the backbone. A test that uses none
+# of them, in a module not marked ``integration`` (one that starts such things itself), is a
+# ``unit`` test: ``./scripts/test -m unit`` runs those alone.
+SERVER_FIXTURES = {"redis_server", "s3_server", "services", "client", "live_server", "backbone"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture(autouse=True)
 def no_blocking_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

@@ -21,8 +21,6 @@ from shared.web.state import services_of
 from tests.support.blocking import blocking_guard
 from tests.support.servers import ROOT
 
-pytestmark = pytest.mark.unit
-
 PACKAGES = ("shared", "functions", "worker", "infra", "client/tagsmith_client")
 # Layer -> the layers it may import (besides itself), lowest first. A module belongs to the
 # longest layer prefix of its name.

@@ -14,9 +14,9 @@ from safetensors.numpy import save as save_tensors
 from starlette.testclient import TestClient
 
 from shared.core.errors import DomainError
-from shared.web.errors import status_of
 from shared.models.archive import ArchiveLimits, pack, unpack
 from shared.models.backbone import LITE0
+from shared.web.errors import status_of
 from tests.support.api import record
 from tests.support.photos import CAT, OTHERS, crops
 

@@ -9,8 +9,8 @@ import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from shared.web.auth import is_public, key_matches
 from shared.domain.services import Services
+from shared.web.auth import is_public, key_matches
 from tagsmith_client import Client, TagsmithError
 from tests.support.photos import CAT, crops
 

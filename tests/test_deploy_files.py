@@ -28,8 +28,8 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 
 import functions
 from infra import services as service_apps
-from shared.web.app import create_app
 from shared.core.settings import Settings
+from shared.web.app import create_app
 from tests.support.servers import ROOT, nginx_binary
 
 INFRA = ROOT / "infra"
@@ -229,7 +229,7 @@ def test_the_services_group_every_function_module_and_each_still_runs_alone() ->
     # the predict service loads the backbone before it answers, as functions.predict does alone
     assert service_apps.predict.state.runs_backbone and importlib.import_module("functions.predict").app.state.runs_backbone
     assert not any(app.state.runs_backbone for name, app in service_apps.APPS.items() if name != "predict")
-    paths = {re.sub(r":\w+\}", "}", getattr(route, "path")) for app in service_apps.APPS.values() for route in app.routes}
+    paths = {re.sub(r":\w+\}", "}", route.path) for app in service_apps.APPS.values() for route in app.routes}
     assert set(service_apps.images.state.openapi["paths"]) == paths - {"/static"}
 
 

@@ -21,7 +21,6 @@ from shared.data.store import S3Store
 from tests.support.api import unique_name
 from tests.support.photos import CAT, OTHERS, crops
 from tests.support.servers import (
-    clean_env,
     FunctionServer,
     NginxGateway,
     Process,
@@ -29,9 +28,12 @@ from tests.support.servers import (
     RedisServer,
     S3Endpoint,
     WorkerProcess,
+    clean_env,
     nginx_binary,
     stop_all,
 )
+
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
 
 @dataclass

@@ -21,7 +21,7 @@ from tests.support import seed_snippets
 from tests.support.photos import CAT, OTHERS, crops
 from tests.support.servers import TagsmithServer
 
-
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
 
 def curl(*args: str) -> dict:

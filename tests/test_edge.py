@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from starlette.testclient import TestClient
 
 from shared.domain.services import Services
-from shared.models.decoding import decode_image
 from shared.models.backbone import preprocess
+from shared.models.decoding import decode_image
 from shared.models.edge import edge_manifest
-from tests.support.photos import CAT, crops
 from tests.support.api import teach_cat
+from tests.support.photos import CAT, crops
+
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
 
 def test_exported_model_scores_like_the_server(client: TestClient, services: Services) -> None:

@@ -148,7 +148,7 @@ def test_images_in_many_modes_are_accepted(client: TestClient) -> None:
     base = photo(CAT).resize((120, 80))
     variants = {
         "cmyk": encode(base.convert("CMYK"), "JPEG"),
-        "grey16": encode(Image.fromarray((__import__("numpy").asarray(base.convert("L"), dtype="uint16") * 257)), "PNG"),
+        "grey16": encode(Image.fromarray(__import__("numpy").asarray(base.convert("L"), dtype="uint16") * 257), "PNG"),
         "rgba": encode(base.convert("RGBA"), "PNG"),
         "palette": encode(base.convert("P"), "GIF"),
         "webp": encode(base, "WEBP"),

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from shared.domain.services import Services
 from shared.domain.embeddings import embedding_key
-from tests.support.photos import CAT, crops, encode, photo
+from shared.domain.services import Services
 from tests.support.api import add, teach_cat
+from tests.support.photos import CAT, crops, encode, photo
 
 
 def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:

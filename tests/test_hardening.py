@@ -12,10 +12,12 @@ import redis
 import requests
 
 from infra.embedded import free_port
-from shared.domain.services import Services
 from shared.core.errors import DomainError
+from shared.domain.services import Services
 from tests.support.badinput import Case, Sample, cases
 from tests.support.servers import RedisServer, TagsmithServer
+
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
 PREFIX = "hard"
 UPLOAD_LIMIT = 1_000_000

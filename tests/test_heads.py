@@ -10,6 +10,8 @@ from shared.models.backbone import LITE0, Backbone
 from shared.models.heads import HeadMatrix, normalise_groups, roc_auc, sigmoid, train_head
 from tests.support.photos import CAT, OTHERS, photo
 
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
+
 SIZES = (LITE0.embedding_size, LITE0.style_size)
 
 

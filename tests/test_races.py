@@ -8,9 +8,8 @@ from starlette.testclient import TestClient
 from shared.domain.services import Services
 from shared.models.archive import pack
 from shared.models.backbone import LITE0
+from tests.support.api import add, record
 from tests.support.photos import CAT, crops
-from tests.support.api import add
-from tests.support.api import record
 
 
 def test_rollback_with_a_unicode_digit_version_is_a_400(client: TestClient, services: Services) -> None:

@@ -24,6 +24,8 @@ from infra.embedded import free_port
 from tests.support.photos import CAT, crops
 from tests.support.servers import TagsmithServer
 
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 RUNNABLE = {"sh", "python"}
 # First line of a block that is not run, and why.

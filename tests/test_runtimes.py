@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.web.batching import MicroBatcher
 from shared.models.backbone import LITE0, Features, PrecisionError, choose_runtime, preprocess
 from shared.models.backbone.exported import (
     OnnxRuntimeBackbone,
@@ -27,7 +26,10 @@ from shared.models.backbone.exported import (
 )
 from shared.models.backbone.lite0 import EfficientNetLite0, enforce_torch_float32
 from shared.models.backbone.spec import require_float32
+from shared.web.batching import MicroBatcher
 from tests.support.photos import CAT, OTHERS, photo
+
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from shared.core.settings import Settings
+from shared.data.store import split_endpoint
 from shared.domain.services import Services
 from shared.models.backbone import open_backbone
 from shared.models.backbone.lite0 import resolve_device
-from shared.core.settings import Settings
-from shared.data.store import split_endpoint
-from tests.support.servers import ROOT, free_port, clean_env
+from tests.support.servers import ROOT, clean_env, free_port
 
 
 def test_every_setting_comes_from_its_tagsmith_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,6 +75,7 @@ def test_asking_for_cuda_where_there_is_none_says_so() -> None:
         resolve_device("cuda:1", True, 1)
 
 
+@pytest.mark.integration  # loads the torch backbone
 def test_the_backbone_runs_where_the_setting_says() -> None:
     import torch
 

@@ -13,6 +13,8 @@ from bench.soak import report, soak
 from infra.embedded import free_port
 from tests.support.servers import TagsmithServer
 
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
+
 
 def test_soak(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
     seconds = float(os.environ.get("TAGSMITH_SOAK_SECONDS", "10"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,8 @@ from shared.core.settings import Settings
 from shared.data.store import LocalStore, ObjectNotFound, ObjectStore, S3Store, StoreUnavailable, open_store
 from tests.support.api import unique_name
 from tests.support.servers import S3Endpoint, free_port
+
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
 
 @pytest.fixture(params=["local", "s3"])

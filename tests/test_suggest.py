@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from shared.domain.services import Services
-from tests.support.photos import CAT, crops
 from tests.support.api import add, teach_cat
+from tests.support.photos import CAT, crops
 
 
 def test_suggestions_rank_unlabelled_images(client: TestClient, services: Services) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from shared.domain.services import Services
-from tests.support.api import run_queued_jobs
+from tests.support.api import add, run_queued_jobs, teach_cat
 from tests.support.photos import CAT, crops
-from tests.support.api import add, teach_cat
 
 
 def retrain(client: TestClient, services: Services) -> dict:  # type: ignore[type-arg]

@@ -14,6 +14,8 @@ import pytest
 from tests.support.photos import CAT, OTHERS, crops
 from tests.support.servers import TagsmithServer
 
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT_S = 120
 

@@ -22,6 +22,7 @@ from shared.domain.services import Services
 from tests.support.api import run_queued_jobs
 from tests.support.servers import Process, clean_env
 
+pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
 
 @pytest.fixture
@@ -139,8 +140,8 @@ def test_a_training_asked_for_after_the_tag_was_reset_is_not_merged_into_the_doo
 ) -> None:
     """A training still waiting when its tag is deleted is discarded when it runs (the tag's epoch
     moved). A training of the tag made anew must not be answered with that doomed task."""
-    from tests.support.photos import CAT, crops
     from tests.support.api import add
+    from tests.support.photos import CAT, crops
 
     for i, data in enumerate(crops(CAT, 2, seed=3)):
         add(client, data, f"img-{i}")

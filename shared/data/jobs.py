@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -150,7 +150,7 @@ class TrainingQueue:
                 started.cleanup()
                 return [str(job_id) for job_id in expired]
             abandoned = started.get_job_ids()
-            started.cleanup(timestamp=(datetime.now(timezone.utc) + timedelta(days=3650)).timestamp())
+            started.cleanup(timestamp=(datetime.now(UTC) + timedelta(days=3650)).timestamp())
             failed = FailedJobRegistry(queue=self.queue)
             for job_id in abandoned:
                 with contextlib.suppress(Exception):  # retried already: it is queued, not failed
@@ -205,8 +205,8 @@ def on_training_success(job: Job, connection: redis.Redis, result: Any, *args: A
     seconds = 0.0
     if started is not None:
         if started.tzinfo is None:
-            started = started.replace(tzinfo=timezone.utc)
-        seconds = max(0.0, (datetime.now(timezone.utc) - started).total_seconds())
+            started = started.replace(tzinfo=UTC)
+        seconds = max(0.0, (datetime.now(UTC) - started).total_seconds())
     bucket = next((str(b) for b in TRAINING_BUCKETS if seconds <= b), "+Inf")
     with connection.pipeline() as pipe:
         pipe.hincrby(_stats_key(job), "finished", 1)

@@ -21,9 +21,9 @@ from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
 from shared.core.errors import DomainError, InvalidInput, TooLarge
+from shared.core.names import validate_tag
 from shared.models.backbone import BackboneSpec
 from shared.models.heads import FORMS, Head
-from shared.core.names import validate_tag
 
 FORMAT = "tagsmith-state"
 # Version 2: heads span the semantic and style embeddings. Version 1 heads span the semantic

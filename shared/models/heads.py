@@ -65,7 +65,7 @@ def normalise_groups(features: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray
     bounds = np.cumsum((0, *sizes))
     if bounds[-1] != features.shape[-1]:
         raise ValueError(f"features have {features.shape[-1]} columns, groups {sizes}")
-    return np.concatenate([normalise(features[..., a:b]) for a, b in zip(bounds[:-1], bounds[1:])], axis=-1)
+    return np.concatenate([normalise(features[..., a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], axis=-1)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

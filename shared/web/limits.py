@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.core.settings import Settings
 from shared.web.errors import HttpError, error_response
 
+
 class BodyLimit:
     """Refuses request bodies over a per-path byte limit, whether or not Content-Length is sent,
     and bodies that stall: waiting more than ``timeout()`` seconds for the next piece is a 408."""

@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from shared.core.errors import DomainError, InvalidInput, TooLarge
 
+
 async def _parse_form(request: Request, field: str, max_files: int, max_fields: int) -> FormData:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):  # media types ignore case

@@ -126,7 +126,7 @@ def enforce_torch_float32(torch: Any) -> None:
     """
     torch.backends.fp32_precision = "ieee"
     for backend, op in _TORCH_FP32_FLAGS:  # a flag set on its own is not reset by the global one
-        setattr(getattr(getattr(torch.backends, backend), op), "fp32_precision", "ieee")
+        getattr(getattr(torch.backends, backend), op).fp32_precision = "ieee"
     torch.set_float32_matmul_precision("highest")
     torch.set_flush_denormal(False)
     chosen = {f"{b}.{o}": getattr(getattr(torch.backends, b), o).fp32_precision for b, o in _TORCH_FP32_FLAGS}
