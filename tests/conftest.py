@@ -16,14 +16,21 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from infra.embedded import free_port
 from infra.gateway import create_gateway
 from shared.core.settings import Settings
 from shared.domain.services import Services, build_services
 from shared.models.backbone import Backbone, open_backbone
 from tests.support.api import settings_for
 from tests.support.blocking import blocking_guard
-from tests.support.servers import RedisContainer, RedisServer, S3Endpoint, TagsmithServer, start_redis, start_s3
+from tests.support.servers import (
+    RedisContainer,
+    RedisServer,
+    S3Endpoint,
+    TagsmithServer,
+    serving,
+    start_redis,
+    start_s3,
+)
 
 # Fixtures that start or need a server, a tagsmith process or the backbone. A test that uses none
 # of them, in a module not marked ``integration`` (one that starts such things itself), is a
@@ -85,8 +92,5 @@ def client(services: Services) -> Iterator[TestClient]:
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TagsmithServer]:
     """One real ``tagsmith serve`` (own Redis, worker and data folder) on a free port, for the
     tests of the command line, the web page and the logs. Tests share it: each uses its own tags."""
-    folder = tmp_path_factory.mktemp("live")
-    server = TagsmithServer(folder / "data", free_port())
-    server.start()
-    yield server
-    server.stop()
+    with serving(tmp_path_factory.mktemp("live") / "data") as server:
+        yield server

@@ -16,10 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from infra.embedded import free_port
 from tests.support import seed_snippets
 from tests.support.photos import CAT, OTHERS, crops
-from tests.support.servers import TagsmithServer
+from tests.support.servers import TagsmithServer, serving
 
 pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
@@ -41,10 +40,8 @@ def wait_for(host: str, task_id: str, timeout: float = 300) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TagsmithServer]:
-    instance = TagsmithServer(tmp_path_factory.mktemp("e2e") / "data", free_port())
-    instance.start()
-    yield instance
-    instance.stop()
+    with serving(tmp_path_factory.mktemp("e2e") / "data") as instance:
+        yield instance
 
 
 @pytest.fixture(scope="module")

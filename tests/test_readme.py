@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.embedded import free_port
 from tests.support.photos import CAT, crops
-from tests.support.servers import TagsmithServer
+from tests.support.servers import TagsmithServer, serving
 
 pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
@@ -80,10 +79,8 @@ def test_every_block_is_run_or_says_why_not() -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TagsmithServer]:
-    instance = TagsmithServer(tmp_path_factory.mktemp("readme") / "data", free_port())
-    instance.start()
-    yield instance
-    instance.stop()
+    with serving(tmp_path_factory.mktemp("readme") / "data") as instance:
+        yield instance
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -93,6 +94,17 @@ class TagsmithServer:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
             self.process.wait(60)
+
+
+@contextlib.contextmanager
+def serving(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[TagsmithServer]:
+    """A ``tagsmith serve`` on a free port for the length of a ``with`` block."""
+    server = TagsmithServer(data_dir, free_port(), env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _wait(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
