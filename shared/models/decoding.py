@@ -12,6 +12,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from shared.core.errors import DomainError, InvalidInput, TooLarge, Unsupported
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# JPEGs with a multi-picture extension (phones and cameras write them): the first picture is the
+# photo, so they are read, stored and described as JPEGs.
+AS_JPEG = ("MPO",)
+# A progressive JPEG is decoded once per scan: encoders write about ten, and decoding time grows
+# with their number (a 1.6 MB file of 50,000 repeated scans took 31 s of CPU), so more than this
+# many is refused before any decoding.
+MAX_JPEG_SCANS = 100
 # Adding an image only needs to prove it decodes: JPEGs are read at 1/8 scale (the whole stream
 # is still parsed, so truncation is caught) without building full-size pixels.
 VERIFY_SIZE = 32
@@ -34,7 +41,10 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SI
     """Decode bytes into an upright RGB image, or raise InvalidInput, TooLarge or Unsupported.
 
     JPEGs are decoded in draft mode (DCT scaling) straight to at least ``draft_size``
-    on the short side, which is all the models need and several times faster.
+    on the short side, which is all the models need and several times faster. Images whose
+    decoding could take far longer than their size suggests are refused before decoding: more
+    than ``MAX_JPEG_SCANS`` progressive scans, or a compression Pillow decodes in pure Python
+    (run-length encoded BMPs), which holds the interpreter lock for seconds.
     """
     if not data:
         raise InvalidInput("empty_file", "The uploaded file is empty.")
@@ -46,8 +56,16 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SI
         raise Unsupported("not_an_image", "The file is not an image in a supported format.") from None
     except Exception as exc:
         raise InvalidInput("corrupt_image", f"The image cannot be read: {exc}") from None
-    if img.format not in FORMATS:
+    fmt = "JPEG" if img.format in AS_JPEG else img.format
+    if fmt not in FORMATS:
         raise Unsupported("unsupported_format", f"Images in {img.format} format are not supported.")
+    if fmt == "JPEG" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # SOS markers: 0xFF 0xDA appears nowhere else
+        raise TooLarge("too_many_scans", f"The JPEG has more than {MAX_JPEG_SCANS} progressive scans; "
+                       "re-save it (any editor writes about ten).")
+    slow = [tile.codec_name for tile in img.tile if tile.codec_name in Image.DECODERS]
+    if slow:
+        raise Unsupported("slow_compression", f"{fmt} images compressed as {slow[0]} are not supported (their "
+                          "decoder is very slow); save the image as PNG or JPEG.")
     width, height = img.size
     if width < 1 or height < 1:
         raise InvalidInput("empty_image", "The image has no pixels.")
@@ -56,7 +74,6 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SI
             "too_many_pixels",
             f"The image has {width}x{height} pixels; the limit is {max_pixels} pixels.",
         )
-    fmt = img.format
     try:
         orientation = img.getexif().get(0x0112, 1)
         if draft_size and fmt == "JPEG":  # Pillow picks the smallest scale at least this big

@@ -36,6 +36,32 @@ def jpeg_bomb() -> bytes:
     return bytes(data)
 
 
+def many_scans_jpeg(repeats: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated: it decodes, once per scan (a decoding-time bomb)."""
+    data = encode(photo(CAT), progressive=True, quality=90)
+    end = len(data) - 2  # the EOI marker
+    last = data.rindex(b"\xff\xda")
+    return data[:end] + data[last:end] * repeats + data[end:]
+
+
+def rle8_bmp(width: int = 64, height: int = 64) -> bytes:
+    """A BMP with 8-bit run-length encoding, which Pillow decodes in pure Python."""
+    rows = b"".join(bytes([width, i % 256]) + b"\x00\x00" for i in range(height))  # one run a row, end of line
+    pixels = rows[:-2] + b"\x00\x01"  # end of bitmap
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)  # BI_RLE8
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
+def mpo_photo() -> bytes:
+    """A JPEG with a multi-picture extension (two pictures), as phones and cameras write them."""
+    base = photo(CAT)
+    buffer = io.BytesIO()
+    base.save(buffer, "MPO", save_all=True, append_images=[base.rotate(180)])
+    return buffer.getvalue()
+
+
 def flipped(data: bytes, start: int, count: int = 40) -> bytes:
     out = bytearray(data)
     for i in range(start, min(start + count, len(out))):
