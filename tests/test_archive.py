@@ -98,6 +98,16 @@ def hostile_archives() -> dict[str, bytes]:
         "infinite-weights": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights(value=float("inf")))]),
         "duplicate-manifest": tar_of([(info("manifest.json"), manifest(["w"])), (info("manifest.json"), manifest([])),
                                       (info("w"), ok)]),
+        # A lone surrogate is valid JSON but no UTF-8: once loaded, every listing of the tag was a 500.
+        "surrogate-date": tar_of([(info("manifest.json"), manifest(["w"], models=[
+            {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", "trained_at": "\ud800"}])), (info("w"), ok)]),
+        "surrogate-tag": tar_of([(info("manifest.json"), manifest(["w"], models=[
+            {"tag": "\ud800", "version": 1, "threshold": 0.5, "file": "w"}])), (info("w"), ok)]),
+        "deep-manifest": tar_of([(info("manifest.json"), b'{"format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")]),
+        "overflowing-weights": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights(value=1e38))]),
+        "huge-metrics": tar_of([(info("manifest.json"), manifest(["w"], models=[
+            {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", "metrics": {"notes": "x" * 100_000}}])),
+            (info("w"), ok)]),
     }
 
 

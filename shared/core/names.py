@@ -16,15 +16,13 @@ MAX_TAG_BYTES = 255  # the longest file name most file systems allow
 
 
 def validate_tag(tag: str, max_length: int = 64) -> str:
-    """Return the tag in NFC form, or raise a 400 saying what is wrong with it."""
+    """Return the tag in NFC form, or raise InvalidInput saying what is wrong with it."""
     tag = unicodedata.normalize("NFC", tag)
     if not tag:
         raise InvalidInput("invalid_tag", "The tag is empty.")
     if len(tag) > max_length:
         raise InvalidInput("invalid_tag", f"The tag is longer than {max_length} characters.")
-    if len(tag.encode()) > MAX_TAG_BYTES:  # it names a folder of the local store: models/<tag>/
-        raise InvalidInput("invalid_tag", f"The tag is longer than {MAX_TAG_BYTES} bytes in UTF-8.")
-    if (
+    if (  # control, format, surrogate (a lone one has no UTF-8) and unassigned characters: category C
         tag != tag.strip()
         or tag.startswith(".")
         or any(c in "/\\" or (unicodedata.category(c)[0] in "CZ" and c != " ") for c in tag)
@@ -34,6 +32,8 @@ def validate_tag(tag: str, max_length: int = 64) -> str:
             "A tag may hold letters, digits, spaces and punctuation, but no slashes, control "
             "characters or surrounding spaces, and may not start with a dot.",
         )
+    if len(tag.encode()) > MAX_TAG_BYTES:  # it names a folder of the local store: models/<tag>/
+        raise InvalidInput("invalid_tag", f"The tag is longer than {MAX_TAG_BYTES} bytes in UTF-8.")
     return tag
 
 

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: int = 30  # a training whose worker stops beating for this long is abandoned
     maintenance_interval_s: int = 15  # how often idle workers look for abandoned trainings
     abandoned_retries: int = 1  # times an abandoned training is queued again before it fails
+    # Retention.
+    task_ttl_s: int = 7 * 24 * 3600  # how long a finished or failed training's status stays readable
+    keep_versions: int = 10  # earlier versions of a tag kept besides the current one (for rollback)
 
     @field_validator("device")
     @classmethod
@@ -84,14 +87,14 @@ class Settings(BaseSettings):
             raise ValueError("TAGSMITH_S3_BUCKET must be 3-63 of a-z 0-9 . - (an S3 bucket name)")
         return value
 
-    @field_validator("heartbeat_ttl_s", "maintenance_interval_s", "embed_batch_size", "training_timeout_s")
+    @field_validator("heartbeat_ttl_s", "maintenance_interval_s", "embed_batch_size", "training_timeout_s", "task_ttl_s")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
         return value
 
-    @field_validator("abandoned_retries")
+    @field_validator("abandoned_retries", "keep_versions")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:

@@ -48,6 +48,7 @@ class TrainingQueue:
         self.prefix = settings.key_prefix
         self.timeout = settings.training_timeout_s
         self.retries = settings.abandoned_retries
+        self.task_ttl = settings.task_ttl_s
         self.queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
 
     @property
@@ -102,8 +103,8 @@ class TrainingQueue:
                         TRAIN_FUNCTION,
                         args=(tag, epoch),
                         timeout=self.timeout,
-                        result_ttl=-1,
-                        failure_ttl=365 * 24 * 3600,
+                        result_ttl=self.task_ttl,
+                        failure_ttl=self.task_ttl,
                         meta={"tag": tag, "progress": 0.0, "stage": "queued", "attempts": 0,
                               "stats_key": self.stats_key},
                         description=f"train {tag}",

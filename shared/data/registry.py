@@ -30,15 +30,25 @@ from shared.core.errors import Conflict, NotFound
 RESERVATION_SECONDS = 120
 
 # KEYS: models hash, tags set, generation counter, then one epoch key per checked tag.
-# ARGV: number of checked epochs, the expected epochs, then (tag, version, pointer JSON) triples.
-# Returns -1 if an epoch moved, else the tags whose pointer moved (never to an older version).
+# ARGV: number of checked epochs, rollback (1 or 0), the most tags allowed (0: no limit), the
+# expected epochs, then (tag, version, pointer JSON) triples.
+# Returns -1 if an epoch moved, -2 if the new tags would pass the limit, else the tags whose
+# pointer moved (never to an older version).
 _PUBLISH = """
-local n, any_version = tonumber(ARGV[1]), ARGV[2] == '1'
+local n, any_version, max_tags = tonumber(ARGV[1]), ARGV[2] == '1', tonumber(ARGV[3])
 for i = 1, n do
-  if tonumber(redis.call('GET', KEYS[3 + i]) or '0') ~= tonumber(ARGV[2 + i]) then return -1 end
+  if tonumber(redis.call('GET', KEYS[3 + i]) or '0') ~= tonumber(ARGV[3 + i]) then return -1 end
+end
+if max_tags > 0 then
+  local new, seen = 0, {}
+  for i = n + 4, #ARGV, 3 do
+    if not seen[ARGV[i]] and redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then new = new + 1 end
+    seen[ARGV[i]] = true
+  end
+  if new > 0 and redis.call('SCARD', KEYS[2]) + new > max_tags then return -2 end
 end
 local moved = {}
-for i = n + 3, #ARGV, 3 do
+for i = n + 4, #ARGV, 3 do
   local tag, version = ARGV[i], tonumber(ARGV[i + 1])
   local current = redis.call('HGET', KEYS[1], tag)
   if any_version or not current or cjson.decode(current)['version'] < version then
@@ -319,23 +329,31 @@ class Registry:
         return int(self.redis.incr(self._k("tag", tag, "version")))
 
     def publish(
-        self, pointers: list[ModelPointer], epochs: dict[str, int] | None = None, rollback: bool = False
+        self,
+        pointers: list[ModelPointer],
+        epochs: dict[str, int] | None = None,
+        rollback: bool = False,
+        max_tags: int = 0,
     ) -> list[str]:
         """Move every pointer at once and bump the generation; all or nothing. Returns the tags moved.
 
         A pointer never moves back to an older version (when two trainings of one tag finish
         out of order, the newer version stays current) unless ``rollback`` asks for exactly
-        that. With ``epochs``, refuse (EpochMoved) if any of those tags was deleted since.
+        that. With ``epochs``, refuse (EpochMoved) if any of those tags was deleted since; with
+        ``max_tags``, refuse (Conflict too_many_tags) if the new tags would make more than that,
+        in the same atomic step, so concurrent loads cannot pass the limit together.
         """
         epochs = epochs or {}
         keys = [self._k("models"), self._k("tags"), self._k("generation")]
         keys += [self._k("tag", tag, "epoch") for tag in epochs]
-        args: list[str | int] = [len(epochs), int(rollback), *epochs.values()]
+        args: list[str | int] = [len(epochs), int(rollback), max_tags, *epochs.values()]
         for p in pointers:
             args += [p.tag, p.version, p.to_json()]
         moved = self._publish(keys=keys, args=args, client=self.redis)
         if moved == -1:
             raise EpochMoved(",".join(epochs))
+        if moved == -2:
+            raise _too_many_tags(max_tags)
         return [_text(x) for x in moved]
 
     def deleted_through(self, tag: str) -> int:

@@ -119,6 +119,19 @@ def rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
             "threshold": pointer.threshold}
 
 
+def prune_versions(services: Services, tag: str) -> list[int]:
+    """Remove the tag's version archives beyond the current one and the ``keep_versions`` newest
+    others; returns the versions removed. The newest are kept whether published or not, so a
+    training that has just saved its version never loses it."""
+    current = services.registry.model(tag)
+    found = [keys.model_version(tag, key) for key in services.store.list(keys.model_prefix(tag))]
+    others = sorted((v for v in found if v is not None and (current is None or v != current.version)), reverse=True)
+    removed = others[services.settings.keep_versions :]
+    for version in removed:
+        services.store.delete(keys.model_key(tag, version))
+    return removed
+
+
 def delete_tag(services: Services, tag: str) -> None:
     """Forget the tag's examples, model pointer and versions, then remove its archives (archives a
     crash leaves behind are never listed again: ``Registry.deleted_through``)."""

@@ -19,21 +19,24 @@ if TYPE_CHECKING:
 
 def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
     """Validate the whole archive, store every model as a new version, then publish them together.
-    If a model cannot be stored, those stored before it are removed again (as far as the store
+    If a model cannot be stored or published, those stored are removed again (as far as the store
     lets us): a failed load adds no versions."""
     records = unpack(data, services.spec, services.archive_limits)
-    services.registry.check_room_for([record.tag for record in records], services.settings.max_tags)
+    max_tags = services.settings.max_tags
+    services.registry.check_room_for([record.tag for record in records], max_tags)  # before storing anything
     pointers: list[ModelPointer] = []
     try:
         for record in records:
             pointers.append(catalog.save_version(services, record))
+        if pointers:  # checks the limit again, atomically with publishing: loads may run concurrently
+            services.registry.publish(pointers, max_tags=max_tags)
     except Exception:
         for pointer in pointers:
             with contextlib.suppress(Exception):  # the store may be down: the error that stopped us matters
                 services.store.delete(pointer.key)
         raise
-    if pointers:
-        services.registry.publish(pointers)
+    for pointer in pointers:
+        catalog.prune_versions(services, pointer.tag)
     return [{"tag": p.tag, "version": p.version, "threshold": p.threshold} for p in pointers]
 
 

@@ -100,6 +100,7 @@ def run_training(services: Services, tag: str, epoch: int, report: Report) -> di
     except EpochMoved:
         services.store.delete(pointer.key)
         raise TrainingError(f"Tag '{tag}' was deleted while it was training; the result was discarded.") from None
+    catalog.prune_versions(services, tag)
     return {
         "tag": tag,
         "version": pointer.version,

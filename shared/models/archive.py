@@ -32,6 +32,12 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# A model's metrics travel in Redis and in every /custom/tags answer: kept small.
+MAX_METRICS_BYTES = 64 * 1024
+# The largest logit a head could give (|weight| x |normalised features| + |bias|): beyond it, the
+# float32 scoring of all heads in one multiply could overflow to inf - inf = NaN. Trained heads
+# stay far below (a logit of 40 is already a probability of 1 - 4e-18).
+MAX_LOGIT = 1e6
 _MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
@@ -142,6 +148,8 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits) -> list[Model
         manifest = json.loads(members[MANIFEST])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _invalid(f"manifest.json is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid("manifest.json is nested too deeply.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(f"manifest.json does not describe a {FORMAT} archive.")
     version = manifest.get("format_version")
@@ -201,10 +209,14 @@ def _record(
         raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
     if not isinstance(trained_at, str) or not isinstance(metrics, dict):
         raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at or metrics.")
-    try:  # the API renders metrics with orjson: integers beyond 64 bits or deep nesting would be a 500
-        orjson.dumps(metrics)
+    try:  # the API renders them with orjson: lone surrogates, ints beyond 64 bits or deep nesting would be 500s
+        orjson.dumps(trained_at)
+        served = orjson.dumps(metrics)
     except orjson.JSONEncodeError:
-        raise _invalid(f"Model entry {i} ({tag}) has metrics that cannot be served as JSON.") from None
+        raise _invalid(f"Model entry {i} ({tag}) has a training date or metrics that cannot be served as JSON.") from None
+    if len(served) > MAX_METRICS_BYTES:
+        raise TooLarge("archive_too_large", f"Model entry {i} ({tag}) has {len(served)} bytes of metrics; "
+                       f"the limit is {MAX_METRICS_BYTES}.")
     form = entry.get("form", "semantic") if format_version >= 2 else "semantic"
     if form not in FORMS:
         raise _invalid(f"Model entry {i} ({tag}) has an unknown form {form!r}.")
@@ -225,6 +237,9 @@ def _record(
         raise _invalid(f"Member {file!r} must hold float32 tensors.")
     if not (np.isfinite(weight).all() and math.isfinite(float(bias[0]))):
         raise _invalid(f"Member {file!r} holds NaN or infinite weights.")
+    feature_norm = math.sqrt(spec.embedding_size + spec.style_size)  # each group is normalised to sqrt(size)
+    if float(np.linalg.norm(weight.astype(np.float64))) * feature_norm + abs(float(bias[0])) > MAX_LOGIT:
+        raise _invalid(f"Member {file!r} holds weights so large that its scores could overflow.")
     if format_version == 1:  # a semantic-only head: zero weights on the style group
         weight = np.concatenate([weight, np.zeros(spec.style_size, dtype=np.float32)])
     return ModelRecord(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -30,9 +31,12 @@ PATH_PARAMETERS: dict[str, Callable[[str, Settings], Any]] = {
 
 
 class ApiRoute(Route):
-    """A route that validates its path parameters (``PATH_PARAMETERS``) before its endpoint runs."""
+    """A route that validates its path parameters (``PATH_PARAMETERS``) before its endpoint runs,
+    and refuses a URL whose percent-escapes are not UTF-8 (servers decode them with replacement
+    characters: ``caf%E9`` would silently become the tag ``caf\ufffd``)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        _require_utf8(scope)
         params = scope.get("path_params", {})
         if any(name in PATH_PARAMETERS for name in params):
             settings = settings_of(scope)
@@ -41,6 +45,17 @@ class ApiRoute(Route):
                 for name, value in params.items()
             }
         await super().handle(scope, receive, send)
+
+
+def _require_utf8(scope: Scope) -> None:
+    raw_path: bytes = scope.get("raw_path") or b""
+    query: bytes = scope.get("query_string") or b""
+    try:
+        unquote_to_bytes(raw_path).decode()
+        unquote_to_bytes(query.replace(b"+", b" ")).decode()
+    except UnicodeDecodeError:
+        raise InvalidInput("invalid_encoding", "The URL's percent-escapes are not UTF-8 (encode the text as "
+                           "UTF-8 before percent-encoding it).") from None
 
 
 def query_int(request: Request, name: str, default: int, lowest: int, highest: int) -> int:
