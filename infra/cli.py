@@ -73,6 +73,9 @@ def run_server(app: Any, settings: Settings) -> None:
             if self.started:
                 host = f"[{settings.host}]" if ":" in settings.host else settings.host
                 say(f"serving http://{host}:{settings.port}/ (data in {settings.data_dir}); Ctrl+C stops it")
+                if settings.host not in ("127.0.0.1", "localhost", "::1"):
+                    say(f"requests must name one of the hosts {settings.allowed_hosts} (or {settings.host}); "
+                        "add the names clients use to TAGSMITH_ALLOWED_HOSTS")
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
     AnnouncingServer(config).run()

@@ -82,3 +82,50 @@ def test_finished_tasks_and_old_versions_do_not_pile_up(client: TestClient, serv
     loaded = client.post("/set_state", files=upload(client.get("/get_state").content, "s.tar")).json()
     assert loaded["loaded"][0]["version"] == 6
     assert [v["version"] for v in client.get("/custom/versions/cat").json()["versions"]] == [4, 5, 6]
+
+
+EVIL = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+
+
+def test_pages_of_other_sites_cannot_change_data(client: TestClient, services: Services) -> None:
+    teach_cat(client, services, positives=2, negatives_each=1)
+    state = client.get("/get_state").content
+    attempts = [
+        ("GET", "/custom/delete/cat", {"Sec-Fetch-Site": "cross-site"}, {}),  # an <img src> sends no Origin
+        ("GET", "/custom/train/cat", {"Sec-Fetch-Site": "same-site"}, {}),  # another port of this host
+        ("POST", "/set_state", {"Origin": "https://evil.example"}, {"files": upload(state, "s.tar")}),
+        ("DELETE", "/custom/images/cat-0", EVIL, {}),
+        ("POST", "/custom/add?image_id=evil", {"Origin": "null"}, {"files": upload(crops(CAT, 1, seed=9)[0])}),
+        ("GET", "/custom/assign/cat-0/negative/cat", EVIL, {}),
+    ]
+    before = client.get("/custom/tags").json()
+    for method, path, headers, kwargs in attempts:
+        response = client.request(method, path, headers=headers, **kwargs)
+        assert (response.status_code, response.json()["error"]) == (403, "cross_site_request"), path
+    assert client.get("/custom/tags").json() == before and services.registry.image_exists("cat-0")
+    assert not services.registry.image_exists("evil")
+    # Reads from other sites are the browser's business (no CORS headers are sent); writes from the
+    # page itself, and from programs that send neither header, work.
+    assert client.get("/custom/tags", headers=EVIL).status_code == 200
+    own = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    assert client.get("/custom/assign/cat-0/negative/cat", headers=own).status_code == 200
+    assert client.get("/custom/assign/cat-0/positive/cat", headers={"Sec-Fetch-Site": "none"}).status_code == 200
+    assert client.get("/custom/delete/cat").status_code == 200
+
+
+def test_requests_naming_another_host_are_refused(client: TestClient) -> None:
+    """A page that rebinds its own name to this machine's address sends its own name as Host."""
+    for path in ("/custom/tags", "/", "/custom/images"):
+        response = client.get(path, headers={"Host": "rebound.evil.example:5000"})
+        assert (response.status_code, response.json()["error"]) == (400, "host_not_allowed"), path
+    assert client.get("/health", headers={"Host": "10.1.2.3:8000"}).status_code == 200  # probes use pod addresses
+    assert client.get("/custom/tags", headers={"Host": "localhost:5000"}).status_code == 200
+    assert client.get("/custom/tags", headers={"Host": "[::1]:5000"}).status_code == 200
+
+
+def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
+    for path in ("/", "/docs", "/custom/tags", "/no/such/route"):
+        headers = client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY", path
+        assert "frame-ancestors 'none'" in headers["content-security-policy"] and "script-src" not in headers[
+            "content-security-policy"]

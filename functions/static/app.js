@@ -42,6 +42,7 @@ function el(name, attrs = {}, ...children) {
   const node = document.createElement(name);
   for (const [key, value] of Object.entries(attrs)) {
     if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "style") node.style.cssText = value;  // CSSOM: allowed by the page's CSP
     else node.setAttribute(key, value);
   }
   node.append(...children);

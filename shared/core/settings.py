@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     suggest_max_candidates: int = 1000
     # Access control: comma-separated API keys; empty means no key is needed.
     api_keys: str = ""
+    # Host names requests may name (comma-separated; "*": any); serve's own --host is added.
+    allowed_hosts: str = "localhost,127.0.0.1,::1"
     # Logs: one JSON object per line.
     log_level: str = "INFO"
     # Models.

@@ -28,6 +28,7 @@ from shared.web.batching import MicroBatcher
 from shared.web.errors import HANDLERS
 from shared.web.limits import BodyLimit
 from shared.web.observability import RequestObserver
+from shared.web.origins import SameOrigin
 from shared.web.state import settings_of
 
 log = logging.getLogger("tagsmith")
@@ -63,6 +64,7 @@ def create_app(
         routes=[*ops.routes, *openapi.routes, *routes],
         middleware=[
             Middleware(RequestObserver),
+            Middleware(SameOrigin, settings=settings_of),
             Middleware(ApiKeys, keys=lambda scope: settings_of(scope).api_key_list),
             Middleware(BodyLimit, settings=settings_of),
         ],

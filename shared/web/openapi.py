@@ -289,13 +289,13 @@ def render_docs(schema: dict[str, Any]) -> str:
     info = schema["info"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(info['title'])} API</title><style>{_STYLE}</style></head>
+<title>{_e(info['title'])} API</title><style>{DOCS_STYLE}</style></head>
 <body><header><h1>{_e(info['title'])} API <small>{_e(info['version'])}</small></h1>
 <p>{_text(info['description'])}</p><p><a href="/openapi.json">openapi.json</a> · <a href="/">web page</a></p></header>
 <nav><ul>{toc}</ul></nav><main>{body}</main></body></html>"""
 
 
-_STYLE = """
+DOCS_STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;margin:0 auto;max-width:980px;padding:1em 1.5em;color:#222}
 h1 small{font-size:.5em;color:#777}h2{border-bottom:2px solid #ddd;margin-top:2em;text-transform:capitalize}
 .op{border:1px solid #e3e3e3;border-radius:6px;padding:.2em 1em;margin:1em 0}

@@ -30,7 +30,8 @@ def unique_name(prefix: str = "test") -> str:
 def settings_for(redis_url: str, data_dir: Path, **overrides: object) -> Settings:
     """Settings on the test Redis with their own key prefix and queue, a local store in ``data_dir``."""
     name = unique_name()
-    base: dict[str, object] = {"redis_url": redis_url, "data_dir": data_dir, "key_prefix": name, "queue_name": name}
+    base: dict[str, object] = {"redis_url": redis_url, "data_dir": data_dir, "key_prefix": name, "queue_name": name,
+                               "allowed_hosts": "localhost,127.0.0.1,::1,testserver"}  # TestClient's host
     return Settings(**{**base, **overrides})
 
 

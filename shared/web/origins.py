@@ -1,0 +1,110 @@
+"""Requests from other sites, and pages other sites could abuse.
+
+- **Host**: a request must name one of this server's hosts (``TAGSMITH_ALLOWED_HOSTS``, by default
+  the loopback names, plus the address ``serve`` binds when it is a specific one). A web page
+  that rebinds its own name to 127.0.0.1 (DNS rebinding) is then refused: its requests carry its
+  name. The probes (``/health``, ``/ready``) answer any host.
+- **Cross-site writes**: a request that changes data (any method but GET, HEAD and OPTIONS, and
+  the seed's GET forms of assign, unassign, train, delete and rollback) is refused when the
+  browser marks it as coming from another site: ``Sec-Fetch-Site`` other than ``same-origin`` or
+  ``none`` (a typed URL), or an ``Origin`` that is not this host. Requests without either header
+  (curl, scripts, the Python client) are not browsers acting for a page, and pass.
+- **Headers on every answer**: ``X-Content-Type-Options: nosniff``, frames denied
+  (``X-Frame-Options``, CSP ``frame-ancestors``), and a Content-Security-Policy that lets the
+  web page and the docs load only their own files.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.core.settings import Settings
+from shared.web.errors import error_response
+from shared.web.openapi import DOCS_STYLE
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The seed calls these with GET, so a GET to them changes data.
+WRITING_GETS = ("/custom/assign/", "/custom/unassign/", "/custom/train/", "/custom/delete/", "/custom/rollback/")
+ANY_HOST_PATHS = frozenset({"/health", "/ready"})
+_DOCS_STYLE_HASH = base64.b64encode(hashlib.sha256(DOCS_STYLE.encode()).digest()).decode()
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; "
+        f"style-src 'self' 'sha256-{_DOCS_STYLE_HASH}'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+}
+
+
+def hostname(host: str) -> str:
+    """The name in a Host header or an origin's netloc, lower case, without port or brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:5000
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def allowed_hosts(settings: Settings) -> set[str]:
+    names = {hostname(name) for name in settings.allowed_hosts.split(",") if name.strip()}
+    if settings.host not in ("0.0.0.0", "::", ""):
+        names.add(hostname(settings.host))
+    return names
+
+
+def changes_data(method: str, path: str) -> bool:
+    return method not in SAFE_METHODS or path.startswith(WRITING_GETS)
+
+
+def cross_site(headers: dict[bytes, bytes], host: str) -> bool:
+    """Whether a browser says this request comes from a page of another site."""
+    fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        return True
+    origin = headers.get(b"origin")
+    if origin is None:
+        return False
+    netloc = urlsplit(origin.decode("latin-1")).netloc
+    return not netloc or netloc.lower() != host.strip().lower()  # "null" (sandboxed, file:) has no netloc
+
+
+class SameOrigin:
+    """Refuses requests for other hosts and cross-site writes; adds the security headers."""
+
+    def __init__(self, app: ASGIApp, settings: Callable[[Scope], Settings]) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = self.settings(scope)
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        hosts = allowed_hosts(settings)
+        refusal = None
+        if "*" not in hosts and hostname(host) not in hosts and scope["path"] not in ANY_HOST_PATHS:
+            refusal = error_response(400, "host_not_allowed", f"This server does not answer for the host "
+                                     f"{host!r}; add its name to TAGSMITH_ALLOWED_HOSTS to allow it.")
+        elif changes_data(scope["method"], scope["path"]) and cross_site(headers, host):
+            refusal = error_response(403, "cross_site_request", "A page of another site asked to change "
+                                     "data here; requests that change data must come from this server's own "
+                                     "page or from a program (curl, a script, the Python client).")
+
+        async def secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    response_headers.setdefault(name, value)
+            await send(message)
+
+        await (refusal or self.app)(scope, receive, secured)
