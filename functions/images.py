@@ -74,15 +74,16 @@ async def add_many(request: Request) -> JSONResponse:
     services = services_of(request)
     settings = services.settings
     assignment = _assignment_query(request, settings.max_tag_length)
+    if assignment:  # refused before the body is read; each assignment checks again, atomically
+        await run_in_threadpool(services.registry.check_room_for, [assignment[0]], settings.max_tags)
     files, form = await read_uploads(request, settings.max_upload_bytes, settings.max_batch_files)
     ids = [str(x) for x in form.getlist("image_id")]
     if ids and len(ids) != len(files):
         raise InvalidInput("image_ids_mismatch", f"Got {len(ids)} image ids for {len(files)} files; send one per file.")
     results = await run_in_threadpool(images.add_images, services, files, ids, assignment)
     rows = [
-        {"filename": r.filename, **r.image} if r.image is not None
-        else {"filename": r.filename, "image_id": r.image_id, **error_row(r.error)} if r.error is not None
-        else {}
+        {"filename": r.filename, "image_id": r.image_id, **error_row(r.error)} if r.error
+        else {"filename": r.filename, **(r.image or {})}
         for r in results
     ]
     added = sum(r.error is None for r in results)

@@ -1,7 +1,7 @@
 """End to end: the real ``tagsmith serve`` as a subprocess, driven by the seed's own snippets and curl lines.
 
 The server binds a free port (so a ``tagsmith serve`` on 5000 may run beside the tests); the
-seed's snippets (``tests/seed_snippets.py``) and curl lines are pointed at it.
+seed's snippets (``tests/support/seed_snippets.py``) and curl lines are pointed at it.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from shared.core.settings import Settings
+from shared.data.jobs import adopt
 from shared.domain.services import Services, build_services
 from shared.models.backbone import INPUT_SIZE
 from worker.tasks import TrainingJob
@@ -53,6 +54,7 @@ class TrainingWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         # Counted before the job shows as started, so a kill at any moment after counts the attempt.
         job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+        adopt(job, self.services.queue.stats_key)
         job.save_meta()
         if isinstance(job, TrainingJob):
             job.services = self.services

@@ -7,9 +7,10 @@ import re
 import unicodedata
 import uuid
 
-from shared.core.errors import InvalidInput
+from shared.core.errors import InvalidInput, NotFound
 
 _IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+_TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also takes '²' or '①', which int() refuses
 SAMPLE_TYPES = ("positive", "negative")
 MAX_TAG_BYTES = 255  # the longest file name most file systems allow
@@ -38,7 +39,7 @@ def validate_tag(tag: str, max_length: int = 64) -> str:
 
 
 def validate_image_id(image_id: str) -> str:
-    """Return the image id, or raise a 400 if it is not 1-128 of [A-Za-z0-9_.-] starting alphanumeric."""
+    """Return the image id, or raise InvalidInput if it is not 1-128 of [A-Za-z0-9_.-] starting alphanumeric."""
     if not _IMAGE_ID.fullmatch(image_id):
         raise InvalidInput(
             "invalid_image_id",
@@ -59,6 +60,13 @@ def validate_version(version: str) -> int:
     if not _VERSION.fullmatch(version) or int(version) < 1:
         raise InvalidInput("invalid_version", "The version must be a whole number from 1.")
     return int(version)
+
+
+def validate_task_id(task_id: str) -> str:
+    """A task id as the queue makes them; anything else names no task (NotFound, as an unknown one)."""
+    if not _TASK_ID.fullmatch(task_id):
+        raise NotFound("unknown_task", f"No task with id '{task_id}'.")
+    return task_id
 
 
 def new_image_id() -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,8 +27,12 @@ TRAIN_FUNCTION = "worker.tasks.train_tag"
 # Run in the worker when a training ends: they count trainings and durations for /metrics.
 ON_SUCCESS = Callback("shared.data.jobs.on_training_success")
 ON_FAILURE = Callback("shared.data.jobs.on_training_failure")
+# Where jobs queued by earlier versions of tagsmith name their callbacks (RQ stores the names).
+RENAMED_CALLBACKS = {
+    "shared.metrics.on_training_success": ON_SUCCESS.name,
+    "shared.metrics.on_training_failure": ON_FAILURE.name,
+}
 TRAINING_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-_TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _STATUS = {
     JobStatus.QUEUED: "queued",
     JobStatus.DEFERRED: "queued",
@@ -140,9 +143,11 @@ class TrainingQueue:
         every started training as abandoned, leases or not: for ``tagsmith serve`` starting on its
         own Redis, whose workers all died with the previous run; those are queued again even
         when their retries are spent, since no fault of theirs stopped them. Takes RQ's
-        maintenance lock, so no two processes handle one abandoned job twice.
+        maintenance lock, so no two processes handle one abandoned job twice (``every_started``
+        goes on without it: a lock left by a killed process of the previous run would hold it).
         """
-        if not self.queue.acquire_maintenance_lock():
+        locked = self.queue.acquire_maintenance_lock()
+        if not locked and not every_started:
             return []
         try:
             started = StartedJobRegistry(queue=self.queue)
@@ -158,18 +163,19 @@ class TrainingQueue:
                     failed.requeue(job_id)
             return abandoned
         finally:
-            self.queue.release_maintenance_lock()
+            if locked:
+                self.queue.release_maintenance_lock()
 
     def _is_abandoned(self, task_id: str) -> bool:
         return task_id in StartedJobRegistry(queue=self.queue).get_expired_job_ids()
 
     def status(self, task_id: str) -> dict[str, Any]:
-        """The task's state for clients; 404 if no such task exists.
+        """The task's state for clients; NotFound if no such task exists (or it has expired).
 
         Looking at a started task whose worker has stopped beating recovers it right away,
         so clients polling a task see it end even when no worker is left to notice.
         """
-        job = self._fetch(task_id) if _TASK_ID.fullmatch(task_id) else None
+        job = self._fetch(task_id)
         if job is None:
             raise NotFound("unknown_task", f"No task with id '{task_id}'.")
         if job.get_status() == JobStatus.STARTED and self._is_abandoned(task_id):
@@ -196,8 +202,17 @@ class TrainingQueue:
         return body
 
 
+def adopt(job: Job, stats_key: str) -> None:
+    """Bring a job queued by an earlier version of tagsmith up to date before it runs: its
+    callbacks' new names, and where its outcome is counted."""
+    for name in ("_success_callback_name", "_failure_callback_name"):
+        current = getattr(job, name)
+        setattr(job, name, RENAMED_CALLBACKS.get(current, current) if current else current)
+    job.meta.setdefault("stats_key", stats_key)
+
+
 def _stats_key(job: Job) -> str:
-    return str(job.meta.get("stats_key") or "tagsmith:metrics:training")  # jobs queued before it was kept
+    return str(job.meta["stats_key"])
 
 
 def on_training_success(job: Job, connection: redis.Redis, result: Any, *args: Any, **kwargs: Any) -> None:

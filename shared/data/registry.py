@@ -311,8 +311,13 @@ class Registry:
         raw = self.redis.hget(self._k("models"), tag)
         return ModelPointer.from_json(raw) if raw else None
 
-    def model_count(self) -> int:
-        return int(self.redis.hlen(self._k("models")))
+    def counts(self) -> tuple[int, int]:
+        """(current models, stored images), in one round trip."""
+        with self.redis.pipeline() as pipe:
+            pipe.hlen(self._k("models"))
+            pipe.zcard(self._k("images"))
+            models, images = pipe.execute()
+        return int(models), int(images)
 
     def models(self) -> dict[str, ModelPointer]:
         raw = self.redis.hgetall(self._k("models"))

@@ -63,6 +63,10 @@ def require_tag(services: Services, tag: str) -> None:
         raise NotFound("unknown_tag", f"No tag '{tag}'.")
 
 
+def no_model(tag: str) -> NotFound:
+    return NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
+
+
 def describe_model(pointer: ModelPointer | None) -> dict[str, Any] | None:
     if pointer is None:
         return None

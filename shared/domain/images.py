@@ -72,9 +72,8 @@ def add_images(
     every stored image an example of the tag.
 
     A backend failing midway stops the batch: the files stored so far keep their results and each
-    remaining one gets an ``Unavailable`` error (with nothing stored yet, the failure is raised)."""
-    if assignment:
-        services.registry.check_room_for([assignment[0]], services.settings.max_tags)
+    remaining one gets an ``Unavailable`` error (with nothing stored yet, the failure is raised).
+    A new tag beyond ``max_tags`` refuses each file (the assignment checks it atomically)."""
     results: list[FileResult] = []
     for i, (filename, data) in enumerate(files):
         requested = ids[i] if ids else ""

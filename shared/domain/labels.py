@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shared.core.errors import NotFound
+from shared.domain import catalog
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
@@ -28,8 +29,7 @@ def assign(services: Services, image_id: str, tag: str, sample_type: str) -> dic
 def unassign(services: Services, image_id: str, tag: str) -> dict[str, Any]:
     """Make the image no example of the tag; ``removed`` says what it was (or None)."""
     require_image(services, image_id)
-    if not services.registry.tag_exists(tag):
-        raise NotFound("unknown_tag", f"No tag '{tag}'.")
+    catalog.require_tag(services, tag)
     removed = services.registry.unassign(image_id, tag)
     ((positives, negatives),) = services.registry.example_counts([tag])
     return {"image_id": image_id, "tag": tag, "removed": removed, "positives": positives, "negatives": negatives}

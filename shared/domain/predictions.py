@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.core.errors import NotFound
+from shared.domain import catalog
 from shared.domain.embeddings import embed_present_images, embed_stored_images
 from shared.domain.labels import require_image
 from shared.models.backbone import Features, preprocess
 from shared.models.base_keywords import base_keywords
 from shared.models.base_styles import matched_styles, style_scores
 from shared.models.decoding import decode_image
+from shared.models.heads import HeadMatrix
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
@@ -29,16 +30,17 @@ def prepare_upload(data: bytes, max_pixels: int, with_styles: bool) -> tuple[np.
     return preprocess(image), partial(style_scores, image) if with_styles else dict
 
 
-def require_model(services: Services, tag: str) -> None:
-    if tag not in services.heads.current(services).index:
-        raise NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
+def require_model(services: Services, tag: str) -> HeadMatrix:
+    """The current heads, which hold one for ``tag`` (else NotFound)."""
+    matrix = services.heads.current(services)
+    if tag not in matrix.index:
+        raise catalog.no_model(tag)
+    return matrix
 
 
 def custom_scores(services: Services, vector: np.ndarray, tag: str | None = None) -> dict[str, Any]:
     """Every tag's score (or one tag's) for one (semantic | style) feature vector, best first."""
-    matrix = services.heads.current(services)
-    if tag is not None and tag not in matrix.index:
-        raise NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
+    matrix = services.heads.current(services) if tag is None else require_model(services, tag)
     scores = matrix.scores(vector[None, :])[0]
     return matrix.describe(scores, [tag] if tag is not None else None)
 
@@ -77,9 +79,7 @@ class TagScores:
 def score_stored_images(services: Services, tag: str, image_ids: list[str]) -> TagScores:
     """The tag's current model applied to stored images, using (and filling) the embedding cache;
     images deleted since their ids were read are left out."""
-    matrix = services.heads.current(services)
-    if tag not in matrix.index:
-        raise NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
+    matrix = require_model(services, tag)
     i = matrix.index[tag]
     settings = services.settings
     embeddings, kept = embed_present_images(

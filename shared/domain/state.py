@@ -45,7 +45,7 @@ def current_records(services: Services, tags: list[str]) -> list[ModelRecord]:
     models = services.registry.models()
     for tag in tags:
         if tag not in models:
-            raise NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
+            raise catalog.no_model(tag)
     pointers = [models[t] for t in tags] if tags else list(models.values())
     return [catalog.load_version(services, p.key) for p in pointers]
 

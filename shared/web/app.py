@@ -57,6 +57,8 @@ def create_app(
         try:
             yield state
         finally:
+            if "batcher" in state:
+                await state["batcher"].close()
             if services is None:
                 own.redis.close()
 

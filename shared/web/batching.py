@@ -12,6 +12,7 @@ of one image leaves room, and its ``later`` work runs beside it, which shortens 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,15 @@ class MicroBatcher:
         pending: _Pending[T] = _Pending(prepare)
         await queue.put(pending)
         return await pending.future
+
+    async def close(self) -> None:
+        """Stop this event loop's batch task (an app's lifespan ends with it)."""
+        with self._lanes_lock:
+            _, task = self._lanes.pop(asyncio.get_running_loop(), (None, None))
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _run(self, queue: asyncio.Queue[_Pending[Any]]) -> None:
         while True:

@@ -49,7 +49,7 @@ class RedisCollector(Collector):
     def collect(self) -> Iterator[Any]:
         services = self.services
         try:
-            models, images = services.registry.model_count(), services.registry.image_count()
+            models, images = services.registry.counts()
             training = services.queue.training_stats()
         except Exception as exc:  # a scrape must answer even while Redis is down
             log.debug("metrics: Redis unavailable: %s", exc)

@@ -17,7 +17,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from shared.core.errors import InvalidInput
-from shared.core.names import validate_image_id, validate_sample_type, validate_tag, validate_version
+from shared.core.names import (
+    validate_image_id,
+    validate_sample_type,
+    validate_tag,
+    validate_task_id,
+    validate_version,
+)
 from shared.core.settings import Settings
 from shared.web.state import settings_of
 
@@ -27,6 +33,7 @@ PATH_PARAMETERS: dict[str, Callable[[str, Settings], Any]] = {
     "image_id": lambda value, settings: validate_image_id(value),
     "type": lambda value, settings: validate_sample_type(value),
     "version": lambda value, settings: validate_version(value),
+    "task_id": lambda value, settings: validate_task_id(value),
 }
 
 
@@ -36,6 +43,9 @@ class ApiRoute(Route):
     characters: ``caf%E9`` would silently become the tag ``caf\ufffd``)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:  # Starlette answers 405 first
+            await super().handle(scope, receive, send)
+            return
         _require_utf8(scope)
         params = scope.get("path_params", {})
         if any(name in PATH_PARAMETERS for name in params):

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 import shared.models.backbone.lite0 as lite0
+import shared.models.backbone.spec as spec_module
 from shared.models.backbone.preprocess import INPUT_SIZE, preprocess_batch
 from shared.models.backbone.spec import LITE0, PRECISION, BackboneSpec, Features, require_float32
 
@@ -32,12 +33,12 @@ OUTPUTS = ("embedding", "style", "logits")
 # Images per forward pass on the CPU: larger runs are no faster there, and would only grow the
 # memory ONNX Runtime's arena keeps (the worker embeds 32 at a time; predict batches up to 8).
 MAX_RUN = 8
-RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 
 
 def export_path(cache_dir: Path) -> Path:
-    """Where the export of the current backbone code lives."""
-    digest = hashlib.sha256(Path(lite0.__file__).read_bytes()).hexdigest()[:12]
+    """Where the export of the current backbone code lives: named by a hash of the code the graph
+    comes from (the torch model, and the spec that says which blocks give the style statistics)."""
+    digest = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for m in (lite0, spec_module))).hexdigest()[:12]
     return Path(cache_dir).expanduser() / f"{LITE0.id}-{digest}.onnx"
 
 

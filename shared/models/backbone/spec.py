@@ -46,7 +46,7 @@ LITE0 = BackboneSpec(
 
 
 # The served numerical contract: every runtime computes the backbone in IEEE float32, so that heads
-# trained on one machine's embeddings score the same on any other (see ``runtimes``).
+# trained on one machine's embeddings score the same on any other (see ``exported`` and ``lite0``).
 PRECISION = "f32"
 
 
