@@ -22,10 +22,13 @@ def say(line: str) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> None:
-    from infra.embedded import WorkerSupervisor, data_folder_lock, start_redis
+    from infra.embedded import WorkerSupervisor, data_folder_lock, port_taken, start_redis
     from infra.gateway import create_gateway
     from shared.domain.services import build_services
 
+    if port_taken(settings.host, settings.port):
+        raise SystemExit(f"tagsmith: port {settings.port} on {settings.host} is taken by another program; serve on "
+                         "another with --port (or TAGSMITH_PORT).")
     with data_folder_lock(settings.data_dir) as lock_fd:
         redis_process = None
         if not settings.redis_url:

@@ -135,6 +135,7 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
             bar.update(round(100 * float(status.get("progress", 0.0))) - bar.n)
 
         final = client.wait(task["task_id"], timeout=args.timeout, on_progress=show)
+        show(final)  # the bar ends at 100%, "done"
     if args.json:
         _print_json(final)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -31,6 +32,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether another program listens on ``host``:``port`` (the address ``serve`` would bind)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,7 +63,8 @@ def data_folder_lock(data_dir: Path, wait_s: float = 30.0) -> Iterator[int]:
         except BlockingIOError:
             if time.monotonic() > deadline:
                 os.close(fd)
-                raise SystemExit(f"Another tagsmith serve is using {data_dir}.") from None
+                raise SystemExit(f"tagsmith: another tagsmith serve is using {data_dir}; stop it, or serve "
+                                 "another folder with --data-dir (and another port with --port).") from None
             time.sleep(0.2)
     try:
         yield fd

@@ -4,6 +4,9 @@ bar, predict files and folders as a table or JSON, export and load state."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 from infra.cli import main
 from infra.embedded import free_port
 from tests.support.photos import CAT, OTHERS, crops
-from tests.support.servers import TagsmithServer
+from tests.support.servers import ROOT, TagsmithServer, clean_env
 
 
 def run(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
@@ -104,3 +107,15 @@ def test_a_missing_local_file_is_an_error_not_a_traceback(tmp_path: Path, capsys
     code, out, err = run(capsys, url, "load", str(tmp_path / "missing.tar"))
     assert code == 1 and err.startswith("tagsmith: ") and "missing.tar" in err, err
     assert "Traceback" not in err
+
+
+def test_serve_says_what_to_do_when_its_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "infra.cli", "serve", "--port", str(port), "--data-dir",
+                               str(tmp_path / "data")], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 1 and f"port {port} on 127.0.0.1 is taken" in done.stderr and "--port" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "data").exists()  # nothing started

@@ -2,7 +2,8 @@
 command line) runs, in the README's order, against a real ``tagsmith serve`` on a free port.
 
 Only the address changes (``127.0.0.1:5000`` becomes the test server's; the command line gets
-``TAGSMITH_URL``). ``curl`` runs with ``--fail-with-body`` added, so a refused request fails its
+``TAGSMITH_URL``). The blocks run in a folder with the photos they name and ``.venv`` (the
+checkout's), as a user runs them in the checkout. ``curl`` runs with ``--fail-with-body`` added, so a refused request fails its
 block; Python blocks fail on their own (``raise_for_status``, the client's exceptions). Blocks that
 cannot run here say why in ``NOT_RUN``; a new block must be run or listed there.
 """
@@ -98,6 +99,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, data in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
+    (folder / ".venv").symlink_to(Path(sys.executable).parent.parent)  # as in the checkout, where serve made it
     checked_curl = folder / "bin" / "curl"
     checked_curl.parent.mkdir()
     checked_curl.write_text(f'#!/bin/sh\nexec {_real_curl()} --fail-with-body "$@"\n')
@@ -117,7 +119,7 @@ def test_readme_block_runs_as_written(block: Block, server: TagsmithServer, work
     text = block.text.replace("127.0.0.1:5000", address)
     env = {
         **server.env,
-        "PATH": os.pathsep.join([str(workdir / "bin"), str(Path(sys.executable).parent), server.env.get("PATH", "")]),
+        "PATH": os.pathsep.join([str(workdir / "bin"), server.env.get("PATH", "")]),
         "TAGSMITH_URL": f"http://{address}",
     }
     command = ["bash", "-e", "-o", "pipefail", "-c", text] if block.language == "sh" else [sys.executable, "-c", text]
