@@ -33,6 +33,9 @@ from skimage import data
 TAGS = ("soak-a", "soak-b")
 SOURCES = ("chelsea", "coffee", "rocket", "astronaut")
 EXPECTED = {"add": 201, "assign": 200, "train": 202, "status": 200, "predict": 200, "predict_upload": 200}
+# The soak checks that every finished training's version is still there: the server under test
+# keeps every version (by default only the newest ten of a tag are kept).
+SERVER_ENV = {"TAGSMITH_KEEP_VERSIONS": "1000000"}
 
 
 def photo_pool(count: int, seed: int = 0) -> list[bytes]:
@@ -228,7 +231,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tagsmith-soak-") as folder:
-        server = TagsmithServer(Path(folder) / "data", free_port())
+        server = TagsmithServer(Path(folder) / "data", free_port(), SERVER_ENV)
         server.start()
         try:
             assert server.process is not None

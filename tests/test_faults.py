@@ -98,7 +98,7 @@ def test_sigkill_loses_no_acknowledged_write_and_shows_no_half_upload(tmp_path: 
         # Half an upload is on the wire when the kill comes.
         half = socket.create_connection(("127.0.0.1", server.port))
         body = (b'--b\r\nContent-Disposition: form-data; name="data"; filename="h.jpg"\r\n\r\n' + photos[0])
-        half.sendall(b"POST /custom/add?image_id=half HTTP/1.1\r\nHost: x\r\n"
+        half.sendall(b"POST /custom/add?image_id=half HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: multipart/form-data; boundary=b\r\n"
                      + f"Content-Length: {len(body) + 8}\r\n\r\n".encode() + body[: len(body) // 2])
         killed = kill_everything(server)

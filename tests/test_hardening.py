@@ -142,7 +142,7 @@ def _read_response(sock: socket.socket) -> bytes:
 def test_stalled_body_gets_408_and_frees_the_server(stack: Stack, path: str) -> None:
     """Headers, then a few bytes of a 100 KB body, then nothing: a 408 JSON error, and nothing stored."""
     before = stack.snapshot()
-    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             "Content-Length: 100000\r\n\r\n").encode()
     stalled = [_raw_request(stack.server.port, head, b"--b\r\nContent-Disposition: form-data; name=\"data\"")
                for _ in range(4)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import report, soak
+from bench.soak import SERVER_ENV, report, soak
 from infra.embedded import free_port
 from tests.support.servers import TagsmithServer
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration  # starts servers or processes, or loads th
 
 def test_soak(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
     seconds = float(os.environ.get("TAGSMITH_SOAK_SECONDS", "10"))
-    server = TagsmithServer(tmp_path / "data", free_port())
+    server = TagsmithServer(tmp_path / "data", free_port(), SERVER_ENV)
     server.start()
     try:
         assert server.process is not None
