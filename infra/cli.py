@@ -45,7 +45,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
         supervisor = WorkerSupervisor({**os.environ, **settings.as_env()}, lock_fd)
         supervisor.start()
         try:
-            run_server(create_gateway(services=services), settings)
+            run_server(create_gateway(services=services), settings, f"data in {settings.data_dir}")
         finally:
             supervisor.stop()
             if redis_process is not None:
@@ -65,23 +65,33 @@ def prepare_backbone(settings: Settings) -> None:
         export_onnx(settings.model_cache_dir)
 
 
-def run_server(app: Any, settings: Settings) -> None:
-    """uvicorn on the settings' address, saying where it listens once it does; our JSON logs and
-    access log replace uvicorn's own."""
+def run_server(app: Any, settings: Settings, what: str) -> None:
+    """The HTTP server (``shared.web.server``: uvicorn, bounded) on the settings' address, saying
+    where it listens once it does."""
     import uvicorn
+
+    from shared.web.server import server_config
 
     class AnnouncingServer(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
                 host = f"[{settings.host}]" if ":" in settings.host else settings.host
-                say(f"serving http://{host}:{settings.port}/ (data in {settings.data_dir}); Ctrl+C stops it")
+                say(f"serving http://{host}:{settings.port}/ ({what}); Ctrl+C stops it")
                 if settings.host not in ("127.0.0.1", "localhost", "::1"):
                     say(f"requests must name one of the hosts {settings.allowed_hosts} (or {settings.host}); "
                         "add the names clients use to TAGSMITH_ALLOWED_HOSTS")
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
-    AnnouncingServer(config).run()
+    AnnouncingServer(server_config(app, settings)).run()
+
+
+def service(args: argparse.Namespace, settings: Settings) -> None:
+    """One service of the container topology (or the whole gateway) alone, as its container runs it."""
+    from infra.gateway import app as gateway
+    from infra.services import APPS
+
+    app = gateway if args.name == "gateway" else APPS[args.name]
+    run_server(app, settings, f"the {args.name} service")
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -112,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="port (default 5000)")
     p.add_argument("--data-dir", help="folder for all data (default ./tagsmith-data)")
     p.set_defaults(run=serve)
+    s = commands.add_parser("service", help="run one service of the container topology (see infra/services.py)")
+    s.add_argument("name", choices=["images", "training", "predict", "state", "gateway"])
+    s.add_argument("--host", help="address to bind (default $TAGSMITH_HOST, else 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default $TAGSMITH_PORT, else 5000)")
+    s.set_defaults(run=service)
     w = commands.add_parser("worker", help="run a training worker against TAGSMITH_REDIS_URL")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.add_argument("--name", help="worker name shown in RQ (default: a random id)")

@@ -95,7 +95,7 @@ def test_compose_runs_the_whole_topology() -> None:
         assert (INFRA / mount.split(":")[0]).is_file(), mount
     for function in ("images", "training", "predict", "state"):
         command = services[function]["command"]
-        assert command[:2] == ["uvicorn", f"infra.services:{function}"] and "8000" in command
+        assert command[:3] == ["tagsmith", "service", function] and "8000" in command
         assert services[function]["build"]["dockerfile"] == "Dockerfile.api"
         assert services["gateway"]["depends_on"][function] == {"condition": "service_healthy"}
     worker = services["gpu-worker"]
@@ -265,7 +265,7 @@ def test_every_workload_names_real_services_settings_and_images() -> None:
         assert tagsmith_variables(doc) <= SETTINGS, doc["metadata"]["name"]
     for function in ("images", "training", "predict", "state"):
         (container,) = find("Deployment", function)["spec"]["template"]["spec"]["containers"]
-        assert container["command"][:2] == ["uvicorn", f"infra.services:{function}"]
+        assert container["command"][:3] == ["tagsmith", "service", function]
         assert container["image"] == "tagsmith-api:latest"
     (worker,) = find("Deployment", "gpu-worker")["spec"]["template"]["spec"]["containers"]
     assert worker["image"] == "tagsmith-gpu-worker:latest" and worker["resources"]["limits"]["nvidia.com/gpu"] == 1

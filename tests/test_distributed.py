@@ -67,6 +67,7 @@ def cluster(
         "TAGSMITH_MAINTENANCE_INTERVAL_S": "1",
         "TAGSMITH_TORCH_THREADS": "1",
         "TAGSMITH_EMBED_BATCH_SIZE": "4",
+        "TAGSMITH_KEEP_ALIVE_S": "75",  # as in the containers: longer than nginx's keepalive to them
     })
     logs = folder / "logs"
     functions = {
@@ -162,6 +163,13 @@ def test_gateway_answers_json_for_its_own_errors(cluster: Cluster) -> None:
     just_over = b"\0" * (25 * 1024 * 1024 + 1)  # under nginx's limit: the function answers
     over_app_limit = requests.post(cluster.base + "/custom/add", files={"data": ("x.jpg", just_over)})
     assert over_app_limit.status_code == 413 and over_app_limit.json()["error"] == "too_large"
+
+
+def test_each_service_bounds_headers_on_its_own_port(cluster: Cluster) -> None:
+    """Containers run the services without nginx in front of their own port."""
+    for name, function in cluster.functions.items():
+        answer = requests.get(function.url + "/health", headers={f"X-Filler-{i}": "a" * 1000 for i in range(40)})
+        assert answer.status_code == 431 and answer.json()["error"] == "headers_too_large", name
 
 
 def test_the_newer_routes_reach_their_services(cluster: Cluster) -> None:

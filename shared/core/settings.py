@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_tag_length: int = 64
     max_tags: int = 10_000  # tags with examples or a model; a new one beyond is refused
     body_read_timeout_s: float = 30.0  # longest wait for the next piece of a request body
+    body_min_rate: int = 16 * 1024  # bytes/s a body must average once body_read_timeout_s has passed
+    max_header_bytes: int = 16 * 1024  # request line and headers
+    header_timeout_s: float = 10.0  # from a connection's start or a request's first byte to its headers' end
+    max_connections: int = 1000  # open at once; a new one beyond gets 503 and is closed
+    keep_alive_s: float = 5.0  # how long an idle kept-alive connection stays open
     max_batch_files: int = 100  # images in one /custom/add_many request
     max_batch_bytes: int = 256 * 1024 * 1024  # body of one /custom/add_many request
     # Suggestions rank at most this many of the newest unassigned images.
@@ -89,7 +94,10 @@ class Settings(BaseSettings):
             raise ValueError("TAGSMITH_S3_BUCKET must be 3-63 of a-z 0-9 . - (an S3 bucket name)")
         return value
 
-    @field_validator("heartbeat_ttl_s", "maintenance_interval_s", "embed_batch_size", "training_timeout_s", "task_ttl_s")
+    @field_validator(
+        "heartbeat_ttl_s", "maintenance_interval_s", "embed_batch_size", "training_timeout_s", "task_ttl_s",
+        "body_min_rate", "max_header_bytes", "max_connections",
+    )
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

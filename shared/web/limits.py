@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import anyio
@@ -13,7 +14,10 @@ from shared.web.errors import HttpError, error_response
 
 class BodyLimit:
     """Refuses request bodies over a per-path byte limit, whether or not Content-Length is sent,
-    and bodies that stall: waiting more than ``timeout()`` seconds for the next piece is a 408."""
+    and bodies that come too slowly (408 ``body_timeout``): waiting more than
+    ``body_read_timeout_s`` for the next piece, or taking longer in all than
+    ``body_read_timeout_s`` plus the time the bytes received would take at ``body_min_rate``
+    (a byte every few seconds would otherwise hold a request open without end)."""
 
     def __init__(self, app: ASGIApp, settings: Callable[[Scope], Settings]) -> None:
         self.app = app
@@ -32,15 +36,23 @@ class BodyLimit:
                 )
                 return
         received, complete, timeout = 0, False, settings.body_read_timeout_s
+        started = time.monotonic()
 
         async def limited_receive() -> Message:
             nonlocal received, complete
             if complete:  # after the body only a disconnect can come: no deadline
                 return await receive()
+            allowed = started + timeout + received / settings.body_min_rate - time.monotonic()
+            too_slow = HttpError(408, "body_timeout", f"The request body came slower than {settings.body_min_rate} "
+                                 f"bytes/s after {timeout:g} s.")
+            if allowed <= 0:
+                raise too_slow
             try:
-                with anyio.fail_after(timeout):
+                with anyio.fail_after(min(timeout, allowed)):
                     message = await receive()
             except TimeoutError:
+                if allowed < timeout:
+                    raise too_slow from None
                 raise HttpError(408, "body_timeout", f"The request body stalled for over {timeout:g} s.") from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))

@@ -321,13 +321,12 @@ def stop_all(processes: list[Process]) -> None:
 
 
 class FunctionServer(Process):
-    """One function service alone under uvicorn, as in its container: ``uvicorn infra.services:<name>``."""
+    """One function service alone, as in its container: ``tagsmith service <name>``."""
 
     def __init__(self, service: str, folder: Path, env: dict[str, str], name: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "uvicorn", f"infra.services:{service}", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--log-level", "warning", "--timeout-keep-alive", "75"]
+        command = [sys.executable, "-m", "infra.cli", "service", service, "--host", "127.0.0.1", "--port", str(self.port)]
         super().__init__(name or service, command, folder, env)
 
     def ready(self) -> bool:

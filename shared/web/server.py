@@ -1,0 +1,137 @@
+"""The HTTP server every tagsmith process runs: uvicorn with httptools, bounded before any request
+reaches an app.
+
+uvicorn's httptools protocol puts no limit on a request's headers and no deadline on their
+arrival: 60 MB of short header lines grew a server by 1.5 GB (before authentication), and a
+half-sent request line kept its connection open for good. ``BoundedHttpProtocol`` adds, from the
+settings:
+
+- ``max_header_bytes``: the request line and headers together; beyond, 431 and the connection
+  closes (counted as they arrive, so nothing larger is ever kept);
+- ``header_timeout_s``: from a connection's start, or a request's first byte, to the end of its
+  headers; beyond, 408 (or a silent close if nothing came) and the connection closes;
+- ``max_connections``: connections open at once; beyond, a new one gets 503 and is closed.
+
+The body has its own limits in the app (``shared.web.limits``): size, stalls and a minimum rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from shared.core.settings import Settings
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to end the request with ``BoundedHttpProtocol.refusal``."""
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    max_header_bytes = 16 * 1024
+    header_timeout_s = 10.0
+    max_connections = 1000
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.refusal: tuple[int, str, str] | None = None
+        self.header_bytes = 0
+        self.request_begun = False  # a byte of a request has come on this connection
+        self.header_clock: asyncio.TimerHandle | None = None
+        if len(self.connections) > self.max_connections:
+            self._answer(503, "too_many_connections", "The server has too many open connections; try again shortly.")
+            return
+        self._start_header_clock()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_clock()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.header_bytes, self.request_begun = 0, True
+        if self.header_clock is None:  # a request on a kept-alive connection: its headers get the same time
+            self._start_header_clock()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_clock()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to anything the parser refused, a refusal of ours among them."""
+        status, code, message = self.refusal or (400, "bad_request", msg)
+        self._answer(status, code, message)
+
+    def _count(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > self.max_header_bytes:
+            self.refusal = (431, "headers_too_large",
+                            f"The request line and headers are larger than {self.max_header_bytes} bytes.")
+            raise _Refused
+
+    def _start_header_clock(self) -> None:
+        self.header_clock = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _stop_header_clock(self) -> None:
+        if self.header_clock is not None:
+            self.header_clock.cancel()
+            self.header_clock = None
+
+    def _headers_too_slow(self) -> None:
+        self.header_clock = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being served (pipelined bytes of the next one came early)
+        if not self.request_begun:  # not a byte of a request: an idle connection
+            self.transport.close()
+            return
+        self._answer(408, "header_timeout", f"The request's headers took longer than {self.header_timeout_s:g} s.")
+
+    def _answer(self, status: int, code: str, message: str) -> None:
+        """A JSON error, then close: nothing more is read from this connection."""
+        body = orjson.dumps({"error": code, "message": message})
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\n", b"content-length: ", str(len(body)).encode(), b"\r\n",
+                 b"connection: close\r\n\r\n", body]
+        self._stop_header_clock()
+        if not self.transport.is_closing():
+            self.transport.write(b"".join(head))
+            self.transport.close()
+
+
+def bounded_protocol(settings: Settings) -> type[BoundedHttpProtocol]:
+    """The protocol class with this process's limits."""
+    return type("BoundedHttpProtocol", (BoundedHttpProtocol,), {
+        "max_header_bytes": settings.max_header_bytes,
+        "header_timeout_s": settings.header_timeout_s,
+        "max_connections": settings.max_connections,
+    })
+
+
+def server_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """uvicorn for ``app`` on the settings' address, with the bounded protocol; tagsmith's JSON logs
+    and access log replace uvicorn's own."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=bounded_protocol(settings),
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works as well
+        log_config=None,
+        access_log=False,
+    )

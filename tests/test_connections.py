@@ -1,0 +1,123 @@
+"""What a connection may cost before a request reaches the app, on a real ``tagsmith serve``: header
+size, header and body deadlines, and how many connections are open at once. Each was unbounded:
+60 MB of header lines grew the server by 1.5 GB, half-sent requests stayed open for good, a byte
+every 20 s kept a body open past its 30 s setting."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from tests.support.servers import TagsmithServer, serving
+
+pytestmark = pytest.mark.integration  # starts a tagsmith serve
+
+LIMITS = {"TAGSMITH_HEADER_TIMEOUT_S": "1", "TAGSMITH_BODY_READ_TIMEOUT_S": "2", "TAGSMITH_MAX_CONNECTIONS": "12"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TagsmithServer]:
+    with serving(tmp_path_factory.mktemp("connections") / "data", LIMITS) as instance:
+        yield instance
+
+
+def connect(server: TagsmithServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def answer_of(sock: socket.socket) -> tuple[bytes, bool]:
+    """What the server sent until it closed the connection (or 10 s passed), and whether it closed."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except TimeoutError:
+        return b"".join(chunks), False
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks), True
+
+
+def status_and_code(answer: bytes) -> tuple[int, str]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    code = body.split(b'"error":"')[1].split(b'"')[0].decode() if b'"error":"' in body else ""
+    return int(head.split(b" ")[1]), code
+
+
+def rss_mb(server: TagsmithServer) -> float:
+    assert server.process is not None
+    return psutil.Process(server.process.pid).memory_info().rss / 2**20
+
+
+def test_headers_over_the_limit_get_431_and_are_never_kept(server: TagsmithServer) -> None:
+    before = rss_mb(server)
+    sock = connect(server)
+    sock.sendall(b"GET /custom/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    sent = 0
+    try:
+        for _ in range(20_000):  # up to 20 MB of short header lines, as long as the server reads them
+            sock.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+            sent += 1012
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer, closed = answer_of(sock)
+    assert status_and_code(answer) == (431, "headers_too_large") and closed
+    assert sent < 5_000_000  # it stopped reading long before the 20 MB
+    assert rss_mb(server) - before < 50
+
+
+def test_requests_whose_headers_do_not_arrive_in_time_are_closed(server: TagsmithServer) -> None:
+    idle, half = connect(server), connect(server)
+    half.sendall(b"GET /custom/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow:")  # and nothing more
+    started = time.monotonic()
+    answer, closed = answer_of(half)
+    assert status_and_code(answer) == (408, "header_timeout") and closed
+    assert answer_of(idle) == (b"", True)  # a connection that never sent a byte: closed without a word
+    assert time.monotonic() - started < 5
+    kept_alive = connect(server)  # a request, then the first bytes of another, then nothing
+    kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /health HT")
+    answer, closed = answer_of(kept_alive)
+    assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in answer and closed
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off_after_its_deadline(server: TagsmithServer) -> None:
+    """Each byte comes well within the 2 s stall limit, but the body as a whole is far too slow."""
+    sock = connect(server)
+    sock.sendall(b"POST /custom/add?image_id=slow HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+                 b'--b\r\nContent-Disposition: form-data; name="data"; filename="x.jpg"\r\n\r\n')
+    started, refused = time.monotonic(), b""
+    sock.settimeout(0.5)
+    while time.monotonic() - started < 15 and not refused:
+        try:
+            sock.sendall(b"-")
+            refused = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    took = time.monotonic() - started
+    sock.settimeout(10)
+    refused += answer_of(sock)[0]
+    assert status_and_code(refused) == (408, "body_timeout"), refused
+    assert took < 4  # the 2 s setting and the minimum rate, not 15 s of drip
+
+
+def test_connections_beyond_the_limit_get_503(server: TagsmithServer) -> None:
+    held = [connect(server) for _ in range(12)]
+    try:
+        time.sleep(0.2)
+        extra = connect(server)
+        answer, closed = answer_of(extra)
+        assert status_and_code(answer) == (503, "too_many_connections") and closed
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    sock = connect(server)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert answer_of(sock)[0].startswith(b"HTTP/1.1 200")  # room again once they closed
