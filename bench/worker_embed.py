@@ -3,7 +3,7 @@
 Measured in one run, on whatever device ``TAGSMITH_DEVICE`` (default ``auto``) picks:
 
 - the raw forward pass on preprocessed tensors already on the device: the limit;
-- the worker's own path (``embed_stored_images``: read each stored 1 MP JPEG, decode, resize,
+- the worker's own path (``embed_images``: read each stored 1 MP JPEG, decode, resize,
   forward, cache the vector) over ``--images`` photos, and its ratio to the raw figure;
 - parity of the device's features with the CPU's (max absolute difference; heads trained on a
   GPU worker must score the same on CPU predict functions);
@@ -33,7 +33,7 @@ from infra.embedded import data_folder_lock, start_redis
 from shared.core.process import cpu_pool
 from shared.data.keys import image_key
 from shared.data.store import LocalStore
-from shared.domain.embeddings import embed_stored_images
+from shared.domain.embeddings import embed_images
 from shared.domain.images import add_image
 from shared.domain.services import Services
 from shared.models.backbone import preprocess
@@ -74,22 +74,24 @@ def raw_forward(backbone: EfficientNetLite0, batch: int, seconds: float) -> floa
 def cpu_side(jpegs: list[bytes], seconds: float) -> float:
     """Images per second of decoding and resizing alone (nothing read or stored), on every core."""
     chunk = jpegs[:256]
-
-    def decode(data: bytes) -> np.ndarray:
-        return preprocess(decode_image(data, 50_000_000).image)
-
     return rate(lambda: len(list(cpu_pool().map(decode, chunk))), seconds)
 
 
+def decode(data: bytes) -> np.ndarray:
+    """A stored photo to the backbone's input, as the worker decodes it."""
+    return preprocess(decode_image(data, 50_000_000).image)
+
+
 def worker_path(backbone: EfficientNetLite0, jpegs: list[bytes], batch: int, folder: Path) -> float:
-    """Images per second of ``embed_stored_images`` over freshly stored JPEGs (nothing cached)."""
+    """Images per second of the worker's embedding path (``embed_images``) over freshly stored JPEGs
+    (nothing cached)."""
     store = LocalStore(folder / f"objects-{batch}")
     ids = [f"photo-{i}" for i in range(len(jpegs))]
     for image_id, data in zip(ids, jpegs, strict=True):
         store.put(image_key(image_id), data)
-    embed_stored_images(store, backbone, ids[:batch], 50_000_000, batch)  # warm-up, then cached
+    embed_images(store, backbone, ids[:batch], decode, batch)  # warm-up, then cached
     started = time.perf_counter()
-    embed_stored_images(store, backbone, ids[batch:], 50_000_000, batch)
+    embed_images(store, backbone, ids[batch:], decode, batch)
     return (len(ids) - batch) / (time.perf_counter() - started)
 
 

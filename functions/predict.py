@@ -20,9 +20,9 @@ from shared.web.uploads import read_upload
 async def _embed_upload(request: Request, with_styles: bool = False) -> tuple[Features, Any]:
     """The upload's features and, if asked, its base style scores: prepared and embedded in a
     shared batch (``MicroBatcher``)."""
-    settings = services_of(request).settings
-    data = await read_upload(request, settings.max_upload_bytes)
-    prepare = partial(predictions.prepare_upload, data, settings.max_image_pixels, with_styles)
+    services = services_of(request)
+    data = await read_upload(request, services.settings.max_upload_bytes)
+    prepare = partial(predictions.prepare_upload, services, data, with_styles)
     return await batcher_of(request).embed(prepare)
 
 

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     # Limits.
     max_upload_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    decode_budget_pixels: int = 100_000_000  # decoded pixels in memory at once, all requests and jobs together
     max_archive_bytes: int = 64 * 1024 * 1024
     max_archive_members: int = 10_001
     max_tag_length: int = 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from shared.data.keys import embedding_key, image_key
 from shared.data.store import ObjectNotFound, ObjectStore
 from shared.models.backbone import Backbone, preprocess
 from shared.models.decoding import decode_image
+
+if TYPE_CHECKING:
+    from shared.domain.services import Services
 
 LOOKAHEAD = 2  # batches being read and decoded ahead of the backbone
 
@@ -31,17 +35,10 @@ def _from_bytes(data: bytes, size: int) -> np.ndarray | None:
     return vector if vector.shape == (size,) and vector.dtype == np.float32 else None
 
 
-def embed_stored_images(
-    store: ObjectStore,
-    backbone: Backbone,
-    image_ids: list[str],
-    max_pixels: int,
-    batch_size: int = 32,
-    progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
+def embed_stored_images(services: Services, image_ids: list[str]) -> np.ndarray:
     """(N, D) feature vectors (semantic | style) of stored images, as ``embed_present_images``;
     an image whose bytes are gone raises ObjectNotFound."""
-    features, kept = embed_present_images(store, backbone, image_ids, max_pixels, batch_size, progress)
+    features, kept = embed_present_images(services, image_ids)
     if len(kept) < len(image_ids):
         gone = min(set(range(len(image_ids))) - set(kept))
         raise ObjectNotFound(image_key(image_ids[gone]))
@@ -49,16 +46,31 @@ def embed_stored_images(
 
 
 def embed_present_images(
+    services: Services, image_ids: list[str], progress: Callable[[int, int], None] | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """Feature vectors (semantic | style) of the stored images whose bytes are still there (others
+    were deleted meanwhile), and their positions in ``image_ids``: ``embed_images`` with this
+    process's store, backbone, limits and decoding budget."""
+    settings = services.settings
+
+    def decode(data: bytes) -> np.ndarray:
+        return preprocess(decode_image(data, settings.max_image_pixels, budget=services.decode_budget).image)
+
+    return embed_images(services.store, services.backbone, image_ids, decode, settings.embed_batch_size, progress)
+
+
+def embed_images(
     store: ObjectStore,
     backbone: Backbone,
     image_ids: list[str],
-    max_pixels: int,
+    decode: Callable[[bytes], np.ndarray],
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, list[int]]:
-    """Feature vectors (semantic | style) of the stored images whose bytes are still there (others
-    were deleted meanwhile), and their positions in ``image_ids``. Cached vectors are read, the rest
-    computed in batches and cached; a cached vector of another size (an older layout) is recomputed."""
+    """Feature vectors of the stored images whose bytes are still there, and their positions in
+    ``image_ids``. Cached vectors are read, the rest decoded (``decode``: bytes to backbone input)
+    and embedded in batches of ``batch_size``, and cached; a cached vector of another size (an older
+    layout) is recomputed. ``progress(done, total)`` follows it."""
     spec = backbone.spec
     width = spec.embedding_size + spec.style_size
     pool = cpu_pool()
@@ -74,7 +86,7 @@ def embed_present_images(
             data = store.get(image_key(image_ids[i]))
         except ObjectNotFound:
             return None
-        return preprocess(decode_image(data, max_pixels).image)
+        return decode(data)
 
     result = np.zeros((len(image_ids), width), dtype=np.float32)
     gone: set[int] = set()

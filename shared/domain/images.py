@@ -46,7 +46,7 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
 def add_image(services: Services, data: bytes, image_id: str | None = None) -> dict[str, Any]:
     """Check that the bytes decode as an image, then store them under ``image_id`` (or a new id)."""
     image_id = image_id or new_image_id()
-    decoded = decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE)
+    decoded = decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, services.decode_budget)
     store_image(services, image_id, data, decoded)
     return {"image_id": image_id, "format": decoded.format, "width": decoded.width, "height": decoded.height}
 

@@ -23,10 +23,12 @@ if TYPE_CHECKING:
     from shared.domain.services import Services
 
 
-def prepare_upload(data: bytes, max_pixels: int, with_styles: bool) -> tuple[np.ndarray, Callable[[], dict[str, float]]]:
+def prepare_upload(
+    services: Services, data: bytes, with_styles: bool
+) -> tuple[np.ndarray, Callable[[], dict[str, float]]]:
     """Decode, then resize and crop for the backbone; and, to run later, the base styles if asked
     (the shape ``shared.web.batching`` batches)."""
-    image = decode_image(data, max_pixels).image
+    image = decode_image(data, services.settings.max_image_pixels, budget=services.decode_budget).image
     return preprocess(image), partial(style_scores, image) if with_styles else dict
 
 
@@ -62,8 +64,7 @@ def everything(services: Services, features: Features, styles: dict[str, float])
 def stored_vector(services: Services, image_id: str) -> np.ndarray:
     """A stored image's feature vector, from the embedding cache or computed (and cached) now."""
     require_image(services, image_id)
-    settings = services.settings
-    vectors = embed_stored_images(services.store, services.backbone, [image_id], settings.max_image_pixels)
+    vectors = embed_stored_images(services, [image_id])
     vector: np.ndarray = vectors[0]
     return vector
 
@@ -81,10 +82,7 @@ def score_stored_images(services: Services, tag: str, image_ids: list[str]) -> T
     images deleted since their ids were read are left out."""
     matrix = require_model(services, tag)
     i = matrix.index[tag]
-    settings = services.settings
-    embeddings, kept = embed_present_images(
-        services.store, services.backbone, image_ids, settings.max_image_pixels, settings.embed_batch_size
-    )
+    embeddings, kept = embed_present_images(services, image_ids)
     scores = matrix.scores(embeddings)[:, i] if kept else np.zeros(0)
     return TagScores(version=matrix.versions[i], threshold=float(matrix.thresholds[i]),
                      image_ids=[image_ids[j] for j in kept], scores=scores)

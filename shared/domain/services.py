@@ -19,6 +19,7 @@ from shared.data.store import ObjectStore, open_store
 from shared.domain.catalog import HeadCache
 from shared.models.archive import ArchiveLimits
 from shared.models.backbone import LITE0, Backbone, BackboneSpec, open_backbone
+from shared.models.decoding import PixelBudget
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Services:
     store: ObjectStore
     registry: Registry
     queue: TrainingQueue
+    decode_budget: PixelBudget
     heads: HeadCache = field(default_factory=HeadCache)  # the current heads, one cache per process
     spec: BackboneSpec = LITE0
     opened_backbone: Backbone | None = None  # one already opened (tests share theirs), else opened on first use
@@ -61,5 +63,6 @@ def build_services(settings: Settings, backbone: Backbone | None = None) -> Serv
         store=open_store(settings),
         registry=Registry(client, settings.key_prefix),
         queue=TrainingQueue(client, settings),
+        decode_budget=PixelBudget(settings.decode_budget_pixels),
         opened_backbone=backbone,
     )

@@ -55,12 +55,7 @@ def run_training(services: Services, tag: str, epoch: int, report: Report) -> di
     labels = np.array([1] * len(positives) + [0] * len(negatives))
     report("embedding", 0.0)
     features, kept = embed_present_images(
-        services.store,
-        services.backbone,
-        ids,
-        services.settings.max_image_pixels,
-        services.settings.embed_batch_size,
-        progress=lambda done, total: report("embedding", 0.8 * done / max(total, 1)),
+        services, ids, progress=lambda done, total: report("embedding", 0.8 * done / max(total, 1))
     )
     if len(kept) < len(ids):  # images deleted since the examples were read: no longer examples
         ids, labels = [ids[i] for i in kept], labels[kept]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from shared.core.errors import DomainError, InvalidInput, TooLarge, Unsupported
 
@@ -27,6 +30,39 @@ VERIFY_SIZE = 32
 DRAFT_SIZE = 256
 # Pillow's own bomb check is replaced by the configurable limit below.
 Image.MAX_IMAGE_PIXELS = None
+# Modes Image.reduce takes; others are converted to RGB first.
+REDUCIBLE = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F", "CMYK"})
+# EXIF orientation -> the transposition that makes the picture upright.
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+class PixelBudget:
+    """How many decoded pixels may be in memory at once, across threads (about 4 bytes each while
+    an image decodes): a decode waits until its image fits. A small file can hold a huge image
+    (a 208 KB PNG of 7000 x 7000 pixels costs 0.9 GB decoded), so this, not the number of
+    requests, bounds the memory of decoding. An image larger than the whole budget decodes alone."""
+
+    def __init__(self, pixels: int) -> None:
+        self.capacity = pixels
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        units = min(pixels, self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use + units <= self.capacity)
+            self.in_use += units
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= units
+                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -37,11 +73,16 @@ class DecodedImage:
     height: int
 
 
-def decode_image(data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SIZE) -> DecodedImage:
+def decode_image(
+    data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SIZE, budget: PixelBudget | None = None
+) -> DecodedImage:
     """Decode bytes into an upright RGB image, or raise InvalidInput, TooLarge or Unsupported.
 
-    JPEGs are decoded in draft mode (DCT scaling) straight to at least ``draft_size``
-    on the short side, which is all the models need and several times faster. Images whose
+    JPEGs are decoded in draft mode (DCT scaling) straight to at least ``draft_size`` on the short
+    side, which is all the models need and several times faster; other formats are decoded whole
+    and at once reduced (box filter) to between one and two times ``draft_size``, before any mode
+    conversion, so only the decoded raster is ever full size, and only while ``budget`` holds its
+    pixels. Images whose
     decoding could take far longer than their size suggests are refused before decoding: more
     than ``MAX_JPEG_SCANS`` progressive scans, or a compression Pillow decodes in pure Python
     (run-length encoded BMPs), which holds the interpreter lock for seconds.
@@ -75,12 +116,15 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SI
             f"The image has {width}x{height} pixels; the limit is {max_pixels} pixels.",
         )
     try:
-        orientation = img.getexif().get(0x0112, 1)
-        if draft_size and fmt == "JPEG":  # Pillow picks the smallest scale at least this big
-            scale = max(1, min(width, height) // draft_size)
-            img.draft("RGB", (width // scale, height // scale))
-        img.load()
-        rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
+        with budget.hold(width * height) if budget else contextlib.nullcontext():
+            orientation = img.getexif().get(0x0112, 1)
+            if draft_size and fmt == "JPEG":  # Pillow picks the smallest scale at least this big
+                scale = max(1, min(width, height) // draft_size)
+                img.draft("RGB", (width // scale, height // scale))
+            img.load()
+            rgb = _to_rgb(_reduced(img, draft_size) if draft_size and fmt != "JPEG" else img)
+            if orientation in UPRIGHT:
+                rgb = rgb.transpose(UPRIGHT[orientation])
     except DomainError:
         raise
     except Exception as exc:  # truncated or corrupt data surfaces as many error types
@@ -88,6 +132,18 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SI
     if orientation in (5, 6, 7, 8):  # EXIF says the picture is rotated a quarter turn
         width, height = height, width
     return DecodedImage(image=rgb, format=fmt or "", width=width, height=height)
+
+
+def _reduced(img: Image.Image, size: int) -> Image.Image:
+    """The image shrunk by a whole factor to between one and two times ``size`` on its short side."""
+    factor = min(img.size) // size
+    if factor < 2:
+        return img
+    if img.mode not in REDUCIBLE:  # the smallest mode that reduces and keeps what _to_rgb needs
+        transparent = img.mode == "PA" or "transparency" in img.info
+        wider = {"P": "RGBA" if transparent else "RGB", "PA": "RGBA", "1": "L"}.get(img.mode, "I")
+        img = img.convert(wider)
+    return img.reduce(factor)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
