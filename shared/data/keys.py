@@ -2,6 +2,7 @@
 
     images/<image_id>                          the bytes as uploaded
     embeddings/<backbone_id>/<image_id>.npy    the image's cached feature vector for that backbone
+    thumbnails/<image_id>/<size>.jpg           a thumbnail made once, at one of a few sizes
     models/<tag>/v<version>.tar                one state archive per trained (or loaded) version
 """
 
@@ -16,6 +17,14 @@ def image_key(image_id: str) -> str:
 
 def embedding_key(backbone_id: str, image_id: str) -> str:
     return f"embeddings/{backbone_id}/{image_id}.npy"
+
+
+def thumbnail_key(image_id: str, size: int) -> str:
+    return f"thumbnails/{image_id}/{size}.jpg"
+
+
+def thumbnail_prefix(image_id: str) -> str:
+    return f"thumbnails/{image_id}/"
 
 
 def model_key(tag: str, version: int) -> str:

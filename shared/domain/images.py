@@ -14,7 +14,7 @@ from PIL import Image
 from shared.core.errors import DomainError, NotFound, Unavailable
 from shared.core.names import new_image_id, validate_image_id
 from shared.data import keys
-from shared.data.store import StoreUnavailable
+from shared.data.store import ObjectNotFound, StoreUnavailable
 from shared.models.decoding import VERIFY_SIZE, DecodedImage, decode_image
 
 if TYPE_CHECKING:
@@ -23,16 +23,20 @@ if TYPE_CHECKING:
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
                "BMP": "image/bmp", "TIFF": "image/tiff"}
 BACKENDS_DOWN = (StoreUnavailable, redis.RedisError, Unavailable)
+# The sizes thumbnails are kept at (longer side, pixels); a request for another size is made from
+# the next one up, so an image has at most this many stored.
+THUMBNAIL_SIZES = (64, 128, 256, 512, 1024)
 
 
 def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage) -> None:
     """Claim the id, write the bytes, then make the image visible; a crash leaves nothing visible.
 
-    An embedding cached under the id belongs to an earlier image of that id (a delete that raced
-    its embedding, or died before reaching the store): it goes first, so it is never reused."""
+    An embedding or thumbnail kept under the id belongs to an earlier image of that id (a delete
+    that raced its making, or died before reaching the store): they go first, never reused."""
     services.registry.reserve_image(image_id)
     try:
         services.store.delete(keys.embedding_key(services.spec.id, image_id))
+        forget_thumbnails(services, image_id)
         services.store.put(keys.image_key(image_id), data)
         services.registry.commit_image(
             image_id,
@@ -105,11 +109,12 @@ def add_images(
 
 
 def forget_image(services: Services, image_id: str) -> list[str]:
-    """Delete a stored image: from every tag and the registry first, then its bytes and cached
-    embedding. Returns the tags it was an example of."""
+    """Delete a stored image: from every tag and the registry first, then its bytes, cached
+    embedding and thumbnails. Returns the tags it was an example of."""
     tags = services.registry.delete_image(image_id)
     for key in (keys.image_key(image_id), keys.embedding_key(services.spec.id, image_id)):
         services.store.delete(key)
+    forget_thumbnails(services, image_id)
     return tags
 
 
@@ -150,10 +155,35 @@ def original(services: Services, image_id: str) -> tuple[bytes, str]:
 
 
 def thumbnail(services: Services, image_id: str, size: int) -> bytes:
-    """A JPEG no larger than ``size`` on its longer side, upright."""
-    data = services.store.get(keys.image_key(image_id))
-    image = decode_image(data, services.settings.max_image_pixels, draft_size=size).image
+    """A JPEG no larger than ``size`` on its longer side, upright.
+
+    Made from a stored thumbnail of the next size up in ``THUMBNAIL_SIZES``, which is made once from
+    the original (one process at a time per image) and kept: the original, which may be a
+    50-megapixel PNG, is decoded once per size, not once per request."""
+    base = next(s for s in THUMBNAIL_SIZES if s >= size)
+    key = keys.thumbnail_key(image_id, base)
+    try:
+        stored = services.store.get(key)
+    except ObjectNotFound:
+        with services.thumbnail_locks.hold(key):
+            try:
+                stored = services.store.get(key)  # made by another request meanwhile
+            except ObjectNotFound:
+                stored = _jpeg(decode_image(services.store.get(keys.image_key(image_id)),
+                                            services.settings.max_image_pixels, base, services.decode_budget).image, base)
+                services.store.put(key, stored)
+    if size == base:
+        return stored
+    return _jpeg(Image.open(io.BytesIO(stored)).convert("RGB"), size)
+
+
+def _jpeg(image: Image.Image, size: int) -> bytes:
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, "JPEG", quality=82, optimize=True)
     return out.getvalue()
+
+
+def forget_thumbnails(services: Services, image_id: str) -> None:
+    for key in list(services.store.list(keys.thumbnail_prefix(image_id))):
+        services.store.delete(key)

@@ -3,12 +3,14 @@ to label next for a tag (active learning)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from shared.domain import catalog
 from shared.domain.embeddings import embed_present_images, embed_stored_images
@@ -21,6 +23,23 @@ from shared.models.heads import HeadMatrix
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
+
+
+# Decoding more pixels than this takes long enough to hold back a whole batch of other requests
+# (a 50 MP PNG takes about a second): such an image is decoded on its own, beside the batches.
+SLOW_PIXELS = {"JPEG": 24_000_000, "MPO": 24_000_000}  # DCT scaling skips most of a JPEG's work
+SLOW_PIXELS_OTHERS = 4_000_000
+
+
+def decodes_slowly(data: bytes) -> bool:
+    """Whether the upload's image is large enough to decode on its own (read from its header)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            fmt = image.format or ""
+    except Exception:
+        return False  # not an image: its decoding fails at once, and says why
+    return width * height > SLOW_PIXELS.get(fmt, SLOW_PIXELS_OTHERS)
 
 
 def prepare_upload(

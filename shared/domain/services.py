@@ -12,6 +12,7 @@ from functools import cached_property
 
 import redis
 
+from shared.core.process import KeyedLocks
 from shared.core.settings import Settings
 from shared.data.jobs import TrainingQueue
 from shared.data.registry import Registry
@@ -31,6 +32,7 @@ class Services:
     queue: TrainingQueue
     decode_budget: PixelBudget
     heads: HeadCache = field(default_factory=HeadCache)  # the current heads, one cache per process
+    thumbnail_locks: KeyedLocks = field(default_factory=KeyedLocks)
     spec: BackboneSpec = LITE0
     opened_backbone: Backbone | None = None  # one already opened (tests share theirs), else opened on first use
 
