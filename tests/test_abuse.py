@@ -123,6 +123,12 @@ def test_requests_naming_another_host_are_refused(client: TestClient) -> None:
     assert client.get("/custom/tags", headers={"Host": "[::1]:5000"}).status_code == 200
 
 
+def test_a_request_naming_two_hosts_is_refused(client: TestClient) -> None:
+    """Which one would count? The last one had passed the host check while the first was 'evil'."""
+    response = client.get("/custom/tags", headers=[("Host", "evil.example"), ("Host", "localhost")])
+    assert (response.status_code, response.json()["error"]) == (400, "bad_request")
+
+
 def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
     for path in ("/", "/docs", "/custom/tags", "/no/such/route"):
         headers = client.get(path).headers

@@ -105,10 +105,19 @@ def hostile_archives() -> dict[str, bytes]:
             {"tag": "\ud800", "version": 1, "threshold": 0.5, "file": "w"}])), (info("w"), ok)]),
         "deep-manifest": tar_of([(info("manifest.json"), b'{"format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")]),
         "overflowing-weights": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights(value=1e38))]),
+        "pax-bomb": pax_bomb(),
         "huge-metrics": tar_of([(info("manifest.json"), manifest(["w"], models=[
             {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", "metrics": {"notes": "x" * 100_000}}])),
             (info("w"), ok)]),
     }
+
+
+def pax_bomb() -> bytes:
+    """A 100 KB extended (PAX) header of digits: Python's tarfile before 3.11.10 parses it in
+    quadratic time (CVE-2024-6232; 17 s of a server's CPU, every other request waiting)."""
+    header = info("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    return tar_of([(header, b"1" * 100_000), (info("manifest.json"), manifest([]))])
 
 
 def tar_bomb_header() -> bytes:

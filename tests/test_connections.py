@@ -121,3 +121,24 @@ def test_connections_beyond_the_limit_get_503(server: TagsmithServer) -> None:
     sock = connect(server)
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert answer_of(sock)[0].startswith(b"HTTP/1.1 200")  # room again once they closed
+
+
+def test_a_request_answered_before_its_body_came_ends_its_connection(server: TagsmithServer) -> None:
+    """It had stayed open as long as the client went on sending a byte now and then."""
+    sock = connect(server)
+    sock.sendall(b"POST /set_state HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+                 b"Content-Length: 1000000\r\n\r\nZ")
+    sock.settimeout(0.5)
+    started, answer, closed = time.monotonic(), b"", False
+    while time.monotonic() - started < 15 and not closed:
+        try:
+            sock.sendall(b"Z")
+            chunk = sock.recv(65536)
+            answer += chunk
+            closed = not chunk
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+    assert status_and_code(answer) == (400, "missing_field") and closed
+    assert time.monotonic() - started < 6

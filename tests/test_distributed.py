@@ -6,10 +6,13 @@ client's would.
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -163,6 +166,31 @@ def test_gateway_answers_json_for_its_own_errors(cluster: Cluster) -> None:
     just_over = b"\0" * (25 * 1024 * 1024 + 1)  # under nginx's limit: the function answers
     over_app_limit = requests.post(cluster.base + "/custom/add", files={"data": ("x.jpg", just_over)})
     assert over_app_limit.status_code == 413 and over_app_limit.json()["error"] == "too_large"
+
+
+def test_through_the_gateway_the_page_writes_and_other_origins_do_not(cluster: Cluster) -> None:
+    """nginx passed Host without its port, so the page's own writes (its Origin has the port) were
+    refused, and a page on the same host's port 80 could write."""
+    port = urlsplit(cluster.base).port
+    own = {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}
+    photo = {"data": ("x.jpg", crops(CAT, 1, seed=6)[0])}
+    assert requests.post(cluster.base + "/custom/add?image_id=origin-ok", files=photo, headers=own).status_code == 201
+    other = requests.post(cluster.base + "/custom/unassign/origin-ok/cat", headers={"Origin": "http://127.0.0.1"})
+    assert (other.status_code, other.json()["error"]) == (403, "cross_site_request")
+
+
+def test_the_gateways_own_refusals_are_json(cluster: Cluster) -> None:
+    port = urlsplit(cluster.base).port
+    for head in (b"POST /custom/add HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+                 b"GET /custom/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+                 b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status, body = int(answer.split(b" ")[1]), answer.partition(b"\r\n\r\n")[2]
+        assert status in (400, 414) and json.loads(body)["error"] in ("bad_request", "uri_too_long"), answer[:200]
 
 
 def test_each_service_bounds_headers_on_its_own_port(cluster: Cluster) -> None:

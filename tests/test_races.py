@@ -250,3 +250,85 @@ def test_suggestions_leave_out_an_image_deleted_while_they_are_ranked(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["candidates"] == 1 and [s["image_id"] for s in body["uncertain"]] == ["cat-1"]
+
+
+def test_a_tag_deleted_while_a_state_archive_loads_is_not_left_pointing_at_nothing(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete removed the archive the load had just stored, and the load then published a
+    pointer to it: listings and exports answered 404 for every tag until the tag was deleted again."""
+    services.registry.reserve_image("img")
+    services.registry.commit_image("img", {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
+    services.registry.assign("img", "dog", "positive")
+    real_put, deleted = services.store.put, []
+
+    def put_then_the_tag_is_deleted(key: str, data: bytes) -> None:
+        real_put(key, data)
+        if key.startswith("models/dog/") and not deleted:
+            deleted.append(key)
+            assert client.get("/custom/delete/dog").status_code == 200  # another request, between the steps
+
+    monkeypatch.setattr(services.store, "put", put_then_the_tag_is_deleted)
+    response = client.post("/set_state", files={"data": ("s.tar", pack([record("cat"), record("dog")], LITE0))})
+    assert (response.status_code, response.json()["error"]) == (409, "tag_deleted")
+    monkeypatch.setattr(services.store, "put", real_put)
+    assert services.registry.models() == {} and list(services.store.list("models/")) == []
+    assert client.get("/get_state").status_code == 200
+
+
+def test_an_image_replaced_while_it_is_embedded_keeps_no_embedding_of_the_old_one(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete and a new image under the same id, landing while the old bytes were embedded: the
+    old image's vector was cached for the new one, and its predictions and trainings used it."""
+    from shared.data.keys import embedding_key
+
+    add(client, crops(CAT, 1, seed=1)[0], "e")
+    coffee = crops("coffee", 1, seed=1)[0]
+    real_put = services.store.put
+
+    def replaced_meanwhile(key: str, data: bytes) -> None:
+        if key == embedding_key(LITE0.id, "e"):
+            monkeypatch.setattr(services.store, "put", real_put)
+            assert client.delete("/custom/images/e").status_code == 200
+            add(client, coffee, "e")
+        real_put(key, data)
+
+    monkeypatch.setattr(services.store, "put", replaced_meanwhile)
+    assert client.get("/custom/predict/e").status_code == 200  # embeds the cat (its bytes were read first)
+    assert not services.store.exists(embedding_key(LITE0.id, "e"))  # not kept for the coffee
+    client.get("/custom/predict/e")
+    from shared.domain.embeddings import embed_stored_images
+    from shared.domain.predictions import prepare_upload
+
+    cached = embed_stored_images(services, ["e"])[0]
+    fresh = services.backbone.embed_pixels(prepare_upload(services, coffee, False)[0][None]).vectors[0]
+    assert abs(cached - fresh).max() < 1e-4
+
+
+def test_a_thumbnail_made_while_its_image_is_replaced_is_not_kept(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from shared.data.keys import thumbnail_key
+    from tests.support.photos import encode
+
+    add(client, encode(Image.new("RGB", (600, 400), (255, 0, 0))), "t")
+    blue = encode(Image.new("RGB", (600, 400), (0, 0, 255)))
+    real_put = services.store.put
+
+    def replaced_meanwhile(key: str, data: bytes) -> None:
+        if key == thumbnail_key("t", 256):
+            monkeypatch.setattr(services.store, "put", real_put)
+            assert client.delete("/custom/images/t").status_code == 200
+            add(client, blue, "t")
+        real_put(key, data)
+
+    monkeypatch.setattr(services.store, "put", replaced_meanwhile)
+    assert client.get("/custom/images/t/thumbnail?size=200").status_code == 200
+    assert not services.store.exists(thumbnail_key("t", 256))
+    again = client.get("/custom/images/t/thumbnail?size=200")
+    import io
+
+    assert Image.open(io.BytesIO(again.content)).convert("RGB").getpixel((10, 10))[2] > 200  # blue, not red

@@ -56,7 +56,14 @@ def embed_present_images(
     def decode(data: bytes) -> np.ndarray:
         return preprocess(decode_image(data, settings.max_image_pixels, budget=services.decode_budget).image)
 
-    return embed_images(services.store, services.backbone, image_ids, decode, settings.embed_batch_size, progress)
+    return embed_images(services.store, services.backbone, image_ids, decode, settings.embed_batch_size, progress,
+                        identity=lambda ids: image_identities(services, ids))
+
+
+def image_identities(services: Services, image_ids: list[str]) -> list[str]:
+    """What each id holds now: its content hash ('' once deleted); the time it was added for
+    images stored before hashes were kept."""
+    return [meta.get("sha256") or meta.get("created_at", "") for meta in services.registry.images(image_ids)]
 
 
 def embed_images(
@@ -66,11 +73,16 @@ def embed_images(
     decode: Callable[[bytes], np.ndarray],
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
+    identity: Callable[[list[str]], list[str]] | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """Feature vectors of the stored images whose bytes are still there, and their positions in
     ``image_ids``. Cached vectors are read, the rest decoded (``decode``: bytes to backbone input)
     and embedded in batches of ``batch_size``, and cached; a cached vector of another size (an older
-    layout) is recomputed. ``progress(done, total)`` follows it."""
+    layout) is recomputed. ``progress(done, total)`` follows it.
+
+    ``identity`` names what each id holds (its content hash): an id that held something else once
+    its vector was cached (deleted and added anew meanwhile) has that vector removed again, so a
+    new image never gets an old one's embedding."""
     spec = backbone.spec
     width = spec.embedding_size + spec.style_size
     pool = cpu_pool()
@@ -99,6 +111,7 @@ def embed_images(
     done = len(image_ids) - len(missing)
     if progress:
         progress(done, len(image_ids))
+    read_as = dict(zip(missing, identity([image_ids[i] for i in missing]), strict=True)) if identity and missing else {}
 
     # While the backbone runs one batch, the pool reads, decodes and resizes the next two.
     batches = [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
@@ -118,6 +131,10 @@ def embed_images(
             result[here] = vectors
             for write in writes:
                 write.result()
+            if identity:
+                for i, now in zip(here, identity([image_ids[i] for i in here]), strict=True):
+                    if now != read_as[i]:
+                        store.delete(embedding_key(spec.id, image_ids[i]))
         done += len(batch)
         if progress:
             progress(done, len(image_ids))

@@ -4,6 +4,7 @@ and deleting them."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from shared.core.errors import DomainError, NotFound, Unavailable
 from shared.core.names import new_image_id, validate_image_id
 from shared.data import keys
 from shared.data.store import ObjectNotFound, StoreUnavailable
+from shared.domain.embeddings import image_identities
 from shared.models.decoding import VERIFY_SIZE, DecodedImage, decode_image
 
 if TYPE_CHECKING:
@@ -38,10 +40,10 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
         services.store.delete(keys.embedding_key(services.spec.id, image_id))
         forget_thumbnails(services, image_id)
         services.store.put(keys.image_key(image_id), data)
-        services.registry.commit_image(
-            image_id,
-            {"format": decoded.format, "width": decoded.width, "height": decoded.height, "bytes": len(data)},
-        )
+        services.registry.commit_image(image_id, {
+            "format": decoded.format, "width": decoded.width, "height": decoded.height, "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        })
     except BaseException:
         services.registry.release_image(image_id)
         raise
@@ -169,9 +171,13 @@ def thumbnail(services: Services, image_id: str, size: int) -> bytes:
             try:
                 stored = services.store.get(key)  # made by another request meanwhile
             except ObjectNotFound:
-                stored = _jpeg(decode_image(services.store.get(keys.image_key(image_id)),
-                                            services.settings.max_image_pixels, base, services.decode_budget).image, base)
+                (made_of,) = image_identities(services, [image_id])
+                original = decode_image(services.store.get(keys.image_key(image_id)),
+                                        services.settings.max_image_pixels, base, services.decode_budget)
+                stored = _jpeg(original.image, base)
                 services.store.put(key, stored)
+                if image_identities(services, [image_id]) != [made_of]:  # deleted, or another image under its id
+                    services.store.delete(key)
     if size == base:
         return stored
     return _jpeg(Image.open(io.BytesIO(stored)).convert("RGB"), size)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from shared.core.errors import NotFound
-from shared.data.registry import ModelPointer
+from shared.core.errors import Conflict, NotFound
+from shared.data.registry import EpochMoved, ModelPointer
 from shared.domain import catalog
 from shared.models.archive import ModelRecord, pack, unpack
 from shared.models.backbone.exported import export_onnx
@@ -24,12 +24,21 @@ def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
     records = unpack(data, services.spec, services.archive_limits)
     max_tags = services.settings.max_tags
     services.registry.check_room_for([record.tag for record in records], max_tags)  # before storing anything
+    # A tag deleted while its version is stored loses that archive (the delete removes the tag's
+    # archives): the publication, one atomic step, checks no tag was deleted since this read.
+    epochs = {record.tag: services.registry.epoch(record.tag) for record in records}
     pointers: list[ModelPointer] = []
     try:
         for record in records:
             pointers.append(catalog.save_version(services, record))
         if pointers:  # checks the limit again, atomically with publishing: loads may run concurrently
-            services.registry.publish(pointers, max_tags=max_tags)
+            services.registry.publish(pointers, epochs=epochs, max_tags=max_tags)
+    except EpochMoved:
+        for pointer in pointers:
+            with contextlib.suppress(Exception):
+                services.store.delete(pointer.key)
+        raise Conflict("tag_deleted", "A tag of the archive was deleted while it loaded; nothing was loaded, "
+                       "load it again.") from None
     except Exception:
         for pointer in pointers:
             with contextlib.suppress(Exception):  # the store may be down: the error that stopped us matters

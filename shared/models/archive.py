@@ -105,10 +105,43 @@ def _invalid(message: str) -> InvalidInput:
     return InvalidInput("invalid_archive", message)
 
 
+# Extended headers (PAX records, GNU long names) of our archives are well under 1 KiB. Python's
+# tarfile parses PAX records with a regular expression that takes quadratic time on hostile ones
+# (CVE-2024-6232, fixed in 3.11.10: a 100 KB record held a server for 17 s): larger ones are
+# refused before tarfile sees them.
+MAX_EXTENDED_HEADER = 8 * 1024
+_EXTENDED = (b"x", b"g", b"X", b"L", b"K")
+
+
+def _check_extended_headers(data: bytes) -> None:
+    """Walk the tar's 512-byte headers and refuse an extended header over MAX_EXTENDED_HEADER."""
+    offset = 0
+    while offset + 512 <= len(data):
+        block = data[offset : offset + 512]
+        if not block.strip(b"\0"):
+            return  # the end-of-archive blocks
+        size = _tar_number(block[124:136])
+        if block[156:157] in _EXTENDED and size > MAX_EXTENDED_HEADER:
+            raise _invalid(f"The archive has an extended header of {size} bytes; at most {MAX_EXTENDED_HEADER}.")
+        offset += 512 + -(-size // 512) * 512
+
+
+def _tar_number(field: bytes) -> int:
+    """A tar header's number: octal text, or base-256 when the first byte's top bit is set."""
+    if field[:1] and field[0] & 0x80:
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    text = field.replace(b"\0", b" ").strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise _invalid("The file is not a readable tar archive: a header's size is not a number.") from None
+
+
 def read_members(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
     """The archive's regular files by name, refusing anything but flat, unique, bounded files."""
     if len(data) > limits.max_bytes:
         raise TooLarge("archive_too_large", f"The archive is larger than {limits.max_bytes} bytes.")
+    _check_extended_headers(data)
     members: dict[str, bytes] = {}
     total = 0
     try:

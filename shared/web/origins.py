@@ -92,7 +92,9 @@ class SameOrigin:
         host = headers.get(b"host", b"").decode("latin-1")
         hosts = allowed_hosts(settings)
         refusal = None
-        if "*" not in hosts and hostname(host) not in hosts and scope["path"] not in ANY_HOST_PATHS:
+        if sum(name == b"host" for name, _ in scope["headers"]) > 1:  # which one would count?
+            refusal = error_response(400, "bad_request", "The request names more than one Host.")
+        elif "*" not in hosts and hostname(host) not in hosts and scope["path"] not in ANY_HOST_PATHS:
             refusal = error_response(400, "host_not_allowed", f"This server does not answer for the host "
                                      f"{host!r}; add its name to TAGSMITH_ALLOWED_HOSTS to allow it.")
         elif changes_data(scope["method"], scope["path"]) and cross_site(headers, host):

@@ -10,7 +10,11 @@ settings:
   closes (counted as they arrive, so nothing larger is ever kept);
 - ``header_timeout_s``: from a connection's start, or a request's first byte, to the end of its
   headers; beyond, 408 (or a silent close if nothing came) and the connection closes;
-- ``max_connections``: connections open at once; beyond, a new one gets 503 and is closed.
+- ``max_connections``: connections open at once; beyond, a new one gets 503 and is closed;
+- a request answered before its body has all come (refused early, or cut off for coming too
+  slowly) ends its connection: the server stops answering on it, discards what still comes for
+  ``LINGER_S`` so that the client can read the answer, then closes it (uvicorn would otherwise
+  keep reading the rest of the body, a byte at a time if the client likes).
 
 The body has its own limits in the app (``shared.web.limits``): size, stalls and a minimum rate.
 """
@@ -18,6 +22,7 @@ The body has its own limits in the app (``shared.web.limits``): size, stalls and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -31,6 +36,9 @@ class _Refused(Exception):
     """Raised inside a parser callback to end the request with ``BoundedHttpProtocol.refusal``."""
 
 
+LINGER_S = 2.0
+
+
 class BoundedHttpProtocol(HttpToolsProtocol):
     max_header_bytes = 16 * 1024
     header_timeout_s = 10.0
@@ -41,11 +49,26 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.refusal: tuple[int, str, str] | None = None
         self.header_bytes = 0
         self.request_begun = False  # a byte of a request has come on this connection
+        self.ending = False  # answered before its body came: what still comes is discarded
         self.header_clock: asyncio.TimerHandle | None = None
         if len(self.connections) > self.max_connections:
             self._answer(503, "too_many_connections", "The server has too many open connections; try again shortly.")
             return
         self._start_header_clock()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.ending:
+            super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            self.ending = True
+            self.server_state.total_requests += 1
+            with contextlib.suppress(OSError, RuntimeError):
+                self.transport.write_eof()  # the answer is flushed, then the client sees the end
+            self.loop.call_later(LINGER_S, self.transport.close)
+            return
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_clock()
