@@ -23,7 +23,7 @@ async def _embed_upload(request: Request, with_styles: bool = False) -> tuple[Fe
     services = services_of(request)
     data = await read_upload(request, services.settings.max_upload_bytes)
     prepare = partial(predictions.prepare_upload, services, data, with_styles)
-    if predictions.decodes_slowly(data):  # decoded on its own first, so it holds back no batch
+    if await run_in_threadpool(predictions.decodes_slowly, data):  # decoded on its own first: holds back no batch
         ready = await run_in_threadpool(prepare)
         return await batcher_of(request).embed(lambda: ready)
     return await batcher_of(request).embed(prepare)

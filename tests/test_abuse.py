@@ -3,6 +3,7 @@ that decode slowly, archives and paths that made 500s, weights that made non-num
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,7 +13,7 @@ from shared.domain.services import Services
 from shared.models.archive import pack
 from shared.models.backbone import LITE0
 from tests.support.api import record, run_queued_jobs, teach_cat
-from tests.support.badinput import many_scans_jpeg, mpo_photo, rle8_bmp
+from tests.support.badinput import animated_webp_canvas, many_scans_jpeg, mpo_photo, parsing_bombs, rle8_bmp
 from tests.support.photos import CAT, crops
 
 
@@ -135,3 +136,29 @@ def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY", path
         assert "frame-ancestors 'none'" in headers["content-security-policy"] and "script-src" not in headers[
             "content-security-policy"]
+
+
+@pytest.mark.parametrize("name", sorted(parsing_bombs()))
+def test_files_whose_framing_costs_far_more_than_their_size_are_refused_at_once(
+    client: TestClient, services: Services, name: str
+) -> None:
+    started = time.process_time()
+    response = client.post(f"/custom/add?image_id={name}", files=upload(parsing_bombs()[name], name))
+    assert response.status_code == 413, response.text
+    assert time.process_time() - started < 2  # it had taken 5-30 s of CPU, or gigabytes
+    assert not services.registry.image_exists(name)
+
+
+def test_an_animated_image_counts_its_decoder_canvases_in_the_budget(services: Services) -> None:
+    from shared.models.decoding import PixelBudget, decode_image
+
+    budget, seen = PixelBudget(150_000_000), []
+    real_hold = budget.hold
+
+    def hold(pixels: int):  # type: ignore[no-untyped-def]
+        seen.append(pixels)
+        return real_hold(pixels)
+
+    budget.hold = hold  # type: ignore[method-assign]
+    decode_image(animated_webp_canvas(), 50_000_000, budget=budget)
+    assert seen == [4 * 7000 * 7000]  # about 768 MB decoding, not the 196 MB one canvas holds

@@ -106,6 +106,13 @@ def hostile_archives() -> dict[str, bytes]:
         "deep-manifest": tar_of([(info("manifest.json"), b'{"format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")]),
         "overflowing-weights": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights(value=1e38))]),
         "pax-bomb": pax_bomb(),
+        "huge-date": tar_of([(info("manifest.json"), manifest(["w"], models=[
+            {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", "trained_at": "2026" * 100_000}])), (info("w"), ok)]),
+        "list-form": tar_of([(info("manifest.json"), manifest(["w"], models=[
+            {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", "form": []}])), (info("w"), ok)]),
+        "huge-integer": tar_of([(info("manifest.json"), b'{"format": "tagsmith-state", "n": ' + b"9" * 5000 + b"}")]),
+        "list-tag": tar_of([(info("manifest.json"), manifest(["w"], models=[
+            {"tag": ["a"], "version": 1, "threshold": 0.5, "file": "w"}])), (info("w"), ok)]),
         "huge-metrics": tar_of([(info("manifest.json"), manifest(["w"], models=[
             {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", "metrics": {"notes": "x" * 100_000}}])),
             (info("w"), ok)]),

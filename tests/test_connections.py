@@ -16,7 +16,8 @@ from tests.support.servers import TagsmithServer, serving
 
 pytestmark = pytest.mark.integration  # starts a tagsmith serve
 
-LIMITS = {"TAGSMITH_HEADER_TIMEOUT_S": "1", "TAGSMITH_BODY_READ_TIMEOUT_S": "2", "TAGSMITH_MAX_CONNECTIONS": "12"}
+LIMITS = {"TAGSMITH_HEADER_TIMEOUT_S": "1", "TAGSMITH_BODY_READ_TIMEOUT_S": "2", "TAGSMITH_MAX_CONNECTIONS": "12",
+          "TAGSMITH_MAX_BODY_BYTES_IN_FLIGHT": "3000000"}
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,41 @@ def test_a_request_answered_before_its_body_came_ends_its_connection(server: Tag
             closed = True
     assert status_and_code(answer) == (400, "missing_field") and closed
     assert time.monotonic() - started < 6
+
+
+def test_one_header_line_that_never_ends_is_cut_off_too(server: TagsmithServer) -> None:
+    """Counted only once a line ended, the limit let one endless line through (60 MB in 10 s)."""
+    sock = connect(server)
+    sock.sendall(b"GET /custom/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ")
+    sent = 0
+    try:
+        while sent < 20_000_000:
+            sock.sendall(b"a" * 65536)
+            sent += 65536
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer, closed = answer_of(sock)
+    assert status_and_code(answer) == (431, "headers_too_large") and closed and sent < 2_000_000
+
+
+def test_bodies_held_at_once_stay_within_their_budget(server: TagsmithServer) -> None:
+    """Twenty slow 63 MB uploads had held 1.3 GB: past the budget (3 MB here) a body is refused."""
+    head = (b"POST /set_state HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 5000000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"data\"; filename=\"s\"\r\n\r\n")
+    first, second = connect(server), connect(server)
+    first.sendall(head + b"x" * 2_000_000)  # held: the body has not all come
+    time.sleep(0.5)
+    second.sendall(head)
+    try:
+        second.sendall(b"y" * 2_000_000)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer, _ = answer_of(second)
+    assert status_and_code(answer) == (503, "busy")
+    first.close()
+    time.sleep(0.5)
+    body = b'--b\r\nContent-Disposition: form-data; name="data"; filename="s"\r\n\r\n' + b"z" * 100 + b"\r\n--b--\r\n"
+    sock = connect(server)  # the budget is given back when a request ends
+    sock.sendall(b"POST /set_state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: multipart/"
+                 b"form-data; boundary=b\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert status_and_code(answer_of(sock)[0]) == (400, "invalid_archive")  # a bad archive, not busy

@@ -20,6 +20,7 @@ from shared.models.base_keywords import base_keywords
 from shared.models.base_styles import matched_styles, style_scores
 from shared.models.decoding import decode_image
 from shared.models.heads import HeadMatrix
+from shared.models.structure import check_framing
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
@@ -34,6 +35,7 @@ SLOW_PIXELS_OTHERS = 4_000_000
 def decodes_slowly(data: bytes) -> bool:
     """Whether the upload's image is large enough to decode on its own (read from its header)."""
     try:
+        check_framing(data)  # bounds what opening it costs
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             fmt = image.format or ""

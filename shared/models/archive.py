@@ -179,7 +179,7 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits) -> list[Model
         raise TooLarge("archive_too_large", "manifest.json is too large.")
     try:
         manifest = json.loads(members[MANIFEST])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or integers beyond Python's 4,300 digits
         raise _invalid(f"manifest.json is not valid JSON: {exc}") from None
     except RecursionError:
         raise _invalid("manifest.json is nested too deeply.") from None
@@ -229,7 +229,9 @@ def _record(
     if not isinstance(entry, dict):
         raise _invalid(f"Model entry {i} is not an object.")
     try:
-        tag = validate_tag(str(entry["tag"]), max_tag_length)
+        if not isinstance(entry["tag"], str):
+            raise _invalid(f"Model entry {i} has a tag that is not text.")
+        tag = validate_tag(entry["tag"], max_tag_length)
         version, threshold = entry["version"], entry["threshold"]
         trained_at, metrics, file = entry.get("trained_at", ""), entry.get("metrics", {}), entry["file"]
     except KeyError as exc:
@@ -240,8 +242,8 @@ def _record(
         raise _invalid(f"Model entry {i} ({tag}) has an invalid version.")
     if not isinstance(threshold, (int, float)) or not (0.0 <= threshold <= 1.0):
         raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
-    if not isinstance(trained_at, str) or not isinstance(metrics, dict):
-        raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at or metrics.")
+    if not isinstance(trained_at, str) or len(trained_at) > 64 or not isinstance(metrics, dict):
+        raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at (text of 64 characters at most) or metrics.")
     try:  # the API renders them with orjson: lone surrogates, ints beyond 64 bits or deep nesting would be 500s
         orjson.dumps(trained_at)
         served = orjson.dumps(metrics)
@@ -251,7 +253,7 @@ def _record(
         raise TooLarge("archive_too_large", f"Model entry {i} ({tag}) has {len(served)} bytes of metrics; "
                        f"the limit is {MAX_METRICS_BYTES}.")
     form = entry.get("form", "semantic") if format_version >= 2 else "semantic"
-    if form not in FORMS:
+    if not isinstance(form, str) or form not in FORMS:
         raise _invalid(f"Model entry {i} ({tag}) has an unknown form {form!r}.")
     if not isinstance(file, str) or file not in members or file == MANIFEST or file in used:
         raise _invalid(f"Model entry {i} ({tag}) names a missing or shared member {file!r}.")

@@ -13,15 +13,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from shared.core.errors import DomainError, InvalidInput, TooLarge, Unsupported
+from shared.models.structure import check_framing, check_size
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # JPEGs with a multi-picture extension (phones and cameras write them): the first picture is the
 # photo, so they are read, stored and described as JPEGs.
 AS_JPEG = ("MPO",)
-# A progressive JPEG is decoded once per scan: encoders write about ten, and decoding time grows
-# with their number (a 1.6 MB file of 50,000 repeated scans took 31 s of CPU), so more than this
-# many is refused before any decoding.
-MAX_JPEG_SCANS = 100
+
 # Adding an image only needs to prove it decodes: JPEGs are read at 1/8 scale (the whole stream
 # is still parsed, so truncation is caught) without building full-size pixels.
 VERIFY_SIZE = 32
@@ -83,12 +81,13 @@ def decode_image(
     and at once reduced (box filter) to between one and two times ``draft_size``, before any mode
     conversion, so only the decoded raster is ever full size, and only while ``budget`` holds its
     pixels. Images whose
-    decoding could take far longer than their size suggests are refused before decoding: more
-    than ``MAX_JPEG_SCANS`` progressive scans, or a compression Pillow decodes in pure Python
+    parsing or decoding could take far longer than their size suggests are refused first: framing
+    no encoder writes (``shared.models.structure``), or a compression Pillow decodes in pure Python
     (run-length encoded BMPs), which holds the interpreter lock for seconds.
     """
     if not data:
         raise InvalidInput("empty_file", "The uploaded file is empty.")
+    check_framing(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -100,9 +99,6 @@ def decode_image(
     fmt = "JPEG" if img.format in AS_JPEG else img.format
     if fmt not in FORMATS:
         raise Unsupported("unsupported_format", f"Images in {img.format} format are not supported.")
-    if fmt == "JPEG" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # SOS markers: 0xFF 0xDA appears nowhere else
-        raise TooLarge("too_many_scans", f"The JPEG has more than {MAX_JPEG_SCANS} progressive scans; "
-                       "re-save it (any editor writes about ten).")
     slow = [tile.codec_name for tile in img.tile if tile.codec_name in Image.DECODERS]
     if slow:
         raise Unsupported("slow_compression", f"{fmt} images compressed as {slow[0]} are not supported (their "
@@ -115,8 +111,11 @@ def decode_image(
             "too_many_pixels",
             f"The image has {width}x{height} pixels; the limit is {max_pixels} pixels.",
         )
+    check_size(data, fmt, width, height)
     try:
-        with budget.hold(width * height) if budget else contextlib.nullcontext():
+        # libwebp's animation decoder keeps about four canvases (768 MB for an 882-byte 7000 x 7000 file)
+        weight = 4 if fmt == "WEBP" and getattr(img, "is_animated", False) else 1
+        with budget.hold(weight * width * height) if budget else contextlib.nullcontext():
             orientation = img.getexif().get(0x0112, 1)
             if draft_size and fmt == "JPEG":  # Pillow picks the smallest scale at least this big
                 scale = max(1, min(width, height) // draft_size)

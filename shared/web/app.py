@@ -26,7 +26,7 @@ from shared.web import openapi, ops
 from shared.web.auth import ApiKeys
 from shared.web.batching import MicroBatcher
 from shared.web.errors import HANDLERS
-from shared.web.limits import BodyLimit
+from shared.web.limits import BodyBudget, BodyLimit
 from shared.web.observability import RequestObserver
 from shared.web.origins import SameOrigin
 from shared.web.state import settings_of
@@ -49,7 +49,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         own = services or build_services(settings or Settings())
-        state: dict[str, Any] = {"services": own}
+        state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight)}
         if backbone:
             loaded = await run_in_threadpool(lambda: own.backbone)
             log.info("backbone ready: %s, %s", loaded.runtime, loaded.precision)
@@ -68,7 +68,7 @@ def create_app(
             Middleware(RequestObserver),
             Middleware(SameOrigin, settings=settings_of),
             Middleware(ApiKeys, keys=lambda scope: settings_of(scope).api_key_list),
-            Middleware(BodyLimit, settings=settings_of),
+            Middleware(BodyLimit, settings=settings_of, budget=lambda scope: scope["state"]["body_budget"]),
         ],
         exception_handlers=HANDLERS,
         lifespan=lifespan,

@@ -50,6 +50,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.header_bytes = 0
         self.request_begun = False  # a byte of a request has come on this connection
         self.ending = False  # answered before its body came: what still comes is discarded
+        self.in_headers, self.header_bytes_seen = True, 0  # reading a request line and headers
         self.header_clock: asyncio.TimerHandle | None = None
         if len(self.connections) > self.max_connections:
             self._answer(503, "too_many_connections", "The server has too many open connections; try again shortly.")
@@ -57,8 +58,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._start_header_clock()
 
     def data_received(self, data: bytes) -> None:
-        if not self.ending:
-            super().data_received(data)
+        if self.ending:
+            return
+        counting = self.in_headers
+        super().data_received(data)
+        if counting and self.in_headers:  # all of it was request line and headers, perhaps one unending line
+            self.header_bytes_seen += len(data)
+            if self.header_bytes_seen > self.max_header_bytes:
+                self._answer(431, "headers_too_large",
+                             f"The request line and headers are larger than {self.max_header_bytes} bytes.")
 
     def on_response_complete(self) -> None:
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
@@ -68,6 +76,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self.transport.write_eof()  # the answer is flushed, then the client sees the end
             self.loop.call_later(LINGER_S, self.transport.close)
             return
+        self.in_headers = True  # what comes next is the next request's
         super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -90,6 +99,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_header_clock()
+        self.in_headers, self.header_bytes_seen = False, 0
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:

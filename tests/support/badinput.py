@@ -62,6 +62,40 @@ def mpo_photo() -> bytes:
     return buffer.getvalue()
 
 
+def parsing_bombs() -> dict[str, bytes]:
+    """Files whose framing Pillow reads one piece at a time in Python, or whose tiles libtiff
+    allocates whole: each took seconds of CPU or gigabytes before it was refused."""
+    cat = photo(CAT)
+    jpeg, gif = encode(cat), encode(cat.convert("P"), "GIF")
+    png = encode(cat, "PNG")
+    colours = 3 * (2 << (gif[10] & 7)) if gif[10] & 0x80 else 0
+    width, height = 400, 100_000
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, height, 8 + 2 + 12 * 9 + 4 + width), (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, height, 0)]
+    strips = (b"II*\0" + struct.pack("<IH", 8, len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries)
+              + b"\0" * 4 + b"\x80" * width + struct.pack("<I", 8 + 2 + 12 * 9 + 4) * height)
+    tiles = [(256, 4, 1, 64), (257, 4, 1, 64), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1), (322, 4, 1, 23168),
+             (323, 4, 1, 23168), (324, 4, 1, 200), (325, 4, 1, 10)]
+    tiled = (b"II*\0" + struct.pack("<IH", 8, len(tiles)) + b"".join(struct.pack("<HHII", *e) for e in tiles)
+             + b"\0" * 4 + zlib.compress(b"\0" * 1000))
+    return {
+        "jpeg-fill-bytes": jpeg[:2] + b"\xff" * 3_000_000 + jpeg[2:],
+        "jpeg-comments": jpeg[:2] + b"\xff\xfe\x00\x02" * 700_000 + jpeg[2:],
+        "png-chunks": png[:33] + _chunk(b"abCd", b"") * 300_000 + png[33:],
+        "gif-comment-blocks": gif[: 13 + colours] + b"!\xfe" + b"\x01a" * 1_000_000 + b"\0" + gif[13 + colours :],
+        "tiff-strips": strips,
+        "tiff-tiles": tiled,
+    }
+
+
+def animated_webp_canvas() -> bytes:
+    """A small animated WebP whose canvas is 7000 x 7000: libwebp keeps several canvases decoding it."""
+    frames = [Image.new("RGBA", (7000, 7000), (0, 0, 0, 0)), Image.new("RGBA", (7000, 7000), (9, 9, 9, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    return buffer.getvalue()
+
+
 def flipped(data: bytes, start: int, count: int = 40) -> bytes:
     out = bytearray(data)
     for i in range(start, min(start + count, len(out))):
