@@ -7,7 +7,7 @@ half-sent request line kept its connection open for good. ``BoundedHttpProtocol`
 settings:
 
 - ``max_header_bytes``: the request line and headers together; beyond, 431 and the connection
-  closes (counted as they arrive, so nothing larger is ever kept);
+  closes (counted as they arrive, a read at a time, so nothing much larger is ever kept);
 - ``header_timeout_s``: from a connection's start, or a request's first byte, to the end of its
   headers; beyond, 408 (or a silent close if nothing came) and the connection closes;
 - ``max_connections``: connections open at once; beyond, a new one gets 503 and is closed;
@@ -47,7 +47,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.refusal: tuple[int, str, str] | None = None
-        self.header_bytes = 0
         self.request_begun = False  # a byte of a request has come on this connection
         self.ending = False  # answered before its body came: what still comes is discarded
         self.in_headers, self.header_bytes_seen = True, 0  # reading a request line and headers
@@ -85,34 +84,24 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.header_bytes, self.request_begun = 0, True
+        self.request_begun = True
         if self.header_clock is None:  # a request on a kept-alive connection: its headers get the same time
             self._start_header_clock()
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._stop_header_clock()
         self.in_headers, self.header_bytes_seen = False, 0
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_header_bytes:  # all of it came in one piece (else data_received refused it)
+            self.refusal = (431, "headers_too_large",
+                            f"The request line and headers are larger than {self.max_header_bytes} bytes.")
+            raise _Refused
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to anything the parser refused, a refusal of ours among them."""
         status, code, message = self.refusal or (400, "bad_request", msg)
         self._answer(status, code, message)
-
-    def _count(self, size: int) -> None:
-        self.header_bytes += size
-        if self.header_bytes > self.max_header_bytes:
-            self.refusal = (431, "headers_too_large",
-                            f"The request line and headers are larger than {self.max_header_bytes} bytes.")
-            raise _Refused
 
     def _start_header_clock(self) -> None:
         self.header_clock = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
