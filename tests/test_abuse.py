@@ -149,7 +149,7 @@ def test_files_whose_framing_costs_far_more_than_their_size_are_refused_at_once(
     assert not services.registry.image_exists(name)
 
 
-def test_an_animated_image_counts_its_decoder_canvases_in_the_budget(services: Services) -> None:
+def test_an_animated_image_counts_its_decoder_canvases_in_the_budget() -> None:
     from shared.models.decoding import PixelBudget, decode_image
 
     budget, seen = PixelBudget(150_000_000), []

@@ -64,8 +64,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if counting and self.in_headers:  # all of it was request line and headers, perhaps one unending line
             self.header_bytes_seen += len(data)
             if self.header_bytes_seen > self.max_header_bytes:
-                self._answer(431, "headers_too_large",
-                             f"The request line and headers are larger than {self.max_header_bytes} bytes.")
+                self._answer(*self._headers_too_large())
 
     def on_response_complete(self) -> None:
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
@@ -93,8 +92,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.in_headers, self.header_bytes_seen = False, 0
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_header_bytes:  # all of it came in one piece (else data_received refused it)
-            self.refusal = (431, "headers_too_large",
-                            f"The request line and headers are larger than {self.max_header_bytes} bytes.")
+            self.refusal = self._headers_too_large()
             raise _Refused
         super().on_headers_complete()
 
@@ -102,6 +100,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """uvicorn's answer to anything the parser refused, a refusal of ours among them."""
         status, code, message = self.refusal or (400, "bad_request", msg)
         self._answer(status, code, message)
+
+    def _headers_too_large(self) -> tuple[int, str, str]:
+        return 431, "headers_too_large", f"The request line and headers are larger than {self.max_header_bytes} bytes."
 
     def _start_header_clock(self) -> None:
         self.header_clock = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
