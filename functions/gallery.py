@@ -1,34 +1,138 @@
-"""Stored images: listing them, their details and thumbnails, and deleting them."""
+"""Stored images and the library: listing and searching them, similar images, the library's
+progress and its scores exported, an image's details and thumbnails, deleting it."""
 
 from __future__ import annotations
 
 import hashlib
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from shared.domain import images
+from shared.core.errors import InvalidInput
+from shared.core.names import validate_tag
+from shared.domain import export, images, library, search
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
-from shared.web.routing import ApiRoute, query_int
+from shared.web.routing import ApiRoute, query_bool, query_choice, query_float, query_int
 from shared.web.state import services_of
 
 
+def _tags(request: Request, name: str) -> list[str]:
+    limit = services_of(request).settings.max_tag_length
+    return [validate_tag(tag, limit) for tag in request.query_params.getlist(name)]
+
+
 def list_images(request: Request) -> JSONResponse:
-    """List stored images, newest first.
+    """List and search the library's images.
+
+    Without filters: every stored image, newest first. With `tag`, each image carries its `score`
+    for the tag (null until a worker has scored it), `match` (score at or above the tag's threshold)
+    and `label` (positive, negative or null); filter by those, by matches of other tags (`all`,
+    `any`, `none`, each repeatable) and by a part of the file name, and sort by score or by date
+    added. Page with `cursor` (the `next` of the previous page): pages stay in order while scores
+    change. `tags` says, per tag used, its current version and the version its library scores come
+    from (`scores_from`, behind while a worker rescores the library).
     ---
     query:
+      tag: {type: string, description: 'The tag whose score, match and label each image shows and the filters use.'}
+      match: {type: boolean, description: "Only images the tag's model matches (true) or scored below its threshold (false)."}
+      min_score: {type: number, minimum: 0, maximum: 1, description: 'Only images scoring at least this for `tag`.'}
+      max_score: {type: number, minimum: 0, maximum: 1, description: 'Only images scoring at most this for `tag`.'}
+      label: {type: string, enum: [positive, negative, none], description: 'Only images labelled so for `tag` (none: not labelled either way).'}
+      all: {type: array, items: {type: string}, description: 'Only images every one of these tags matches.'}
+      any: {type: array, items: {type: string}, description: 'Only images at least one of these tags matches.'}
+      none: {type: array, items: {type: string}, description: 'Only images none of these tags matches.'}
+      filename: {type: string, description: 'Only images whose file name contains this (any case).'}
+      sort: {type: string, enum: [score, date], description: 'By `tag` score or by date added (default: score with `tag`, else date).'}
+      order: {type: string, enum: [desc, asc], description: 'Highest or newest first (default), or the reverse.'}
       limit: {type: integer, minimum: 1, maximum: 500, description: 'How many (default 50).'}
-      offset: {type: integer, minimum: 0, description: 'How many to skip (default 0).'}
+      offset: {type: integer, minimum: 0, description: 'How many to skip (default 0); `cursor` is better for paging.'}
+      cursor: {type: string, description: 'Where the previous page ended (its `next`).'}
     response:
-      description: A page of images and how many there are in all.
-      example: {total: 1, offset: 0, limit: 50, images: [{image_id: cat-1, format: JPEG, width: 451, height: 300, bytes: 24066, created_at: '2025-01-01T12:00:00Z'}]}
-    errors: [400, 503]
+      description: A page of images, how many match in all, and the next page's cursor (null on the last).
+      example: {total: 1, offset: 0, limit: 50, next: null, tags: {cat: {version: 2, threshold: 0.41, scores_from: 2}}, images: [{image_id: cat-1, filename: cat.jpg, format: JPEG, width: 451, height: 300, bytes: 24066, created_at: '2025-01-01T12:00:00Z', score: 0.93, match: true, label: positive}]}
+    errors: [400, 404, 503]
     """
-    limit = query_int(request, "limit", 50, 1, 500)
-    offset = query_int(request, "offset", 0, 0, 10**9)
-    return JSONResponse(images.image_page(services_of(request), offset, limit))
+    tag = request.query_params.get("tag")
+    tag = validate_tag(tag, services_of(request).settings.max_tag_length) if tag is not None else None
+    query = search.Query(
+        tag=tag,
+        match=query_bool(request, "match"),
+        min_score=query_float(request, "min_score", 0.0, 1.0),
+        max_score=query_float(request, "max_score", 0.0, 1.0),
+        label=query_choice(request, "label", search.LABELS),
+        all_of=_tags(request, "all"),
+        any_of=_tags(request, "any"),
+        none_of=_tags(request, "none"),
+        filename=request.query_params.get("filename") or None,
+        sort=query_choice(request, "sort", search.SORTS, "score" if tag else "date") or "date",
+        descending=query_choice(request, "order", ("desc", "asc"), "desc") == "desc",
+        limit=query_int(request, "limit", 50, 1, 500),
+        offset=query_int(request, "offset", 0, 0, 10**9),
+        cursor=request.query_params.get("cursor"),
+    )
+    if query.sort == "score" and not tag:
+        raise InvalidInput("missing_parameter", "Give 'tag' to sort by its scores.")
+    return JSONResponse(search.find(services_of(request), query))
+
+
+def similar(request: Request) -> JSONResponse:
+    """Stored images most like this one in what they show, most similar first.
+
+    For finding more examples to label. Compares the semantic embeddings the workers keep (cosine
+    similarity); an image is found once a worker has embedded it, shortly after it is added (409
+    `not_embedded` until then).
+    ---
+    query:
+      limit: {type: integer, minimum: 1, maximum: 200, description: 'How many (default 20).'}
+    response:
+      description: The most similar images with their similarity (1 is the same picture).
+      example: {image_id: cat-1, similar: [{image_id: cat-2, filename: cat2.jpg, format: JPEG, width: 451, height: 300, bytes: 21000, created_at: '2025-01-01T12:00:00Z', similarity: 0.91}]}
+    errors: [400, 404, 409, 503]
+    """
+    limit = query_int(request, "limit", 20, 1, 200)
+    return JSONResponse(search.similar(services_of(request), request.path_params["image_id"], limit))
+
+
+def library_summary(request: Request) -> JSONResponse:
+    """How far the workers are with the library.
+
+    Images stored, embedded and waiting to be embedded, and per tag with a model its current
+    version and the version its library scores come from (`up_to_date` once they are the same).
+    ---
+    response:
+      description: The library's progress.
+      example: {images: 120, embedded: 118, pending: 2, packs: 3, tags: {cat: {version: 2, scores_from: 2, up_to_date: true}}}
+    errors: [503]
+    """
+    return JSONResponse(library.summary(services_of(request)))
+
+
+def export_scores(request: Request) -> Response:
+    """Every library image's score for every tag, as CSV or JSON lines, streamed.
+
+    One row per scored image and tag: `image_id`, `filename`, `tag`, `score`, `match`, `version`
+    (the version the scores come from). Filter with `tag` (repeatable) and `match=true`.
+    ---
+    query:
+      format: {type: string, enum: [csv, jsonl], description: 'CSV (default) or JSON lines.'}
+      tag: {type: array, items: {type: string}, description: 'Only these tags (default: every tag with a model).'}
+      match: {type: boolean, description: 'Only the rows where the tag matches.'}
+    response: {description: 'The rows, streamed (text/csv or application/x-ndjson).', content: text}
+    errors: [400, 404, 503]
+    """
+    services = services_of(request)
+    form = query_choice(request, "format", ("csv", "jsonl"), "csv")
+    tags = _tags(request, "tag")
+    matches_only = bool(query_bool(request, "match"))
+    rows = search.export_rows(services, tags, matches_only)
+    first = next(rows, None)  # errors (an unknown tag) are answered before the stream starts
+    lines = export.csv_lines(first, rows) if form == "csv" else export.json_lines(first, rows)
+    media = "text/csv; charset=utf-8" if form == "csv" else "application/x-ndjson"
+    name = f"tagsmith-scores.{form}"
+    return StreamingResponse(iterate_in_threadpool(lines), media_type=media,
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 def image_info(request: Request) -> JSONResponse:
@@ -90,6 +194,9 @@ def delete_image(request: Request) -> JSONResponse:
 
 routes = [
     ApiRoute("/custom/images", list_images, methods=["GET"]),
+    ApiRoute("/custom/library", library_summary, methods=["GET"]),
+    ApiRoute("/custom/library/export", export_scores, methods=["GET"]),
+    ApiRoute("/custom/images/{image_id}/similar", similar, methods=["GET"]),
     ApiRoute("/custom/images/{image_id}", image_info, methods=["GET"]),
     ApiRoute("/custom/images/{image_id}", delete_image, methods=["DELETE"]),
     ApiRoute("/custom/images/{image_id}/delete", delete_image, methods=["POST"]),

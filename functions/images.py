@@ -13,29 +13,34 @@ from shared.web.errors import error_row
 from shared.web.responses import JSONResponse
 from shared.web.routing import ApiRoute
 from shared.web.state import services_of
-from shared.web.uploads import read_upload, read_uploads
+from shared.web.uploads import read_named_upload, read_uploads
 
 
 async def add(request: Request) -> JSONResponse:
     """Store an image.
 
-    The image is decoded and checked before anything is stored. Without `image_id` the server
-    generates one.
+    The image is decoded and checked before anything is stored, and kept with its file name (the
+    upload's, or `filename`). Without `image_id` the server generates one, and bytes already stored
+    give the stored image back (`duplicate: true`, status 200) instead of a second copy. A worker
+    then embeds it into the library and scores it with every tag's model.
     ---
     query:
       image_id: {type: string, description: 'The id to give the image (default: a generated one).'}
+      filename: {type: string, description: "The file name to keep (default: the upload's)."}
     upload: data
     response:
       status: 201
-      description: The image is stored.
-      example: {image_id: cat-1, format: JPEG, width: 451, height: 300}
+      description: The image is stored (200 with `duplicate` true when it was stored already).
+      example: {image_id: cat-1, filename: cat.jpg, format: JPEG, width: 451, height: 300, duplicate: false}
     errors: [400, 409, 413, 415, 503]
     """
     services = services_of(request)
     requested = request.query_params.get("image_id")
     image_id = validate_image_id(requested) if requested is not None else None
-    data = await read_upload(request, services.settings.max_upload_bytes)
-    return JSONResponse(await run_in_threadpool(images.add_image, services, data, image_id), status_code=201)
+    data, filename = await read_named_upload(request, services.settings.max_upload_bytes)
+    filename = request.query_params.get("filename", filename)
+    added = await run_in_threadpool(images.add_image, services, data, image_id, filename)
+    return JSONResponse(added, status_code=200 if added["duplicate"] else 201)
 
 
 def _assignment_query(request: Request, max_tag_length: int) -> tuple[str, str] | None:
@@ -53,7 +58,9 @@ async def add_many(request: Request) -> JSONResponse:
     Each file is handled on its own: the result lists, in the order sent, either the stored
     image or the error that file got (`status`, `error`, `message`), so one bad file does not
     spoil the rest. Send ids as `image_id` fields, one per file in the same order (an empty one
-    means a generated id), or none at all.
+    means a generated id), or none at all. Each image keeps its upload's file name; a file whose
+    bytes are stored already (without an id of its own) gives the stored image (`duplicate: true`),
+    which the tag is then assigned to.
     ---
     query:
       tag: {type: string, description: Assign every stored image to this tag (with `type`).}
@@ -67,7 +74,7 @@ async def add_many(request: Request) -> JSONResponse:
         added: 1
         failed: 1
         images:
-          - {filename: cat.jpg, image_id: cat-1, format: JPEG, width: 451, height: 300}
+          - {filename: cat.jpg, image_id: cat-1, format: JPEG, width: 451, height: 300, duplicate: false}
           - {filename: notes.txt, image_id: null, status: 415, error: not_an_image, message: The file is not an image in a supported format.}
     errors: [400, 409, 413, 503]
     """

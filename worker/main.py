@@ -37,7 +37,7 @@ class TrainingWorker(SimpleWorker):
         settings = services.settings
         # worker_ttl - 15 is how long an idle worker blocks on the queue between maintenance checks.
         super().__init__(
-            [services.queue.queue],
+            services.queue.queues,
             connection=services.redis,
             name=name,
             maintenance_interval=settings.maintenance_interval_s,

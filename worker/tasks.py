@@ -1,6 +1,7 @@
-"""The training job as RQ runs it: ``train_tag`` (the name queued jobs carry) runs
-``shared.domain.training.run_training`` with its worker's services, and keeps the job's progress
-and any error in the job's meta for ``/status``."""
+"""The jobs as RQ runs them (the names queued jobs carry): ``train_tag`` runs
+``shared.domain.training.run_training``; ``embed_library`` and ``rescore_library`` keep the library
+embedded and scored (``shared.domain.library``). Each gets its worker's services and keeps its
+progress and any error in the job's meta for ``/status``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
+from shared.domain import library
 from shared.domain.services import Services
 from shared.domain.training import TrainingError, run_training
 
@@ -44,3 +46,16 @@ def train_tag(services: Services, tag: str, epoch: int) -> dict[str, Any]:
     except Exception as exc:
         _report("failed", 0.0, str(exc) if isinstance(exc, TrainingError) else f"Training failed: {exc!r}")
         raise
+
+
+def embed_library(services: Services) -> dict[str, Any]:
+    """RQ entry point: embed and score the images waiting for it."""
+    job = get_current_job()
+    if job is not None:
+        services.queue.mark_embedding_started(job.id)
+    return library.embed_waiting(services, _report)
+
+
+def rescore_library(services: Services, tags: list[str]) -> dict[str, Any]:
+    """RQ entry point: score the whole library with the tags' current versions."""
+    return library.rescore(services, tags, _report)

@@ -69,5 +69,15 @@ def validate_task_id(task_id: str) -> str:
     return task_id
 
 
+MAX_FILENAME = 255
+
+
+def clean_filename(name: str) -> str:
+    """An uploaded file's name as kept: its last path component, without control characters or
+    surrounding spaces, at most 255 characters ('' when nothing is left)."""
+    name = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1])
+    return "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()[:MAX_FILENAME]
+
+
 def new_image_id() -> str:
     return uuid.uuid4().hex

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,9 @@ from shared.core.errors import NotFound
 from shared.core.settings import Settings
 
 TRAIN_FUNCTION = "worker.tasks.train_tag"
+EMBED_FUNCTION = "worker.tasks.embed_library"
+RESCORE_FUNCTION = "worker.tasks.rescore_library"
+LIBRARY_TIMEOUT_S = 3600  # embedding a batch or rescoring 100,000 images takes seconds to minutes
 # Run in the worker when a training ends: they count trainings and durations for /metrics.
 ON_SUCCESS = Callback("shared.data.jobs.on_training_success")
 ON_FAILURE = Callback("shared.data.jobs.on_training_failure")
@@ -53,6 +57,13 @@ class TrainingQueue:
         self.retries = settings.abandoned_retries
         self.task_ttl = settings.task_ttl_s
         self.queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
+        # Library jobs (embedding new images, rescoring for new versions) wait behind trainings.
+        self.library = Queue(f"{settings.queue_name}-library", connection=client, serializer=JSONSerializer)
+
+    @property
+    def queues(self) -> list[Queue]:
+        """The queues a worker takes jobs from, in priority order."""
+        return [self.queue, self.library]
 
     @property
     def stats_key(self) -> str:
@@ -88,9 +99,57 @@ class TrainingQueue:
 
         Race-free: the check of the tag's waiting task and the enqueue are one transaction
         (WATCH on the tag's queued key), so concurrent requests get one task between them. A
-        waiting task of an earlier epoch (queued before the tag was deleted) is not reused.
+        waiting task of an earlier epoch (queued before the tag was deleted) is not reused:
+        it is discarded when it runs (its epoch moved), and a training of the tag made anew
+        needs its own.
         """
-        key = self._queued_key(tag)
+        def make() -> Job:
+            return self.queue.create_job(
+                TRAIN_FUNCTION,
+                args=(tag, epoch),
+                timeout=self.timeout,
+                result_ttl=self.task_ttl,
+                failure_ttl=self.task_ttl,
+                meta={"tag": tag, "progress": 0.0, "stage": "queued", "attempts": 0, "stats_key": self.stats_key},
+                description=f"train {tag}",
+                retry=Retry(max=self.retries) if self.retries else None,
+                on_success=ON_SUCCESS,
+                on_failure=ON_FAILURE,
+            )
+
+        return self._submit_once(self.queue, self._queued_key(tag), make, lambda job: _epoch(job) == epoch)
+
+    def submit_embedding(self) -> str:
+        """Queue a job that embeds the images waiting for it into the library, unless one is
+        waiting already; returns its task id."""
+        def make() -> Job:
+            return self._library_job(EMBED_FUNCTION, (), "embed new images into the library")
+
+        return self._submit_once(self.library, self._queued_key_of("embedding"), make)[0]
+
+    def submit_rescore(self, tags: list[str]) -> str:
+        """Queue a job that scores the whole library with the tags' current versions; returns its
+        task id."""
+        job = self._library_job(RESCORE_FUNCTION, (sorted(tags),), f"rescore the library for {len(tags)} tags")
+        self.library.enqueue_job(job)
+        return str(job.id)
+
+    def _library_job(self, function: str, args: tuple[Any, ...], description: str) -> Job:
+        return self.library.create_job(
+            function, args=args, timeout=LIBRARY_TIMEOUT_S, result_ttl=self.task_ttl, failure_ttl=self.task_ttl,
+            meta={"tag": None, "progress": 0.0, "stage": "queued", "attempts": 0},
+            description=description, retry=Retry(max=self.retries) if self.retries else None,
+        )
+
+    def _queued_key_of(self, name: str) -> str:
+        return f"{self.prefix}:library:{name}:queued"
+
+    def _submit_once(
+        self, queue: Queue, key: str, make: Callable[[], Job], reusable: Callable[[Job], bool] = lambda job: True
+    ) -> tuple[str, bool]:
+        """Enqueue ``make()`` unless the job named by ``key`` is still waiting (and ``reusable``);
+        returns (task id, whether it was waiting already). The check and the enqueue are one
+        transaction (WATCH on ``key``)."""
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -98,25 +157,11 @@ class TrainingQueue:
                     waiting = pipe.get(key)
                     if waiting:
                         job = self._fetch(waiting.decode() if isinstance(waiting, bytes) else str(waiting))
-                        # A task queued before the tag was deleted is discarded when it runs
-                        # (its epoch moved): a training of the tag made anew needs its own.
-                        if job is not None and job.get_status() == JobStatus.QUEUED and _epoch(job) == epoch:
+                        if job is not None and job.get_status() == JobStatus.QUEUED and reusable(job):
                             return job.id, True
-                    job = self.queue.create_job(
-                        TRAIN_FUNCTION,
-                        args=(tag, epoch),
-                        timeout=self.timeout,
-                        result_ttl=self.task_ttl,
-                        failure_ttl=self.task_ttl,
-                        meta={"tag": tag, "progress": 0.0, "stage": "queued", "attempts": 0,
-                              "stats_key": self.stats_key},
-                        description=f"train {tag}",
-                        retry=Retry(max=self.retries) if self.retries else None,
-                        on_success=ON_SUCCESS,
-                        on_failure=ON_FAILURE,
-                    )
+                    job = make()
                     pipe.multi()
-                    self.queue.enqueue_job(job, pipeline=pipe)
+                    queue.enqueue_job(job, pipeline=pipe)
                     pipe.set(key, job.id)
                     pipe.execute()
                     return job.id, False
@@ -125,7 +170,13 @@ class TrainingQueue:
 
     def mark_started(self, tag: str, task_id: str) -> None:
         """Called by the worker: later requests for the tag queue a new training."""
-        key = self._queued_key(tag)
+        self._release(self._queued_key(tag), task_id)
+
+    def mark_embedding_started(self, task_id: str) -> None:
+        """Called by the worker: images added from now on queue a new embedding job."""
+        self._release(self._queued_key_of("embedding"), task_id)
+
+    def _release(self, key: str, task_id: str) -> None:
         with self.redis.pipeline() as pipe:
             try:
                 pipe.watch(key)
@@ -137,7 +188,7 @@ class TrainingQueue:
                 pass  # a new task was queued meanwhile: the key is no longer ours
 
     def recover_abandoned(self, every_started: bool = False) -> list[str]:
-        """Retry or fail trainings whose worker stopped beating; returns the ids it handled.
+        """Retry or fail jobs whose worker stopped beating; returns the ids it handled.
 
         Workers do the same in their maintenance (RQ's registry cleanup). ``every_started`` treats
         every started training as abandoned, leases or not: for ``tagsmith serve`` starting on its
@@ -150,24 +201,27 @@ class TrainingQueue:
         if not locked and not every_started:
             return []
         try:
-            started = StartedJobRegistry(queue=self.queue)
-            if not every_started:
-                expired = started.get_expired_job_ids()
-                started.cleanup()
-                return [str(job_id) for job_id in expired]
-            abandoned = started.get_job_ids()
-            started.cleanup(timestamp=(datetime.now(UTC) + timedelta(days=3650)).timestamp())
-            failed = FailedJobRegistry(queue=self.queue)
-            for job_id in abandoned:
-                with contextlib.suppress(Exception):  # retried already: it is queued, not failed
-                    failed.requeue(job_id)
-            return abandoned
+            handled: list[str] = []
+            for queue in self.queues:
+                started = StartedJobRegistry(queue=queue)
+                if not every_started:
+                    handled += [str(job_id) for job_id in started.get_expired_job_ids()]
+                    started.cleanup()
+                    continue
+                abandoned = started.get_job_ids()
+                started.cleanup(timestamp=(datetime.now(UTC) + timedelta(days=3650)).timestamp())
+                failed = FailedJobRegistry(queue=queue)
+                for job_id in abandoned:
+                    with contextlib.suppress(Exception):  # retried already: it is queued, not failed
+                        failed.requeue(job_id)
+                handled += abandoned
+            return handled
         finally:
             if locked:
                 self.queue.release_maintenance_lock()
 
     def _is_abandoned(self, task_id: str) -> bool:
-        return task_id in StartedJobRegistry(queue=self.queue).get_expired_job_ids()
+        return any(task_id in StartedJobRegistry(queue=q).get_expired_job_ids() for q in self.queues)
 
     def status(self, task_id: str) -> dict[str, Any]:
         """The task's state for clients; NotFound if no such task exists (or it has expired).

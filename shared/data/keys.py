@@ -4,6 +4,8 @@
     embeddings/<backbone_id>/<image_id>.npy    the image's cached feature vector for that backbone
     thumbnails/<image_id>/<size>.jpg           a thumbnail made once, at one of a few sizes
     models/<tag>/v<version>.tar                one state archive per trained (or loaded) version
+    library/<backbone_id>/packs/<name>.npz     the embeddings of many library rows, written at once
+    library/<backbone_id>/packs/<name>.similar.npz   the same rows' short vectors for /similar
 """
 
 from __future__ import annotations
@@ -40,3 +42,12 @@ def model_version(tag: str, key: str) -> int | None:
     """The version a key of ``model_prefix(tag)`` holds, or None for any other object there."""
     match = re.fullmatch(rf"models/{re.escape(tag)}/v(\d+)\.tar", key)
     return int(match.group(1)) if match else None
+
+
+def pack_key(backbone_id: str, name: str) -> str:
+    return f"library/{backbone_id}/packs/{name}.npz"
+
+
+def similar_key(pack: str) -> str:
+    """The short-vector companion of the pack stored at ``pack``."""
+    return pack.removesuffix(".npz") + ".similar.npz"

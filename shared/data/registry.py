@@ -13,6 +13,17 @@ Keys, all under one prefix ``P``:
 - ``P:tags``                  set of tags with examples or a model
 - ``P:models``                hash tag -> JSON pointer to the current model version
 - ``P:generation``            bumped on every model change; predict reloads heads when it moves
+- ``P:sha:<sha256>``          the id of the first stored image with that content (duplicates find it)
+
+The library (every stored image, scored by every current model) numbers images by *row*, in the
+order they were stored; a row is never reused:
+
+- ``P:library:ids``           list: the image id of each row (``P:library:names``: its file name)
+- ``P:library:live``          bitmap: 1 for each row whose image is still stored
+- ``P:library:pending``       sorted set of the rows not yet embedded into the library
+- ``P:library:packs``         hash: object key of each embedding pack -> how many rows it holds
+- ``P:scores:<tag>``          string: 1 + the score of each row, float32 little-endian (0: not scored)
+- ``P:library:scored``        hash tag -> the version the tag's whole-library scores come from
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ from typing import Any
 import redis
 
 from shared.core.errors import Conflict, NotFound
+from shared.data.library import LibraryKeys
+from shared.data.library import text as _text
 
 RESERVATION_SECONDS = 120
 
@@ -69,12 +82,37 @@ if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 2 end
 return 0
 """
 
-# KEYS: the image's hash, the images index, the reservation; ARGV: score and id for the index,
-# then the hash's field-value pairs.
+# KEYS: the image's hash, the images index, the reservation, the content's sha key, the library's
+# ids, names, live bitmap and pending set; ARGV: the key prefix, score and id for the index,
+# whether to return an existing image of the same content instead (1 or 0), the file name, then the
+# hash's field-value pairs. Returns {0, existing id} for a duplicate (nothing stored), else {1, row}.
 _COMMIT = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+local other = redis.call('GET', KEYS[4])
+if ARGV[4] == '1' and other and redis.call('EXISTS', ARGV[1] .. ':image:' .. other) == 1 then
+  redis.call('DEL', KEYS[3])
+  return {0, other}
+end
+local row = redis.call('RPUSH', KEYS[5], ARGV[3]) - 1
+redis.call('RPUSH', KEYS[6], ARGV[5])
+redis.call('SETBIT', KEYS[7], row, 1)
+redis.call('ZADD', KEYS[8], row, row)
+redis.call('HSET', KEYS[1], 'row', row, unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('DEL', KEYS[3])
+if not other or redis.call('EXISTS', ARGV[1] .. ':image:' .. other) == 0 then redis.call('SET', KEYS[4], ARGV[3]) end
+return {1, row}
+"""
+
+# Give a row to an image stored before the library existed (KEYS: its hash, then the library's
+# ids, names, live bitmap and pending set; ARGV: the id). Nothing for an image that has one.
+_ADD_ROW = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'row') == 1 then return -1 end
+local row = redis.call('RPUSH', KEYS[2], ARGV[1]) - 1
+redis.call('RPUSH', KEYS[3], redis.call('HGET', KEYS[1], 'filename') or '')
+redis.call('SETBIT', KEYS[4], row, 1)
+redis.call('ZADD', KEYS[5], row, row)
+redis.call('HSET', KEYS[1], 'row', row)
+return row
 """
 
 # Assign an example (KEYS: the tag set, the tag's set of this type, its other set, the image's hash;
@@ -94,10 +132,18 @@ return 1
 """
 
 
-# Delete an image (KEYS: its hash, the images index, the tag set; ARGV: the key prefix, the image id)
-# and remove it from every tag in one step, so no assignment made meanwhile survives it. Returns the
-# tags it was an example of.
+# Delete an image (KEYS: its hash, the images index, the tag set, the library's live bitmap and
+# pending set; ARGV: the key prefix, the image id) and remove it from every tag in one step, so no
+# assignment made meanwhile survives it; its row goes dark and its content no longer names it.
+# Returns the tags it was an example of.
 _DELETE_IMAGE = """
+local row = redis.call('HGET', KEYS[1], 'row')
+if row then
+  redis.call('SETBIT', KEYS[4], tonumber(row), 0)
+  redis.call('ZREM', KEYS[5], row)
+end
+local sha = redis.call('HGET', KEYS[1], 'sha256')
+if sha and redis.call('GET', ARGV[1] .. ':sha:' .. sha) == ARGV[2] then redis.call('DEL', ARGV[1] .. ':sha:' .. sha) end
 local removed = {}
 for _, tag in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   local base = ARGV[1] .. ':tag:' .. tag .. ':'
@@ -110,10 +156,11 @@ return removed
 """
 
 # Delete a tag (KEYS: its positive and negative sets, the models hash, the tag set, its epoch, its
-# deleted_through, its version counter, the generation; ARGV: the tag) in one step, marking every
-# version handed out so far as the deleted tag's.
+# deleted_through, its version counter, the generation, its library scores, the scored hash; ARGV:
+# the tag) in one step, marking every version handed out so far as the deleted tag's.
 _DELETE_TAG = """
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[9])
+redis.call('HDEL', KEYS[10], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('INCR', KEYS[5])
@@ -159,6 +206,8 @@ class Registry:
         self._publish = client.register_script(_PUBLISH)
         self._reserve = client.register_script(_RESERVE)
         self._commit = client.register_script(_COMMIT)
+        self._add_row = client.register_script(_ADD_ROW)
+        self.library_keys = LibraryKeys(prefix)
         self._assign = client.register_script(_ASSIGN)
         self._delete_image = client.register_script(_DELETE_IMAGE)
         self._delete_tag = client.register_script(_DELETE_TAG)
@@ -179,12 +228,38 @@ class Registry:
         if taken == 2:
             raise Conflict("image_exists", f"An image with id '{image_id}' is being added right now.")
 
-    def commit_image(self, image_id: str, meta: dict[str, str | int]) -> None:
-        """Make a reserved image visible, once its bytes are safely stored (one atomic call)."""
-        fields: list[str | int | float] = [time.time(), image_id]
-        for name, value in {**meta, "created_at": utc_now()}.items():
+    def commit_image(self, image_id: str, meta: dict[str, str | int], filename: str = "",
+                     dedupe: bool = False) -> str | None:
+        """Make a reserved image visible, once its bytes are safely stored, with the next library row,
+        waiting to be embedded (one atomic call). With ``dedupe``, an image already stored with the
+        same content (``meta['sha256']``) wins instead: its id is returned and nothing is committed."""
+        fields: list[str | int | float] = [self.prefix, time.time(), image_id, int(dedupe), filename]
+        for name, value in {**meta, "filename": filename, "created_at": utc_now()}.items():
             fields += [name, value]
-        self._commit(keys=[self._k("image", image_id), self._k("images"), self._k("reserve", image_id)], args=fields, client=self.redis)
+        lib = self.library_keys
+        keys = [self._k("image", image_id), self._k("images"), self._k("reserve", image_id),
+                self._k("sha", str(meta.get("sha256", ""))), lib.ids, lib.names, lib.live, lib.pending]
+        done, value = self._commit(keys=keys, args=fields, client=self.redis)
+        return None if done else _text(value)
+
+    def image_with_content(self, sha256: str) -> str | None:
+        """The id of a stored image with this content hash, if any."""
+        image_id = self.redis.get(self._k("sha", sha256))
+        return _text(image_id) if image_id and self.image_exists(_text(image_id)) else None
+
+    def index_library(self) -> int:
+        """Give a library row to every image stored before the library existed (once; they wait to
+        be embedded). Returns how many were given one."""
+        marker = self._k("library", "indexed")
+        if self.redis.exists(marker):
+            return 0
+        self._index_images()
+        lib, given = self.library_keys, 0
+        for image_id in self.redis.zrange(self._k("images"), 0, -1):  # oldest first
+            keys = [self._k("image", _text(image_id)), lib.ids, lib.names, lib.live, lib.pending]
+            given += self._add_row(keys=keys, args=[_text(image_id)], client=self.redis) >= 0
+        self.redis.set(marker, "1")
+        return given
 
     def release_image(self, image_id: str) -> None:
         self.redis.delete(self._k("reserve", image_id))
@@ -248,7 +323,9 @@ class Registry:
         delete either comes before it and is removed, or finds no image); returns the tags it was an
         example of."""
         removed = self._delete_image(
-            keys=[self._k("image", image_id), self._k("images"), self._k("tags")], args=[self.prefix, image_id],
+            keys=[self._k("image", image_id), self._k("images"), self._k("tags"), self.library_keys.live,
+                  self.library_keys.pending],
+            args=[self.prefix, image_id],
             client=self.redis,
         )
         return sorted(_text(x) for x in removed)
@@ -371,13 +448,8 @@ class Registry:
         are never reused."""
         keys = [self._k("tag", tag, "positive"), self._k("tag", tag, "negative"), self._k("models"), self._k("tags"),
                 self._k("tag", tag, "epoch"), self._k("tag", tag, "deleted_through"), self._k("tag", tag, "version"),
-                self._k("generation")]
+                self._k("generation"), self.library_keys.scores(tag), self.library_keys.scored]
         self._delete_tag(keys=keys, args=[tag], client=self.redis)
-
-
-def _text(value: bytes | str | Any) -> str:
-    """A Redis reply as text (replies are bytes unless the client decodes them)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def utc_now() -> str:

@@ -103,6 +103,16 @@ def version_list(services: Services, tag: str) -> dict[str, Any]:
     return {"tag": tag, "current": current_version, "versions": versions}
 
 
+def publish(services: Services, pointers: list[ModelPointer], epochs: dict[str, int], rollback: bool = False,
+            max_tags: int = 0) -> list[str]:
+    """Make the versions current (``Registry.publish``) and queue a rescore of the library for the
+    tags that moved; returns those tags."""
+    moved = services.registry.publish(pointers, epochs=epochs, rollback=rollback, max_tags=max_tags)
+    if moved:
+        services.queue.submit_rescore(moved)
+    return moved
+
+
 def rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
     """Make an earlier version current again; the next training fine-tunes from it."""
     epoch = services.registry.epoch(tag)
@@ -116,7 +126,7 @@ def rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
         raise NotFound("unknown_version", f"Tag '{tag}' has no version {version}.")
     previous = services.registry.model(tag)
     try:
-        services.registry.publish([pointer], epochs={tag: epoch}, rollback=True)
+        publish(services, [pointer], epochs={tag: epoch}, rollback=True)
     except EpochMoved:
         raise Conflict("tag_deleted", f"Tag '{tag}' was deleted meanwhile.") from None
     return {"tag": tag, "version": version, "previous": previous.version if previous else None,

@@ -27,7 +27,7 @@ def to_bytes(vector: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _from_bytes(data: bytes, size: int) -> np.ndarray | None:
+def vector_from_bytes(data: bytes, size: int) -> np.ndarray | None:
     try:
         vector = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError:
@@ -89,7 +89,7 @@ def embed_images(
 
     def cached(image_id: str) -> np.ndarray | None:
         try:
-            return _from_bytes(store.get(embedding_key(spec.id, image_id)), width)
+            return vector_from_bytes(store.get(embedding_key(spec.id, image_id)), width)
         except ObjectNotFound:
             return None
 

@@ -13,7 +13,7 @@ import redis
 from PIL import Image
 
 from shared.core.errors import DomainError, NotFound, Unavailable
-from shared.core.names import new_image_id, validate_image_id
+from shared.core.names import clean_filename, new_image_id, validate_image_id
 from shared.data import keys
 from shared.data.store import ObjectNotFound, StoreUnavailable
 from shared.domain.embeddings import image_identities
@@ -30,8 +30,11 @@ BACKENDS_DOWN = (StoreUnavailable, redis.RedisError, Unavailable)
 THUMBNAIL_SIZES = (64, 128, 256, 512, 1024)
 
 
-def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage) -> None:
+def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage, filename: str = "",
+                dedupe: bool = False) -> str | None:
     """Claim the id, write the bytes, then make the image visible; a crash leaves nothing visible.
+    With ``dedupe``, an image of the same content committed meanwhile wins: its id is returned and
+    these bytes are removed again.
 
     An embedding or thumbnail kept under the id belongs to an earlier image of that id (a delete
     that raced its making, or died before reaching the store): they go first, never reused."""
@@ -40,21 +43,43 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
         services.store.delete(keys.embedding_key(services.spec.id, image_id))
         forget_thumbnails(services, image_id)
         services.store.put(keys.image_key(image_id), data)
-        services.registry.commit_image(image_id, {
-            "format": decoded.format, "width": decoded.width, "height": decoded.height, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        })
+        meta: dict[str, str | int] = {"format": decoded.format, "width": decoded.width, "height": decoded.height,
+                                      "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        existing = services.registry.commit_image(image_id, meta, filename, dedupe)
     except BaseException:
         services.registry.release_image(image_id)
         raise
+    if existing is not None:
+        services.store.delete(keys.image_key(image_id))
+    return existing
 
 
-def add_image(services: Services, data: bytes, image_id: str | None = None) -> dict[str, Any]:
-    """Check that the bytes decode as an image, then store them under ``image_id`` (or a new id)."""
-    image_id = image_id or new_image_id()
+def add_image(services: Services, data: bytes, image_id: str | None = None, filename: str = "") -> dict[str, Any]:
+    """Check that the bytes decode as an image, then store them under ``image_id`` (or a new id),
+    waiting to be embedded into the library by a worker. Without ``image_id``, bytes already stored
+    give the stored image back (``duplicate``: true) instead of a second copy."""
+    added = _add(services, data, image_id, clean_filename(filename))
+    services.queue.submit_embedding()
+    return added
+
+
+def _add(services: Services, data: bytes, image_id: str | None, filename: str) -> dict[str, Any]:
+    if image_id is None:
+        existing = services.registry.image_with_content(hashlib.sha256(data).hexdigest())
+        if existing is not None:
+            return _duplicate(services, existing)
     decoded = decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, services.decode_budget)
-    store_image(services, image_id, data, decoded)
-    return {"image_id": image_id, "format": decoded.format, "width": decoded.width, "height": decoded.height}
+    new_id = image_id or new_image_id()
+    existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None)
+    if existing is not None:
+        return _duplicate(services, existing)
+    return {"image_id": new_id, "filename": filename, "format": decoded.format, "width": decoded.width,
+            "height": decoded.height, "duplicate": False}
+
+
+def _duplicate(services: Services, image_id: str) -> dict[str, Any]:
+    meta = describe(image_id, services.registry.image(image_id))
+    return {**{k: meta.get(k) for k in ("image_id", "filename", "format", "width", "height")}, "duplicate": True}
 
 
 @dataclass(frozen=True)
@@ -75,7 +100,7 @@ def add_images(
 ) -> list[FileResult]:
     """Store several files, each on its own, in order, so one bad file does not spoil the rest.
     ``ids`` holds one id per file ('' for a generated one) or none; ``assignment`` (tag, type) makes
-    every stored image an example of the tag.
+    every stored image an example of the tag, a duplicate of a stored one too.
 
     A backend failing midway stops the batch: the files stored so far keep their results and each
     remaining one gets an ``Unavailable`` error (with nothing stored yet, the failure is raised).
@@ -86,15 +111,16 @@ def add_images(
         try:
             if isinstance(data, DomainError):
                 raise data
-            added = add_image(services, data, validate_image_id(requested) if requested else None)
+            added = _add(services, data, validate_image_id(requested) if requested else None, clean_filename(filename))
             if assignment:
                 try:
                     services.registry.assign(added["image_id"], *assignment, services.settings.max_tags)
                 except (DomainError, *BACKENDS_DOWN):
                     # e.g. another request took the last free tag, or Redis failed: this file changes
                     # nothing (as far as the backends let us undo it)
-                    with contextlib.suppress(*BACKENDS_DOWN):
-                        forget_image(services, added["image_id"])
+                    if not added["duplicate"]:  # an image stored before stays as it was
+                        with contextlib.suppress(*BACKENDS_DOWN):
+                            forget_image(services, added["image_id"])
                     raise
             results.append(FileResult(filename, added["image_id"], image=added))
         except BACKENDS_DOWN:
@@ -107,6 +133,8 @@ def add_images(
             break
         except DomainError as exc:
             results.append(FileResult(filename, requested or None, error=exc))
+    if any(r.error is None for r in results):
+        services.queue.submit_embedding()
     return results
 
 
@@ -134,8 +162,10 @@ def known_image(services: Services, image_id: str) -> dict[str, str]:
 
 
 def describe(image_id: str, meta: dict[str, str]) -> dict[str, Any]:
+    """An image as the API shows it (its file name '' when it was sent without one)."""
     ints = ("width", "height", "bytes")
-    return {"image_id": image_id, **{k: int(v) if k in ints else v for k, v in meta.items()}}
+    shown = {k: int(v) if k in ints else v for k, v in meta.items() if k != "row"}
+    return {"image_id": image_id, "filename": "", **shown}
 
 
 def image_page(services: Services, offset: int, limit: int) -> dict[str, Any]:

@@ -15,9 +15,11 @@ import redis
 from shared.core.process import KeyedLocks
 from shared.core.settings import Settings
 from shared.data.jobs import TrainingQueue
+from shared.data.library import Library
 from shared.data.registry import Registry
 from shared.data.store import ObjectStore, open_store
 from shared.domain.catalog import HeadCache
+from shared.domain.search import RowCache, SimilarIndex
 from shared.models.archive import ArchiveLimits
 from shared.models.backbone import LITE0, Backbone, BackboneSpec, open_backbone
 from shared.models.decoding import PixelBudget
@@ -29,10 +31,13 @@ class Services:
     redis: redis.Redis
     store: ObjectStore
     registry: Registry
+    library: Library
     queue: TrainingQueue
     decode_budget: PixelBudget
     heads: HeadCache = field(default_factory=HeadCache)  # the current heads, one cache per process
     thumbnail_locks: KeyedLocks = field(default_factory=KeyedLocks)
+    rows: RowCache = field(default_factory=RowCache)  # the library's row table, read as it grows
+    similar: SimilarIndex = field(default_factory=SimilarIndex)  # the short vectors /similar searches
     spec: BackboneSpec = LITE0
     opened_backbone: Backbone | None = None  # one already opened (tests share theirs), else opened on first use
 
@@ -59,11 +64,13 @@ def connect_redis(url: str) -> redis.Redis:
 def build_services(settings: Settings, backbone: Backbone | None = None) -> Services:
     """Connections for ``settings`` (Redis connects on first use); ``backbone`` if one is open already."""
     client = connect_redis(settings.redis_url)
+    registry = Registry(client, settings.key_prefix)
     return Services(
         settings=settings,
         redis=client,
         store=open_store(settings),
-        registry=Registry(client, settings.key_prefix),
+        registry=registry,
+        library=Library(client, registry.library_keys),
         queue=TrainingQueue(client, settings),
         decode_budget=PixelBudget(settings.decode_budget_pixels),
         opened_backbone=backbone,

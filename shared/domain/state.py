@@ -32,7 +32,7 @@ def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
         for record in records:
             pointers.append(catalog.save_version(services, record))
         if pointers:  # checks the limit again, atomically with publishing: loads may run concurrently
-            services.registry.publish(pointers, epochs=epochs, max_tags=max_tags)
+            catalog.publish(services, pointers, epochs=epochs, max_tags=max_tags)
     except EpochMoved:
         for pointer in pointers:
             with contextlib.suppress(Exception):

@@ -91,7 +91,7 @@ def run_training(services: Services, tag: str, epoch: int, report: Report) -> di
     )
     pointer = catalog.save_version(services, record)  # the archive is whole before anything points at it
     try:
-        moved = services.registry.publish([pointer], epochs={tag: epoch})
+        moved = catalog.publish(services, [pointer], epochs={tag: epoch})
     except EpochMoved:
         services.store.delete(pointer.key)
         raise TrainingError(f"Tag '{tag}' was deleted while it was training; the result was discarded.") from None

@@ -291,6 +291,18 @@ class HeadMatrix:
         self.biases = np.array([h.bias for h in heads], dtype=np.float32)
         self.index = {tag: i for i, tag in enumerate(tags)}
 
+    def select(self, tags: list[str]) -> HeadMatrix:
+        """The heads of ``tags`` only, in that order."""
+        chosen = [self.index[t] for t in tags]
+        picked = HeadMatrix([], [], [], [], self.sizes)
+        picked.tags, picked.versions = list(tags), [self.versions[i] for i in chosen]
+        picked.thresholds = self.thresholds[chosen]
+        picked._rounded_thresholds = np.round(picked.thresholds, 6).tolist()
+        picked.columns = np.ascontiguousarray(self.columns[:, chosen])
+        picked.biases = self.biases[chosen]
+        picked.index = {tag: i for i, tag in enumerate(tags)}
+        return picked
+
     def scores(self, features: np.ndarray) -> np.ndarray:
         """(N, D) raw (semantic | style) features -> (N, T) probabilities."""
         if not self.tags:

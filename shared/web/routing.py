@@ -8,6 +8,7 @@ ints), or the request ends in a 400 saying what is wrong.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -80,3 +81,33 @@ def query_int(request: Request, name: str, default: int, lowest: int, highest: i
     if not lowest <= value <= highest:
         raise InvalidInput("invalid_parameter", f"'{name}' must be a whole number from {lowest} to {highest}.")
     return value
+
+
+def query_float(request: Request, name: str, lowest: float, highest: float) -> float | None:
+    """A number query parameter within [lowest, highest] (None when absent), or InvalidInput saying so."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not lowest <= value <= highest:  # NaN fails too
+        raise InvalidInput("invalid_parameter", f"'{name}' must be a number from {lowest:g} to {highest:g}.")
+    return value
+
+
+def query_choice(request: Request, name: str, choices: tuple[str, ...], default: str | None = None) -> str | None:
+    """A query parameter that must be one of ``choices`` (``default`` when absent)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise InvalidInput("invalid_parameter", f"'{name}' must be one of: {', '.join(choices)}.")
+    return raw
+
+
+def query_bool(request: Request, name: str) -> bool | None:
+    """A true/false query parameter (None when absent)."""
+    raw = query_choice(request, name, ("true", "false", "1", "0"))
+    return None if raw is None else raw in ("true", "1")

@@ -62,6 +62,7 @@ class _OneFile:
         self.header_name = self.header_value = self.disposition = b""
         self.buffer: io.BytesIO | None = None  # the part being read, when it is the wanted file
         self.found: io.BytesIO | bool | None = None  # the last complete wanted part; False: not a file
+        self.filename = self.reading = ""  # the found part's file name; the one being read
 
     def on_part_begin(self) -> None:
         self.disposition = b""
@@ -94,6 +95,7 @@ class _OneFile:
         if options[b"name"] == self.field:
             if is_file:
                 self.buffer = io.BytesIO()
+                self.reading = options[b"filename"].decode("utf-8", "replace")
             else:
                 self.found = False
 
@@ -105,7 +107,7 @@ class _OneFile:
 
     def on_part_end(self) -> None:
         if self.buffer is not None:
-            self.found, self.buffer = self.buffer, None
+            self.found, self.buffer, self.filename = self.buffer, None, self.reading
 
     def callbacks(self) -> dict[str, Callable[..., None]]:
         names = ("on_part_begin", "on_header_field", "on_header_value", "on_header_end",
@@ -114,7 +116,12 @@ class _OneFile:
 
 
 async def read_upload(request: Request, limit: int, field: str = "data") -> bytes:
-    """The bytes of the multipart file field ``field``; 400 if absent, 413 if over ``limit``.
+    """The bytes of the multipart file field ``field``; 400 if absent, 413 if over ``limit``."""
+    return (await read_named_upload(request, limit, field))[0]
+
+
+async def read_named_upload(request: Request, limit: int, field: str = "data") -> tuple[bytes, str]:
+    """The bytes and file name of the multipart file field ``field``; 400 if absent, 413 if over ``limit``.
 
     The body is parsed as it arrives and only that file is kept, in one buffer."""
     content_type = request.headers.get("content-type", "")
@@ -138,4 +145,4 @@ async def read_upload(request: Request, limit: int, field: str = "data") -> byte
     if wanted.found is False:
         raise InvalidInput("missing_field", f"The field '{field}' must be a file upload.")
     assert isinstance(wanted.found, io.BytesIO)
-    return wanted.found.getvalue()
+    return wanted.found.getvalue(), wanted.filename

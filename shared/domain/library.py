@@ -1,0 +1,212 @@
+"""Keeping the library scored: workers embed newly stored images in batches into *packs* (many
+rows' feature vectors in one object), score them with every current model, and rescore the whole
+library when a tag gets a new version (training, rollback, a loaded state).
+
+Packs are immutable objects in the store, listed in Redis (``Library.packs``); a rescore reads
+them one at a time, so its memory is one pack plus one float per image per tag. Many small packs
+(images added a few at a time) are merged into one when they pile up, leaving out deleted rows.
+
+Every step is idempotent: a worker killed mid-job leaves its rows waiting (they are taken off the
+list only with the pack that holds them) or its rescore unfinished (the job runs again), and score
+writes are refused once their version is no longer current (``Library.write_scores``).
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.data import keys
+from shared.data.store import ObjectNotFound
+from shared.domain.embeddings import embed_present_images
+from shared.models.heads import HeadMatrix
+
+if TYPE_CHECKING:
+    from shared.domain.services import Services
+
+EMBED_ROWS = 256  # rows taken off the waiting list at a time (one pack each)
+PACK_ROWS = 4096  # packs smaller than this are merged ...
+MERGE_AT = 16  # ... once this many of them pile up
+SIMILAR_SIZE = 256  # length of the short vectors /similar searches
+MERGE_LOCK_S = 600
+
+Report = Callable[[str, float], None]
+
+
+@lru_cache(maxsize=2)
+def similar_projection(width: int) -> np.ndarray:
+    """A fixed (width, SIMILAR_SIZE) Gaussian random projection: cosine similarities of semantic
+    vectors survive it closely enough to shortlist neighbours (the shortlist is then ranked with
+    the full vectors). Made from a seeded generator, so every process on every machine has the same."""
+    rng = np.random.Generator(np.random.PCG64(20261130))
+    projection: np.ndarray = (rng.standard_normal((width, SIMILAR_SIZE)) / np.sqrt(SIMILAR_SIZE)).astype(np.float32)
+    return projection
+
+
+def semantic_unit(features: np.ndarray, width: int) -> np.ndarray:
+    """The semantic part of (N, D) features, each row scaled to unit length (float32)."""
+    semantic = np.asarray(features[:, :width], dtype=np.float32)
+    unit: np.ndarray = semantic / np.maximum(np.linalg.norm(semantic, axis=1, keepdims=True), 1e-12)
+    return unit
+
+
+def short_vectors(features: np.ndarray, width: int) -> np.ndarray:
+    """(N, SIMILAR_SIZE) float16 unit vectors that /similar compares."""
+    projected = semantic_unit(features, width) @ similar_projection(width)
+    short: np.ndarray = (projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)).astype(np.float16)
+    return short
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.savez(out, **arrays)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def read_npz(data: bytes, *names: str) -> tuple[np.ndarray, ...]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as found:
+        return tuple(found[name] for name in names)
+
+
+def write_pack(services: Services, rows: np.ndarray, features: np.ndarray) -> str:
+    """Store the rows' features as a new pack (and its short vectors); returns its key."""
+    key = keys.pack_key(services.spec.id, f"{int(rows[0]):012d}-{uuid.uuid4().hex[:12]}")
+    rows = np.asarray(rows, dtype=np.int64)
+    services.store.put(keys.similar_key(key), _npz(rows=rows, vectors=short_vectors(features, services.spec.embedding_size)))
+    services.store.put(key, _npz(rows=rows, features=np.asarray(features, dtype=np.float32)))
+    return key
+
+
+def read_pack(services: Services, key: str) -> tuple[np.ndarray, np.ndarray]:
+    rows, features = read_npz(services.store.get(key), "rows", "features")
+    return rows, features
+
+
+def embed_waiting(services: Services, report: Report) -> dict[str, Any]:
+    """Embed every stored image waiting for it into the library, ``EMBED_ROWS`` at a time, and
+    score them with every current model; then merge small packs. Returns how many were embedded."""
+    services.registry.index_library()
+    library = services.library
+    embedded = gone = 0
+    total = library.pending_count()
+    while waiting := library.pending(EMBED_ROWS):
+        rows = np.array([row for row, _ in waiting], dtype=np.int64)
+        features, kept = embed_present_images(services, [image_id for _, image_id in waiting])
+        key = write_pack(services, rows[kept], features) if kept else None
+        library.add_pack(key, len(kept), [int(r) for r in rows])
+        if kept:
+            score_rows(services, rows[kept], features)
+        embedded, gone = embedded + len(kept), gone + len(rows) - len(kept)
+        report("embedding", min(1.0, (embedded + gone) / max(total, 1)))
+    merged = merge_small_packs(services)
+    return {"embedded": embedded, "deleted_meanwhile": gone, "packs_merged": merged}
+
+
+def score_rows(services: Services, rows: np.ndarray, features: np.ndarray) -> None:
+    """Score new rows with every current model. A version published meanwhile refuses the write;
+    the heads are then read again (a rescore for that version may have listed the packs before
+    this one was recorded)."""
+    for _ in range(5):
+        heads = services.heads.current(services)
+        if not heads.tags:
+            return
+        scores = heads.scores(features)
+        stale = [
+            tag for j, tag in enumerate(heads.tags)
+            if not services.library.write_scores(tag, heads.versions[j], rows, scores[:, j], whole=False)
+        ]
+        if not stale:
+            return
+
+
+def rescore(services: Services, tags: list[str], report: Report) -> dict[str, Any]:
+    """Score every embedded image with the current version of each tag (those whose whole-library
+    scores do not come from it yet), reading each pack once for all of them."""
+    heads = services.heads.current(services)
+    scored = services.library.scored()
+    wanted = [t for t in sorted(set(tags)) if t in heads.index and scored.get(t) != heads.versions[heads.index[t]]]
+    if not wanted:
+        return {"rescored": [], "images": 0}
+    chosen = heads.select(wanted)
+    for _ in range(3):  # a merge may remove a pack between the listing and its read
+        try:
+            rows, scores = _score_packs(services, chosen, report)
+            break
+        except ObjectNotFound:
+            continue
+    else:
+        raise RuntimeError("the library's packs kept changing during the rescore; it will run again")
+    order = np.argsort(rows, kind="stable")
+    rows, scores = rows[order], scores[order]
+    written = [
+        tag for j, tag in enumerate(chosen.tags)
+        if services.library.write_scores(tag, chosen.versions[j], rows, scores[:, j], whole=True)
+    ]
+    return {"rescored": written, "images": int(len(rows))}
+
+
+def _score_packs(services: Services, heads: HeadMatrix, report: Report) -> tuple[np.ndarray, np.ndarray]:
+    packs = services.library.packs()
+    all_rows, all_scores = [], []
+    for k, key in enumerate(packs):
+        rows, features = read_pack(services, key)
+        all_rows.append(rows)
+        all_scores.append(heads.scores(features).astype(np.float32))
+        report("scoring", (k + 1) / len(packs))
+    if not all_rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, len(heads.tags)), dtype=np.float32)
+    return np.concatenate(all_rows), np.concatenate(all_scores)
+
+
+def merge_small_packs(services: Services) -> int:
+    """Merge the packs under ``PACK_ROWS`` rows into one once ``MERGE_AT`` of them pile up, leaving
+    out rows whose images were deleted; returns how many were merged (one merge at a time)."""
+    library = services.library
+    small = [key for key, size in library.packs().items() if size < PACK_ROWS]
+    if len(small) < MERGE_AT:
+        return 0
+    lock = f"{services.settings.key_prefix}:library:merging"
+    if not services.redis.set(lock, "1", nx=True, ex=MERGE_LOCK_S):
+        return 0
+    try:
+        parts = [read_pack(services, key) for key in small]
+        rows = np.concatenate([rows for rows, _ in parts])
+        features = np.concatenate([features for _, features in parts])
+        live = library.live(int(rows.max()) + 1)[rows]
+        rows, features = rows[live], features[live]
+        order = np.argsort(rows, kind="stable")
+        merged = write_pack(services, rows[order], features[order]) if len(rows) else None
+        library.replace_packs(small, merged, len(rows))
+        for key in small:
+            services.store.delete(key)
+            services.store.delete(keys.similar_key(key))
+        return len(small)
+    finally:
+        services.redis.delete(lock)
+
+
+def summary(services: Services) -> dict[str, Any]:
+    """How far the library is: images, embedded, waiting, and per tag the version its scores
+    come from (null while a rescore for its current version is still to run)."""
+    services.registry.index_library()
+    library = services.library
+    images = services.registry.image_count()
+    waiting = library.pending_count()
+    scored = library.scored()
+    models = services.registry.models()
+    return {
+        "images": images,
+        "embedded": max(images - waiting, 0),
+        "pending": waiting,
+        "packs": len(library.packs()),
+        "tags": {
+            tag: {"version": pointer.version, "scores_from": scored.get(tag),
+                  "up_to_date": scored.get(tag) == pointer.version}
+            for tag, pointer in models.items()
+        },
+    }

@@ -1,0 +1,311 @@
+"""Finding images in the library: by tag scores, labels and file name (``find``), by likeness
+(``similar``), and every score at once (``export_rows``).
+
+A query reads what it needs from Redis (the live bitmap, one score column per tag it names, the
+tag's examples) and filters and sorts the library's rows with numpy; the row -> image id table only
+grows, so each process keeps it (``RowCache``) and reads only the rows added since. Pages follow a
+cursor (the last row's sort key and row), so paging stays in order while scores change.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.core.errors import Conflict, InvalidInput
+from shared.core.process import cpu_pool
+from shared.data import keys
+from shared.data.library import Library
+from shared.data.store import ObjectNotFound
+from shared.domain import catalog
+from shared.domain.embeddings import vector_from_bytes
+from shared.domain.images import describe, known_image
+from shared.domain.library import read_npz, semantic_unit
+
+if TYPE_CHECKING:
+    from shared.domain.services import Services
+
+LABELS = ("positive", "negative", "none")
+SORTS = ("score", "date")
+SHORTLIST = 100  # /similar ranks this many (or 5 x the limit) with the full vectors
+
+
+class RowCache:
+    """The library's row -> (image id, file name) table as far as this process has read it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ids: list[str] = []
+        self.names: list[str] = []
+        self.row_of: dict[str, int] = {}  # an id's latest row
+
+    def refresh(self, library: Library) -> int:
+        """Read the rows added since the last call; returns how many rows there are."""
+        with self._lock:
+            if library.redis.llen(library.keys.ids) < len(self.ids):  # the data was replaced
+                self.ids, self.names, self.row_of = [], [], {}
+            ids, names = library.rows(len(self.ids))
+            self.row_of.update((image_id, len(self.ids) + i) for i, image_id in enumerate(ids))
+            self.ids += ids
+            self.names += names
+            return len(self.ids)
+
+
+@dataclass
+class Query:
+    """What ``find`` looks for; every part optional."""
+
+    tag: str | None = None
+    match: bool | None = None  # of ``tag``: at or above its threshold (true) or scored below it
+    min_score: float | None = None
+    max_score: float | None = None
+    label: str | None = None  # of ``tag``: positive, negative or none (not labelled either way)
+    all_of: list[str] = field(default_factory=list)  # matches every one of these tags
+    any_of: list[str] = field(default_factory=list)  # matches at least one
+    none_of: list[str] = field(default_factory=list)  # matches none
+    filename: str | None = None  # a part of the file name, any case
+    sort: str = "date"
+    descending: bool = True
+    limit: int = 50
+    offset: int = 0
+    cursor: str | None = None
+
+    def tags(self) -> list[str]:
+        named = ([self.tag] if self.tag else []) + self.all_of + self.any_of + self.none_of
+        return list(dict.fromkeys(named))
+
+
+def _encode_cursor(key: float, row: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([key, row]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, int]:
+    try:
+        key, row = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(key), int(row)
+    except Exception:
+        raise InvalidInput("invalid_cursor", "The cursor is not one this server gave; start again without it.") from None
+
+
+def find(services: Services, query: Query) -> dict[str, Any]:
+    """A page of library images matching ``query``, the number matching, and the cursor of the next page."""
+    by_score = query.match is not None or query.min_score is not None or query.max_score is not None \
+        or query.sort == "score"
+    if (by_score or query.label) and not query.tag:
+        raise InvalidInput("missing_parameter", "Give 'tag' to filter or sort by a tag's scores or labels.")
+    if query.tag:
+        catalog.require_tag(services, query.tag)
+    models = services.registry.models()
+    for name in ([query.tag] if query.tag and by_score else []) + query.all_of + query.any_of + query.none_of:
+        if name not in models:
+            raise catalog.no_model(name)
+    services.registry.index_library()
+    library = services.library
+    n = services.rows.refresh(library)
+    live = library.live(n)
+    mask = live.copy()
+    with_scores = [t for t in query.tags() if t in models]
+    columns = dict(zip(with_scores, library.read_scores(with_scores, n), strict=True))
+
+    def matching(name: str) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return columns[name] >= models[name].threshold
+
+    tag = query.tag
+    if tag and query.match is not None:
+        mask &= matching(tag) if query.match else ~matching(tag) & ~np.isnan(columns[tag])
+    with np.errstate(invalid="ignore"):
+        if tag and query.min_score is not None:
+            mask &= columns[tag] >= query.min_score
+        if tag and query.max_score is not None:
+            mask &= columns[tag] <= query.max_score
+    labels: dict[str, str] = {}
+    if tag:
+        positives, negatives = services.registry.examples(tag)
+        labels = {**dict.fromkeys(negatives, "negative"), **dict.fromkeys(positives, "positive")}
+    if tag and query.label:
+        labelled = np.zeros(n, dtype=bool)
+        wanted = labels if query.label == "none" else {i: t for i, t in labels.items() if t == query.label}
+        labelled[[services.rows.row_of[i] for i in wanted if i in services.rows.row_of]] = True
+        mask &= ~labelled if query.label == "none" else labelled
+    for name in query.all_of:
+        mask &= matching(name)
+    if query.any_of:
+        mask &= np.logical_or.reduce([matching(name) for name in query.any_of])
+    for name in query.none_of:
+        mask &= ~matching(name)
+    if query.filename:
+        part = query.filename.casefold()
+        named = np.array([part in name.casefold() for name in services.rows.names], dtype=bool)
+        mask &= named
+
+    rows = np.arange(n)
+    if query.sort == "score" and tag:
+        missing = -1.0 if query.descending else 2.0  # images not scored yet come last
+        key = np.where(np.isnan(columns[tag]), missing, columns[tag]).astype(np.float64)
+    else:
+        key = rows.astype(np.float64)
+    total = int(mask.sum())
+    if query.cursor:
+        after_key, after_row = _decode_cursor(query.cursor)
+        if query.descending:
+            mask &= (key < after_key) | ((key == after_key) & (rows < after_row))
+        else:
+            mask &= (key > after_key) | ((key == after_key) & (rows > after_row))
+    chosen = np.flatnonzero(mask)
+    sign = -1.0 if query.descending else 1.0
+    order = chosen[np.lexsort((sign * chosen, sign * key[chosen]))]
+    page = order[query.offset : query.offset + query.limit]
+    more = len(order) > query.offset + query.limit
+    ids = [services.rows.ids[r] for r in page]
+    metas = services.registry.images(ids)
+    images = []
+    for row, image_id, meta in zip(page.tolist(), ids, metas, strict=True):
+        if not meta:
+            continue  # deleted since the bitmap was read
+        item = describe(image_id, meta)
+        for name, column in columns.items():
+            if name == tag:
+                score = column[row]
+                item["score"] = None if np.isnan(score) else round(float(score), 6)
+                item["match"] = bool(score >= models[name].threshold) if not np.isnan(score) else None
+        if tag:
+            item["label"] = labels.get(image_id)
+        images.append(item)
+    scored = library.scored()
+    return {
+        "total": total,
+        "offset": query.offset,
+        "limit": query.limit,
+        "images": images,
+        "next": _encode_cursor(float(key[page[-1]]), int(page[-1])) if more and len(page) else None,
+        "tags": {
+            name: {"version": models[name].version, "threshold": models[name].threshold,
+                   "scores_from": scored.get(name)}
+            for name in with_scores
+        },
+    }
+
+
+def export_rows(services: Services, tags: list[str], matches_only: bool) -> Iterator[dict[str, Any]]:
+    """One row per (scored image, tag): image id, file name, tag, score, match, version; tag by tag,
+    a chunk of images at a time (memory: one score column)."""
+    models = services.registry.models()
+    for tag in tags:
+        if tag not in models:
+            raise catalog.no_model(tag)
+    services.registry.index_library()
+    library = services.library
+    n = services.rows.refresh(library)
+    live = library.live(n)
+    scored = library.scored()
+    for tag in tags or list(models):
+        pointer = models.get(tag)
+        if pointer is None:
+            continue  # deleted since the listing
+        (column,) = library.read_scores([tag], n)
+        version = scored.get(tag, pointer.version)
+        with np.errstate(invalid="ignore"):
+            keep = live & ~np.isnan(column) & ((column >= pointer.threshold) if matches_only else True)
+        for row in np.flatnonzero(keep).tolist():
+            score = float(column[row])
+            yield {"image_id": services.rows.ids[row], "filename": services.rows.names[row], "tag": tag,
+                   "score": round(score, 6), "match": score >= pointer.threshold, "version": version}
+
+
+class SimilarIndex:
+    """The short vectors of every pack, as far as this process has read them (packs never change;
+    a merged one is dropped when it leaves the list)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._packs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._listing: tuple[str, ...] = ()
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.vectors = np.zeros((0, 0), dtype=np.float16)
+        self.position: dict[int, int] = {}
+
+    def refresh(self, services: Services) -> None:
+        for _ in range(3):  # a merge may remove a pack between the listing and its read
+            listing = tuple(services.library.packs())
+            with self._lock:
+                if listing == self._listing:
+                    return
+                try:
+                    fresh = {key: self._packs.get(key) or _short_vectors(services, key) for key in listing}
+                except ObjectNotFound:
+                    continue
+                self._packs, self._listing = fresh, listing
+                parts = list(fresh.values())
+                self.rows = np.concatenate([r for r, _ in parts]) if parts else np.zeros(0, dtype=np.int64)
+                self.vectors = np.concatenate([v for _, v in parts]) if parts else np.zeros((0, 0), dtype=np.float16)
+                self.position = {int(row): i for i, row in enumerate(self.rows.tolist())}
+                return
+
+
+def _short_vectors(services: Services, pack: str) -> tuple[np.ndarray, np.ndarray]:
+    rows, vectors = read_npz(services.store.get(keys.similar_key(pack)), "rows", "vectors")
+    return rows, vectors
+
+
+def similar(services: Services, image_id: str, limit: int) -> dict[str, Any]:
+    """The stored images most like ``image_id`` in what they show (cosine of semantic embeddings),
+    most similar first: shortlisted with the short vectors, ranked with the full ones."""
+    known_image(services, image_id)
+    services.registry.index_library()
+    n = services.rows.refresh(services.library)
+    index = services.similar
+    index.refresh(services)
+    row = services.rows.row_of.get(image_id)
+    at = index.position.get(row) if row is not None else None
+    if at is None:
+        raise Conflict("not_embedded", f"Image '{image_id}' is not embedded into the library yet; a worker "
+                       "does that shortly after it is added. Try again in a moment.")
+    query = index.vectors[at].astype(np.float32)
+    sims = np.empty(len(index.rows), dtype=np.float32)
+    step = 16384
+    for start in range(0, len(index.rows), step):
+        sims[start : start + step] = index.vectors[start : start + step].astype(np.float32) @ query
+    live = services.library.live(n)
+    sims[~live[index.rows]] = -np.inf
+    sims[at] = -np.inf
+    count = int(np.isfinite(sims).sum())
+    k = min(max(SHORTLIST, 5 * limit), count)
+    shortlist = np.argpartition(-sims, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
+    candidates = [services.rows.ids[int(index.rows[i])] for i in shortlist]
+    exact = _exact_similarities(services, image_id, candidates)
+    ranked = sorted(
+        zip(candidates, [e if e is not None else float(sims[i]) for e, i in zip(exact, shortlist, strict=True)],
+            strict=True),
+        key=lambda pair: (-pair[1], pair[0]),
+    )[:limit]
+    metas = services.registry.images([c for c, _ in ranked])
+    return {
+        "image_id": image_id,
+        "similar": [{**describe(c, meta), "similarity": round(s, 4)} for (c, s), meta in zip(ranked, metas, strict=True) if meta],
+    }
+
+
+def _exact_similarities(services: Services, image_id: str, candidates: list[str]) -> list[float | None]:
+    """Cosine of the full semantic vectors (from the embedding cache) of each candidate with the
+    image's; None where a vector is not cached."""
+    spec = services.spec
+    width = spec.embedding_size + spec.style_size
+
+    def vector(one: str) -> np.ndarray | None:
+        try:
+            return vector_from_bytes(services.store.get(keys.embedding_key(spec.id, one)), width)
+        except ObjectNotFound:
+            return None
+
+    vectors = list(cpu_pool().map(vector, [image_id, *candidates]))
+    if vectors[0] is None:
+        return [None] * len(candidates)
+    query = semantic_unit(vectors[0][None, :], spec.embedding_size)[0]
+    return [None if v is None else float(semantic_unit(v[None, :], spec.embedding_size)[0] @ query) for v in vectors[1:]]

@@ -1,0 +1,187 @@
+"""The library: every stored image embedded and scored by the workers, found by tag, label, file
+name and likeness, exported; file names kept and duplicates never stored twice."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+from starlette.testclient import TestClient
+
+from shared.domain import library
+from shared.domain.services import Services
+from tests.support.api import run_queued_jobs, teach_cat
+from tests.support.photos import CAT, OTHERS, crops
+
+
+def _add(client: TestClient, data: bytes, filename: str) -> dict[str, object]:
+    response = client.post("/custom/add", files={"data": (filename, data, "image/jpeg")})
+    assert response.status_code in (200, 201), response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def _library(client: TestClient, services: Services) -> dict[str, str]:
+    """A trained cat tag plus unlabelled cats and others, embedded and scored; returns id -> kind."""
+    teach_cat(client, services, positives=6, negatives_each=2)
+    kinds = {}
+    for i, data in enumerate(crops(CAT, 3, seed=31)):
+        kinds[str(_add(client, data, f"Holiday Cat {i}.JPG")["image_id"])] = "cat"
+    for name in OTHERS:
+        kinds[str(_add(client, crops(name, 1, seed=31)[0], f"{name}.jpg")["image_id"])] = name
+    run_queued_jobs(services)
+    return kinds
+
+
+def test_every_image_is_scored_and_found_by_tag(client: TestClient, services: Services) -> None:
+    kinds = _library(client, services)
+    summary = client.get("/custom/library").json()
+    assert summary["pending"] == 0 and summary["embedded"] == summary["images"] == 6 + 2 * len(OTHERS) + len(kinds)
+    assert summary["tags"]["cat"] == {"version": 1, "scores_from": 1, "up_to_date": True}
+
+    found = client.get("/custom/images?tag=cat&match=true&label=none").json()
+    assert {i["image_id"] for i in found["images"]} == {i for i, kind in kinds.items() if kind == "cat"}
+    assert all(i["match"] and i["label"] is None and i["filename"].startswith("Holiday Cat") for i in found["images"])
+    scores = [i["score"] for i in found["images"]]
+    assert scores == sorted(scores, reverse=True)
+    assert found["tags"]["cat"]["scores_from"] == 1
+
+    # A score the library shows is the one /custom/predict gives for that stored image.
+    first = found["images"][0]
+    predicted = client.get(f"/custom/predict/cat/{first['image_id']}").json()
+    assert abs(predicted["score"] - first["score"]) < 1e-5
+
+    no = client.get("/custom/images?tag=cat&match=false&label=none").json()
+    assert {i["image_id"] for i in no["images"]} == {i for i, kind in kinds.items() if kind != "cat"}
+    positives = client.get("/custom/images?tag=cat&label=positive").json()
+    assert positives["total"] == 6 and {i["label"] for i in positives["images"]} == {"positive"}
+    by_name = client.get("/custom/images?filename=holiday%20CAT").json()
+    assert by_name["total"] == 3
+    assert client.get("/custom/images?all=cat&none=cat").json()["total"] == 0
+    assert client.get("/custom/images?any=cat&filename=.jpg").json()["total"] == \
+        client.get("/custom/images?tag=cat&match=true&filename=.jpg").json()["total"]
+
+
+def test_pages_follow_a_cursor_to_the_end(client: TestClient, services: Services) -> None:
+    _library(client, services)
+    everything = client.get("/custom/images?tag=cat&sort=score&limit=500").json()
+    seen, cursor = [], ""
+    while True:
+        page = client.get(f"/custom/images?tag=cat&sort=score&limit=4{cursor}").json()
+        seen += [i["image_id"] for i in page["images"]]
+        if page["next"] is None:
+            break
+        cursor = f"&cursor={page['next']}"
+    assert seen == [i["image_id"] for i in everything["images"]] and len(seen) == everything["total"]
+    by_date = [i["image_id"] for i in client.get("/custom/images?limit=500").json()["images"]]
+    oldest_first = [i["image_id"] for i in client.get("/custom/images?order=asc&limit=500").json()["images"]]
+    assert by_date == oldest_first[::-1]
+    assert client.get("/custom/images?cursor=nonsense").json()["error"] == "invalid_cursor"
+
+
+def test_bad_queries_get_clear_errors(client: TestClient, services: Services) -> None:
+    assert client.get("/custom/images?match=true").json()["error"] == "missing_parameter"
+    assert client.get("/custom/images?tag=nope").json()["error"] == "unknown_tag"
+    assert client.get("/custom/images?tag=cat&min_score=2").json()["error"] == "invalid_parameter"
+    assert client.get("/custom/images?tag=cat&match=maybe").json()["error"] == "invalid_parameter"
+    assert client.get("/custom/images?sort=score").json()["error"] == "missing_parameter"
+    assert client.get("/custom/library/export?tag=nope").json()["error"] == "unknown_tag"
+
+
+def test_a_new_version_rescores_the_library(client: TestClient, services: Services) -> None:
+    kinds = _library(client, services)
+    cats = [i for i, kind in kinds.items() if kind == "cat"]
+    for image_id in cats:  # taught the other way round: the library follows the new version
+        assert client.get(f"/custom/assign/{image_id}/negative/cat").status_code == 200
+    client.get("/custom/train/cat")
+    run_queued_jobs(services)
+    assert client.get("/custom/library").json()["tags"]["cat"]["scores_from"] == 2
+    for image in client.get("/custom/images?tag=cat&limit=500").json()["images"]:
+        predicted = client.get(f"/custom/predict/cat/{image['image_id']}").json()
+        assert predicted["version"] == 2 and abs(predicted["score"] - image["score"]) < 1e-5
+
+    assert client.post("/custom/rollback/cat/1").status_code == 200
+    run_queued_jobs(services)
+    assert client.get("/custom/library").json()["tags"]["cat"]["scores_from"] == 1
+
+
+def test_a_deleted_tag_leaves_no_scores_even_mid_rescore(client: TestClient, services: Services) -> None:
+    _library(client, services)
+    pointer = services.registry.model("cat")
+    assert pointer is not None
+    services.library.redis.hdel(services.library.keys.scored, "cat")  # as if the rescore were still to run
+    services.registry.delete_tag("cat")  # the delete lands before the rescore writes
+    result = library.rescore(services, ["cat"], lambda stage, progress: None)
+    assert result["rescored"] == []
+    assert services.library.redis.exists(services.library.keys.scores("cat")) == 0
+    rows = np.arange(3)
+    assert not services.library.write_scores("cat", pointer.version, rows, np.full(3, 0.5), whole=True)
+
+
+def test_similar_images_come_from_what_they_show(client: TestClient, services: Services) -> None:
+    kinds = _library(client, services)
+    cat = next(i for i, kind in kinds.items() if kind == "cat")
+    body = client.get(f"/custom/images/{cat}/similar?limit=5").json()
+    found = [i["image_id"] for i in body["similar"]]
+    assert cat not in found and len(found) == 5
+    assert {kinds.get(i, "cat" if i.startswith("cat-") else "other") for i in found[:3]} == {"cat"}
+    sims = [i["similarity"] for i in body["similar"]]
+    assert sims == sorted(sims, reverse=True) and sims[0] > 0.5
+
+    fresh = _add(client, crops(CAT, 1, seed=99)[0], "new.jpg")["image_id"]
+    assert client.get(f"/custom/images/{fresh}/similar").json()["error"] == "not_embedded"
+    assert client.get("/custom/images/nope/similar").json()["error"] == "unknown_image"
+
+
+def test_exports_stream_every_score(client: TestClient, services: Services) -> None:
+    kinds = _library(client, services)
+    response = client.get("/custom/library/export?format=csv")
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert len(rows) == client.get("/custom/library").json()["images"]
+    assert set(rows[0]) == {"image_id", "filename", "tag", "score", "match", "version"}
+    assert {r["version"] for r in rows} == {"1"} and {r["match"] for r in rows} == {"true", "false"}
+    lines = client.get("/custom/library/export?format=jsonl&match=true&tag=cat").text.splitlines()
+    matched = [json.loads(line) for line in lines]
+    assert matched and all(r["match"] and r["tag"] == "cat" for r in matched)
+    assert {r["image_id"] for r in matched} >= {i for i, kind in kinds.items() if kind == "cat"}
+
+
+def test_file_names_are_kept_and_duplicates_not_stored(client: TestClient, services: Services) -> None:
+    photo = crops(CAT, 1, seed=5)[0]
+    first = _add(client, photo, "C:\\photos\\kitty.jpg")
+    assert first["filename"] == "kitty.jpg" and first["duplicate"] is False
+    again = client.post("/custom/add", files={"data": ("copy.jpg", photo, "image/jpeg")})
+    assert again.status_code == 200
+    assert again.json()["image_id"] == first["image_id"] and again.json()["duplicate"] is True
+    assert client.get("/custom/images").json()["total"] == 1
+    assert client.get(f"/custom/images/{first['image_id']}").json()["filename"] == "kitty.jpg"
+
+    # With an id of its own the bytes are stored again; an id taken is still 409.
+    assert client.post("/custom/add?image_id=mine&filename=given.jpg", files={"data": ("x.jpg", photo)}).status_code == 201
+    assert client.get("/custom/images/mine").json()["filename"] == "given.jpg"
+    assert client.post("/custom/add?image_id=mine", files={"data": ("x.jpg", photo)}).status_code == 409
+
+    # A batch assigns a duplicate to the tag instead of storing it again.
+    body = client.post("/custom/add_many?tag=cat&type=positive",
+                       files=[("data", ("a.jpg", photo)), ("data", ("b.jpg", crops(CAT, 1, seed=6)[0]))]).json()
+    assert [i["duplicate"] for i in body["images"]] == [True, False]
+    assert body["images"][0]["image_id"] == first["image_id"]
+    assert client.get(f"/custom/images/{first['image_id']}").json()["tags"] == {"cat": "positive"}
+
+    # Deleted, the content can be stored anew.
+    client.delete(f"/custom/images/{first['image_id']}")
+    assert client.get(f"/custom/images/{first['image_id']}/similar").json()["error"] == "unknown_image"
+    assert _add(client, photo, "kitty.jpg")["duplicate"] is False
+
+
+def test_images_stored_before_the_library_are_embedded(client: TestClient, services: Services) -> None:
+    services.registry.commit_image("old", {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
+    r = services.redis
+    keys = services.library.keys
+    r.delete(keys.ids, keys.names, keys.live, keys.pending)  # as data written before rows existed
+    r.hdel(services.registry._k("image", "old"), "row")
+    assert services.registry.index_library() == 1
+    assert services.library.pending(10) == [(0, "old")]
