@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tqdm import tqdm
 
-from tagsmith_client import DEFAULT_URL, Client, TaskStatus
+from infra import xmp
+from tagsmith_client import DEFAULT_URL, Client, TagsmithError, TaskStatus
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 BATCH_BYTES = 16 * 1024 * 1024
@@ -70,6 +73,72 @@ def _bar(args: argparse.Namespace, **kwargs: Any) -> tqdm:
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
+# Refusals that concern the file sent (corrupt, not an image, too large): the next file may well
+# succeed. Any other (server unreachable or failing, API key, an unknown or invalid tag) would end
+# the same way for every file, so the command stops there.
+FILE_STATUSES = {400, 408, 413, 415}
+REQUEST_CODES = {"invalid_tag", "invalid_type", "missing_parameter", "image_ids_mismatch", "too_many_files"}
+
+
+def about_the_file(error: TagsmithError) -> bool:
+    """Whether a refusal concerns the file sent rather than every request alike."""
+    return error.status in FILE_STATUSES and error.code not in REQUEST_CODES
+
+
+def _failure(path: Path, error: TagsmithError | OSError) -> dict[str, Any]:
+    """A failed file's row: the server's code, message and status, or ``unreadable_file`` (status
+    null) for a file that could not be read here."""
+    if isinstance(error, TagsmithError):
+        return {"path": str(path), "error": error.code, "message": error.message, "status": error.status}
+    return {"path": str(path), "error": "unreadable_file", "message": error.strerror or str(error), "status": None}
+
+
+def _stopped(error: TagsmithError, left: int, total: int) -> None:
+    """The refusal that stopped a command over many files, and how many it did not get to."""
+    rest = f"; stopped with {left} of {total} files not done" if left < total else ""
+    print(f"tagsmith: {error.message} ({error.code}){rest}", file=sys.stderr)
+
+
+def _add_batch(client: Client, batch: list[Path], args: argparse.Namespace,
+               sample_type: str | None) -> list[dict[str, Any]]:
+    """One add_many request for the batch: a row per file, in order. A file that cannot be read here
+    gets its own row; a batch the server finds too large as a whole is sent again one file at a
+    time. Raises ``TagsmithError`` for a refusal that would end the same way for every file."""
+    rows: dict[Path, dict[str, Any]] = {}
+    with contextlib.ExitStack() as files:
+        opened: list[tuple[Path, IO[bytes]]] = []
+        for path in batch:
+            try:
+                opened.append((path, files.enter_context(open(path, "rb"))))
+            except OSError as exc:
+                rows[path] = _failure(path, exc)
+        if opened:
+            ids = [id_from_name(p) for p, _ in opened] if args.ids_from_names else None
+            try:
+                answer = client.add_images([f for _, f in opened], image_ids=ids, tag=args.tag,
+                                           sample_type=sample_type)
+            except TagsmithError as exc:
+                if len(opened) > 1 and (exc.status == 413 or exc.code == "too_many_files"):
+                    files.close()
+                    for path, _ in opened:
+                        rows[path] = _add_batch(client, [path], args, sample_type)[0]
+                elif about_the_file(exc):
+                    rows[opened[0][0]] = _failure(opened[0][0], exc)
+                else:
+                    raise
+            except OSError as exc:  # a file that opened but cannot be read: each again alone, to find it
+                if len(opened) == 1:
+                    rows[opened[0][0]] = _failure(opened[0][0], exc)
+                else:
+                    files.close()
+                    for path, _ in opened:
+                        rows[path] = _add_batch(client, [path], args, sample_type)[0]
+            else:
+                for (path, _), item in zip(opened, answer["images"], strict=True):
+                    rows[path] = {**item, "path": str(path)}
+    return [rows[path] for path in batch]
+
+
 def cmd_add(client: Client, args: argparse.Namespace) -> int:
     files = image_files(args.paths)
     if not files:
@@ -78,12 +147,14 @@ def cmd_add(client: Client, args: argparse.Namespace) -> int:
     if bool(args.tag) != bool(sample_type):
         raise SystemExit("tagsmith: give --tag together with --positive or --negative")
     results: list[dict[str, Any]] = []
+    stopped: TagsmithError | None = None
     with _bar(args, total=len(files), unit="image", desc="adding") as bar:
         for batch in _batches(files, args.batch):
-            ids = [id_from_name(p) for p in batch] if args.ids_from_names else None
-            answer = client.add_images(batch, image_ids=ids, tag=args.tag, sample_type=sample_type)
-            for path, item in zip(batch, answer["images"], strict=True):
-                results.append({**item, "path": str(path)})
+            try:
+                results += _add_batch(client, batch, args, sample_type)
+            except TagsmithError as exc:
+                stopped = exc
+                break
             bar.update(len(batch))
     failed = [r for r in results if "error" in r]
     if args.json:
@@ -93,7 +164,9 @@ def cmd_add(client: Client, args: argparse.Namespace) -> int:
             print(f"{r['path']}: {r['message']} ({r['error']})", file=sys.stderr)
         where = f" as {sample_type} examples of '{args.tag}'" if args.tag else ""
         print(f"added {len(results) - len(failed)} images{where}" + (f"; {len(failed)} failed" if failed else ""))
-    return 1 if failed else 0
+    if stopped is not None:
+        _stopped(stopped, len(files) - len(results), len(files))
+    return 1 if failed or stopped else 0
 
 
 def cmd_assign(client: Client, args: argparse.Namespace) -> int:
@@ -161,30 +234,94 @@ def _custom_cell(custom: dict[str, Any]) -> str:
     return ", ".join(f"{tag} {s['score']:.2f}{'' if s['match'] else ' (no)'}" for tag, s in custom.items()) or "-"
 
 
+def _predict_one(client: Client, path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    if args.tag:
+        return client.predict_custom(path, args.tag)
+    if args.custom:
+        return client.predict_custom(path)
+    return dict(client.predict(path))
+
+
+def sidecar_keywords(answer: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """What ``--xmp`` writes for one prediction: the matched custom tags (best first), then the base
+    keywords (labels and their parents, best first); only the custom tags with ``--custom``, only
+    the tag with ``--tag`` (if it matches)."""
+    if args.tag:
+        return [str(answer["tag"])] if answer["match"] else []
+    custom = [tag for tag, score in answer.get("custom", {}).items() if score["match"]]
+    return custom + [str(k["name"]) for k in answer.get("keywords", [])]
+
+
+def _write_sidecar(path: Path, answer: dict[str, Any], args: argparse.Namespace) -> dict[str, str]:
+    sidecar = xmp.sidecar_path(path)
+    try:
+        return {"path": str(sidecar), "result": xmp.write_keywords(sidecar, sidecar_keywords(answer, args))}
+    except xmp.XmpError as exc:
+        return {"path": str(sidecar), "error": f"left as it was: {exc}"}
+    except OSError as exc:
+        return {"path": str(sidecar), "error": f"not written: {exc.strerror or exc}"}
+
+
+def _sidecar_summary(results: Counter[str]) -> str:
+    written = results["created"] + results["merged"]
+    line = f"wrote {written} XMP sidecar{'' if written == 1 else 's'}"
+    if results["merged"]:
+        line += f" ({results['merged']} merged into existing ones)"
+    if results["unchanged"]:
+        line += f"; {results['unchanged']} left unchanged (nothing new to add)"
+    return line + (f"; {results['error']} failed" if results["error"] else "")
+
+
 def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     files = image_files(args.paths)
-    answers: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    sidecars: Counter[str] = Counter()
+    stopped: TagsmithError | None = None
     for path in _bar(args, iterable=files, unit="image", desc="predicting", disable=args.quiet or len(files) < 2):
-        if args.tag:
-            answers[str(path)] = client.predict_custom(path, args.tag)
-        elif args.custom:
-            answers[str(path)] = client.predict_custom(path)
+        try:
+            answer = _predict_one(client, path, args)
+        except TagsmithError as exc:
+            if not about_the_file(exc):
+                stopped = exc
+                break
+            row = _failure(path, exc)
+        except OSError as exc:  # the file could not be read here
+            row = _failure(path, exc)
         else:
-            answers[str(path)] = client.predict(path)
-    if args.json:
-        _print_json(answers)
-    elif args.tag:
-        _table(["file", "score", "match", "threshold", "version"],
-               [[p, f"{a['score']:.3f}", "yes" if a["match"] else "no", f"{a['threshold']:.3f}", a["version"]]
-                for p, a in answers.items()])
-    elif args.custom:
-        _table(["file", "custom tags"], [[p, _custom_cell(a["custom"])] for p, a in answers.items()])
-    else:
-        _table(["file", "custom tags", "keywords", "styles"], [
-            [p, _custom_cell(a["custom"]), ", ".join(k["name"] for k in a["keywords"][:5]) or "-",
-             ", ".join(s["name"] for s in a["styles"]) or "-"]
-            for p, a in answers.items()])
-    return 0
+            row = {"path": str(path), **answer}
+            if args.xmp:
+                row["xmp"] = _write_sidecar(path, answer, args)
+                sidecars[row["xmp"].get("result", "error")] += 1
+        rows.append(row)
+        if args.json:  # JSON Lines, each as soon as it is known
+            tqdm.write(json.dumps(row, ensure_ascii=False), file=sys.stdout)
+            sys.stdout.flush()
+    good = [r for r in rows if "error" not in r]
+    failed = [r for r in rows if "error" in r]
+    if not args.json:
+        if good and args.tag:
+            _table(["file", "score", "match", "threshold", "version"],
+                   [[r["path"], f"{r['score']:.3f}", "yes" if r["match"] else "no", f"{r['threshold']:.3f}",
+                     r["version"]] for r in good])
+        elif good and args.custom:
+            _table(["file", "custom tags"], [[r["path"], _custom_cell(r["custom"])] for r in good])
+        elif good:
+            _table(["file", "custom tags", "keywords", "styles"], [
+                [r["path"], _custom_cell(r["custom"]), ", ".join(k["name"] for k in r["keywords"][:5]) or "-",
+                 ", ".join(s["name"] for s in r["styles"]) or "-"]
+                for r in good])
+        for r in failed:
+            print(f"{r['path']}: {r['message']} ({r['error']})", file=sys.stderr)
+    for r in good:
+        if "error" in r.get("xmp", {}):
+            print(f"{r['xmp']['path']}: {r['xmp']['error']}", file=sys.stderr)
+    if args.xmp:
+        print(_sidecar_summary(sidecars), file=sys.stderr if args.json else sys.stdout)
+    if failed and not args.json:
+        print(f"{len(failed)} of {len(rows)} files failed", file=sys.stderr)
+    if stopped is not None:
+        _stopped(stopped, len(files) - len(rows), len(files))
+    return 1 if failed or stopped or sidecars["error"] else 0
 
 
 def cmd_export(client: Client, args: argparse.Namespace) -> int:
@@ -307,10 +444,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     p = add("status", cmd_status, "show a training task's state")
     p.add_argument("task_id")
     p = add("predict", cmd_predict, "predict keywords, styles and custom tags for image files or folders")
-    p.add_argument("paths", nargs="+")
+    p.epilog = ("Every file is predicted: a file the server refuses (corrupt, not an image, too large) is listed "
+                "with the server's reason, and the command then exits 1. With --json, one JSON object per line "
+                "and file: the path and the prediction, or the path and the error (error, message, status). "
+                "Sidecars (--xmp) are for darktable and digiKam: Lightroom reads sidecars of raw files only.")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--tag", help="only this custom tag")
     which.add_argument("--custom", action="store_true", help="only the custom tags")
+    p.add_argument("--xmp", action="store_true",
+                   help="write the matched custom tags and the base keywords (with --custom: the matched tags; "
+                        "with --tag: the tag if it matches) into an XMP sidecar beside each photo, named after the "
+                        "whole file name as darktable and digiKam expect: photo.jpg.xmp, as dc:subject and "
+                        "lr:hierarchicalSubject. An existing sidecar is merged, never replaced: everything in it "
+                        "stays and only keywords it lacks are added")
     p = add("export", cmd_export, "export the current models as a state archive")
     p.add_argument("-o", "--output", default="tagsmith-state.tar", help="file to write, '-' for stdout")
     p.add_argument("--tag", help="only this tag")

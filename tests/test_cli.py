@@ -73,7 +73,7 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     assert header.split()[:3] == ["file", "custom", "tags"] and set(rule) <= {"-", " "}
     assert rows[0].startswith(str(probes / "cat.jpg")) and "cli cat" in rows[0] and "cat" in rows[0]
     code, out, err = run(capsys, url, "predict", str(probes), "--tag", "cli cat", "--json")
-    scores = json.loads(out)
+    scores = {line["path"]: line for line in map(json.loads, out.splitlines())}  # JSON Lines, one per file
     assert scores[str(probes / "cat.jpg")]["match"] and not scores[str(probes / "rocket.jpg")]["match"]
 
     archive = tmp_path / "state.tar"
