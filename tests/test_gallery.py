@@ -30,7 +30,7 @@ def test_add_many_stores_each_file_and_reports_each_failure(client: TestClient, 
     assert (body["added"], body["failed"]) == (2, 2)
     first, generated, text, duplicate = body["images"]
     assert first == {"filename": "a.jpg", "image_id": "a", "format": "JPEG", "width": first["width"],
-                     "height": first["height"]}
+                     "height": first["height"], "duplicate": False}
     assert len(generated["image_id"]) == 32
     assert (text["status"], text["error"], text["image_id"]) == (415, "not_an_image", "t")
     assert (duplicate["status"], duplicate["error"]) == (409, "image_exists")

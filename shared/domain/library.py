@@ -156,11 +156,26 @@ def _score_packs(services: Services, heads: HeadMatrix, report: Report) -> tuple
     for k, key in enumerate(packs):
         rows, features = read_pack(services, key)
         all_rows.append(rows)
-        all_scores.append(heads.scores(features).astype(np.float32))
+        all_scores.append(bulk_scores(heads, features))
         report("scoring", (k + 1) / len(packs))
     if not all_rows:
         return np.zeros(0, dtype=np.int64), np.zeros((0, len(heads.tags)), dtype=np.float32)
     return np.concatenate(all_rows), np.concatenate(all_scores)
+
+
+def bulk_scores(heads: HeadMatrix, features: np.ndarray) -> np.ndarray:
+    """``heads.scores`` in float32 throughout, for a pack of thousands of rows: a quarter of the
+    memory traffic; the scores differ from /predict's float64 normalisation by about 1e-7."""
+    z = np.empty(features.shape, dtype=np.float32)
+    start = 0
+    for size in heads.sizes:
+        group = np.asarray(features[:, start : start + size], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", group, group))
+        np.multiply(group, (np.float32(np.sqrt(size)) / np.maximum(norms, np.float32(1e-12)))[:, None], out=z[:, start : start + size])
+        start += size
+    logits = z @ heads.columns + heads.biases
+    scores: np.ndarray = (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
+    return scores
 
 
 def merge_small_packs(services: Services) -> int:
