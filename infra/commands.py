@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -343,6 +344,22 @@ def cmd_load(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(client: Client, args: argparse.Namespace) -> int:
+    size = client.backup(args.file)
+    print(f"wrote {args.file} ({size} bytes)")
+    return 0
+
+
+def cmd_restore(client: Client, args: argparse.Namespace) -> int:
+    answer = client.restore(args.file)
+    if args.json:
+        _print_json(answer)
+    else:
+        versions = sum(len(t["versions"]) for t in answer["tags"])
+        print(f"restored {answer['images']} images, {len(answer['tags'])} tags and {versions} model versions")
+    return 0
+
+
 def _summary(model: dict[str, Any] | None) -> str:
     if not model:
         return "-"
@@ -391,6 +408,58 @@ def cmd_suggest(client: Client, args: argparse.Namespace) -> int:
         print(f"{title}:")
         _table(["image", "score"], [[s["image_id"], f"{s['score']:.3f}"] for s in answer[key]])
         print()
+    return 0
+
+
+def cmd_find(client: Client, args: argparse.Namespace) -> int:
+    query = {"tag": args.tag, "match": args.match, "min_score": args.min_score, "label": args.label,
+             "all": args.all_of, "any": args.any_of, "none": args.none_of, "filename": args.filename,
+             "sort": args.sort, "order": args.order}
+    found = list(itertools.islice(client.iter_images(min(args.limit, 500), **query), args.limit))
+    if args.json:
+        _print_json(found)
+        return 0
+    headers = ["image", "file name", "added"] + (["score", "match", "label"] if args.tag else [])
+    rows = [[i["image_id"], i.get("filename", ""), i.get("created_at", "")]
+            + ([_score(i.get("score")), "yes" if i.get("match") else "", i.get("label") or ""] if args.tag else [])
+            for i in found]
+    _table(headers, rows)
+    return 0
+
+
+def _score(value: float | None) -> str:
+    return "not yet scored" if value is None else f"{value:.3f}"
+
+
+def cmd_similar(client: Client, args: argparse.Namespace) -> int:
+    answer = client.similar(args.image_id, args.limit)
+    if args.json:
+        _print_json(answer)
+        return 0
+    _table(["image", "file name", "similarity"],
+           [[i["image_id"], i.get("filename", ""), f"{i['similarity']:.3f}"] for i in answer["similar"]])
+    return 0
+
+
+def cmd_library(client: Client, args: argparse.Namespace) -> int:
+    answer = client.library()
+    if args.json:
+        _print_json(answer)
+        return 0
+    print(f"{answer['images']} images: {answer['embedded']} embedded, {answer['pending']} waiting for a worker")
+    _table(["tag", "version", "library scored with"],
+           [[tag, t["version"], t["scores_from"] if t["up_to_date"] else f"{t['scores_from'] or '-'} (rescoring)"]
+            for tag, t in answer["tags"].items()])
+    return 0
+
+
+def cmd_export_scores(client: Client, args: argparse.Namespace) -> int:
+    if args.output == "-":
+        written = client.export_scores(sys.stdout.buffer, args.format, args.tag, args.match)
+    else:
+        with open(args.output, "wb") as out:
+            written = client.export_scores(out, args.format, args.tag, args.match)
+        print(f"wrote {args.output} ({written} bytes)", file=sys.stderr)
     return 0
 
 
@@ -463,6 +532,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--tag", help="only this tag")
     p = add("load", cmd_load, "load models from a state archive")
     p.add_argument("archive")
+    p = add("backup", cmd_backup, "back up everything taught: images, examples, every model version")
+    p.add_argument("file", help="file to write (replaced only once the whole backup has arrived)")
+    p = add("restore", cmd_restore, "restore a backup into an empty server")
+    p.add_argument("file")
     add("tags", cmd_tags, "list tags with their example counts and current models")
     p = add("versions", cmd_versions, "list a tag's model versions with their metrics (* marks the current one)")
     p.add_argument("tag")
@@ -472,6 +545,28 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     p = add("suggest", cmd_suggest, "unlabelled images to label next for a tag")
     p.add_argument("tag")
     p.add_argument("--limit", type=int, default=10)
+    p = add("find", cmd_find, "search the library: images a tag matches, labelled or not, by file name")
+    p.add_argument("--tag", help="show each image's score, match and label for this tag; the filters use it")
+    p.add_argument("--match", action=argparse.BooleanOptionalAction, default=None,
+                   help="only images the tag matches (--no-match: scored below its threshold)")
+    p.add_argument("--min-score", type=float)
+    p.add_argument("--label", choices=["positive", "negative", "none"], help="only images labelled so for --tag")
+    p.add_argument("--all", dest="all_of", action="append", metavar="TAG", help="only images this tag matches too")
+    p.add_argument("--any", dest="any_of", action="append", metavar="TAG", help="only images one of these tags matches")
+    p.add_argument("--none", dest="none_of", action="append", metavar="TAG", help="only images this tag does not match")
+    p.add_argument("--filename", help="only images whose file name contains this")
+    p.add_argument("--sort", choices=["score", "date"])
+    p.add_argument("--order", choices=["desc", "asc"])
+    p.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
+    p = add("similar", cmd_similar, "stored images most like a stored image")
+    p.add_argument("image_id")
+    p.add_argument("--limit", type=int, default=20)
+    add("library", cmd_library, "how far the workers are with embedding and scoring the library")
+    p = add("export-scores", cmd_export_scores, "every library image's score for every tag, as CSV or JSON lines")
+    p.add_argument("-o", "--output", default="-", help="the file to write (default: standard output)")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument("--tag", action="append", default=[], help="only this tag (repeatable)")
+    p.add_argument("--match", action="store_true", help="only the rows where the tag matches")
     p = add("delete", cmd_delete, "reset a tag: its models and assignments go, the images stay")
     p.add_argument("tag")
     p = add("delete-image", cmd_delete_image, "delete stored images")

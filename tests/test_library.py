@@ -6,14 +6,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
+import uuid
+from pathlib import Path
 
 import numpy as np
+import pytest
 from starlette.testclient import TestClient
 
+from infra.cli import main
 from shared.domain import library
 from shared.domain.services import Services
+from tagsmith_client import Client, TagsmithError
 from tests.support.api import run_queued_jobs, teach_cat
 from tests.support.photos import CAT, OTHERS, crops
+from tests.support.servers import TagsmithServer
 
 
 def _add(client: TestClient, data: bytes, filename: str) -> dict[str, object]:
@@ -185,3 +192,53 @@ def test_images_stored_before_the_library_are_embedded(client: TestClient, servi
     r.hdel(services.registry._k("image", "old"), "row")
     assert services.registry.index_library() == 1
     assert services.library.pending(10) == [(0, "old")]
+
+
+def test_the_client_pages_searches_and_exports(client: TestClient, services: Services) -> None:
+    kinds = _library(client, services)
+    with Client(http=client) as api:
+        cats = {i["image_id"] for i in api.iter_images(page_size=2, tag="cat", match=True, label="none")}
+        assert cats == {i for i, kind in kinds.items() if kind == "cat"}
+        assert api.library()["pending"] == 0
+        assert len(api.similar(next(iter(cats)), limit=3)["similar"]) == 3
+        out = io.BytesIO()
+        assert api.export_scores(out, "jsonl", tags=["cat"], match=True) == len(out.getvalue()) > 0
+        with pytest.raises(TagsmithError) as refused:
+            api.export_scores(io.BytesIO(), tags=["nope"])
+        assert refused.value.code == "unknown_tag"
+
+
+def test_the_command_line_finds_what_the_workers_scored(
+    live_server: TagsmithServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through `tagsmith serve` (its worker embeds and scores on its own), as a user would."""
+    tag = f"cli-cat-{uuid.uuid4().hex[:6]}"
+    url = live_server.base
+    for name, kind, count in ((CAT, "positive", 4), ("coffee", "negative", 2), ("rocket", "negative", 2)):
+        folder = tmp_path / kind / name
+        folder.mkdir(parents=True)
+        for i, data in enumerate(crops(name, count, seed=77)):
+            (folder / f"{name} {i}.jpg").write_bytes(data)
+        assert main(["add", str(folder), "--tag", tag, f"--{kind}", "--url", url]) == 0
+    assert main(["train", tag, "--url", url]) == 0
+    deadline = time.monotonic() + 120
+    while True:
+        capsys.readouterr()
+        assert main(["library", "--json", "--url", url]) == 0
+        progress = json.loads(capsys.readouterr().out)
+        if progress["pending"] == 0 and progress["tags"].get(tag, {}).get("up_to_date"):
+            break
+        assert time.monotonic() < deadline, progress
+        time.sleep(0.5)
+    assert main(["find", "--tag", tag, "--match", "--label", "positive", "--json", "--url", url]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert {i["filename"] for i in found} == {f"{CAT} {i}.jpg" for i in range(4)}
+    assert main(["find", "--tag", tag, "--filename", "ROCKET", "--url", url]) == 0
+    table = capsys.readouterr().out
+    assert "rocket 0.jpg" in table and "rocket 1.jpg" in table and f"{CAT} 0.jpg" not in table
+    out = tmp_path / "scores.csv"
+    assert main(["export-scores", "--tag", tag, "-o", str(out), "--url", url]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 8 and {r["tag"] for r in rows} == {tag}
+    assert main(["similar", found[0]["image_id"], "--limit", "3", "--url", url]) == 0
+    assert f"{CAT} " in capsys.readouterr().out

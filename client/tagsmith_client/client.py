@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, NoReturn, cast
 from urllib.parse import quote
 
 import httpx
@@ -21,6 +21,11 @@ ImageSource = str | os.PathLike[str] | bytes | IO[bytes]
 
 def _seg(value: str | int) -> str:
     return quote(str(value), safe="")
+
+
+def _query(query: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments as query parameters: booleans as true/false, None left out."""
+    return {k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in query.items() if v is not None}
 
 
 def _file(source: ImageSource, default_name: str = "image") -> tuple[str, bytes]:
@@ -76,6 +81,10 @@ class Client:
             raise TagsmithError(0, "unreachable", f"Cannot reach tagsmith at {self.url}: {exc}") from exc
         if response.is_success:
             return response
+        self._raise_for(response)
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> NoReturn:
         try:
             body = response.json()
             code, message = str(body["error"]), str(body["message"])
@@ -154,6 +163,38 @@ class Client:
         """The current models of every tag (or one) as a state archive."""
         return self._request("GET", "/get_state", params={"tag": tag} if tag else None).content
 
+    def backup(self, path: str | os.PathLike[str]) -> int:
+        """Write a backup of everything taught (images, examples, every model version, the current
+        ones) to ``path``, streamed as it comes; returns its size in bytes. ``path`` is replaced
+        only once the whole backup has arrived."""
+        target = Path(path)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with self._http.stream("GET", self.url + "/backup", headers=self._headers) as response:
+                if not response.is_success:
+                    response.read()
+                    self._raise_for(response)
+                size = 0
+                with open(partial, "wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        size += len(chunk)
+        except httpx.TransportError as exc:
+            partial.unlink(missing_ok=True)
+            raise TagsmithError(0, "unreachable", f"Backup from {self.url} failed: {exc}") from exc
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(target)
+        return size
+
+    def restore(self, path: str | os.PathLike[str], *, timeout: float = 3600.0) -> dict[str, Any]:
+        """Restore a backup file into an empty server (409 ``not_empty`` otherwise); the file is
+        sent as it is read. Returns what was restored (``images``, ``tags``)."""
+        with open(path, "rb") as archive:
+            files = {"data": (Path(path).name, archive, "application/x-tar")}
+            return cast(dict[str, Any], self._json("POST", "/restore", files=files, timeout=timeout))
+
     # --- beyond the seed ------------------------------------------------------------------
 
     def add_images(
@@ -174,9 +215,50 @@ class Client:
     def unassign_image(self, image_id: str, tag: str) -> dict[str, Any]:
         return cast(dict[str, Any], self._json("POST", f"/custom/unassign/{_seg(image_id)}/{_seg(tag)}"))
 
-    def images(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """A page of stored images, newest first, and the total."""
-        return cast(dict[str, Any], self._json("GET", "/custom/images", params={"limit": limit, "offset": offset}))
+    def images(self, limit: int = 50, offset: int = 0, *, cursor: str | None = None, **query: Any) -> dict[str, Any]:
+        """A page of the library's images and how many match: newest first, or searched with the
+        query parameters of ``GET /custom/images`` (``tag``, ``match``, ``min_score``, ``max_score``,
+        ``label``, ``all``/``any``/``none`` as lists of tags, ``filename``, ``sort``, ``order``).
+        The page's ``next`` is the ``cursor`` of the next one."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset, **_query(query)}
+        if cursor:
+            params["cursor"] = cursor
+        return cast(dict[str, Any], self._json("GET", "/custom/images", params=params))
+
+    def iter_images(self, page_size: int = 200, **query: Any) -> Iterator[dict[str, Any]]:
+        """Every library image matching the query (as ``images``), page after page."""
+        cursor = None
+        while True:
+            page = self.images(page_size, cursor=cursor, **query)
+            yield from page["images"]
+            cursor = page["next"]
+            if not cursor:
+                return
+
+    def similar(self, image_id: str, limit: int = 20) -> dict[str, Any]:
+        """The stored images most like this one in what they show, most similar first."""
+        return cast(dict[str, Any], self._json("GET", f"/custom/images/{_seg(image_id)}/similar", params={"limit": limit}))
+
+    def library(self) -> dict[str, Any]:
+        """How far the workers are: images, embedded, pending, and per tag where its scores come from."""
+        return cast(dict[str, Any], self._json("GET", "/custom/library"))
+
+    def export_scores(self, out: IO[bytes], format: str = "csv", tags: Sequence[str] = (),
+                      match: bool = False) -> int:
+        """Stream every library image's score for every tag (or ``tags``) into ``out`` as CSV or
+        JSON lines (``format``: csv or jsonl); returns the bytes written."""
+        params: dict[str, Any] = {"format": format, **({"tag": list(tags)} if tags else {}),
+                                  **({"match": "true"} if match else {})}
+        written = 0
+        with self._http.stream("GET", self.url + "/custom/library/export", params=params,
+                               headers=self._headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._raise_for(response)
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                written += len(chunk)
+        return written
 
     def image(self, image_id: str) -> dict[str, Any]:
         """A stored image's details and the tags it is an example of."""
