@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
+import tempfile
+
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from shared.core.names import validate_tag
-from shared.domain import state
+from shared.domain import backup, state
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
 from shared.web.routing import ApiRoute
 from shared.web.state import services_of
-from shared.web.uploads import read_upload
+from shared.web.uploads import read_upload, read_upload_to_file
 
 
 async def set_state(request: Request) -> JSONResponse:
@@ -69,9 +71,58 @@ def get_edge_model(request: Request) -> Response:
     )
 
 
+def get_backup(request: Request) -> Response:
+    """Back up everything taught: images, examples, every stored model version, the current ones.
+
+    One tar, streamed as it is read (images one at a time from the store): `image-<n>` members
+    (the bytes as uploaded), `model-<n>.tar` members (each stored version's state archive) and,
+    last, `manifest.json` (format, backbone, every image's id, file name, sha256 and created_at,
+    and every tag's examples, versions and current version). `/restore` loads it into an empty
+    server. A backup cut short has no manifest and is refused by `/restore`.
+    ---
+    response: {description: 'A tar of the images, the model versions and `manifest.json`.', content: tar}
+    errors: [503]
+    """
+    services = services_of(request)
+    plan = backup.plan_backup(services)  # Redis is read here: a backend down is a 503, not a cut stream
+    return StreamingResponse(
+        iterate_in_threadpool(backup.stream_backup(services, plan)),
+        media_type="application/x-tar",
+        headers={"Content-Disposition": 'attachment; filename="tagsmith-backup.tar"'},
+    )
+
+
+async def restore(request: Request) -> JSONResponse:
+    """Restore a backup (field `data`) into an empty server.
+
+    The server must have no images and no tags (else 409 `not_empty`). The upload is written to a
+    temporary file (at most `TAGSMITH_MAX_BACKUP_BYTES`) and validated whole before anything
+    changes; then the images keep their ids, file names and dates, the examples their tags, and
+    every model version its number, threshold, metrics and training date; the current versions
+    are published and new trainings continue after the highest. A failure midway removes what
+    was restored.
+    ---
+    upload: data
+    response:
+      description: What was restored.
+      example: {images: 12, tags: [{tag: cat, positives: 6, negatives: 6, versions: [1, 2], current: 1}]}
+    errors: [400, 409, 413, 503]
+    """
+    services = services_of(request)
+    await run_in_threadpool(backup.require_empty, services)  # before a large upload is read at all
+    file = await run_in_threadpool(tempfile.TemporaryFile)
+    try:
+        await read_upload_to_file(request, services.settings.max_backup_bytes, file)
+        return JSONResponse(await run_in_threadpool(backup.restore_backup, services, file))
+    finally:
+        await run_in_threadpool(file.close)
+
+
 routes = [
     ApiRoute("/set_state", set_state, methods=["POST"]),
     ApiRoute("/get_state", get_state, methods=["GET"]),
     ApiRoute("/export/onnx", get_edge_model, methods=["GET"]),
+    ApiRoute("/backup", get_backup, methods=["GET"]),
+    ApiRoute("/restore", restore, methods=["POST"]),
 ]
 app = create_app(routes)

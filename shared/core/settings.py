@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     decode_budget_pixels: int = 100_000_000  # decoded pixels in memory at once, all requests and jobs together
     max_archive_bytes: int = 64 * 1024 * 1024
     max_archive_members: int = 10_001
+    max_backup_bytes: int = 4 * 1024 * 1024 * 1024  # a backup to restore, spooled to a temporary file
     max_tag_length: int = 64
     max_tags: int = 10_000  # tags with examples or a model; a new one beyond is refused
     body_read_timeout_s: float = 30.0  # longest wait for the next piece of a request body

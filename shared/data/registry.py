@@ -261,6 +261,15 @@ class Registry:
         self.redis.set(marker, "1")
         return given
 
+    def set_created_at(self, image_id: str, created_at: str, when: float) -> None:
+        """Give a stored image the time it was first added (``utc_now``'s form), as a restore from a
+        backup does, and its place among the images (``when``: seconds since the epoch, finer than
+        ``created_at`` so that images added in one second keep their order)."""
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._k("image", image_id), "created_at", created_at)
+            pipe.zadd(self._k("images"), {image_id: when}, xx=True)
+            pipe.execute()
+
     def release_image(self, image_id: str) -> None:
         self.redis.delete(self._k("reserve", image_id))
 
@@ -437,6 +446,16 @@ class Registry:
         if moved == -2:
             raise _too_many_tags(max_tags)
         return [_text(x) for x in moved]
+
+    def restore_versions(self, tag: str, last_version: int) -> None:
+        """Make the tag's version counter end at ``last_version`` and forget an earlier delete's
+        mark (``deleted_through``), for a restore from a backup into a server without the tag: its
+        versions keep their numbers and new trainings continue after them. The caller removes any
+        archives the deleted tag left first."""
+        with self.redis.pipeline() as pipe:
+            pipe.set(self._k("tag", tag, "version"), last_version)
+            pipe.delete(self._k("tag", tag, "deleted_through"))
+            pipe.execute()
 
     def deleted_through(self, tag: str) -> int:
         """The last version number of the tag before its last delete (0 if never deleted): those

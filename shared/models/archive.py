@@ -13,7 +13,7 @@ import math
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -115,15 +115,25 @@ _EXTENDED = (b"x", b"g", b"X", b"L", b"K")
 
 def _check_extended_headers(data: bytes) -> None:
     """Walk the tar's 512-byte headers and refuse an extended header over MAX_EXTENDED_HEADER."""
+    check_extended_headers(io.BytesIO(data))
+
+
+def check_extended_headers(file: BinaryIO) -> None:
+    """The same walk over a seekable file (a large archive spooled to disk), from its start; the
+    file is left at its start."""
     offset = 0
-    while offset + 512 <= len(data):
-        block = data[offset : offset + 512]
-        if not block.strip(b"\0"):
-            return  # the end-of-archive blocks
-        size = _tar_number(block[124:136])
-        if block[156:157] in _EXTENDED and size > MAX_EXTENDED_HEADER:
-            raise _invalid(f"The archive has an extended header of {size} bytes; at most {MAX_EXTENDED_HEADER}.")
-        offset += 512 + -(-size // 512) * 512
+    try:
+        while True:
+            file.seek(offset)
+            block = file.read(512)
+            if len(block) < 512 or not block.strip(b"\0"):
+                return  # the end-of-archive blocks (or a truncated file, which tarfile reports)
+            size = _tar_number(block[124:136])
+            if block[156:157] in _EXTENDED and size > MAX_EXTENDED_HEADER:
+                raise _invalid(f"The archive has an extended header of {size} bytes; at most {MAX_EXTENDED_HEADER}.")
+            offset += 512 + -(-size // 512) * 512
+    finally:
+        file.seek(0)
 
 
 def _tar_number(field: bytes) -> int:

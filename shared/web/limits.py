@@ -64,6 +64,7 @@ class BodyLimit:
                 return
         received, complete, timeout = 0, False, settings.body_read_timeout_s
         started, budget = time.monotonic(), self.budget(scope)
+        spooled = scope["path"].rstrip("/") in SPOOLED_PATHS  # written to a temporary file, not held
 
         async def limited_receive() -> Message:
             nonlocal received, complete
@@ -83,7 +84,7 @@ class BodyLimit:
                 raise HttpError(408, "body_timeout", f"The request body stalled for over {timeout:g} s.") from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             size = len(message.get("body", b""))
-            if not budget.take(size):
+            if not spooled and not budget.take(size):
                 raise HttpError(503, "busy", "The server holds too many uploads at once; try again shortly.")
             received += size
             if received > limit:
@@ -93,10 +94,17 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, send)
         finally:
-            budget.give_back(received)
+            if not spooled:
+                budget.give_back(received)
+
+
+# Bodies their endpoint writes to a temporary file as they arrive (a backup to restore): they are
+# not counted against the bytes held in memory.
+SPOOLED_PATHS = {"/restore"}
 
 
 def body_limit_for_path(settings: Settings, path: str) -> int:
-    """State archives and batches may be larger than one image upload; 64 KiB covers multipart framing."""
-    limits = {"/set_state": settings.max_archive_bytes, "/custom/add_many": settings.max_batch_bytes}
+    """State archives, backups and batches may be larger than one image upload; 64 KiB covers multipart framing."""
+    limits = {"/set_state": settings.max_archive_bytes, "/custom/add_many": settings.max_batch_bytes,
+              "/restore": settings.max_backup_bytes}
     return limits.get(path.rstrip("/"), settings.max_upload_bytes) + 64 * 1024

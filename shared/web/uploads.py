@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import BinaryIO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
@@ -55,13 +57,14 @@ class _OneFile:
 
     max_files, max_fields = 4, 16
 
-    def __init__(self, field: str, limit: int) -> None:
+    def __init__(self, field: str, limit: int, sink: BinaryIO | None = None) -> None:
         self.field = field.encode()
+        self.sink = sink  # the file the wanted part goes to, instead of a buffer of its own
         self.limit = limit
         self.files = self.fields = 0
         self.header_name = self.header_value = self.disposition = b""
-        self.buffer: io.BytesIO | None = None  # the part being read, when it is the wanted file
-        self.found: io.BytesIO | bool | None = None  # the last complete wanted part; False: not a file
+        self.buffer: BinaryIO | None = None  # the part being read, when it is the wanted file
+        self.found: BinaryIO | bool | None = None  # the last complete wanted part; False: not a file
         self.filename = self.reading = ""  # the found part's file name; the one being read
 
     def on_part_begin(self) -> None:
@@ -94,7 +97,9 @@ class _OneFile:
                 raise ValueError(f"Too many fields. Maximum number of fields is {self.max_fields}.")
         if options[b"name"] == self.field:
             if is_file:
-                self.buffer = io.BytesIO()
+                self.buffer = io.BytesIO() if self.sink is None else self.sink
+                self.buffer.seek(0)
+                self.buffer.truncate()
                 self.reading = options[b"filename"].decode("utf-8", "replace")
             else:
                 self.found = False
@@ -124,17 +129,34 @@ async def read_named_upload(request: Request, limit: int, field: str = "data") -
     """The bytes and file name of the multipart file field ``field``; 400 if absent, 413 if over ``limit``.
 
     The body is parsed as it arrives and only that file is kept, in one buffer."""
+    wanted = await _parse_one(request, _OneFile(field, limit), field)
+    assert isinstance(wanted.found, io.BytesIO)
+    return wanted.found.getvalue(), wanted.filename
+
+
+async def read_upload_to_file(request: Request, limit: int, file: BinaryIO, field: str = "data") -> str:
+    """Write the multipart file field ``field`` into ``file`` (a temporary file: an upload too
+    large to hold in memory) and return its file name; 400 if absent, 413 if over ``limit``.
+    The writes run in the threadpool; ``file`` is left at its start."""
+    wanted = await _parse_one(request, _OneFile(field, limit, sink=file), field, in_threadpool=True)
+    file.seek(0)
+    return wanted.filename
+
+
+async def _parse_one(request: Request, wanted: _OneFile, field: str, in_threadpool: bool = False) -> _OneFile:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):  # media types ignore case
         raise InvalidInput("missing_field", f"Send the file as multipart/form-data in the field '{field}'.")
-    wanted = _OneFile(field, limit)
     try:
         boundary = parse_options_header(content_type)[1].get(b"boundary")
         if not boundary:
             raise ValueError("Missing boundary in multipart.")
         parser = MultipartParser(boundary, wanted.callbacks())  # type: ignore[arg-type]
         async for chunk in request.stream():
-            parser.write(chunk)
+            if in_threadpool:
+                await run_in_threadpool(parser.write, chunk)
+            else:
+                parser.write(chunk)
         parser.finalize()
     except DomainError:
         raise
@@ -144,5 +166,4 @@ async def read_named_upload(request: Request, limit: int, field: str = "data") -
         raise InvalidInput("missing_field", f"The multipart field '{field}' is missing.")
     if wanted.found is False:
         raise InvalidInput("missing_field", f"The field '{field}' must be a file upload.")
-    assert isinstance(wanted.found, io.BytesIO)
-    return wanted.found.getvalue(), wanted.filename
+    return wanted

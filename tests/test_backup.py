@@ -1,0 +1,221 @@
+"""Backing up a project and moving it: GET /backup streamed out, POST /restore into an empty server
+(a second Services and gateway in the same test), through the real HTTP API; refusals leave
+everything as it was; the command line's backup and restore once."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from infra.cli import main
+from infra.gateway import create_gateway
+from shared.domain.services import Services, build_services
+from shared.models.backbone import Backbone
+from tests.support.api import add, run_queued_jobs, settings_for, teach_cat
+from tests.support.photos import CAT, crops
+from tests.support.servers import RedisContainer, RedisServer, serving
+
+Server = tuple[Services, TestClient]
+
+
+@pytest.fixture
+def empty(redis_server: RedisServer | RedisContainer, tmp_path: Path, backbone: Backbone) -> Iterator[Server]:
+    """A second server, empty: its own Redis key prefix, queue and store folder."""
+    services = build_services(settings_for(redis_server.url, tmp_path / "other"), backbone)
+    with TestClient(create_gateway(services=services), raise_server_exceptions=False) as test_client:
+        yield services, test_client
+
+
+def taught(client: TestClient, services: Services) -> None:
+    """The cat tag with two versions, v1 current again, and an image with a file name of its own."""
+    teach_cat(client, services, positives=3, negatives_each=1)
+    response = client.post("/custom/add?image_id=extra", files={"data": ("Straße à Paris.jpg",
+                                                                          crops(CAT, 1, seed=7)[0], "image/jpeg")})
+    assert response.status_code == 201, response.text
+    assert client.get("/custom/assign/extra/positive/cat").status_code == 200
+    task = client.post("/custom/train/cat").json()
+    run_queued_jobs(services)
+    assert client.get(f"/status/{task['task_id']}").json()["result"]["version"] == 2
+    assert client.post("/custom/rollback/cat/1").status_code == 200
+
+
+def snapshot(client: TestClient) -> dict[str, Any]:
+    """What a user sees of a server: images, tags and labels, versions."""
+    listed = client.get("/custom/images?limit=500").json()
+    tags = client.get("/custom/tags").json()["tags"]
+    return {
+        "images": listed["images"],  # newest first
+        "tags": tags,
+        "labels": {t["tag"]: client.get(f"/custom/tags/{t['tag']}").json() for t in tags},
+        "versions": {t["tag"]: client.get(f"/custom/versions/{t['tag']}").json() for t in tags},
+    }
+
+
+def restore(client: TestClient, data: bytes) -> Any:
+    return client.post("/restore", files={"data": ("backup.tar", data, "application/x-tar")})
+
+
+def members(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+
+
+def repack(data: bytes, change: Callable[[dict[str, bytes]], dict[str, bytes]]) -> bytes:
+    """The backup with its members changed (names and bytes), in the same order."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in change(members(data)).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
+def test_backup_restores_into_an_empty_server_identically(client: TestClient, services: Services,
+                                                           empty: Server) -> None:
+    taught(client, services)
+    before = snapshot(client)
+    assert before["versions"]["cat"]["current"] == 1
+    assert [v["version"] for v in before["versions"]["cat"]["versions"]] == [1, 2]
+
+    response = client.get("/backup")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-tar"
+    data = response.content
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    assert names[-1] == "manifest.json"  # written last: a backup cut short has none
+    manifest = json.loads(members(data)["manifest.json"])
+    assert manifest["backbone"] == services.spec.id
+    assert {i["image_id"] for i in manifest["images"]} == {i["image_id"] for i in before["images"]}
+    assert [t["current"] for t in manifest["tags"]] == [1]
+
+    other_services, other = empty
+    answer = restore(other, data)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["images"] == len(before["images"])
+    assert answer.json()["tags"] == [{"tag": "cat", "positives": 4, "negatives": 4, "versions": [1, 2], "current": 1}]
+    after = snapshot(other)
+    assert after == before  # ids, file names, sha256, dates, labels, versions with thresholds and metrics
+    assert next(i for i in after["images"] if i["image_id"] == "extra")["filename"] == "Straße à Paris.jpg"
+    assert other.get("/custom/images/extra/original").content == client.get("/custom/images/extra/original").content
+
+    for image_id in ("extra", "cat-0", "rocket-0"):
+        mine = client.get(f"/custom/predict/{image_id}").json()["custom"]["cat"]
+        theirs = other.get(f"/custom/predict/{image_id}").json()["custom"]["cat"]
+        assert theirs["version"] == mine["version"] == 1
+        assert abs(theirs["score"] - mine["score"]) <= 1e-6 and theirs["match"] == mine["match"]
+
+    # Trainings on the restored server continue after the highest restored version.
+    task = other.post("/custom/train/cat").json()
+    run_queued_jobs(other_services)
+    assert other.get(f"/status/{task['task_id']}").json()["result"]["version"] == 3
+
+
+def test_restore_into_a_server_that_is_not_empty_is_refused(client: TestClient, services: Services,
+                                                             empty: Server) -> None:
+    teach_cat(client, services, positives=2, negatives_each=1)
+    data = client.get("/backup").content
+    before = snapshot(client)
+    answer = restore(client, data)
+    assert answer.status_code == 409 and answer.json()["error"] == "not_empty", answer.text
+    assert "empty server" in answer.json()["message"]
+    assert snapshot(client) == before
+
+    _, other = empty  # one image, no tags: not empty either
+    add(other, crops(CAT, 1, seed=9)[0], "lonely")
+    lonely = snapshot(other)
+    assert restore(other, data).status_code == 409
+    assert snapshot(other) == lonely
+
+
+def _first_image(found: dict[str, bytes]) -> str:
+    return next(name for name in found if name.startswith("image-"))
+
+
+def _flip_image_byte(found: dict[str, bytes]) -> dict[str, bytes]:
+    name = _first_image(found)
+    data = bytearray(found[name])
+    data[len(data) // 2] ^= 0xFF
+    return {**found, name: bytes(data)}
+
+
+def _traversal(found: dict[str, bytes]) -> dict[str, bytes]:
+    name = _first_image(found)
+    manifest = json.loads(found["manifest.json"])
+    for image in manifest["images"]:
+        if image["member"] == name:
+            image["member"] = "../" + name
+    rest = {k: v for k, v in found.items() if k not in (name, "manifest.json")}
+    return {"../" + name: found[name], **rest, "manifest.json": json.dumps(manifest).encode()}
+
+
+def _bad_model(found: dict[str, bytes]) -> dict[str, bytes]:
+    name = next(name for name in found if name.startswith("model-"))
+    return {**found, name: b"not a tar, and certainly not a model" * 20}
+
+
+def _no_manifest(found: dict[str, bytes]) -> dict[str, bytes]:
+    return {k: v for k, v in found.items() if k != "manifest.json"}
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (_flip_image_byte, "do not match its sha256"),
+    (_traversal, "is not allowed"),
+    (_bad_model, "Tag 'cat' version 1"),
+    (_no_manifest, "no manifest.json"),
+], ids=["image-bytes-changed", "path-traversal", "invalid-model-archive", "cut-short"])
+def test_a_tampered_backup_is_refused_and_changes_nothing(
+    client: TestClient, services: Services, empty: Server,
+    change: Callable[[dict[str, bytes]], dict[str, bytes]], says: str,
+) -> None:
+    teach_cat(client, services, positives=2, negatives_each=1)
+    data = client.get("/backup").content
+    _, other = empty
+    answer = restore(other, repack(data, change))
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_backup", answer.text
+    assert says in answer.json()["message"]
+    assert snapshot(other) == {"images": [], "tags": [], "labels": {}, "versions": {}}
+    assert restore(other, data).status_code == 200  # and the genuine backup still restores there
+
+
+def test_a_failure_midway_leaves_the_server_empty(client: TestClient, services: Services, empty: Server,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    teach_cat(client, services, positives=2, negatives_each=1)
+    data = client.get("/backup").content
+    other_services, other = empty
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the store broke while the versions were written")
+
+    monkeypatch.setattr(type(other_services.registry), "restore_versions", refuse)
+    assert restore(other, data).status_code == 500
+    assert snapshot(other) == {"images": [], "tags": [], "labels": {}, "versions": {}}
+    monkeypatch.undo()
+    assert restore(other, data).status_code == 200
+    assert [v["version"] for v in other.get("/custom/versions/cat").json()["versions"]] == [1]
+
+
+def test_cli_backup_and_restore(client: TestClient, services: Services, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`tagsmith restore` into a fresh `tagsmith serve`, then `tagsmith backup` from it: the same manifest."""
+    teach_cat(client, services, positives=2, negatives_each=1)
+    original = tmp_path / "backup.tar"
+    original.write_bytes(client.get("/backup").content)
+    with serving(tmp_path / "served") as server:
+        assert main(["restore", str(original), "--url", server.base]) == 0
+        out = capsys.readouterr().out
+        assert out.strip() == "restored 6 images, 1 tags and 1 model versions", out
+        copy = tmp_path / "copy.tar"
+        assert main(["backup", str(copy), "--url", server.base]) == 0
+        assert capsys.readouterr().out.startswith(f"wrote {copy} (")
+        assert main(["restore", str(copy), "--url", server.base]) == 1  # not empty any more
+        assert "(not_empty)" in capsys.readouterr().err
+    first, second = (json.loads(members(p.read_bytes())["manifest.json"]) for p in (original, copy))
+    assert first["images"] == second["images"] and first["tags"] == second["tags"]
