@@ -280,11 +280,12 @@ def test_keda_scales_gpu_workers_on_the_rq_queue_down_to_zero() -> None:
     target = find("Deployment", spec["scaleTargetRef"]["name"])
     assert target["metadata"]["name"] == "gpu-worker"
     assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "redis"
+    trigger, library_trigger = spec["triggers"]
+    assert trigger["type"] == library_trigger["type"] == "redis"
     queue_name = find("ConfigMap", "tagsmith-config")["data"]["TAGSMITH_QUEUE_NAME"]
-    # The list KEDA measures is the one RQ pushes jobs onto.
+    # The lists KEDA measures are the ones RQ pushes jobs onto: trainings, then library jobs.
     assert trigger["metadata"]["listName"] == Queue.redis_queue_namespace_prefix + queue_name
+    assert library_trigger["metadata"]["listName"] == Queue.redis_queue_namespace_prefix + queue_name + "-library"
     host, port = trigger["metadata"]["address"].split(":")
     assert host.split(".")[0] == "redis" and port == "6379"
     assert int(trigger["metadata"]["listLength"]) >= 1
