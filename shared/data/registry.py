@@ -397,6 +397,13 @@ class Registry:
         raw = self.redis.hget(self._k("models"), tag)
         return ModelPointer.from_json(raw) if raw else None
 
+    def models_of(self, tags: list[str]) -> dict[str, ModelPointer]:
+        """The current model of each of ``tags`` that has one."""
+        if not tags:
+            return {}
+        raw = self.redis.hmget(self._k("models"), tags)
+        return {tag: ModelPointer.from_json(value) for tag, value in zip(tags, raw, strict=True) if value}
+
     def counts(self) -> tuple[int, int]:
         """(current models, stored images), in one round trip."""
         with self.redis.pipeline() as pipe:
