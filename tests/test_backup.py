@@ -219,3 +219,12 @@ def test_cli_backup_and_restore(client: TestClient, services: Services, tmp_path
         assert "(not_empty)" in capsys.readouterr().err
     first, second = (json.loads(members(p.read_bytes())["manifest.json"]) for p in (original, copy))
     assert first["images"] == second["images"] and first["tags"] == second["tags"]
+
+
+def test_a_backup_over_the_size_limit_is_refused_with_413(redis_server: RedisServer | RedisContainer,
+                                                          tmp_path: Path, backbone: Backbone) -> None:
+    services = build_services(settings_for(redis_server.url, tmp_path / "small", max_backup_bytes=100_000), backbone)
+    with TestClient(create_gateway(services=services), raise_server_exceptions=False) as small:
+        answer = restore(small, b"\0" * 200_000)
+        assert answer.status_code == 413 and answer.json()["error"] == "too_large", answer.text
+        assert snapshot(small) == {"images": [], "tags": [], "labels": {}, "versions": {}}
