@@ -15,6 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from infra.cli import main
+from shared.data import keys
 from shared.domain import library
 from shared.domain.services import Services
 from tagsmith_client import Client, TagsmithError
@@ -187,8 +188,8 @@ def test_file_names_are_kept_and_duplicates_not_stored(client: TestClient, servi
 def test_images_stored_before_the_library_are_embedded(client: TestClient, services: Services) -> None:
     services.registry.commit_image("old", {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
     r = services.redis
-    keys = services.library.keys
-    r.delete(keys.ids, keys.names, keys.live, keys.pending)  # as data written before rows existed
+    lib = services.library.keys
+    r.delete(lib.ids, lib.names, lib.live, lib.pending)  # as data written before rows existed
     r.hdel(services.registry._k("image", "old"), "row")
     assert services.registry.index_library() == 1
     assert services.library.pending(10) == [(0, "old")]
@@ -242,3 +243,18 @@ def test_the_command_line_finds_what_the_workers_scored(
     assert len(rows) == 8 and {r["tag"] for r in rows} == {tag}
     assert main(["similar", found[0]["image_id"], "--limit", "3", "--url", url]) == 0
     assert f"{CAT} " in capsys.readouterr().out
+
+
+def test_an_image_that_cannot_be_embedded_does_not_hold_up_the_library(client: TestClient, services: Services) -> None:
+    ids = [str(_add(client, data, f"{i}.jpg")["image_id"]) for i, data in enumerate(crops(CAT, 3, seed=41))]
+    services.store.put(keys.image_key(ids[1]), b"damaged in the store")
+    summary = client.get("/custom/library").json()
+    assert summary["pending"] == 3 and [t["status"] for t in summary["tasks"]] == ["queued"]
+    assert client.get(f"/status/{summary['tasks'][0]['task_id']}").json()["status"] == "queued"
+    run_queued_jobs(services)
+    summary = client.get("/custom/library").json()
+    assert (summary["embedded"], summary["pending"], summary["failed"], summary["tasks"]) == (2, 0, 1, [])
+    assert client.get(f"/custom/images/{ids[0]}/similar").json()["similar"][0]["image_id"] == ids[2]
+    assert client.get(f"/custom/images/{ids[1]}/similar").json()["error"] == "not_embedded"
+    client.delete(f"/custom/images/{ids[1]}")
+    assert client.get("/custom/library").json()["failed"] == 0

@@ -134,6 +134,14 @@ class TrainingQueue:
         self.library.enqueue_job(job)
         return str(job.id)
 
+    def library_tasks(self) -> list[dict[str, str]]:
+        """The library jobs queued or running: task id, what it does, status."""
+        started = StartedJobRegistry(queue=self.library).get_job_ids()
+        found = [(job_id, "started") for job_id in started] + [(job_id, "queued") for job_id in self.library.job_ids]
+        jobs = Job.fetch_many([job_id for job_id, _ in found], connection=self.redis, serializer=JSONSerializer)
+        return [{"task_id": job_id, "description": job.description or "", "status": status}
+                for (job_id, status), job in zip(found, jobs, strict=True) if job is not None]
+
     def _library_job(self, function: str, args: tuple[Any, ...], description: str) -> Job:
         return self.library.create_job(
             function, args=args, timeout=LIBRARY_TIMEOUT_S, result_ttl=self.task_ttl, failure_ttl=self.task_ttl,

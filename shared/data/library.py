@@ -52,6 +52,10 @@ class LibraryKeys:
         return self._k("library", "pending")
 
     @property
+    def failed(self) -> str:
+        return self._k("library", "failed")
+
+    @property
     def packs(self) -> str:
         return self._k("library", "packs")
 
@@ -126,11 +130,18 @@ class Library:
     def pending_count(self) -> int:
         return int(self.redis.zcard(self.keys.pending))
 
-    def add_pack(self, key: str | None, size: int, done: list[int]) -> None:
-        """Record a written pack (if any) and take the rows ``done`` off the waiting list, in one step."""
+    def failed_rows(self) -> list[int]:
+        """Rows whose images could not be embedded (deleted ones included)."""
+        return sorted(int(text(x)) for x in self.redis.smembers(self.keys.failed))
+
+    def add_pack(self, key: str | None, size: int, done: list[int], failed: tuple[int, ...] | list[int] = ()) -> None:
+        """Record a written pack (if any) and take the rows ``done`` off the waiting list, noting
+        those of them that ``failed`` to embed, in one step."""
         with self.redis.pipeline(transaction=True) as pipe:
             if key is not None:
                 pipe.hset(self.keys.packs, key, size)
+            if failed:
+                pipe.sadd(self.keys.failed, *failed)
             if done:
                 pipe.zrem(self.keys.pending, *done)
             pipe.execute()
@@ -173,7 +184,7 @@ class Library:
 
     def memory(self, tags: list[str]) -> int:
         """Bytes Redis holds for the library: rows, bitmap, waiting list, packs and score columns."""
-        keys = [self.keys.ids, self.keys.names, self.keys.live, self.keys.pending, self.keys.packs,
+        keys = [self.keys.ids, self.keys.names, self.keys.live, self.keys.pending, self.keys.packs, self.keys.failed,
                 self.keys.scored, *(self.keys.scores(t) for t in tags)]
         with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:

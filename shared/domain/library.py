@@ -14,6 +14,7 @@ writes are refused once their version is no longer current (``Library.write_scor
 from __future__ import annotations
 
 import io
+import logging
 import uuid
 from collections.abc import Callable
 from functools import lru_cache
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.core.errors import DomainError
 from shared.data import keys
 from shared.data.store import ObjectNotFound
 from shared.domain.embeddings import embed_present_images
@@ -36,6 +38,7 @@ SIMILAR_SIZE = 256  # length of the short vectors /similar searches
 MERGE_LOCK_S = 600
 
 Report = Callable[[str, float], None]
+log = logging.getLogger("tagsmith")
 
 
 @lru_cache(maxsize=2)
@@ -96,15 +99,38 @@ def embed_waiting(services: Services, report: Report) -> dict[str, Any]:
     total = library.pending_count()
     while waiting := library.pending(EMBED_ROWS):
         rows = np.array([row for row, _ in waiting], dtype=np.int64)
-        features, kept = embed_present_images(services, [image_id for _, image_id in waiting])
+        features, kept, failed = _embed(services, [image_id for _, image_id in waiting])
         key = write_pack(services, rows[kept], features) if kept else None
-        library.add_pack(key, len(kept), [int(r) for r in rows])
+        library.add_pack(key, len(kept), [int(r) for r in rows], [int(rows[i]) for i in failed])
         if kept:
             score_rows(services, rows[kept], features)
         embedded, gone = embedded + len(kept), gone + len(rows) - len(kept)
         report("embedding", min(1.0, (embedded + gone) / max(total, 1)))
     merged = merge_small_packs(services)
     return {"embedded": embedded, "deleted_meanwhile": gone, "packs_merged": merged}
+
+
+def _embed(services: Services, image_ids: list[str]) -> tuple[np.ndarray, list[int], list[int]]:
+    """``embed_present_images`` and the positions that failed; if the batch fails, each image on
+    its own, leaving out (and logging) those that fail, so one image that cannot be embedded never
+    holds up the library."""
+    try:
+        return (*embed_present_images(services, image_ids), [])
+    except (DomainError, OSError, ValueError) as exc:
+        log.warning("embedding a batch of %d images failed (%s); embedding them one at a time", len(image_ids), exc)
+    vectors, kept, failed = [], [], []
+    for i, image_id in enumerate(image_ids):
+        try:
+            features, here = embed_present_images(services, [image_id])
+        except (DomainError, OSError, ValueError) as exc:
+            log.warning("image %s cannot be embedded into the library: %s", image_id, exc)
+            failed.append(i)
+            continue
+        if here:
+            vectors.append(features[0])
+            kept.append(i)
+    width = services.spec.embedding_size + services.spec.style_size
+    return (np.stack(vectors) if vectors else np.zeros((0, width), dtype=np.float32)), kept, failed
 
 
 def score_rows(services: Services, rows: np.ndarray, features: np.ndarray) -> None:
@@ -206,19 +232,25 @@ def merge_small_packs(services: Services) -> int:
 
 
 def summary(services: Services) -> dict[str, Any]:
-    """How far the library is: images, embedded, waiting, and per tag the version its scores
-    come from (null while a rescore for its current version is still to run)."""
+    """How far the library is: images, embedded, waiting, failed (cannot be decoded any more, e.g.
+    its bytes were damaged in the store; the worker's log names them), the library jobs queued or running (their
+    progress is at /status/<task_id>), and per tag the version its scores come from (null while a
+    rescore for its current version is still to run)."""
     services.registry.index_library()
     library = services.library
     images = services.registry.image_count()
     waiting = library.pending_count()
+    failed_rows = library.failed_rows()
+    failed = int(library.live(failed_rows[-1] + 1)[failed_rows].sum()) if failed_rows else 0
     scored = library.scored()
     models = services.registry.models()
     return {
         "images": images,
-        "embedded": max(images - waiting, 0),
+        "embedded": max(images - waiting - failed, 0),
         "pending": waiting,
+        "failed": failed,
         "packs": len(library.packs()),
+        "tasks": services.queue.library_tasks(),
         "tags": {
             tag: {"version": pointer.version, "scores_from": scored.get(tag),
                   "up_to_date": scored.get(tag) == pointer.version}
