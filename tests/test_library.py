@@ -243,6 +243,9 @@ def test_the_command_line_finds_what_the_workers_scored(
     assert len(rows) == 8 and {r["tag"] for r in rows} == {tag}
     assert main(["similar", found[0]["image_id"], "--limit", "3", "--url", url]) == 0
     assert f"{CAT} " in capsys.readouterr().out
+    # The server is shared with other tests: leave it as it was.
+    ids = [r["image_id"] for r in rows]
+    assert main(["delete-image", *ids, "--url", url]) == 0 and main(["delete", tag, "--url", url]) == 0
 
 
 def test_an_image_that_cannot_be_embedded_does_not_hold_up_the_library(client: TestClient, services: Services) -> None:
