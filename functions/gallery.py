@@ -51,6 +51,7 @@ def list_images(request: Request) -> JSONResponse:
       cursor: {type: string, description: 'Where the previous page ended (its `next`).'}
     response:
       description: A page of images, how many match in all, and the next page's cursor (null on the last).
+      schema: ImagePage
       example: {total: 1, offset: 0, limit: 50, next: null, tags: {cat: {version: 2, threshold: 0.41, scores_from: 2}}, images: [{image_id: cat-1, filename: cat.jpg, format: JPEG, width: 451, height: 300, bytes: 24066, created_at: '2025-01-01T12:00:00Z', score: 0.93, match: true, label: positive}]}
     errors: [400, 404, 503]
     """
@@ -88,6 +89,7 @@ def similar(request: Request) -> JSONResponse:
       limit: {type: integer, minimum: 1, maximum: 200, description: 'How many (default 20).'}
     response:
       description: The most similar images with their similarity (1 is the same picture).
+      schema: SimilarImages
       example: {image_id: cat-1, similar: [{image_id: cat-2, filename: cat2.jpg, format: JPEG, width: 451, height: 300, bytes: 21000, created_at: '2025-01-01T12:00:00Z', similarity: 0.91}]}
     errors: [400, 404, 409, 503]
     """
@@ -103,6 +105,7 @@ def library_summary(request: Request) -> JSONResponse:
     ---
     response:
       description: The library's progress.
+      schema: LibrarySummary
       example: {images: 120, embedded: 118, pending: 2, packs: 3, tags: {cat: {version: 2, scores_from: 2, up_to_date: true}}}
     errors: [503]
     """
@@ -119,7 +122,7 @@ def export_scores(request: Request) -> Response:
       format: {type: string, enum: [csv, jsonl], description: 'CSV (default) or JSON lines.'}
       tag: {type: array, items: {type: string}, description: 'Only these tags (default: every tag with a model).'}
       match: {type: boolean, description: 'Only the rows where the tag matches.'}
-    response: {description: 'The rows, streamed (text/csv or application/x-ndjson).', content: text}
+    response: {description: 'The rows, streamed (text/csv or application/x-ndjson).', content: [csv, jsonl]}
     errors: [400, 404, 503]
     """
     services = services_of(request)
@@ -140,7 +143,8 @@ def image_info(request: Request) -> JSONResponse:
     ---
     response:
       description: The image's details; `tags` maps each tag to `positive` or `negative`.
-      example: {image_id: cat-1, format: JPEG, width: 451, height: 300, bytes: 24066, created_at: '2025-01-01T12:00:00Z', tags: {cat: positive}}
+      schema: ImageDetails
+      example: {image_id: cat-1, filename: cat.jpg, format: JPEG, width: 451, height: 300, bytes: 24066, created_at: '2025-01-01T12:00:00Z', tags: {cat: positive}}
     errors: [400, 404, 503]
     """
     return JSONResponse(images.image_details(services_of(request), request.path_params["image_id"]))
@@ -186,6 +190,7 @@ def delete_image(request: Request) -> JSONResponse:
     ---
     response:
       description: The image is gone; `removed_from` lists the tags it was an example of.
+      schema: ImageDeleted
       example: {image_id: cat-1, deleted: true, removed_from: [cat]}
     errors: [400, 404, 503]
     """

@@ -30,7 +30,9 @@ async def add(request: Request) -> JSONResponse:
     upload: data
     response:
       status: 201
+      also: [200]
       description: The image is stored (200 with `duplicate` true when it was stored already).
+      schema: AddedImage
       example: {image_id: cat-1, filename: cat.jpg, format: JPEG, width: 451, height: 300, duplicate: false}
     errors: [400, 409, 413, 415, 503]
     """
@@ -70,6 +72,7 @@ async def add_many(request: Request) -> JSONResponse:
       image_id: {type: array, items: {type: string}, description: 'One id per file, in order.'}
     response:
       description: What became of each file.
+      schema: AddedBatch
       example:
         added: 1
         failed: 1
@@ -104,6 +107,7 @@ def assign(request: Request) -> JSONResponse:
     ---
     response:
       description: The assignment and the tag's example counts.
+      schema: Assignment
       example: {image_id: cat-1, tag: cat, type: positive, positives: 6, negatives: 8}
     errors: [400, 404, 409, 503]
     """
@@ -118,6 +122,7 @@ def unassign(request: Request) -> JSONResponse:
     ---
     response:
       description: What was removed and the tag's example counts.
+      schema: Unassignment
       example: {image_id: cat-1, tag: cat, removed: positive, positives: 5, negatives: 8}
     errors: [400, 404, 503]
     """

@@ -35,6 +35,7 @@ async def predict_all(request: Request) -> JSONResponse:
     upload: data
     response:
       description: Keywords, styles and custom tags, best first.
+      schema: Prediction
       example: {keywords: [{name: cat, score: 0.93, kind: parent}], styles: [{name: warm, score: 0.71}], style_scores: {warm: 0.71}, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}
     errors: [400, 413, 415, 503]
     """
@@ -46,7 +47,7 @@ async def predict_custom(request: Request) -> JSONResponse:
     """Every custom tag, for an uploaded image.
     ---
     upload: data
-    response: {description: 'Every trained tag, best first.', example: {custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
+    response: {description: 'Every trained tag, best first.', schema: CustomPrediction, example: {custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
     errors: [400, 413, 415, 503]
     """
     features, _ = await _embed_upload(request)
@@ -58,7 +59,7 @@ async def predict_custom_tag(request: Request) -> JSONResponse:
     """One custom tag, for an uploaded image.
     ---
     upload: data
-    response: {description: The tag's score., example: {tag: cat, score: 0.998, match: true, threshold: 0.5, version: 2}}
+    response: {description: The tag's score., schema: TagPrediction, example: {tag: cat, score: 0.998, match: true, threshold: 0.5, version: 2}}
     errors: [400, 404, 413, 415, 503]
     """
     services, tag = services_of(request), request.path_params["tag"]
@@ -70,7 +71,7 @@ async def predict_custom_tag(request: Request) -> JSONResponse:
 def predict_added(request: Request) -> JSONResponse:
     """Every custom tag, for a stored image.
     ---
-    response: {description: 'Every trained tag, best first.', example: {image_id: cat-1, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
+    response: {description: 'Every trained tag, best first.', schema: StoredPrediction, example: {image_id: cat-1, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
     errors: [400, 404, 503]
     """
     services, image_id = services_of(request), request.path_params["image_id"]
@@ -81,7 +82,7 @@ def predict_added(request: Request) -> JSONResponse:
 def predict_added_tag(request: Request) -> JSONResponse:
     """One custom tag, for a stored image.
     ---
-    response: {description: The tag's score., example: {image_id: cat-1, tag: cat, score: 0.998, match: true, threshold: 0.5, version: 2}}
+    response: {description: The tag's score., schema: TagPrediction, example: {image_id: cat-1, tag: cat, score: 0.998, match: true, threshold: 0.5, version: 2}}
     errors: [400, 404, 503]
     """
     services, p = services_of(request), request.path_params

@@ -26,6 +26,7 @@ async def set_state(request: Request) -> JSONResponse:
     upload: data
     response:
       description: The models loaded.
+      schema: StateLoaded
       example: {loaded: [{tag: cat, version: 3, threshold: 0.41}]}
     errors: [400, 409, 413, 503]
     """
@@ -105,6 +106,7 @@ async def restore(request: Request) -> JSONResponse:
     upload: data
     response:
       description: What was restored.
+      schema: Restored
       example: {images: 12, tags: [{tag: cat, positives: 6, negatives: 6, versions: [1, 2], current: 1}]}
     errors: [400, 409, 413, 503]
     """

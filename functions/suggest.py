@@ -25,6 +25,7 @@ async def suggest(request: Request) -> JSONResponse:
       limit: {type: integer, minimum: 1, maximum: 100, description: 'Length of each list (default 10).'}
     response:
       description: Two ranked lists of unlabelled images.
+      schema: Suggestions
       example: {tag: cat, version: 2, threshold: 0.41, candidates: 25, uncertain: [{image_id: img-7, score: 0.43, match: true}], likely_positive: [{image_id: img-3, score: 0.97, match: true}]}
     errors: [400, 404, 503]
     """

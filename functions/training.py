@@ -21,6 +21,7 @@ def train(request: Request) -> JSONResponse:
     response:
       status: 202
       description: The training is queued; follow it at `/status/{task_id}`.
+      schema: TaskQueued
       example: {task_id: 3f2c..., tag: cat, status: queued, already_queued: false}
     errors: [400, 503]
     """
@@ -36,7 +37,8 @@ def status(request: Request) -> JSONResponse:
     ---
     response:
       description: The task's state.
-      example: {task_id: 3f2c..., tag: cat, status: finished, progress: 1.0, stage: done, result: {version: 1, threshold: 0.41, metrics: {roc_auc: 1.0, f1: 1.0, precision: 1.0, recall: 1.0, accuracy: 1.0}}}
+      schema: Task
+      example: {task_id: 3f2c..., tag: cat, status: finished, progress: 1.0, stage: done, result: {tag: cat, version: 1, threshold: 0.41, metrics: {roc_auc: 1.0, f1: 1.0, precision: 1.0, recall: 1.0, accuracy: 1.0}}}
     errors: [404, 503]
     """
     return JSONResponse(services_of(request).queue.status(request.path_params["task_id"]))
@@ -47,7 +49,7 @@ def delete(request: Request) -> JSONResponse:
 
     Version numbers are never reused, even after a reset.
     ---
-    response: {description: The tag is reset., example: {tag: cat, deleted: true}}
+    response: {description: The tag is reset., example: {tag: cat, deleted: true}, schema: TagDeleted}
     errors: [400, 404, 503]
     """
     tag = request.path_params["tag"]

@@ -16,6 +16,7 @@ def list_tags(request: Request) -> JSONResponse:
     ---
     response:
       description: Every tag, sorted by name; `model` is null until one is trained.
+      schema: TagList
       example: {tags: [{tag: cat, positives: 6, negatives: 8, model: {version: 2, threshold: 0.41, trained_at: '2025-01-01T12:00:00Z', metrics: {roc_auc: 1.0, f1: 1.0}}}]}
     errors: [503]
     """
@@ -27,6 +28,7 @@ def tag_info(request: Request) -> JSONResponse:
     ---
     response:
       description: The tag's example image ids, sorted, and its current model (or null).
+      schema: TagDetails
       example: {tag: cat, positives: [cat-1, cat-2], negatives: [rocket-1], model: null}
     errors: [400, 404, 503]
     """
@@ -38,6 +40,7 @@ def list_versions(request: Request) -> JSONResponse:
     ---
     response:
       description: Oldest first; `current` is the version predictions use (null if none).
+      schema: VersionList
       example: {tag: cat, current: 2, versions: [{version: 1, current: false, threshold: 0.5, trained_at: '2025-01-01T12:00:00Z', metrics: {roc_auc: 0.98, f1: 0.92, positives: 6, negatives: 8}}]}
     errors: [400, 404, 503]
     """
@@ -52,6 +55,7 @@ def rollback(request: Request) -> JSONResponse:
     ---
     response:
       description: The version now in use and the one it replaced.
+      schema: Rollback
       example: {tag: cat, version: 1, previous: 2, threshold: 0.5}
     errors: [400, 404, 409, 503]
     """

@@ -6,8 +6,13 @@ to a ``---`` line the description, and the YAML after it the details, in a short
     query:    {name: {type: integer, description: ..., required: false}}
     upload:   data            # a multipart file field; ``{field: data, multiple: true}`` for many
     form:     {name: {type: string, description: ...}}   # text fields sent with the upload
-    response: {status: 201, description: ..., content: json|jpeg|image|tar|onnx|html|text, example: ...}
+    response: {status: 201, description: ..., content: json|jpeg|image|tar|onnx|html|text|csv|jsonl (or a list), example: ...,
+               schema: Prediction,   # a name in ``shared/web/schemas.py`` or an inline JSON Schema
+               also: [200]}          # other success statuses answered with the same schema
     errors:   [400, 404]
+
+Every JSON answer declares its schema (the tests check real answers against it); every error is
+an ``Error``. Operations outside ``shared.web.auth``'s public paths carry the two API key schemes.
 
 Path parameters come from the route's path and are described once, in ``PATH_PARAMETERS``.
 """
@@ -20,16 +25,20 @@ import json
 import re
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import yaml
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.schemas import SchemaGenerator
+from starlette.staticfiles import StaticFiles
 
-from shared.web.auth import PUBLIC_PATHS
+from shared.web.auth import is_public
 from shared.web.responses import JSONResponse
+from shared.web.routing import query_choice
+from shared.web.schemas import SCHEMAS, ref
 
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "image_id": {
@@ -63,15 +72,20 @@ CONTENT = {
     "onnx": "application/octet-stream",
     "html": "text/html",
     "text": "text/plain",
+    "csv": "text/csv",
+    "jsonl": "application/x-ndjson",
 }
-ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error", "message"],
-    "properties": {
-        "error": {"type": "string", "description": "A stable code, e.g. `unknown_tag`."},
-        "message": {"type": "string", "description": "What went wrong, for a person."},
-    },
+ERROR_SCHEMA = SCHEMAS["Error"]
+SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "One of the keys in `TAGSMITH_API_KEYS`. Checked only when the server has "
+               "keys configured; without them every route is open."},
+    "Bearer": {"type": "http", "scheme": "bearer",
+               "description": "The same key as `Authorization: Bearer <key>`; checked only when keys are configured."},
 }
+# Either scheme will do; public routes (the probes, the web page and its files) need neither.
+SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}, {"Bearer": []}]
+DOCS_STATIC = Path(__file__).resolve().parent / "static" / "docs"
 
 
 def _version() -> str:
@@ -121,12 +135,20 @@ def _request_body(spec: dict[str, Any]) -> dict[str, Any] | None:
 def _responses(spec: dict[str, Any], public: bool, has_parameters: bool) -> dict[str, Any]:
     response = dict(spec.get("response") or {})
     status = str(response.pop("status", 200))
-    media = CONTENT[response.pop("content", "json")]
-    body: dict[str, Any] = {"schema": {"type": "object"} if media == CONTENT["json"] else {"type": "string"}}
+    kinds = response.pop("content", "json")
+    schema = response.pop("schema", None)
+    if isinstance(schema, str):
+        schema = ref(schema)
+    content: dict[str, Any] = {}
+    for kind in [kinds] if isinstance(kinds, str) else kinds:
+        media = CONTENT[kind]
+        content[media] = {"schema": schema or ({"type": "object"} if media == CONTENT["json"] else {"type": "string"})}
     if "example" in response:
-        body["example"] = response.pop("example")
-    responses: dict[str, Any] = {status: {"description": response.pop("description", "Success."),
-                                          "content": {media: body}}}
+        next(iter(content.values()))["example"] = response.pop("example")
+    success = {"description": response.pop("description", "Success."), "content": content}
+    responses: dict[str, Any] = {status: success}
+    for other in response.pop("also", []):  # other success statuses with the same body
+        responses[str(other)] = {**success, "content": {m: {"schema": c["schema"]} for m, c in content.items()}}
     errors = set(spec.get("errors") or [])
     if not public:
         errors.add(401)
@@ -165,7 +187,9 @@ def build_schema(routes: Sequence[BaseRoute], title: str = "tagsmith") -> dict[s
         body = _request_body(spec)
         if body:
             operation["requestBody"] = body
-        operation["responses"] = _responses(spec, endpoint.path in PUBLIC_PATHS, "{" in endpoint.path)
+        public = is_public(endpoint.path)
+        operation["responses"] = _responses(spec, public, "{" in endpoint.path)
+        operation["security"] = [] if public else SECURITY
         paths.setdefault(endpoint.path, {})[endpoint.http_method] = operation
     order = ["get", "post", "put", "patch", "delete"]
     for path, operations in paths.items():
@@ -176,10 +200,12 @@ def build_schema(routes: Sequence[BaseRoute], title: str = "tagsmith") -> dict[s
             "title": title,
             "version": _version(),
             "description": "Image tagging with base keywords and styles, and custom tags taught from "
-            "a few positive and negative examples. Errors are JSON `{\"error\", \"message\"}`.",
+            "a few positive and negative examples. Errors are JSON `{\"error\", \"message\"}`. "
+            "API keys (`X-API-Key: <key>` or `Authorization: Bearer <key>`) are needed only when the "
+            "server has `TAGSMITH_API_KEYS` set; `/health`, `/ready`, the web page and its files never need one.",
         },
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": {"Error": ERROR_SCHEMA}},
+        "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
     }
 
 
@@ -194,23 +220,50 @@ def _schema_of(request: Request) -> dict[str, Any]:
 def openapi_json(request: Request) -> JSONResponse:
     """The OpenAPI 3.1 schema of every route of this server.
     ---
-    response: {description: 'An OpenAPI 3.1 document.'}
+    response: {description: 'An OpenAPI 3.1 document.', schema: OpenApiDocument}
     """
     return JSONResponse(_schema_of(request))
 
 
 def docs(request: Request) -> HTMLResponse:
     """The API reference as a web page, rendered from the OpenAPI schema.
+
+    By default an interactive reference (Swagger UI, served from `/docs/` by this server: nothing
+    is fetched from elsewhere) where each operation can be tried; `view=plain` gives the same
+    reference as one page without scripts.
     ---
-    response: {description: 'A self-contained HTML page (no scripts, nothing fetched).', content: html}
+    query:
+      view: {type: string, enum: [interactive, plain], description: 'Interactive (default) or plain HTML without scripts.'}
+    response: {description: 'An HTML page.', content: html}
+    errors: [400]
     """
-    return HTMLResponse(render_docs(_schema_of(request)))
+    if query_choice(request, "view", ("interactive", "plain"), "interactive") == "plain":
+        return HTMLResponse(render_docs(_schema_of(request)))
+    return HTMLResponse(render_interactive(_schema_of(request)), headers={"Cache-Control": "no-cache"})
 
 
-routes = [
+routes: list[BaseRoute] = [
     Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
+    # The interactive reference's script, style sheets and the vendored Swagger UI (VENDORED.md).
+    Mount("/docs", StaticFiles(directory=DOCS_STATIC), name="docs"),
 ]
+
+
+def render_interactive(schema: dict[str, Any]) -> str:
+    """Swagger UI on this server's /openapi.json. Links are relative, so the page also works
+    behind a proxy that serves tagsmith under a path prefix."""
+    info = schema["info"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(info['title'])} API</title>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="docs/swagger-ui/swagger-ui.css">
+<link rel="stylesheet" href="docs/page.css"></head>
+<body><div class="docs-bar"><b>{_e(info['title'])} API</b>{_e(info['version'])}
+<a href="openapi.json">openapi.json</a><a href="docs?view=plain">plain reference</a><a href="./">web page</a></div>
+<noscript><p>This reference runs JavaScript; the <a href="docs?view=plain">plain reference</a> does not.</p></noscript>
+<div id="swagger-ui" data-schema="openapi.json"></div>
+<script src="docs/swagger-ui/swagger-ui-bundle.js"></script><script src="docs/init.js"></script></body></html>"""
 
 
 # --- the docs page -------------------------------------------------------------------------
@@ -291,7 +344,8 @@ def render_docs(schema: dict[str, Any]) -> str:
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(info['title'])} API</title><style>{DOCS_STYLE}</style></head>
 <body><header><h1>{_e(info['title'])} API <small>{_e(info['version'])}</small></h1>
-<p>{_text(info['description'])}</p><p><a href="/openapi.json">openapi.json</a> · <a href="/">web page</a></p></header>
+<p>{_text(info['description'])}</p><p><a href="/openapi.json">openapi.json</a> · <a href="/docs">interactive reference</a>
+· <a href="/">web page</a></p></header>
 <nav><ul>{toc}</ul></nav><main>{body}</main></body></html>"""
 
 

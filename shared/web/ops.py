@@ -17,7 +17,7 @@ async def health(request: Request) -> JSONResponse:
 
     Touches no backend, so an orchestrator restarts only a process that is truly stuck.
     ---
-    response: {description: 'Always `{"status": "ok"}`.', example: {status: ok}}
+    response: {description: 'Always `{"status": "ok"}`.', example: {status: ok}, schema: Health}
     """
     return JSONResponse({"status": "ok"})
 
@@ -30,6 +30,7 @@ def ready(request: Request) -> JSONResponse:
     response:
       description: Both backends answered.
       example: {status: ready, checks: {redis: ok, store: ok}}
+      schema: Ready
     errors: [503]
     """
     services = services_of(request)
