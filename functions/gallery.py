@@ -9,7 +9,6 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from shared.core.errors import InvalidInput
 from shared.core.names import validate_tag
 from shared.domain import export, images, library, search
 from shared.web.app import create_app
@@ -44,7 +43,7 @@ def list_images(request: Request) -> JSONResponse:
       any: {type: array, items: {type: string}, description: 'Only images at least one of these tags matches.'}
       none: {type: array, items: {type: string}, description: 'Only images none of these tags matches.'}
       filename: {type: string, description: 'Only images whose file name contains this (any case).'}
-      sort: {type: string, enum: [score, date], description: 'By `tag` score or by date added (default: score with `tag`, else date).'}
+      sort: {type: string, enum: [score, date], description: 'By `tag` score or by date added (default: score when `tag` has a model, else date).'}
       order: {type: string, enum: [desc, asc], description: 'Highest or newest first (default), or the reverse.'}
       limit: {type: integer, minimum: 1, maximum: 500, description: 'How many (default 50).'}
       offset: {type: integer, minimum: 0, description: 'How many to skip (default 0); `cursor` is better for paging.'}
@@ -67,14 +66,12 @@ def list_images(request: Request) -> JSONResponse:
         any_of=_tags(request, "any"),
         none_of=_tags(request, "none"),
         filename=request.query_params.get("filename") or None,
-        sort=query_choice(request, "sort", search.SORTS, "score" if tag else "date") or "date",
+        sort=query_choice(request, "sort", search.SORTS),
         descending=query_choice(request, "order", ("desc", "asc"), "desc") == "desc",
         limit=query_int(request, "limit", 50, 1, 500),
         offset=query_int(request, "offset", 0, 0, 10**9),
         cursor=request.query_params.get("cursor"),
     )
-    if query.sort == "score" and not tag:
-        raise InvalidInput("missing_parameter", "Give 'tag' to sort by its scores.")
     return JSONResponse(search.find(services_of(request), query))
 
 

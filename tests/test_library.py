@@ -261,3 +261,12 @@ def test_an_image_that_cannot_be_embedded_does_not_hold_up_the_library(client: T
     assert client.get(f"/custom/images/{ids[1]}/similar").json()["error"] == "not_embedded"
     client.delete(f"/custom/images/{ids[1]}")
     assert client.get("/custom/library").json()["failed"] == 0
+
+
+def test_a_tag_without_a_model_lists_its_unlabelled_images_by_date(client: TestClient, services: Services) -> None:
+    first, second = (str(_add(client, data, f"{i}.jpg")["image_id"]) for i, data in enumerate(crops(CAT, 2, seed=51)))
+    client.get(f"/custom/assign/{first}/positive/cat")
+    body = client.get("/custom/images?tag=cat&label=none").json()
+    assert [i["image_id"] for i in body["images"]] == [second] and body["images"][0]["score"] is None
+    assert body["tags"] == {}
+    assert client.get("/custom/images?tag=cat&sort=score").json()["error"] == "unknown_tag"

@@ -70,7 +70,7 @@ class Query:
     any_of: list[str] = field(default_factory=list)  # matches at least one
     none_of: list[str] = field(default_factory=list)  # matches none
     filename: str | None = None  # a part of the file name, any case
-    sort: str = "date"
+    sort: str | None = None  # score or date; None: score when ``tag`` has a model, else date
     descending: bool = True
     limit: int = 50
     offset: int = 0
@@ -102,6 +102,8 @@ def find(services: Services, query: Query) -> dict[str, Any]:
     if query.tag:
         catalog.require_tag(services, query.tag)
     models = services.registry.models_of(query.tags())
+    if query.sort is None:
+        query.sort = "score" if query.tag in models else "date"
     for name in ([query.tag] if query.tag and by_score else []) + query.all_of + query.any_of + query.none_of:
         if name not in models:
             raise catalog.no_model(name)
@@ -173,6 +175,8 @@ def find(services: Services, query: Query) -> dict[str, Any]:
                 item["score"] = None if np.isnan(score) else round(float(score), 6)
                 item["match"] = bool(score >= models[name].threshold) if not np.isnan(score) else None
         if tag:
+            item.setdefault("score", None)  # no model yet
+            item.setdefault("match", None)
             item["label"] = labels.get(image_id)
         images.append(item)
     scored = library.scored()
