@@ -8,13 +8,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
+import tagsmith_client.client as client_module
 from infra.embedded import free_port
 from shared.domain.services import Services
+from shared.models.edge import edge_manifest
 from tagsmith_client import Client, TagsmithError, TaskFailed
-from tests.support.api import run_queued_jobs
+from tests.support.api import run_queued_jobs, teach_cat
 from tests.support.photos import CAT, OTHERS, crops
 from tests.support.servers import ROOT, TagsmithServer
 
@@ -139,3 +142,88 @@ def test_the_client_installs_alone_with_only_httpx(tmp_path: Path, live_server: 
     )
     ran = subprocess.run([python, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True)
     assert ran.stdout.strip() == "ok"
+
+
+class FakeClock:
+    """``time.monotonic`` and ``time.sleep`` of the client module: sleeping moves the clock."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+        monkeypatch.setattr(client_module.time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(client_module.time, "sleep", self.sleep)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def scripted(answers: list[httpx.Response | Exception]) -> tuple[Client, list[str]]:
+    """A client whose server answers /status with ``answers`` in turn (an exception is raised as
+    the transport's), then 'finished'."""
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if answers:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return httpx.Response(200, json={"task_id": "t", "status": "finished", "progress": 1.0, "stage": "done"})
+
+    http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://tagsmith.test")
+    return Client(http=http), asked
+
+
+def unavailable() -> httpx.Response:
+    return httpx.Response(503, json={"error": "backend_unavailable", "message": "Redis is down."})
+
+
+def test_wait_retries_transient_refusals_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 503 (Redis restarting, a function service replaced) or a refused connection while a task
+    runs is polled again after 0.25 s, 0.5 s, 1 s, ... at most 5 s; the task's end still comes back."""
+    clock = FakeClock(monkeypatch)
+    connection_refused = httpx.ConnectError("connection refused")
+    tagsmith, asked = scripted([unavailable()] * 3 + [connection_refused] + [unavailable()] * 3)
+    assert tagsmith.wait("t", timeout=60)["status"] == "finished"
+    assert len(asked) == 8
+    assert clock.slept == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_wait_gives_up_on_transient_refusals_at_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(monkeypatch)
+    tagsmith, asked = scripted([unavailable()] * 100)
+    with pytest.raises(TagsmithError) as error:
+        tagsmith.wait("t", timeout=10)
+    assert (error.value.status, error.value.code) == (503, "backend_unavailable")
+    assert sum(clock.slept) == pytest.approx(10) and clock.slept[-1] < 5  # the last pause ends at the deadline
+    clock.slept.clear()
+    tagsmith, asked = scripted([unavailable()] * 100)  # no timeout: refusals for retry_for seconds
+    with pytest.raises(TagsmithError):
+        tagsmith.wait("t", retry_for=20)
+    assert sum(clock.slept) == pytest.approx(20)
+
+
+def test_wait_raises_other_refusals_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(monkeypatch)
+    tagsmith, asked = scripted([httpx.Response(404, json={"error": "unknown_task", "message": "No task 't'."})])
+    with pytest.raises(TagsmithError) as error:
+        tagsmith.wait("t", timeout=60)
+    assert (error.value.status, error.value.code, len(asked), clock.slept) == (404, "unknown_task", 1, [])
+
+
+def test_export_onnx_streams_the_device_model_to_a_file(tagsmith: Client, client: TestClient,
+                                                        services: Services, tmp_path: Path) -> None:
+    teach_cat(client, services, positives=2, negatives_each=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "edge.onnx"
+    size = tagsmith.export_onnx(target, ["cat"])
+    assert size == target.stat().st_size > 1_000_000
+    assert [t["tag"] for t in edge_manifest(target.read_bytes())["tags"]] == ["cat"]
+    assert tagsmith.export_onnx(out / "all.onnx") == size  # every tag: here the one
+    with pytest.raises(TagsmithError) as unknown:
+        tagsmith.export_onnx(out / "dog.onnx", ["dog"])
+    assert (unknown.value.status, unknown.value.code) == (404, "unknown_tag")
+    assert sorted(p.name for p in out.iterdir()) == ["all.onnx", "edge.onnx"]  # no partial file left

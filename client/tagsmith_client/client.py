@@ -15,6 +15,11 @@ from tagsmith_client.errors import TagsmithError, TaskFailed
 from tagsmith_client.types import AddedImage, Assignment, BatchResult, Prediction, Task, TaskStatus
 
 DEFAULT_URL = "http://127.0.0.1:5000"
+# ``wait`` polls again after these refusals (0: the server could not be reached), pausing
+# RETRY_FIRST_PAUSE seconds, doubled after each, at most RETRY_MAX_PAUSE.
+TRANSIENT_STATUSES = frozenset({0, 502, 503, 504})
+RETRY_FIRST_PAUSE = 0.25
+RETRY_MAX_PAUSE = 5.0
 ImageSource = str | os.PathLike[str] | bytes | IO[bytes]
 """A file path, the file's bytes, or a binary file object."""
 
@@ -121,12 +126,34 @@ class Client:
         timeout: float | None = None,
         poll: float = 0.5,
         on_progress: Callable[[TaskStatus], None] | None = None,
+        retry_for: float | None = 60.0,
     ) -> TaskStatus:
         """Poll until the task finishes and return its status; ``TaskFailed`` if it failed,
-        ``TimeoutError`` after ``timeout`` seconds. ``on_progress`` sees every status polled."""
+        ``TimeoutError`` after ``timeout`` seconds. ``on_progress`` sees every status polled.
+
+        A transient refusal (503, 502 or 504 from a gateway, or the server unreachable) is polled
+        again after a pause that starts at 0.25 s and doubles up to 5 s, until ``timeout``; without
+        a timeout, until the refusals have lasted ``retry_for`` seconds (None: for ever). Then the
+        last refusal is raised. Any other refusal raises at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        pause = RETRY_FIRST_PAUSE
+        failing_since: float | None = None
         while True:
-            status = self.status(task_id)
+            try:
+                status = self.status(task_id)
+            except TagsmithError as exc:
+                if exc.status not in TRANSIENT_STATUSES:
+                    raise
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                give_up = deadline if deadline is not None else (
+                    None if retry_for is None else failing_since + retry_for)
+                if give_up is not None and now >= give_up:
+                    raise
+                time.sleep(pause if give_up is None else min(pause, give_up - now))
+                pause = min(2 * pause, RETRY_MAX_PAUSE)
+                continue
+            failing_since, pause = None, RETRY_FIRST_PAUSE
             if on_progress is not None:
                 on_progress(status)
             if status.get("status") == "finished":
@@ -167,10 +194,16 @@ class Client:
         """Write a backup of everything taught (images, examples, every model version, the current
         ones) to ``path``, streamed as it comes; returns its size in bytes. ``path`` is replaced
         only once the whole backup has arrived."""
+        return self._download("/backup", path, what="Backup")
+
+    def _download(self, route: str, path: str | os.PathLike[str], *, what: str,
+                  params: dict[str, Any] | None = None) -> int:
+        """GET ``route`` into the file ``path``, streamed, under a temporary name that replaces
+        ``path`` once the whole answer has come; returns its size."""
         target = Path(path)
         partial = target.with_name(target.name + ".partial")
         try:
-            with self._http.stream("GET", self.url + "/backup", headers=self._headers) as response:
+            with self._http.stream("GET", self.url + route, params=params, headers=self._headers) as response:
                 if not response.is_success:
                     response.read()
                     self._raise_for(response)
@@ -181,12 +214,18 @@ class Client:
                         size += len(chunk)
         except httpx.TransportError as exc:
             partial.unlink(missing_ok=True)
-            raise TagsmithError(0, "unreachable", f"Backup from {self.url} failed: {exc}") from exc
+            raise TagsmithError(0, "unreachable", f"{what} from {self.url} failed: {exc}") from exc
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
         partial.replace(target)
         return size
+
+    def export_onnx(self, path: str | os.PathLike[str], tags: Sequence[str] = ()) -> int:
+        """Write the backbone and the current heads of ``tags`` (default: every tag with a model)
+        as one ONNX file for devices to ``path``, streamed; returns its size in bytes. ``path`` is
+        replaced only once the whole file has arrived. 404 ``no_models`` when there is none."""
+        return self._download("/export/onnx", path, what="ONNX export", params={"tag": list(tags)} if tags else None)
 
     def restore(self, path: str | os.PathLike[str], *, timeout: float = 3600.0) -> dict[str, Any]:
         """Restore a backup file into an empty server (409 ``not_empty`` otherwise); the file is
