@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import orjson
 from starlette.testclient import TestClient
 
 from shared.domain.services import Services
-from tests.support.api import add, run_queued_jobs, teach_cat
+from shared.models.archive import MAX_METRICS_BYTES, pack
+from tests.support.api import add, record, run_queued_jobs, teach_cat
 from tests.support.photos import CAT, crops
 
 
@@ -62,3 +66,51 @@ def test_rollback_refusals(client: TestClient, services: Services) -> None:
     assert client.get("/custom/versions/dog").json()["error"] == "unknown_tag"
     client.get("/custom/delete/cat")
     assert client.get("/custom/rollback/cat/1").status_code == 404  # deleting removes the versions
+
+
+def test_a_loaded_version_says_where_it_came_from(client: TestClient, services: Services) -> None:
+    """`/set_state` stores each model as the tag's next version: version 1 of an archive can come
+    back as version 3. Its metrics say so: loaded from a state archive, as version 1, trained then."""
+    teach_cat(client, services, positives=2, negatives_each=1)
+    retrain(client, services)
+    (_, second) = client.get("/custom/versions/cat").json()["versions"]
+    archive = client.get("/get_state?tag=cat").content  # version 2, the current one
+
+    loaded = client.post("/set_state", files={"data": ("state.tar", archive)}).json()["loaded"]
+    assert [(m["tag"], m["version"], m["origin"]["version"]) for m in loaded] == [("cat", 3, 2)]
+    listing = client.get("/custom/versions/cat").json()
+    assert [v["version"] for v in listing["versions"]] == [1, 2, 3] and listing["current"] == 3
+    third = listing["versions"][2]
+    origin = third["metrics"].pop("origin")
+    assert origin == {"loaded_from": "state archive", "version": 2, "trained_at": second["trained_at"],
+                      "loaded_at": origin["loaded_at"]} and origin["loaded_at"] >= second["trained_at"]
+    assert third["trained_at"] == second["trained_at"] and third["metrics"] == second["metrics"]
+    assert all("origin" not in v["metrics"] for v in listing["versions"][:2])  # trained here
+    assert client.get("/custom/tags/cat").json()["model"]["metrics"]["origin"]["version"] == 2
+
+    # Exported again and loaded: the origin names the archive it came from last, where it was 3.
+    again = client.post("/set_state", files={"data": client.get("/get_state").content}).json()["loaded"]
+    assert (again[0]["version"], again[0]["origin"]["version"]) == (4, 3)
+    assert again[0]["origin"]["trained_at"] == second["trained_at"]
+
+
+def test_an_origin_fits_beside_metrics_at_their_limit(client: TestClient, services: Services) -> None:
+    """An archive's metrics may take the whole 64 KiB: the origin a load adds is not counted, so
+    the version it stores still reads back (listed, predicted, exported). A malformed origin is
+    refused like any other invalid archive, and archives without one (every older one) load."""
+    full = {"roc_auc": 0.9, "notes": ""}
+    full["notes"] = "x" * (MAX_METRICS_BYTES - len(orjson.dumps(full)))
+    assert len(orjson.dumps(full)) == MAX_METRICS_BYTES
+    archive = pack([dataclasses.replace(record("big"), metrics=full)], services.spec)
+    loaded = client.post("/set_state", files={"data": archive}).json()["loaded"]
+    assert [(m["tag"], m["version"]) for m in loaded] == [("big", 1)]
+    (version,) = client.get("/custom/versions/big").json()["versions"]
+    assert version["metrics"]["origin"]["version"] == 3 and len(version["metrics"]["notes"]) > 60_000
+    assert "big" in client.post("/predict/custom", files={"data": crops(CAT, 1, seed=3)[0]}).json()["custom"]
+    assert client.get("/get_state?tag=big").status_code == 200
+
+    for bad in ({"loaded_from": "x" * 65}, {"version": 0}, {"version": True}, {"elsewhere": "x"}, "archive", []):
+        refused = client.post("/set_state", files={"data": pack(
+            [dataclasses.replace(record("bad"), metrics={"origin": bad})], services.spec)})
+        assert (refused.status_code, refused.json()["error"]) == (400, "invalid_archive"), bad
+    assert client.get("/custom/versions/bad").status_code == 404

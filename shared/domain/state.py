@@ -4,10 +4,11 @@ ONNX file for devices (the backbone and the chosen heads in one graph)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from shared.core.errors import Conflict, NotFound
-from shared.data.registry import EpochMoved, ModelPointer
+from shared.data.registry import EpochMoved, ModelPointer, utc_now
 from shared.domain import catalog
 from shared.models.archive import ModelRecord, pack, unpack
 from shared.models.backbone.exported import export_onnx
@@ -17,11 +18,25 @@ if TYPE_CHECKING:
     from shared.domain.services import Services
 
 
+ARCHIVE_ORIGIN = "state archive"
+
+
+def with_origin(record: ModelRecord, loaded_at: str) -> ModelRecord:
+    """The record with ``metrics["origin"]`` saying where it came from: a state archive, the
+    version number and training date it had there (the new version gets the tag's next number
+    here), and when it was loaded. An origin the archive carried (a loaded version exported
+    again) is replaced: the origin names the archive this version came from."""
+    origin = {"loaded_from": ARCHIVE_ORIGIN, "version": record.version, "trained_at": record.trained_at,
+              "loaded_at": loaded_at}
+    return dataclasses.replace(record, metrics={**record.metrics, "origin": origin})
+
+
 def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
     """Validate the whole archive, store every model as a new version, then publish them together.
     If a model cannot be stored or published, those stored are removed again (as far as the store
-    lets us): a failed load adds no versions."""
-    records = unpack(data, services.spec, services.archive_limits)
+    lets us): a failed load adds no versions. Each version's metrics record its ``origin``."""
+    loaded_at = utc_now()
+    records = [with_origin(r, loaded_at) for r in unpack(data, services.spec, services.archive_limits)]
     max_tags = services.settings.max_tags
     services.registry.check_room_for([record.tag for record in records], max_tags)  # before storing anything
     # A tag deleted while its version is stored loses that archive (the delete removes the tag's
@@ -46,7 +61,8 @@ def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
         raise
     for pointer in pointers:
         catalog.prune_versions(services, pointer.tag)
-    return [{"tag": p.tag, "version": p.version, "threshold": p.threshold} for p in pointers]
+    return [{"tag": p.tag, "version": p.version, "threshold": p.threshold, "origin": p.metrics["origin"]}
+            for p in pointers]
 
 
 def current_records(services: Services, tags: list[str]) -> list[ModelRecord]:

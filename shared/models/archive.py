@@ -34,6 +34,12 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 # A model's metrics travel in Redis and in every /custom/tags answer: kept small.
 MAX_METRICS_BYTES = 64 * 1024
+# metrics["origin"] of a version loaded from a state archive (shared.domain.state.with_origin):
+# these fields, each text of at most ORIGIN_TEXT_LENGTH characters, or for "version" a version
+# number. It is not counted in MAX_METRICS_BYTES (it is small and bounded here), so a load that
+# adds it to metrics at the limit still makes an archive that reads back.
+ORIGIN_FIELDS = {"loaded_from": str, "version": int, "trained_at": str, "loaded_at": str}
+ORIGIN_TEXT_LENGTH = 64
 # The largest logit a head could give (|weight| x |normalised features| + |bias|): beyond it, the
 # float32 scoring of all heads in one multiply could overflow to inf - inf = NaN. Trained heads
 # stay far below (a logit of 40 is already a probability of 1 - 4e-18).
@@ -227,6 +233,19 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits) -> list[Model
     return records
 
 
+def _valid_origin(origin: Any) -> bool:
+    """Whether ``metrics["origin"]`` has the shape ``ORIGIN_FIELDS`` describes (fields may be missing)."""
+    if not isinstance(origin, dict) or not set(origin) <= set(ORIGIN_FIELDS):
+        return False
+    for name, value in origin.items():
+        if ORIGIN_FIELDS[name] is int:
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**63:
+                return False
+        elif not isinstance(value, str) or len(value) > ORIGIN_TEXT_LENGTH:
+            return False
+    return True
+
+
 def _record(
     entry: Any,
     i: int,
@@ -254,9 +273,13 @@ def _record(
         raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
     if not isinstance(trained_at, str) or len(trained_at) > 64 or not isinstance(metrics, dict):
         raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at (text of 64 characters at most) or metrics.")
+    if "origin" in metrics and not _valid_origin(metrics["origin"]):
+        raise _invalid(f"Model entry {i} ({tag}) has an invalid metrics.origin: an object of "
+                       f"{', '.join(ORIGIN_FIELDS)} (texts of {ORIGIN_TEXT_LENGTH} characters at most, a version).")
     try:  # the API renders them with orjson: lone surrogates, ints beyond 64 bits or deep nesting would be 500s
         orjson.dumps(trained_at)
-        served = orjson.dumps(metrics)
+        orjson.dumps(metrics.get("origin"))
+        served = orjson.dumps({k: v for k, v in metrics.items() if k != "origin"})
     except orjson.JSONEncodeError:
         raise _invalid(f"Model entry {i} ({tag}) has a training date or metrics that cannot be served as JSON.") from None
     if len(served) > MAX_METRICS_BYTES:
