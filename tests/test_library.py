@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from infra.cli import main
 from shared.data import keys
 from shared.domain import library
+from shared.domain.export import csv_lines
 from shared.domain.services import Services
 from tagsmith_client import Client, TagsmithError
 from tests.support.api import run_queued_jobs, teach_cat
@@ -96,6 +97,16 @@ def test_bad_queries_get_clear_errors(client: TestClient, services: Services) ->
     assert client.get("/custom/images?tag=cat&match=maybe").json()["error"] == "invalid_parameter"
     assert client.get("/custom/images?sort=score").json()["error"] == "missing_parameter"
     assert client.get("/custom/library/export?tag=nope").json()["error"] == "unknown_tag"
+    many = "&".join(f"any=t{i}" for i in range(21))
+    assert client.get(f"/custom/images?{many}").json()["error"] == "too_many_tags"
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
+    rows = [{"image_id": "a", "filename": "=HYPERLINK(\"http://x\")", "tag": "+cat", "score": 0.5, "match": True,
+             "version": 1}]
+    text = "".join(csv_lines(rows[0], iter([])))
+    (row,) = csv.DictReader(io.StringIO(text))
+    assert row["filename"] == "'=HYPERLINK(\"http://x\")" and row["tag"] == "'+cat" and row["match"] == "true"
 
 
 def test_a_new_version_rescores_the_library(client: TestClient, services: Services) -> None:

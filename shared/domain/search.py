@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 LABELS = ("positive", "negative", "none")
 SORTS = ("score", "date")
 SHORTLIST = 100  # /similar ranks this many (or 5 x the limit) with the full vectors
+MAX_QUERY_TAGS = 20  # tags one search may name: each costs one score column read (4 bytes per image)
 
 
 class RowCache:
@@ -99,6 +100,8 @@ def find(services: Services, query: Query) -> dict[str, Any]:
         or query.sort == "score"
     if (by_score or query.label) and not query.tag:
         raise InvalidInput("missing_parameter", "Give 'tag' to filter or sort by a tag's scores or labels.")
+    if len(query.tags()) > MAX_QUERY_TAGS:
+        raise InvalidInput("too_many_tags", f"A search may name at most {MAX_QUERY_TAGS} tags.")
     if query.tag:
         catalog.require_tag(services, query.tag)
     models = services.registry.models_of(query.tags())
