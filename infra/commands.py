@@ -7,9 +7,10 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,11 +61,47 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 image``, ``2 images``: a count and its noun, agreeing."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _terminal_width() -> int | None:
+    """The width tables fit: ``$COLUMNS`` when set, else the terminal's; None (no limit) when the
+    output is not a terminal (a file, a pipe)."""
+    if os.environ.get("COLUMNS", "").isdigit() or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+MIN_COLUMN = 8
+
+
+def _cut(text: str, width: int, keep_end: bool) -> str:
+    if len(text) <= width:
+        return text
+    return "…" + text[len(text) - width + 1:] if keep_end else text[: width - 1] + "…"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str = "nothing to show") -> None:
+    """Rows under a header and a rule, fitted to the terminal: the widest columns are cut
+    (with "…"; the first keeps its end, as it is usually a path). No rows: ``empty`` alone."""
+    if not rows:
+        print(empty)
+        return
     cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    room = _terminal_width()
+    if room is not None:
+        room -= 2 * (len(widths) - 1) + 1  # the gaps, and a column left free so lines never wrap
+        least = [min(w, max(MIN_COLUMN, len(h))) for w, h in zip(widths, cells[0], strict=True)]  # headers stay whole
+        while sum(widths) > room:
+            widest = max(range(len(widths)), key=lambda i: widths[i] - least[i])
+            if widths[widest] <= least[widest]:
+                break  # too narrow a terminal: lines wrap rather than lose every column
+            widths[widest] -= 1
     for n, row in enumerate(cells):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        print("  ".join(_cut(c, w, i == 0).ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
 
@@ -96,7 +133,7 @@ def _failure(path: Path, error: TagsmithError | OSError) -> dict[str, Any]:
 
 def _stopped(error: TagsmithError, left: int, total: int) -> None:
     """The refusal that stopped a command over many files, and how many it did not get to."""
-    rest = f"; stopped with {left} of {total} files not done" if left < total else ""
+    rest = f"; stopped with {left} of {_count(total, 'file')} not done" if left < total else ""
     print(f"tagsmith: {error.message} ({error.code}){rest}", file=sys.stderr)
 
 
@@ -164,24 +201,56 @@ def cmd_add(client: Client, args: argparse.Namespace) -> int:
         for r in failed:
             print(f"{r['path']}: {r['message']} ({r['error']})", file=sys.stderr)
         where = f" as {sample_type} examples of '{args.tag}'" if args.tag else ""
-        print(f"added {len(results) - len(failed)} images{where}" + (f"; {len(failed)} failed" if failed else ""))
+        print(f"added {_count(len(results) - len(failed), 'image')}{where}"
+              + (f"; {len(failed)} failed" if failed else ""))
     if stopped is not None:
         _stopped(stopped, len(files) - len(results), len(files))
     return 1 if failed or stopped else 0
 
 
+def _ids(ids: Sequence[str], most: int = 10) -> str:
+    return ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
+
+
+def _each_image(image_ids: Sequence[str], act: Callable[[str], dict[str, Any]],
+                did: str) -> tuple[dict[str, Any] | None, int]:
+    """``act`` on each image id in turn. A refusal stops there, saying which image it was about,
+    which images were done before it (``did``, e.g. "deleted {images}") and which were not tried.
+    Returns the last answer (None if none) and the exit code."""
+    answer = None
+    for n, image_id in enumerate(image_ids):
+        try:
+            answer = act(image_id)
+        except TagsmithError as exc:
+            print(f"tagsmith: {image_id}: {exc.message} ({exc.code})", file=sys.stderr)
+            done, rest = image_ids[:n], image_ids[n + 1:]
+            if done or rest:
+                line = f"tagsmith: before that, {did.replace('{images}', _count(n, 'image'), 1)}"
+                line += f": {_ids(done)}" if done else ""
+                print(line + (f"; not tried: {_ids(rest)}" if rest else ""), file=sys.stderr)
+            return answer, 1
+    return answer, 0
+
+
+def _examples_line(tag: str, answer: dict[str, Any]) -> str:
+    return (f"'{tag}' has {_count(answer['positives'], 'positive example')} and "
+            f"{_count(answer['negatives'], 'negative example')}")
+
+
 def cmd_assign(client: Client, args: argparse.Namespace) -> int:
-    for image_id in args.image_ids:
-        answer = client.assign_image(args.type, args.tag, image_id)
-    print(f"'{args.tag}' has {answer['positives']} positive and {answer['negatives']} negative examples")
-    return 0
+    answer, code = _each_image(args.image_ids, lambda i: dict(client.assign_image(args.type, args.tag, i)),
+                               f"assigned {{images}} to '{args.tag}' as {args.type}")
+    if answer is not None:
+        print(_examples_line(args.tag, answer))
+    return code
 
 
 def cmd_unassign(client: Client, args: argparse.Namespace) -> int:
-    for image_id in args.image_ids:
-        answer = client.unassign_image(image_id, args.tag)
-    print(f"'{args.tag}' has {answer['positives']} positive and {answer['negatives']} negative examples")
-    return 0
+    answer, code = _each_image(args.image_ids, lambda i: client.unassign_image(i, args.tag),
+                               f"unassigned {{images}} from '{args.tag}'")
+    if answer is not None:
+        print(_examples_line(args.tag, answer))
+    return code
 
 
 def _metrics_line(result: dict[str, Any]) -> str:
@@ -205,8 +274,12 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
     layout = "{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}"
     with _bar(args, total=100, unit="%", desc="queued", bar_format=layout) as bar:
         def show(status: TaskStatus) -> None:
-            bar.set_description_str(str(status.get("stage") or status.get("status")))
-            bar.update(round(100 * float(status.get("progress", 0.0))) - bar.n)
+            # The stage and the percentage change together, in one frame: a finished task is
+            # "done 100%" (never a "done 0%" frame between the two), whatever progress it reports.
+            finished = status.get("status") == "finished"
+            bar.n = 100 if finished else min(100, max(0, round(100 * float(status.get("progress") or 0.0))))
+            bar.set_description_str(str(status.get("stage") or status.get("status")), refresh=False)
+            bar.refresh()
 
         final = client.wait(task["task_id"], timeout=args.timeout, on_progress=show)
         show(final)  # the bar ends at 100%, "done"
@@ -231,8 +304,25 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_mark() -> str:
+    """✓ where standard output can print it, else *."""
+    try:
+        "✓".encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "*"
+    return "✓"
+
+
 def _custom_cell(custom: dict[str, Any]) -> str:
-    return ", ".join(f"{tag} {s['score']:.2f}{'' if s['match'] else ' (no)'}" for tag, s in custom.items()) or "-"
+    """Matched tags first, marked: ``cat ✓ 0.93, dog 0.12``."""
+    mark = _check_mark()
+    ordered = sorted(custom.items(), key=lambda item: not item[1]["match"])  # stable: best first within each
+    return ", ".join(f"{tag} {mark} {s['score']:.2f}" if s["match"] else f"{tag} {s['score']:.2f}"
+                     for tag, s in ordered) or "-"
+
+
+def _style_name(name: str) -> str:
+    return name.replace("_", " ")
 
 
 def _predict_one(client: Client, path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -305,11 +395,12 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
                    [[r["path"], f"{r['score']:.3f}", "yes" if r["match"] else "no", f"{r['threshold']:.3f}",
                      r["version"]] for r in good])
         elif good and args.custom:
-            _table(["file", "custom tags"], [[r["path"], _custom_cell(r["custom"])] for r in good])
+            _table(["file", f"custom tags ({_check_mark()} match)"],
+                   [[r["path"], _custom_cell(r["custom"])] for r in good])
         elif good:
-            _table(["file", "custom tags", "keywords", "styles"], [
+            _table(["file", f"custom tags ({_check_mark()} match)", "keywords", "styles"], [
                 [r["path"], _custom_cell(r["custom"]), ", ".join(k["name"] for k in r["keywords"][:5]) or "-",
-                 ", ".join(s["name"] for s in r["styles"]) or "-"]
+                 ", ".join(_style_name(s["name"]) for s in r["styles"]) or "-"]
                 for r in good])
         for r in failed:
             print(f"{r['path']}: {r['message']} ({r['error']})", file=sys.stderr)
@@ -319,7 +410,7 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     if args.xmp:
         print(_sidecar_summary(sidecars), file=sys.stderr if args.json else sys.stdout)
     if failed and not args.json:
-        print(f"{len(failed)} of {len(rows)} files failed", file=sys.stderr)
+        print(f"{len(failed)} of {_count(len(rows), 'file')} failed", file=sys.stderr)
     if stopped is not None:
         _stopped(stopped, len(files) - len(rows), len(files))
     return 1 if failed or stopped or sidecars["error"] else 0
@@ -335,10 +426,19 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(client: Client, args: argparse.Namespace) -> int:
+    size = client.export_onnx(args.output, args.tag)
+    which = ", ".join(f"'{t}'" for t in args.tag) if args.tag else "every tag with a model"
+    print(f"wrote {args.output} ({size} bytes): the backbone and the current models of {which}")
+    return 0
+
+
 def cmd_load(client: Client, args: argparse.Namespace) -> int:
     loaded = client.set_state(args.archive)["loaded"]
     for model in loaded:
-        print(f"loaded '{model['tag']}' as version {model['version']}")
+        origin = model.get("origin") or {}
+        was = f" (version {origin['version']} in the archive)" if "version" in origin else ""
+        print(f"loaded '{model['tag']}' as version {model['version']}{was}")
     if not loaded:
         print("the archive holds no models")
     return 0
@@ -356,7 +456,8 @@ def cmd_restore(client: Client, args: argparse.Namespace) -> int:
         _print_json(answer)
     else:
         versions = sum(len(t["versions"]) for t in answer["tags"])
-        print(f"restored {answer['images']} images, {len(answer['tags'])} tags and {versions} model versions")
+        print(f"restored {_count(answer['images'], 'image')}, {_count(len(answer['tags']), 'tag')} and "
+              f"{_count(versions, 'model version')}")
     return 0
 
 
@@ -373,7 +474,8 @@ def cmd_tags(client: Client, args: argparse.Namespace) -> int:
         _print_json(tags)
     else:
         _table(["tag", "positives", "negatives", "model"],
-               [[t["tag"], t["positives"], t["negatives"], _summary(t["model"])] for t in tags])
+               [[t["tag"], t["positives"], t["negatives"], _summary(t["model"])] for t in tags],
+               empty="no tags yet")
     return 0
 
 
@@ -382,15 +484,27 @@ def cmd_versions(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
+    if not answer["versions"]:
+        print(f"'{args.tag}' has no trained versions yet")
+        return 0
     rows = []
     for v in answer["versions"]:
         m = v["metrics"]
-        rows.append([f"{v['version']}{' *' if v['current'] else ''}", v["trained_at"],
+        rows.append([f"{v['version']}{' *' if v['current'] else ''}", v["trained_at"], _origin(m.get("origin")),
                      f"{m.get('positives', '?')}/{m.get('negatives', '?')}",
-                     *(f"{m[k]:.2f}" if k in m else "-" for k in ("roc_auc", "f1", "precision", "recall")),
+                     *(f"{m[k]:.2f}" if isinstance(m.get(k), (int, float)) else "-"
+                       for k in ("roc_auc", "f1", "precision", "recall")),
                      f"{v['threshold']:.3f}"])
-    _table(["version", "trained at", "pos/neg", "ROC AUC", "F1", "precision", "recall", "threshold"], rows)
+    _table(["version", "trained at", "origin", "pos/neg", "ROC AUC", "F1", "precision", "recall", "threshold"],
+           rows)
     return 0
+
+
+def _origin(origin: Any) -> str:
+    """Where a version came from: trained on this server, or loaded (``metrics.origin``)."""
+    if not isinstance(origin, dict):
+        return "trained here"
+    return f"loaded (was v{origin['version']})" if "version" in origin else "loaded"
 
 
 def cmd_rollback(client: Client, args: argparse.Namespace) -> int:
@@ -406,7 +520,8 @@ def cmd_suggest(client: Client, args: argparse.Namespace) -> int:
         return 0
     for title, key in (("label these next (least certain)", "uncertain"), ("likely positives", "likely_positive")):
         print(f"{title}:")
-        _table(["image", "score"], [[s["image_id"], f"{s['score']:.3f}"] for s in answer[key]])
+        _table(["image", "score"], [[s["image_id"], f"{s['score']:.3f}"] for s in answer[key]],
+               empty="no images")
         print()
     return 0
 
@@ -423,7 +538,7 @@ def cmd_find(client: Client, args: argparse.Namespace) -> int:
     rows = [[i["image_id"], i.get("filename", ""), i.get("created_at", "")]
             + ([_score(i.get("score")), "yes" if i.get("match") else "", i.get("label") or ""] if args.tag else [])
             for i in found]
-    _table(headers, rows)
+    _table(headers, rows, empty="no images match")
     return 0
 
 
@@ -437,7 +552,8 @@ def cmd_similar(client: Client, args: argparse.Namespace) -> int:
         _print_json(answer)
         return 0
     _table(["image", "file name", "similarity"],
-           [[i["image_id"], i.get("filename", ""), f"{i['similarity']:.3f}"] for i in answer["similar"]])
+           [[i["image_id"], i.get("filename", ""), f"{i['similarity']:.3f}"] for i in answer["similar"]],
+           empty="no similar images (no other image is embedded yet)")
     return 0
 
 
@@ -446,10 +562,11 @@ def cmd_library(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
-    print(f"{answer['images']} images: {answer['embedded']} embedded, {answer['pending']} waiting for a worker")
+    print(f"{_count(answer['images'], 'image')}: {answer['embedded']} embedded, "
+          f"{answer['pending']} waiting for a worker")
     _table(["tag", "version", "library scored with"],
            [[tag, t["version"], t["scores_from"] if t["up_to_date"] else f"{t['scores_from'] or '-'} (rescoring)"]
-            for tag, t in answer["tags"].items()])
+            for tag, t in answer["tags"].items()], empty="no tag has a model yet")
     return 0
 
 
@@ -470,10 +587,17 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_delete_image(client: Client, args: argparse.Namespace) -> int:
-    for image_id in args.image_ids:
-        client.delete_image(image_id)
-    print(f"deleted {len(args.image_ids)} images")
-    return 0
+    deleted: list[str] = []
+
+    def delete(image_id: str) -> dict[str, Any]:
+        answer = client.delete_image(image_id)
+        deleted.append(image_id)
+        return answer
+
+    _, code = _each_image(args.image_ids, delete, "deleted {images}")
+    if code == 0:
+        print(f"deleted {_count(len(deleted), 'image')}")
+    return code
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -530,6 +654,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     p = add("export", cmd_export, "export the current models as a state archive")
     p.add_argument("-o", "--output", default="tagsmith-state.tar", help="file to write, '-' for stdout")
     p.add_argument("--tag", help="only this tag")
+    p = add("export-onnx", cmd_export_onnx,
+            "export the backbone and the current custom models as one ONNX file for devices")
+    p.add_argument("-o", "--output", default="tagsmith-edge.onnx", help="file to write (default %(default)s)")
+    p.add_argument("--tag", action="append", default=[], help="only this tag (repeatable; default every tag)")
     p = add("load", cmd_load, "load models from a state archive")
     p.add_argument("archive")
     p = add("backup", cmd_backup, "back up everything taught: images, examples, every model version")

@@ -4,6 +4,7 @@ bar, predict files and folders as a table or JSON, export and load state."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from infra.cli import main
 from infra.embedded import free_port
+from shared.models.edge import edge_manifest
 from tests.support.photos import CAT, OTHERS, crops
 from tests.support.servers import ROOT, TagsmithServer, clean_env
 
@@ -32,7 +34,7 @@ def photos(folder: Path, prefix: str, name: str, count: int, seed: int) -> Path:
 
 
 def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     url = live_server.base
     cats = photos(tmp_path / "cats", "cli-cat", CAT, 4, seed=31)
     others = tmp_path / "others"
@@ -57,6 +59,7 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     assert code == 0, err
     assert out.startswith("trained 'cli cat' version 1: ROC AUC ")
     assert "100%" in err and "done" in err  # the bar ends at 100 % on the last stage
+    assert set(re.findall(r"done\s+(\d+)%", err)) == {"100"}  # never a "done 0%" frame
 
     code, out, err = run(capsys, url, "train", "cli cat")
     task_id = out.strip()
@@ -67,11 +70,15 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     probes.mkdir()
     (probes / "cat.jpg").write_bytes(crops(CAT, 1, seed=33)[0])
     (probes / "rocket.jpg").write_bytes(crops("rocket", 1, seed=33)[0])
+    monkeypatch.setenv("COLUMNS", "90")  # tables fit the terminal: here 90 columns
     code, out, err = run(capsys, url, "predict", str(probes))
+    monkeypatch.delenv("COLUMNS")
     assert code == 0, err
     header, rule, *rows = out.splitlines()
-    assert header.split()[:3] == ["file", "custom", "tags"] and set(rule) <= {"-", " "}
-    assert rows[0].startswith(str(probes / "cat.jpg")) and "cli cat" in rows[0] and "cat" in rows[0]
+    assert header.split()[:5] == ["file", "custom", "tags", "(✓", "match)"] and set(rule) <= {"-", " "}
+    assert max(len(line) for line in out.splitlines()) <= 90  # fitted: paths are cut at their start
+    assert rows[0].split()[0].endswith("cat.jpg") and "cli cat ✓ " in rows[0] and "(no)" not in out
+    assert "cli cat ✓" not in rows[1]
     code, out, err = run(capsys, url, "predict", str(probes), "--tag", "cli cat", "--json")
     scores = {line["path"]: line for line in map(json.loads, out.splitlines())}  # JSON Lines, one per file
     assert scores[str(probes / "cat.jpg")]["match"] and not scores[str(probes / "rocket.jpg")]["match"]
@@ -82,12 +89,46 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     with tarfile.open(archive) as tar:
         assert "manifest.json" in tar.getnames()
     code, out, err = run(capsys, url, "load", str(archive))
-    assert code == 0 and out.strip().startswith("loaded 'cli cat' as version ")
+    assert code == 0 and re.fullmatch(r"loaded 'cli cat' as version \d+ \(version \d+ in the archive\)", out.strip())
     code, out, err = run(capsys, url, "versions", "cli cat")
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()[2:]][:1] == ["1"] and " * " not in out.splitlines()[2]
+    assert "trained here" in out.splitlines()[2] and "loaded (was v" in out.splitlines()[-1]
+
+    edge = tmp_path / "edge.onnx"
+    code, out, err = run(capsys, url, "export-onnx", "-o", str(edge), "--tag", "cli cat")
+    assert code == 0 and out.startswith(f"wrote {edge} (") and "'cli cat'" in out, err
+    assert [t["tag"] for t in edge_manifest(edge.read_bytes())["tags"]] == ["cli cat"]
     code, out, err = run(capsys, url, "rollback", "cli cat", "1")
     assert code == 0 and out.startswith("'cli cat' now uses version 1")
+
+
+def test_counts_partial_failures_and_empty_tables(live_server: TagsmithServer, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Counts agree with their nouns; a command over several images that is refused midway says
+    which were done before and which were not tried; an empty list is a line, not a bare header."""
+    url = live_server.base
+    one = photos(tmp_path / "one", "cli-one", CAT, 2, seed=41)
+    code, out, err = run(capsys, url, "add", str(one / "cli-one 0.jpg"), "--ids-from-names")
+    assert code == 0 and out.strip() == "added 1 image", err
+    run(capsys, url, "add", str(one / "cli-one 1.jpg"), "--ids-from-names")
+
+    code, out, err = run(capsys, url, "assign", "positive", "cli partial", "cli-one-0", "nope-id", "cli-one-1")
+    assert code == 1
+    assert out.strip() == "'cli partial' has 1 positive example and 0 negative examples"
+    assert err.splitlines() == [
+        "tagsmith: nope-id: No image with id 'nope-id'. (unknown_image)",
+        "tagsmith: before that, assigned 1 image to 'cli partial' as positive: cli-one-0; not tried: cli-one-1",
+    ]
+    code, out, err = run(capsys, url, "versions", "cli partial")
+    assert (code, out.strip()) == (0, "'cli partial' has no trained versions yet")
+    code, out, err = run(capsys, url, "find", "--filename", "no file is called this")
+    assert (code, out.strip()) == (0, "no images match")
+    code, out, err = run(capsys, url, "delete-image", "cli-one-1")
+    assert (code, out.strip()) == (0, "deleted 1 image")
+    code, out, err = run(capsys, url, "delete-image", "cli-one-0", "cli-one-1")
+    assert code == 1 and out == ""
+    assert err.splitlines()[-1] == "tagsmith: before that, deleted 1 image: cli-one-0"
 
 
 def test_errors_are_reported_with_a_nonzero_exit(live_server: TagsmithServer, tmp_path: Path,

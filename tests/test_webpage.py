@@ -114,6 +114,15 @@ def test_upload_assign_train_and_predict_in_the_page(live_server: TagsmithServer
     assert cells[0] == "v1" and cells[2] == f"5 + / {len(others)} −"
     assert float(cells[3]) >= 0.9  # ROC AUC
 
+    # The current version as one ONNX file for devices: a plain link that downloads it.
+    link = browser.find_element(By.ID, "export-onnx")
+    assert link.get_attribute("href") == live_server.base + "/export/onnx?tag=web%20cat" and "v1" in link.text
+    size = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0]).then((r) => r.ok ? r.arrayBuffer() : Promise.reject(r.status))"
+        ".then((b) => done(b.byteLength), (e) => done(String(e)));", link.get_attribute("href"))
+    assert isinstance(size, int) and size > 1_000_000, size
+
     # Label these next: the unlabelled cat is a likely positive.
     wait.until(ec.visibility_of_element_located((By.ID, "suggest-panel")))
     likely = browser.execute_script(

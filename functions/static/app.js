@@ -223,6 +223,13 @@ async function follow(taskId, tag) {
 
 const fixed = (value) => (typeof value === "number" ? value.toFixed(2) : "–");
 
+// A version loaded with /set_state says where it came from (metrics.origin).
+function originNote(origin) {
+  if (!origin) return [];
+  const number = origin.version ? ` (v${origin.version} there)` : "";
+  return [el("div", { class: "muted origin" }, `loaded from a ${origin.loaded_from || "state archive"}${number}`)];
+}
+
 async function loadVersions() {
   const box = $("#versions");
   if (!state.tag) {
@@ -248,7 +255,7 @@ async function loadVersions() {
       : el("button", { type: "button", class: "rollback", onclick: guard(() => rollback(v.version)) }, "Use this one");
     return el("tr", { class: v.current ? "current" : "", "data-version": v.version },
       el("td", {}, `v${v.version}`),
-      el("td", {}, v.trained_at ? new Date(v.trained_at).toLocaleString() : "–"),
+      el("td", {}, v.trained_at ? new Date(v.trained_at).toLocaleString() : "–", ...originNote(m.origin)),
       el("td", {}, `${m.positives ?? "?"} + / ${m.negatives ?? "?"} −`),
       el("td", {}, fixed(m.roc_auc)), el("td", {}, fixed(m.f1)),
       el("td", {}, fixed(m.precision)), el("td", {}, fixed(m.recall)),
@@ -260,7 +267,29 @@ async function loadVersions() {
   const review = wrong.length
     ? [el("h3", {}, `Most wrong in cross-validation (v${current.version})`), el("div", { class: "grid most-wrong" }, ...wrong)]
     : [];
-  box.replaceChildren(el("table", {}, head, ...rows), ...review);
+  const onnx = answer.current === null ? [] : [el("p", {}, el("a", {
+    id: "export-onnx", href: `/export/onnx?tag=${enc(state.tag)}`, download: "tagsmith-edge.onnx",
+    onclick: (event) => downloadWithKey(event).catch((error) => say(error.message)),
+  }, `Download '${state.tag}' (v${answer.current}) as ONNX`), el("span", { class: "muted" },
+    " — the backbone and this tag's model in one file, for devices"))];
+  box.replaceChildren(el("table", {}, head, ...rows), ...onnx, ...review);
+}
+
+// A plain link downloads when the server needs no API key; with one, the file is fetched with
+// the key and saved from memory.
+async function downloadWithKey(event) {
+  if (!localStorage.getItem("tagsmith.apiKey")) return;
+  event.preventDefault();
+  const link = event.currentTarget;
+  const response = await authorisedFetch(link.getAttribute("href"));
+  if (!response.ok) {
+    say(`Download failed: HTTP ${response.status}`);
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const save = el("a", { href: url, download: link.getAttribute("download") });
+  save.click();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 async function rollback(version) {
