@@ -211,7 +211,7 @@ def test_cli_backup_and_restore(client: TestClient, services: Services, tmp_path
     with serving(tmp_path / "served") as server:
         assert main(["restore", str(original), "--url", server.base]) == 0
         out = capsys.readouterr().out
-        assert out.strip() == "restored 6 images, 1 tags and 1 model versions", out
+        assert out.strip() == "restored 6 images, 1 tag and 1 model version", out
         copy = tmp_path / "copy.tar"
         assert main(["backup", str(copy), "--url", server.base]) == 0
         assert capsys.readouterr().out.startswith(f"wrote {copy} (")
