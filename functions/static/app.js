@@ -1,51 +1,112 @@
 // tagsmith's web page: plain JavaScript over the HTTP API, no build step.
+// Every piece of data (file names, tags, messages) reaches the page through textContent or
+// attributes set one by one: nothing from the server or the user is parsed as HTML.
 "use strict";
 
-const PAGE = 60;
-const UPLOAD_CHUNK = 8;
-const state = { tag: "", positives: new Set(), negatives: new Set(), images: [], total: 0, hasModel: false };
+const PAGE = Number(localStorage.getItem("tagsmith.pageSize")) || 100;  // images per request
+const KEPT_PAGES = 5;        // at most this many pages of cards in the DOM; earlier ones are dropped
+const UPLOADS_AT_ONCE = 3;   // one file per request, a few requests at a time
+const LABELS_AT_ONCE = 6;
 const $ = (selector) => document.querySelector(selector);
 const enc = encodeURIComponent;
 
+const state = {
+  tag: "",
+  known: false,              // the server knows the tag (it has examples or a model)
+  hasModel: false,
+  positives: 0, negatives: 0,
+  pages: [],                 // [{cursor, next, images}] of the cards shown, in order
+  firstPage: 0,              // index in `cursors` of pages[0]
+  cursors: [null],           // cursor of every page loaded so far, to go back after dropping some
+  total: 0,
+  loading: false,
+  generation: 0,             // bumps when the query changes: stale answers are dropped
+  labels: new Map(),         // image id -> "positive" | "negative" | null, as last known
+  selected: new Set(),
+  anchor: null,              // the last image clicked or toggled, for shift ranges
+  undo: null,                // {tag, changes: [[id, before]]}
+  versions: null,
+  previousVersion: null,     // shown beside the new one after a training
+};
+
+// --- the API ---------------------------------------------------------------------------------
+
 // When the server needs an API key (TAGSMITH_API_KEYS), the page asks for one on the first 401,
 // keeps it in this browser's localStorage and sends it as X-API-Key.
-function keyHeaders() {
-  const key = localStorage.getItem("tagsmith.apiKey");
-  return key ? { "X-API-Key": key } : {};
+function apiKey() { return localStorage.getItem("tagsmith.apiKey"); }
+function keyHeaders() { const key = apiKey(); return key ? { "X-API-Key": key } : {}; }
+
+function askForKey() {
+  const key = window.prompt("This tagsmith server needs an API key:");
+  if (key) localStorage.setItem("tagsmith.apiKey", key.trim());
+  return Boolean(key);
 }
 
 async function authorisedFetch(path, options = {}) {
   let response = await fetch(path, { ...options, headers: keyHeaders() });
-  if (response.status === 401) {
-    const key = window.prompt("This tagsmith server needs an API key:");
-    if (key) {
-      localStorage.setItem("tagsmith.apiKey", key.trim());
-      response = await fetch(path, { ...options, headers: keyHeaders() });
-    }
-  }
+  if (response.status === 401 && askForKey()) response = await fetch(path, { ...options, headers: keyHeaders() });
   return response;
+}
+
+class ApiError extends Error {
+  constructor(message, status, code) { super(message); this.status = status; this.code = code; }
 }
 
 async function api(method, path, body) {
   const response = await authorisedFetch(path, { method, body });
   const type = response.headers.get("content-type") || "";
   const data = type.includes("application/json") ? await response.json() : null;
-  if (!response.ok) {
-    const error = new Error(data && data.message ? data.message : `HTTP ${response.status}`);
-    error.status = response.status;
-    throw error;
-  }
+  if (!response.ok) throw new ApiError(data && data.message ? data.message : `HTTP ${response.status}`, response.status, data && data.error);
   return data;
 }
+
+// One upload with its byte progress (fetch has none): XMLHttpRequest, with the key.
+function uploadWithProgress(path, form, onProgress, retried = false) {
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("POST", path);
+    for (const [name, value] of Object.entries(keyHeaders())) request.setRequestHeader(name, value);
+    request.responseType = "json";
+    request.upload.onprogress = (event) => { if (event.lengthComputable) onProgress(event.loaded / event.total); };
+    request.onerror = () => reject(new ApiError("The server could not be reached.", 0));
+    request.onload = () => {
+      if (request.status === 401 && !retried && askForKey()) {
+        uploadWithProgress(path, form, onProgress, true).then(resolve, reject);
+        return;
+      }
+      const data = request.response;
+      if (request.status >= 400) reject(new ApiError(data && data.message ? data.message : `HTTP ${request.status}`, request.status));
+      else resolve(data);
+    };
+    request.send(form);
+  });
+}
+
+// Runs `work` on every item, `limit` at a time; returns the results in order.
+async function inParallel(items, limit, work) {
+  const results = new Array(items.length);
+  let next = 0;
+  const runners = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await work(items[i], i);
+    }
+  });
+  await Promise.all(runners);
+  return results;
+}
+
+// --- small helpers ---------------------------------------------------------------------------
 
 function el(name, attrs = {}, ...children) {
   const node = document.createElement(name);
   for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
     if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else if (key === "style") node.style.cssText = value;  // CSSOM: allowed by the page's CSP
-    else node.setAttribute(key, value);
+    else node.setAttribute(key, value === true ? "" : value);
   }
-  node.append(...children);
+  node.append(...children.filter((c) => c !== null && c !== undefined));
   return node;
 }
 
@@ -57,119 +118,497 @@ function say(text, ok = false) {
 }
 
 function guard(action) {
-  return (...args) => action(...args).catch((error) => say(error.message));
+  return (...args) => Promise.resolve().then(() => action(...args)).catch((error) => say(error.message));
 }
 
-// --- tags -----------------------------------------------------------------------------------
+const fixed = (value, digits = 2) => (typeof value === "number" ? value.toFixed(digits) : "–");
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+function confirmDelete(text) {
+  const dialog = $("#confirm");
+  $("#confirm-text").textContent = text;
+  return new Promise((resolve) => {
+    const done = (answer) => () => { dialog.close(); resolve(answer); };
+    $("#confirm-yes").onclick = done(true);
+    $("#confirm-no").onclick = done(false);
+    dialog.oncancel = () => resolve(false);
+    dialog.showModal();
+    $("#confirm-no").focus();
+  });
+}
+
+// Thumbnails load only when they come near the screen: natively (loading="lazy") when no key is
+// needed; with a key, an <img src> cannot send it, so an IntersectionObserver fetches them.
+const blobUrls = new WeakMap();
+const thumbObserver = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    const img = entry.target;
+    thumbObserver.unobserve(img);
+    authorisedFetch(img.dataset.src).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
+      if (!blob) return;
+      const url = URL.createObjectURL(blob);
+      blobUrls.set(img, url);
+      img.src = url;
+    }).catch(() => {});
+  }
+}, { rootMargin: "400px" });
+
+function thumbnail(imageId, size = 300, alt = "") {
+  const path = `/custom/images/${enc(imageId)}/thumbnail?size=${size}`;
+  if (!apiKey()) return el("img", { src: path, alt, loading: "lazy", decoding: "async", width: 300, height: 300 });
+  const img = el("img", { alt, "data-src": path, width: 300, height: 300 });
+  thumbObserver.observe(img);
+  return img;
+}
+
+function forgetImages(root) {
+  for (const img of root.querySelectorAll("img")) {
+    thumbObserver.unobserve(img);
+    const url = blobUrls.get(img);
+    if (url) URL.revokeObjectURL(url);
+  }
+}
+
+// --- tags overview ---------------------------------------------------------------------------
 
 async function loadTags() {
   const { tags } = await api("GET", "/custom/tags");
-  $("#tag-list").replaceChildren(...tags.map((t) => el("option", { value: t.tag })));
+  $("#tags-empty").hidden = tags.length > 0;
+  const rows = tags.map((t) => {
+    const m = (t.model && t.model.metrics) || {};
+    const matches = el("td", { class: "matches" }, t.model ? "…" : "–");
+    const row = el("tr", { "data-tag": t.tag, class: t.tag === state.tag ? "current" : null },
+      el("th", { scope: "row" }, el("button", { type: "button", class: "link open-tag", onclick: guard(() => openTag(t.tag)) }, t.tag)),
+      el("td", {}, String(t.positives)), el("td", {}, String(t.negatives)),
+      el("td", {}, t.model ? `v${t.model.version}` : "none"),
+      el("td", {}, fixed(m.f1)), el("td", {}, fixed(m.precision)), el("td", {}, fixed(m.recall)), el("td", {}, fixed(m.roc_auc)),
+      matches,
+      el("td", {}, el("button", { type: "button", class: "danger delete-tag", "aria-label": `Delete tag ${t.tag}`,
+        onclick: guard(() => deleteTag(t.tag)) }, "Delete")));
+    return [row, t, matches];
+  });
+  $("#tags-body").replaceChildren(...rows.map(([row]) => row));
+  await inParallel(rows.filter(([, t]) => t.model), 4, async ([, t, cell]) => {
+    try {
+      const page = await api("GET", `/custom/images?tag=${enc(t.tag)}&match=true&limit=1`);
+      cell.textContent = String(page.total);
+    } catch {
+      cell.textContent = "?";
+    }
+  });
+  return tags;
 }
 
-async function selectTag(tag) {
-  state.tag = tag.trim();
-  localStorage.setItem("tagsmith.tag", state.tag);
-  state.positives = new Set();
-  state.negatives = new Set();
+async function deleteTag(tag) {
+  if (!(await confirmDelete(`Delete the tag '${tag}'? Its examples and every version of its model go; the images stay.`))) return;
+  await api("DELETE", `/custom/delete/${enc(tag)}`);
+  say(`Deleted the tag '${tag}'.`, true);
+  if (tag === state.tag) closeTag();
+  await loadTags();
+}
+
+// --- one tag: the workspace ------------------------------------------------------------------
+
+async function openTag(tag) {
+  tag = tag.trim();
+  if (!tag) return;
+  try {
+    await api("GET", `/custom/tags/${enc(tag)}`);  // a name the server refuses is refused here
+  } catch (error) {
+    if (error.status !== 404) throw error;
+  }
+  state.tag = tag;
+  localStorage.setItem("tagsmith.tag", tag);
+  state.selected.clear();
+  state.undo = null;
+  state.previousVersion = null;
+  $("#workspace").hidden = false;
+  $("#tag-name").textContent = `'${tag}'`;
+  $("#filters").reset();
+  $("#compare").replaceChildren();
+  for (const row of document.querySelectorAll("#tags-body tr")) row.classList.toggle("current", row.dataset.tag === tag);
+  await refreshTag();
+  await reloadImages();
+  $("#workspace").scrollIntoView({ block: "start" });
+}
+
+function closeTag() {
+  state.tag = "";
+  localStorage.removeItem("tagsmith.tag");
+  $("#workspace").hidden = true;
+  forgetImages($("#gallery"));
+  $("#gallery").replaceChildren();
+}
+
+async function refreshTag() {
+  state.known = false;
   state.hasModel = false;
-  if (state.tag) {
-    try {
-      const info = await api("GET", `/custom/tags/${enc(state.tag)}`);
-      state.positives = new Set(info.positives);
-      state.negatives = new Set(info.negatives);
-      state.hasModel = info.model !== null;
-    } catch (error) {
-      if (error.status !== 404) say(error.message);
-    }
+  state.positives = state.negatives = 0;
+  const tags = await loadTags();
+  const info = tags.find((t) => t.tag === state.tag);
+  if (info) {
+    state.known = true;
+    state.hasModel = info.model !== null;
+    state.positives = info.positives;
+    state.negatives = info.negatives;
   }
   renderCounts();
-  refreshCards();
   await Promise.all([loadVersions(), loadSuggestions()]);
 }
 
 function renderCounts() {
-  const ready = state.tag && state.positives.size > 0 && state.negatives.size > 0;
-  $("#counts").textContent = state.tag
-    ? `${state.positives.size} positive · ${state.negatives.size} negative`
-    : "Type a tag to teach";
-  $("#train").disabled = !ready;
+  $("#counts").textContent = `${state.positives} positive · ${state.negatives} negative`;
+  $("#train").disabled = state.positives === 0;
+  $("#f-match").disabled = !state.hasModel;
+  $("#f-min").disabled = $("#f-max").disabled = !state.hasModel;
+  $("#f-label").disabled = !state.known;
 }
 
-// --- images ---------------------------------------------------------------------------------
+// --- the library grid ------------------------------------------------------------------------
 
-function thumbnail(imageId) {
-  const path = `/custom/images/${enc(imageId)}/thumbnail?size=300`;
-  if (!localStorage.getItem("tagsmith.apiKey")) return el("img", { src: path, alt: imageId, loading: "lazy" });
-  const img = el("img", { alt: imageId });  // an <img src> cannot send the key: fetch it instead
-  authorisedFetch(path).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
-    if (blob) img.src = URL.createObjectURL(blob);
-  });
-  return img;
+function query(cursor) {
+  const params = new URLSearchParams();
+  if (state.known) params.set("tag", state.tag);
+  const form = $("#filters");
+  for (const name of ["label", "match", "min_score", "max_score", "filename", "sort", "order"]) {
+    const field = form.elements[name];
+    if (field.value !== "" && !field.disabled) params.set(name, field.value.trim());
+  }
+  if (params.get("sort") === "score" && !state.hasModel) params.delete("sort");
+  if (cursor) params.set("cursor", cursor);
+  return params;
 }
 
-function card(imageId, caption) {
-  return el("div", { class: "card", "data-image-id": imageId },
-    thumbnail(imageId),
-    el("div", { class: "caption", title: imageId }, caption),
-    el("div", { class: "buttons" },
-      el("button", { type: "button", class: "pos", title: "positive example", onclick: guard(() => mark(imageId, "positive")) }, "+ positive"),
-      el("button", { type: "button", class: "neg", title: "negative example", onclick: guard(() => mark(imageId, "negative")) }, "− negative")));
+async function fetchPage(cursor, limit = PAGE) {
+  const params = query(cursor);
+  params.set("limit", String(limit));
+  return api("GET", `/custom/images?${params}`);
 }
 
-function refreshCards() {
-  for (const node of document.querySelectorAll(".card[data-image-id]")) {
-    const id = node.dataset.imageId;
-    node.classList.toggle("positive", state.positives.has(id));
-    node.classList.toggle("negative", state.negatives.has(id));
+async function reloadImages() {
+  state.generation += 1;
+  state.loading = false;  // a load of the old query still running ends unseen
+  state.pages = [];
+  state.cursors = [null];
+  state.firstPage = 0;
+  state.anchor = null;
+  forgetImages($("#gallery"));
+  $("#gallery").replaceChildren();
+  await loadPage("end");
+}
+
+function renderTotal() {
+  $("#total").textContent = plural(state.total, "image");
+  const n = state.selected.size;
+  $("#selected-count").textContent = n ? `${n} selected` : "";
+  $("#undo").disabled = !state.undo;
+}
+
+// Loads the page after the last one shown ("end") or before the first ("start"), keeping at most
+// KEPT_PAGES pages of cards in the DOM.
+async function loadPage(where) {
+  if (state.loading) return;
+  const index = where === "end" ? state.firstPage + state.pages.length : state.firstPage - 1;
+  if (index < 0 || index >= state.cursors.length) return;
+  state.loading = true;
+  const generation = state.generation;
+  try {
+    const page = await fetchPage(state.cursors[index]);
+    if (generation !== state.generation) return;
+    state.total = page.total;
+    if (page.next && state.cursors.length === index + 1) state.cursors.push(page.next);
+    for (const image of page.images) state.labels.set(image.image_id, image.label ?? null);
+    const block = el("ul", { class: "grid page", "data-page": index }, ...page.images.map(libraryCard));
+    const entry = { index, next: page.next, images: page.images, block };
+    if (where === "end") {
+      state.pages.push(entry);
+      $("#gallery").append(block);
+      if (state.pages.length > KEPT_PAGES) dropPage("start");
+    } else {
+      state.pages.unshift(entry);
+      state.firstPage = index;
+      $("#gallery").prepend(block);
+      if (state.pages.length > KEPT_PAGES) dropPage("end");
+    }
+    const last = state.pages[state.pages.length - 1];
+    $("#more").hidden = !last.next;
+    $("#earlier").hidden = state.firstPage === 0;
+    renderTotal();
+    refreshRoving();
+  } finally {
+    if (generation === state.generation) state.loading = false;
   }
 }
 
-async function loadImages(append = false) {
-  const offset = append ? state.images.length : 0;
-  const page = await api("GET", `/custom/images?limit=${PAGE}&offset=${offset}`);
-  state.images = append ? state.images.concat(page.images) : page.images;
-  state.total = page.total;
-  $("#gallery").replaceChildren(...state.images.map((image) => card(image.image_id, image.image_id)));
-  $("#more").hidden = state.images.length >= state.total;
-  refreshCards();
+function dropPage(side) {
+  const entry = side === "start" ? state.pages.shift() : state.pages.pop();
+  if (side === "start") state.firstPage = entry.index + 1;
+  forgetImages(entry.block);
+  entry.block.remove();
 }
 
-async function mark(imageId, type) {
-  if (!state.tag) {
-    say("Type a tag first.");
-    $("#tag").focus();
+function libraryCard(image) {
+  const id = image.image_id;
+  const name = image.filename || id;
+  const score = typeof image.score === "number" ? `score ${image.score.toFixed(2)}${image.match ? " ✓" : ""}` : "";
+  const pick = el("button", {
+    type: "button", class: "pick", tabindex: "-1", "aria-pressed": String(state.selected.has(id)),
+    title: name, onclick: (event) => pickClicked(id, event), onkeydown: gridKey,
+  }, thumbnail(id), el("span", { class: "caption" }, name), el("span", { class: "score" }, score));
+  const item = el("li", { class: "card", "data-image-id": id },
+    pick,
+    el("div", { class: "buttons" },
+      el("button", { type: "button", class: "pos", "aria-label": `Positive: ${name}`, title: "positive example",
+        onclick: guard(() => labelImages([id], "positive")) }, "+"),
+      el("button", { type: "button", class: "neg", "aria-label": `Negative: ${name}`, title: "negative example",
+        onclick: guard(() => labelImages([id], "negative")) }, "−"),
+      el("button", { type: "button", class: "info", "aria-label": `Details: ${name}`, title: "details",
+        onclick: guard(() => openDetail(id)) }, "Details")));
+  paintCard(item);
+  return item;
+}
+
+function paintCard(item) {
+  const id = item.dataset.imageId;
+  const label = state.labels.get(id) ?? null;
+  item.classList.toggle("positive", label === "positive");
+  item.classList.toggle("negative", label === "negative");
+  item.classList.toggle("selected", state.selected.has(id));
+  const pick = item.querySelector(".pick");
+  if (pick) pick.setAttribute("aria-pressed", String(state.selected.has(id)));
+  const badge = label ? (label === "positive" ? "positive" : "negative") : "";
+  item.dataset.label = badge;
+}
+
+function paintAll() {
+  for (const item of document.querySelectorAll(".card[data-image-id]")) paintCard(item);
+  renderTotal();
+}
+
+function picks() { return [...document.querySelectorAll("#gallery .pick")]; }
+
+// One card of the grid is in the tab order at a time (a roving tabindex); arrows move it.
+function refreshRoving() {
+  const all = picks();
+  if (!all.length) return;
+  const current = all.find((b) => b.tabIndex === 0) || all[0];
+  for (const b of all) b.tabIndex = b === current ? 0 : -1;
+}
+
+function focusPick(target) {
+  if (!target) return;
+  for (const b of picks()) b.tabIndex = -1;
+  target.tabIndex = 0;
+  target.focus();
+  target.scrollIntoView({ block: "nearest" });
+}
+
+function idOf(pick) { return pick.closest(".card").dataset.imageId; }
+
+function pickClicked(id, event) {
+  if (event.shiftKey && state.anchor) selectRange(state.anchor, id);
+  else toggle(id);
+  state.anchor = id;
+  focusPick(event.currentTarget);
+}
+
+function toggle(id) {
+  if (state.selected.has(id)) state.selected.delete(id);
+  else state.selected.add(id);
+  paintAll();
+}
+
+function selectRange(fromId, toId) {
+  const ids = picks().map(idOf);
+  let a = ids.indexOf(fromId);
+  const b = ids.indexOf(toId);
+  if (a < 0) a = b;
+  for (const id of ids.slice(Math.min(a, b), Math.max(a, b) + 1)) state.selected.add(id);
+  paintAll();
+}
+
+function neighbour(from, key) {
+  const all = picks();
+  const i = all.indexOf(from);
+  if (key === "ArrowLeft") return all[i - 1];
+  if (key === "ArrowRight") return all[i + 1];
+  const box = from.getBoundingClientRect();
+  const down = key === "ArrowDown";
+  const rows = all.filter((b) => { const r = b.getBoundingClientRect(); return down ? r.top > box.top + 5 : r.top < box.top - 5; });
+  if (!rows.length) return null;
+  const rowTop = down ? Math.min(...rows.map((b) => b.getBoundingClientRect().top)) : Math.max(...rows.map((b) => b.getBoundingClientRect().top));
+  const row = rows.filter((b) => Math.abs(b.getBoundingClientRect().top - rowTop) < 5);
+  return row.reduce((best, b) => (Math.abs(b.getBoundingClientRect().left - box.left) < Math.abs(best.getBoundingClientRect().left - box.left) ? b : best));
+}
+
+function gridKey(event) {
+  const pick = event.currentTarget;
+  if (event.key.startsWith("Arrow")) {
+    event.preventDefault();
+    const target = neighbour(pick, event.key);
+    if (target) {
+      if (event.shiftKey) selectRange(idOf(pick), idOf(target));
+      focusPick(target);
+    } else if (event.key === "ArrowDown" || event.key === "ArrowRight") {
+      if (!$("#more").hidden) guard(() => loadPage("end"))();
+    }
+  } else if (event.key === "Enter") {  // space is the button's own click: it selects
+    event.preventDefault();
+    guard(() => openDetail(idOf(pick)))();
+  }
+}
+
+function targets() {
+  if (state.selected.size) return [...state.selected];
+  const focused = document.activeElement && document.activeElement.closest("#gallery .card");
+  return focused ? [focused.dataset.imageId] : [];
+}
+
+// Labels images for the open tag (type null: unlabel); remembers what they were, for undo.
+async function labelImages(ids, type, remember = true) {
+  if (!state.tag) return;
+  if (!ids.length) {
+    say("Select images first (click, shift-click, space or \"Select all filtered\").");
     return;
   }
-  const current = state.positives.has(imageId) ? "positive" : state.negatives.has(imageId) ? "negative" : null;
-  const path = current === type
-    ? `/custom/unassign/${enc(imageId)}/${enc(state.tag)}`
-    : `/custom/assign/${enc(imageId)}/${type}/${enc(state.tag)}`;
-  await api("POST", path);
-  state.positives.delete(imageId);
-  state.negatives.delete(imageId);
-  if (current !== type) (type === "positive" ? state.positives : state.negatives).add(imageId);
-  renderCounts();
-  refreshCards();
-  if (current === null) loadTags().catch(() => {});
+  const tag = state.tag;
+  const before = ids.map((id) => [id, state.labels.has(id) ? state.labels.get(id) : undefined]);
+  if (before.some(([, label]) => label === undefined)) {
+    // Labels not yet known here (e.g. "select all" beyond the pages shown): ask the server.
+    await inParallel(before.filter(([, label]) => label === undefined), LABELS_AT_ONCE, async (pair) => {
+      const info = await api("GET", `/custom/images/${enc(pair[0])}`);
+      pair[1] = info.tags[tag] || null;
+    });
+  }
+  const changing = before.filter(([, label]) => label !== type);
+  let done = 0;
+  const status = $("#upload-status");
+  await inParallel(changing, LABELS_AT_ONCE, async ([id]) => {
+    if (type) await api("POST", `/custom/assign/${enc(id)}/${type}/${enc(tag)}`);
+    else await api("POST", `/custom/unassign/${enc(id)}/${enc(tag)}`);
+    state.labels.set(id, type);
+    done += 1;
+    if (changing.length > 20) status.textContent = `Labelling: ${done} of ${changing.length}`;
+  });
+  if (remember && changing.length) state.undo = { tag, type, changes: changing };
+  const word = type ? type : "unlabelled";
+  say(`${plural(changing.length, "image")} ${type ? `labelled ${word}` : word} for '${tag}'.`, true);
+  paintAll();
+  if (changing.length) await afterLabelling();
 }
+
+async function afterLabelling() {
+  const wasKnown = state.known;
+  await refreshTag();
+  if (!wasKnown && state.known) {
+    const selected = new Set(state.selected);
+    await reloadImages();
+    state.selected = selected;
+    paintAll();
+  }
+}
+
+async function undo() {
+  const last = state.undo;
+  if (!last) return;
+  if (last.tag !== state.tag) { say("The last labelling was for another tag."); return; }
+  state.undo = null;
+  await inParallel(last.changes, LABELS_AT_ONCE, async ([id, before]) => {
+    if (before) await api("POST", `/custom/assign/${enc(id)}/${before}/${enc(last.tag)}`);
+    else await api("POST", `/custom/unassign/${enc(id)}/${enc(last.tag)}`);
+    state.labels.set(id, before);
+  });
+  say(`Undone: ${plural(last.changes.length, "image")} back as they were.`, true);
+  paintAll();
+  await refreshTag();
+}
+
+// Every image the filters find, page after page (only their ids are kept, not cards).
+async function selectAllFiltered() {
+  const generation = state.generation;
+  let cursor = null;
+  let count = 0;
+  do {
+    const page = await fetchPage(cursor, 500);
+    if (generation !== state.generation) return;
+    for (const image of page.images) {
+      state.selected.add(image.image_id);
+      state.labels.set(image.image_id, image.label ?? null);
+    }
+    count += page.images.length;
+    $("#selected-count").textContent = `${state.selected.size} selected…`;
+    cursor = page.next;
+  } while (cursor);
+  paintAll();
+  say(`Selected ${plural(count, "image")}.`, true);
+}
+
+async function deleteImages(ids) {
+  if (!ids.length) { say("Select images to delete first."); return; }
+  const what = ids.length === 1 ? "this image" : `these ${ids.length} images`;
+  if (!(await confirmDelete(`Delete ${what} from the library? They are removed from every tag.`))) return;
+  await inParallel(ids, LABELS_AT_ONCE, (id) => api("DELETE", `/custom/images/${enc(id)}`));
+  for (const id of ids) {
+    state.selected.delete(id);
+    state.labels.delete(id);
+    for (const card of document.querySelectorAll(`.card[data-image-id="${CSS.escape(id)}"]`)) {
+      forgetImages(card);
+      card.remove();
+    }
+  }
+  if (state.undo) state.undo.changes = state.undo.changes.filter(([id]) => !ids.includes(id));
+  state.total = Math.max(0, state.total - ids.length);
+  say(`Deleted ${plural(ids.length, "image")}.`, true);
+  paintAll();
+  await refreshTag();
+}
+
+// --- uploads ---------------------------------------------------------------------------------
 
 async function upload(fileList) {
   const files = [...fileList];
   if (!files.length) return;
+  if (!state.tag) { say("Open or create a tag first."); return; }
+  const kind = document.querySelector("input[name=kind]:checked").value;
+  const tag = state.tag;
+  const list = $("#upload-list");
+  const rows = files.map((file) => {
+    const bar = el("progress", { max: "100", value: "0", "aria-label": `Upload of ${file.name}` });
+    const text = el("span", { class: "upload-state" }, "waiting");
+    const row = el("li", { "data-filename": file.name }, el("span", { class: "upload-name" }, file.name), bar, text);
+    list.append(row);
+    return { row, bar, text };
+  });
   let added = 0;
-  const failures = [];
-  for (let start = 0; start < files.length; start += UPLOAD_CHUNK) {
-    $("#upload-status").textContent = `Uploading ${start + 1}–${Math.min(start + UPLOAD_CHUNK, files.length)} of ${files.length}…`;
+  let failed = 0;
+  const path = kind === "none" ? "/custom/add_many" : `/custom/add_many?tag=${enc(tag)}&type=${kind}`;
+  await inParallel(files, UPLOADS_AT_ONCE, async (file, i) => {
+    const { row, bar, text } = rows[i];
+    text.textContent = "uploading";
     const form = new FormData();
-    for (const file of files.slice(start, start + UPLOAD_CHUNK)) form.append("data", file, file.name);
-    const result = await api("POST", "/custom/add_many", form);
-    added += result.added;
-    for (const item of result.images) if (item.error) failures.push(`${item.filename}: ${item.message}`);
+    form.append("data", file, file.name);
+    try {
+      const answer = await uploadWithProgress(path, form, (part) => { bar.value = Math.round(part * 100); });
+      const result = answer.images[0];
+      if (result.error) throw new ApiError(result.message, result.status, result.error);
+      bar.value = 100;
+      row.classList.add("done");
+      text.textContent = result.duplicate ? "already in the library" : "added";
+      if (kind !== "none") state.labels.set(result.image_id, kind);
+      added += 1;
+    } catch (error) {
+      row.classList.add("failed");
+      text.textContent = `failed: ${error.message}`;
+      failed += 1;
+    }
+  });
+  $("#upload-status").textContent = `Added ${plural(added, "image")}${kind === "none" ? "" : ` as ${kind}s of '${tag}'`}`
+    + (failed ? `; ${failed} failed (see above).` : ".");
+  if (tag === state.tag) {
+    await refreshTag();
+    await reloadImages();
   }
-  $("#upload-status").textContent = `Added ${added} image${added === 1 ? "" : "s"}.`;
-  say(failures.join(" "));
-  await loadImages();
 }
 
 function dropZone(zone, onFiles) {
@@ -184,28 +623,112 @@ function dropZone(zone, onFiles) {
   });
 }
 
-// --- training -------------------------------------------------------------------------------
+// --- image details ---------------------------------------------------------------------------
+
+async function openDetail(imageId) {
+  const dialog = $("#detail");
+  const body = $("#detail-body");
+  forgetImages(body);
+  $("#detail-title").textContent = "…";
+  body.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  if (!dialog.open) dialog.showModal();
+  const info = await api("GET", `/custom/images/${enc(imageId)}`);
+  $("#detail-title").textContent = info.filename || imageId;
+  const labels = Object.entries(info.tags || {});
+  const scoresBox = el("div", { id: "detail-scores" }, el("p", { class: "muted" }, "Scoring…"));
+  const similarBox = el("div", { id: "detail-similar" }, el("p", { class: "muted" }, "Finding similar images…"));
+  const actions = state.tag ? el("div", { class: "row" },
+    el("span", {}, `For '${state.tag}':`),
+    el("button", { type: "button", class: "pos", onclick: guard(() => detailLabel(imageId, "positive")) }, "Positive"),
+    el("button", { type: "button", class: "neg", onclick: guard(() => detailLabel(imageId, "negative")) }, "Negative"),
+    el("button", { type: "button", onclick: guard(() => detailLabel(imageId, null)) }, "Unlabel")) : null;
+  body.replaceChildren(el("div", { class: "detail" },
+    el("img", { src: "", alt: info.filename || imageId, class: "detail-image" }),
+    el("div", {},
+      el("dl", { class: "facts" },
+        el("dt", {}, "File name"), el("dd", { id: "detail-filename" }, info.filename || "–"),
+        el("dt", {}, "Image id"), el("dd", {}, imageId),
+        el("dt", {}, "Size"), el("dd", {}, `${info.width} × ${info.height} ${info.format || ""}`),
+        el("dt", {}, "Added"), el("dd", {}, info.created_at ? new Date(info.created_at).toLocaleString() : "–")),
+      el("h3", {}, "Example of"),
+      labels.length
+        ? el("ul", { id: "detail-labels" }, ...labels.map(([tag, type]) => el("li", { class: `${type}-text` }, `${tag}: ${type}`)))
+        : el("p", { id: "detail-labels", class: "muted" }, "no tag yet"),
+      actions,
+      el("h3", {}, "Scores"), scoresBox,
+      el("button", { type: "button", class: "danger", id: "detail-delete", onclick: guard(() => detailDelete(imageId)) }, "Delete image"))),
+  el("h3", {}, "Similar images"), similarBox);
+  const img = body.querySelector(".detail-image");
+  const big = thumbnail(imageId, 512, info.filename || imageId);
+  big.className = "detail-image";
+  big.removeAttribute("loading");
+  img.replaceWith(big);
+  await Promise.all([detailScores(imageId, scoresBox), detailSimilar(imageId, similarBox)]);
+}
+
+async function detailScores(imageId, box) {
+  try {
+    const { custom } = await api("GET", `/custom/predict/${enc(imageId)}`);
+    const items = Object.entries(custom).map(([tag, s]) => [`${tag}${s.match ? " ✓" : ""}`, s.score, s.match]);
+    box.replaceChildren(items.length ? scoreList(items) : el("p", { class: "muted" }, "No tag has a model yet."));
+  } catch (error) {
+    box.replaceChildren(el("p", { class: "muted" }, `Scores unavailable: ${error.message}`));
+  }
+}
+
+async function detailSimilar(imageId, box) {
+  try {
+    const answer = await api("GET", `/custom/images/${enc(imageId)}/similar?limit=8`);
+    box.replaceChildren(answer.similar.length
+      ? el("ul", { class: "grid small" }, ...answer.similar.map((s) => el("li", { class: "card" },
+        el("button", { type: "button", class: "pick", title: s.filename || s.image_id, onclick: guard(() => openDetail(s.image_id)) },
+          thumbnail(s.image_id), el("span", { class: "caption" }, s.filename || s.image_id),
+          el("span", { class: "score" }, `similarity ${fixed(s.similarity)}`)))))
+      : el("p", { class: "muted" }, "No other image yet."));
+  } catch (error) {
+    const text = error.code === "not_embedded" ? "Not ready yet: a worker has not embedded this image. Try again in a few seconds."
+      : `Similar images unavailable: ${error.message}`;
+    box.replaceChildren(el("p", { class: "muted" }, text));
+  }
+}
+
+async function detailLabel(imageId, type) {
+  await labelImages([imageId], type);
+  await openDetail(imageId);
+}
+
+async function detailDelete(imageId) {
+  $("#detail").close();
+  await deleteImages([imageId]);
+}
+
+// --- training and versions -------------------------------------------------------------------
 
 async function train() {
-  const task = await api("POST", `/custom/train/${enc(state.tag)}`);
+  const tag = state.tag;
+  const before = state.versions && state.versions.versions.find((v) => v.current);
+  const task = await api("POST", `/custom/train/${enc(tag)}`);
   $("#train").disabled = true;
   $("#training").hidden = false;
   say("");
-  await follow(task.task_id, state.tag);
+  await follow(task.task_id, tag, before || null);
 }
 
-async function follow(taskId, tag) {
+async function follow(taskId, tag, before) {
+  const bar = document.querySelector("#training .progress");
   for (;;) {
     const status = await api("GET", `/status/${enc(taskId)}`);
-    const percent = Math.round(100 * status.progress);
+    const percent = Math.round(100 * (status.progress || 0));
     $("#progress-fill").style.width = `${percent}%`;
-    $("#progress-text").textContent = `${status.stage} ${percent}%`;
+    bar.setAttribute("aria-valuenow", String(percent));
+    $("#progress-text").textContent = `${status.stage || status.status} ${percent}%`;
     if (status.status === "finished") {
-      $("#progress-text").textContent = `Trained version ${status.result.version}`;
       const { version, published } = status.result;
+      $("#progress-text").textContent = `Trained version ${version}`;
       say(published === false
         ? `Trained '${tag}': version ${version} is kept, but a newer version, trained meanwhile, stays in use.`
         : `Trained '${tag}': version ${version} is now in use.`, true);
+      if (tag === state.tag) state.previousVersion = before ? before.version : null;
       break;
     }
     if (status.status === "failed") {
@@ -214,71 +737,186 @@ async function follow(taskId, tag) {
     }
     await new Promise((resolve) => setTimeout(resolve, 500));
   }
-  renderCounts();
-  if (tag === state.tag) await selectTag(tag);
-  await loadTags();
+  if (tag === state.tag) {
+    await refreshTag();
+    await reloadImages();
+  } else {
+    await loadTags();
+  }
 }
 
-// --- versions and suggestions ---------------------------------------------------------------
+const METRICS = [["roc_auc", "ROC AUC"], ["f1", "F1"], ["precision", "Precision"], ["recall", "Recall"], ["accuracy", "Accuracy"]];
 
-const fixed = (value) => (typeof value === "number" ? value.toFixed(2) : "–");
+function examplesText(m) {
+  const presumed = m.presumed_negatives ? ` (+ ${m.presumed_negatives} presumed)` : "";
+  return `${m.positives ?? "?"} + / ${m.negatives ?? "?"} −${presumed}`;
+}
 
 // A version loaded with /set_state says where it came from (metrics.origin).
 function originNote(origin) {
-  if (!origin) return [];
+  if (!origin) return null;
   const number = origin.version ? ` (v${origin.version} there)` : "";
-  return [el("div", { class: "muted origin" }, `loaded from a ${origin.loaded_from || "state archive"}${number}`)];
+  return el("div", { class: "muted origin" }, `loaded from a ${origin.loaded_from || "state archive"}${number}`);
 }
 
 async function loadVersions() {
   const box = $("#versions");
-  if (!state.tag) {
-    box.replaceChildren(el("p", { class: "muted" }, "Choose a tag to see its trained versions."));
+  state.versions = null;
+  $("#threshold-box").hidden = true;
+  $("#most-wrong").replaceChildren();
+  if (!state.known) {
+    box.replaceChildren(el("p", { class: "muted" }, `'${state.tag}' has no examples yet: drop images above.`));
+    $("#compare").replaceChildren();
     return;
   }
-  let answer = { versions: [] };
-  try {
-    answer = await api("GET", `/custom/versions/${enc(state.tag)}`);
-  } catch (error) {
-    if (error.status !== 404) throw error;
-  }
+  const answer = await api("GET", `/custom/versions/${enc(state.tag)}`);
+  state.versions = answer;
   if (!answer.versions.length) {
-    box.replaceChildren(el("p", { class: "muted" }, `'${state.tag}' has no trained version yet.`));
+    box.replaceChildren(el("p", { class: "muted" }, `'${state.tag}' has no trained version yet: label a few images, then press Train.`));
+    $("#compare").replaceChildren();
     return;
   }
-  const head = el("tr", {}, ...["Version", "Trained", "Examples", "ROC AUC", "F1", "Precision", "Recall", "Threshold", ""]
-    .map((title) => el("th", {}, title)));
+  const head = el("tr", {}, ...["Version", "Trained", "Examples", ...METRICS.map(([, title]) => title), "Threshold", "Action"]
+    .map((title) => el("th", { scope: "col" }, title)));
   const rows = answer.versions.slice().reverse().map((v) => {
     const m = v.metrics;
     const action = v.current
       ? el("span", { class: "badge" }, "in use")
-      : el("button", { type: "button", class: "rollback", onclick: guard(() => rollback(v.version)) }, "Use this one");
-    return el("tr", { class: v.current ? "current" : "", "data-version": v.version },
+      : el("button", { type: "button", class: "rollback", onclick: guard(() => rollback(v.version)) }, `Use v${v.version}`);
+    return el("tr", { class: v.current ? "current" : null, "data-version": v.version },
       el("td", {}, `v${v.version}`),
-      el("td", {}, v.trained_at ? new Date(v.trained_at).toLocaleString() : "–", ...originNote(m.origin)),
-      el("td", {}, `${m.positives ?? "?"} + / ${m.negatives ?? "?"} −`),
-      el("td", {}, fixed(m.roc_auc)), el("td", {}, fixed(m.f1)),
-      el("td", {}, fixed(m.precision)), el("td", {}, fixed(m.recall)),
+      el("td", {}, v.trained_at ? new Date(v.trained_at).toLocaleString() : "–", originNote(m.origin)),
+      el("td", {}, examplesText(m)),
+      ...METRICS.map(([key]) => el("td", {}, fixed(m[key]))),
       el("td", {}, v.threshold.toFixed(3)), el("td", {}, action));
   });
-  const current = answer.versions.find((v) => v.current) || answer.versions[answer.versions.length - 1];
-  const wrong = (current.metrics.most_wrong || []).map((w) =>
-    card(w.image_id, `${w.type}, scored ${w.score.toFixed(2)}`));
-  const review = wrong.length
-    ? [el("h3", {}, `Most wrong in cross-validation (v${current.version})`), el("div", { class: "grid most-wrong" }, ...wrong)]
-    : [];
-  const onnx = answer.current === null ? [] : [el("p", {}, el("a", {
+  const onnx = answer.current === null ? null : el("p", {}, el("a", {
     id: "export-onnx", href: `/export/onnx?tag=${enc(state.tag)}`, download: "tagsmith-edge.onnx",
     onclick: (event) => downloadWithKey(event).catch((error) => say(error.message)),
   }, `Download '${state.tag}' (v${answer.current}) as ONNX`), el("span", { class: "muted" },
-    " — the backbone and this tag's model in one file, for devices"))];
-  box.replaceChildren(el("table", {}, head, ...rows), ...onnx, ...review);
+    " — the backbone and this tag's model in one file, for devices"));
+  box.replaceChildren(el("h4", {}, "Versions"), el("div", { class: "table-wrap" }, el("table", { id: "versions-table" }, head, ...rows)), onnx);
+  const current = answer.versions.find((v) => v.current);
+  renderComparison(answer, current);
+  if (current) {
+    await Promise.all([renderMostWrong(current), setUpThreshold(current)]);
+  }
 }
 
-// A plain link downloads when the server needs no API key; with one, the file is fetched with
-// the key and saved from memory.
+// The version in use beside the one before it (after a training: the one it replaced).
+function renderComparison(answer, current) {
+  const box = $("#compare");
+  if (!current) { box.replaceChildren(); return; }
+  const byNumber = new Map(answer.versions.map((v) => [v.version, v]));
+  let previous = state.previousVersion !== null ? byNumber.get(state.previousVersion) : null;
+  if (!previous) {
+    const older = answer.versions.filter((v) => v.version < current.version);
+    previous = older.length ? older[older.length - 1] : null;
+  }
+  const cols = previous ? [previous, current] : [current];
+  const head = el("tr", {}, el("th", { scope: "col" }, "Cross-validated"),
+    ...cols.map((v) => el("th", { scope: "col" }, `v${v.version}${v.current ? " (in use)" : ""}`)),
+    previous ? el("th", { scope: "col" }, "Change") : null);
+  const rows = [...METRICS, ["threshold", "Threshold"], ["examples", "Examples"]].map(([key, title]) => {
+    const value = (v) => (key === "threshold" ? v.threshold : key === "examples" ? null : v.metrics[key]);
+    const cells = cols.map((v) => el("td", {}, key === "examples" ? examplesText(v.metrics) : fixed(value(v), key === "threshold" ? 3 : 2)));
+    let change = null;
+    if (previous) {
+      const a = value(previous);
+      const b = value(current);
+      const delta = typeof a === "number" && typeof b === "number" ? b - a : null;
+      change = el("td", { class: delta > 0.005 ? "up" : delta < -0.005 ? "down" : null },
+        delta === null ? "" : `${delta >= 0 ? "+" : "−"}${Math.abs(delta).toFixed(key === "threshold" ? 3 : 2)}`);
+    }
+    return el("tr", { "data-metric": key }, el("th", { scope: "row" }, title), ...cells, change);
+  });
+  box.replaceChildren(el("h4", {}, previous ? `v${current.version} against v${previous.version}` : `v${current.version}`),
+    el("div", { class: "table-wrap" }, el("table", { id: "compare-table" }, head, ...rows)));
+}
+
+// Examples the cross-validation got most wrong: candidates for relabelling.
+async function renderMostWrong(current) {
+  const wrong = current.metrics.most_wrong || [];
+  const box = $("#most-wrong");
+  if (!wrong.length) {
+    box.replaceChildren(el("p", { class: "muted" }, `No example was on the wrong side in v${current.version}'s cross-validation.`));
+    return;
+  }
+  const names = await inParallel(wrong, 4, async (w) => {
+    try { return (await api("GET", `/custom/images/${enc(w.image_id)}`)).filename || w.image_id; } catch { return w.image_id; }
+  });
+  box.replaceChildren(el("h4", {}, `Most wrong in v${current.version}'s cross-validation: check these labels`),
+    el("ul", { class: "grid" }, ...wrong.map((w, i) => smallCard(w.image_id, names[i],
+      `${w.type.replace("_", " ")}, scored ${fixed(w.score)}`))));
+  paintAll();
+}
+
+function smallCard(imageId, name, note) {
+  const item = el("li", { class: "card", "data-image-id": imageId },
+    el("button", { type: "button", class: "pick", title: name, onclick: guard(() => openDetail(imageId)) },
+      thumbnail(imageId), el("span", { class: "caption" }, name), el("span", { class: "score" }, note)),
+    el("div", { class: "buttons" },
+      el("button", { type: "button", class: "pos", "aria-label": `Positive: ${name}`, onclick: guard(() => labelImages([imageId], "positive")) }, "+"),
+      el("button", { type: "button", class: "neg", "aria-label": `Negative: ${name}`, onclick: guard(() => labelImages([imageId], "negative")) }, "−"),
+      el("button", { type: "button", "aria-label": `Unlabel: ${name}`, onclick: guard(() => labelImages([imageId], null)) }, "×")));
+  return item;
+}
+
+// The threshold slider: the API keeps no per-example cross-validated scores, so the preview
+// uses what it has: the current model's scores of the labelled examples (in-sample, so
+// optimistic) and how many library images would match.
+const examples = { tag: null, version: null, positives: [], negatives: [] };
+
+async function labelledScores(label) {
+  const scores = [];
+  let cursor = null;
+  do {
+    const params = new URLSearchParams({ tag: state.tag, label, limit: "500" });
+    if (cursor) params.set("cursor", cursor);
+    const page = await api("GET", `/custom/images?${params}`);
+    for (const image of page.images) if (typeof image.score === "number") scores.push(image.score);
+    cursor = page.next;
+  } while (cursor && scores.length < 5000);
+  return scores;
+}
+
+async function setUpThreshold(current) {
+  examples.tag = state.tag;
+  examples.version = current.version;
+  [examples.positives, examples.negatives] = await Promise.all([labelledScores("positive"), labelledScores("negative")]);
+  const slider = $("#threshold");
+  slider.value = String(current.threshold);
+  slider.dataset.trained = String(current.threshold);
+  $("#threshold-box").hidden = false;
+  await showThreshold();
+}
+
+const libraryMatches = debounce(async (threshold) => {
+  try {
+    const page = await api("GET", `/custom/images?tag=${enc(state.tag)}&min_score=${threshold}&limit=1`);
+    $("#threshold-library").textContent = `${page.total} library images would match`;
+  } catch (error) {
+    $("#threshold-library").textContent = error.message;
+  }
+}, 200);
+
+async function showThreshold() {
+  const t = Number($("#threshold").value);
+  const trained = Number($("#threshold").dataset.trained);
+  $("#threshold-value").textContent = `${t.toFixed(2)}${Math.abs(t - trained) < 0.005 ? " (set by training)" : ` (training set ${trained.toFixed(3)})`}`;
+  const tp = examples.positives.filter((s) => s >= t).length;
+  const fp = examples.negatives.filter((s) => s >= t).length;
+  const fn = examples.positives.length - tp;
+  const precision = tp + fp ? tp / (tp + fp) : null;
+  const recall = tp + fn ? tp / (tp + fn) : null;
+  $("#threshold-effect").replaceChildren(
+    el("span", { id: "threshold-pr" }, `On the ${plural(examples.positives.length + examples.negatives.length, "labelled example")} (scored by the trained model, not cross-validated): precision ${fixed(precision)}, recall ${fixed(recall)}. `),
+    el("span", { id: "threshold-library" }, "…"));
+  libraryMatches(t);
+}
+
 async function downloadWithKey(event) {
-  if (!localStorage.getItem("tagsmith.apiKey")) return;
+  if (!apiKey()) return;
   event.preventDefault();
   const link = event.currentTarget;
   const response = await authorisedFetch(link.getAttribute("href"));
@@ -287,36 +925,37 @@ async function downloadWithKey(event) {
     return;
   }
   const url = URL.createObjectURL(await response.blob());
-  const save = el("a", { href: url, download: link.getAttribute("download") });
-  save.click();
+  el("a", { href: url, download: link.getAttribute("download") }).click();
   setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 async function rollback(version) {
   await api("POST", `/custom/rollback/${enc(state.tag)}/${version}`);
   say(`'${state.tag}' uses version ${version} again.`, true);
-  await Promise.all([loadVersions(), loadSuggestions()]);
+  state.previousVersion = null;
+  await refreshTag();
+  await reloadImages();
 }
 
 async function loadSuggestions() {
   const panel = $("#suggest-panel");
-  if (!state.tag || !state.hasModel) {
+  if (!state.hasModel) {
     panel.hidden = true;
     return;
   }
   const answer = await api("GET", `/custom/suggest/${enc(state.tag)}?limit=6`);
-  const cards = (items) => items.map((s) => card(s.image_id, `score ${s.score.toFixed(2)}`));
+  const cards = (items) => items.map((s) => smallCard(s.image_id, s.filename || s.image_id, `score ${fixed(s.score)}`));
   $("#uncertain").replaceChildren(...cards(answer.uncertain));
   $("#likely").replaceChildren(...cards(answer.likely_positive));
   panel.hidden = answer.candidates === 0;
-  refreshCards();
+  paintAll();
 }
 
-// --- trying a prediction --------------------------------------------------------------------
+// --- quick test ------------------------------------------------------------------------------
 
 function scoreList(items) {
   if (!items.length) return el("p", { class: "muted" }, "none");
-  return el("ul", {}, ...items.map(([name, score, match]) => el("li", { class: match ? "match" : "nomatch" },
+  return el("ul", { class: "scores" }, ...items.map(([name, score, match]) => el("li", { class: match ? "match" : "nomatch" },
     el("span", { class: "bar", style: `width:${Math.round(score * 80)}px` }), `${name} ${score.toFixed(2)}`)));
 }
 
@@ -329,33 +968,116 @@ async function predict(fileList) {
   box.replaceChildren(el("p", { class: "muted" }, "Predicting…"));
   const result = await api("POST", "/predict", form);
   const custom = Object.entries(result.custom).map(([tag, s]) => [`${tag}${s.match ? " ✓" : ""}`, s.score, s.match]);
+  const { tags } = await api("GET", "/custom/tags");
+  const names = [...new Set([...(state.tag ? [state.tag] : []), ...tags.map((t) => t.tag)])];
+  const choose = el("select", { id: "add-tag" }, ...names.map((name) => el("option", { value: name }, name)));
+  const outcome = el("p", { id: "add-result", role: "status" });
+  const addAs = async (type) => {
+    const tag = choose.value;
+    if (!tag) { say("Create a tag first."); return; }
+    const data = new FormData();
+    data.append("data", file, file.name);
+    const answer = await api("POST", `/custom/add_many?tag=${enc(tag)}&type=${type}`, data);
+    const row = answer.images[0];
+    if (row.error) throw new ApiError(`${row.filename}: ${row.message}`, row.status, row.error);
+    outcome.textContent = `${row.filename} ${row.duplicate ? "was in the library already; it is now" : "added as"} a ${type} of '${tag}'.`;
+    if (tag === state.tag) { await refreshTag(); await reloadImages(); } else { await loadTags(); }
+  };
+  const preview = el("img", { alt: file.name, class: "preview" });
+  preview.src = URL.createObjectURL(file);
   box.replaceChildren(
-    el("img", { src: URL.createObjectURL(file), alt: file.name }),
+    el("figure", {}, preview, el("figcaption", {}, file.name)),
     el("div", { id: "prediction-result" },
       el("h3", {}, "Custom tags"), scoreList(custom),
       el("h3", {}, "Keywords"), scoreList(result.keywords.map((k) => [k.name, k.score, true])),
-      el("h3", {}, "Styles"), scoreList(result.styles.map((s) => [s.name, s.score, true]))));
+      el("h3", {}, "Styles"), scoreList(result.styles.map((s) => [s.name, s.score, true])),
+      el("h3", {}, "Add to the library"),
+      names.length ? el("div", { class: "row" },
+        el("label", { for: "add-tag" }, "Tag"), choose,
+        el("button", { type: "button", class: "pos", id: "add-positive", onclick: guard(() => addAs("positive")) }, "Add as positive"),
+        el("button", { type: "button", class: "neg", id: "add-negative", onclick: guard(() => addAs("negative")) }, "Add as negative"))
+        : el("p", { class: "muted" }, "Create a tag to add this photo to it."),
+      outcome));
 }
 
-// --- wiring ---------------------------------------------------------------------------------
+// --- wiring ----------------------------------------------------------------------------------
 
 function debounce(action, ms) {
   let timer;
   return (...args) => { clearTimeout(timer); timer = setTimeout(() => action(...args), ms); };
 }
 
+function typing(target) {
+  return target instanceof HTMLElement && (target.matches("input, select, textarea") || target.isContentEditable);
+}
+
+function pageKey(event) {
+  if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
+  if ($("#detail").open || $("#confirm").open) return;
+  if (event.key === "?") {
+    event.preventDefault();
+    $("#help").showModal();
+    return;
+  }
+  if (!state.tag || $("#help").open) return;
+  const actions = {
+    p: () => labelImages(targets(), "positive"),
+    n: () => labelImages(targets(), "negative"),
+    u: () => labelImages(targets(), null),
+    z: () => undo(),
+    a: () => selectAllFiltered(),
+  };
+  if (event.key === "Escape" && state.selected.size) {
+    state.selected.clear();
+    paintAll();
+    return;
+  }
+  const action = actions[event.key.toLowerCase()];
+  if (action) {
+    event.preventDefault();
+    guard(action)();
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   for (const name of ["dragover", "drop"]) document.addEventListener(name, (event) => event.preventDefault());
+  document.addEventListener("keydown", pageKey);
+  for (const button of document.querySelectorAll("dialog [data-close]")) {
+    button.addEventListener("click", () => button.closest("dialog").close());
+  }
+  $("#help-button").addEventListener("click", () => $("#help").showModal());
   dropZone($("#drop"), upload);
   dropZone($("#predict-drop"), predict);
   $("#files").addEventListener("change", (event) => guard(upload)(event.target.files).finally(() => { event.target.value = ""; }));
   $("#predict-file").addEventListener("change", (event) => guard(predict)(event.target.files));
-  $("#tag").addEventListener("input", debounce((event) => guard(selectTag)(event.target.value), 350));
+  $("#new-tag").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("#new-tag-name");
+    guard(openTag)(input.value).then(() => { input.value = ""; });
+  });
+  $("#close-tag").addEventListener("click", closeTag);
   $("#train").addEventListener("click", guard(train));
-  $("#more").addEventListener("click", guard(() => loadImages(true)));
-  $("#tag").value = localStorage.getItem("tagsmith.tag") || "";
+  $("#filters").addEventListener("submit", (event) => event.preventDefault());
+  $("#filters").addEventListener("change", guard(reloadImages));
+  $("#filters").addEventListener("input", debounce((event) => { if (event.target.type === "search") guard(reloadImages)(); }, 300));
+  $("#filters").addEventListener("reset", () => setTimeout(guard(reloadImages)));
+  $("#more").addEventListener("click", guard(() => loadPage("end")));
+  $("#earlier").addEventListener("click", guard(() => loadPage("start")));
+  $("#select-all").addEventListener("click", guard(selectAllFiltered));
+  $("#select-none").addEventListener("click", () => { state.selected.clear(); paintAll(); });
+  $("#label-pos").addEventListener("click", guard(() => labelImages(targets(), "positive")));
+  $("#label-neg").addEventListener("click", guard(() => labelImages(targets(), "negative")));
+  $("#label-none").addEventListener("click", guard(() => labelImages(targets(), null)));
+  $("#undo").addEventListener("click", guard(undo));
+  $("#delete-selected").addEventListener("click", guard(() => deleteImages([...state.selected])));
+  $("#threshold").addEventListener("input", guard(showThreshold));
+  // Infinite scroll: the next page loads as the end of the grid comes near ("Load more" too).
+  new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting) && !$("#more").hidden && state.tag) guard(() => loadPage("end"))();
+  }, { rootMargin: "600px" }).observe($("#sentinel"));
   guard(async () => {
-    await Promise.all([loadImages(), loadTags()]);
-    await selectTag($("#tag").value);
+    await loadTags();
+    const last = localStorage.getItem("tagsmith.tag");
+    if (last) await openTag(last);
   })();
 });
