@@ -195,8 +195,7 @@ def main() -> int:
 
             tracemalloc.start()
             started, size, count = time.perf_counter(), 0, 0
-            exported = search.export_rows(services, [], False)
-            for chunk in csv_lines(next(exported, None), exported):
+            for chunk in csv_lines(search.export_rows(services, [], False)):
                 size += len(chunk)
                 count += chunk.count("\n")
             seconds = time.perf_counter() - started

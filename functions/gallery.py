@@ -126,9 +126,8 @@ def export_scores(request: Request) -> Response:
     form = query_choice(request, "format", ("csv", "jsonl"), "csv")
     tags = _tags(request, "tag")
     matches_only = bool(query_bool(request, "match"))
-    rows = search.export_rows(services, tags, matches_only)
-    first = next(rows, None)  # errors (an unknown tag) are answered before the stream starts
-    lines = export.csv_lines(first, rows) if form == "csv" else export.json_lines(first, rows)
+    chunks = search.export_rows(services, tags, matches_only)  # an unknown tag is refused before the stream
+    lines = export.csv_lines(chunks) if form == "csv" else export.json_lines(chunks)
     media = "text/csv; charset=utf-8" if form == "csv" else "application/x-ndjson"
     name = f"tagsmith-scores.{form}"
     return StreamingResponse(iterate_in_threadpool(lines), media_type=media,

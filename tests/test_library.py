@@ -102,9 +102,8 @@ def test_bad_queries_get_clear_errors(client: TestClient, services: Services) ->
 
 
 def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
-    rows = [{"image_id": "a", "filename": "=HYPERLINK(\"http://x\")", "tag": "+cat", "score": 0.5, "match": True,
-             "version": 1}]
-    text = "".join(csv_lines(rows[0], iter([])))
+    rows = [("a", '=HYPERLINK("http://x")', "+cat", 0.5, True, 1)]
+    text = "".join(csv_lines([rows]))
     (row,) = csv.DictReader(io.StringIO(text))
     assert row["filename"] == "'=HYPERLINK(\"http://x\")" and row["tag"] == "'+cat" and row["match"] == "true"
 

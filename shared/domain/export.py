@@ -1,4 +1,4 @@
-"""Rows of the library's scores as text, a line at a time: CSV with a header, or JSON lines."""
+"""Rows of the library's scores as text, a chunk at a time: CSV with a header, or JSON lines."""
 
 from __future__ import annotations
 
@@ -12,40 +12,30 @@ COLUMNS = ("image_id", "filename", "tag", "score", "match", "version")
 # A spreadsheet opening the CSV would run a cell starting with one of these as a formula (CSV
 # injection): such text cells (file names, tags) get a leading apostrophe, as OWASP advises.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-LINES_PER_CHUNK = 2000  # rows joined into one piece of the stream
+
+Row = tuple[str, str, str, float, bool, int]
 
 
-def csv_lines(first: dict[str, Any] | None, rest: Iterable[dict[str, Any]]) -> Iterator[str]:
+def csv_lines(chunks: Iterable[list[Row]]) -> Iterator[str]:
     """The header, then one CSV line per row (``match`` as true/false; text that a spreadsheet
-    would take for a formula starts with an apostrophe)."""
+    would take for a formula starts with an apostrophe), a chunk of rows per piece."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
-    for row in _rows(first, rest):
-        writer.writerow([str(row[c]).lower() if c == "match" else _cell(row[c]) for c in COLUMNS])
-        if out.tell() > 64 * 1024:
-            yield out.getvalue()
-            out.seek(0)
-            out.truncate()
+    for chunk in chunks:
+        writer.writerows((image_id, _cell(name), _cell(tag), score, "true" if match else "false", version)
+                         for image_id, name, tag, score, match, version in chunk)
+        yield out.getvalue()
+        out.seek(0)
+        out.truncate()
     yield out.getvalue()
+
+
+def json_lines(chunks: Iterable[list[Row]]) -> Iterator[str]:
+    """One JSON object per row and line, a chunk of rows per piece."""
+    for chunk in chunks:
+        yield "".join(json.dumps(dict(zip(COLUMNS, row, strict=True)), ensure_ascii=False) + "\n" for row in chunk)
 
 
 def _cell(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
-
-
-def json_lines(first: dict[str, Any] | None, rest: Iterable[dict[str, Any]]) -> Iterator[str]:
-    chunk: list[str] = []
-    for row in _rows(first, rest):
-        chunk.append(json.dumps(row, ensure_ascii=False))
-        if len(chunk) >= LINES_PER_CHUNK:
-            yield "\n".join(chunk) + "\n"
-            chunk = []
-    if chunk:
-        yield "\n".join(chunk) + "\n"
-
-
-def _rows(first: dict[str, Any] | None, rest: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    if first is not None:
-        yield first
-        yield from rest

@@ -212,30 +212,40 @@ def _first(chosen: np.ndarray, key: np.ndarray, descending: bool, count: int) ->
     return order[:count], total > count
 
 
-def export_rows(services: Services, tags: list[str], matches_only: bool) -> Iterator[dict[str, Any]]:
-    """One row per (scored image, tag): image id, file name, tag, score, match, version; tag by tag,
-    a chunk of images at a time (memory: one score column)."""
+ExportRow = tuple[str, str, str, float, bool, int]  # image id, file name, tag, score, match, version
+EXPORT_CHUNK = 5000
+
+
+def export_rows(services: Services, tags: list[str], matches_only: bool) -> Iterator[list[ExportRow]]:
+    """One row per (scored image, tag) — image id, file name, tag, score, match, the version the
+    scores come from — in chunks, tag by tag (memory: one score column and one chunk). Unknown
+    tags are refused here, before the first chunk is asked for."""
     models = services.registry.models()
     for tag in tags:
         if tag not in models:
             raise catalog.no_model(tag)
     services.registry.index_library()
-    library = services.library
-    n = services.rows.refresh(library)
+    n = services.rows.refresh(services.library)
+    return _export_chunks(services, [t for t in tags or list(models)], models, n, matches_only)
+
+
+def _export_chunks(services: Services, tags: list[str], models: dict[str, Any], n: int,
+                   matches_only: bool) -> Iterator[list[ExportRow]]:
+    library, rows = services.library, services.rows
     live = library.live(n)
     scored = library.scored()
-    for tag in tags or list(models):
-        pointer = models.get(tag)
-        if pointer is None:
-            continue  # deleted since the listing
+    for tag in tags:
+        pointer = models[tag]
         (column,) = library.read_scores([tag], n)
         version = scored.get(tag, pointer.version)
         with np.errstate(invalid="ignore"):
-            keep = live & ~np.isnan(column) & ((column >= pointer.threshold) if matches_only else True)
-        for row in np.flatnonzero(keep).tolist():
-            score = float(column[row])
-            yield {"image_id": services.rows.ids[row], "filename": services.rows.names[row], "tag": tag,
-                   "score": round(score, 6), "match": score >= pointer.threshold, "version": version}
+            matches = column >= pointer.threshold
+        keep = np.flatnonzero(live & ~np.isnan(column) & (matches if matches_only else True))
+        for start in range(0, len(keep), EXPORT_CHUNK):
+            chunk = keep[start : start + EXPORT_CHUNK]
+            yield [(rows.ids[r], rows.names[r], tag, score, match, version)
+                   for r, score, match in zip(chunk.tolist(), np.round(column[chunk].astype(np.float64), 6).tolist(),
+                                              matches[chunk].tolist(), strict=True)]
 
 
 @dataclass(frozen=True)
