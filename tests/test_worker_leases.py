@@ -163,3 +163,23 @@ def test_a_training_asked_for_after_the_tag_was_reset_is_not_merged_into_the_doo
     stopped = client.get(f"/status/{doomed}").json()
     assert stopped["status"] == "failed" and "was deleted after this training was asked for" in stopped["error"]
     assert [v["version"] for v in client.get("/custom/versions/cat").json()["versions"]] == [status["result"]["version"]]
+
+
+def test_an_embedding_job_killed_mid_way_is_finished_by_another_worker_without_duplicates(
+    leased: Services, start_worker: Callable[[str], Process]
+) -> None:
+    from shared.domain.images import add_images
+    from tests.support.photos import CAT, crops
+
+    photos = [(f"{i}.jpg", data) for i, data in enumerate(crops(CAT, 600, seed=3))]
+    added = add_images(leased, photos, [])
+    assert all(r.error is None for r in added)
+    stored = {r.image["image_id"] for r in added if r.image}  # a crop drawn twice is stored once
+    library = leased.library
+    first = start_worker("embed-a")
+    until(lambda: len(library.packs()) >= 1, "a first pack written", timeout=120)
+    first.kill()  # mid-job: more rows still waiting
+    assert library.pending_count() > 0
+    start_worker("embed-b")
+    until(lambda: library.pending_count() == 0 and not leased.queue.library_tasks(), "every row embedded", timeout=180)
+    assert sum(library.packs().values()) == len(stored)  # every row in exactly one recorded pack
