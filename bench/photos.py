@@ -14,7 +14,7 @@ TEST_SOURCES = ("chelsea", "retina", "immunohistochemistry", "motorcycle")
 
 
 def source(name: str) -> Image.Image:
-    array = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    array = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()  # type: ignore[no-untyped-call]
     return Image.fromarray(array).convert("RGB")
 
 
@@ -97,6 +97,6 @@ def half_crops(name: str, side: str, count: int, rng: np.random.Generator) -> li
 def faces(split: str) -> tuple[list[Image.Image], list[Image.Image]]:
     """LFW faces and non-faces (25x25 greyscale, 100 each), halves split into train and test."""
     images = [Image.fromarray((a * 255).astype(np.uint8)).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
-              for a in data.lfw_subset()]  # floats in [0, 1]
+              for a in data.lfw_subset()]  # type: ignore[no-untyped-call]  # floats in [0, 1]
     part = slice(0, 50) if split == "train" else slice(50, 100)
     return images[:100][part], images[100:][part]

@@ -14,9 +14,11 @@ from shared.web.state import services_of
 def train(request: Request) -> JSONResponse:
     """Queue a training of a tag's model.
 
-    The tag needs at least one positive and one negative example. A request while a training of
-    the tag is still waiting returns that task (`already_queued`). Each training makes a new
-    version, fine-tuned from the current one.
+    The tag needs at least one positive example, and negative examples or, failing those, other
+    stored images: a tag with positives only trains against unlabelled stored images as presumed
+    negatives, weighted below real ones, and its metrics say how many (`presumed_negatives`). A
+    request while a training of the tag is still waiting returns that task (`already_queued`).
+    Each training makes a new version, fine-tuned from the current one.
     ---
     response:
       status: 202
