@@ -112,7 +112,7 @@ def test_wait_raises_when_the_task_fails_or_takes_too_long(tagsmith: Client, ser
     task = tagsmith.train("cat")
     with pytest.raises(TimeoutError):
         tagsmith.wait(task["task_id"], timeout=0, poll=0)
-    tagsmith.unassign_image("n", "cat")  # the worker will find no negative example
+    tagsmith.unassign_image("p", "cat")  # the worker will find no positive example
     run_queued_jobs(services)
     with pytest.raises(TaskFailed) as failed:
         tagsmith.wait(task["task_id"])

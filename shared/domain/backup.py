@@ -38,7 +38,7 @@ from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer, utc_now
 from shared.data.store import ObjectNotFound
 from shared.domain import catalog, images
-from shared.models.archive import ModelRecord, check_extended_headers, pack, unpack
+from shared.models.archive import ModelRecord, check_extended_headers, pack, read_json, unpack
 from shared.models.decoding import VERIFY_SIZE, decode_image
 
 if TYPE_CHECKING:
@@ -291,12 +291,7 @@ def _sized(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> bytes:
 
 
 def _manifest(services: Services, raw: bytes) -> tuple[list[Any], list[Any]]:
-    try:
-        manifest = json.loads(raw)
-    except ValueError as exc:  # not UTF-8, not JSON, or integers beyond Python's 4,300 digits
-        raise _invalid(f"manifest.json is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise _invalid("manifest.json is nested too deeply.") from None
+    manifest = read_json(raw, "manifest.json", _invalid)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(f"manifest.json does not describe a {FORMAT} archive (a state archive loads with /set_state).")
     if manifest.get("format_version") != FORMAT_VERSION:

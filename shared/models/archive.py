@@ -12,6 +12,7 @@ import json
 import math
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -111,6 +112,16 @@ def _invalid(message: str) -> InvalidInput:
     return InvalidInput("invalid_archive", message)
 
 
+def read_json(raw: bytes, name: str, invalid: Callable[[str], InvalidInput]) -> Any:
+    """The JSON member ``name`` of an archive, or ``invalid(reason)`` raised."""
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # not UTF-8, not JSON, or integers beyond Python's 4,300 digits
+        raise invalid(f"{name} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise invalid(f"{name} is nested too deeply.") from None
+
+
 # Extended headers (PAX records, GNU long names) of our archives are well under 1 KiB. Python's
 # tarfile parses PAX records with a regular expression that takes quadratic time on hostile ones
 # (CVE-2024-6232, fixed in 3.11.10: a 100 KB record held a server for 17 s): larger ones are
@@ -193,12 +204,7 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits) -> list[Model
         raise _invalid("The archive has no manifest.json.")
     if len(members[MANIFEST]) > MAX_MANIFEST_BYTES:
         raise TooLarge("archive_too_large", "manifest.json is too large.")
-    try:
-        manifest = json.loads(members[MANIFEST])
-    except ValueError as exc:  # not UTF-8, not JSON, or integers beyond Python's 4,300 digits
-        raise _invalid(f"manifest.json is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise _invalid("manifest.json is nested too deeply.") from None
+    manifest = read_json(members[MANIFEST], MANIFEST, _invalid)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(f"manifest.json does not describe a {FORMAT} archive.")
     version = manifest.get("format_version")
