@@ -121,11 +121,19 @@ class TrainingQueue:
 
     def submit_embedding(self) -> str:
         """Queue a job that embeds the images waiting for it into the library, unless one is
-        waiting already; returns its task id."""
+        waiting already; returns its task id. Called on every add: the common case (a job is
+        waiting) costs two round trips."""
+        key = self._queued_key_of("embedding")
+        waiting = self.redis.get(key)
+        if waiting:
+            task_id = waiting.decode() if isinstance(waiting, bytes) else str(waiting)
+            if self.redis.hget(Job.key_for(task_id), "status") == JobStatus.QUEUED.value.encode():
+                return task_id
+
         def make() -> Job:
             return self._library_job(EMBED_FUNCTION, (), "embed new images into the library")
 
-        return self._submit_once(self.library, self._queued_key_of("embedding"), make)[0]
+        return self._submit_once(self.library, key, make)[0]
 
     def submit_rescore(self, tags: list[str]) -> str:
         """Queue a job that scores the whole library with the tags' current versions; returns its
