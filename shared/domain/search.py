@@ -21,7 +21,7 @@ import numpy as np
 from shared.core.errors import Conflict, InvalidInput, Unavailable
 from shared.core.process import cpu_pool
 from shared.data import keys
-from shared.data.library import Library
+from shared.data.library import Library, text
 from shared.data.store import ObjectNotFound
 from shared.domain import catalog
 from shared.domain.embeddings import vector_from_bytes
@@ -49,7 +49,11 @@ class RowCache:
     def refresh(self, library: Library) -> int:
         """Read the rows added since the last call; returns how many rows there are."""
         with self._lock:
-            if library.redis.llen(library.keys.ids) < len(self.ids):  # the data was replaced
+            with library.redis.pipeline(transaction=False) as pipe:
+                pipe.llen(library.keys.ids)
+                pipe.lindex(library.keys.ids, max(len(self.ids) - 1, 0))
+                count, last = pipe.execute()
+            if self.ids and (count < len(self.ids) or text(last) != self.ids[-1]):  # the data was replaced
                 self.ids, self.names, self.row_of = [], [], {}
             ids, names = library.rows(len(self.ids))
             self.row_of.update((image_id, len(self.ids) + i) for i, image_id in enumerate(ids))
