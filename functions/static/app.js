@@ -312,6 +312,7 @@ async function loadPage(where) {
   const index = where === "end" ? state.firstPage + state.pages.length : state.firstPage - 1;
   if (index < 0 || index >= state.cursors.length) return;
   state.loading = true;
+  $("#gallery").setAttribute("aria-busy", "true");
   const generation = state.generation;
   try {
     const page = await fetchPage(state.cursors[index]);
@@ -337,7 +338,10 @@ async function loadPage(where) {
     renderTotal();
     refreshRoving();
   } finally {
-    if (generation === state.generation) state.loading = false;
+    if (generation === state.generation) {
+      state.loading = false;
+      $("#gallery").setAttribute("aria-busy", "false");
+    }
   }
 }
 
@@ -456,6 +460,16 @@ function gridKey(event) {
   } else if (event.key === "Enter") {  // space is the button's own click: it selects
     event.preventDefault();
     guard(() => openDetail(idOf(pick)))();
+  }
+}
+
+// Labels the selection (then clears it) or, with none, the focused image.
+async function labelTargets(type) {
+  const fromSelection = state.selected.size > 0;
+  await labelImages(targets(), type);
+  if (fromSelection) {
+    state.selected.clear();
+    paintAll();
   }
 }
 
@@ -795,7 +809,7 @@ async function loadVersions() {
     onclick: (event) => downloadWithKey(event).catch((error) => say(error.message)),
   }, `Download '${state.tag}' (v${answer.current}) as ONNX`), el("span", { class: "muted" },
     " — the backbone and this tag's model in one file, for devices"));
-  box.replaceChildren(el("h4", {}, "Versions"), el("div", { class: "table-wrap" }, el("table", { id: "versions-table" }, head, ...rows)), onnx);
+  box.replaceChildren(el("h4", {}, "Versions"), el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Versions" }, el("table", { id: "versions-table" }, head, ...rows)), onnx);
   const current = answer.versions.find((v) => v.current);
   renderComparison(answer, current);
   if (current) {
@@ -831,7 +845,7 @@ function renderComparison(answer, current) {
     return el("tr", { "data-metric": key }, el("th", { scope: "row" }, title), ...cells, change);
   });
   box.replaceChildren(el("h4", {}, previous ? `v${current.version} against v${previous.version}` : `v${current.version}`),
-    el("div", { class: "table-wrap" }, el("table", { id: "compare-table" }, head, ...rows)));
+    el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Versions compared" }, el("table", { id: "compare-table" }, head, ...rows)));
 }
 
 // Examples the cross-validation got most wrong: candidates for relabelling.
@@ -944,7 +958,11 @@ async function loadSuggestions() {
     return;
   }
   const answer = await api("GET", `/custom/suggest/${enc(state.tag)}?limit=6`);
-  const cards = (items) => items.map((s) => smallCard(s.image_id, s.filename || s.image_id, `score ${fixed(s.score)}`));
+  const names = new Map();
+  await inParallel([...answer.uncertain, ...answer.likely_positive], 4, async (s) => {
+    try { names.set(s.image_id, (await api("GET", `/custom/images/${enc(s.image_id)}`)).filename); } catch { /* gone since */ }
+  });
+  const cards = (items) => items.map((s) => smallCard(s.image_id, names.get(s.image_id) || s.image_id, `score ${fixed(s.score)}`));
   $("#uncertain").replaceChildren(...cards(answer.uncertain));
   $("#likely").replaceChildren(...cards(answer.likely_positive));
   panel.hidden = answer.candidates === 0;
@@ -1021,9 +1039,9 @@ function pageKey(event) {
   }
   if (!state.tag || $("#help").open) return;
   const actions = {
-    p: () => labelImages(targets(), "positive"),
-    n: () => labelImages(targets(), "negative"),
-    u: () => labelImages(targets(), null),
+    p: () => labelTargets("positive"),
+    n: () => labelTargets("negative"),
+    u: () => labelTargets(null),
     z: () => undo(),
     a: () => selectAllFiltered(),
   };
@@ -1059,15 +1077,20 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#train").addEventListener("click", guard(train));
   $("#filters").addEventListener("submit", (event) => event.preventDefault());
   $("#filters").addEventListener("change", guard(reloadImages));
-  $("#filters").addEventListener("input", debounce((event) => { if (event.target.type === "search") guard(reloadImages)(); }, 300));
+  const typed = debounce(guard(reloadImages), 300);
+  $("#filters").addEventListener("input", (event) => {
+    if (event.target.type !== "search") return;
+    $("#gallery").setAttribute("aria-busy", "true");  // until the search for what was typed is answered
+    typed();
+  });
   $("#filters").addEventListener("reset", () => setTimeout(guard(reloadImages)));
   $("#more").addEventListener("click", guard(() => loadPage("end")));
   $("#earlier").addEventListener("click", guard(() => loadPage("start")));
   $("#select-all").addEventListener("click", guard(selectAllFiltered));
   $("#select-none").addEventListener("click", () => { state.selected.clear(); paintAll(); });
-  $("#label-pos").addEventListener("click", guard(() => labelImages(targets(), "positive")));
-  $("#label-neg").addEventListener("click", guard(() => labelImages(targets(), "negative")));
-  $("#label-none").addEventListener("click", guard(() => labelImages(targets(), null)));
+  $("#label-pos").addEventListener("click", guard(() => labelTargets("positive")));
+  $("#label-neg").addEventListener("click", guard(() => labelTargets("negative")));
+  $("#label-none").addEventListener("click", guard(() => labelTargets(null)));
   $("#undo").addEventListener("click", guard(undo));
   $("#delete-selected").addEventListener("click", guard(() => deleteImages([...state.selected])));
   $("#threshold").addEventListener("input", guard(showThreshold));
