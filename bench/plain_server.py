@@ -3,7 +3,8 @@
 Starlette and uvicorn, one compiled OpenVINO model (the backbone ONNX file tagsmith serves,
 float32 precision hint, read back), and per request: read the multipart upload, decode it with
 Pillow in draft mode, resize the short side to 256, centre crop 224, run the forward pass in a
-thread, answer the top 5 ImageNet labels as JSON (the shape of Immich's machine-learning
+thread (one at a time: concurrent calls of a compiled model fail with 'Infer Request is
+busy'), answer the top 5 ImageNet labels as JSON (the shape of Immich's machine-learning
 service's classification answer). Nothing else: no batching, no limits, no styles.
 
     python -m bench.plain_server --port 8100 [--model FILE]
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +41,9 @@ def load(path: Path) -> ov.CompiledModel:
 
 
 def pixels(data: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(data))
-    image.draft("RGB", (256, 256))  # JPEGs: the smallest DCT scale still at least 256 x 256
-    image = image.convert("RGB")
+    opened = Image.open(io.BytesIO(data))
+    opened.draft("RGB", (256, 256))  # JPEGs: the smallest DCT scale still at least 256 x 256
+    image = opened.convert("RGB")
     scale = 256 / min(image.size)
     image = image.resize((max(224, round(image.width * scale)), max(224, round(image.height * scale))),
                          Image.Resampling.BICUBIC)
@@ -53,9 +55,12 @@ def pixels(data: bytes) -> np.ndarray:
 def app(model_path: Path) -> Starlette:
     model = load(model_path)
     labels = keyword_table().labels
+    one_at_a_time = threading.Lock()  # a compiled model's own request serves one caller at a time
 
     def classify(data: bytes) -> list[dict[str, object]]:
-        logits = model(pixels(data))[2][0]  # outputs: embedding, style, logits
+        batch = pixels(data)
+        with one_at_a_time:
+            logits = model(batch)[2][0]  # outputs: embedding, style, logits
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         return [{"label": labels[i], "score": round(float(probabilities[i]), 4)}
