@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from shared.core.errors import InvalidInput
 from shared.data.registry import EpochMoved, utc_now
@@ -96,11 +97,25 @@ def _identities(services: Services, image_ids: list[str]) -> Iterator[tuple[str,
                 yield image_id, meta.get("sha256") or image_id
 
 
+def by_content(services: Services, image_ids: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The images ordered by content hash (an id whose image is gone, or has no hash, by its id; ids
+    break ties), and each one's content hash or id: the same contents in the same order, whatever
+    their ids and whatever order they were added or labelled in."""
+    known = {image_id: image_id for image_id in image_ids} | dict(_identities(services, image_ids))
+    return sorted(image_ids, key=lambda image_id: (known[image_id], image_id)), known
+
+
+def training_seed(contents: list[str], labels: list[int]) -> int:
+    """The seed of every shuffle in a training (cross-validation folds, samples): a hash of the
+    examples' sorted content hashes and labels, so the same labelled contents shuffle alike."""
+    text = "\n".join(sorted(f"{label} {content}" for content, label in zip(contents, labels, strict=True)))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
 def presumed_negatives(services: Services, tag: str, positives: list[str]) -> tuple[list[str], list[str]]:
     """The positives ordered by content, and the ids of the tag's presumed negatives in rank order
     (none when there is no other stored image to use)."""
-    known = dict(_identities(services, positives))
-    ordered = sorted(positives, key=lambda image_id: (known.get(image_id, image_id), image_id))
+    ordered, known = by_content(services, positives)
     labelled = set(positives)
     library = [(i, identity) for i, identity in _identities(services, services.registry.image_ids())
                if i not in labelled]
@@ -152,8 +167,11 @@ def run_training(services: Services, tag: str, epoch: int, report: Report) -> di
             raise TrainingError(_no_library(tag, len(positives)))
     elif not positives or not negatives:
         raise TrainingError(_too_few(tag, len(positives), len(negatives)))
+    else:  # by content, not by id: the same labelled contents train the same head under any ids
+        positives, negatives = by_content(services, positives)[0], by_content(services, negatives)[0]
     ids = positives + negatives
     labels = np.array([1] * len(positives) + [0] * len(negatives))
+    contents = by_content(services, ids)[1]  # what seeds the training's shuffles
     report("embedding", 0.0)
     features, kept = embed_present_images(
         services, ids, progress=lambda done, total: report("embedding", 0.8 * done / max(total, 1))
@@ -174,8 +192,10 @@ def run_training(services: Services, tag: str, epoch: int, report: Report) -> di
         except ObjectNotFound:
             current = None  # the archive is gone: train from scratch
     spec = services.spec
-    trained = train_head(features, labels, (spec.embedding_size, spec.style_size), previous,
-                         presumed_negatives=presumed)
+    seed = training_seed([contents[image_id] for image_id in ids], labels.tolist())
+    with threadpool_limits(1, user_api="blas"):  # as the worker process is: one BLAS thread, whoever runs it
+        trained = train_head(features, labels, (spec.embedding_size, spec.style_size), previous,
+                             presumed_negatives=presumed, seed=seed)
     report("saving", 0.95)
     record = ModelRecord(
         tag=tag,

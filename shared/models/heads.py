@@ -75,7 +75,8 @@ class TrainedHead:
     form: str
     metrics: dict[str, Any]
     # (index into the training examples, held-out score), the examples cross-validation got most
-    # wrong first: positives scored lowest and negatives highest, those on the wrong side of 0.5.
+    # wrong first: positives scored lowest and negatives highest, those on the wrong side of the
+    # tuned threshold (positives below it, negatives at or above it: what matching would do).
     most_wrong: list[tuple[int, float]] = field(default_factory=list)
 
 
@@ -274,6 +275,14 @@ def metrics_at(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, floa
     }
 
 
+def wrong_side(y: np.ndarray, s: np.ndarray, threshold: float, limit: int = MOST_WRONG) -> list[int]:
+    """Indices of the examples on the wrong side of ``threshold`` as matching draws it (a positive
+    scored below it, a negative at or above it), the furthest from it first (ties by index)."""
+    wrong = np.flatnonzero(np.where(y == 1, s < threshold, s >= threshold))
+    distance = np.abs(s[wrong] - threshold)
+    return [int(i) for i in wrong[np.argsort(-distance, kind="stable")][:limit]]
+
+
 def _form_input(z: np.ndarray, sizes: tuple[int, int], form: str) -> np.ndarray:
     weights = np.repeat(FORMS[form], sizes)
     weighted: np.ndarray = z * weights
@@ -287,6 +296,7 @@ def train_head(
     previous: Head | None = None,
     forms: tuple[str, ...] = tuple(FORMS),
     presumed_negatives: bool = False,
+    seed: int = 0,
 ) -> TrainedHead:
     """Train one tag's head on raw (semantic | style) features and 0/1 labels.
 
@@ -314,11 +324,11 @@ def train_head(
     most_wrong: list[tuple[int, float]] = []
     if k >= 2:
         if presumed_negatives:
-            sample = positives_first_sample(y, MAX_CV_EXAMPLES)
+            sample = positives_first_sample(y, MAX_CV_EXAMPLES, seed)
         else:
-            sample = stratified_sample(y, MAX_CV_EXAMPLES)
+            sample = stratified_sample(y, MAX_CV_EXAMPLES, seed)
         zs, ys = z[sample], y[sample]
-        folds = stratified_folds(ys, k)
+        folds = stratified_folds(ys, k, seed)
         semantic, style = zs[:, : sizes[0]], zs[:, sizes[0] :]
         grams = (semantic @ semantic.T, style @ style.T)
         oof: dict[tuple[str, float], np.ndarray] = {}
@@ -330,7 +340,7 @@ def train_head(
         form, l2 = min(losses, key=lambda key: losses[key])
         by_form = {f: min(losses[(f, strength)] for strength in L2_GRID) for f in forms}
         scores = oof[(form, l2)]
-        threshold = best_threshold(ys, scores, balanced=presumed_negatives)
+        threshold = round(best_threshold(ys, scores, balanced=presumed_negatives), 6)  # as stored and matched
         metrics.update(
             cv_examples=len(sample),
             roc_auc=round(roc_auc(ys, scores), 4),
@@ -338,9 +348,7 @@ def train_head(
             log_loss_by_form={f: round(v, 4) for f, v in by_form.items()},
             log_loss_by_l2={f"{strength:g}": round(losses[(form, strength)], 4) for strength in L2_GRID},
         )
-        wrong_by = np.where(ys == 1, 0.5 - scores, scores - 0.5)  # > 0: on the wrong side of 0.5
-        order = [j for j in np.argsort(-wrong_by, kind="stable") if wrong_by[j] > 0][:MOST_WRONG]
-        most_wrong = [(int(sample[j]), round(float(scores[j]), 4)) for j in order]
+        most_wrong = [(int(sample[j]), round(float(scores[j]), 4)) for j in wrong_side(ys, scores, threshold)]
     metrics["form"] = form
     metrics["l2"] = l2
     fitted = fit_logistic(_form_input(z, sizes, form), y, l2=l2, init=previous, negative_weight=negative_weight)
