@@ -101,7 +101,16 @@ def test_label_train_and_review_a_tag_in_the_page(  # noqa: PLR0915 (one person'
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     base = live_server.base
-    wait = WebDriverWait(browser, WAIT_S)
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    wait = WebDriverWait(browser, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
+
+    def click(selector: str) -> None:  # found again if the page redraws it meanwhile
+        def clicked(d: Any) -> bool:
+            find(selector).click()
+            return True
+
+        wait.until(clicked)
     suffix = uuid.uuid4().hex[:8]
     tag = f"web <b>cat & co {suffix}"  # markup in a tag must show as text
     mine = f"w{suffix}"  # every file name of this test holds it: the library is shared
@@ -367,8 +376,8 @@ def test_label_train_and_review_a_tag_in_the_page(  # noqa: PLR0915 (one person'
 
         # Delete the tag, with confirmation.
         browser.refresh()
-        button = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f'#tags-body tr[data-tag="{tag}"] .delete-tag')))
-        button.click()
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f'#tags-body tr[data-tag="{tag}"] .delete-tag')))
+        click(f'#tags-body tr[data-tag="{tag}"] .delete-tag')
         wait.until(ec.visibility_of_element_located((By.ID, "confirm")))
         find("#confirm-yes").click()
         wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, f'#tags-body tr[data-tag="{tag}"]'))
