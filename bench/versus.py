@@ -6,8 +6,8 @@ side by side and measures, in turns so that both see the same moments of this sh
 - throughput with ``--clients`` concurrent keep-alive clients, 640 x 480 (0.3 MP) JPEGs and
   12 MP JPEGs: tagsmith's POST /predict/custom and POST /predict against the plain server;
 - the *pipeline limit*: the machine's usable cores over the CPU time per image of the forward
-  pass (the cheapest of OpenVINO's latency hint at batch 8 and its throughput hint with 2
-  streams, in this process, nothing else running in it) plus decoding and cropping that photo;
+  pass (the cheaper of OpenVINO's all-threads model at batch 8 and tagsmith's single-threaded
+  lanes, in this process, nothing else running in it) plus decoding and cropping that photo;
 - the p50 latency of one client, each server's request in turn.
 
 It prints each target's ratio, then an allowance table: per target, the rate it asks for, the CPU
@@ -42,7 +42,7 @@ from bench.speed import DEFAULTS, Server, jpeg, many_heads
 from infra.embedded import free_port
 from shared.core.process import usable_cores
 from shared.models.backbone import preprocess
-from shared.models.backbone.exported import export_onnx, openvino_precision
+from shared.models.backbone.exported import OpenVinoBackbone, export_onnx
 from shared.models.decoding import decode_image
 from tests.support.servers import ROOT, clean_env
 
@@ -129,37 +129,26 @@ def hammer(url: str, requests: list[bytes], clients: int, seconds: float, pid: i
 
 
 class Forward:
-    """The forward pass alone, in this process: OpenVINO at float32 as a latency-hint model run
-    at batch 8, and as a throughput-hint model with 2 streams fed batch-1 requests asynchronously."""
+    """The forward pass alone, in this process, OpenVINO at float32 (tagsmith's backbone): the
+    model compiled with every thread, at batch 8 and at batch 1, and the single-threaded lanes
+    tagsmith runs batches on, batch 8."""
 
     def __init__(self) -> None:
-        import openvino as ov
-
-        path, core = str(export_onnx(DEFAULTS.model_cache_dir)), ov.Core()
-        f32 = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": CORES}
-        self.latency = core.compile_model(path, "CPU", {**f32, "PERFORMANCE_HINT": "LATENCY"})
-        self.throughput = core.compile_model(path, "CPU", {**f32, "PERFORMANCE_HINT": "THROUGHPUT",
-                                                           "NUM_STREAMS": CORES})
-        for model in (self.latency, self.throughput):
-            if openvino_precision(model) != "f32":
-                raise SystemExit(f"OpenVINO compiled in {openvino_precision(model)}, not f32")
-        self.queue = ov.AsyncInferQueue(self.throughput, CORES)
+        self.backbone = OpenVinoBackbone(export_onnx(DEFAULTS.model_cache_dir), CORES)
         pixels = preprocess(source("astronaut"))
         self.batch8 = np.ascontiguousarray(np.repeat(pixels[None], 8, axis=0))
         self.batch1 = np.ascontiguousarray(pixels[None])
 
     def run_latency(self) -> int:
-        self.latency(self.batch8)
+        self.backbone.model(self.batch8)
         return 8
 
-    def run_throughput(self) -> int:
-        for _ in range(8):
-            self.queue.start_async({0: self.batch1})
-        self.queue.wait_all()
+    def run_lanes(self) -> int:
+        self.backbone.embed_pixels(self.batch8)
         return 8
 
     def run_single(self) -> int:
-        self.latency(self.batch1)
+        self.backbone.model(self.batch1)
         return 1
 
 
@@ -233,11 +222,11 @@ def main() -> int:
                 with Connection(urls[kind]) as connection:
                     connection.send(requests[0])
             tallies = {key: Tally() for key in prebuilt}
-            raw = {"forward b8 latency": Tally(), "forward 2 streams": Tally()}
+            raw = {"all threads, batch 8": Tally(), "lanes, batch 8": Tally()}
             slice_s = args.seconds / args.rounds
             for _ in range(args.rounds):
-                cpu_per_image(forward.run_latency, slice_s / 2, raw["forward b8 latency"])
-                cpu_per_image(forward.run_throughput, slice_s / 2, raw["forward 2 streams"])
+                cpu_per_image(forward.run_latency, slice_s / 2, raw["all threads, batch 8"])
+                cpu_per_image(forward.run_lanes, slice_s / 2, raw["lanes, batch 8"])
                 for (kind, size), requests in prebuilt.items():
                     hammer(urls[kind], requests, args.clients, slice_s, pids[owner[kind]], tallies[kind, size])
             p50 = latencies({kind: (url, prebuilt[kind, "photos"][0]) for kind, url in urls.items()}, args.requests)
@@ -286,7 +275,7 @@ def main() -> int:
 
     print("\nForward pass alone, CPU ms per image (all threads of this process, in turns): "
           + ", ".join(f"{name} {t.cpu_ms:.1f} ({t.rate:.0f} img/s)" for name, t in raw.items())
-          + f"; batch 1, latency hint: {single.cpu_ms:.1f} ms CPU, {1000 / single.rate:.1f} ms wall")
+          + f"; all threads, batch 1: {single.cpu_ms:.1f} ms CPU, {1000 / single.rate:.1f} ms wall")
     print(f"Decode (draft mode) + crop, CPU ms per image on one thread: 0.3 MP {decode_crop['photos']:.1f}, "
           f"12 MP {decode_crop['phones']:.1f}")
     print("\nWhat each throughput target leaves per image besides the forward pass, decoding and cropping, "
