@@ -6,8 +6,8 @@ side by side and measures, in turns so that both see the same moments of this sh
 - throughput with ``--clients`` concurrent keep-alive clients, 640 x 480 (0.3 MP) JPEGs and
   12 MP JPEGs: tagsmith's POST /predict/custom and POST /predict against the plain server;
 - the *pipeline limit*: the machine's usable cores over the CPU time per image of the forward
-  pass (the cheaper of OpenVINO's all-threads model at batch 8 and tagsmith's single-threaded
-  lanes, in this process, nothing else running in it) plus decoding and cropping that photo;
+  pass (the cheaper of OpenVINO's all-threads model at batch 8 and tagsmith's own batch path, in
+  this process, nothing else running in it) plus decoding and cropping that photo;
 - the p50 latency of one client, each server's request in turn.
 
 It prints each target's ratio, then an allowance table: per target, the rate it asks for, the CPU
@@ -130,8 +130,8 @@ def hammer(url: str, requests: list[bytes], clients: int, seconds: float, pid: i
 
 class Forward:
     """The forward pass alone, in this process, OpenVINO at float32 (tagsmith's backbone): the
-    model compiled with every thread, at batch 8 and at batch 1, and the single-threaded lanes
-    tagsmith runs batches on, batch 8."""
+    model compiled with every thread, at batch 8 and at batch 1, and tagsmith's own path for a
+    batch of 8 (``embed_pixels``)."""
 
     def __init__(self) -> None:
         self.backbone = OpenVinoBackbone(export_onnx(DEFAULTS.model_cache_dir), CORES)
@@ -143,7 +143,7 @@ class Forward:
         self.backbone.model(self.batch8)
         return 8
 
-    def run_lanes(self) -> int:
+    def run_service_batch(self) -> int:
         self.backbone.embed_pixels(self.batch8)
         return 8
 
@@ -222,11 +222,11 @@ def main() -> int:
                 with Connection(urls[kind]) as connection:
                     connection.send(requests[0])
             tallies = {key: Tally() for key in prebuilt}
-            raw = {"all threads, batch 8": Tally(), "lanes, batch 8": Tally()}
+            raw = {"all threads, batch 8": Tally(), "tagsmith embed_pixels, batch 8": Tally()}
             slice_s = args.seconds / args.rounds
             for _ in range(args.rounds):
                 cpu_per_image(forward.run_latency, slice_s / 2, raw["all threads, batch 8"])
-                cpu_per_image(forward.run_lanes, slice_s / 2, raw["lanes, batch 8"])
+                cpu_per_image(forward.run_service_batch, slice_s / 2, raw["tagsmith embed_pixels, batch 8"])
                 for (kind, size), requests in prebuilt.items():
                     hammer(urls[kind], requests, args.clients, slice_s, pids[owner[kind]], tallies[kind, size])
             p50 = latencies({kind: (url, prebuilt[kind, "photos"][0]) for kind, url in urls.items()}, args.requests)

@@ -18,7 +18,6 @@ import hashlib
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -136,52 +135,22 @@ class OnnxRuntimeBackbone(_ExportedBackbone):
 
 
 class OpenVinoBackbone(_ExportedBackbone):
-    """A lone image runs on a model compiled with every thread (the shortest wait for one image);
-    several run one image at a time on ``threads`` single-threaded compilations of the same graph,
-    side by side (*lanes*). A lane never waits for another thread at each layer, as the threads of
-    one model do: a batch takes about 20% less CPU per image than on the all-threads model at
-    batch 8 (``bench.versus`` measures both). Lanes are separate models, not the streams of one:
-    OpenVINO 2026.4 computes the style statistics' channel correlations wrongly (by up to 1e8)
-    with 2 streams in one compiled model, and right with one thread."""
-
     def __init__(self, path: Path, threads: int) -> None:
         super().__init__()
         import openvino as ov
 
         core = ov.Core()
-        graph = core.read_model(str(path))  # compiled several times, its weights read once
-        f32 = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        self.model = core.compile_model(graph, "CPU", {**f32, "INFERENCE_NUM_THREADS": threads})
+        self.model = core.compile_model(
+            str(path),
+            "CPU",
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"},
+        )
         self.precision = require_float32("OpenVINO", openvino_precision(self.model))
-        # Not pinned: the scheduler places each lane's thread (pinned, lanes could share a core).
-        lanes = [core.compile_model(graph, "CPU", {**f32, "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": False})
-                 for _ in range(threads if threads > 1 else 0)]
-        for lane in lanes:
-            require_float32("OpenVINO", openvino_precision(lane))
-        self.lanes = [lane.create_infer_request() for lane in lanes]
-        self.widths = [output.get_partial_shape()[1].get_length() for output in self.model.outputs]
-        self._helpers = ThreadPoolExecutor(len(lanes) - 1, thread_name_prefix="lane") if lanes else None
         self.runtime = f"OpenVINO on CPU, {threads} threads"
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        if len(batch) == 1 or self._helpers is None:
-            result = self.model(batch)
-            return [np.asarray(result[i]) for i in range(len(OUTPUTS))]
-        outputs = [np.empty((len(batch), width), np.float32) for width in self.widths]
-        queue = iter(range(len(batch)))  # each lane takes the next image when it is free
-
-        def lane(k: int) -> None:
-            request = self.lanes[k]
-            for i in queue:
-                request.infer({0: batch[i : i + 1]})
-                for j, output in enumerate(outputs):
-                    output[i] = request.get_output_tensor(j).data[0]
-
-        others = [self._helpers.submit(lane, k) for k in range(1, len(self.lanes))]
-        lane(0)
-        for other in others:
-            other.result()
-        return outputs
+        result = self.model(batch)
+        return [np.asarray(result[i]) for i in range(len(OUTPUTS))]
 
 
 def openvino_precision(compiled: Any) -> str:
