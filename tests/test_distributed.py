@@ -257,7 +257,9 @@ def test_seed_flow_through_the_gateway(cluster: Cluster) -> None:
     state = requests.get(f"{base}/get_state?tag=cat")
     assert state.headers["content-type"] == "application/x-tar"
     loaded = requests.post(f"{base}/set_state", files={"data": ("state.tar", state.content)}).json()
-    assert loaded["loaded"] == [{"tag": "cat", "version": 2, "threshold": status["result"]["threshold"]}]
+    (model,) = loaded["loaded"]
+    assert (model["tag"], model["version"], model["threshold"]) == ("cat", 2, status["result"]["threshold"])
+    assert model["origin"]["version"] == 1  # the version it was where it was exported
     again = predict_tag(base, held_out_cat, "cat")
     assert again["version"] == 2 and again["score"] == pytest.approx(scores[0]["score"], abs=1e-6)
 

@@ -249,13 +249,18 @@ def test_the_command_line_finds_what_the_workers_scored(
     assert "rocket 0.jpg" in table and "rocket 1.jpg" in table and f"{CAT} 0.jpg" not in table
     out = tmp_path / "scores.csv"
     assert main(["export-scores", "--tag", tag, "-o", str(out), "--url", url]) == 0
-    rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 8 and {r["tag"] for r in rows} == {tag}
+    rows = list(csv.DictReader(out.open()))  # every library image, this test's and others'
+    assert {r["tag"] for r in rows} == {tag} and {f"{CAT} {i}.jpg" for i in range(4)} <= {r["filename"] for r in rows}
     assert main(["similar", found[0]["image_id"], "--limit", "3", "--url", url]) == 0
     assert f"{CAT} " in capsys.readouterr().out
     # The server is shared with other tests: leave it as it was.
-    ids = [r["image_id"] for r in rows]
-    assert main(["delete-image", *ids, "--url", url]) == 0 and main(["delete", tag, "--url", url]) == 0
+    capsys.readouterr()
+    assert main(["find", "--tag", tag, "--label", "positive", "--json", "--url", url]) == 0
+    labelled = [i["image_id"] for i in json.loads(capsys.readouterr().out)]
+    assert main(["find", "--tag", tag, "--label", "negative", "--json", "--url", url]) == 0
+    labelled += [i["image_id"] for i in json.loads(capsys.readouterr().out)]
+    assert len(labelled) == 8
+    assert main(["delete-image", *labelled, "--url", url]) == 0 and main(["delete", tag, "--url", url]) == 0
 
 
 def test_an_image_that_cannot_be_embedded_does_not_hold_up_the_library(client: TestClient, services: Services) -> None:

@@ -171,15 +171,15 @@ def test_an_embedding_job_killed_mid_way_is_finished_by_another_worker_without_d
     from shared.domain.images import add_images
     from tests.support.photos import CAT, crops
 
-    photos = [(f"{i}.jpg", data) for i, data in enumerate(crops(CAT, 600, seed=3))]
+    photos = [(f"{i}.jpg", data) for i, data in enumerate(crops(CAT, 400, seed=3))]
     added = add_images(leased, photos, [])
     assert all(r.error is None for r in added)
     stored = {r.image["image_id"] for r in added if r.image}  # a crop drawn twice is stored once
     library = leased.library
     first = start_worker("embed-a")
-    until(lambda: len(library.packs()) >= 1, "a first pack written", timeout=120)
+    until(lambda: len(library.packs()) >= 1, "a first pack of 256 written", timeout=300)
     first.kill()  # mid-job: more rows still waiting
     assert library.pending_count() > 0
     start_worker("embed-b")
-    until(lambda: library.pending_count() == 0 and not leased.queue.library_tasks(), "every row embedded", timeout=180)
+    until(lambda: library.pending_count() == 0 and not leased.queue.library_tasks(), "every row embedded", timeout=300)
     assert sum(library.packs().values()) == len(stored)  # every row in exactly one recorded pack
