@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +15,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from shared.web.openapi import DOCS_STATIC
+from tests.support.browser import chromium
 from tests.support.servers import TagsmithServer
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT_S = 60
 VENDORED = DOCS_STATIC / "swagger-ui"
 
@@ -57,25 +55,7 @@ def test_docs_page_runs_only_local_files_under_the_csp(client: TestClient) -> No
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
-    if not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)):
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium and chromium-driver must be installed (scripts/setup does it in CI)")
-        pytest.skip("chromium and chromium-driver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,2200", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    # The console (CSP violations land there) and every request the page makes.
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(30)
-    yield driver
-    driver.quit()
+    yield from chromium(tmp_path / "profile", height=2200, script_timeout=30, log_requests=True)
 
 
 @pytest.mark.integration

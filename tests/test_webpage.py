@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,12 +19,12 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from tests.support.browser import chromium
 from tests.support.photos import CAT, OTHERS, crops
 from tests.support.servers import TagsmithServer
 
 pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT_S = 120
 AXE = Path(__file__).parent / "support" / "vendor" / "axe-core" / "axe.min.js"
 AXE_SHA256 = "29348999450cdf2849a8e70b7912fc2da85a849da39c0d0d5394f51d4a9ed95c"  # axe-core 4.14.1, see VENDORED.md
@@ -60,23 +59,7 @@ def test_the_vendored_axe_core_is_the_pinned_build() -> None:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    if not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)):
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium and chromium-driver must be installed (scripts/setup does it in CI)")
-        pytest.skip("chromium and chromium-driver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1800", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(60)
-    yield driver
-    driver.quit()
+    yield from chromium(tmp_path / "profile", height=1800, script_timeout=60)
 
 
 @pytest.fixture
