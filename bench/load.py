@@ -9,7 +9,9 @@ nearly all of the CPU goes to the server, as it would with clients on other mach
 from __future__ import annotations
 
 import socket
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 
@@ -99,3 +101,24 @@ class Connection:
 
 class _Closed(Exception):
     """The server closed the connection before the whole reply arrived."""
+
+
+def keep_alive_clients(url: str, requests: list[bytes], clients: int, seconds: float) -> tuple[int, int, float]:
+    """``clients`` keep-alive connections sending the raw ``requests`` in turn for ``seconds``:
+    (answers, error answers, seconds it took)."""
+    deadline = time.perf_counter() + seconds
+    counts, errors = [0] * clients, [0] * clients
+
+    def client(i: int) -> None:
+        with Connection(url) as connection:
+            k = i
+            while time.perf_counter() < deadline:
+                status, _ = connection.send(requests[k % len(requests)])
+                counts[i] += 1
+                errors[i] += status >= 400
+                k += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return sum(counts), sum(errors), time.perf_counter() - started

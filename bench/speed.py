@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.load import Connection, upload_request
+from bench.load import Connection, keep_alive_clients, upload_request
 from bench.photos import source
 from infra.embedded import free_port
 from shared.core.process import usable_cores
@@ -141,24 +141,8 @@ def interleaved_rates(measures: dict[str, Callable[[float], float]], seconds: fl
 
 def concurrent_rate(url: str, payloads: list[bytes], clients: int, seconds: float) -> tuple[float, int]:
     """Requests per second from ``clients`` connections posting the payloads in turn; and the errors."""
-    requests = [upload_request(url, payload) for payload in payloads]
-    deadline = time.perf_counter() + seconds
-    counts = [0] * clients
-    errors = [0] * clients
-
-    def client(i: int) -> None:
-        with Connection(url) as connection:
-            k = i
-            while time.perf_counter() < deadline:
-                status, _ = connection.send(requests[k % len(requests)])
-                counts[i] += 1
-                errors[i] += status >= 400
-                k += 1
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    return sum(counts) / (time.perf_counter() - started), sum(errors)
+    answers, errors, took = keep_alive_clients(url, [upload_request(url, p) for p in payloads], clients, seconds)
+    return answers / took, errors
 
 
 def _ok(reply: tuple[int, bytes]) -> None:

@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.load import Connection, upload_request
+from bench.load import Connection, keep_alive_clients, upload_request
 from bench.photos import source
 from bench.speed import DEFAULTS, Server, jpeg, many_heads
 from infra.embedded import free_port
@@ -106,26 +105,14 @@ class Tally:
 
 
 def hammer(url: str, requests: list[bytes], clients: int, seconds: float, pid: int, tally: Tally) -> None:
-    """``clients`` keep-alive connections posting ``requests`` in turn for ``seconds``."""
-    deadline = time.perf_counter() + seconds
-    counts, errors = [0] * clients, [0] * clients
-
-    def client(i: int) -> None:
-        with Connection(url) as connection:
-            k = i
-            while time.perf_counter() < deadline:
-                status, _ = connection.send(requests[k % len(requests)])
-                counts[i] += 1
-                errors[i] += status >= 400
-                k += 1
-
-    cpu, started = process_cpu_s(pid), time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    tally.seconds += time.perf_counter() - started
+    """``clients`` keep-alive connections posting ``requests`` in turn for ``seconds``, counted
+    into ``tally`` with the CPU the server process ``pid`` spent meanwhile."""
+    cpu = process_cpu_s(pid)
+    answers, errors, took = keep_alive_clients(url, requests, clients, seconds)
+    tally.seconds += took
     tally.cpu_s += process_cpu_s(pid) - cpu
-    tally.images += sum(counts)
-    tally.errors += sum(errors)
+    tally.images += answers
+    tally.errors += errors
 
 
 class Forward:
