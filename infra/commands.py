@@ -497,6 +497,9 @@ def cmd_versions(client: Client, args: argparse.Namespace) -> int:
                      f"{v['threshold']:.3f}"])
     _table(["version", "trained at", "origin", "pos/neg", "ROC AUC", "F1", "precision", "recall", "threshold"],
            rows)
+    current = next((v for v in answer["versions"] if v["current"]), None)
+    if current and current.get("caution"):
+        print(f"\nversion {current['version']}: {current['caution']}")
     return 0
 
 

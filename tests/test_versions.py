@@ -114,3 +114,25 @@ def test_an_origin_fits_beside_metrics_at_their_limit(client: TestClient, servic
             [dataclasses.replace(record("bad"), metrics={"origin": bad})], services.spec)})
         assert (refused.status_code, refused.json()["error"]) == (400, "invalid_archive"), bad
     assert client.get("/custom/versions/bad").status_code == 404
+
+
+def test_a_version_trained_on_few_examples_says_so(client: TestClient, services: Services) -> None:
+    add(client, crops(CAT, 1, seed=60)[0], "one-cat")
+    add(client, crops("coffee", 1, seed=60)[0], "one-cup")
+    client.get("/custom/assign/one-cat/positive/cat")
+    client.get("/custom/assign/one-cup/negative/cat")
+    client.get("/custom/train/cat")
+    run_queued_jobs(services)
+    (version,) = client.get("/custom/versions/cat").json()["versions"]
+    assert "too few to cross-validate" in version["caution"] and "1 positive example and 1 negative" in version["caution"]
+    (tag,) = client.get("/custom/tags").json()["tags"]
+    assert tag["model"]["caution"] == version["caution"]
+
+
+def test_caution_names_what_a_version_lacks() -> None:
+    from shared.domain.catalog import caution
+
+    assert caution({"positives": 3, "negatives": 4, "folds": 3}).startswith("Trained on 3 positive examples and 4 negative")
+    assert caution({"positives": 8, "negatives": 9, "folds": 5}) is None
+    assert caution({"positives": 8, "negatives": 0, "presumed_negatives": 80, "folds": 5}) is None
+    assert caution({"roc_auc": 0.9, "folds": 5}) is None  # a loaded archive that does not say its counts

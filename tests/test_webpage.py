@@ -238,6 +238,10 @@ def test_label_train_and_review_a_tag_in_the_page(  # noqa: PLR0915 (one person'
         assert len(compare["roc_auc"]) == 3 and float(compare["roc_auc"][1]) >= 0.9, compare  # v1, v2, change
         assert set(compare) >= {"f1", "precision", "recall", "threshold", "examples"}
         assert find("#most-wrong").text  # the examples to relabel, or a line saying there are none
+        versions = requests.get(f"{base}/custom/versions/{quote(tag, safe='')}", timeout=10).json()["versions"]
+        caution = next(v for v in versions if v["current"])["caution"]
+        shown = browser.find_elements(By.ID, "caution")
+        assert [e.text for e in shown] == ([caution] if caution else [])  # a few-examples warning as the API says
         link = find("#export-onnx")
         assert link.get_attribute("href").startswith(base + "/export/onnx?tag=") and "v2" in link.text
 

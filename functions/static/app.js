@@ -844,7 +844,10 @@ function renderComparison(answer, current) {
     }
     return el("tr", { "data-metric": key }, el("th", { scope: "row" }, title), ...cells, change);
   });
+  // Said by the server when the version rests on too few examples (text, never markup).
+  const caution = current.caution ? el("p", { class: "caution", id: "caution", role: "note" }, current.caution) : null;
   box.replaceChildren(el("h4", {}, previous ? `v${current.version} against v${previous.version}` : `v${current.version}`),
+    ...(caution ? [caution] : []),
     el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Versions compared" }, el("table", { id: "compare-table" }, head, ...rows)));
 }
 

@@ -67,11 +67,36 @@ def no_model(tag: str) -> NotFound:
     return NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
 
 
+USEFUL_EXAMPLES = 5  # of each kind: below this, cross-validated figures swing from one example to the next
+
+
+def caution(metrics: dict[str, Any]) -> str | None:
+    """What a person should know about a version trained on few examples, or None."""
+    if "positives" not in metrics:
+        return None  # a version that does not say how it was trained (loaded from elsewhere)
+    positives, negatives = int(metrics.get("positives") or 0), int(metrics.get("negatives") or 0)
+    if "presumed_negatives" in metrics:
+        negatives = max(negatives, int(metrics["presumed_negatives"] or 0))
+    counted = f"{_count(positives, 'positive example')} and {_count(negatives, 'negative example')}"
+    if not metrics.get("folds"):
+        return (f"Trained on {counted}: too few to cross-validate, so its threshold is 0.5 and its quality "
+                f"was not measured. Label at least 2 of each to measure it, and {USEFUL_EXAMPLES} or more of "
+                "each for a first useful model.")
+    if min(positives, negatives) < USEFUL_EXAMPLES:
+        return (f"Trained on {counted}: its measured quality rests on very few examples. "
+                f"{USEFUL_EXAMPLES} or more of each make a first useful model.")
+    return None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def describe_model(pointer: ModelPointer | None) -> dict[str, Any] | None:
     if pointer is None:
         return None
     return {"version": pointer.version, "threshold": pointer.threshold, "trained_at": pointer.trained_at,
-            "metrics": pointer.metrics}
+            "metrics": pointer.metrics, "caution": caution(pointer.metrics)}
 
 
 def tags_overview(services: Services) -> list[dict[str, Any]]:
@@ -97,7 +122,7 @@ def version_list(services: Services, tag: str) -> dict[str, Any]:
     current_version = current.version if current else None
     versions = [
         {"version": p.version, "current": p.version == current_version, "threshold": p.threshold,
-         "trained_at": p.trained_at, "metrics": p.metrics}
+         "trained_at": p.trained_at, "metrics": p.metrics, "caution": caution(p.metrics)}
         for p in stored_versions(services, tag)
     ]
     return {"tag": tag, "current": current_version, "versions": versions}

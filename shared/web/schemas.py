@@ -120,6 +120,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Model": _obj(["version", "threshold", "trained_at", "metrics"], {
         "version": VERSION, "threshold": PROBABILITY, "trained_at": TIME, "metrics": ref("Metrics"),
+        "caution": {**_nullable(STR), "description": "Said when the version was trained on too few examples "
+                    "to cross-validate, or on fewer than 5 of a kind; null otherwise."},
     }, "A model version."),
     "TagSummary": _obj(["tag", "positives", "negatives", "model"], {
         "tag": STR, "positives": COUNT, "negatives": COUNT,
