@@ -15,7 +15,7 @@ photos included, as unlabelled positives would be), ranked as ``shared/domain/tr
 them (a photo's content hash is the hash of its features here). It prints the held-out ROC AUC
 against the same tag trained with real negatives, and their ratio.
 
-    python -m bench.quality [--reps 5]
+    python -m bench.quality [--reps 5] [--shots 5 10 20] [--no-presumed] [--cache FILE]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from bench.photos import (
 )
 from shared.core.process import tune_process
 from shared.core.settings import Settings
-from shared.domain.training import PRESUMED_NEGATIVES, choose_presumed_negatives
+from shared.domain.training import PRESUMED_NEGATIVES, choose_presumed_negatives, training_seed
 from shared.models.backbone import LITE0, Backbone, open_backbone
 from shared.models.heads import normalise_groups, roc_auc, sigmoid, train_head
 
@@ -148,21 +148,28 @@ def training_library(*pools: Pools) -> Library:
     return Library(np.concatenate([v for pool in pools for (split, _), v in sorted(pool.items()) if split == "train"]))
 
 
+def seed_of(x: np.ndarray, y: np.ndarray) -> int:
+    """The seed the service would give this training: from the examples' content hashes and labels."""
+    return training_seed([content_hash(row) for row in x], [int(label) for label in y])
+
+
 def evaluate(
-    pools: Pools, tag: str, negatives_from: list[str], reps: int, library: Library | None = None
+    pools: Pools, tag: str, negatives_from: list[str], reps: int, library: Library | None = None,
+    shots: tuple[int, ...] = SHOTS,
 ) -> dict[int, tuple[float, ...]]:
     """shots -> (AUC of pooled-only heads, AUC of the new heads[, AUC of new heads trained on the
-    same positives against presumed negatives from ``library``]), means over ``reps`` draws."""
+    same positives against presumed negatives from ``library``]), means over ``reps`` draws, then
+    the worst draw's AUC of the new heads."""
     rng = np.random.default_rng(1)
     test_x, test_y = draw(pools, "test", tag, negatives_from, len(pools[("test", tag)]), rng)
     test_z = normalise_groups(test_x, SIZES)
 
     def auc(x: np.ndarray, y: np.ndarray, forms: tuple[str, ...], presumed: bool = False) -> float:
-        head = train_head(x, y, SIZES, forms=forms, presumed_negatives=presumed).head
+        head = train_head(x, y, SIZES, forms=forms, presumed_negatives=presumed, seed=seed_of(x, y)).head
         return roc_auc(test_y, sigmoid(test_z @ head.weight.astype(np.float64) + head.bias))
 
     result: dict[int, tuple[float, ...]] = {}
-    for n in SHOTS:
+    for n in shots:
         pooled: list[float] = []
         new: list[float] = []
         presumed: list[float] = []
@@ -174,62 +181,81 @@ def evaluate(
                 negatives = library.presumed_negatives(tag, x[:n])
                 labels = np.array([1] * n + [0] * len(negatives))
                 presumed.append(auc(np.concatenate([x[:n], negatives]), labels, ("semantic", "style", "both"), True))
-        result[n] = (float(np.mean(pooled)), float(np.mean(new)), *([float(np.mean(presumed))] if presumed else []))
+        presumed_mean = [float(np.mean(presumed))] if presumed else []
+        result[n] = (float(np.mean(pooled)), float(np.mean(new)), *presumed_mean, float(np.min(new)))
     return result
 
 
-def print_presumed(rows: list[tuple[str, str, dict[int, tuple[float, ...]]]], library: int) -> None:
+def print_presumed(rows: list[tuple[str, str, dict[int, tuple[float, ...]]]], library: int, shots: tuple[int, ...]) -> None:
     """The positives-only table: new heads trained with n real negatives, the same n positives with
     presumed negatives from the unlabelled library instead, and their ratio."""
     print(f"\nPositives only: {PRESUMED_NEGATIVES} presumed negatives from an unlabelled library of {library} photos")
-    print("| kind | tag | " + " | ".join(f"{n}+{n} real | {n}+0 presumed | ratio" for n in SHOTS) + " |")
-    print("|" + "---|" * (2 + 3 * len(SHOTS)))
+    print("| kind | tag | " + " | ".join(f"{n}+{n} real | {n}+0 presumed | ratio" for n in shots) + " |")
+    print("|" + "---|" * (2 + 3 * len(shots)))
     for kind, tag, result in rows:
-        cells = [f"{result[n][1]:.3f} | {result[n][2]:.3f} | {result[n][2] / result[n][1]:.3f}" for n in SHOTS]
+        cells = [f"{result[n][1]:.3f} | {result[n][2]:.3f} | {result[n][2] / result[n][1]:.3f}" for n in shots]
         print(f"| {kind} | {tag} | " + " | ".join(cells) + " |")
     for kind in ("style", "keyword", "all"):
         chosen = [r for k, _, r in rows if kind in (k, "all")]
-        means = [(np.mean([r[n][1] for r in chosen]), np.mean([r[n][2] for r in chosen])) for n in SHOTS]
+        means = [(np.mean([r[n][1] for r in chosen]), np.mean([r[n][2] for r in chosen])) for n in shots]
         print(f"| {kind} | **mean** | " + " | ".join(f"{p:.3f} | {q:.3f} | {q / p:.3f}" for p, q in means) + " |")
+
+
+def misses(rows: list[tuple[str, str, dict[int, tuple[float, ...]]]], shots: tuple[int, ...]) -> list[str]:
+    """The targets missed: at 5+5 and 10+10, style tags' mean AUC at least 0.97 and none below 0.93
+    (each tag's mean over the draws); keyword tags no worse than pooled-only heads (0.01 allowed)."""
+    failures = []
+    for n in (5, 10):
+        if n not in shots:
+            continue
+        style = [r[n][1] for k, _, r in rows if k == "style"]
+        if np.mean(style) < 0.97 or min(style) < 0.93:
+            failures.append(f"style tags at {n}+{n}: mean {np.mean(style):.3f} (target 0.97), min {min(style):.3f} (0.93)")
+        for kind, tag, result in rows:
+            if kind == "keyword" and result[n][1] < result[n][0] - 0.01:
+                failures.append(f"keyword '{tag}' at {n}+{n}: new {result[n][1]:.3f} < pooled {result[n][0]:.3f}")
+    return failures
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5, help="random training draws per tag and size")
+    parser.add_argument("--shots", type=int, nargs="+", default=list(SHOTS), help="positives (and negatives) per draw")
+    parser.add_argument("--no-presumed", action="store_true", help="leave out the positives-only table")
     parser.add_argument("--cache", type=Path, help="keep the photos' features in this .npz between runs")
     args = parser.parse_args()
     tune_process()  # single-threaded BLAS, as in the worker: spinning threads slow training on busy cores
+    shots = tuple(args.shots)
     started = time.perf_counter()
     styles, keywords = load_pools(args.cache)
     print(f"embedded the photos in {time.perf_counter() - started:.0f} s")
     library = training_library(styles, keywords)
+    kept = None if args.no_presumed else library
     rows: list[tuple[str, str, dict[int, tuple[float, ...]]]] = []
     for tag in STYLE_TRANSFORMS:
         others = [t for t in STYLE_TRANSFORMS if t != tag]
         negatives = ["none"] * len(others) + others  # half plain, half other styles, at random
-        rows.append(("style", tag, evaluate(styles, tag, negatives, args.reps, library)))
+        rows.append(("style", tag, evaluate(styles, tag, negatives, args.reps, kept, shots)))
     for tag in KEYWORD_SUBJECTS:
         negatives = [t for t in KEYWORD_SUBJECTS if t != tag]
-        rows.append(("keyword", tag, evaluate(keywords, tag, negatives, args.reps, library)))
-    rows.append(("keyword", "face", evaluate(keywords, "face", ["not face"], args.reps, library)))
+        rows.append(("keyword", tag, evaluate(keywords, tag, negatives, args.reps, kept, shots)))
+    rows.append(("keyword", "face", evaluate(keywords, "face", ["not face"], args.reps, kept, shots)))
 
-    header = "| kind | tag | " + " | ".join(f"{n}+{n} pooled | {n}+{n} new" for n in SHOTS) + " |"
-    print(header)
-    print("|" + "---|" * (2 + 2 * len(SHOTS)))
+    cells = " | ".join(f"{n}+{n} pooled | {n}+{n} new | {n}+{n} worst" for n in shots)
+    print(f"Held-out ROC AUC, mean of {args.reps} draws (worst: the new heads' worst draw)")
+    print(f"| kind | tag | {cells} |")
+    print("|" + "---|" * (2 + 3 * len(shots)))
     for kind, tag, result in rows:
-        print(f"| {kind} | {tag} | " + " | ".join(f"{result[n][0]:.3f} | {result[n][1]:.3f}" for n in SHOTS) + " |")
-    failures = []
+        cells = " | ".join(f"{result[n][0]:.3f} | {result[n][1]:.3f} | {result[n][-1]:.3f}" for n in shots)
+        print(f"| {kind} | {tag} | {cells} |")
     for kind in ("style", "keyword"):
         chosen = [r for k, _, r in rows if k == kind]
-        means = [(np.mean([r[n][0] for r in chosen]), np.mean([r[n][1] for r in chosen])) for n in SHOTS]
-        print(f"| {kind} | **mean** | " + " | ".join(f"{p:.3f} | {q:.3f}" for p, q in means) + " |")
-    print_presumed(rows, len(library.hashes))
-    style_10 = [r[10][1] for k, _, r in rows if k == "style"]
-    if np.mean(style_10) < 0.97 or min(style_10) < 0.93:
-        failures.append(f"style tags at 10+10: mean {np.mean(style_10):.3f} (target 0.97), min {min(style_10):.3f} (0.93)")
-    for kind, tag, result in rows:
-        if kind == "keyword" and result[10][1] < result[10][0] - 0.01:
-            failures.append(f"keyword '{tag}' at 10+10: new {result[10][1]:.3f} < pooled {result[10][0]:.3f}")
+        cells = " | ".join(f"{np.mean([r[n][0] for r in chosen]):.3f} | {np.mean([r[n][1] for r in chosen]):.3f} | "
+                           f"{min(r[n][-1] for r in chosen):.3f}" for n in shots)
+        print(f"| {kind} | **mean** | {cells} |")
+    if not args.no_presumed:
+        print_presumed(rows, len(library.hashes), shots)
+    failures = misses(rows, shots)
     print(f"total {time.perf_counter() - started:.0f} s")
     for failure in failures:
         print("MISSED:", failure)
