@@ -287,6 +287,8 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
         _print_json(final)
     else:
         print(f"trained '{args.tag}' {_metrics_line(final['result'])}")
+        if final["result"].get("caution"):
+            print(final["result"]["caution"])
     return 0
 
 

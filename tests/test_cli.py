@@ -92,8 +92,11 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     assert code == 0 and re.fullmatch(r"loaded 'cli cat' as version \d+ \(version \d+ in the archive\)", out.strip())
     code, out, err = run(capsys, url, "versions", "cli cat")
     assert code == 0
-    assert [line.split()[0] for line in out.splitlines()[2:]][:1] == ["1"] and " * " not in out.splitlines()[2]
-    assert "trained here" in out.splitlines()[2] and "loaded (was v" in out.splitlines()[-1]
+    table, _, caution = out.partition("\n\n")  # the table, then what to know about the current version
+    rows = table.splitlines()
+    assert [line.split()[0] for line in rows[2:]][:1] == ["1"] and " * " not in rows[2]
+    assert "trained here" in rows[2] and "loaded (was v" in rows[-1]
+    assert caution.startswith("version ") and "examples" in caution  # trained on a few photos
 
     edge = tmp_path / "edge.onnx"
     code, out, err = run(capsys, url, "export-onnx", "-o", str(edge), "--tag", "cli cat")

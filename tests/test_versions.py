@@ -136,3 +136,24 @@ def test_caution_names_what_a_version_lacks() -> None:
     assert caution({"positives": 8, "negatives": 9, "folds": 5}) is None
     assert caution({"positives": 8, "negatives": 0, "presumed_negatives": 80, "folds": 5}) is None
     assert caution({"roc_auc": 0.9, "folds": 5}) is None  # a loaded archive that does not say its counts
+
+
+def test_a_server_can_ask_for_more_examples(client: TestClient, services: Services) -> None:
+    services.settings.min_examples = 3
+    for i, data in enumerate(crops(CAT, 2, seed=61)):
+        add(client, data, f"few-{i}")
+        client.get(f"/custom/assign/few-{i}/positive/cat")
+    add(client, crops("coffee", 1, seed=61)[0], "cup")
+    client.get("/custom/assign/cup/negative/cat")
+    refused = client.get("/custom/train/cat").json()
+    assert refused["error"] == "not_enough_examples" and "at least 3 of each (TAGSMITH_MIN_EXAMPLES)" in refused["message"]
+    for i, data in enumerate(crops(CAT, 1, seed=62)):
+        add(client, data, f"more-{i}")
+        client.get(f"/custom/assign/more-{i}/positive/cat")
+    for i, data in enumerate(crops("rocket", 2, seed=62)):
+        add(client, data, f"rocket-{i}")
+        client.get(f"/custom/assign/rocket-{i}/negative/cat")
+    task = client.get("/custom/train/cat").json()
+    run_queued_jobs(services)
+    result = client.get(f"/status/{task['task_id']}").json()["result"]
+    assert "3 positive examples and 3 negative examples" in result["caution"]

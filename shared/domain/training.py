@@ -147,6 +147,11 @@ def request_training(services: Services, tag: str) -> dict[str, Any]:
     ((positives, negatives),) = services.registry.example_counts([tag])
     if not positives:
         raise InvalidInput("not_enough_examples", _too_few(tag, positives, negatives))
+    least = services.settings.min_examples
+    if positives < least or 0 < negatives < least:
+        raise InvalidInput("not_enough_examples", (
+            f"Tag '{tag}' has {positives} positive and {negatives} negative examples; this server trains a tag "
+            f"with at least {least} of each (TAGSMITH_MIN_EXAMPLES), or {least} positives and no negatives."))
     if not negatives and not _has_other_images(services, services.registry.examples(tag)[0]):
         raise InvalidInput("not_enough_examples", _no_library(tag, positives))
     task_id, already_queued = services.queue.submit(tag, services.registry.epoch(tag))
@@ -228,6 +233,7 @@ def run_training(services: Services, tag: str, epoch: int, report: Report) -> di
         "form": trained.form,
         "metrics": pointer.metrics,
         "trained_at": pointer.trained_at,
+        "caution": catalog.caution(pointer.metrics),  # too few examples to trust it, if so
         # False when a newer version of the tag was published while this one trained.
         "published": tag in moved,
     }
