@@ -15,6 +15,11 @@ real negatives would (``shared/models/heads.py``: the presumed-negative class we
 ``PRESUMED_NEGATIVE_WEIGHT`` times the positive class), and the version's metrics say how many
 were used (``presumed_negatives``) and that precision was measured against unlabelled images.
 With real negatives, nothing of this applies. `python -m bench.quality` measures it.
+
+Every training is a pure function of its examples' contents and labels (and of the version it
+fine-tunes from): real examples are ordered by content hash too (``by_content``), every shuffle
+is seeded from the sorted content hashes and labels (``training_seed``), and the head is fitted
+with one BLAS thread (``tests/test_training_determinism.py``).
 """
 
 from __future__ import annotations
