@@ -415,14 +415,9 @@ class HeadMatrix:
     def select(self, tags: list[str]) -> HeadMatrix:
         """The heads of ``tags`` only, in that order."""
         chosen = [self.index[t] for t in tags]
-        picked = HeadMatrix([], [], [], [], self.sizes)
-        picked.tags, picked.versions = list(tags), [self.versions[i] for i in chosen]
-        picked.thresholds = self.thresholds[chosen]
-        picked._rounded_thresholds = np.round(picked.thresholds, 6).tolist()
-        picked.columns = np.ascontiguousarray(self.columns[:, chosen])
-        picked.biases = self.biases[chosen]
-        picked.index = {tag: i for i, tag in enumerate(tags)}
-        return picked
+        heads = [Head(self.columns[:, i], float(self.biases[i])) for i in chosen]
+        return HeadMatrix(list(tags), heads, [float(self.thresholds[i]) for i in chosen],
+                          [self.versions[i] for i in chosen], self.sizes)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """(N, D) raw (semantic | style) features -> (N, T) probabilities."""
