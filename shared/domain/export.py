@@ -13,7 +13,7 @@ COLUMNS = ("image_id", "filename", "tag", "score", "match", "version")
 # injection): such text cells (file names, tags) get a leading apostrophe, as OWASP advises.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
-Row = tuple[str, str, str, float, bool, int]
+Row = tuple[str, str, str, float, bool, int]  # image id, file name, tag, score, match, version
 
 
 def csv_lines(chunks: Iterable[list[Row]]) -> Iterator[str]:

@@ -25,6 +25,7 @@ from shared.data.library import Library, text
 from shared.data.store import ObjectNotFound
 from shared.domain import catalog
 from shared.domain.embeddings import vector_from_bytes
+from shared.domain.export import Row
 from shared.domain.images import describe, known_image
 from shared.domain.library import read_npz, semantic_unit
 
@@ -216,11 +217,10 @@ def _first(chosen: np.ndarray, key: np.ndarray, descending: bool, count: int) ->
     return order[:count], total > count
 
 
-ExportRow = tuple[str, str, str, float, bool, int]  # image id, file name, tag, score, match, version
 EXPORT_CHUNK = 5000
 
 
-def export_rows(services: Services, tags: list[str], matches_only: bool) -> Iterator[list[ExportRow]]:
+def export_rows(services: Services, tags: list[str], matches_only: bool) -> Iterator[list[Row]]:
     """One row per (scored image, tag) — image id, file name, tag, score, match, the version the
     scores come from — in chunks, tag by tag (memory: one score column and one chunk). Unknown
     tags are refused here, before the first chunk is asked for."""
@@ -234,7 +234,7 @@ def export_rows(services: Services, tags: list[str], matches_only: bool) -> Iter
 
 
 def _export_chunks(services: Services, tags: list[str], models: dict[str, Any], n: int,
-                   matches_only: bool) -> Iterator[list[ExportRow]]:
+                   matches_only: bool) -> Iterator[list[Row]]:
     library, rows = services.library, services.rows
     live = library.live(n)
     scored = library.scored()
