@@ -16,6 +16,7 @@ import pytest
 from infra.cli import main
 from infra.embedded import free_port
 from shared.models.edge import edge_manifest
+from tagsmith_client import Client
 from tests.support.photos import CAT, OTHERS, crops
 from tests.support.servers import ROOT, TagsmithServer, clean_env
 
@@ -65,6 +66,8 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     task_id = out.strip()
     code, out, err = run(capsys, url, "status", task_id)
     assert code == 0 and out.startswith("cli cat: ")
+    with Client(url) as api:  # finished before the load below, so the load makes the newest version
+        api.wait(task_id, timeout=300)
 
     probes = tmp_path / "probes"
     probes.mkdir()
