@@ -8,6 +8,7 @@ embeddings then differ from torch's by up to 0.2) and reports ``bf16`` here.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -110,7 +111,7 @@ def test_concurrent_requests_share_batches(exported: Path, images: list[Image.Im
         return original(batch)
 
     backbone.embed_pixels = counting  # type: ignore[method-assign]
-    batcher = MicroBatcher(backbone, max_batch=8)
+    batcher = MicroBatcher(backbone, max_batch=8, lanes=1)  # one core: no lanes, shared batches
 
     def prepare(i: int) -> tuple[np.ndarray, Callable[[], int]]:
         return preprocess(images[i % len(images)]), lambda: i
@@ -126,8 +127,31 @@ def test_concurrent_requests_share_batches(exported: Path, images: list[Image.Im
         assert np.abs(result.embeddings[0] - reference.embeddings[i % len(images)]).max() <= 1e-4
 
 
-def test_a_failed_preparation_fails_only_its_own_request(exported: Path, images: list[Image.Image]) -> None:
-    batcher = MicroBatcher(OnnxRuntimeBackbone(exported, threads=2), max_batch=8)
+def test_concurrent_requests_run_on_lanes(exported: Path, images: list[Image.Image], reference: Features) -> None:
+    """Under load every core's lane embeds whole images on its own single-threaded copy; each
+    caller gets its own image's features, and the first (alone) runs on the all-threads model."""
+    batcher = MicroBatcher(OpenVinoBackbone(exported, threads=2), max_batch=8, lanes=2)
+    threads: dict[int, str] = {}
+
+    def prepare(i: int) -> tuple[np.ndarray, Callable[[], int]]:
+        threads[i] = threading.current_thread().name
+        return preprocess(images[i % len(images)]), lambda: i
+
+    async def all_at_once() -> list[tuple[Features, int]]:
+        return await asyncio.gather(*(batcher.embed(partial(prepare, i)) for i in range(3 * len(images))))
+
+    outcomes = asyncio.run(all_at_once())
+    assert [extra for _, extra in outcomes] == list(range(3 * len(images)))
+    for i, (features, _) in enumerate(outcomes):
+        assert np.abs(features.embeddings[0] - reference.embeddings[i % len(images)]).max() <= 1e-4
+        assert np.abs(features.styles[0] - reference.styles[i % len(images)]).max() <= 1e-4
+    assert not threads[0].startswith("lane") and {"lane-0", "lane-1"} <= set(threads.values())
+    asyncio.run(batcher.close())
+
+
+@pytest.mark.parametrize("lanes", [1, 2], ids=["shared batches", "lanes"])
+def test_a_failed_preparation_fails_only_its_own_request(exported: Path, images: list[Image.Image], lanes: int) -> None:
+    batcher = MicroBatcher(OnnxRuntimeBackbone(exported, threads=2), max_batch=8, lanes=lanes)
 
     def later(i: int) -> int:
         if i == 4:

@@ -53,7 +53,7 @@ def create_app(
         if backbone:
             loaded = await run_in_threadpool(lambda: own.backbone)
             log.info("backbone ready: %s, %s", loaded.runtime, loaded.precision)
-            state["batcher"] = MicroBatcher(loaded, own.settings.predict_batch_size)
+            state["batcher"] = MicroBatcher(loaded, own.settings.predict_batch_size, own.settings.torch_threads)
         try:
             yield state
         finally:

@@ -96,6 +96,9 @@ class _ExportedBackbone:
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def lane(self) -> _ExportedBackbone:
+        raise NotImplementedError
+
     def embed(self, images: list[Image.Image]) -> Features:
         return self.embed_pixels(preprocess_batch(images))
 
@@ -124,6 +127,7 @@ class OnnxRuntimeBackbone(_ExportedBackbone):
         options.add_session_config_entry("session.set_denormal_as_zero", "0")
         options.add_session_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = path
         self.runtime = f"ONNX Runtime on CPU, {threads} threads"
         # ONNX Runtime's CPU provider computes in the graph's own types: check they are float32.
         types = {arg.type for arg in (*self.session.get_inputs(), *self.session.get_outputs())}
@@ -133,24 +137,33 @@ class OnnxRuntimeBackbone(_ExportedBackbone):
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         return list(self.session.run(list(OUTPUTS), {"images": batch}))
 
+    def lane(self) -> OnnxRuntimeBackbone:
+        return OnnxRuntimeBackbone(self.path, threads=1)
+
 
 class OpenVinoBackbone(_ExportedBackbone):
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, pinned: bool = True) -> None:
         super().__init__()
         import openvino as ov
 
-        core = ov.Core()
-        self.model = core.compile_model(
-            str(path),
-            "CPU",
-            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"},
-        )
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+        }
+        if not pinned:
+            config["ENABLE_CPU_PINNING"] = False
+        self.model = ov.Core().compile_model(str(path), "CPU", config)
         self.precision = require_float32("OpenVINO", openvino_precision(self.model))
+        self.path = path
         self.runtime = f"OpenVINO on CPU, {threads} threads"
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         result = self.model(batch)
         return [np.asarray(result[i]) for i in range(len(OUTPUTS))]
+
+    def lane(self) -> OpenVinoBackbone:
+        # Not pinned: pinned single-threaded compilations can all land on one core; the
+        # scheduler spreads the lanes' threads.
+        return OpenVinoBackbone(self.path, threads=1, pinned=False)
 
 
 def openvino_precision(compiled: Any) -> str:

@@ -79,6 +79,10 @@ class EfficientNetLite0:
     def embed(self, images: list[Image.Image]) -> Features:
         return self.embed_pixels(preprocess_batch(images))
 
+    def lane(self) -> None:
+        """None: torch spreads each forward pass over the device (GPU, or all CPU threads)."""
+        return None
+
     def embed_pixels(self, pixels: np.ndarray) -> Features:
         torch = self._torch
         batch = torch.from_numpy(pixels)

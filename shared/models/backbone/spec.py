@@ -76,3 +76,9 @@ class Backbone(Protocol):
     def embed_pixels(self, batch: np.ndarray) -> Features:
         """Features of N images already preprocessed: (N, 3, 224, 224) float32 from ``preprocess``."""
         ...
+
+    def lane(self) -> Backbone | None:
+        """A single-threaded copy on the same runtime, for one of several threads that each run
+        whole forward passes side by side (``shared.web.batching``); None where the runtime
+        spreads one pass over the device itself (torch)."""
+        ...
