@@ -6,8 +6,9 @@ side by side and measures, in turns so that both see the same moments of this sh
 - throughput with ``--clients`` concurrent keep-alive clients, 640 x 480 (0.3 MP) JPEGs and
   12 MP JPEGs: tagsmith's POST /predict/custom and POST /predict against the plain server;
 - the *pipeline limit*: the machine's usable cores over the CPU time per image of the forward
-  pass (the cheaper of OpenVINO's all-threads model at batch 8 and tagsmith's own batch path, in
-  this process, nothing else running in it) plus decoding and cropping that photo;
+  pass (the cheaper of OpenVINO's all-threads model at batch 8 and tagsmith's lanes, one
+  single-threaded copy per core side by side, in this process, nothing else running in it) plus
+  decoding and cropping that photo;
 - the p50 latency of one client, each server's request in turn.
 
 It prints each target's ratio, then an allowance table: per target, the rate it asks for, the CPU
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from shared.core.process import usable_cores
 from shared.models.backbone import preprocess
 from shared.models.backbone.exported import OpenVinoBackbone, export_onnx
 from shared.models.decoding import decode_image
+from shared.web.batching import LANE_BATCH
 from tests.support.servers import ROOT, clean_env
 
 CORES = usable_cores()
@@ -117,22 +120,28 @@ def hammer(url: str, requests: list[bytes], clients: int, seconds: float, pid: i
 
 class Forward:
     """The forward pass alone, in this process, OpenVINO at float32 (tagsmith's backbone): the
-    model compiled with every thread, at batch 8 and at batch 1, and tagsmith's own path for a
-    batch of 8 (``embed_pixels``)."""
+    model compiled with every thread, at batch 8 and at batch 1, and tagsmith's lanes under load
+    (one single-threaded copy per core, each on its own thread, ``LANE_BATCH`` images a pass)."""
 
     def __init__(self) -> None:
         self.backbone = OpenVinoBackbone(export_onnx(DEFAULTS.model_cache_dir), CORES)
+        self.lanes = [self.backbone.lane() for _ in range(CORES)]
         pixels = preprocess(source("astronaut"))
         self.batch8 = np.ascontiguousarray(np.repeat(pixels[None], 8, axis=0))
         self.batch1 = np.ascontiguousarray(pixels[None])
+        self.lane_batch = np.ascontiguousarray(np.repeat(pixels[None], LANE_BATCH, axis=0))
 
     def run_latency(self) -> int:
         self.backbone.model(self.batch8)
         return 8
 
-    def run_service_batch(self) -> int:
-        self.backbone.embed_pixels(self.batch8)
-        return 8
+    def run_lanes(self) -> int:
+        threads = [threading.Thread(target=lane.embed_pixels, args=(self.lane_batch,)) for lane in self.lanes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return LANE_BATCH * len(threads)
 
     def run_single(self) -> int:
         self.backbone.model(self.batch1)
@@ -209,11 +218,11 @@ def main() -> int:
                 with Connection(urls[kind]) as connection:
                     connection.send(requests[0])
             tallies = {key: Tally() for key in prebuilt}
-            raw = {"all threads, batch 8": Tally(), "tagsmith embed_pixels, batch 8": Tally()}
+            raw = {"all threads, batch 8": Tally(), f"tagsmith lanes, {CORES} x batch {LANE_BATCH}": Tally()}
             slice_s = args.seconds / args.rounds
             for _ in range(args.rounds):
                 cpu_per_image(forward.run_latency, slice_s / 2, raw["all threads, batch 8"])
-                cpu_per_image(forward.run_service_batch, slice_s / 2, raw["tagsmith embed_pixels, batch 8"])
+                cpu_per_image(forward.run_lanes, slice_s / 2, raw[f"tagsmith lanes, {CORES} x batch {LANE_BATCH}"])
                 for (kind, size), requests in prebuilt.items():
                     hammer(urls[kind], requests, args.clients, slice_s, pids[owner[kind]], tallies[kind, size])
             p50 = latencies({kind: (url, prebuilt[kind, "photos"][0]) for kind, url in urls.items()}, args.requests)

@@ -42,7 +42,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
             if requeued:
                 logging.getLogger("tagsmith").info("requeued %d interrupted trainings", len(requeued))
         prepare_backbone(settings)
-        supervisor = WorkerSupervisor({**os.environ, **settings.as_env()}, lock_fd)
+        supervisor = WorkerSupervisor({**os.environ, **settings.as_env()}, lock_fd, settings.worker_nice)
         supervisor.start()
         try:
             run_server(create_gateway(services=services), settings, f"data in {settings.data_dir}")

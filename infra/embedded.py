@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -27,9 +28,12 @@ import redis
 log = logging.getLogger("tagsmith")
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(nice: int = 0) -> None:
+    """In the child before it runs: end with the parent (Linux), ``nice`` steps lower in priority."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if nice:
+        os.nice(nice)
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -115,11 +119,14 @@ def start_redis(
 
 
 class WorkerSupervisor:
-    """Keeps one ``tagsmith worker`` child running until stopped."""
+    """Keeps one ``tagsmith worker`` child running until stopped, ``nice`` steps below the server
+    in CPU priority: on the cores they share, background work (embedding the library, training)
+    yields to requests."""
 
-    def __init__(self, env: dict[str, str], lock_fd: int) -> None:
+    def __init__(self, env: dict[str, str], lock_fd: int, nice: int = 0) -> None:
         self.env = env
         self.lock_fd = lock_fd
+        self.nice = nice
         self.process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
@@ -128,7 +135,7 @@ class WorkerSupervisor:
         return subprocess.Popen(
             [sys.executable, "-m", "infra.cli", "worker"],
             env=self.env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=partial(_die_with_parent, self.nice),
             pass_fds=(self.lock_fd,),
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     keyword_threshold: float = 0.1
     embed_batch_size: int = 32
     predict_batch_size: int = 8  # most concurrent predict requests sharing one forward pass
+    # How much lower `tagsmith serve` runs its worker's CPU priority (nice): training and library
+    # embedding yield to requests on the cores they share.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     # Training jobs and workers.
     training_timeout_s: int = 3600
     heartbeat_ttl_s: int = 30  # a training whose worker stops beating for this long is abandoned

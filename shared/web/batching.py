@@ -45,8 +45,10 @@ Prepare = Callable[[], tuple[np.ndarray, Callable[[], T]]]
 Result = tuple[Features, Any] | BaseException  # per request: its features and extras, or its error
 
 # Most images a lane takes at once: single-threaded OpenVINO spends about 5% less CPU per image at
-# batch 2-4 than at 1, and a lane's images wait for each other's preparation.
-LANE_BATCH = 4
+# batch 2-4 than at 1, but each image of a lane's largest pass keeps its activations (two lanes
+# added 103 MB to the process at batch 1, 148 MB at 2, 238 MB at 4), and a lane's images wait
+# for each other's preparation.
+LANE_BATCH = 2
 log = logging.getLogger("tagsmith")
 
 

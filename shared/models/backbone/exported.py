@@ -30,9 +30,10 @@ from shared.models.backbone.preprocess import INPUT_SIZE, preprocess_batch
 from shared.models.backbone.spec import LITE0, PRECISION, BackboneSpec, Features, require_float32
 
 OUTPUTS = ("embedding", "style", "logits")
-# Images per forward pass on the CPU: larger runs are no faster there, and would only grow the
-# memory ONNX Runtime's arena keeps (the worker embeds 32 at a time; predict batches up to 8).
-MAX_RUN = 8
+# Images per forward pass on the CPU: larger runs are no faster there (OpenVINO with 2 threads:
+# 22-25 ms of CPU per image at 4 and at 8) and keep more memory: each image of the largest run
+# holds about 30-40 MB of activations (a process that ran OpenVINO at 8 held 150 MB more than at 4).
+MAX_RUN = 4
 
 
 def export_path(cache_dir: Path) -> Path:
@@ -142,16 +143,19 @@ class OnnxRuntimeBackbone(_ExportedBackbone):
 
 
 class OpenVinoBackbone(_ExportedBackbone):
-    def __init__(self, path: Path, threads: int, pinned: bool = True) -> None:
+    def __init__(self, path: Path, threads: int, graph: Any = None) -> None:
+        """The export at ``path`` compiled for ``threads`` threads; from ``graph`` (the export
+        already read, whose weights the compilations share) if given."""
         super().__init__()
         import openvino as ov
 
+        self.graph = graph or ov.Core().read_model(str(path))
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
         }
-        if not pinned:
+        if threads == 1:  # pinned, single-threaded compilations (lanes) can all land on one core
             config["ENABLE_CPU_PINNING"] = False
-        self.model = ov.Core().compile_model(str(path), "CPU", config)
+        self.model = ov.Core().compile_model(self.graph, "CPU", config)
         self.precision = require_float32("OpenVINO", openvino_precision(self.model))
         self.path = path
         self.runtime = f"OpenVINO on CPU, {threads} threads"
@@ -161,9 +165,7 @@ class OpenVinoBackbone(_ExportedBackbone):
         return [np.asarray(result[i]) for i in range(len(OUTPUTS))]
 
     def lane(self) -> OpenVinoBackbone:
-        # Not pinned: pinned single-threaded compilations can all land on one core; the
-        # scheduler spreads the lanes' threads.
-        return OpenVinoBackbone(self.path, threads=1, pinned=False)
+        return OpenVinoBackbone(self.path, threads=1, graph=self.graph)
 
 
 def openvino_precision(compiled: Any) -> str:
