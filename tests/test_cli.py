@@ -11,6 +11,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from infra.cli import main
@@ -166,3 +167,12 @@ def test_serve_says_what_to_do_when_its_port_is_taken(tmp_path: Path) -> None:
                               timeout=60)
     assert done.returncode == 1 and f"port {port} on 127.0.0.1 is taken" in done.stderr and "--port" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "data").exists()  # nothing started
+
+
+def test_serve_runs_its_worker_at_a_lower_cpu_priority(live_server: TagsmithServer) -> None:
+    """Training and library embedding yield to requests on the cores they share."""
+    assert live_server.process is not None
+    server = psutil.Process(live_server.process.pid)
+    workers = [p for p in server.children() if "worker" in p.cmdline()]
+    assert len(workers) == 1
+    assert workers[0].nice() == server.nice() + 10
