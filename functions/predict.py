@@ -18,8 +18,8 @@ from shared.web.uploads import read_upload
 
 
 async def _embed_upload(request: Request, with_styles: bool = False) -> tuple[Features, Any]:
-    """The upload's features and, if asked, its base style scores: prepared and embedded in a
-    shared batch (``MicroBatcher``)."""
+    """The upload's features and, if asked, its base style scores: prepared and embedded alone,
+    on a lane or in a shared batch (``MicroBatcher``)."""
     services = services_of(request)
     data = await read_upload(request, services.settings.max_upload_bytes)
     prepare = partial(predictions.prepare_upload, services, data, with_styles)

@@ -43,7 +43,7 @@ def create_app(
 ) -> Starlette:
     """An app serving ``routes``. Its lifespan uses ``services`` if given, else builds them from
     ``settings`` (default: the environment's, read when the app starts). With ``backbone``, the
-    backbone loads before the app answers and requests share its forward passes (micro-batching)."""
+    backbone loads before the app answers and concurrent requests share it (``shared.web.batching``)."""
     tune_process()  # however the app is started: tagsmith serve, uvicorn, tests
 
     @asynccontextmanager

@@ -1,5 +1,5 @@
 """What an app's lifespan hands its requests: the process's ``Services`` (``request.state.services``)
-and, in apps that run the backbone, the micro-batcher (``request.state.batcher``)."""
+and, in apps that run the backbone, the batcher that shares it among requests (``request.state.batcher``)."""
 
 from __future__ import annotations
 
