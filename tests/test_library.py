@@ -285,3 +285,35 @@ def test_a_tag_without_a_model_lists_its_unlabelled_images_by_date(client: TestC
     assert [i["image_id"] for i in body["images"]] == [second] and body["images"][0]["score"] is None
     assert body["tags"] == {}
     assert client.get("/custom/images?tag=cat&sort=score").json()["error"] == "unknown_tag"
+
+
+def test_a_training_queued_meanwhile_goes_before_the_rest_of_a_backlog(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(library, "EMBED_ROWS", 4)
+    for i, data in enumerate(crops(CAT, 4, seed=41)):
+        assert client.post(f"/custom/add?image_id=late-cat-{i}", files={"data": ("c.jpg", data)}).status_code == 201
+        assert client.get(f"/custom/assign/late-cat-{i}/positive/late").status_code == 200
+    for name in OTHERS:
+        for i, data in enumerate(crops(name, 2, seed=41)):
+            assert client.post(f"/custom/add?image_id=late-{name}-{i}", files={"data": ("o.jpg", data)}).status_code == 201
+            assert client.get(f"/custom/assign/late-{name}-{i}/negative/late").status_code == 200
+    [first_job] = services.queue.library.job_ids  # one embedding job for the whole backlog (12 images)
+    embed, training = library._embed, []
+
+    def embed_then_train(services_: Services, image_ids: list[str]) -> tuple[np.ndarray, list[int], list[int]]:
+        if not training:  # the user presses Train while the worker embeds the first pack
+            training.append(client.post("/custom/train/late").json()["task_id"])
+        return embed(services_, image_ids)
+
+    monkeypatch.setattr(library, "_embed", embed_then_train)
+    run_queued_jobs(services)
+
+    first = client.get(f"/status/{first_job}").json()
+    assert first["status"] == "finished" and first["result"]["embedded"] == 4  # one pack, then it made way
+    rest = client.get(f"/status/{first['result']['continued_by']}").json()
+    trained = client.get(f"/status/{training[0]}").json()
+    assert trained["status"] == rest["status"] == "finished"
+    assert first["ended_at"] <= trained["started_at"] <= trained["ended_at"] <= rest["started_at"]
+    summary = client.get("/custom/library").json()
+    assert summary["pending"] == 0 and summary["embedded"] == summary["images"] == 12

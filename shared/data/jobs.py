@@ -119,6 +119,10 @@ class TrainingQueue:
 
         return self._submit_once(self.queue, self._queued_key(tag), make, lambda job: _epoch(job) == epoch)
 
+    def trainings_waiting(self) -> bool:
+        """Whether a training job is queued (not yet taken by a worker)."""
+        return bool(self.queue.count)
+
     def submit_embedding(self) -> str:
         """Queue a job that embeds the images waiting for it into the library, unless one is
         waiting already; returns its task id. Called on every add: the common case (a job is

@@ -92,7 +92,11 @@ def read_pack(services: Services, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def embed_waiting(services: Services, report: Report) -> dict[str, Any]:
     """Embed every stored image waiting for it into the library, ``EMBED_ROWS`` at a time, and
-    score them with every current model; then merge small packs. Returns how many were embedded."""
+    score them with every current model; then merge small packs. Returns how many were embedded.
+
+    A training queued meanwhile goes first: after the pack at hand, a new job is queued for the
+    rest (behind trainings) and this one ends, so a backlog of thousands of added photos delays a
+    training by one pack at most."""
     services.registry.index_library()
     library = services.library
     embedded = gone = 0
@@ -106,6 +110,9 @@ def embed_waiting(services: Services, report: Report) -> dict[str, Any]:
             score_rows(services, rows[kept], features)
         embedded, gone = embedded + len(kept), gone + len(rows) - len(kept)
         report("embedding", min(1.0, (embedded + gone) / max(total, 1)))
+        if services.queue.trainings_waiting() and library.pending_count():
+            return {"embedded": embedded, "deleted_meanwhile": gone, "packs_merged": 0,
+                    "continued_by": services.queue.submit_embedding()}
     merged = merge_small_packs(services)
     return {"embedded": embedded, "deleted_meanwhile": gone, "packs_merged": merged}
 
