@@ -13,6 +13,7 @@ from shared.core.process import cpu_pool
 from shared.data.keys import embedding_key, image_key
 from shared.data.store import ObjectNotFound, ObjectStore
 from shared.models.backbone import Backbone, preprocess
+from shared.models.backbone.device_decode import DeviceDecoder, Jpeg
 from shared.models.decoding import decode_image
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ def embed_present_images(
         return preprocess(decode_image(data, settings.max_image_pixels, budget=services.decode_budget).image)
 
     return embed_images(services.store, services.backbone, image_ids, decode, settings.embed_batch_size, progress,
-                        identity=lambda ids: image_identities(services, ids))
+                        identity=lambda ids: image_identities(services, ids),
+                        on_device=DeviceDecoder.for_backbone(services.backbone, settings.max_image_pixels))
 
 
 def image_identities(services: Services, image_ids: list[str]) -> list[str]:
@@ -74,6 +76,7 @@ def embed_images(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     identity: Callable[[list[str]], list[str]] | None = None,
+    on_device: DeviceDecoder | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """Feature vectors of the stored images whose bytes are still there, and their positions in
     ``image_ids``. Cached vectors are read, the rest decoded (``decode``: bytes to backbone input)
@@ -82,7 +85,10 @@ def embed_images(
 
     ``identity`` names what each id holds (its content hash): an id that held something else once
     its vector was cached (deleted and added anew meanwhile) has that vector removed again, so a
-    new image never gets an old one's embedding."""
+    new image never gets an old one's embedding.
+
+    ``on_device`` (a torch backbone on CUDA): JPEGs it takes are read ahead as bytes and decoded
+    and resized on the device; everything else is decoded ahead by ``decode`` as before."""
     spec = backbone.spec
     width = spec.embedding_size + spec.style_size
     pool = cpu_pool()
@@ -93,12 +99,12 @@ def embed_images(
         except ObjectNotFound:
             return None
 
-    def pixels(i: int) -> np.ndarray | None:
+    def pixels(i: int) -> np.ndarray | Jpeg | None:
         try:
             data = store.get(image_key(image_ids[i]))
         except ObjectNotFound:
             return None
-        return decode(data)
+        return (on_device.probe(data) if on_device else None) or decode(data)
 
     result = np.zeros((len(image_ids), width), dtype=np.float32)
     gone: set[int] = set()
@@ -123,7 +129,11 @@ def embed_images(
         gone.update(i for i, image in zip(batch, read, strict=True) if image is None)  # deleted meanwhile
         here = [i for i, image in zip(batch, read, strict=True) if image is not None]
         if here:
-            vectors = backbone.embed_pixels(np.stack([image for image in read if image is not None])).vectors
+            images = [image for image in read if image is not None]
+            if on_device:
+                vectors = on_device.embed(images, decode).vectors
+            else:
+                vectors = backbone.embed_pixels(np.stack(images)).vectors  # type: ignore[arg-type]
             writes = [
                 pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
                 for i, vector in zip(here, vectors, strict=True)

@@ -88,7 +88,11 @@ class EfficientNetLite0:
         batch = torch.from_numpy(pixels)
         if self.device.type == "cuda":  # one copy of the whole batch, from page-locked memory
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        with self._lock, torch.inference_mode():
+        return self.embed_tensor(batch)
+
+    def embed_tensor(self, batch: Any) -> Features:
+        """Features of a (N, 3, 224, 224) float32 tensor already on ``self.device`` (``device_decode``)."""
+        with self._lock, self._torch.inference_mode():
             pooled, styles, logits = self.forward(batch)
         return Features(
             embeddings=pooled.float().cpu().numpy(),
