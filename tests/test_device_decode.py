@@ -11,7 +11,7 @@ import torch
 import torchvision.io
 from PIL import Image
 
-from bench.photos import TEST_SOURCES, TRAIN_SOURCES, grain, random_crops, sepia, source
+from bench.device_decode import MIN_COSINE, MIN_COSINE_FULL_DECODE, cosines, parity, within_tolerance
 from shared.core.errors import InvalidInput
 from shared.data.keys import image_key
 from shared.data.store import LocalStore
@@ -20,18 +20,9 @@ from shared.models.backbone import device_decode, preprocess
 from shared.models.backbone.device_decode import DeviceDecoder, Jpeg, crop_input, decode_jpegs, probe, upright
 from shared.models.backbone.lite0 import EfficientNetLite0
 from shared.models.decoding import UPRIGHT, decode_image
-from shared.models.heads import normalise_groups, sigmoid, train_head
 from tests.support.photos import encode, photo
 
 LIMIT = 50_000_000
-
-# The tolerance of the device path against the CPU path (see README, "GPU worker"): per image, the
-# cosine similarity of each feature group, and how far a trained head's score may move. Nearly all
-# of the difference is the CPU path's draft-mode decoding (Pillow's full decode differs as much).
-MIN_COSINE = {"embeddings": 0.975, "styles": 0.995, "logits": 0.975}
-MAX_SCORE_SHIFT = 0.08
-# Against Pillow's full-size decode with the same resize, what is left is the resampler's rounding.
-MIN_COSINE_FULL_DECODE = 0.998
 
 
 def cpu_path(data: bytes) -> np.ndarray:
@@ -108,41 +99,21 @@ def torch_cpu() -> EfficientNetLite0:
     return EfficientNetLite0("cpu")
 
 
-pytestmark_backbone = pytest.mark.integration  # loads the backbone
+backbone_test = pytest.mark.integration  # loads the backbone
 
 
-@pytestmark_backbone
+@backbone_test
 def test_parity_with_the_cpu_path_on_real_photos(torch_cpu: EfficientNetLite0) -> None:
-    """Crops of every evaluation photo, some graded: features and trained heads' scores."""
-    rng = np.random.default_rng(0)
-    jpegs, subjects, grained = [], [], []
-    for name in TRAIN_SOURCES + TEST_SOURCES:
-        for k, crop in enumerate(random_crops(source(name), 3, rng, size=866)):
-            look = grain(crop) if k == 1 else sepia(crop) if k == 2 else crop
-            jpegs.append(encode(look, quality=90))
-            subjects.append(name)
-            grained.append(k == 1)
+    """Crops of every evaluation photo, some graded: features and trained heads' scores within the
+    tolerance that ``bench.device_decode`` checks on a GPU."""
     device = DeviceDecoder.for_backbone(torch_cpu, LIMIT, ("cpu",))
     assert device is not None
-    cpu = torch_cpu.embed_pixels(np.stack([cpu_path(data) for data in jpegs]))
-    new = device.embed([device.probe(data) or cpu_path(data) for data in jpegs], cpu_path)
-    full = torch_cpu.embed_pixels(np.stack([preprocess(decode_image(d, LIMIT, draft_size=None).image) for d in jpegs]))
-    for group, least in MIN_COSINE.items():
-        a, b, c = getattr(cpu, group), getattr(new, group), getattr(full, group)
-        assert cosines(a, b).min() >= least, (group, cosines(a, b).min())
-        assert cosines(c, b).min() >= MIN_COSINE_FULL_DECODE, (group, cosines(c, b).min())
-    sizes = (cpu.embeddings.shape[1], cpu.styles.shape[1])
-    for labels in (np.array([s == "astronaut" for s in subjects]), np.array(grained)):
-        head = train_head(cpu.vectors, labels.astype(float), sizes).head
-        scores = [sigmoid(normalise_groups(f.vectors, sizes) @ head.weight + head.bias) for f in (cpu, new)]
-        assert np.abs(scores[0] - scores[1]).max() <= MAX_SCORE_SHIFT
+    figures = parity(torch_cpu, device)
+    print(figures)
+    assert within_tolerance(figures), figures
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # type: ignore[no-any-return]
-
-
-@pytestmark_backbone
+@backbone_test
 def test_worker_path_falls_back_per_image(
     torch_cpu: EfficientNetLite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,7 +156,7 @@ def test_worker_path_falls_back_per_image(
             assert cosines(new[k : k + 1], cpu[k : k + 1])[0] >= MIN_COSINE["embeddings"], name
 
 
-@pytestmark_backbone
+@backbone_test
 def test_corrupt_files_fail_as_on_the_cpu_path(torch_cpu: EfficientNetLite0, tmp_path: Path) -> None:
     data = encode(photo("coffee"), quality=90)
     store = LocalStore(tmp_path)
