@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     keyword_threshold: float = 0.1
     embed_batch_size: int = 32
     predict_batch_size: int = 8  # most concurrent predict requests sharing one forward pass
+    # CUDA workers decode stored JPEGs on the GPU (nvJPEG): much faster, but their features are within
+    # the tolerance of bench/device_decode.py of the CPU path's rather than equal to them. Off until
+    # measured on a GPU machine.
+    device_decode: bool = False
     # How much lower `tagsmith serve` runs its worker's CPU priority (nice): training and library
     # embedding yield to requests on the cores they share.
     worker_nice: int = Field(default=10, ge=0, le=19)

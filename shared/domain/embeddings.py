@@ -59,7 +59,8 @@ def embed_present_images(
 
     return embed_images(services.store, services.backbone, image_ids, decode, settings.embed_batch_size, progress,
                         identity=lambda ids: image_identities(services, ids),
-                        on_device=DeviceDecoder.for_backbone(services.backbone, settings.max_image_pixels))
+                        on_device=DeviceDecoder.for_backbone(services.backbone, settings.max_image_pixels)
+                        if settings.device_decode else None)
 
 
 def image_identities(services: Services, image_ids: list[str]) -> list[str]:
