@@ -149,6 +149,26 @@ def test_concurrent_requests_run_on_lanes(exported: Path, images: list[Image.Ima
     asyncio.run(batcher.close())
 
 
+def test_a_lane_outlives_a_broken_request(exported: Path, images: list[Image.Image]) -> None:
+    """A request whose preparation breaks the batch's own bookkeeping fails alone: every other
+    request is answered, and the lanes serve the next ones."""
+    batcher = MicroBatcher(OnnxRuntimeBackbone(exported, threads=2), max_batch=8, lanes=2)
+
+    def prepare(i: int) -> tuple[np.ndarray, Callable[[], int]]:
+        if i == 3:
+            return 42  # type: ignore[return-value]  # not (pixels, later)
+        return preprocess(images[i % len(images)]), lambda: i
+
+    async def burst(count: int) -> list[object]:
+        return await asyncio.gather(*(batcher.embed(partial(prepare, i)) for i in range(count)), return_exceptions=True)
+
+    first = asyncio.run(burst(6))
+    assert isinstance(first[3], TypeError)
+    assert [answer[1] for k, answer in enumerate(first) if k != 3 and isinstance(answer, tuple)] == [0, 1, 2, 4, 5]
+    assert all(isinstance(answer, tuple) for answer in asyncio.run(burst(6))[:3])
+    asyncio.run(batcher.close())
+
+
 @pytest.mark.parametrize("lanes", [1, 2], ids=["shared batches", "lanes"])
 def test_a_failed_preparation_fails_only_its_own_request(exported: Path, images: list[Image.Image], lanes: int) -> None:
     batcher = MicroBatcher(OnnxRuntimeBackbone(exported, threads=2), max_batch=8, lanes=lanes)

@@ -155,7 +155,11 @@ class MicroBatcher:
                     break
                 batch.append(extra)
             batch = [p for p in batch if not p.future.done()]  # callers that went away cost nothing
-            results = _embed(backbone, [p.prepare for p in batch], None) if batch else []
+            try:
+                results: list[Result] = _embed(backbone, [p.prepare for p in batch], None) if batch else []
+            except BaseException as exc:  # its callers get the error; the lane goes on
+                failure = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")
+                results = [failure] * len(batch)
             for pending, result in zip(batch, results, strict=True):
                 with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is waiting
                     pending.loop.call_soon_threadsafe(_settle, pending.future, result)
@@ -202,7 +206,7 @@ def _embed(backbone: Backbone, prepares: list[Prepare[Any]], pool: ThreadPoolExe
             return [_attempt(work) for work in works]
         return list(pool.map(_attempt, works))
 
-    prepared = each(prepares)
+    prepared = each([partial(_unpacked, prepare) for prepare in prepares])
     results: list[Result] = [p if isinstance(p, BaseException) else _NOT_RUN for p in prepared]
     ready = {i: p for i, p in enumerate(prepared) if not isinstance(p, BaseException)}
     if not ready:
@@ -222,6 +226,12 @@ def _embed(backbone: Backbone, prepares: list[Prepare[Any]], pool: ThreadPoolExe
         else:
             results[i] = (_row(features, row), extra)
     return results
+
+
+def _unpacked(prepare: Prepare[T]) -> tuple[np.ndarray, Callable[[], T]]:
+    """What ``prepare`` returns, checked to be (pixels, later): anything else fails its own request."""
+    pixels, later = prepare()
+    return pixels, later
 
 
 _NOT_RUN = RuntimeError("not embedded")  # a placeholder: every entry is set before results are used
