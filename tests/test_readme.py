@@ -10,11 +10,14 @@ cannot run here say why in ``NOT_RUN``; a new block must be run or listed there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +128,27 @@ def test_readme_block_runs_as_written(block: Block, server: TagsmithServer, work
         "TAGSMITH_URL": f"http://{address}",
     }
     command = ["bash", "-e", "-o", "pipefail", "-c", text] if block.language == "sh" else [sys.executable, "-c", text]
-    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"README block at line {block.line} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    returncode, output = _run_block(command, workdir, env)
+    assert returncode == 0, f"README block at line {block.line} failed:\n{output[-6000:]}"
+
+
+def _run_block(command: list[str], workdir: Path, env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """Run a block in its own process group, its output to a file (a server it started in the
+    background and left running would hold a pipe open until the timeout); then end whatever it
+    left running, failed or not."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            returncode = -1
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+        output.seek(0)
+        return returncode, output.read().decode(errors="replace")
 
 
 def test_the_prediction_example_has_the_served_shape(server: TagsmithServer, workdir: Path) -> None:
