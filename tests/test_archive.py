@@ -79,10 +79,6 @@ def hostile_archives() -> dict[str, bytes]:
         "unknown-form": tar_of([(info("manifest.json"), manifest(["w"], models=[
             {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", "form": "magic"}])), (info("w"), ok)]),
         "nan-weights": tar_of([(info("manifest.json"), manifest(["w"])), (info("w"), weights(value=float("nan")))]),
-        # Made before the grade estimates joined the style group (v1: 1072 style features).
-        "earlier-backbone": tar_of([(info("manifest.json"), manifest(["w"], backbone="efficientnet-lite0-in1k-v1",
-                                                                      style_size=1072)),
-                                    (info("w"), weights((LITE0.embedding_size + 1072,)))]),
         "other-backbone": tar_of([(info("manifest.json"), manifest(["w"], backbone="clip-vit-b32")), (info("w"), ok)]),
         "newer-format": tar_of([(info("manifest.json"), manifest(["w"], format_version=99)), (info("w"), ok)]),
         "no-manifest": tar_of([(info("w"), ok)]),

@@ -161,13 +161,6 @@ def _bad_model(found: dict[str, bytes]) -> dict[str, bytes]:
     return {**found, name: b"not a tar, and certainly not a model" * 20}
 
 
-def _earlier_backbone(found: dict[str, bytes]) -> dict[str, bytes]:
-    """A backup made before the style layout changed (v1: texture statistics only)."""
-    manifest = json.loads(found["manifest.json"])
-    manifest["backbone"] = "efficientnet-lite0-in1k-v1"
-    return {**found, "manifest.json": json.dumps(manifest).encode()}
-
-
 def _no_manifest(found: dict[str, bytes]) -> dict[str, bytes]:
     return {k: v for k, v in found.items() if k != "manifest.json"}
 
@@ -177,8 +170,7 @@ def _no_manifest(found: dict[str, bytes]) -> dict[str, bytes]:
     (_traversal, "is not allowed"),
     (_bad_model, "Tag 'cat' version 1"),
     (_no_manifest, "no manifest.json"),
-    (_earlier_backbone, "made with backbone 'efficientnet-lite0-in1k-v1'"),
-], ids=["image-bytes-changed", "path-traversal", "invalid-model-archive", "cut-short", "earlier-backbone"])
+], ids=["image-bytes-changed", "path-traversal", "invalid-model-archive", "cut-short"])
 def test_a_tampered_backup_is_refused_and_changes_nothing(
     client: TestClient, services: Services, empty: Server,
     change: Callable[[dict[str, bytes]], dict[str, bytes]], says: str,

@@ -3,8 +3,7 @@
 
     spec        Features, BackboneSpec, the Backbone protocol, the float32 contract
     preprocess  resize and centre-crop to the 224 x 224 input
-    grades      colour-grade statistics of the input pixels and the small head that reads them
-    lite0       EfficientNet-Lite0 in torch (GPU workers; the reference), with the grade head
+    lite0       EfficientNet-Lite0 in torch (GPU workers; the reference)
     exported    its ONNX export, run by OpenVINO or ONNX Runtime on CPUs
     runtime     choosing and opening one of them
 """

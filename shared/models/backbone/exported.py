@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-import shared.models.backbone.grades as grades
 import shared.models.backbone.lite0 as lite0
 import shared.models.backbone.spec as spec_module
 from shared.models.backbone.preprocess import INPUT_SIZE, preprocess_batch
@@ -39,10 +38,8 @@ MAX_RUN = 4
 
 def export_path(cache_dir: Path) -> Path:
     """Where the export of the current backbone code lives: named by a hash of the code the graph
-    comes from (the torch model, the spec that says which blocks give the style statistics, the
-    grade statistics and the grade head's weights)."""
-    sources = [Path(str(m.__file__)) for m in (lite0, spec_module, grades)] + [grades.WEIGHTS]
-    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
+    comes from (the torch model, and the spec that says which blocks give the style statistics)."""
+    digest = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for m in (lite0, spec_module))).hexdigest()[:12]
     return Path(cache_dir).expanduser() / f"{LITE0.id}-{digest}.onnx"
 
 
@@ -60,7 +57,6 @@ def export_onnx(cache_dir: Path) -> Path:
         def __init__(self) -> None:
             super().__init__()
             self.net = model.model
-            self.grades = model.grade_head
 
         def forward(self, images: Any) -> tuple[Any, Any, Any]:
             return model.forward(images)
@@ -83,7 +79,7 @@ def export_onnx(cache_dir: Path) -> Path:
             dynamo=False,
         )
     os.replace(tmp, path)
-    for stale in path.parent.glob("efficientnet-lite0-*.onnx"):  # exports of earlier code or specs, 19 MB each
+    for stale in path.parent.glob(f"{LITE0.id}-*.onnx"):  # exports of earlier backbone code, 19 MB each
         if stale != path:
             stale.unlink(missing_ok=True)
     return path

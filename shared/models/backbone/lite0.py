@@ -13,17 +13,8 @@ import numpy as np
 from PIL import Image
 
 from shared.core.process import usable_cores
-from shared.models.backbone.grades import GRADE_PARAMETERS, load_grade_head
 from shared.models.backbone.preprocess import preprocess_batch
-from shared.models.backbone.spec import (
-    GRADE_SHARE,
-    GRADE_SIZE,
-    LITE0,
-    PRECISION,
-    STYLE_BLOCKS,
-    Features,
-    require_float32,
-)
+from shared.models.backbone.spec import LITE0, PRECISION, STYLE_BLOCKS, Features, require_float32
 
 
 def resolve_device(requested: str, cuda_available: bool, cuda_devices: int = 1) -> str:
@@ -81,9 +72,6 @@ class EfficientNetLite0:
             mapped[name] = tensor
         model.load_state_dict(mapped)
         self.model = model.eval().to(self.device)
-        self.grade_head = load_grade_head(self.device)
-        if len(GRADE_PARAMETERS) != GRADE_SIZE:
-            raise RuntimeError("the grade head's outputs do not match the backbone spec")
         self.runtime = f"torch on {self.device}, {torch.get_num_threads()} CPU threads"
         self._torch = torch
         self._lock = threading.Lock()
@@ -113,8 +101,7 @@ class EfficientNetLite0:
         )
 
     def forward(self, batch: Any) -> tuple[Any, Any, Any]:
-        """(N, 3, 224, 224) -> pooled embedding, style statistics, logits; one pass through the network
-        (the grade head reads the input pixels beside it; see ``spec`` for the style layout)."""
+        """(N, 3, 224, 224) -> pooled embedding, style statistics, logits; one pass through the network."""
         torch, model = self._torch, self.model
 
         x = model.bn1(model.conv_stem(batch))
@@ -124,15 +111,13 @@ class EfficientNetLite0:
             if i in STYLE_BLOCKS:
                 early.append(x)
         pooled = model.forward_head(model.bn2(model.conv_head(x)), pre_logits=True)
-        texture = torch.cat(
+        styles = torch.cat(
             [torch.cat([a.mean(dim=(2, 3)), a.std(dim=(2, 3))], dim=1) for a in early]
             + [_centre_minus_border(a) for a in early]
             + [_channel_correlations(stem)],
             dim=1,
         )
-        texture = texture * (1 - GRADE_SHARE) ** 0.5 / texture.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        grades = self.grade_head(batch) * (GRADE_SHARE / GRADE_SIZE) ** 0.5
-        return pooled, torch.cat([texture, grades], dim=1), model.get_classifier()(pooled)
+        return pooled, styles, model.get_classifier()(pooled)
 
 
 _TORCH_FP32_FLAGS = (

@@ -15,7 +15,7 @@ class Features:
     """What one forward pass gives for a batch of N images."""
 
     embeddings: np.ndarray  # (N, embedding_size) float32, the pooled vector: what is in the picture
-    styles: np.ndarray  # (N, style_size) float32, statistics of early blocks and grade estimates: how it looks
+    styles: np.ndarray  # (N, style_size) float32, channel means and stds of early blocks: how it looks
     logits: np.ndarray  # (N, 1000) float32, ImageNet-1k class scores
 
     @property
@@ -33,27 +33,15 @@ class BackboneSpec:
     style_size: int
 
 
-# The style embedding has two parts. Texture, from the stem (32 channels) and blocks 0-3 (16, 24,
-# 40, 80 channels): per-channel mean and std (the classic style statistics), per-channel
-# centre-minus-border mean (vignettes, framing), and the correlations between the stem's channels;
-# scaled to length sqrt(1 - GRADE_SHARE). Then the grade head's 12 estimates (``grades``: tone
-# curve, saturation, split toning, tint, vignette), scaled by sqrt(GRADE_SHARE / 12), so that they
-# carry about GRADE_SHARE of the style group's squared length (heads normalise the group as a whole).
-# Measured with bench.quality (its 13 style and grade tags, 5+5, 5 draws, an earlier training of
-# the same head): mean AUC 0.922 without the estimates; with them 0.944 at a share of 0.1, 0.941
-# at 0.15, 0.934 at 0.25, 0.924 at 0.4 (texture tags such as grain and soft focus lose as it grows,
-# vignette, sepia, faded and low key gain at any share).
+# The style embedding, from the stem (32 channels) and blocks 0-3 (16, 24, 40, 80 channels):
+# per-channel mean and std (the classic style statistics), per-channel centre-minus-border mean
+# (vignettes, framing), and the correlations between the stem's channels (colour grading).
 STYLE_BLOCKS = (0, 1, 2, 3)
 _STYLE_CHANNELS = 32 + 16 + 24 + 40 + 80
-TEXTURE_SIZE = 3 * _STYLE_CHANNELS + 32 * 31 // 2
-GRADE_SIZE = 12
-GRADE_SHARE = 0.15
-# v2: the grade estimates appended and the texture part scaled (v1: texture only, unscaled). The id
-# names the layout: cached embeddings, library packs and archives of v1 are never mixed with v2.
 LITE0 = BackboneSpec(
-    id="efficientnet-lite0-in1k-v2",
+    id="efficientnet-lite0-in1k-v1",
     embedding_size=1280,
-    style_size=TEXTURE_SIZE + GRADE_SIZE,
+    style_size=3 * _STYLE_CHANNELS + 32 * 31 // 2,
 )
 
 
