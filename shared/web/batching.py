@@ -73,7 +73,7 @@ class MicroBatcher:
         self._count_lock = threading.Lock()
         # Lanes start on the first request that finds another in flight; [] where there are none.
         self._lanes: list[threading.Thread] | None = None
-        self._lanes_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the lanes' start and the batch tasks
         self._lane_queue: queue.SimpleQueue[_Pending[Any] | None] = queue.SimpleQueue()
         # Shared batches, per event loop (one in a server; tests start several): its queue and the
         # task serving it, kept until that loop is closed so that no caller's request is left behind.
@@ -109,7 +109,7 @@ class MicroBatcher:
 
     async def close(self) -> None:
         """Stop the lanes and this event loop's batch task (an app's lifespan ends with it)."""
-        with self._lanes_lock:
+        with self._lock:
             for _ in self._lanes or ():
                 self._lane_queue.put(None)  # after whatever is waiting
             self._lanes = None
@@ -121,7 +121,7 @@ class MicroBatcher:
 
     def _start_lanes(self) -> None:
         """Open the backbone's lanes and start a thread for each (none where it has none)."""
-        with self._lanes_lock:
+        with self._lock:
             if self._lanes is not None:
                 return
             copies: list[Backbone] = []
@@ -168,10 +168,10 @@ class MicroBatcher:
     def _batch_queue(self) -> asyncio.Queue[_Pending[Any]]:
         """This event loop's queue of shared batches, its task started if needed."""
         loop = asyncio.get_running_loop()
-        with self._lanes_lock:
+        with self._lock:
             batches, task = self._batches.get(loop) or (asyncio.Queue(), None)
             if task is None or task.done():  # first use on this loop, or its task ended: queued callers wait on
-                self._batches = {other: lane for other, lane in self._batches.items() if not other.is_closed()}
+                self._batches = {other: entry for other, entry in self._batches.items() if not other.is_closed()}
                 self._batches[loop] = (batches, loop.create_task(self._run_batches(batches)))
         return batches
 
