@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -134,7 +134,7 @@ def embed_images(
             if on_device:
                 vectors = on_device.embed(images, decode).vectors
             else:
-                vectors = backbone.embed_pixels(np.stack(images)).vectors  # type: ignore[arg-type]
+                vectors = backbone.embed_pixels(np.stack(cast(list[np.ndarray], images))).vectors  # all decoded on the CPU
             writes = [
                 pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
                 for i, vector in zip(here, vectors, strict=True)
