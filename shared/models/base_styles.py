@@ -17,6 +17,7 @@ from PIL import Image
 
 SIZE = 256  # longest side of the measured copy
 BANDS = 16  # luma bands for the tone spread
+LUMA_BINS = 1024  # histogram bins of the median luma (a multiple of BANDS)
 
 # Statistic -> how it is measured. Channels are in [0, 1]; Y is Rec. 709 luma and
 # (R-G, (R+G)/2-B) the opponent chroma.
@@ -77,7 +78,9 @@ def fitted_size(width: int, height: int, side: int = SIZE) -> tuple[int, int]:
 def measure(image: Image.Image) -> dict[str, float]:
     """Every statistic of ``STATISTICS`` on a copy of ``image`` downscaled to ``SIZE`` px: the
     pixels of Pillow's ``thumbnail`` (bilinear), resized straight from the image instead of from a
-    copy of it (0.7 ms less for a 640 x 480 photo)."""
+    copy of it (0.7 ms less for a 640 x 480 photo). One pass each gives the chroma sums and squares;
+    the median luma is read from a 1024-bin histogram (within 1/2048 of the exact median), whose
+    bins also give the tone spread's luma bands."""
     small = image if image.mode == "RGB" else image.convert("RGB")
     if (size := fitted_size(*small.size)) != small.size:
         small = small.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -85,25 +88,33 @@ def measure(image: Image.Image) -> dict[str, float]:
         small = small.resize((max(small.width, 3), max(small.height, 3)))
     r, g, b = np.asarray(small, dtype=np.float32).transpose(2, 0, 1).copy() / 255.0  # contiguous planes
     y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    rg, yb = (r - g).ravel(), ((r + g) / 2 - b).ravel()
+    n = rg.size
+    mean_rg, mean_yb = float(rg.sum()) / n, float(yb.sum()) / n
+    squares_rg, squares_yb = float(rg @ rg) / n, float(yb @ yb) / n
     contrast = float(np.std(y))
-    rg, yb = r - g, (r + g) / 2 - b
 
+    bins = np.minimum((y * LUMA_BINS).astype(np.intp), LUMA_BINS - 1).ravel()
+    histogram = np.bincount(bins, minlength=LUMA_BINS)
+    median = (int(np.searchsorted(np.cumsum(histogram), (n + 1) / 2)) + 0.5) / LUMA_BINS
     # Mean squared distance from the band's mean chroma = total minus between-band sum of squares.
-    band = np.minimum((y * BANDS).astype(np.intp), BANDS - 1).ravel()
-    count = np.maximum(np.bincount(band, minlength=BANDS), 1)
-    rg_sums, yb_sums = np.bincount(band, rg.ravel(), BANDS), np.bincount(band, yb.ravel(), BANDS)
-    chroma_squares = float(np.mean(rg**2 + yb**2))
-    spread = max(chroma_squares - float(np.sum((rg_sums**2 + yb_sums**2) / count)) / band.size, 0.0)
+    band = bins // (LUMA_BINS // BANDS)
+    count = np.maximum(histogram.reshape(BANDS, -1).sum(axis=1), 1)
+    rg_sums, yb_sums = np.bincount(band, rg, BANDS), np.bincount(band, yb, BANDS)
+    chroma_squares = squares_rg + squares_yb
+    spread = max(chroma_squares - float(np.sum((rg_sums**2 + yb_sums**2) / count)) / n, 0.0)
 
     laplacian = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
     gradient = (y[1:-1, 2:] - y[1:-1, :-2]) ** 2 + (y[2:, 1:-1] - y[:-2, 1:-1]) ** 2
+    spread_rg = math.sqrt(max(squares_rg - mean_rg**2, 0.0))
+    spread_yb = math.sqrt(max(squares_yb - mean_yb**2, 0.0))
     return {
-        "chroma": float(np.sqrt(chroma_squares)),
-        "tone spread": float(np.sqrt(spread)) / max(contrast, 1e-6),
+        "chroma": math.sqrt(chroma_squares),
+        "tone spread": math.sqrt(spread) / max(contrast, 1e-6),
         "warmth": float(np.mean(r - b)),
-        "median luma": float(np.median(y)),
+        "median luma": median,
         "contrast": contrast,
-        "colourfulness": float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())),
+        "colourfulness": math.hypot(spread_rg, spread_yb) + 0.3 * math.hypot(mean_rg, mean_yb),
         "detail": float(np.mean(laplacian**2) / max(float(np.mean(gradient)), 1e-12)),
     }
 
