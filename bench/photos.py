@@ -2,12 +2,14 @@
 
 Every photo is one a Python package ships (nothing is downloaded): scikit-image's colour photos,
 scikit-learn's two sample images and matplotlib's sample portrait (the ``test`` extra installs
-all three packages).
+all three packages). ``bench.quality --wallpapers ROOT`` adds the colour photographs among the
+wallpapers of three Debian packages (``WALLPAPERS``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
@@ -32,6 +34,41 @@ def source(name: str) -> Image.Image:
             return Image.open(file).convert("RGB")
     array = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()  # type: ignore[no-untyped-call]
     return Image.fromarray(array).convert("RGB")
+
+
+# Colour photographs (landscapes, plants, animals, water, interiors, food; abstract and drawn
+# wallpapers left out) from Debian's mate-backgrounds, ukui-wallpapers and
+# plasma-workspace-wallpapers, free licences. Paths are relative to where the packages are
+# installed ("/") or unpacked (``apt-get download PACKAGE && dpkg-deb -x PACKAGE.deb ROOT``).
+# Style tags train on the even-numbered ones and are evaluated on the odd-numbered ones.
+_BACKGROUNDS, _PLASMA = "usr/share/backgrounds", "usr/share/wallpapers"
+WALLPAPERS = (
+    *(f"{_BACKGROUNDS}/mate/nature/{name}.jpg" for name in (
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+        "TwoWings", "Wood", "YellowFlower")),
+    *(f"{_BACKGROUNDS}/{name}.jpg" for name in (
+        "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Infinite-Sea_by_Aury88", "Kleiber_by_Lukas_Baubkus",
+        "Picture_0B_by_freespace", "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede",
+        "aitzgorri_by_Aitzol_Berasategi", "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi",
+        "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt",
+        "sunset_by_Aitzol_Berasategi")),
+    *(f"{_PLASMA}/{name}/contents/images/2560x1440.jpg" for name in (
+        "BytheWater", "ColdRipple", "DarkestHour", "EveningGlow", "FallenLeaf", "Kite", "OneStandsOut", "Path",
+        "summer_1am")),
+    f"{_PLASMA}/ColorfulCups/contents/images/2560x1600.jpg",
+    f"{_PLASMA}/Volna/contents/images/5120x2880.jpg",
+)
+WALLPAPER_PACKAGES = ("mate-backgrounds", "ukui-wallpapers", "plasma-workspace-wallpapers")
+
+
+def wallpaper(root: Path, name: str) -> Image.Image:
+    """One of ``WALLPAPERS`` under ``root``, as RGB, decoded at no less than 1600 px a side."""
+    path = root / name
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: install or unpack {', '.join(WALLPAPER_PACKAGES)} under {root}")
+    with Image.open(path) as image:
+        image.draft("RGB", (1600, 1600))
+        return image.convert("RGB")
 
 
 def random_crops(image: Image.Image, count: int, rng: np.random.Generator, size: int = 320) -> list[Image.Image]:

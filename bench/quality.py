@@ -16,7 +16,11 @@ photos included, as unlabelled positives would be), ranked as ``shared/domain/tr
 them (a photo's content hash is the hash of its features here). It prints the held-out ROC AUC
 against the same tag trained with real negatives, and their ratio.
 
-    python -m bench.quality [--reps 5] [--shots 5 10 20] [--no-presumed] [--cache FILE]
+With ``--wallpapers ROOT`` the style and grade tags also train on 19 and are evaluated on 18
+colour photographs from Debian's wallpaper packages (``bench/photos.py``: ``WALLPAPERS``),
+ordinary photos beside the scientific images among scikit-image's.
+
+    python -m bench.quality [--reps 5] [--shots 5 10 20] [--no-presumed] [--cache FILE] [--wallpapers ROOT]
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ from bench.photos import (
     STYLE_TRANSFORMS,
     TEST_SOURCES,
     TRAIN_SOURCES,
+    WALLPAPERS,
     faces,
     half_crops,
     random_crops,
     source,
+    wallpaper,
 )
 from shared.core.process import tune_process
 from shared.core.settings import Settings
@@ -66,11 +72,26 @@ def embed(images: list[Image.Image]) -> np.ndarray:
     return np.concatenate([backbone.embed(images[i : i + 32]).vectors for i in range(0, len(images), 32)])
 
 
-def style_pools(rng: np.random.Generator) -> Pools:
-    """(split, transform or 'none') -> features of every crop of that split's photos."""
+def photo_names(wallpapers: Path | None) -> dict[str, list[str]]:
+    """split -> the names of the photos style tags train on or are evaluated on."""
+    names = {"train": list(TRAIN_SOURCES), "test": list(TEST_SOURCES)}
+    if wallpapers is not None:
+        names["train"] += WALLPAPERS[::2]
+        names["test"] += WALLPAPERS[1::2]
+    return names
+
+
+def style_pools(rng: np.random.Generator, wallpapers: Path | None) -> Pools:
+    """(split, transform or 'none') -> features of every crop of that split's photos. The wallpapers'
+    crops are drawn from a generator of their own: the other photos' crops stay those of a run
+    without them."""
     pools = {}
-    for split, sources in (("train", TRAIN_SOURCES), ("test", TEST_SOURCES)):
-        crops = [c for name in sources for c in random_crops(source(name), CROPS_PER_SOURCE, rng)]
+    wallpaper_rng = np.random.default_rng(2)
+    for split, names in photo_names(wallpapers).items():
+        crops = [c for name in names if name not in WALLPAPERS for c in random_crops(source(name), CROPS_PER_SOURCE, rng)]
+        if wallpapers is not None:
+            crops += [c for name in names if name in WALLPAPERS
+                      for c in random_crops(wallpaper(wallpapers, name), CROPS_PER_SOURCE, wallpaper_rng)]
         for transform in ("none", *STYLE_TRANSFORMS):
             images = crops if transform == "none" else [STYLE_TRANSFORMS[transform](c) for c in crops]
             pools[(split, transform)] = embed(images)
@@ -100,13 +121,15 @@ def keyword_pools(rng: np.random.Generator) -> Pools:
     return pools
 
 
-def load_pools(cache: Path | None) -> tuple[Pools, Pools]:
+def load_pools(cache: Path | None, wallpapers: Path | None = None) -> tuple[Pools, Pools]:
     """Embed the photos, or read their features from ``cache`` (written on the first run; embedded
     anew when the cache was made for another backbone spec or another set of photos and looks)."""
     expected = {f"{i}|{s}|{t}" for i, pool in enumerate(pool_keys()) for s, t in pool}
+    photos = np.array([f"{split}:{name}" for split, names in photo_names(wallpapers).items() for name in names])
     if cache is not None and cache.exists():
         with np.load(cache) as saved:
-            if "spec" in saved.files and str(saved["spec"]) == LITE0.id and set(saved.files) - {"spec"} == expected:
+            if ("spec" in saved.files and str(saved["spec"]) == LITE0.id and "photos" in saved.files
+                    and np.array_equal(saved["photos"], photos) and set(saved.files) - {"spec", "photos"} == expected):
                 pools: tuple[Pools, Pools] = ({}, {})
                 for key in expected:
                     which, split, tag = key.split("|")
@@ -114,10 +137,10 @@ def load_pools(cache: Path | None) -> tuple[Pools, Pools]:
                 return pools
         print(f"{cache} was made for another backbone or other photos: embedding anew")
     rng = np.random.default_rng(0)
-    pools = (style_pools(rng), keyword_pools(rng))
+    pools = (style_pools(rng, wallpapers), keyword_pools(rng))
     if cache is not None:
         arrays = {f"{i}|{s}|{t}": v for i, pool in enumerate(pools) for (s, t), v in pool.items()}
-        np.savez(cache, spec=np.array(LITE0.id), **arrays)  # type: ignore[arg-type]
+        np.savez(cache, spec=np.array(LITE0.id), photos=photos, **arrays)  # type: ignore[arg-type]
     return pools
 
 
@@ -239,11 +262,13 @@ def main() -> int:
     parser.add_argument("--shots", type=int, nargs="+", default=list(SHOTS), help="positives (and negatives) per draw")
     parser.add_argument("--no-presumed", action="store_true", help="leave out the positives-only table")
     parser.add_argument("--cache", type=Path, help="keep the photos' features in this .npz between runs")
+    parser.add_argument("--wallpapers", type=Path, metavar="ROOT",
+                        help="also use Debian's wallpaper photos, installed (/) or unpacked under ROOT")
     args = parser.parse_args()
     tune_process()  # single-threaded BLAS, as in the worker: spinning threads slow training on busy cores
     shots = tuple(args.shots)
     started = time.perf_counter()
-    styles, keywords = load_pools(args.cache)
+    styles, keywords = load_pools(args.cache, args.wallpapers)
     print(f"embedded the photos in {time.perf_counter() - started:.0f} s")
     library = training_library(styles, keywords)
     kept = None if args.no_presumed else library
