@@ -52,6 +52,7 @@ from shared.core.settings import Settings
 from shared.domain.training import PRESUMED_NEGATIVES, choose_presumed_negatives, training_seed
 from shared.models.backbone import LITE0, Backbone, open_backbone
 from shared.models.heads import normalise_groups, roc_auc, sigmoid, train_head
+from shared.models.style_prior import style_prior
 
 SIZES = (LITE0.embedding_size, LITE0.style_size)
 SHOTS = (5, 10, 20)
@@ -202,7 +203,8 @@ def evaluate(
     test_z = normalise_groups(test_x, SIZES)
 
     def auc(x: np.ndarray, y: np.ndarray, forms: tuple[str, ...], presumed: bool = False) -> float:
-        head = train_head(x, y, SIZES, forms=forms, presumed_negatives=presumed, seed=seed_of(x, y)).head
+        head = train_head(x, y, SIZES, forms=forms, presumed_negatives=presumed, seed=seed_of(x, y),
+                          prior=style_prior(LITE0.id)).head
         return roc_auc(test_y, sigmoid(test_z @ head.weight.astype(np.float64) + head.bias))
 
     result: dict[int, tuple[float, ...]] = {}

@@ -38,6 +38,7 @@ from shared.domain import catalog
 from shared.domain.embeddings import embed_present_images
 from shared.models.archive import ModelRecord
 from shared.models.heads import Head, train_head
+from shared.models.style_prior import style_prior
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
@@ -205,7 +206,7 @@ def run_training(services: Services, tag: str, epoch: int, report: Report) -> di
     seed = training_seed([contents[image_id] for image_id in ids], labels.tolist())
     with threadpool_limits(1, user_api="blas"):  # as the worker process is: one BLAS thread, whoever runs it
         trained = train_head(features, labels, (spec.embedding_size, spec.style_size), previous,
-                             presumed_negatives=presumed, seed=seed)
+                             presumed_negatives=presumed, seed=seed, prior=style_prior(spec.id))
     report("saving", 0.95)
     record = ModelRecord(
         tag=tag,

@@ -7,7 +7,8 @@ only, style only, or both — together with the L2 strength, and the decision th
 reports held-out metrics.
 Retraining starts the optimiser from the previous head (fine-tuning). Whatever the form, a
 head is one row over the normalised groups, so at predict time all heads are one matrix
-(``HeadMatrix``): one multiply scores every tag.
+(``HeadMatrix``): one multiply scores every tag. With a style prior (``shared/models/style_prior.py``)
+the style group is whitened before cross-validation and the fit, and the head folded back.
 
 Presumed negatives: a tag with positive examples only is trained against unlabelled images that
 stand in for negatives (``train_head(..., presumed_negatives=True)``; which images,
@@ -38,6 +39,8 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
+
+from shared.models.style_prior import StylePrior
 
 L2 = 1e-3  # with too few examples to cross-validate
 # L2 strengths cross-validation chooses from, jointly with the form. Near-hard-margin fits (1e-3)
@@ -323,6 +326,7 @@ def train_head(
     forms: tuple[str, ...] = tuple(FORMS),
     presumed_negatives: bool = False,
     seed: int = 0,
+    prior: StylePrior | None = None,
 ) -> TrainedHead:
     """Train one tag's head on raw (semantic | style) features and 0/1 labels.
 
@@ -339,8 +343,17 @@ def train_head(
     docstring): they weigh ``PRESUMED_NEGATIVE_WEIGHT`` as a class, cross-validation keeps every
     positive it can, the threshold has the best class-balanced F1, and the metrics count them as
     ``presumed_negatives`` (``negatives`` is 0).
+
+    ``prior``: cross-validation and the fit see the style group whitened against it
+    (``shared/models/style_prior.py``); the returned head is folded back, a row over the
+    normalised groups like any other.
     """
     z = normalise_groups(features, sizes)
+    if prior is not None:
+        z[:, sizes[0] :] = prior.whiten(z[:, sizes[0] :])
+        if previous is not None and previous.weight.shape == (z.shape[1],):
+            semantic, style = np.split(previous.weight.astype(np.float64), [sizes[0]])
+            previous = Head(np.concatenate([semantic, prior.unfold(style)]).astype(np.float32), previous.bias)
     y = np.asarray(labels, dtype=np.float64)
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     k = min(MAX_FOLDS, n_pos, n_neg)
@@ -387,6 +400,8 @@ def train_head(
     metrics["l2"] = l2
     fitted = fit_logistic(_form_input(z, sizes, form), y, l2=l2, init=previous, negative_weight=negative_weight)
     weight = fitted.weight * np.repeat(FORMS[form], sizes).astype(np.float32)
+    if prior is not None:
+        weight[sizes[0] :] = prior.fold(weight[sizes[0] :].astype(np.float64))
     return TrainedHead(Head(weight, fitted.bias), round(threshold, 6), form, metrics, most_wrong)
 
 

@@ -1,0 +1,65 @@
+"""The style prior (``shared/models/style_prior.py``): what ships, and that whitening folds into a
+head exactly, so that predicting needs nothing new."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.models.backbone import LITE0
+from shared.models.heads import normalise_groups, train_head
+from shared.models.style_prior import StylePrior, build, style_prior
+
+SIZES = (LITE0.embedding_size, LITE0.style_size)
+
+
+@pytest.fixture(scope="module")
+def prior() -> StylePrior:
+    shipped = style_prior(LITE0.id)
+    assert shipped is not None, "no style prior ships for the default backbone"
+    return shipped
+
+
+def test_the_shipped_prior_fits_the_backbone(prior: StylePrior) -> None:
+    directions, scales = prior.directions, prior.scales
+    assert directions.shape[0] == LITE0.style_size and scales.shape == (directions.shape[1],)
+    np.testing.assert_allclose(directions.T @ directions, np.eye(len(scales)), atol=1e-5)
+    assert ((scales > 0) & (scales <= 1)).all()
+    assert np.all(np.diff(scales) >= 0)  # the largest variance shrunk most
+    assert style_prior("another-backbone") is None
+
+
+def test_whitening_folds_into_the_weights_and_back(prior: StylePrior) -> None:
+    rng = np.random.default_rng(0)
+    style, weight = rng.normal(size=(6, LITE0.style_size)), rng.normal(size=LITE0.style_size)
+    np.testing.assert_allclose(prior.whiten(style) @ weight, style @ prior.fold(weight), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(prior.unfold(prior.fold(weight)), weight, atol=1e-6)  # float32 directions
+
+
+def test_whitening_shrinks_the_directions_photos_vary_in() -> None:
+    rng = np.random.default_rng(1)
+    style = rng.normal(size=(400, 8)) * np.array([10, 1, 1, 1, 1, 1, 1, 1])  # photos differ along axis 0
+    built = build("test", style, components=2, shrinkage=1.0)  # variance floor: the mean, 13.4
+    whitened = built.whiten(style)
+    np.testing.assert_allclose(whitened[:, 0].std(), style[:, 0].std() * np.sqrt(13.4 / (100 + 13.4)), rtol=0.1)
+    np.testing.assert_allclose(whitened[:, 1:].std(axis=0), style[:, 1:].std(axis=0), rtol=0.2)
+
+
+def test_a_head_trained_with_the_prior_scores_raw_features(prior: StylePrior) -> None:
+    """The head comes back folded: its scores over the normalised (unwhitened) features are those of
+    the fit over whitened ones, and fine-tuning from it reaches the same optimum as a fresh fit."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(24, sum(SIZES))).astype(np.float32)
+    x[:12, SIZES[0] : SIZES[0] + 30] += 0.8
+    y = np.array([1] * 12 + [0] * 12)
+    trained = train_head(x, y, SIZES, forms=("style",), seed=3, prior=prior)
+    z = normalise_groups(x, SIZES)
+    whitened = z.copy()
+    whitened[:, SIZES[0] :] = prior.whiten(z[:, SIZES[0] :])
+    unfolded = prior.unfold(trained.head.weight[SIZES[0] :].astype(np.float64))
+    np.testing.assert_allclose(z @ trained.head.weight.astype(np.float64), whitened[:, SIZES[0] :] @ unfolded,
+                               rtol=1e-4, atol=1e-4)
+    again = train_head(x, y, SIZES, forms=("style",), seed=3, prior=prior, previous=trained.head)
+    np.testing.assert_allclose(again.head.weight, trained.head.weight, atol=0.02)
+    plain = train_head(x, y, SIZES, forms=("style",), seed=3)
+    assert not np.allclose(plain.head.weight, trained.head.weight, atol=0.02)  # the prior changes the fit
