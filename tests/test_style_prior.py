@@ -63,3 +63,14 @@ def test_a_head_trained_with_the_prior_scores_raw_features(prior: StylePrior) ->
     np.testing.assert_allclose(again.head.weight, trained.head.weight, atol=0.02)
     plain = train_head(x, y, SIZES, forms=("style",), seed=3)
     assert not np.allclose(plain.head.weight, trained.head.weight, atol=0.02)  # the prior changes the fit
+
+
+def test_only_the_style_form_sees_the_prior(prior: StylePrior) -> None:
+    """Semantic and both heads are what they are without it: keyword tags keep their heads."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20, sum(SIZES))).astype(np.float32)
+    x[:10, :30] += 0.8
+    y = np.array([1] * 10 + [0] * 10)
+    for forms in (("semantic",), ("both",)):
+        with_prior, without = train_head(x, y, SIZES, forms=forms, seed=1, prior=prior), train_head(x, y, SIZES, forms=forms, seed=1)
+        assert with_prior.head.weight.tobytes() == without.head.weight.tobytes() and with_prior.metrics == without.metrics

@@ -8,7 +8,7 @@ reports held-out metrics.
 Retraining starts the optimiser from the previous head (fine-tuning). Whatever the form, a
 head is one row over the normalised groups, so at predict time all heads are one matrix
 (``HeadMatrix``): one multiply scores every tag. With a style prior (``shared/models/style_prior.py``)
-the style group is whitened before cross-validation and the fit, and the head folded back.
+the ``style`` form sees the style group whitened, and its head is folded back.
 
 Presumed negatives: a tag with positive examples only is trained against unlabelled images that
 stand in for negatives (``train_head(..., presumed_negatives=True)``; which images,
@@ -344,16 +344,15 @@ def train_head(
     positive it can, the threshold has the best class-balanced F1, and the metrics count them as
     ``presumed_negatives`` (``negatives`` is 0).
 
-    ``prior``: cross-validation and the fit see the style group whitened against it
-    (``shared/models/style_prior.py``); the returned head is folded back, a row over the
-    normalised groups like any other.
+    ``prior``: the ``style`` form sees the style group whitened against it
+    (``shared/models/style_prior.py``; ``semantic`` and ``both`` see it as it is), and a style head
+    is folded back: whatever the form, a row over the normalised groups.
     """
     z = normalise_groups(features, sizes)
+    whitened = z
     if prior is not None:
-        z[:, sizes[0] :] = prior.whiten(z[:, sizes[0] :])
-        if previous is not None and previous.weight.shape == (z.shape[1],):
-            semantic, style = np.split(previous.weight.astype(np.float64), [sizes[0]])
-            previous = Head(np.concatenate([semantic, prior.unfold(style)]).astype(np.float32), previous.bias)
+        whitened = z.copy()
+        whitened[:, sizes[0] :] = prior.whiten(z[:, sizes[0] :])
     y = np.asarray(labels, dtype=np.float64)
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     k = min(MAX_FOLDS, n_pos, n_neg)
@@ -369,14 +368,15 @@ def train_head(
             sample = positives_first_sample(y, MAX_CV_EXAMPLES, seed)
         else:
             sample = stratified_sample(y, MAX_CV_EXAMPLES, seed)
-        zs, ys = z[sample], y[sample]
+        ys = y[sample]
         splits = cross_validation_splits(ys, k, seed)
-        semantic, style = zs[:, : sizes[0]], zs[:, sizes[0] :]
-        grams = (semantic @ semantic.T, style @ style.T)
+        semantic, style, seen = z[sample, : sizes[0]], z[sample, sizes[0] :], whitened[sample, sizes[0] :]
+        semantic_gram, style_gram = semantic @ semantic.T, style @ style.T
+        seen_gram = seen @ seen.T if prior is not None else style_gram  # what the style form sees
         oof: dict[tuple[str, float], np.ndarray] = {}
         losses: dict[tuple[str, float], float] = {}
         for f in forms:
-            kernel = FORMS[f][0] ** 2 * grams[0] + FORMS[f][1] ** 2 * grams[1]
+            kernel = FORMS[f][0] ** 2 * semantic_gram + FORMS[f][1] ** 2 * (seen_gram if f == "style" else style_gram)
             runs = [out_of_fold_scores(kernel, ys, folds, L2_GRID, negative_weight) for folds in splits]
             for strength in L2_GRID:
                 # each shuffle's held-out log loss, averaged; each example's held-out scores, averaged
@@ -398,10 +398,16 @@ def train_head(
         most_wrong = [(int(sample[j]), round(float(scores[j]), 4)) for j in wrong_side(ys, scores, threshold)]
     metrics["form"] = form
     metrics["l2"] = l2
-    fitted = fit_logistic(_form_input(z, sizes, form), y, l2=l2, init=previous, negative_weight=negative_weight)
+    style_prior = prior if form == "style" else None
+    if style_prior is not None and previous is not None and previous.weight.shape == (z.shape[1],):
+        semantic_weight, style_weight = np.split(previous.weight.astype(np.float64), [sizes[0]])  # start from it, whitened
+        previous = Head(np.concatenate([semantic_weight, style_prior.unfold(style_weight)]).astype(np.float32),
+                        previous.bias)
+    fitted = fit_logistic(_form_input(z if style_prior is None else whitened, sizes, form), y, l2=l2, init=previous,
+                          negative_weight=negative_weight)
     weight = fitted.weight * np.repeat(FORMS[form], sizes).astype(np.float32)
-    if prior is not None:
-        weight[sizes[0] :] = prior.fold(weight[sizes[0] :].astype(np.float64))
+    if style_prior is not None:
+        weight[sizes[0] :] = style_prior.fold(weight[sizes[0] :].astype(np.float64))
     return TrainedHead(Head(weight, fitted.bias), round(threshold, 6), form, metrics, most_wrong)
 
 
