@@ -18,7 +18,9 @@ against the same tag trained with real negatives, and their ratio.
 
 With ``--wallpapers ROOT`` the style and grade tags also train on 19 and are evaluated on 18
 colour photographs from Debian's wallpaper packages (``bench/photos.py``: ``WALLPAPERS``),
-ordinary photos beside the scientific images among scikit-image's.
+ordinary photos beside the scientific images among scikit-image's. The style prior
+(``tools/make_style_prior.py``) was made from those 19 training photos, which flatters the style
+form there: a user's photos are not the ones the prior saw (see the README).
 
     python -m bench.quality [--reps 5] [--shots 5 10 20] [--no-presumed] [--cache FILE] [--wallpapers ROOT]
 """
