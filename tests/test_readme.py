@@ -38,6 +38,7 @@ NOT_RUN = {
     "./scripts/serve                      # or: tagsmith serve": "starts the service itself",
     "cd infra": "Docker Compose needs a Docker engine, which this machine lacks",
     "kubectl create namespace tagsmith": "needs a Kubernetes cluster",
+    "mkdir -p /tmp/wallpapers": "downloads three Debian packages (130 MB) and runs a benchmark of several minutes",
 }
 
 
