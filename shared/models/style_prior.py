@@ -5,15 +5,15 @@ them in the style embedding (channel means, spreads and colour correlations of t
 is the photos' own light and colour, not the look being taught. Linear discriminant analysis
 would weigh the difference of the class means by the inverse of the within-class covariance;
 ten examples cannot estimate that covariance, but unlabelled photos can. The prior is the
-covariance of the normalised style embedding over random crops of ordinary photos that none of
-the benchmarks use (``tools/make_style_prior.py`` lists them), kept as its leading
-eigenvectors ``directions`` and eigenvalues ``variances``.
+covariance of the normalised style embedding over random crops of ordinary photos
+(``tools/make_style_prior.py`` says which), kept as its leading eigenvectors ``directions`` and,
+per direction, the factor ``scales`` whitening multiplies it by.
 
-Heads are fitted on whitened style features: along each leading direction the features are
-scaled by sqrt(s / (variance + s)) (s: ``shrinkage`` times the mean variance), elsewhere left as
-they are, so that the L2 penalty makes directions in which photos differ a lot expensive and
-the rest cheap. The scaling is linear and symmetric, so it folds into the head's weights
-(``fold``): a head stays one row over the normalised groups and predicting is unchanged.
+The ``style`` form of a head is fitted on whitened style features: along each leading direction
+the features are scaled by sqrt(s / (variance + s)) (s: ``shrinkage`` times the mean variance),
+elsewhere left as they are, so that the L2 penalty makes directions in which photos differ a lot
+expensive and the rest cheap. The scaling is linear and symmetric, so it folds into the head's
+weights (``fold``): a head stays one row over the normalised groups and predicting is unchanged.
 """
 
 from __future__ import annotations
