@@ -12,7 +12,7 @@ spec changes::
     cd - && .venv/bin/python -m tools.make_style_prior /tmp/wallpapers
 
 Each photo gives ``CROPS`` random crops (40-100% of the short side, some mirrored, seeded), embedded
-by the backbone the service opens (float32 on every runtime).
+by the backbone the service opens (float32 on every runtime), as bench.quality embeds its photos.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.photos import WALLPAPERS, random_crops, wallpaper
-from shared.core.settings import Settings
-from shared.models.backbone import LITE0, open_backbone
+from bench.quality import embed
+from shared.models.backbone import LITE0
 from shared.models.heads import normalise
 from shared.models.style_prior import PRIORS, build, save
 
@@ -40,9 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(7)
     crops = [crop for name in PHOTOS for crop in random_crops(wallpaper(args.root, name), CROPS, rng)]
-    settings = Settings()
-    backbone = open_backbone(settings.runtime, settings.device, settings.torch_threads, settings.model_cache_dir)
-    style = np.concatenate([backbone.embed(crops[i : i + 32]).styles for i in range(0, len(crops), 32)])
+    style = embed(crops)[:, LITE0.embedding_size :]
     prior = build(LITE0.id, normalise(style), COMPONENTS, SHRINKAGE)
     PRIORS.mkdir(exist_ok=True)
     save(prior, PRIORS / f"{LITE0.id}.npz")
