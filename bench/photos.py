@@ -147,6 +147,11 @@ def duotone(im: Image.Image) -> Image.Image:
     return Image.fromarray((dark + luma * (light - dark)).astype(np.uint8))
 
 
+def posterised(im: Image.Image) -> Image.Image:
+    """Eight levels a channel (3 bits): flat bands of colour where there were gradients."""
+    return ImageOps.posterize(im, 3)
+
+
 # Colour-grading looks added after the first nine style tags; bench.quality reports them apart
 # ("grade"), so that the style figures stay comparable with earlier runs.
 GRADE_LOOKS = ("cross-processed", "low key", "high key", "duotone")
@@ -168,6 +173,12 @@ STYLE_TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
         im.size, Image.Resampling.NEAREST
     ),
 }
+
+
+# Looks added after the tables of the looks above were measured: each is a style tag of its own,
+# but never another tag's negative nor a keyword photo's random look, so that the earlier tags'
+# draws (and figures) stay those of earlier runs.
+ADDED_LOOKS: dict[str, Callable[[Image.Image], Image.Image]] = {"posterised": posterised}
 
 
 # Keyword subjects: training crops come from the left part of each photo, evaluation crops

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from bench.photos import (
+    ADDED_LOOKS,
     GRADE_LOOKS,
     KEYWORD_SUBJECTS,
     STYLE_TRANSFORMS,
@@ -59,6 +60,7 @@ from shared.models.style_prior import style_prior
 SIZES = (LITE0.embedding_size, LITE0.style_size)
 SHOTS = (5, 10, 20)
 CROPS_PER_SOURCE = 12
+LOOKS = {**STYLE_TRANSFORMS, **ADDED_LOOKS}  # every style and grade tag
 
 
 _opened: list[Backbone] = []
@@ -95,8 +97,8 @@ def style_pools(rng: np.random.Generator, wallpapers: Path | None) -> Pools:
         if wallpapers is not None:
             crops += [c for name in names if name in WALLPAPERS
                       for c in random_crops(wallpaper(wallpapers, name), CROPS_PER_SOURCE, wallpaper_rng)]
-        for transform in ("none", *STYLE_TRANSFORMS):
-            images = crops if transform == "none" else [STYLE_TRANSFORMS[transform](c) for c in crops]
+        for transform in ("none", *LOOKS):
+            images = crops if transform == "none" else [LOOKS[transform](c) for c in crops]
             pools[(split, transform)] = embed(images)
     return pools
 
@@ -150,7 +152,7 @@ def load_pools(cache: Path | None, wallpapers: Path | None = None) -> tuple[Pool
 def pool_keys() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The (split, group) keys of the style pools and of the keyword pools."""
     splits = ("train", "test")
-    styles = [(split, t) for split in splits for t in ("none", *STYLE_TRANSFORMS)]
+    styles = [(split, t) for split in splits for t in ("none", *LOOKS)]
     keywords = [(split, t) for t in (*KEYWORD_SUBJECTS, "face", "not face") for split in splits]
     return styles, keywords
 
@@ -277,8 +279,8 @@ def main() -> int:
     library = training_library(styles, keywords)
     kept = None if args.no_presumed else library
     rows: list[tuple[str, str, dict[int, tuple[float, ...]]]] = []
-    for tag in STYLE_TRANSFORMS:
-        others = [t for t in STYLE_TRANSFORMS if t != tag]
+    for tag in LOOKS:
+        others = [t for t in STYLE_TRANSFORMS if t != tag]  # an added look is no other tag's negative
         negatives = ["none"] * len(others) + others  # half plain, half other styles, at random
         kind = "grade" if tag in GRADE_LOOKS else "style"
         rows.append((kind, tag, evaluate(styles, tag, negatives, args.reps, kept, shots)))
