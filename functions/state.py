@@ -96,9 +96,9 @@ def get_backup(request: Request) -> Response:
 async def restore(request: Request) -> JSONResponse:
     """Restore a backup (field `data`) into an empty server.
 
-    The server must have no images and no tags (else 409 `not_empty`). The upload is written to a
-    temporary file (at most `TAGSMITH_MAX_BACKUP_BYTES`) and validated whole before anything
-    changes; then the images keep their ids, file names and dates, the examples their tags, and
+    The server must have no images and no tags (else 409 `not_empty`), and no other restore may be
+    running (else 409 `restore_in_progress`). The upload is written to a temporary file (at most
+    `TAGSMITH_MAX_BACKUP_BYTES`) and validated whole before anything changes; then the images keep their ids, file names and dates, the examples their tags, and
     every model version its number, threshold, metrics and training date; the current versions
     are published and new trainings continue after the highest. A failure midway removes what
     was restored.
@@ -111,13 +111,17 @@ async def restore(request: Request) -> JSONResponse:
     errors: [400, 409, 413, 503]
     """
     services = services_of(request)
-    await run_in_threadpool(backup.require_empty, services)  # before a large upload is read at all
-    file = await run_in_threadpool(tempfile.TemporaryFile)
+    claim = await run_in_threadpool(backup.RestoreClaim, services)  # one restore at a time
     try:
-        await read_upload_to_file(request, services.settings.max_backup_bytes, file)
-        return JSONResponse(await run_in_threadpool(backup.restore_backup, services, file))
+        await run_in_threadpool(backup.require_empty, services)  # before a large upload is read at all
+        file = await run_in_threadpool(tempfile.TemporaryFile)
+        try:
+            await read_upload_to_file(request, services.settings.max_backup_bytes, file)
+            return JSONResponse(await run_in_threadpool(backup.restore_backup, services, file))
+        finally:
+            await run_in_threadpool(file.close)
     finally:
-        await run_in_threadpool(file.close)
+        await run_in_threadpool(claim.release)
 
 
 routes = [

@@ -7,7 +7,10 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from starlette.testclient import TestClient
 
 from infra.cli import main
 from infra.gateway import create_gateway
+from shared.domain import images
 from shared.domain.services import Services, build_services
 from shared.models.backbone import Backbone
 from tests.support.api import add, run_queued_jobs, settings_for, teach_cat
@@ -200,6 +204,47 @@ def test_a_failure_midway_leaves_the_server_empty(client: TestClient, services: 
     monkeypatch.undo()
     assert restore(other, data).status_code == 200
     assert [v["version"] for v in other.get("/custom/versions/cat").json()["versions"]] == [1]
+
+
+def test_a_second_restore_while_one_runs_is_refused(client: TestClient, services: Services, empty: Server,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two restores at once would interleave, and the one that failed would remove the other's work."""
+    taught(client, services)
+    data = client.get("/backup").content
+    other_services, other = empty
+    midway, go_on = threading.Event(), threading.Event()
+    add_image = images.add_image
+
+    def held_midway(*args: Any) -> Any:  # validated, nothing added yet: the server is still empty
+        midway.set()
+        assert go_on.wait(60)
+        return add_image(*args)
+
+    monkeypatch.setattr(images, "add_image", held_midway)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(restore, other, data)
+        assert midway.wait(60)
+        second = restore(other, data)
+        go_on.set()
+        assert first.result().status_code == 200, first.result().text
+    assert second.status_code == 409 and second.json()["error"] == "restore_in_progress", second.text
+    assert snapshot(other) == snapshot(client)
+    third = restore(other, data)  # the lease was given back: refused only because the server is full now
+    assert third.status_code == 409 and third.json()["error"] == "not_empty", third.text
+
+
+def test_a_restore_lease_lapses_when_its_process_dies(services: Services) -> None:
+    registry = services.registry
+    assert registry.claim_restore("crashed", 1)
+    assert not registry.claim_restore("next", 60)
+    assert not registry.renew_restore("next", 60)  # only the holder renews it
+    time.sleep(1.5)  # the crashed restore renewed nothing
+    assert registry.claim_restore("next", 60)
+    registry.release_restore("crashed")  # a late release by the old holder leaves the new lease alone
+    assert not registry.claim_restore("third", 60)
+    registry.release_restore("next")
+    assert registry.claim_restore("third", 60)
+    registry.release_restore("third")
 
 
 def test_cli_backup_and_restore(client: TestClient, services: Services, tmp_path: Path,

@@ -42,6 +42,16 @@ from shared.data.library import text as _text
 
 RESERVATION_SECONDS = 120
 
+# A lease held by one owner (a restore): renewed or released only by the token that took it.
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: models hash, tags set, generation counter, then one epoch key per checked tag.
 # ARGV: number of checked epochs, rollback (1 or 0), the most tags allowed (0: no limit), the
 # expected epochs, then (tag, version, pointer JSON) triples.
@@ -211,6 +221,8 @@ class Registry:
         self._assign = client.register_script(_ASSIGN)
         self._delete_image = client.register_script(_DELETE_IMAGE)
         self._delete_tag = client.register_script(_DELETE_TAG)
+        self._renew_lease = client.register_script(_RENEW_LEASE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -476,6 +488,20 @@ class Registry:
                 self._k("tag", tag, "epoch"), self._k("tag", tag, "deleted_through"), self._k("tag", tag, "version"),
                 self._k("generation"), self.library_keys.scores(tag), self.library_keys.scored]
         self._delete_tag(keys=keys, args=[tag], client=self.redis)
+
+    # Restores ---------------------------------------------------------------
+
+    def claim_restore(self, token: str, seconds: int) -> bool:
+        """Take the server's one restore lease for ``seconds``; False if another restore holds it."""
+        return bool(self.redis.set(self._k("restoring"), token, nx=True, ex=seconds))
+
+    def renew_restore(self, token: str, seconds: int) -> bool:
+        """Extend the lease ``token`` holds to ``seconds`` from now; False if it is no longer held."""
+        return bool(self._renew_lease(keys=[self._k("restoring")], args=[token, seconds], client=self.redis))
+
+    def release_restore(self, token: str) -> None:
+        """Give the lease back, if ``token`` still holds it."""
+        self._release_lease(keys=[self._k("restoring")], args=[token], client=self.redis)
 
 
 def utc_now() -> str:

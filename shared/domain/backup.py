@@ -25,9 +25,12 @@ import calendar
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import tarfile
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -55,6 +58,11 @@ _MEMBER = re.compile(r"(image-[0-9]{6,9}|model-[0-9]{6,9}\.tar|manifest\.json)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 MAX_VERSION = 10**18 - 1
+# One restore at a time per server (every gateway shares the lease in Redis); a restore whose
+# process died frees the server this long after its last renewal.
+RESTORE_LEASE_SECONDS = 30
+
+log = logging.getLogger("tagsmith")
 
 
 # Export ---------------------------------------------------------------------------------------
@@ -210,6 +218,38 @@ def require_empty(services: Services) -> None:
     if images_count or tags or models:
         raise Conflict("not_empty", f"A backup is restored only into an empty server; this one has {images_count} "
                        f"images and {len(tags)} tags. Restore into a new server, or delete them first.")
+
+
+class RestoreClaim:
+    """The restore lease held by one restore, renewed by a thread until ``release``: two restores
+    at once would interleave, and the one that failed would remove what the other restored."""
+
+    def __init__(self, services: Services) -> None:
+        self._registry = services.registry
+        self._token = uuid.uuid4().hex
+        if not self._registry.claim_restore(self._token, RESTORE_LEASE_SECONDS):
+            raise Conflict("restore_in_progress", "Another backup is being restored into this server; "
+                           "wait for it to finish.")
+        self._stopped = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, name="restore-lease", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stopped.wait(RESTORE_LEASE_SECONDS / 3):
+            try:
+                held = self._registry.renew_restore(self._token, RESTORE_LEASE_SECONDS)
+            except Exception as exc:  # Redis down: the restore itself fails on its next write
+                held, reason = False, repr(exc)
+            else:
+                reason = "the lease was taken or removed"
+            if not held:
+                log.warning("restore lease not renewed: %s", reason)
+
+    def release(self) -> None:
+        self._stopped.set()
+        self._renewer.join()
+        with contextlib.suppress(Exception):  # unreachable Redis: the lease lapses by itself
+            self._registry.release_restore(self._token)
 
 
 def restore_backup(services: Services, file: BinaryIO) -> dict[str, Any]:
