@@ -13,8 +13,8 @@ import pytest
 from safetensors.numpy import save as save_tensors
 from starlette.testclient import TestClient
 
-from shared.core.errors import DomainError
-from shared.models.archive import ArchiveLimits, pack, unpack
+from shared.core.errors import DomainError, InvalidInput
+from shared.models.archive import ArchiveLimits, check_extended_headers, pack, unpack
 from shared.models.backbone import LITE0
 from shared.web.errors import status_of
 from tests.support.api import record
@@ -116,7 +116,37 @@ def hostile_archives() -> dict[str, bytes]:
         "huge-metrics": tar_of([(info("manifest.json"), manifest(["w"], models=[
             {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", "metrics": {"notes": "x" * 100_000}}])),
             (info("w"), ok)]),
+        "pax-size-desync": pax_size_desync(),
+        # Versions and metrics that load but that every later read of the tag trips on (500s, or
+        # an archive the server stored and then refuses to read back).
+        "version-2-to-the-63": with_model(ok, version=2**63),
+        "version-beyond-64-bits": with_model(ok, version=2**64),
+        "text-count": with_model(ok, metrics={"positives": "many", "negatives": 3}),
+        "list-count": with_model(ok, metrics={"positives": [3]}),
+        "infinite-score": with_model(ok, metrics={"roc_auc": "INF"}).replace(b'"INF"', b"1e999"),
+        "nan-score": with_model(ok, metrics={"f1": "NAN"}).replace(b'"NAN"', b"NaN"),
+        "most-wrong-without-type": with_model(ok, metrics={"most_wrong": [{"image_id": "a", "score": 0.9}]}),
     }
+
+
+def with_model(weights_bytes: bytes, **entry: object) -> bytes:
+    """An archive of one model whose manifest entry has ``entry``'s fields."""
+    model = {"tag": "x", "version": 1, "threshold": 0.5, "file": "w", **entry}
+    return tar_of([(info("manifest.json"), manifest(["w"], models=[model])), (info("w"), weights_bytes)])
+
+
+def pax_size_desync() -> bytes:
+    """A member whose PAX "size" record (0) disagrees with its header's size field, which covers a
+    100 KB GNU long name: a walk by the header fields skips that name, tarfile reads it (and a PAX
+    header hidden there would reach tarfile's quadratic parser)."""
+    hidden = info("x", tarfile.GNUTYPE_LONGNAME)
+    hidden.size = 100_000
+    region = hidden.tobuf(tarfile.USTAR_FORMAT) + b"A" * 100_000 + b"\0" * (-100_000 % 512)
+    region += info("manifest.json").tobuf(tarfile.USTAR_FORMAT)
+    cover = info("cover")
+    cover.size = len(region)
+    cover.pax_headers = {"size": "0"}
+    return cover.tobuf(tarfile.PAX_FORMAT) + region + b"\0" * 1024
 
 
 def pax_bomb() -> bytes:
@@ -133,6 +163,20 @@ def tar_bomb_header() -> bytes:
     member.size = 8 * 1024**3
     header = member.tobuf(format=tarfile.GNU_FORMAT)
     return tar_of([(info("manifest.json"), manifest(["w"]))])[:-1024] + header + b"\0" * 4096
+
+
+@pytest.mark.parametrize("steering", ["pax-size", "global-pax", "symlink-with-data"])
+def test_the_header_walk_refuses_what_would_make_tarfile_read_elsewhere(steering: str) -> None:
+    """The walk that bounds extended headers must see every header tarfile parses: a member whose
+    data tarfile reads at another length than its size field says could hide one from it."""
+    if steering == "pax-size":
+        data = pax_size_desync()
+    else:
+        member = info("cover", tarfile.XGLTYPE if steering == "global-pax" else tarfile.SYMTYPE, link="w")
+        member.size = 1024  # tarfile skips no data after a link
+        data = member.tobuf(tarfile.USTAR_FORMAT) + b"\0" * 1024 + tar_of([(info("manifest.json"), manifest([]))])
+    with pytest.raises(InvalidInput):
+        check_extended_headers(io.BytesIO(data))
 
 
 def test_round_trip_keeps_every_field() -> None:

@@ -41,7 +41,7 @@ from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer, utc_now
 from shared.data.store import ObjectNotFound
 from shared.domain import catalog, images
-from shared.models.archive import ModelRecord, check_extended_headers, pack, read_json, unpack
+from shared.models.archive import ModelRecord, check_extended_headers, pack, read_json, unpack, valid_version
 from shared.models.decoding import VERIFY_SIZE, decode_image
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ MAX_MANIFEST_BYTES = 128 * 1024 * 1024
 _MEMBER = re.compile(r"(image-[0-9]{6,9}|model-[0-9]{6,9}\.tar|manifest\.json)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
-MAX_VERSION = 10**18 - 1
 # One restore at a time per server (every gateway shares the lease in Redis); a restore whose
 # process died frees the server this long after its last renewal.
 RESTORE_LEASE_SECONDS = 30
@@ -419,8 +418,7 @@ def _tags(services: Services, entries: list[Any], ids: set[str], members: dict[s
         versions: dict[int, str] = {}
         for version_entry in raw_versions:
             version = version_entry.get("version") if isinstance(version_entry, dict) else None
-            if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MAX_VERSION \
-                    or version in versions:
+            if not valid_version(version) or version in versions:
                 raise _invalid(f"Tag {tag!r} has an invalid or repeated version {version!r}.")
             versions[version] = _use(version_entry.get("member"), f"Tag {tag!r} version {version}", members, used)
         current = entry.get("current")

@@ -14,7 +14,7 @@ import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import numpy as np
 import orjson
@@ -24,7 +24,7 @@ from safetensors.numpy import save as save_tensors
 from shared.core.errors import DomainError, InvalidInput, TooLarge
 from shared.core.names import validate_tag
 from shared.models.backbone import BackboneSpec
-from shared.models.heads import FORMS, Head
+from shared.models.heads import FORMS, MOST_WRONG, Head
 
 FORMAT = "tagsmith-state"
 # Version 2: heads span the semantic and style embeddings. Version 1 heads span the semantic
@@ -41,6 +41,16 @@ MAX_METRICS_BYTES = 64 * 1024
 # adds it to metrics at the limit still makes an archive that reads back.
 ORIGIN_FIELDS = {"loaded_from": str, "version": int, "trained_at": str, "loaded_at": str}
 ORIGIN_TEXT_LENGTH = 64
+# The highest model version number: Redis counts versions in signed 64-bit integers, and every
+# version an archive or a backup brings is checked against it before anything is stored.
+MAX_VERSION = 10**18 - 1
+# Metrics the server and the web page read themselves, beyond serving them: when an archive has
+# them, they must be what training writes (the API schema's Metrics), else every listing of the
+# tag would fail on them.
+SCORE_METRICS = ("roc_auc", "f1", "precision", "recall", "accuracy")  # a finite number, or null
+COUNT_METRICS = ("positives", "negatives", "presumed_negatives", "folds")  # a non-negative integer
+MAX_COUNT = 10**12
+EXAMPLE_TYPES = ("positive", "negative", "presumed_negative")  # of a most_wrong entry
 # The largest logit a head could give (|weight| x |normalised features| + |bias|): beyond it, the
 # float32 scoring of all heads in one multiply could overflow to inf - inf = NaN. Trained heads
 # stay far below (a logit of 40 is already a probability of 1 - 4e-18).
@@ -115,29 +125,46 @@ def _invalid(message: str) -> InvalidInput:
 def read_json(raw: bytes, name: str, invalid: Callable[[str], InvalidInput]) -> Any:
     """The JSON member ``name`` of an archive, or ``invalid(reason)`` raised."""
     try:
-        return json.loads(raw)
-    except ValueError as exc:  # not UTF-8, not JSON, or integers beyond Python's 4,300 digits
+        return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except ValueError as exc:  # not UTF-8, not JSON, non-finite, or integers beyond Python's 4,300 digits
         raise invalid(f"{name} is not valid JSON: {exc}") from None
     except RecursionError:
         raise invalid(f"{name} is nested too deeply.") from None
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
+
+
 # Extended headers (PAX records, GNU long names) of our archives are well under 1 KiB. Python's
 # tarfile parses PAX records with a regular expression that takes quadratic time on hostile ones
-# (CVE-2024-6232, fixed in 3.11.10: a 100 KB record held a server for 17 s): larger ones are
-# refused before tarfile sees them.
+# (CVE-2024-6232, fixed in 3.11.10: a 100 KB record held a server for 17 s), and reads a GNU long
+# name whole into memory: larger ones are refused before tarfile sees them. The walk must find
+# every header tarfile will parse, so it also refuses what would make tarfile step differently
+# from the ustar size fields: PAX "size" and GNU sparse records, global PAX headers, sparse files,
+# and links, devices and folders (whose data tarfile does not skip). Our archives hold none.
 MAX_EXTENDED_HEADER = 8 * 1024
-_EXTENDED = (b"x", b"g", b"X", b"L", b"K")
+_REGULAR = (b"0", b"\0", b"7")
+_EXTENDED = (b"x", b"L", b"K")  # a file's PAX records, GNU long name and long link name
+_STEERING_RECORDS = (b" size=", b" GNU.sparse.")  # records that change where tarfile reads next
 
 
 def _check_extended_headers(data: bytes) -> None:
-    """Walk the tar's 512-byte headers and refuse an extended header over MAX_EXTENDED_HEADER."""
+    """Walk the tar's 512-byte headers and refuse what ``check_extended_headers`` refuses."""
     check_extended_headers(io.BytesIO(data))
 
 
 def check_extended_headers(file: BinaryIO) -> None:
-    """The same walk over a seekable file (a large archive spooled to disk), from its start; the
-    file is left at its start."""
+    """Walk the 512-byte headers of a seekable file from its start (a large archive spooled to
+    disk) and refuse an extended header over MAX_EXTENDED_HEADER, or any header or PAX record that
+    would make tarfile's walk differ from this one; the file is left at its start."""
     offset = 0
     try:
         while True:
@@ -145,9 +172,14 @@ def check_extended_headers(file: BinaryIO) -> None:
             block = file.read(512)
             if len(block) < 512 or not block.strip(b"\0"):
                 return  # the end-of-archive blocks (or a truncated file, which tarfile reports)
-            size = _tar_number(block[124:136])
-            if block[156:157] in _EXTENDED and size > MAX_EXTENDED_HEADER:
-                raise _invalid(f"The archive has an extended header of {size} bytes; at most {MAX_EXTENDED_HEADER}.")
+            size, kind = _tar_number(block[124:136]), block[156:157]
+            if kind in _EXTENDED:
+                if size > MAX_EXTENDED_HEADER:
+                    raise _invalid(f"The archive has an extended header of {size} bytes; at most {MAX_EXTENDED_HEADER}.")
+                if kind == b"x" and any(record in b" " + file.read(size) for record in _STEERING_RECORDS):
+                    raise _invalid("The archive has PAX size or sparse records; only plain files are read.")
+            elif kind not in _REGULAR:
+                raise _invalid(f"The archive has a member of tar type {kind!r}; only regular files are read.")
             offset += 512 + -(-size // 512) * 512
     finally:
         file.seek(0)
@@ -155,6 +187,8 @@ def check_extended_headers(file: BinaryIO) -> None:
 
 def _tar_number(field: bytes) -> int:
     """A tar header's number: octal text, or base-256 when the first byte's top bit is set."""
+    if field[:1] == b"\xff":
+        raise _invalid("The file is not a readable tar archive: a header's size is negative.")
     if field[:1] and field[0] & 0x80:
         return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
     text = field.replace(b"\0", b" ").strip()
@@ -239,13 +273,38 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits) -> list[Model
     return records
 
 
+def _valid_metrics(metrics: dict[str, Any]) -> bool:
+    """Whether the metrics the server and the web page read (``SCORE_METRICS``, ``COUNT_METRICS``,
+    ``most_wrong``) have the types training gives them; other fields are only served."""
+    for name in SCORE_METRICS:
+        value = metrics.get(name)
+        if value is not None and (not _is_number(value) or not math.isfinite(value)):
+            return False
+    for name in COUNT_METRICS:
+        if name in metrics and not valid_version(metrics[name], 0, MAX_COUNT):
+            return False
+    wrong = metrics.get("most_wrong", [])
+    return isinstance(wrong, list) and len(wrong) <= MOST_WRONG and all(
+        isinstance(w, dict) and isinstance(w.get("image_id"), str) and w.get("type") in EXAMPLE_TYPES
+        and _is_number(w.get("score")) and math.isfinite(w["score"]) for w in wrong)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def valid_version(value: Any, low: int = 1, high: int = MAX_VERSION) -> TypeGuard[int]:
+    """An integer (not a bool) in [low, high]."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _valid_origin(origin: Any) -> bool:
     """Whether ``metrics["origin"]`` has the shape ``ORIGIN_FIELDS`` describes (fields may be missing)."""
     if not isinstance(origin, dict) or not set(origin) <= set(ORIGIN_FIELDS):
         return False
     for name, value in origin.items():
         if ORIGIN_FIELDS[name] is int:
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**63:
+            if not valid_version(value):
                 return False
         elif not isinstance(value, str) or len(value) > ORIGIN_TEXT_LENGTH:
             return False
@@ -273,8 +332,8 @@ def _record(
         raise _invalid(f"Model entry {i} lacks {exc}.") from None
     except InvalidInput as exc:
         raise _invalid(f"Model entry {i}: {exc.message}") from None
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise _invalid(f"Model entry {i} ({tag}) has an invalid version.")
+    if not valid_version(version):
+        raise _invalid(f"Model entry {i} ({tag}) has an invalid version (an integer from 1 to {MAX_VERSION}).")
     if not isinstance(threshold, (int, float)) or not (0.0 <= threshold <= 1.0):
         raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
     if not isinstance(trained_at, str) or len(trained_at) > 64 or not isinstance(metrics, dict):
@@ -282,6 +341,10 @@ def _record(
     if "origin" in metrics and not _valid_origin(metrics["origin"]):
         raise _invalid(f"Model entry {i} ({tag}) has an invalid metrics.origin: an object of "
                        f"{', '.join(ORIGIN_FIELDS)} (texts of {ORIGIN_TEXT_LENGTH} characters at most, a version).")
+    if not _valid_metrics(metrics):
+        raise _invalid(f"Model entry {i} ({tag}) has metrics of the wrong type: {', '.join(SCORE_METRICS)} finite "
+                       f"numbers or null; {', '.join(COUNT_METRICS)} whole numbers from 0; most_wrong a list of at "
+                       f"most {MOST_WRONG} examples (image_id, type, score).")
     try:  # the API renders them with orjson: lone surrogates, ints beyond 64 bits or deep nesting would be 500s
         orjson.dumps(trained_at)
         orjson.dumps(metrics.get("origin"))
