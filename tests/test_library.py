@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from infra.cli import main
 from shared.data import keys
-from shared.domain import library
+from shared.domain import images, library
 from shared.domain.export import csv_lines
 from shared.domain.services import Services
 from tagsmith_client import Client, TagsmithError
@@ -322,3 +322,28 @@ def test_a_training_queued_meanwhile_goes_before_the_rest_of_a_backlog(
     assert first["ended_at"] <= trained["started_at"] <= trained["ended_at"] <= rest["started_at"]
     summary = client.get("/custom/library").json()
     assert summary["pending"] == 0 and summary["embedded"] == summary["images"] == 12
+
+
+def test_a_search_keeps_its_view_while_other_requests_add_images(client: TestClient, services: Services,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request of a process shares the row cache: one that refreshes it mid-search (images
+    added meanwhile, one of them labelled) must not make the search index past what it read."""
+    old = [str(_add(client, data, f"old {i}.jpg")["image_id"]) for i, data in enumerate(crops(CAT, 2, seed=61))]
+    assert client.get(f"/custom/assign/{old[0]}/positive/cat").status_code == 200
+    newcomers, added = iter(crops(CAT, 4, seed=62)), []
+    live = services.library.live
+
+    def live_while_others_add(n: int) -> np.ndarray:
+        added.append(images.add_image(services, next(newcomers), None, "new.jpg")["image_id"])  # meanwhile
+        services.registry.assign(added[-1], "cat", "positive")
+        services.rows.refresh(services.library)
+        return live(n)
+
+    monkeypatch.setattr(services.library, "live", live_while_others_add)
+    for query, expected in (("filename=old", lambda: set(old)), ("tag=cat&label=positive", lambda: {old[0], *added}),
+                            ("tag=cat&label=none", lambda: {old[1]})):
+        seen = expected()  # what the search can see: the images added before it started
+        response = client.get(f"/custom/images?{query}")
+        assert response.status_code == 200, (query, response.text)
+        assert {i["image_id"] for i in response.json()["images"]} == seen, query
+

@@ -38,29 +38,46 @@ SHORTLIST = 100  # /similar ranks this many (or 5 x the limit) with the full vec
 MAX_QUERY_TAGS = 20  # tags one search may name: each costs one score column read (4 bytes per image)
 
 
+@dataclass(frozen=True)
+class Rows:
+    """The library's first ``n`` rows as one refresh saw them. A later refresh only appends to these
+    lists (or starts new ones when the data was replaced), so a request keeps a consistent view
+    while other requests refresh the cache."""
+
+    ids: list[str]
+    names: list[str]
+    row_of: dict[str, int]  # an id's latest row; may already hold rows past ``n``
+    n: int
+
+    def row(self, image_id: str) -> int | None:
+        """The id's latest row among the first ``n``, or None."""
+        row = self.row_of.get(image_id)
+        return row if row is not None and row < self.n else None
+
+
 class RowCache:
     """The library's row -> (image id, file name) table as far as this process has read it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.ids: list[str] = []
-        self.names: list[str] = []
-        self.row_of: dict[str, int] = {}  # an id's latest row
+        self._ids: list[str] = []
+        self._names: list[str] = []
+        self._row_of: dict[str, int] = {}
 
-    def refresh(self, library: Library) -> int:
-        """Read the rows added since the last call; returns how many rows there are."""
+    def refresh(self, library: Library) -> Rows:
+        """Read the rows added since the last call; the rows as they are now."""
         with self._lock:
             with library.redis.pipeline(transaction=False) as pipe:
                 pipe.llen(library.keys.ids)
-                pipe.lindex(library.keys.ids, max(len(self.ids) - 1, 0))
+                pipe.lindex(library.keys.ids, max(len(self._ids) - 1, 0))
                 count, last = pipe.execute()
-            if self.ids and (count < len(self.ids) or text(last) != self.ids[-1]):  # the data was replaced
-                self.ids, self.names, self.row_of = [], [], {}
-            ids, names = library.rows(len(self.ids))
-            self.row_of.update((image_id, len(self.ids) + i) for i, image_id in enumerate(ids))
-            self.ids += ids
-            self.names += names
-            return len(self.ids)
+            if self._ids and (count < len(self._ids) or text(last) != self._ids[-1]):  # the data was replaced
+                self._ids, self._names, self._row_of = [], [], {}
+            ids, names = library.rows(len(self._ids))
+            self._row_of.update((image_id, len(self._ids) + i) for i, image_id in enumerate(ids))
+            self._ids += ids
+            self._names += names
+            return Rows(self._ids, self._names, self._row_of, len(self._ids))
 
 
 @dataclass
@@ -117,7 +134,8 @@ def find(services: Services, query: Query) -> dict[str, Any]:
             raise catalog.no_model(name)
     services.registry.index_library()
     library = services.library
-    n = services.rows.refresh(library)
+    rows = services.rows.refresh(library)
+    n = rows.n
     live = library.live(n)
     mask = live.copy()
     with_scores = [t for t in query.tags() if t in models]
@@ -142,7 +160,7 @@ def find(services: Services, query: Query) -> dict[str, Any]:
     if tag and query.label:
         labelled = np.zeros(n, dtype=bool)
         wanted = labels if query.label == "none" else {i: t for i, t in labels.items() if t == query.label}
-        labelled[[services.rows.row_of[i] for i in wanted if i in services.rows.row_of]] = True
+        labelled[[row for i in wanted if (row := rows.row(i)) is not None]] = True
         mask &= ~labelled if query.label == "none" else labelled
     for name in query.all_of:
         mask &= matching(name)
@@ -152,25 +170,25 @@ def find(services: Services, query: Query) -> dict[str, Any]:
         mask &= ~matching(name)
     if query.filename:
         part = query.filename.casefold()
-        named = np.array([part in name.casefold() for name in services.rows.names], dtype=bool)
+        named = np.array([part in name.casefold() for name in rows.names[:n]], dtype=bool)
         mask &= named
 
-    rows = np.arange(n)
+    order = np.arange(n)
     if query.sort == "score" and tag:
         missing = -1.0 if query.descending else 2.0  # images not scored yet come last
         key = np.where(np.isnan(columns[tag]), missing, columns[tag]).astype(np.float64)
     else:
-        key = rows.astype(np.float64)
+        key = order.astype(np.float64)
     total = int(mask.sum())
     if query.cursor:
         after_key, after_row = _decode_cursor(query.cursor)
         if query.descending:
-            mask &= (key < after_key) | ((key == after_key) & (rows < after_row))
+            mask &= (key < after_key) | ((key == after_key) & (order < after_row))
         else:
-            mask &= (key > after_key) | ((key == after_key) & (rows > after_row))
+            mask &= (key > after_key) | ((key == after_key) & (order > after_row))
     page, more = _first(np.flatnonzero(mask), key, query.descending, query.offset + query.limit)
     page = page[query.offset :]
-    ids = [services.rows.ids[r] for r in page]
+    ids = [rows.ids[r] for r in page]
     metas = services.registry.images(ids)
     images = []
     for row, image_id, meta in zip(page.tolist(), ids, metas, strict=True):
@@ -229,13 +247,13 @@ def export_rows(services: Services, tags: list[str], matches_only: bool) -> Iter
         if tag not in models:
             raise catalog.no_model(tag)
     services.registry.index_library()
-    n = services.rows.refresh(services.library)
-    return _export_chunks(services, [t for t in tags or list(models)], models, n, matches_only)
+    rows = services.rows.refresh(services.library)
+    return _export_chunks(services, [t for t in tags or list(models)], models, rows, matches_only)
 
 
-def _export_chunks(services: Services, tags: list[str], models: dict[str, Any], n: int,
+def _export_chunks(services: Services, tags: list[str], models: dict[str, Any], rows: Rows,
                    matches_only: bool) -> Iterator[list[Row]]:
-    library, rows = services.library, services.rows
+    library, n = services.library, rows.n
     live = library.live(n)
     scored = library.scored()
     for tag in tags:
@@ -300,21 +318,21 @@ def similar(services: Services, image_id: str, limit: int) -> dict[str, Any]:
     most similar first: shortlisted with the short vectors, ranked with the full ones."""
     known_image(services, image_id)
     services.registry.index_library()
-    n = services.rows.refresh(services.library)
+    rows = services.rows.refresh(services.library)
     index = services.similar.current(services)
-    row = services.rows.row_of.get(image_id)
+    row = rows.row(image_id)
     at = index.position.get(row) if row is not None else None
     if at is None:
         raise Conflict("not_embedded", f"Image '{image_id}' is not embedded into the library yet; a worker "
                        "does that shortly after it is added. Try again in a moment.")
     sims = index.vectors @ index.vectors[at]
-    live = services.library.live(n)
-    sims[~live[index.rows]] = -np.inf
+    live = np.append(services.library.live(rows.n), False)  # rows embedded since the refresh: left out
+    sims[~live[np.minimum(index.rows, rows.n)]] = -np.inf
     sims[at] = -np.inf
     count = int(np.isfinite(sims).sum())
     k = min(max(SHORTLIST, 5 * limit), count)
     shortlist = np.argpartition(-sims, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
-    candidates = [services.rows.ids[int(index.rows[i])] for i in shortlist]
+    candidates = [rows.ids[int(index.rows[i])] for i in shortlist]
     exact = _exact_similarities(services, image_id, candidates)
     ranked = sorted(
         zip(candidates, [e if e is not None else float(sims[i]) for e, i in zip(exact, shortlist, strict=True)],
