@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
+from shared.domain.images import forget_image
 from shared.domain.services import Services
 from shared.models.archive import pack
 from shared.models.backbone import LITE0
@@ -108,6 +109,32 @@ def test_an_id_reused_after_a_delete_never_gets_the_old_images_embedding(
     assert not store.exists(key), "the new image 'x' would be embedded as the deleted cat"
 
 
+def test_an_image_added_under_its_id_while_the_old_one_is_deleted_keeps_its_bytes(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete forgets the image in Redis, then removes its bytes: an add of the same id in
+    between stored its own bytes, which the delete then removed (an image no one could open, embed,
+    back up or add again)."""
+    from shared.data.keys import image_key
+
+    add(client, crops(CAT, 1, seed=0)[0], "x")
+    coffee = crops("coffee", 1, seed=0)[0]
+    store, real_delete = services.store, services.store.delete
+    during: list[int] = []
+
+    def delete(key: str) -> None:
+        if key == image_key("x") and not during:  # another request adds "x" right then
+            during.append(client.post("/custom/add?image_id=x", files={"data": ("c.jpg", coffee, "image/jpeg")}).status_code)
+        real_delete(key)
+
+    monkeypatch.setattr(store, "delete", delete)
+    assert client.delete("/custom/images/x").status_code == 200
+    monkeypatch.setattr(store, "delete", real_delete)
+    assert during == [409], "the id is reserved until the old image's files are gone"
+    add(client, coffee, "x")  # and free again once they are
+    assert client.get("/custom/images/x/original").content == coffee
+
+
 def test_an_image_deleted_while_it_is_being_read_is_a_404_not_a_500(
     client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,14 +143,12 @@ def test_an_image_deleted_while_it_is_being_read_is_a_404_not_a_500(
 
     def exists_then_deleted(image_id: str) -> bool:
         found = real_exists(image_id)
-        services.store.delete(f"images/{image_id}")
-        registry.delete_image(image_id)
+        forget_image(services, image_id)  # another request deletes it
         return found
 
     def image_then_deleted(image_id: str) -> dict[str, str]:
         meta = real_image(image_id)
-        services.store.delete(f"images/{image_id}")
-        registry.delete_image(image_id)
+        forget_image(services, image_id)
         return meta
 
     monkeypatch.setattr(registry, "image_exists", exists_then_deleted)

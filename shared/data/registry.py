@@ -147,6 +147,7 @@ return 1
 # assignment made meanwhile survives it; its row goes dark and its content no longer names it.
 # Returns the tags it was an example of.
 _DELETE_IMAGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local row = redis.call('HGET', KEYS[1], 'row')
 if row then
   redis.call('SETBIT', KEYS[4], tonumber(row), 0)
@@ -162,6 +163,7 @@ for _, tag in ipairs(redis.call('SMEMBERS', KEYS[3])) do
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[6], '1', 'EX', ARGV[3])
 return removed
 """
 
@@ -238,7 +240,7 @@ class Registry:
         if taken == 1:
             raise Conflict("image_exists", f"An image with id '{image_id}' already exists.")
         if taken == 2:
-            raise Conflict("image_exists", f"An image with id '{image_id}' is being added right now.")
+            raise Conflict("image_exists", f"An image with id '{image_id}' is being added or deleted right now.")
 
     def commit_image(self, image_id: str, meta: dict[str, str | int], filename: str = "",
                      dedupe: bool = False) -> str | None:
@@ -339,17 +341,18 @@ class Registry:
                 out[tag] = "negative"
         return out
 
-    def delete_image(self, image_id: str) -> list[str]:
+    def delete_image(self, image_id: str) -> list[str] | None:
         """Forget the image and remove it from every tag (one atomic step: an assignment racing the
-        delete either comes before it and is removed, or finds no image); returns the tags it was an
-        example of."""
+        delete either comes before it and is removed, or finds no image), and reserve its id until
+        ``release_image``, so that no new image of that id stores bytes before the old ones are gone;
+        returns the tags it was an example of, or None (nothing done) if there is no such image."""
         removed = self._delete_image(
             keys=[self._k("image", image_id), self._k("images"), self._k("tags"), self.library_keys.live,
-                  self.library_keys.pending],
-            args=[self.prefix, image_id],
+                  self.library_keys.pending, self._k("reserve", image_id)],
+            args=[self.prefix, image_id, RESERVATION_SECONDS],
             client=self.redis,
         )
-        return sorted(_text(x) for x in removed)
+        return None if removed is None else sorted(_text(x) for x in removed)
 
     # Examples ---------------------------------------------------------------
 

@@ -119,7 +119,7 @@ def add_images(
                     # e.g. another request took the last free tag, or Redis failed: this file changes
                     # nothing (as far as the backends let us undo it)
                     if not added["duplicate"]:  # an image stored before stays as it was
-                        with contextlib.suppress(*BACKENDS_DOWN):
+                        with contextlib.suppress(NotFound, *BACKENDS_DOWN):  # not if deleted meanwhile
                             forget_image(services, added["image_id"])
                     raise
             results.append(FileResult(filename, added["image_id"], image=added))
@@ -141,10 +141,15 @@ def add_images(
 def forget_image(services: Services, image_id: str) -> list[str]:
     """Delete a stored image: from every tag and the registry first, then its bytes, cached
     embedding and thumbnails. Returns the tags it was an example of."""
-    tags = services.registry.delete_image(image_id)
-    for key in (keys.image_key(image_id), keys.embedding_key(services.spec.id, image_id)):
-        services.store.delete(key)
-    forget_thumbnails(services, image_id)
+    tags = services.registry.delete_image(image_id)  # the id stays reserved until its files are gone
+    if tags is None:
+        raise NotFound("unknown_image", f"No image with id '{image_id}' (deleted meanwhile).")
+    try:
+        for key in (keys.image_key(image_id), keys.embedding_key(services.spec.id, image_id)):
+            services.store.delete(key)
+        forget_thumbnails(services, image_id)
+    finally:
+        services.registry.release_image(image_id)
     return tags
 
 
