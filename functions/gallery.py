@@ -98,7 +98,8 @@ def library_summary(request: Request) -> JSONResponse:
     """How far the workers are with the library.
 
     Images stored, embedded and waiting to be embedded, and per tag with a model its current
-    version and the version its library scores come from (`up_to_date` once they are the same).
+    version and the version its library scores come from (`up_to_date` once they are the same
+    and every embedded image is scored).
     ---
     response:
       description: The library's progress.

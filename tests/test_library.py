@@ -347,3 +347,30 @@ def test_a_search_keeps_its_view_while_other_requests_add_images(client: TestCli
         assert response.status_code == 200, (query, response.text)
         assert {i["image_id"] for i in response.json()["images"]} == seen, query
 
+
+def test_images_whose_scoring_failed_are_scored_by_the_next_library_job(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New rows leave the waiting list with their pack, before they are scored: a job that failed
+    (or died) in between left them unscored for good while the library said it was up to date."""
+    teach_cat(client, services, positives=3, negatives_each=1)
+    real_score_rows = library.score_rows
+
+    def backend_fails(*args: object) -> None:
+        raise ConnectionError("Redis timed out while the scores were written")
+
+    monkeypatch.setattr(library, "score_rows", backend_fails)
+    new = [str(_add(client, data, f"late {i}.jpg")["image_id"]) for i, data in enumerate(crops(CAT, 2, seed=71))]
+    run_queued_jobs(services)  # the embedding job fails after recording the pack
+    monkeypatch.setattr(library, "score_rows", real_score_rows)
+    found = {i["image_id"]: i["score"] for i in client.get("/custom/images?tag=cat&limit=500").json()["images"]}
+    assert [found[i] for i in new] == [None, None]
+    assert client.get("/custom/library").json()["tags"]["cat"]["up_to_date"] is False
+
+    monkeypatch.setattr(library, "HEAL_AFTER_S", 0)  # as if five minutes had passed
+    _add(client, crops(CAT, 1, seed=72)[0], "later.jpg")  # the next library job
+    run_queued_jobs(services)
+    found = {i["image_id"]: i["score"] for i in client.get("/custom/images?tag=cat&limit=500").json()["images"]}
+    assert all(found[i] is not None for i in new), found
+    assert client.get("/custom/library").json()["tags"]["cat"]["up_to_date"] is True
+

@@ -64,6 +64,10 @@ class LibraryKeys:
         return self._k("library", "scored")
 
     @property
+    def unscored(self) -> str:
+        return self._k("library", "unscored")
+
+    @property
     def models(self) -> str:
         return self._k("models")
 
@@ -134,17 +138,29 @@ class Library:
         """Rows whose images could not be embedded (deleted ones included)."""
         return sorted(int(text(x)) for x in self.redis.smembers(self.keys.failed))
 
-    def add_pack(self, key: str | None, size: int, done: list[int], failed: tuple[int, ...] | list[int] = ()) -> None:
-        """Record a written pack (if any) and take the rows ``done`` off the waiting list, noting
-        those of them that ``failed`` to embed, in one step."""
+    def add_pack(self, key: str | None, size: int, done: list[int], failed: tuple[int, ...] | list[int] = (),
+                 when: float = 0.0) -> None:
+        """Record a written pack (if any), not scored yet since ``when``, and take the rows ``done``
+        off the waiting list, noting those of them that ``failed`` to embed, in one step."""
         with self.redis.pipeline(transaction=True) as pipe:
             if key is not None:
                 pipe.hset(self.keys.packs, key, size)
+                pipe.zadd(self.keys.unscored, {key: when})
             if failed:
                 pipe.sadd(self.keys.failed, *failed)
             if done:
                 pipe.zrem(self.keys.pending, *done)
             pipe.execute()
+
+    def mark_scored(self, packs: list[str]) -> None:
+        """The packs' rows were scored with every current model."""
+        if packs:
+            self.redis.zrem(self.keys.unscored, *packs)
+
+    def unscored(self, before: float = float("inf")) -> list[str]:
+        """Packs recorded before ``before`` whose rows were not scored yet (a job failed or died
+        between recording and scoring them)."""
+        return [text(k) for k in self.redis.zrangebyscore(self.keys.unscored, "-inf", before)]
 
     def packs(self) -> dict[str, int]:
         """Every pack's object key and size, in key order."""
@@ -185,7 +201,7 @@ class Library:
     def memory(self, tags: list[str]) -> int:
         """Bytes Redis holds for the library: rows, bitmap, waiting list, packs and score columns."""
         keys = [self.keys.ids, self.keys.names, self.keys.live, self.keys.pending, self.keys.packs, self.keys.failed,
-                self.keys.scored, *(self.keys.scores(t) for t in tags)]
+                self.keys.scored, self.keys.unscored, *(self.keys.scores(t) for t in tags)]
         with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.memory_usage(key, samples=0)

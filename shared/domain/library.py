@@ -7,14 +7,17 @@ them one at a time, so its memory is one pack plus one float per image per tag. 
 (images added a few at a time) are merged into one when they pile up, leaving out deleted rows.
 
 Every step is idempotent: a worker killed mid-job leaves its rows waiting (they are taken off the
-list only with the pack that holds them) or its rescore unfinished (the job runs again), and score
-writes are refused once their version is no longer current (``Library.write_scores``).
+list only with the pack that holds them), its new pack listed as not scored yet (the next library
+job rescores the library once that is ``HEAL_AFTER_S`` old), or its rescore unfinished (the job
+runs again); score writes are refused once their version is no longer current
+(``Library.write_scores``).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from functools import lru_cache
@@ -36,6 +39,9 @@ PACK_ROWS = 4096  # packs smaller than this are merged ...
 MERGE_AT = 16  # ... once this many of them pile up
 SIMILAR_SIZE = 256  # length of the short vectors /similar searches
 MERGE_LOCK_S = 600
+# A pack still listed as not scored this long after it was recorded lost its job (killed, or a
+# backend failed while it scored): the next library job rescores every tag over the whole library.
+HEAL_AFTER_S = 300
 
 Report = Callable[[str, float], None]
 log = logging.getLogger("tagsmith")
@@ -99,15 +105,17 @@ def embed_waiting(services: Services, report: Report) -> dict[str, Any]:
     training by one pack at most."""
     services.registry.index_library()
     library = services.library
+    heal_unscored(services, report)
     embedded = gone = 0
     total = library.pending_count()
     while waiting := library.pending(EMBED_ROWS):
         rows = np.array([row for row, _ in waiting], dtype=np.int64)
         features, kept, failed = _embed(services, [image_id for _, image_id in waiting])
         key = write_pack(services, rows[kept], features) if kept else None
-        library.add_pack(key, len(kept), [int(r) for r in rows], [int(rows[i]) for i in failed])
-        if kept:
+        library.add_pack(key, len(kept), [int(r) for r in rows], [int(rows[i]) for i in failed], time.time())
+        if key is not None:
             score_rows(services, rows[kept], features)
+            library.mark_scored([key])
         embedded, gone = embedded + len(kept), gone + len(rows) - len(kept)
         report("embedding", min(1.0, (embedded + gone) / max(total, 1)))
         if services.queue.trainings_waiting() and library.pending_count():
@@ -157,12 +165,24 @@ def score_rows(services: Services, rows: np.ndarray, features: np.ndarray) -> No
             return
 
 
-def rescore(services: Services, tags: list[str], report: Report) -> dict[str, Any]:
+def heal_unscored(services: Services, report: Report) -> None:
+    """Rescore every tag over the whole library if a pack was left unscored (``HEAL_AFTER_S``)."""
+    lost = services.library.unscored(before=time.time() - HEAL_AFTER_S)
+    if lost:
+        log.warning("%d library packs were recorded but never scored; rescoring the library", len(lost))
+        rescore(services, services.heads.current(services).tags, report, every=True)
+        services.library.mark_scored(lost)
+
+
+def rescore(services: Services, tags: list[str], report: Report, every: bool = False) -> dict[str, Any]:
     """Score every embedded image with the current version of each tag (those whose whole-library
-    scores do not come from it yet), reading each pack once for all of them."""
+    scores do not come from it yet, or ``every`` one of them), reading each pack once for all of them."""
+    if not every:
+        heal_unscored(services, report)
     heads = services.heads.current(services)
     scored = services.library.scored()
-    wanted = [t for t in sorted(set(tags)) if t in heads.index and scored.get(t) != heads.versions[heads.index[t]]]
+    wanted = [t for t in sorted(set(tags)) if t in heads.index
+              and (every or scored.get(t) != heads.versions[heads.index[t]])]
     if not wanted:
         return {"rescored": [], "images": 0}
     chosen = heads.select(wanted)
@@ -242,7 +262,8 @@ def summary(services: Services) -> dict[str, Any]:
     """How far the library is: images, embedded, waiting, failed (cannot be decoded any more, e.g.
     its bytes were damaged in the store; the worker's log names them), the library jobs queued or running (their
     progress is at /status/<task_id>), and per tag the version its scores come from (null while a
-    rescore for its current version is still to run)."""
+    rescore for its current version is still to run) and whether every embedded image is scored
+    with it."""
     services.registry.index_library()
     library = services.library
     images = services.registry.image_count()
@@ -251,6 +272,7 @@ def summary(services: Services) -> dict[str, Any]:
     failed = int(library.live(failed_rows[-1] + 1)[failed_rows].sum()) if failed_rows else 0
     scored = library.scored()
     models = services.registry.models()
+    unscored = bool(library.unscored())  # new rows being scored now, or left by a job that failed
     return {
         "images": images,
         "embedded": max(images - waiting - failed, 0),
@@ -260,7 +282,7 @@ def summary(services: Services) -> dict[str, Any]:
         "tasks": services.queue.library_tasks(),
         "tags": {
             tag: {"version": pointer.version, "scores_from": scored.get(tag),
-                  "up_to_date": scored.get(tag) == pointer.version}
+                  "up_to_date": scored.get(tag) == pointer.version and not unscored}
             for tag, pointer in models.items()
         },
     }
