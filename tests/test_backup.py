@@ -235,16 +235,16 @@ def test_a_second_restore_while_one_runs_is_refused(client: TestClient, services
 
 def test_a_restore_lease_lapses_when_its_process_dies(services: Services) -> None:
     registry = services.registry
-    assert registry.claim_restore("crashed", 1)
-    assert not registry.claim_restore("next", 60)
-    assert not registry.renew_restore("next", 60)  # only the holder renews it
+    assert registry.claim_lease("restore", "crashed", 1)
+    assert not registry.claim_lease("restore", "next", 60)
+    assert not registry.renew_lease("restore", "next", 60)  # only the holder renews it
     time.sleep(1.5)  # the crashed restore renewed nothing
-    assert registry.claim_restore("next", 60)
-    registry.release_restore("crashed")  # a late release by the old holder leaves the new lease alone
-    assert not registry.claim_restore("third", 60)
-    registry.release_restore("next")
-    assert registry.claim_restore("third", 60)
-    registry.release_restore("third")
+    assert registry.claim_lease("restore", "next", 60)
+    registry.release_lease("restore", "crashed")  # a late release by the old holder leaves the new lease alone
+    assert not registry.claim_lease("restore", "third", 60)
+    registry.release_lease("restore", "next")
+    assert registry.claim_lease("restore", "third", 60)
+    registry.release_lease("restore", "third")
 
 
 def test_cli_backup_and_restore(client: TestClient, services: Services, tmp_path: Path,

@@ -357,3 +357,35 @@ def test_a_thumbnail_made_while_its_image_is_replaced_is_not_kept(
     import io
 
     assert Image.open(io.BytesIO(again.content)).convert("RGB").getpixel((10, 10))[2] > 200  # blue, not red
+
+
+def test_a_rollback_racing_the_pruning_of_its_tag_never_points_at_a_removed_archive(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load prunes the tag's oldest version after publishing; a rollback to that version landing
+    between the pruning's look at the current version and its delete was published, then its
+    archive removed (the tag silently left out of every prediction)."""
+    from shared.data.keys import model_key
+    from shared.domain import catalog
+
+    monkeypatch.setattr(services, "settings", services.settings.model_copy(update={"keep_versions": 1}))
+    monkeypatch.setattr(catalog, "VERSIONS_WAIT_S", 0.5)
+    load = pack([record("cat")], LITE0)
+    for _ in range(2):
+        assert client.post("/set_state", files={"data": ("s.tar", load)}).status_code == 200
+    store, real_delete = services.store, services.store.delete
+    answers: list[int] = []
+
+    def delete(key: str) -> None:
+        if key == model_key("cat", 1) and not answers:  # a rollback to v1 arrives right then
+            answers.append(client.get("/custom/rollback/cat/1").status_code)
+        real_delete(key)
+
+    monkeypatch.setattr(store, "delete", delete)
+    assert client.post("/set_state", files={"data": ("s.tar", load)}).status_code == 200  # v3; v1 is pruned
+    monkeypatch.setattr(store, "delete", real_delete)
+    assert answers == [503], "the rollback waits for the pruning, then gives up with a clear error"
+    current = services.registry.model("cat")
+    assert current is not None and store.exists(current.key), "the current version's archive was removed"
+    assert client.get("/custom/rollback/cat/1").json()["error"] == "unknown_version"  # pruned, and said so
+

@@ -42,7 +42,8 @@ from shared.data.library import text as _text
 
 RESERVATION_SECONDS = 120
 
-# A lease held by one owner (a restore): renewed or released only by the token that took it.
+# A lease held by one owner (a restore, a change of a tag's versions): renewed or released only by
+# the token that took it.
 _RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -492,20 +493,19 @@ class Registry:
                 self._k("generation"), self.library_keys.scores(tag), self.library_keys.scored]
         self._delete_tag(keys=keys, args=[tag], client=self.redis)
 
-    # Restores ---------------------------------------------------------------
+    # Leases ------------------------------------------------------------------
 
-    def claim_restore(self, token: str, seconds: int) -> bool:
-        """Take the server's one restore lease for ``seconds``; False if another restore holds it."""
-        return bool(self.redis.set(self._k("restoring"), token, nx=True, ex=seconds))
+    def claim_lease(self, name: str, token: str, seconds: int) -> bool:
+        """Take the lease ``name`` for ``seconds``; False if another holder has it."""
+        return bool(self.redis.set(self._k("lease", name), token, nx=True, ex=seconds))
 
-    def renew_restore(self, token: str, seconds: int) -> bool:
+    def renew_lease(self, name: str, token: str, seconds: int) -> bool:
         """Extend the lease ``token`` holds to ``seconds`` from now; False if it is no longer held."""
-        return bool(self._renew_lease(keys=[self._k("restoring")], args=[token, seconds], client=self.redis))
+        return bool(self._renew_lease(keys=[self._k("lease", name)], args=[token, seconds], client=self.redis))
 
-    def release_restore(self, token: str) -> None:
+    def release_lease(self, name: str, token: str) -> None:
         """Give the lease back, if ``token`` still holds it."""
-        self._release_lease(keys=[self._k("restoring")], args=[token], client=self.redis)
-
+        self._release_lease(keys=[self._k("lease", name)], args=[token], client=self.redis)
 
 def utc_now() -> str:
     """The current time as ISO 8601 UTC, to the second."""

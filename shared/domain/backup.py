@@ -226,7 +226,7 @@ class RestoreClaim:
     def __init__(self, services: Services) -> None:
         self._registry = services.registry
         self._token = uuid.uuid4().hex
-        if not self._registry.claim_restore(self._token, RESTORE_LEASE_SECONDS):
+        if not self._registry.claim_lease("restore", self._token, RESTORE_LEASE_SECONDS):
             raise Conflict("restore_in_progress", "Another backup is being restored into this server; "
                            "wait for it to finish.")
         self._stopped = threading.Event()
@@ -236,7 +236,7 @@ class RestoreClaim:
     def _renew(self) -> None:
         while not self._stopped.wait(RESTORE_LEASE_SECONDS / 3):
             try:
-                held = self._registry.renew_restore(self._token, RESTORE_LEASE_SECONDS)
+                held = self._registry.renew_lease("restore", self._token, RESTORE_LEASE_SECONDS)
             except Exception as exc:  # Redis down: the restore itself fails on its next write
                 held, reason = False, repr(exc)
             else:
@@ -248,7 +248,7 @@ class RestoreClaim:
         self._stopped.set()
         self._renewer.join()
         with contextlib.suppress(Exception):  # unreachable Redis: the lease lapses by itself
-            self._registry.release_restore(self._token)
+            self._registry.release_lease("restore", self._token)
 
 
 def restore_backup(services: Services, file: BinaryIO) -> dict[str, Any]:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from shared.core.errors import Conflict, NotFound
+from shared.core.errors import Conflict, NotFound, Unavailable
 from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer
 from shared.data.store import ObjectNotFound
@@ -138,8 +142,35 @@ def publish(services: Services, pointers: list[ModelPointer], epochs: dict[str, 
     return moved
 
 
+# A rollback and a pruning of the same tag take turns (a lease in Redis, for every process): a
+# rollback publishing a version the pruning had just found not current would point at an archive
+# the pruning then removed. Each holds it for a few store calls; a lease lapses if its holder dies.
+VERSIONS_LEASE_S = 30
+VERSIONS_WAIT_S = 10.0
+
+
+@contextmanager
+def versions_held(services: Services, tag: str) -> Iterator[None]:
+    """Hold the tag's versions lease (Unavailable if another holder keeps it past ``VERSIONS_WAIT_S``)."""
+    name, token = f"versions:{tag}", uuid.uuid4().hex
+    deadline = time.monotonic() + VERSIONS_WAIT_S
+    while not services.registry.claim_lease(name, token, VERSIONS_LEASE_S):
+        if time.monotonic() > deadline:
+            raise Unavailable("busy", f"The versions of tag '{tag}' are being changed right now; try again.")
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        services.registry.release_lease(name, token)
+
+
 def rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
     """Make an earlier version current again; the next training fine-tunes from it."""
+    with versions_held(services, tag):
+        return _rollback(services, tag, version)
+
+
+def _rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
     epoch = services.registry.epoch(tag)
     pointer = None
     if version > services.registry.deleted_through(tag):  # earlier ones belonged to the tag before its delete
@@ -162,6 +193,11 @@ def prune_versions(services: Services, tag: str) -> list[int]:
     """Remove the tag's version archives beyond the current one and the ``keep_versions`` newest
     others; returns the versions removed. The newest are kept whether published or not, so a
     training that has just saved its version never loses it."""
+    with versions_held(services, tag):
+        return _prune(services, tag)
+
+
+def _prune(services: Services, tag: str) -> list[int]:
     current = services.registry.model(tag)
     found = [keys.model_version(tag, key) for key in services.store.list(keys.model_prefix(tag))]
     others = sorted((v for v in found if v is not None and (current is None or v != current.version)), reverse=True)
