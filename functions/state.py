@@ -27,7 +27,7 @@ async def set_state(request: Request) -> JSONResponse:
     response:
       description: The models loaded.
       schema: StateLoaded
-      example: {loaded: [{tag: cat, version: 3, threshold: 0.41}]}
+      example: {loaded: [{tag: cat, version: 3, threshold: 0.41, published: true}]}
     errors: [400, 409, 413, 503]
     """
     services = services_of(request)

@@ -102,7 +102,7 @@ def test_state_export_delete_load_gives_the_same_scores(client: TestClient, serv
         assert tar.getnames() == ["manifest.json", "model-00000.safetensors"]
     client.get("/custom/delete/cat")
     loaded = client.post("/set_state", files={"data": ("state.tar", exported.content)}).json()
-    assert [m["tag"] for m in loaded["loaded"]] == ["cat"]
+    assert [(m["tag"], m["published"]) for m in loaded["loaded"]] == [("cat", True)]
     after = client.post("/predict/custom", files={"data": probe}).json()["custom"]["cat"]
     assert after["score"] == pytest.approx(before["score"], abs=1e-6)
     assert after["threshold"] == before["threshold"]

@@ -389,3 +389,23 @@ def test_a_rollback_racing_the_pruning_of_its_tag_never_points_at_a_removed_arch
     assert current is not None and store.exists(current.key), "the current version's archive was removed"
     assert client.get("/custom/rollback/cat/1").json()["error"] == "unknown_version"  # pruned, and said so
 
+
+def test_a_load_that_a_newer_version_overtook_says_it_was_not_published(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load = pack([record("cat")], LITE0)
+    registry, real_publish = services.registry, services.registry.publish
+    overtaken: list[object] = []
+
+    def publish(*args: object, **kwargs: object) -> list[str]:
+        if not overtaken:  # another load of the tag saves a later version and publishes it first
+            overtaken.append(None)
+            overtaken[0] = client.post("/set_state", files={"data": ("s.tar", load)}).json()
+        return real_publish(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry, "publish", publish)
+    answer = client.post("/set_state", files={"data": ("s.tar", load)}).json()
+    assert [(m["version"], m["published"]) for m in answer["loaded"]] == [(1, False)]
+    assert overtaken == [{"loaded": [{**overtaken[0]["loaded"][0], "version": 2, "published": True}]}]  # type: ignore[index]
+    assert registry.model("cat").version == 2  # type: ignore[union-attr]
+

@@ -43,11 +43,12 @@ def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
     # archives): the publication, one atomic step, checks no tag was deleted since this read.
     epochs = {record.tag: services.registry.epoch(record.tag) for record in records}
     pointers: list[ModelPointer] = []
+    moved: list[str] = []
     try:
         for record in records:
             pointers.append(catalog.save_version(services, record))
         if pointers:  # checks the limit again, atomically with publishing: loads may run concurrently
-            catalog.publish(services, pointers, epochs=epochs, max_tags=max_tags)
+            moved = catalog.publish(services, pointers, epochs=epochs, max_tags=max_tags)
     except EpochMoved:
         for pointer in pointers:
             with contextlib.suppress(Exception):
@@ -61,8 +62,8 @@ def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
         raise
     for pointer in pointers:
         catalog.prune_versions(services, pointer.tag)
-    return [{"tag": p.tag, "version": p.version, "threshold": p.threshold, "origin": p.metrics["origin"]}
-            for p in pointers]
+    return [{"tag": p.tag, "version": p.version, "threshold": p.threshold, "origin": p.metrics["origin"],
+             "published": p.tag in moved} for p in pointers]
 
 
 def current_records(services: Services, tags: list[str]) -> list[ModelRecord]:

@@ -188,8 +188,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         })} for name in ("uncertain", "likely_positive")},
     }),
     # --- state --------------------------------------------------------------------------
-    "StateLoaded": _obj(["loaded"], {"loaded": {"type": "array", "items": _obj(["tag", "version", "threshold"], {
+    "StateLoaded": _obj(["loaded"], {"loaded": {"type": "array", "items": _obj(["tag", "version", "threshold", "published"], {
         "tag": STR, "version": VERSION, "threshold": PROBABILITY,
+        "published": {"type": "boolean", "description": "False when a newer version (a training that ended "
+                      "meanwhile) was published first: this one is stored, one rollback away."},
     })}}),
     "Restored": _obj(["images", "tags"], {
         "images": COUNT,
