@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -177,6 +178,18 @@ def test_the_header_walk_refuses_what_would_make_tarfile_read_elsewhere(steering
         data = member.tobuf(tarfile.USTAR_FORMAT) + b"\0" * 1024 + tar_of([(info("manifest.json"), manifest([]))])
     with pytest.raises(InvalidInput):
         check_extended_headers(io.BytesIO(data))
+
+
+def test_versions_an_earlier_release_stored_still_read() -> None:
+    """Uploads are checked more strictly than before; what the store already holds must still
+    read, or every prediction would fail on it."""
+    earlier = dataclasses.replace(record("cat"), metrics={"roc_auc": float("nan"), "positives": 3.0, "note": "x",
+                                                         "origin": {"version": 2**62}})
+    data = pack([earlier], LITE0)
+    with pytest.raises(InvalidInput):
+        unpack(data, LITE0, LIMITS)  # as an upload
+    (read,) = unpack(data, LITE0, LIMITS, stored=True)
+    assert read.metrics["positives"] == 3.0 and read.metrics["origin"] == {"version": 2**62}
 
 
 def test_round_trip_keeps_every_field() -> None:

@@ -409,3 +409,19 @@ def test_a_load_that_a_newer_version_overtook_says_it_was_not_published(
     assert overtaken == [{"loaded": [{**overtaken[0]["loaded"][0], "version": 2, "published": True}]}]  # type: ignore[index]
     assert registry.model("cat").version == 2  # type: ignore[union-attr]
 
+
+def test_a_stored_version_that_cannot_be_read_leaves_the_other_tags_predicting(
+    client: TestClient, services: Services
+) -> None:
+    load = pack([record("cat"), record("dog")], LITE0)
+    assert client.post("/set_state", files={"data": ("s.tar", load)}).status_code == 200
+    dog = services.registry.model("dog")
+    assert dog is not None
+    services.store.put(dog.key, b"damaged")  # a disk error, or an archive no release can read
+    services.registry.publish([dog], epochs={}, rollback=True)  # a new generation: the heads are read again
+    answer = client.post("/predict/custom", files={"data": ("p.jpg", crops(CAT, 1, seed=2)[0], "image/jpeg")})
+    assert answer.status_code == 200, answer.text
+    assert set(answer.json()["custom"]) == {"cat"}
+    listing = client.get("/custom/tags")
+    assert listing.status_code == 200 and {t["tag"] for t in listing.json()["tags"]} == {"cat", "dog"}
+

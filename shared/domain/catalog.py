@@ -9,6 +9,7 @@ second record, and those up to the tag's last delete are never listed again.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 import uuid
@@ -16,16 +17,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from shared.core.errors import Conflict, NotFound, Unavailable
+from shared.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer
 from shared.data.store import ObjectNotFound
-from shared.models.archive import ModelRecord, pack, unpack
+from shared.models.archive import MAX_COUNT, ModelRecord, pack, unpack
 from shared.models.backbone import BackboneSpec
 from shared.models.heads import HeadMatrix
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
+
+log = logging.getLogger("tagsmith")
 
 
 def save_version(services: Services, record: ModelRecord) -> ModelPointer:
@@ -37,7 +40,7 @@ def save_version(services: Services, record: ModelRecord) -> ModelPointer:
 
 
 def load_version(services: Services, key: str) -> ModelRecord:
-    (record,) = unpack(services.store.get(key), services.spec, services.archive_limits)
+    (record,) = unpack(services.store.get(key), services.spec, services.archive_limits, stored=True)
     return record
 
 
@@ -78,9 +81,9 @@ def caution(metrics: dict[str, Any]) -> str | None:
     """What a person should know about a version trained on few examples, or None."""
     if "positives" not in metrics:
         return None  # a version that does not say how it was trained (loaded from elsewhere)
-    positives, negatives = int(metrics.get("positives") or 0), int(metrics.get("negatives") or 0)
+    positives, negatives = _whole(metrics.get("positives")), _whole(metrics.get("negatives"))
     if "presumed_negatives" in metrics:
-        negatives = max(negatives, int(metrics["presumed_negatives"] or 0))
+        negatives = max(negatives, _whole(metrics["presumed_negatives"]))
     counted = f"{_count(positives, 'positive example')} and {_count(negatives, 'negative example')}"
     if not metrics.get("folds"):
         return (f"Trained on {counted}: too few to cross-validate, so its threshold is 0.5 and its quality "
@@ -90,6 +93,14 @@ def caution(metrics: dict[str, Any]) -> str | None:
         return (f"Trained on {counted}: its measured quality rests on very few examples. "
                 f"{USEFUL_EXAMPLES} or more of each make a first useful model.")
     return None
+
+
+def _whole(value: Any) -> int:
+    """A count from metrics: uploads are checked (``archive.COUNT_METRICS``), but a version stored
+    by an earlier release may hold anything; 0 for what is not a whole number."""
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_COUNT:
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT else 0
 
 
 def _count(n: int, noun: str) -> str:
@@ -150,10 +161,10 @@ VERSIONS_WAIT_S = 10.0
 
 
 @contextmanager
-def versions_held(services: Services, tag: str) -> Iterator[None]:
-    """Hold the tag's versions lease (Unavailable if another holder keeps it past ``VERSIONS_WAIT_S``)."""
+def versions_held(services: Services, tag: str, wait: float = VERSIONS_WAIT_S) -> Iterator[None]:
+    """Hold the tag's versions lease (Unavailable if another holder keeps it past ``wait`` seconds)."""
     name, token = f"versions:{tag}", uuid.uuid4().hex
-    deadline = time.monotonic() + VERSIONS_WAIT_S
+    deadline = time.monotonic() + wait
     while not services.registry.claim_lease(name, token, VERSIONS_LEASE_S):
         if time.monotonic() > deadline:
             raise Unavailable("busy", f"The versions of tag '{tag}' are being changed right now; try again.")
@@ -192,9 +203,14 @@ def _rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
 def prune_versions(services: Services, tag: str) -> list[int]:
     """Remove the tag's version archives beyond the current one and the ``keep_versions`` newest
     others; returns the versions removed. The newest are kept whether published or not, so a
-    training that has just saved its version never loses it."""
-    with versions_held(services, tag):
-        return _prune(services, tag)
+    training that has just saved its version never loses it. It runs after a publish, so it never
+    fails the training or load that called it: while a rollback of the tag holds the versions it
+    prunes nothing (the next pruning catches up)."""
+    try:
+        with versions_held(services, tag, wait=0.0):
+            return _prune(services, tag)
+    except Unavailable:
+        return []
 
 
 def _prune(services: Services, tag: str) -> list[int]:
@@ -254,6 +270,9 @@ class HeadCache:
                     cached = load_version(services, pointer.key)
                 except ObjectNotFound:
                     continue  # deleted between the pointer read and the load; next generation fixes it
+                except InvalidInput as exc:  # damaged in the store: the other tags still predict
+                    log.error("the current version of tag %r cannot be read (%s); it is left out", pointer.tag, exc)
+                    continue
             records[pointer.key] = cached
         self._records = records
         self._generation = generation

@@ -44,6 +44,7 @@ ORIGIN_TEXT_LENGTH = 64
 # The highest model version number: Redis counts versions in signed 64-bit integers, and every
 # version an archive or a backup brings is checked against it before anything is stored.
 MAX_VERSION = 10**18 - 1
+STORED_MAX_VERSION = 2**63 - 1  # what earlier releases let into the store
 # Metrics the server and the web page read themselves, beyond serving them: when an archive has
 # them, they must be what training writes (the API schema's Metrics), else every listing of the
 # tag would fail on them.
@@ -122,9 +123,12 @@ def _invalid(message: str) -> InvalidInput:
     return InvalidInput("invalid_archive", message)
 
 
-def read_json(raw: bytes, name: str, invalid: Callable[[str], InvalidInput]) -> Any:
-    """The JSON member ``name`` of an archive, or ``invalid(reason)`` raised."""
+def read_json(raw: bytes, name: str, invalid: Callable[[str], InvalidInput], finite: bool = True) -> Any:
+    """The JSON member ``name`` of an archive, or ``invalid(reason)`` raised; with ``finite``,
+    numbers JSON cannot write (NaN, infinities, 1e999) are refused too."""
     try:
+        if not finite:
+            return json.loads(raw)
         return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
     except ValueError as exc:  # not UTF-8, not JSON, non-finite, or integers beyond Python's 4,300 digits
         raise invalid(f"{name} is not valid JSON: {exc}") from None
@@ -143,14 +147,17 @@ def _no_constant(text: str) -> float:
     raise ValueError(f"{text} is not a number JSON allows")
 
 
-# Extended headers (PAX records, GNU long names) of our archives are well under 1 KiB. Python's
+# Extended headers (PAX records, GNU long names): our archives and backups have none. Python's
 # tarfile parses PAX records with a regular expression that takes quadratic time on hostile ones
-# (CVE-2024-6232, fixed in 3.11.10: a 100 KB record held a server for 17 s), and reads a GNU long
-# name whole into memory: larger ones are refused before tarfile sees them. The walk must find
-# every header tarfile will parse, so it also refuses what would make tarfile step differently
-# from the ustar size fields: PAX "size" and GNU sparse records, global PAX headers, sparse files,
-# and links, devices and folders (whose data tarfile does not skip). Our archives hold none.
-MAX_EXTENDED_HEADER = 8 * 1024
+# (CVE-2024-6232, fixed in 3.11.10: a 100 KB record held a server for 17 s; an 8 KiB one takes
+# 0.1 s), and reads a GNU long name whole into memory: each is refused over MAX_EXTENDED_HEADER,
+# and all of an archive's together over MAX_EXTENDED_TOTAL, before tarfile sees them. The walk
+# must find every header tarfile will parse, so it also refuses what would make tarfile step
+# differently from the ustar size fields: PAX "size" and GNU sparse records (tarfile reads records
+# on into the padding of the header's last block, so that must be NUL), global PAX headers, sparse
+# files, and links, devices and folders (whose data tarfile does not skip).
+MAX_EXTENDED_HEADER = 1024
+MAX_EXTENDED_TOTAL = 64 * 1024
 _REGULAR = (b"0", b"\0", b"7")
 _EXTENDED = (b"x", b"L", b"K")  # a file's PAX records, GNU long name and long link name
 _STEERING_RECORDS = (b" size=", b" GNU.sparse.")  # records that change where tarfile reads next
@@ -163,9 +170,9 @@ def _check_extended_headers(data: bytes) -> None:
 
 def check_extended_headers(file: BinaryIO) -> None:
     """Walk the 512-byte headers of a seekable file from its start (a large archive spooled to
-    disk) and refuse an extended header over MAX_EXTENDED_HEADER, or any header or PAX record that
-    would make tarfile's walk differ from this one; the file is left at its start."""
-    offset = 0
+    disk) and refuse extended headers over their limits, or any header or PAX record that would
+    make tarfile's walk differ from this one; the file is left at its start."""
+    offset = extended = 0
     try:
         while True:
             file.seek(offset)
@@ -173,14 +180,19 @@ def check_extended_headers(file: BinaryIO) -> None:
             if len(block) < 512 or not block.strip(b"\0"):
                 return  # the end-of-archive blocks (or a truncated file, which tarfile reports)
             size, kind = _tar_number(block[124:136]), block[156:157]
+            padded = -(-size // 512) * 512
             if kind in _EXTENDED:
-                if size > MAX_EXTENDED_HEADER:
-                    raise _invalid(f"The archive has an extended header of {size} bytes; at most {MAX_EXTENDED_HEADER}.")
-                if kind == b"x" and any(record in b" " + file.read(size) for record in _STEERING_RECORDS):
+                extended += size
+                if size > MAX_EXTENDED_HEADER or extended > MAX_EXTENDED_TOTAL:
+                    raise _invalid(f"The archive has extended tar headers of more than {MAX_EXTENDED_HEADER} "
+                                   f"bytes each or {MAX_EXTENDED_TOTAL} in all; only plain files are read.")
+                records = file.read(padded)
+                if kind == b"x" and (records[size:].strip(b"\0")
+                                     or any(r in b" " + records[:size] for r in _STEERING_RECORDS)):
                     raise _invalid("The archive has PAX size or sparse records; only plain files are read.")
             elif kind not in _REGULAR:
                 raise _invalid(f"The archive has a member of tar type {kind!r}; only regular files are read.")
-            offset += 512 + -(-size // 512) * 512
+            offset += 512 + padded
     finally:
         file.seek(0)
 
@@ -231,14 +243,18 @@ def read_members(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
     return members
 
 
-def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits) -> list[ModelRecord]:
-    """Validate a whole archive and return its models, or raise InvalidInput or TooLarge saying what is wrong."""
+def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits, stored: bool = False) -> list[ModelRecord]:
+    """Validate a whole archive and return its models, or raise InvalidInput or TooLarge saying what is wrong.
+
+    ``stored``: a version this server stored itself, read as earlier releases checked what they
+    stored (metrics served as they are, non-finite numbers and versions below 2^63 allowed), so
+    that a stricter check of uploads never makes a stored model unreadable."""
     members = read_members(data, limits)
     if MANIFEST not in members:
         raise _invalid("The archive has no manifest.json.")
     if len(members[MANIFEST]) > MAX_MANIFEST_BYTES:
         raise TooLarge("archive_too_large", "manifest.json is too large.")
-    manifest = read_json(members[MANIFEST], MANIFEST, _invalid)
+    manifest = read_json(members[MANIFEST], MANIFEST, _invalid, finite=not stored)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(f"manifest.json does not describe a {FORMAT} archive.")
     version = manifest.get("format_version")
@@ -263,7 +279,7 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits) -> list[Model
     records: list[ModelRecord] = []
     used: set[str] = set()
     for i, entry in enumerate(entries):
-        records.append(_record(entry, i, members, used, spec, version, limits.max_tag_length))
+        records.append(_record(entry, i, members, used, spec, version, limits.max_tag_length, stored))
     tags = [r.tag for r in records]
     if len(set(tags)) != len(tags):
         raise _invalid("The archive holds the same tag twice.")
@@ -298,13 +314,13 @@ def valid_version(value: Any, low: int = 1, high: int = MAX_VERSION) -> TypeGuar
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _valid_origin(origin: Any) -> bool:
+def _valid_origin(origin: Any, highest: int) -> bool:
     """Whether ``metrics["origin"]`` has the shape ``ORIGIN_FIELDS`` describes (fields may be missing)."""
     if not isinstance(origin, dict) or not set(origin) <= set(ORIGIN_FIELDS):
         return False
     for name, value in origin.items():
         if ORIGIN_FIELDS[name] is int:
-            if not valid_version(value):
+            if not valid_version(value, high=highest):
                 return False
         elif not isinstance(value, str) or len(value) > ORIGIN_TEXT_LENGTH:
             return False
@@ -319,6 +335,7 @@ def _record(
     spec: BackboneSpec,
     format_version: int,
     max_tag_length: int,
+    stored: bool,
 ) -> ModelRecord:
     if not isinstance(entry, dict):
         raise _invalid(f"Model entry {i} is not an object.")
@@ -332,16 +349,17 @@ def _record(
         raise _invalid(f"Model entry {i} lacks {exc}.") from None
     except InvalidInput as exc:
         raise _invalid(f"Model entry {i}: {exc.message}") from None
-    if not valid_version(version):
-        raise _invalid(f"Model entry {i} ({tag}) has an invalid version (an integer from 1 to {MAX_VERSION}).")
+    highest = STORED_MAX_VERSION if stored else MAX_VERSION
+    if not valid_version(version, high=highest):
+        raise _invalid(f"Model entry {i} ({tag}) has an invalid version (an integer from 1 to {highest}).")
     if not isinstance(threshold, (int, float)) or not (0.0 <= threshold <= 1.0):
         raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
     if not isinstance(trained_at, str) or len(trained_at) > 64 or not isinstance(metrics, dict):
         raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at (text of 64 characters at most) or metrics.")
-    if "origin" in metrics and not _valid_origin(metrics["origin"]):
+    if "origin" in metrics and not _valid_origin(metrics["origin"], highest):
         raise _invalid(f"Model entry {i} ({tag}) has an invalid metrics.origin: an object of "
                        f"{', '.join(ORIGIN_FIELDS)} (texts of {ORIGIN_TEXT_LENGTH} characters at most, a version).")
-    if not _valid_metrics(metrics):
+    if not stored and not _valid_metrics(metrics):
         raise _invalid(f"Model entry {i} ({tag}) has metrics of the wrong type: {', '.join(SCORE_METRICS)} finite "
                        f"numbers or null; {', '.join(COUNT_METRICS)} whole numbers from 0; most_wrong a list of at "
                        f"most {MOST_WRONG} examples (image_id, type, score).")
