@@ -425,3 +425,13 @@ def test_a_stored_version_that_cannot_be_read_leaves_the_other_tags_predicting(
     listing = client.get("/custom/tags")
     assert listing.status_code == 200 and {t["tag"] for t in listing.json()["tags"]} == {"cat", "dog"}
 
+
+def test_a_restored_date_landing_after_a_delete_leaves_no_ghost_image(client: TestClient, services: Services) -> None:
+    """A restore adds an image, then sets its date: a delete in between left a hash holding only the
+    date (an image listed, never stored, its id taken for good)."""
+    add(client, crops(CAT, 1, seed=0)[0], "x")
+    assert client.delete("/custom/images/x").status_code == 200
+    services.registry.set_created_at("x", "2020-01-01T00:00:00Z", 1.0)  # the restore's next step
+    assert not services.registry.image_exists("x")
+    add(client, crops(CAT, 1, seed=1)[0], "x")  # the id is free
+

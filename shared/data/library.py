@@ -139,13 +139,15 @@ class Library:
         return sorted(int(text(x)) for x in self.redis.smembers(self.keys.failed))
 
     def add_pack(self, key: str | None, size: int, done: list[int], failed: tuple[int, ...] | list[int] = (),
-                 when: float = 0.0) -> None:
-        """Record a written pack (if any), not scored yet since ``when``, and take the rows ``done``
-        off the waiting list, noting those of them that ``failed`` to embed, in one step."""
+                 unscored_since: float | None = None) -> None:
+        """Record a written pack (if any) and take the rows ``done`` off the waiting list, noting
+        those of them that ``failed`` to embed, in one step; with ``unscored_since`` (a time), the
+        pack is listed as not scored yet until ``mark_scored``."""
         with self.redis.pipeline(transaction=True) as pipe:
             if key is not None:
                 pipe.hset(self.keys.packs, key, size)
-                pipe.zadd(self.keys.unscored, {key: when})
+                if unscored_since is not None:
+                    pipe.zadd(self.keys.unscored, {key: unscored_since})
             if failed:
                 pipe.sadd(self.keys.failed, *failed)
             if done:

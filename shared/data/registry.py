@@ -42,6 +42,14 @@ from shared.data.library import text as _text
 
 RESERVATION_SECONDS = 120
 
+# KEYS: the image's hash, the images index; ARGV: the id, created_at, the index score.
+_SET_CREATED_AT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'created_at', ARGV[2])
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+return 1
+"""
+
 # A lease held by one owner (a restore, a change of a tag's versions): renewed or released only by
 # the token that took it.
 _RENEW_LEASE = """
@@ -224,6 +232,7 @@ class Registry:
         self._assign = client.register_script(_ASSIGN)
         self._delete_image = client.register_script(_DELETE_IMAGE)
         self._delete_tag = client.register_script(_DELETE_TAG)
+        self._set_created_at = client.register_script(_SET_CREATED_AT)
         self._renew_lease = client.register_script(_RENEW_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
 
@@ -279,11 +288,10 @@ class Registry:
     def set_created_at(self, image_id: str, created_at: str, when: float) -> None:
         """Give a stored image the time it was first added (``utc_now``'s form), as a restore from a
         backup does, and its place among the images (``when``: seconds since the epoch, finer than
-        ``created_at`` so that images added in one second keep their order)."""
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self._k("image", image_id), "created_at", created_at)
-            pipe.zadd(self._k("images"), {image_id: when}, xx=True)
-            pipe.execute()
+        ``created_at`` so that images added in one second keep their order); nothing if it was
+        deleted meanwhile (one step: no hash of a deleted image is left behind)."""
+        self._set_created_at(keys=[self._k("image", image_id), self._k("images")], args=[image_id, created_at, when],
+                             client=self.redis)
 
     def release_image(self, image_id: str) -> None:
         self.redis.delete(self._k("reserve", image_id))

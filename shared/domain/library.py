@@ -105,16 +105,19 @@ def embed_waiting(services: Services, report: Report) -> dict[str, Any]:
     training by one pack at most."""
     services.registry.index_library()
     library = services.library
-    heal_unscored(services, report)
+    try:
+        heal_unscored(services, report)
+    except Exception as exc:  # e.g. a pack that cannot be read: new images are still embedded and scored
+        log.error("rescoring the library for packs left unscored failed: %r", exc)
     embedded = gone = 0
     total = library.pending_count()
     while waiting := library.pending(EMBED_ROWS):
         rows = np.array([row for row, _ in waiting], dtype=np.int64)
         features, kept, failed = _embed(services, [image_id for _, image_id in waiting])
         key = write_pack(services, rows[kept], features) if kept else None
-        library.add_pack(key, len(kept), [int(r) for r in rows], [int(rows[i]) for i in failed], time.time())
-        if key is not None:
-            score_rows(services, rows[kept], features)
+        library.add_pack(key, len(kept), [int(r) for r in rows], [int(rows[i]) for i in failed],
+                         unscored_since=time.time())
+        if key is not None and score_rows(services, rows[kept], features):
             library.mark_scored([key])
         embedded, gone = embedded + len(kept), gone + len(rows) - len(kept)
         report("embedding", min(1.0, (embedded + gone) / max(total, 1)))
@@ -148,21 +151,22 @@ def _embed(services: Services, image_ids: list[str]) -> tuple[np.ndarray, list[i
     return (np.stack(vectors) if vectors else np.zeros((0, width), dtype=np.float32)), kept, failed
 
 
-def score_rows(services: Services, rows: np.ndarray, features: np.ndarray) -> None:
-    """Score new rows with every current model. A version published meanwhile refuses the write;
-    the heads are then read again (a rescore for that version may have listed the packs before
-    this one was recorded)."""
+def score_rows(services: Services, rows: np.ndarray, features: np.ndarray) -> bool:
+    """Score new rows with every current model; False if versions kept being published meanwhile
+    (five tries). A version published meanwhile refuses the write; the heads are then read again
+    (a rescore for that version may have listed the packs before this one was recorded)."""
     for _ in range(5):
         heads = services.heads.current(services)
         if not heads.tags:
-            return
+            return True
         scores = heads.scores(features)
         stale = [
             tag for j, tag in enumerate(heads.tags)
             if not services.library.write_scores(tag, heads.versions[j], rows, scores[:, j], whole=False)
         ]
         if not stale:
-            return
+            return True
+    return False
 
 
 def heal_unscored(services: Services, report: Report) -> None:
