@@ -435,3 +435,30 @@ def test_a_restored_date_landing_after_a_delete_leaves_no_ghost_image(client: Te
     assert not services.registry.image_exists("x")
     add(client, crops(CAT, 1, seed=1)[0], "x")  # the id is free
 
+
+def test_a_tag_deleted_while_it_is_loaded_again_keeps_the_new_versions_archive(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete forgets the tag in Redis, then removes its archives: a load of the tag in between
+    published a new version whose archive the delete then removed too."""
+    from shared.data.keys import model_prefix
+
+    load = pack([record("cat")], LITE0)
+    assert client.post("/set_state", files={"data": ("s.tar", load)}).status_code == 200
+    store, real_list = services.store, services.store.list
+    reloaded: list[int] = []
+
+    def listing(prefix: str) -> object:
+        if prefix == model_prefix("cat") and not reloaded:  # the tag is loaded again right then
+            reloaded.append(0)
+            reloaded[0] = client.post("/set_state", files={"data": ("s.tar", load)}).status_code
+        return real_list(prefix)
+
+    monkeypatch.setattr(store, "list", listing)
+    assert client.get("/custom/delete/cat").status_code == 200
+    monkeypatch.setattr(store, "list", real_list)
+    assert reloaded == [200]
+    current = services.registry.model("cat")
+    assert current is not None and current.version == 2 and store.exists(current.key)
+    assert not store.exists(model_prefix("cat") + "v1.tar")
+

@@ -228,8 +228,11 @@ def delete_tag(services: Services, tag: str) -> None:
     crash leaves behind are never listed again: ``Registry.deleted_through``)."""
     require_tag(services, tag)
     services.registry.delete_tag(tag)
+    through = services.registry.deleted_through(tag)  # versions after it are a new tag's of that name
     for key in list(services.store.list(keys.model_prefix(tag))):
-        services.store.delete(key)
+        version = keys.model_version(tag, key)
+        if version is None or version <= through:
+            services.store.delete(key)
 
 
 def stack(records: list[ModelRecord], spec: BackboneSpec) -> HeadMatrix:
