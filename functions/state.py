@@ -117,7 +117,7 @@ async def restore(request: Request) -> JSONResponse:
         file = await run_in_threadpool(tempfile.TemporaryFile)
         try:
             await read_upload_to_file(request, services.settings.max_backup_bytes, file)
-            return JSONResponse(await run_in_threadpool(backup.restore_backup, services, file))
+            return JSONResponse(await run_in_threadpool(backup.restore_backup, services, file, claim))
         finally:
             await run_in_threadpool(file.close)
     finally:

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 
 from infra.cli import main
 from infra.gateway import create_gateway
-from shared.domain import images
+from shared.domain import backup, images
 from shared.domain.services import Services, build_services
 from shared.models.backbone import Backbone
 from tests.support.api import add, run_queued_jobs, settings_for, teach_cat
@@ -231,6 +231,28 @@ def test_a_second_restore_while_one_runs_is_refused(client: TestClient, services
     assert snapshot(other) == snapshot(client)
     third = restore(other, data)  # the lease was given back: refused only because the server is full now
     assert third.status_code == 409 and third.json()["error"] == "not_empty", third.text
+
+
+def test_a_restore_that_loses_its_lease_stops_and_removes_nothing(client: TestClient, services: Services,
+                                                                  empty: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once its lease lapsed another restore may hold the server: undoing would remove its work."""
+    taught(client, services)
+    data = client.get("/backup").content
+    other_services, other = empty
+    monkeypatch.setattr(backup, "RESTORE_LEASE_SECONDS", 1)  # renewed every third of a second
+    add_image, added = images.add_image, []
+
+    def lease_lapses(*args: Any) -> Any:
+        added.append(add_image(*args))
+        if len(added) == 2:  # Redis lost the lease (a failover), and the renewal finds it gone
+            other_services.redis.delete(f"{other_services.settings.key_prefix}:lease:restore")
+            time.sleep(1.0)
+        return added[-1]
+
+    monkeypatch.setattr(images, "add_image", lease_lapses)
+    answer = restore(other, data)
+    assert answer.status_code == 409 and answer.json()["error"] == "restore_interrupted", answer.text
+    assert {i["image_id"] for i in other.get("/custom/images").json()["images"]} == {a["image_id"] for a in added}
 
 
 def test_a_restore_lease_lapses_when_its_process_dies(services: Services) -> None:

@@ -219,6 +219,11 @@ def require_empty(services: Services) -> None:
                        f"images and {len(tags)} tags. Restore into a new server, or delete them first.")
 
 
+class LeaseLost(Exception):
+    """The restore's lease lapsed: it stops where it is and removes nothing, since what it added may
+    now be another restore's to keep."""
+
+
 class RestoreClaim:
     """The restore lease held by one restore, renewed by a thread until ``release``: two restores
     at once would interleave, and the one that failed would remove what the other restored."""
@@ -230,6 +235,7 @@ class RestoreClaim:
             raise Conflict("restore_in_progress", "Another backup is being restored into this server; "
                            "wait for it to finish.")
         self._stopped = threading.Event()
+        self.lost = threading.Event()  # set once a renewal failed: another restore may hold the server
         self._renewer = threading.Thread(target=self._renew, name="restore-lease", daemon=True)
         self._renewer.start()
 
@@ -243,6 +249,12 @@ class RestoreClaim:
                 reason = "the lease was taken or removed"
             if not held:
                 log.warning("restore lease not renewed: %s", reason)
+                self.lost.set()
+
+    def check(self) -> None:
+        """Raise LeaseLost once the lease could not be renewed."""
+        if self.lost.is_set():
+            raise LeaseLost
 
     def release(self) -> None:
         self._stopped.set()
@@ -251,13 +263,18 @@ class RestoreClaim:
             self._registry.release_lease("restore", self._token)
 
 
-def restore_backup(services: Services, file: BinaryIO) -> dict[str, Any]:
-    """Validate the whole backup in ``file``, then restore it into this (empty) server; see the
-    module's docstring. Returns what was restored."""
+def restore_backup(services: Services, file: BinaryIO, claim: RestoreClaim) -> dict[str, Any]:
+    """Validate the whole backup in ``file``, then restore it into this (empty) server while
+    ``claim`` holds it; see the module's docstring. Returns what was restored."""
     require_empty(services)
     backup = _read_backup(services, file)
     require_empty(services)  # again: the validation may have taken a while
-    _apply(services, file, backup)
+    try:
+        _apply(services, file, backup, claim)
+    except LeaseLost:
+        raise Conflict("restore_interrupted", "The restore lost its hold on the server (Redis could not be "
+                       f"reached for {RESTORE_LEASE_SECONDS} s); what it restored so far stays. Delete it, or "
+                       "restore into a new server.") from None
     return {
         "images": len(backup.images),
         "tags": [{"tag": t.tag, "positives": len(t.positives), "negatives": len(t.negatives),
@@ -447,8 +464,9 @@ def _model(services: Services, tag: str, version: int, data: bytes) -> ModelReco
     return records[0]
 
 
-def _apply(services: Services, file: BinaryIO, backup: _Backup) -> None:
-    """Store everything; on any failure remove what was added (as far as the backends let us)."""
+def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreClaim) -> None:
+    """Store everything; on any failure remove what was added (as far as the backends let us),
+    unless the lease was lost (LeaseLost)."""
     registry, store, max_tags = services.registry, services.store, services.settings.max_tags
     added: list[str] = []
     touched: list[str] = []
@@ -457,6 +475,7 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup) -> None:
         with tarfile.open(fileobj=file, mode="r:") as tar:
             when = 0.0
             for image in backup.images:  # oldest first
+                claim.check()
                 data = _member_bytes(tar, backup.members[image.member])
                 images.add_image(services, data, image.image_id, image.filename)
                 added.append(image.image_id)
@@ -466,6 +485,7 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup) -> None:
             pointers: list[ModelPointer] = []
             epochs: dict[str, int] = {}
             for tag in backup.tags:
+                claim.check()
                 touched.append(tag.tag)
                 epochs[tag.tag] = registry.epoch(tag.tag)
                 for key in list(store.list(keys.model_prefix(tag.tag))):  # what a deleted tag left
@@ -482,9 +502,12 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup) -> None:
                 for sample_type, examples in (("positive", tag.positives), ("negative", tag.negatives)):
                     for image_id in examples:
                         registry.assign(image_id, tag.tag, sample_type, max_tags)
+            claim.check()
             if pointers:
                 catalog.publish(services, pointers, epochs=epochs, rollback=True, max_tags=max_tags)
     except BaseException as exc:
+        if claim.lost.is_set():
+            raise LeaseLost from exc
         _undo(services, added, touched)
         if isinstance(exc, EpochMoved):
             raise Conflict("tag_deleted", "A tag was deleted while the backup was restored; what was restored "
