@@ -41,7 +41,7 @@ from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer, utc_now
 from shared.data.store import ObjectNotFound
 from shared.domain import catalog, images
-from shared.models.archive import ModelRecord, check_extended_headers, pack, read_json, unpack, valid_version
+from shared.models.archive import ModelRecord, check_extended_headers, is_whole, pack, read_json, unpack
 from shared.models.decoding import VERIFY_SIZE, decode_image
 
 if TYPE_CHECKING:
@@ -435,7 +435,7 @@ def _tags(services: Services, entries: list[Any], ids: set[str], members: dict[s
         versions: dict[int, str] = {}
         for version_entry in raw_versions:
             version = version_entry.get("version") if isinstance(version_entry, dict) else None
-            if not valid_version(version) or version in versions:
+            if not is_whole(version) or version in versions:
                 raise _invalid(f"Tag {tag!r} has an invalid or repeated version {version!r}.")
             versions[version] = _use(version_entry.get("member"), f"Tag {tag!r} version {version}", members, used)
         current = entry.get("current")

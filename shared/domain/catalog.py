@@ -21,7 +21,7 @@ from shared.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer
 from shared.data.store import ObjectNotFound
-from shared.models.archive import MAX_COUNT, ModelRecord, pack, unpack
+from shared.models.archive import MAX_COUNT, ModelRecord, is_whole, pack, unpack
 from shared.models.backbone import BackboneSpec
 from shared.models.heads import HeadMatrix
 
@@ -98,9 +98,9 @@ def caution(metrics: dict[str, Any]) -> str | None:
 def _whole(value: Any) -> int:
     """A count from metrics: uploads are checked (``archive.COUNT_METRICS``), but a version stored
     by an earlier release may hold anything; 0 for what is not a whole number."""
-    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_COUNT:
-        return int(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT else 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if is_whole(value, 0, MAX_COUNT) else 0
 
 
 def _count(n: int, noun: str) -> str:

@@ -297,7 +297,7 @@ def _valid_metrics(metrics: dict[str, Any]) -> bool:
         if value is not None and (not _is_number(value) or not math.isfinite(value)):
             return False
     for name in COUNT_METRICS:
-        if name in metrics and not valid_version(metrics[name], 0, MAX_COUNT):
+        if name in metrics and not is_whole(metrics[name], 0, MAX_COUNT):
             return False
     wrong = metrics.get("most_wrong", [])
     return isinstance(wrong, list) and len(wrong) <= MOST_WRONG and all(
@@ -309,8 +309,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def valid_version(value: Any, low: int = 1, high: int = MAX_VERSION) -> TypeGuard[int]:
-    """An integer (not a bool) in [low, high]."""
+def is_whole(value: Any, low: int = 1, high: int = MAX_VERSION) -> TypeGuard[int]:
+    """An integer (not a bool) in [low, high]: by default, a version number."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
@@ -320,7 +320,7 @@ def _valid_origin(origin: Any, highest: int) -> bool:
         return False
     for name, value in origin.items():
         if ORIGIN_FIELDS[name] is int:
-            if not valid_version(value, high=highest):
+            if not is_whole(value, high=highest):
                 return False
         elif not isinstance(value, str) or len(value) > ORIGIN_TEXT_LENGTH:
             return False
@@ -350,7 +350,7 @@ def _record(
     except InvalidInput as exc:
         raise _invalid(f"Model entry {i}: {exc.message}") from None
     highest = STORED_MAX_VERSION if stored else MAX_VERSION
-    if not valid_version(version, high=highest):
+    if not is_whole(version, high=highest):
         raise _invalid(f"Model entry {i} ({tag}) has an invalid version (an integer from 1 to {highest}).")
     if not isinstance(threshold, (int, float)) or not (0.0 <= threshold <= 1.0):
         raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
