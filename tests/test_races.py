@@ -462,3 +462,19 @@ def test_a_tag_deleted_while_it_is_loaded_again_keeps_the_new_versions_archive(
     assert current is not None and current.version == 2 and store.exists(current.key)
     assert not store.exists(model_prefix("cat") + "v1.tar")
 
+
+def test_a_lapsed_reservation_released_late_leaves_the_next_holders_alone(services: Services) -> None:
+    """An add or a delete that outlived its id's reservation (two minutes) gave back the
+    reservation another add of that id held by then: two commits of one id could follow."""
+    from shared.core.errors import Conflict
+
+    registry = services.registry
+    slow = registry.reserve_image("z")
+    registry.redis.delete(f"{services.settings.key_prefix}:reserve:z")  # it lapsed
+    next_holder = registry.reserve_image("z")
+    registry.release_image("z", slow)  # the slow one ends
+    with pytest.raises(Conflict):
+        registry.reserve_image("z")  # still the next holder's
+    registry.release_image("z", next_holder)
+    registry.release_image("z", registry.reserve_image("z"))
+

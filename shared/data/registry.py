@@ -31,6 +31,7 @@ from __future__ import annotations
 import calendar
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -97,7 +98,7 @@ return moved
 # Returns 1 if the image exists, 2 if another add holds the id, else 0: the id is now reserved.
 _RESERVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 2 end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[1]) then return 2 end
 return 0
 """
 
@@ -172,7 +173,7 @@ for _, tag in ipairs(redis.call('SMEMBERS', KEYS[3])) do
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[6], '1', 'EX', ARGV[3])
+redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[3])
 return removed
 """
 
@@ -241,16 +242,19 @@ class Registry:
 
     # Images -----------------------------------------------------------------
 
-    def reserve_image(self, image_id: str) -> None:
+    def reserve_image(self, image_id: str) -> str:
         """Claim an unused id before its bytes are stored; Conflict if it exists or is being added.
+        Returns the token ``release_image`` gives it back with.
 
         One atomic round trip: no commit of the same id can slip between the two checks."""
+        token = uuid.uuid4().hex
         taken = self._reserve(keys=[self._k("image", image_id), self._k("reserve", image_id)],
-                              args=[RESERVATION_SECONDS], client=self.redis)
+                              args=[RESERVATION_SECONDS, token], client=self.redis)
         if taken == 1:
             raise Conflict("image_exists", f"An image with id '{image_id}' already exists.")
         if taken == 2:
             raise Conflict("image_exists", f"An image with id '{image_id}' is being added or deleted right now.")
+        return token
 
     def commit_image(self, image_id: str, meta: dict[str, str | int], filename: str = "",
                      dedupe: bool = False) -> str | None:
@@ -293,8 +297,10 @@ class Registry:
         self._set_created_at(keys=[self._k("image", image_id), self._k("images")], args=[image_id, created_at, when],
                              client=self.redis)
 
-    def release_image(self, image_id: str) -> None:
-        self.redis.delete(self._k("reserve", image_id))
+    def release_image(self, image_id: str, token: str) -> None:
+        """Give back the id's reservation, if ``token`` (from ``reserve_image`` or ``delete_image``)
+        still holds it: one that lapsed meanwhile may be another add's now."""
+        self._release_lease(keys=[self._k("reserve", image_id)], args=[token], client=self.redis)
 
     def image_exists(self, image_id: str) -> bool:
         return bool(self.redis.exists(self._k("image", image_id)))
@@ -350,15 +356,16 @@ class Registry:
                 out[tag] = "negative"
         return out
 
-    def delete_image(self, image_id: str) -> list[str] | None:
+    def delete_image(self, image_id: str, token: str) -> list[str] | None:
         """Forget the image and remove it from every tag (one atomic step: an assignment racing the
-        delete either comes before it and is removed, or finds no image), and reserve its id until
-        ``release_image``, so that no new image of that id stores bytes before the old ones are gone;
-        returns the tags it was an example of, or None (nothing done) if there is no such image."""
+        delete either comes before it and is removed, or finds no image), and reserve its id with
+        ``token`` until ``release_image``, so that no new image of that id stores bytes before the
+        old ones are gone; returns the tags it was an example of, or None (nothing done) if there is
+        no such image."""
         removed = self._delete_image(
             keys=[self._k("image", image_id), self._k("images"), self._k("tags"), self.library_keys.live,
                   self.library_keys.pending, self._k("reserve", image_id)],
-            args=[self.prefix, image_id, RESERVATION_SECONDS],
+            args=[self.prefix, image_id, RESERVATION_SECONDS, token],
             client=self.redis,
         )
         return None if removed is None else sorted(_text(x) for x in removed)

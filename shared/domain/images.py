@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
 
     An embedding or thumbnail kept under the id belongs to an earlier image of that id (a delete
     that raced its making, or died before reaching the store): they go first, never reused."""
-    services.registry.reserve_image(image_id)
+    token = services.registry.reserve_image(image_id)
     try:
         services.store.delete(keys.embedding_key(services.spec.id, image_id))
         forget_thumbnails(services, image_id)
@@ -47,7 +48,7 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
                                       "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         existing = services.registry.commit_image(image_id, meta, filename, dedupe)
     except BaseException:
-        services.registry.release_image(image_id)
+        services.registry.release_image(image_id, token)
         raise
     if existing is not None:
         services.store.delete(keys.image_key(image_id))
@@ -141,7 +142,8 @@ def add_images(
 def forget_image(services: Services, image_id: str) -> list[str]:
     """Delete a stored image: from every tag and the registry first, then its bytes, cached
     embedding and thumbnails. Returns the tags it was an example of."""
-    tags = services.registry.delete_image(image_id)  # the id stays reserved until its files are gone
+    token = uuid.uuid4().hex
+    tags = services.registry.delete_image(image_id, token)  # the id stays reserved until its files are gone
     if tags is None:
         raise NotFound("unknown_image", f"No image with id '{image_id}' (deleted meanwhile).")
     try:
@@ -149,7 +151,7 @@ def forget_image(services: Services, image_id: str) -> list[str]:
             services.store.delete(key)
         forget_thumbnails(services, image_id)
     finally:
-        services.registry.release_image(image_id)
+        services.registry.release_image(image_id, token)
     return tags
 
 
