@@ -522,6 +522,7 @@ class Registry:
         """Give the lease back, if ``token`` still holds it."""
         self._release_lease(keys=[self._k("lease", name)], args=[token], client=self.redis)
 
+
 def utc_now() -> str:
     """The current time as ISO 8601 UTC, to the second."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
