@@ -76,13 +76,25 @@ def run_server(app: Any, settings: Settings, what: str) -> None:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
-                host = f"[{settings.host}]" if ":" in settings.host else settings.host
-                say(f"serving http://{host}:{settings.port}/ ({what}); Ctrl+C stops it")
-                if settings.host not in ("127.0.0.1", "localhost", "::1"):
-                    say(f"requests must name one of the hosts {settings.allowed_hosts} (or {settings.host}); "
-                        "add the names clients use to TAGSMITH_ALLOWED_HOSTS")
+                for line in serving_lines(settings, what):
+                    say(line)
 
     AnnouncingServer(server_config(app, settings)).run()
+
+
+def serving_lines(settings: Settings, what: str) -> list[str]:
+    """What ``run_server`` says once it listens: an address to open (the loopback one where it
+    listens on every address, which no browser opens), and which host names it answers for."""
+    everywhere = settings.host in ("0.0.0.0", "::")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    host = f"[{host}]" if ":" in host else host
+    where = " (listening on every address)" if everywhere else ""
+    lines = [f"serving http://{host}:{settings.port}/{where} ({what}); Ctrl+C stops it"]
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        named = "" if everywhere else f" (or {settings.host})"
+        lines.append(f"requests must name one of the hosts {settings.allowed_hosts}{named}; "
+                     "add the names clients use to TAGSMITH_ALLOWED_HOSTS")
+    return lines
 
 
 def service(args: argparse.Namespace, settings: Settings) -> None:

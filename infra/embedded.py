@@ -59,12 +59,16 @@ def data_folder_lock(data_dir: Path, wait_s: float = 30.0) -> Iterator[int]:
     """Hold an exclusive lock on the data folder; the fd is passed to children so it outlives us."""
     data_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait_s
+    deadline, waited = time.monotonic() + wait_s, False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
+            if not waited:  # a serve that is stopping lets go within seconds; say why nothing happens meanwhile
+                print(f"tagsmith: another tagsmith serve is using {data_dir}; waiting up to {wait_s:.0f} s for it "
+                      "to stop", flush=True)
+                waited = True
             if time.monotonic() > deadline:
                 os.close(fd)
                 raise SystemExit(f"tagsmith: another tagsmith serve is using {data_dir}; stop it, or serve "

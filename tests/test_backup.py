@@ -135,7 +135,8 @@ def test_restore_into_a_server_that_is_not_empty_is_refused(client: TestClient, 
     _, other = empty  # one image, no tags: not empty either
     add(other, crops(CAT, 1, seed=9)[0], "lonely")
     lonely = snapshot(other)
-    assert restore(other, data).status_code == 409
+    refused = restore(other, data)
+    assert refused.status_code == 409 and "has 1 image and 0 tags" in refused.json()["message"], refused.text
     assert snapshot(other) == lonely
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra.cli import main
-from infra.embedded import free_port
+from infra.cli import main, serving_lines
+from infra.embedded import data_folder_lock, free_port
+from shared.core.settings import Settings
 from shared.models.edge import edge_manifest
 from tagsmith_client import Client
 from tests.support.photos import CAT, OTHERS, crops
@@ -167,6 +168,30 @@ def test_serve_says_what_to_do_when_its_port_is_taken(tmp_path: Path) -> None:
                               timeout=60)
     assert done.returncode == 1 and f"port {port} on 127.0.0.1 is taken" in done.stderr and "--port" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "data").exists()  # nothing started
+
+
+def test_a_second_serve_on_a_data_folder_says_at_once_that_it_waits(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A second `serve` on a folder in use stayed silent for the 30 s it waits for the first one to
+    stop, then failed: now it says at once what it waits for, and still fails clearly after."""
+    with data_folder_lock(tmp_path / "data"):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as refused, data_folder_lock(tmp_path / "data", wait_s=0.5):
+            pass
+    said = capsys.readouterr().out
+    assert said.count("waiting up to") == 1 and "another tagsmith serve is using" in said, said
+    assert "--data-dir" in str(refused.value.code)
+
+
+def test_serve_on_every_address_names_an_address_a_browser_opens() -> None:
+    """`serve --host 0.0.0.0` said "serving http://0.0.0.0:5000/", which no browser opens."""
+    everywhere = serving_lines(Settings(host="0.0.0.0", port=5002), "gateway")
+    assert everywhere[0].startswith("serving http://127.0.0.1:5002/ (listening on every address)"), everywhere
+    assert "TAGSMITH_ALLOWED_HOSTS" in everywhere[1] and "0.0.0.0" not in everywhere[1]
+    one = serving_lines(Settings(host="192.0.2.7", port=5002), "gateway")
+    assert one[0].startswith("serving http://192.0.2.7:5002/ (gateway)") and "(or 192.0.2.7)" in one[1], one
+    assert serving_lines(Settings(host="::1", port=5002), "gateway") == [
+        "serving http://[::1]:5002/ (gateway); Ctrl+C stops it"]
 
 
 def test_serve_runs_its_worker_at_a_lower_cpu_priority(live_server: TagsmithServer) -> None:

@@ -35,7 +35,7 @@ RUNNABLE = {"sh", "python"}
 # First line of a block that is not run, and why.
 NOT_RUN = {
     "./scripts/serve        # set up .venv and serve": "starts the service itself (the fixture runs `tagsmith serve`)",
-    "./scripts/serve                      # or: tagsmith serve": "starts the service itself",
+    "./scripts/serve                      # or: .venv/bin/tagsmith serve": "starts the service itself",
     "cd infra": "Docker Compose needs a Docker engine, which this machine lacks",
     "kubectl create namespace tagsmith": "needs a Kubernetes cluster",
     "mkdir -p /tmp/wallpapers": "downloads three Debian packages (130 MB) and runs a benchmark of several minutes",

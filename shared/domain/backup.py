@@ -215,8 +215,13 @@ def require_empty(services: Services) -> None:
     images_count, models = registry.image_count(), registry.models()
     tags = registry.tags()
     if images_count or tags or models:
-        raise Conflict("not_empty", f"A backup is restored only into an empty server; this one has {images_count} "
-                       f"images and {len(tags)} tags. Restore into a new server, or delete them first.")
+        raise Conflict("not_empty", f"A backup is restored only into an empty server; this one has "
+                       f"{_count(images_count, 'image')} and {_count(len(tags), 'tag')}. Restore into a new server, "
+                       "or delete them first.")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class LeaseLost(Exception):
