@@ -108,6 +108,30 @@ def test_a_body_sent_a_byte_at_a_time_is_cut_off_after_its_deadline(server: Tags
     assert took < 4  # the 2 s setting and the minimum rate, not 15 s of drip
 
 
+def test_a_body_that_came_fast_cannot_bank_time_and_then_drip(server: TagsmithServer) -> None:
+    """1 MB at once, then a byte now and then: the rate was once counted over the whole body, so
+    the first megabyte bought a minute of dripping (267 MB bought hours, holding their memory)."""
+    sock = connect(server)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 2000000\r\n\r\n"
+                 b'--b\r\nContent-Disposition: form-data; name="data"; filename="x.jpg"\r\n\r\n' + b"-" * 1_000_000)
+    started, refused = time.monotonic(), b""
+    sock.settimeout(0.5)
+    while time.monotonic() - started < 15 and not refused:
+        try:
+            sock.sendall(b"-")
+            refused = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    took = time.monotonic() - started
+    sock.settimeout(10)
+    refused += answer_of(sock)[0]
+    assert status_and_code(refused) == (408, "body_timeout"), refused
+    assert took < 5  # the 2 s setting ahead of the last piece at most, not 61 s of credit
+
+
 def test_connections_beyond_the_limit_get_503(server: TagsmithServer) -> None:
     held = [connect(server) for _ in range(12)]
     try:

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_tags: int = 10_000  # tags with examples or a model; a new one beyond is refused
     min_examples: int = 1  # of each kind, for a training to be queued; 1 keeps the seed's one-of-each flow
     body_read_timeout_s: float = 30.0  # longest wait for the next piece of a request body
-    body_min_rate: int = 16 * 1024  # bytes/s a body must average once body_read_timeout_s has passed
+    body_min_rate: int = 16 * 1024  # bytes/s a body must keep up (each piece buys at most body_read_timeout_s ahead)
     max_body_bytes_in_flight: int = 512 * 1024 * 1024  # request bodies held in memory at once, all requests
     max_header_bytes: int = 16 * 1024  # request line and headers
     header_timeout_s: float = 10.0  # from a connection's start or a request's first byte to its headers' end

@@ -39,9 +39,10 @@ class BodyBudget:
 class BodyLimit:
     """Refuses request bodies over a per-path byte limit, whether or not Content-Length is sent,
     and bodies that come too slowly (408 ``body_timeout``): waiting more than
-    ``body_read_timeout_s`` for the next piece, or taking longer in all than
-    ``body_read_timeout_s`` plus the time the bytes received would take at ``body_min_rate``
-    (a byte every few seconds would otherwise hold a request open without end)."""
+    ``body_read_timeout_s`` for the next piece, or falling behind ``body_min_rate`` (a byte every
+    few seconds would otherwise hold a request open without end). Each piece buys the time it
+    would take at that rate, but no more than ``body_read_timeout_s`` ahead of the moment it came:
+    a body that came fast at first cannot bank hours of time and then drip, holding its bytes."""
 
     def __init__(
         self, app: ASGIApp, settings: Callable[[Scope], Settings], budget: Callable[[Scope], BodyBudget]
@@ -63,14 +64,14 @@ class BodyLimit:
                 )
                 return
         received, complete, timeout = 0, False, settings.body_read_timeout_s
-        started, budget = time.monotonic(), self.budget(scope)
+        deadline, budget = time.monotonic() + timeout, self.budget(scope)
         spooled = scope["path"].rstrip("/") in SPOOLED_PATHS  # written to a temporary file, not held
 
         async def limited_receive() -> Message:
-            nonlocal received, complete
+            nonlocal received, complete, deadline
             if complete:  # after the body only a disconnect can come: no deadline
                 return await receive()
-            allowed = started + timeout + received / settings.body_min_rate - time.monotonic()
+            allowed = deadline - time.monotonic()
             too_slow = HttpError(408, "body_timeout", f"The request body came slower than {settings.body_min_rate} "
                                  f"bytes/s after {timeout:g} s.")
             if allowed <= 0:
@@ -87,6 +88,7 @@ class BodyLimit:
             if not spooled and not budget.take(size):
                 raise HttpError(503, "busy", "The server holds too many uploads at once; try again shortly.")
             received += size
+            deadline = min(deadline + size / settings.body_min_rate, time.monotonic() + timeout)
             if received > limit:
                 raise HttpError(413, "too_large", f"The request body is larger than {limit} bytes.")
             return message
