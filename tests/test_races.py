@@ -52,6 +52,35 @@ def test_assign_racing_a_delete_leaves_no_example_of_a_deleted_image(
     assert registry.examples("cat") == ([], []), "an example of a deleted image (training fails, unassign 404s)"
 
 
+def test_a_duplicate_deleted_before_the_add_answers_is_stored_anew_not_described_as_nulls(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An add of bytes stored already found the stored copy, which a delete then removed before
+    the add described it: the answer was `duplicate: true` with null format and size, for an image
+    that no longer existed. Now the bytes are stored anew."""
+    data = crops(CAT, 1, seed=3)[0]
+    first = client.post("/custom/add", files={"data": ("cat.jpg", data)}).json()
+    registry = services.registry
+    real = registry.image_with_content
+    calls: list[str] = []
+
+    def found_then_deleted(sha256: str) -> str | None:
+        existing = real(sha256)
+        if existing is not None and not calls:
+            calls.append(existing)
+            forget_image(services, existing)  # the delete lands between the lookup and the answer
+        return existing
+
+    monkeypatch.setattr(registry, "image_with_content", found_then_deleted)
+    again = client.post("/custom/add", files={"data": ("cat.jpg", data)})
+    assert calls == [first["image_id"]]
+    body = again.json()
+    assert again.status_code == 201 and body["duplicate"] is False and body["format"] == "JPEG", body
+    assert body["image_id"] != first["image_id"] and body["width"] and body["height"]
+    assert client.get(f"/custom/images/{body['image_id']}").status_code == 200
+    assert client.get(f"/custom/images/{first['image_id']}").status_code == 404
+
+
 def test_add_many_reports_the_id_of_an_image_it_stored(
     client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from PIL import Image
 
-from shared.core.errors import DomainError, NotFound, Unavailable
+from shared.core.errors import Conflict, DomainError, NotFound, Unavailable
 from shared.core.names import clean_filename, new_image_id, validate_image_id
 from shared.data import keys
 from shared.data.store import ObjectNotFound, StoreUnavailable
@@ -64,22 +64,35 @@ def add_image(services: Services, data: bytes, image_id: str | None = None, file
     return added
 
 
+_ADD_ATTEMPTS = 3  # tries to store bytes whose stored duplicate keeps being deleted before it answers
+
+
 def _add(services: Services, data: bytes, image_id: str | None, filename: str) -> dict[str, Any]:
-    if image_id is None:
-        existing = services.registry.image_with_content(hashlib.sha256(data).hexdigest())
-        if existing is not None:
-            return _duplicate(services, existing)
-    decoded = decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, services.decode_budget)
-    new_id = image_id or new_image_id()
-    existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None)
-    if existing is not None:
-        return _duplicate(services, existing)
-    return {"image_id": new_id, "filename": filename, "format": decoded.format, "width": decoded.width,
-            "height": decoded.height, "duplicate": False}
+    content = hashlib.sha256(data).hexdigest()
+    decoded = None
+    for _ in range(_ADD_ATTEMPTS):  # the stored copy these bytes duplicate may be deleted meanwhile
+        if image_id is None and (existing := services.registry.image_with_content(content)) is not None:
+            if (found := _duplicate(services, existing)) is not None:
+                return found
+            continue
+        decoded = decoded or decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, services.decode_budget)
+        new_id = image_id or new_image_id()
+        existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None)
+        if existing is None:
+            return {"image_id": new_id, "filename": filename, "format": decoded.format, "width": decoded.width,
+                    "height": decoded.height, "duplicate": False}
+        if (found := _duplicate(services, existing)) is not None:
+            return found
+    raise Conflict("changed_meanwhile", "The stored image with the same content was deleted while this one was "
+                   "added, again and again; add it again.")
 
 
-def _duplicate(services: Services, image_id: str) -> dict[str, Any]:
-    meta = describe(image_id, services.registry.image(image_id))
+def _duplicate(services: Services, image_id: str) -> dict[str, Any] | None:
+    """What an add of bytes stored already as ``image_id`` answers; None if it was deleted meanwhile."""
+    stored = services.registry.image(image_id)
+    if not stored:
+        return None
+    meta = describe(image_id, stored)
     return {**{k: meta.get(k) for k in ("image_id", "filename", "format", "width", "height")}, "duplicate": True}
 
 
