@@ -51,6 +51,28 @@ def test_add_many_refuses_bad_requests_whole(
     assert services.registry.image_count() == 0
 
 
+def test_add_many_refuses_an_image_id_sent_as_a_file(client: TestClient, services: Services) -> None:
+    """An id sent as a file part came back as Python's text of the upload object."""
+    photo = ("a.jpg", crops(CAT, 1, seed=0)[0])
+    response = client.post("/custom/add_many", files=[("data", photo), ("image_id", ("x", b"cat"))])
+    assert response.status_code == 400 and response.json()["error"] == "invalid_image_id", response.text
+    assert "UploadFile" not in response.text and "text field" in response.json()["message"]
+    assert services.registry.image_count() == 0
+
+
+def test_both_upload_endpoints_read_a_file_name_that_is_not_utf8_alike(client: TestClient) -> None:
+    """/custom/add read such a name as UTF-8 with replacement characters, /custom/add_many as
+    Latin-1: one file got two names."""
+    names = []
+    for path, seed in (("/custom/add", 1), ("/custom/add_many", 2)):
+        body = (b'--b\r\nContent-Disposition: form-data; name="data"; filename="\xe9t\xe9.jpg"\r\n'
+                b"Content-Type: image/jpeg\r\n\r\n" + crops(CAT, 1, seed=seed)[0] + b"\r\n--b--\r\n")
+        answer = client.post(path, content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert answer.status_code in (200, 201), answer.text
+        names.append(answer.json()["filename"] if path == "/custom/add" else answer.json()["images"][0]["filename"])
+    assert names == ["été.jpg", "été.jpg"], names
+
+
 def test_add_many_limits_the_number_of_files(client: TestClient, services: Services,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(services.settings, "max_batch_files", 2)

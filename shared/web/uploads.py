@@ -49,6 +49,15 @@ async def read_uploads(
         await form.close()
 
 
+def _file_name(raw: bytes) -> str:
+    """A part's file name as Starlette's form parser reads it (``read_uploads``): UTF-8, or Latin-1
+    where it is not valid UTF-8, so that one file gets one name from every upload endpoint."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 class _OneFile:
     """python-multipart callbacks that keep only the bytes of one file field, straight into one
     buffer: no form, temp files or per-part writes, and no second copy (``BytesIO.getvalue`` hands
@@ -100,7 +109,7 @@ class _OneFile:
                 self.buffer = io.BytesIO() if self.sink is None else self.sink
                 self.buffer.seek(0)
                 self.buffer.truncate()
-                self.reading = options[b"filename"].decode("utf-8", "replace")
+                self.reading = _file_name(options[b"filename"])
             else:
                 self.found = False
 
