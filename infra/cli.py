@@ -21,9 +21,13 @@ def say(line: str) -> None:
     print(f"tagsmith: {line}", flush=True)
 
 
+STALE_TEMPORARY_S = 600  # a temp file of the store older than this at start-up is a crashed write's
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> None:
     from infra.embedded import WorkerSupervisor, data_folder_lock, port_taken, start_redis
     from infra.gateway import create_gateway
+    from shared.data.store import LocalStore
     from shared.domain.services import build_services
 
     if port_taken(settings.host, settings.port):
@@ -35,6 +39,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
             redis_process, url = start_redis(settings.redis_dir, lock_fd)
             settings = settings.model_copy(update={"redis_url": url})
         services = build_services(settings)
+        if isinstance(services.store, LocalStore):  # writes a crash cut short left their temp files
+            removed = services.store.remove_stale_temporaries(STALE_TEMPORARY_S)
+            if removed:
+                logging.getLogger("tagsmith").info("removed %d temp files of interrupted writes", removed)
         if redis_process is not None:
             # Our own Redis: no worker but ours can hold a training, and ours are all gone.
             # (With a shared Redis, workers elsewhere may be mid-training: their leases decide.)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -135,6 +136,35 @@ def test_local_store_shares_folder_fsyncs_and_never_skips_one(tmp_path: Path, mo
     monkeypatch.setattr(store_module, "_fsync_folder", real_fsync)
     store.put("images/later", b"y")  # a failed fsync leaves nothing stuck
     assert store.get("images/later") == b"y"
+
+
+def test_local_store_leaves_no_empty_folders_and_puts_into_them_again(tmp_path: Path) -> None:
+    """Each deleted image's thumbnail folder stayed behind, empty, for good."""
+    store = LocalStore(tmp_path / "objects")
+    store.put("thumbnails/img-1/256.jpg", b"a")
+    store.put("thumbnails/img-2/256.jpg", b"b")
+    store.delete("thumbnails/img-1/256.jpg")
+    assert not (tmp_path / "objects" / "thumbnails" / "img-1").exists()
+    assert (tmp_path / "objects" / "thumbnails" / "img-2" / "256.jpg").read_bytes() == b"b"
+    store.delete("thumbnails/img-2/256.jpg")
+    assert sorted(p.name for p in (tmp_path / "objects").iterdir()) == []  # up to the store's own folder
+    store.put("thumbnails/img-1/256.jpg", b"c")
+    assert store.get("thumbnails/img-1/256.jpg") == b"c"
+
+
+def test_local_store_removes_the_temp_files_of_crashed_writes_only(tmp_path: Path) -> None:
+    """A write killed between its temp file and the rename left the temp file (up to an image's or
+    an archive's size) for good; one being written now is left alone."""
+    store = LocalStore(tmp_path / "objects")
+    store.put("images/kept", b"kept")
+    crashed = tmp_path / "objects" / "images" / ".tmp-0123456789abcdef"
+    writing = tmp_path / "objects" / "images" / ".tmp-fedcba9876543210"
+    crashed.write_bytes(b"x" * 1000)
+    writing.write_bytes(b"y")
+    hour_ago = time.time() - 3600
+    os.utime(crashed, (hour_ago, hour_ago))
+    assert store.remove_stale_temporaries(600) == 1
+    assert not crashed.exists() and writing.exists() and store.get("images/kept") == b"kept"
 
 
 def test_ping(store: ObjectStore) -> None:

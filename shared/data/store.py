@@ -6,11 +6,13 @@ new one, never a partial write.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -123,11 +125,14 @@ class LocalStore:
     def _put(self, path: Path, data: bytes) -> None:
         tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        try:
-            fd = os.open(tmp, flags, 0o600)
-        except FileNotFoundError:  # the first blob in this folder
-            self._make_folder(path.parent)
-            fd = os.open(tmp, flags, 0o600)
+        for attempt in range(3):
+            try:
+                fd = os.open(tmp, flags, 0o600)
+                break
+            except FileNotFoundError:  # the first blob in this folder, or a delete just removed it empty
+                if attempt == 2:
+                    raise
+                self._make_folder(path.parent)
         try:
             try:
                 view = memoryview(data)
@@ -159,11 +164,31 @@ class LocalStore:
             raise StoreUnavailable(f"local store stat failed: {exc}") from exc
 
     def delete(self, key: str) -> None:
+        """Remove the blob, then its folders that are left empty (a deleted image's thumbnail
+        folder, a deleted tag's model folder), as a key prefix stops existing in S3."""
         path = self._path(key)
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"local store delete failed: {exc}") from exc
+        folder = path.parent
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()  # only when empty; a put racing it makes the folder again
+            except OSError:
+                break
+            folder = folder.parent
+
+    def remove_stale_temporaries(self, older_than_s: float) -> int:
+        """Delete the temp files of writes a crash cut short (``.tmp-*`` not modified for
+        ``older_than_s``; a live write renames its own within seconds); how many were deleted."""
+        cutoff, removed = time.time() - older_than_s, 0
+        for tmp in self.root.rglob(".tmp-*"):
+            with contextlib.suppress(OSError):  # renamed or removed meanwhile
+                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+        return removed
 
     def list(self, prefix: str) -> Iterator[str]:
         folder = prefix.rpartition("/")[0]
