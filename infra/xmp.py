@@ -52,7 +52,10 @@ def write_keywords(sidecar: Path, keywords: Sequence[str]) -> str:
     none to write: no file is created then). Raises ``XmpError`` (or ``OSError``) without touching
     the file."""
     if sidecar.is_symlink():
-        sidecar = sidecar.resolve()  # write where the link points; the link stays
+        target = sidecar.resolve()  # write where the link points; the link stays
+        if not target.is_file():  # a folder of untrusted origin could aim it anywhere to create a file there
+            raise XmpError(f"it is a link to {target}, which is not an existing file; links are followed only to one")
+        sidecar = target
     try:
         original = sidecar.read_bytes()
     except FileNotFoundError:

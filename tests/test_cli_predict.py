@@ -288,6 +288,24 @@ def test_a_sidecar_that_cannot_be_merged_is_left_as_it_was(tmp_path: Path, conte
     assert sidecar.read_text() == content and len(list(tmp_path.iterdir())) == 1
 
 
+def test_a_sidecar_link_to_nowhere_creates_no_file_where_it_points(tmp_path: Path) -> None:
+    """A dangling `photo.jpg.xmp` link (say, from an unpacked archive) made the XMP file wherever it
+    pointed; a link to an existing sidecar is still merged into."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    elsewhere = tmp_path / "elsewhere" / "planted.txt"
+    link = tmp_path / "photos" / "a.jpg.xmp"
+    link.symlink_to(elsewhere)
+    with pytest.raises(xmp.XmpError, match="not an existing file"):
+        xmp.write_keywords(link, ["cat"])
+    assert not elsewhere.exists() and list(elsewhere.parent.iterdir()) == []
+    real = tmp_path / "photos" / "b.xmp"
+    assert xmp.write_keywords(real, ["dog"]) == "created"
+    (tmp_path / "photos" / "b.jpg.xmp").symlink_to(real)
+    assert xmp.write_keywords(tmp_path / "photos" / "b.jpg.xmp", ["cat"]) == "merged"
+    assert "cat" in real.read_text() and (tmp_path / "photos" / "b.jpg.xmp").is_symlink()
+
+
 def test_no_keywords_no_sidecar(tmp_path: Path) -> None:
     assert xmp.write_keywords(tmp_path / "a.jpg.xmp", []) == "unchanged"
     assert not (tmp_path / "a.jpg.xmp").exists()
