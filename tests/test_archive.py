@@ -224,6 +224,16 @@ def test_hostile_archive_is_refused(name: str) -> None:
     assert refused.value.message
 
 
+@pytest.mark.parametrize("other", ["jpeg", "png", "zip"])
+def test_a_file_that_is_not_a_tar_is_called_so(other: str) -> None:
+    """A JPEG sent as a state archive was refused as having "a member of tar type b'2'"."""
+    data = {"jpeg": crops(CAT, 1, seed=1)[0], "png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+            "zip": b"PK\x03\x04" + b"\x14\x00" * 300}[other]
+    with pytest.raises(DomainError) as refused:
+        unpack(data, LITE0, LIMITS)
+    assert refused.value.code == "invalid_archive" and refused.value.message == "The file is not a tar archive."
+
+
 def test_hostile_archives_change_nothing_served(client: TestClient) -> None:
     assert client.post("/set_state", files={"data": ("s.tar", good_archive())}).status_code == 200
     probes = [crops(name, 1, seed=5)[0] for name in (CAT, *OTHERS[:2])]

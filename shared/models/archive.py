@@ -179,6 +179,9 @@ def check_extended_headers(file: BinaryIO) -> None:
             block = file.read(512)
             if len(block) < 512 or not block.strip(b"\0"):
                 return  # the end-of-archive blocks (or a truncated file, which tarfile reports)
+            if not _checksum_matches(block):
+                raise _invalid("The file is not a tar archive." if offset == 0 else
+                               "The file is not a readable tar archive: a header's checksum does not match.")
             size, kind = _tar_number(block[124:136]), block[156:157]
             padded = -(-size // 512) * 512
             if kind in _EXTENDED:
@@ -195,6 +198,24 @@ def check_extended_headers(file: BinaryIO) -> None:
             offset += 512 + padded
     finally:
         file.seek(0)
+
+
+_HIGH_BYTES = bytes(range(128, 256))
+
+
+def _checksum_matches(header: bytes) -> bool:
+    """Whether a 512-byte tar header carries its own checksum: the sum of its bytes with the
+    checksum field counted as spaces (unsigned, or signed as some old tar programs wrote it)."""
+    try:
+        stored = int(header[148:156].replace(b"\0", b" ").strip() or b"-1", 8)
+    except ValueError:
+        return False
+    rest = header[:148] + header[156:]
+    unsigned = sum(rest) + 8 * 32
+    if stored == unsigned:
+        return True
+    high = len(rest) - len(rest.translate(None, _HIGH_BYTES))  # each counts 256 less when signed
+    return stored == unsigned - 256 * high
 
 
 def _tar_number(field: bytes) -> int:
