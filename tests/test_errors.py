@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from shared.domain.services import Services
+from tests.support.api import add, run_queued_jobs
 from tests.support.photos import CAT, crops, encode, photo
 
 
@@ -243,3 +245,23 @@ def test_a_multipart_content_type_in_capitals_is_accepted(client: TestClient, se
         response = client.post(path, content=body, headers={"Content-Type": "Multipart/Form-Data; boundary=b0undary"})
         assert response.status_code in (200, 201) and "error" not in response.text, (path, response.text)
     assert services.registry.image_ids() == ["upper"]  # the batch's same bytes found the stored image
+
+
+def test_a_training_that_cannot_go_on_is_one_warning_not_an_error_with_a_traceback(
+    client: TestClient, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its examples unlabelled between the request and the job: the task says why, and the log
+    has one WARNING line; RQ had logged it at ERROR with a traceback, like a crash of the service."""
+    for i, data in enumerate(crops(CAT, 2, seed=4)):
+        add(client, data, f"c{i}")
+        client.get(f"/custom/assign/c{i}/{'positive' if i == 0 else 'negative'}/cat")
+    task = client.get("/custom/train/cat").json()
+    client.get("/custom/unassign/c0/cat")  # its one positive
+    with caplog.at_level(logging.WARNING):
+        run_queued_jobs(services)
+    status = client.get(f"/status/{task['task_id']}").json()
+    assert status["status"] == "failed" and "positive" in status["error"], status
+    failed = [r for r in caplog.records if "failed" in r.getMessage() and task["task_id"] in r.getMessage()]
+    assert [r.levelname for r in failed] == ["WARNING"], [(r.levelname, r.getMessage()[:200]) for r in caplog.records]
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+    assert "Traceback" not in caplog.text

@@ -20,10 +20,12 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
+from rq.job_lifecycle import call_exception_handlers
 
 from shared.core.settings import Settings
 from shared.data.jobs import adopt
 from shared.domain.services import Services, build_services
+from shared.domain.training import TrainingError
 from shared.models.backbone import INPUT_SIZE
 from worker.tasks import TrainingJob
 
@@ -78,6 +80,17 @@ class TrainingWorker(SimpleWorker):
                     self.clean_registries()
             except Exception as exc:  # Redis hiccup: the next beat tries again
                 log.warning("heartbeat of job %s failed: %s", job.id, exc)
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """A training that cannot go on for a reason its task reports (too few examples, its tag
+        deleted meanwhile) is the user's to act on, not an error of the service: one WARNING line,
+        no traceback. Anything else RQ logs at ERROR with its traceback."""
+        error = exc_info[1] if len(exc_info) > 1 else None
+        if not isinstance(error, TrainingError):
+            super().handle_exception(job, *exc_info)
+            return
+        log.warning("training job %s failed: %s", job.id, error)
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
 
     def handle_job_failure(
         self,
