@@ -18,9 +18,9 @@ import numpy as np
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
+from rq.job_lifecycle import call_exception_handlers
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
-from rq.job_lifecycle import call_exception_handlers
 
 from shared.core.settings import Settings
 from shared.data.jobs import adopt
