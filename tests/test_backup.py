@@ -254,6 +254,39 @@ def test_a_restore_that_loses_its_lease_stops_and_removes_nothing(client: TestCl
     answer = restore(other, data)
     assert answer.status_code == 409 and answer.json()["error"] == "restore_interrupted", answer.text
     assert {i["image_id"] for i in other.get("/custom/images").json()["images"]} == {a["image_id"] for a in added}
+    monkeypatch.undo()
+    again = restore(other, data)  # its journal says what it added: removed first, then restored whole
+    assert again.status_code == 200, again.text
+    assert snapshot(other) == snapshot(client)
+
+
+def test_a_restore_cut_short_by_a_crash_is_undone_by_the_next_one(client: TestClient, services: Services,
+                                                                  empty: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore killed midway (no undo ran) left a half-restored server that every later restore
+    refused as not empty; now the next restore removes what the journal names, and only that."""
+    taught(client, services)
+    data = client.get("/backup").content
+    other_services, other = empty
+    add_image, calls = images.add_image, []
+
+    def dies_on_the_third(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 3:
+            raise RuntimeError("the process was killed here")
+        return add_image(*args)
+
+    monkeypatch.setattr(images, "add_image", dies_on_the_third)
+    monkeypatch.setattr(backup, "_undo", lambda *args: False)  # a killed process undoes nothing
+    assert restore(other, data).status_code == 500
+    assert len(other.get("/custom/images").json()["images"]) == 2
+    monkeypatch.undo()
+    mine = add(other, crops(CAT, 1, seed=11)[0], "mine")  # a user's own image, added after the crash
+    refused = restore(other, data)
+    assert refused.status_code == 409 and refused.json()["error"] == "not_empty", refused.text
+    assert [i["image_id"] for i in other.get("/custom/images").json()["images"]] == [mine]  # leftovers gone
+    assert other.delete(f"/custom/images/{mine}").status_code == 200
+    assert restore(other, data).status_code == 200
+    assert snapshot(other) == snapshot(client)
 
 
 def test_a_restore_lease_lapses_when_its_process_dies(services: Services) -> None:

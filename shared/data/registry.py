@@ -522,6 +522,20 @@ class Registry:
         """Give the lease back, if ``token`` still holds it."""
         self._release_lease(keys=[self._k("lease", name)], args=[token], client=self.redis)
 
+    def journal_restore(self, kind: str, name: str) -> None:
+        """Record an image id (``kind`` "images") or tag ("tags") a restore is about to add, before
+        it adds it: what a restore cut short by a crash added can then be removed by the next one."""
+        self.redis.sadd(self._k("restore", kind), name)
+
+    def restore_journal(self) -> tuple[list[str], list[str]]:
+        """The image ids and tags an unfinished restore recorded (both empty when none is)."""
+        images, tags = (sorted(_text(x) for x in self.redis.smembers(self._k("restore", kind)))
+                        for kind in ("images", "tags"))
+        return images, tags
+
+    def clear_restore_journal(self) -> None:
+        self.redis.delete(self._k("restore", "images"), self._k("restore", "tags"))
+
 
 def utc_now() -> str:
     """The current time as ISO 8601 UTC, to the second."""

@@ -16,7 +16,8 @@ names, sizes and counts, the manifest, ids and tags, each image's sha256 and tha
 model archive through ``shared.models.archive.unpack``, the backbone) before it changes anything,
 then adds the images through the ordinary add path (library rows, embedding queued), assigns the
 examples, stores every version under its own number and publishes the current ones. A failure
-midway removes what it added. Nothing is ever unpickled.
+midway removes what it added; so does the next restore, when a crash cut one short (a journal in
+Redis names what it was about to add). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from shared.core.errors import Conflict, DomainError, InvalidInput, TooLarge
+from shared.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable
 from shared.core.names import clean_filename, validate_image_id, validate_tag
 from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer, utc_now
@@ -271,20 +272,34 @@ class RestoreClaim:
 def restore_backup(services: Services, file: BinaryIO, claim: RestoreClaim) -> dict[str, Any]:
     """Validate the whole backup in ``file``, then restore it into this (empty) server while
     ``claim`` holds it; see the module's docstring. Returns what was restored."""
-    require_empty(services)
+    require_empty(services)  # the caller removed an unfinished restore's leftovers (undo_unfinished_restore)
     backup = _read_backup(services, file)
     require_empty(services)  # again: the validation may have taken a while
     try:
         _apply(services, file, backup, claim)
     except LeaseLost:
         raise Conflict("restore_interrupted", "The restore lost its hold on the server (Redis could not be "
-                       f"reached for {RESTORE_LEASE_SECONDS} s); what it restored so far stays. Delete it, or "
-                       "restore into a new server.") from None
+                       f"reached for {RESTORE_LEASE_SECONDS} s); what it restored so far stays until the next "
+                       "restore removes it first. Restore again.") from None
     return {
         "images": len(backup.images),
         "tags": [{"tag": t.tag, "positives": len(t.positives), "negatives": len(t.negatives),
                   "versions": sorted(t.versions), "current": t.current} for t in backup.tags],
     }
+
+
+def undo_unfinished_restore(services: Services) -> None:
+    """Remove what an earlier restore added if it never finished (its process was killed, or it
+    lost its lease), as its own failure would have: its journal in Redis names every image and tag
+    it was about to add. Images and tags added by anyone else stay, so the server may still not be
+    empty afterwards. Called by a restore holding the lease."""
+    added, touched = services.registry.restore_journal()
+    if added or touched:
+        log.warning("removing what an unfinished restore added: %d images, %d tags", len(added), len(touched))
+        if not _undo(services, added, touched):
+            raise Unavailable("backend_unavailable", "What an unfinished earlier restore added could not all be "
+                              "removed; try again shortly.")
+        services.registry.clear_restore_journal()
 
 
 def _members(tar: tarfile.TarFile, limit: int) -> dict[str, tarfile.TarInfo]:
@@ -482,6 +497,7 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
             for image in backup.images:  # oldest first
                 claim.check()
                 data = _member_bytes(tar, backup.members[image.member])
+                registry.journal_restore("images", image.image_id)  # first: a crash after it is undone
                 images.add_image(services, data, image.image_id, image.filename)
                 added.append(image.image_id)
                 # Images added in one second keep the backup's order (ids would decide it otherwise).
@@ -491,6 +507,7 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
             epochs: dict[str, int] = {}
             for tag in backup.tags:
                 claim.check()
+                registry.journal_restore("tags", tag.tag)
                 touched.append(tag.tag)
                 epochs[tag.tag] = registry.epoch(tag.tag)
                 for key in list(store.list(keys.model_prefix(tag.tag))):  # what a deleted tag left
@@ -510,22 +527,35 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
             claim.check()
             if pointers:
                 catalog.publish(services, pointers, epochs=epochs, rollback=True, max_tags=max_tags)
+        registry.clear_restore_journal()  # finished: nothing of it is to be undone
     except BaseException as exc:
         if claim.lost.is_set():
-            raise LeaseLost from exc
-        _undo(services, added, touched)
+            raise LeaseLost from exc  # the journal stays: the next restore removes what this one added
+        if _undo(services, added, touched):
+            with contextlib.suppress(Exception):  # else the next restore removes the rest
+                registry.clear_restore_journal()
         if isinstance(exc, EpochMoved):
             raise Conflict("tag_deleted", "A tag was deleted while the backup was restored; what was restored "
                            "was removed again.") from None
         raise
 
 
-def _undo(services: Services, added: list[str], touched: list[str]) -> None:
+def _undo(services: Services, added: list[str], touched: list[str]) -> bool:
+    """Remove the tags and images a restore added; whether all of it is gone (a backend may be
+    down: the error that stopped the restore is the one to report)."""
+    complete = True
     for tag in touched:
-        with contextlib.suppress(Exception):  # the backend may be down: the error that stopped us matters
+        try:
             services.registry.delete_tag(tag)
             for key in list(services.store.list(keys.model_prefix(tag))):
                 services.store.delete(key)
+        except Exception:
+            complete = False
     for image_id in added:
-        with contextlib.suppress(Exception):
+        try:
             images.forget_image(services, image_id)
+        except NotFound:  # journalled, but the crash came before it was added
+            pass
+        except Exception:
+            complete = False
+    return complete
