@@ -69,7 +69,7 @@ def prepare_backbone(settings: Settings) -> None:
     if choose_runtime(settings.runtime, settings.device) == "torch":
         return
     if not export_path(settings.model_cache_dir).exists():
-        say(f"first start: building the backbone's ONNX export once, into {settings.model_cache_dir} (about a minute)")
+        say(f"first start: building the backbone's ONNX export once, into {settings.model_cache_dir} (up to a minute)")
         export_onnx(settings.model_cache_dir)
 
 
