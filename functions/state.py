@@ -113,7 +113,7 @@ async def restore(request: Request) -> JSONResponse:
     services = services_of(request)
     claim = await run_in_threadpool(backup.RestoreClaim, services)  # one restore at a time
     try:
-        await run_in_threadpool(backup.undo_unfinished_restore, services)  # a crashed restore's leftovers
+        await run_in_threadpool(backup.undo_unfinished_restore, services, claim)  # a crashed restore's leftovers
         await run_in_threadpool(backup.require_empty, services)  # before a large upload is read at all
         file = await run_in_threadpool(tempfile.TemporaryFile)
         try:

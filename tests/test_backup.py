@@ -280,13 +280,43 @@ def test_a_restore_cut_short_by_a_crash_is_undone_by_the_next_one(client: TestCl
     assert restore(other, data).status_code == 500
     assert len(other.get("/custom/images").json()["images"]) == 2
     monkeypatch.undo()
+    leftovers = {i["image_id"] for i in other.get("/custom/images").json()["images"]}
     mine = add(other, crops(CAT, 1, seed=11)[0], "mine")  # a user's own image, added after the crash
+    refused = restore(other, data)  # not only the journal's: nothing is removed
+    assert refused.status_code == 409 and refused.json()["error"] == "not_empty", refused.text
+    assert "unfinished restore" in refused.json()["message"]
+    assert {i["image_id"] for i in other.get("/custom/images").json()["images"]} == leftovers | {mine}
+    assert other.delete(f"/custom/images/{mine}").status_code == 200
+    assert restore(other, data).status_code == 200  # only the journal's now: removed, then restored whole
+    assert snapshot(other) == snapshot(client)
+
+
+def test_an_image_made_again_under_a_journalled_id_is_the_users(client: TestClient, services: Services,
+                                                                empty: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal of a restore cut short named an id; the user deleted that image and added their
+    own under the same id: a later restore must not take it for the old restore's and remove it."""
+    taught(client, services)
+    data = client.get("/backup").content
+    other_services, other = empty
+    add_image, calls = images.add_image, []
+
+    def dies_on_the_second(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("the process was killed here")
+        return add_image(*args)
+
+    monkeypatch.setattr(images, "add_image", dies_on_the_second)
+    monkeypatch.setattr(backup, "_undo", lambda *args: False)
+    assert restore(other, data).status_code == 500
+    monkeypatch.undo()
+    [leftover] = [i["image_id"] for i in other.get("/custom/images").json()["images"]]
+    assert other.delete(f"/custom/images/{leftover}").status_code == 200
+    own = crops(CAT, 1, seed=12)[0]
+    add(other, own, leftover)
     refused = restore(other, data)
     assert refused.status_code == 409 and refused.json()["error"] == "not_empty", refused.text
-    assert [i["image_id"] for i in other.get("/custom/images").json()["images"]] == [mine]  # leftovers gone
-    assert other.delete(f"/custom/images/{mine}").status_code == 200
-    assert restore(other, data).status_code == 200
-    assert snapshot(other) == snapshot(client)
+    assert other.get(f"/custom/images/{leftover}/original").content == own
 
 
 def test_a_restore_lease_lapses_when_its_process_dies(services: Services) -> None:

@@ -90,7 +90,7 @@ def test_compose_runs_the_whole_topology() -> None:
     assert set(services) == {"gateway", "images", "training", "predict", "state", "gpu-worker", "redis", "minio"}
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no health check"
-    assert services["gateway"]["ports"] == ["127.0.0.1:5000:5000"]  # the network reaches it through a TLS proxy
+    assert services["gateway"]["ports"] == ["${TAGSMITH_PUBLISH:-127.0.0.1:5000}:5000"]  # a TLS proxy in front
     for mount in services["gateway"]["volumes"]:
         assert (INFRA / mount.split(":")[0]).is_file(), mount
     for function in ("images", "training", "predict", "state"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -147,9 +148,25 @@ def test_local_store_leaves_no_empty_folders_and_puts_into_them_again(tmp_path: 
     assert not (tmp_path / "objects" / "thumbnails" / "img-1").exists()
     assert (tmp_path / "objects" / "thumbnails" / "img-2" / "256.jpg").read_bytes() == b"b"
     store.delete("thumbnails/img-2/256.jpg")
-    assert sorted(p.name for p in (tmp_path / "objects").iterdir()) == []  # up to the store's own folder
+    assert list((tmp_path / "objects" / "thumbnails").iterdir()) == []  # the top folder stays
     store.put("thumbnails/img-1/256.jpg", b"c")
     assert store.get("thumbnails/img-1/256.jpg") == b"c"
+
+
+def test_local_store_puts_and_deletes_racing_in_one_folder_never_fail(tmp_path: Path) -> None:
+    """A delete that empties a folder removes it: puts into it at that moment make it again, and
+    a put whose own blob is deleted before its folder's fsync does not fail."""
+    store = LocalStore(tmp_path / "objects")
+
+    def churn(worker: int) -> None:
+        for i in range(150):
+            key = f"thumbnails/shared-{i % 3}/{worker}.jpg"
+            store.put(key, b"x")
+            store.delete(key)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(churn, range(4)))  # raises what any of them raised
+    assert not list(store.list("thumbnails/"))
 
 
 def test_local_store_removes_the_temp_files_of_crashed_writes_only(tmp_path: Path) -> None:
@@ -157,8 +174,8 @@ def test_local_store_removes_the_temp_files_of_crashed_writes_only(tmp_path: Pat
     an archive's size) for good; one being written now is left alone."""
     store = LocalStore(tmp_path / "objects")
     store.put("images/kept", b"kept")
-    crashed = tmp_path / "objects" / "images" / ".tmp-0123456789abcdef"
-    writing = tmp_path / "objects" / "images" / ".tmp-fedcba9876543210"
+    crashed = store.temp / ".tmp-0123456789abcdef"
+    writing = store.temp / ".tmp-fedcba9876543210"
     crashed.write_bytes(b"x" * 1000)
     writing.write_bytes(b"y")
     hour_ago = time.time() - 3600
@@ -199,7 +216,7 @@ def test_s3_down_or_refusing_is_unavailable_not_a_crash(s3_server: S3Endpoint) -
 
 def test_local_store_with_its_folder_gone_is_unavailable(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "objects")
-    (tmp_path / "objects").rmdir()
+    shutil.rmtree(tmp_path / "objects")
     with pytest.raises(StoreUnavailable):
         store.ping()
 

@@ -14,6 +14,8 @@ Keys, all under one prefix ``P``:
 - ``P:models``                hash tag -> JSON pointer to the current model version
 - ``P:generation``            bumped on every model change; predict reloads heads when it moves
 - ``P:sha:<sha256>``          the id of the first stored image with that content (duplicates find it)
+- ``P:lease:<name>``          a lease (``restore``: the one restore running; a tag's versions being changed)
+- ``P:restore:images``        set: the image ids an unfinished restore was about to add (``:tags``: its tags)
 
 The library (every stored image, scored by every current model) numbers images by *row*, in the
 order they were stored; a row is never reused:
@@ -532,6 +534,10 @@ class Registry:
         images, tags = (sorted(_text(x) for x in self.redis.smembers(self._k("restore", kind)))
                         for kind in ("images", "tags"))
         return images, tags
+
+    def unjournal(self, kind: str, name: str) -> None:
+        """An image or tag deleted: not an unfinished restore's to remove, whoever makes it again."""
+        self.redis.srem(self._k("restore", kind), name)
 
     def clear_restore_journal(self) -> None:
         self.redis.delete(self._k("restore", "images"), self._k("restore", "tags"))

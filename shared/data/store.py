@@ -89,12 +89,15 @@ def _fsync_folder(folder: Path) -> None:
 
 
 class LocalStore:
-    """A folder on disk; each write goes to a temp file that is fsynced and renamed into place,
-    and the folder is fsynced before ``put`` returns, so a written blob survives a crash."""
+    """A folder on disk; each write goes to a temp file (in ``.tmp``, on the same file system) that
+    is fsynced and renamed into place, and the blob's folder is fsynced before ``put`` returns, so a
+    written blob survives a crash. A crash mid-write leaves only a temp file, which
+    ``remove_stale_temporaries`` finds in one folder."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.temp = self.root / ".tmp"
+        self.temp.mkdir(parents=True, exist_ok=True)
         self._syncs: dict[Path, _FolderSync] = {}
         self._syncs_lock = threading.Lock()
 
@@ -123,16 +126,8 @@ class LocalStore:
             raise StoreUnavailable(f"local store write failed: {exc}") from exc
 
     def _put(self, path: Path, data: bytes) -> None:
-        tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        for attempt in range(3):
-            try:
-                fd = os.open(tmp, flags, 0o600)
-                break
-            except FileNotFoundError:  # the first blob in this folder, or a delete just removed it empty
-                if attempt == 2:
-                    raise
-                self._make_folder(path.parent)
+        tmp = self.temp / f".tmp-{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             try:
                 view = memoryview(data)
@@ -141,11 +136,21 @@ class LocalStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            for attempt in range(3):
+                try:
+                    os.replace(tmp, path)
+                    break
+                except FileNotFoundError:  # the first blob in this folder, or a delete just removed it empty
+                    if attempt == 2:
+                        raise
+                    self._make_folder(path.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._folder_sync(path.parent).sync(path.parent)
+        try:
+            self._folder_sync(path.parent).sync(path.parent)
+        except FileNotFoundError:  # the blob was deleted meanwhile and its folder with it: nothing to keep
+            pass
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -164,28 +169,25 @@ class LocalStore:
             raise StoreUnavailable(f"local store stat failed: {exc}") from exc
 
     def delete(self, key: str) -> None:
-        """Remove the blob, then its folders that are left empty (a deleted image's thumbnail
-        folder, a deleted tag's model folder), as a key prefix stops existing in S3."""
+        """Remove the blob, then its folder if that is left empty and is not one of the store's top
+        folders (a deleted image's thumbnail folder, a deleted tag's model folder), as a key prefix
+        stops existing in S3."""
         path = self._path(key)
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"local store delete failed: {exc}") from exc
-        folder = path.parent
-        while folder != self.root and self.root in folder.parents:
-            try:
-                folder.rmdir()  # only when empty; a put racing it makes the folder again
-            except OSError:
-                break
-            folder = folder.parent
+        if path.parent.parent != self.root and self.root in path.parent.parents:  # a per-id or per-tag folder
+            with contextlib.suppress(OSError):  # only when empty; a put racing it makes the folder again
+                path.parent.rmdir()
 
     def remove_stale_temporaries(self, older_than_s: float) -> int:
-        """Delete the temp files of writes a crash cut short (``.tmp-*`` not modified for
-        ``older_than_s``; a live write renames its own within seconds); how many were deleted."""
+        """Delete the temp files of writes a crash cut short (not modified for ``older_than_s``; a
+        live write renames its own within seconds); how many were deleted."""
         cutoff, removed = time.time() - older_than_s, 0
-        for tmp in self.root.rglob(".tmp-*"):
+        for tmp in self.temp.iterdir():
             with contextlib.suppress(OSError):  # renamed or removed meanwhile
-                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                if tmp.stat().st_mtime < cutoff:
                     tmp.unlink()
                     removed += 1
         return removed

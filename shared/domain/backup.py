@@ -288,18 +288,27 @@ def restore_backup(services: Services, file: BinaryIO, claim: RestoreClaim) -> d
     }
 
 
-def undo_unfinished_restore(services: Services) -> None:
+def undo_unfinished_restore(services: Services, claim: RestoreClaim) -> None:
     """Remove what an earlier restore added if it never finished (its process was killed, or it
     lost its lease), as its own failure would have: its journal in Redis names every image and tag
-    it was about to add. Images and tags added by anyone else stay, so the server may still not be
-    empty afterwards. Called by a restore holding the lease."""
-    added, touched = services.registry.restore_journal()
-    if added or touched:
-        log.warning("removing what an unfinished restore added: %d images, %d tags", len(added), len(touched))
-        if not _undo(services, added, touched):
-            raise Unavailable("backend_unavailable", "What an unfinished earlier restore added could not all be "
-                              "removed; try again shortly.")
-        services.registry.clear_restore_journal()
+    it was about to add. Only when the server holds nothing else: an image or tag the journal does
+    not name (added by someone since) makes it 409 ``not_empty`` and nothing is removed. A user's
+    delete takes an image or tag out of the journal, so one made again under its name is the user's."""
+    registry = services.registry
+    added, touched = registry.restore_journal()
+    if not (added or touched):
+        return
+    own_images = [i for i in registry.image_ids() if i not in set(added)]
+    own_tags = sorted((set(registry.tags()) | set(registry.models())) - set(touched))
+    if own_images or own_tags:
+        raise Conflict("not_empty", "A backup is restored only into an empty server; this one holds what an "
+                       f"unfinished restore added and {_count(len(own_images), 'image')} and "
+                       f"{_count(len(own_tags), 'tag')} besides. Delete them all, or restore into a new server.")
+    log.warning("removing what an unfinished restore added: %d images, %d tags", len(added), len(touched))
+    if not _undo(services, added, touched, claim):
+        raise Unavailable("backend_unavailable", "What an unfinished earlier restore added could not all be "
+                          "removed; try again shortly.")
+    registry.clear_restore_journal()
 
 
 def _members(tar: tarfile.TarFile, limit: int) -> dict[str, tarfile.TarInfo]:
@@ -525,26 +534,35 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
                     for image_id in examples:
                         registry.assign(image_id, tag.tag, sample_type, max_tags)
             claim.check()
+            # The journal goes before the last step: a crash between the two leaves a restore that the
+            # next one refuses as not empty (removing nothing), never a finished one it would remove.
+            registry.clear_restore_journal()
             if pointers:
                 catalog.publish(services, pointers, epochs=epochs, rollback=True, max_tags=max_tags)
-        registry.clear_restore_journal()  # finished: nothing of it is to be undone
     except BaseException as exc:
         if claim.lost.is_set():
             raise LeaseLost from exc  # the journal stays: the next restore removes what this one added
-        if _undo(services, added, touched):
+        if _undo(services, added, touched, claim):
             with contextlib.suppress(Exception):  # else the next restore removes the rest
                 registry.clear_restore_journal()
-        if isinstance(exc, EpochMoved):
-            raise Conflict("tag_deleted", "A tag was deleted while the backup was restored; what was restored "
-                           "was removed again.") from None
-        raise
+        raise_for_undone(exc)
 
 
-def _undo(services: Services, added: list[str], touched: list[str]) -> bool:
+def raise_for_undone(exc: BaseException) -> None:
+    """Re-raise what stopped a restore whose additions were removed again, as the caller should see it."""
+    if isinstance(exc, EpochMoved):
+        raise Conflict("tag_deleted", "A tag was deleted while the backup was restored; what was restored "
+                       "was removed again.") from None
+    raise exc
+
+
+def _undo(services: Services, added: list[str], touched: list[str], claim: RestoreClaim) -> bool:
     """Remove the tags and images a restore added; whether all of it is gone (a backend may be
-    down: the error that stopped the restore is the one to report)."""
+    down: the error that stopped the restore is the one to report). Stops (LeaseLost) once the
+    lease is lost: another restore may hold the server by then."""
     complete = True
     for tag in touched:
+        claim.check()
         try:
             services.registry.delete_tag(tag)
             for key in list(services.store.list(keys.model_prefix(tag))):
@@ -552,6 +570,7 @@ def _undo(services: Services, added: list[str], touched: list[str]) -> bool:
         except Exception:
             complete = False
     for image_id in added:
+        claim.check()
         try:
             images.forget_image(services, image_id)
         except NotFound:  # journalled, but the crash came before it was added

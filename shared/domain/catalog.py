@@ -228,6 +228,7 @@ def delete_tag(services: Services, tag: str) -> None:
     crash leaves behind are never listed again: ``Registry.deleted_through``)."""
     require_tag(services, tag)
     services.registry.delete_tag(tag)
+    services.registry.unjournal("tags", tag)  # a tag made again under this name is not a restore's
     through = services.registry.deleted_through(tag)  # versions after it are a new tag's of that name
     for key in list(services.store.list(keys.model_prefix(tag))):
         version = keys.model_version(tag, key)

@@ -32,7 +32,7 @@ THUMBNAIL_SIZES = (64, 128, 256, 512, 1024)
 
 
 def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage, filename: str = "",
-                dedupe: bool = False) -> str | None:
+                dedupe: bool = False, sha256: str | None = None) -> str | None:
     """Claim the id, write the bytes, then make the image visible; a crash leaves nothing visible.
     With ``dedupe``, an image of the same content committed meanwhile wins: its id is returned and
     these bytes are removed again.
@@ -45,7 +45,7 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
         forget_thumbnails(services, image_id)
         services.store.put(keys.image_key(image_id), data)
         meta: dict[str, str | int] = {"format": decoded.format, "width": decoded.width, "height": decoded.height,
-                                      "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                                      "bytes": len(data), "sha256": sha256 or hashlib.sha256(data).hexdigest()}
         existing = services.registry.commit_image(image_id, meta, filename, dedupe)
     except BaseException:
         services.registry.release_image(image_id, token)
@@ -77,7 +77,7 @@ def _add(services: Services, data: bytes, image_id: str | None, filename: str) -
             continue
         decoded = decoded or decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, services.decode_budget)
         new_id = image_id or new_image_id()
-        existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None)
+        existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None, sha256=content)
         if existing is None:
             return {"image_id": new_id, "filename": filename, "format": decoded.format, "width": decoded.width,
                     "height": decoded.height, "duplicate": False}
@@ -159,6 +159,7 @@ def forget_image(services: Services, image_id: str) -> list[str]:
     tags = services.registry.delete_image(image_id, token)  # the id stays reserved until its files are gone
     if tags is None:
         raise NotFound("unknown_image", f"No image with id '{image_id}' (deleted meanwhile).")
+    services.registry.unjournal("images", image_id)  # an image made again under this id is not a restore's
     try:
         for key in (keys.image_key(image_id), keys.embedding_key(services.spec.id, image_id)):
             services.store.delete(key)

@@ -207,7 +207,7 @@ def _checksum_matches(header: bytes) -> bool:
     """Whether a 512-byte tar header carries its own checksum: the sum of its bytes with the
     checksum field counted as spaces (unsigned, or signed as some old tar programs wrote it)."""
     try:
-        stored = int(header[148:156].replace(b"\0", b" ").strip() or b"-1", 8)
+        stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)  # as tarfile reads it
     except ValueError:
         return False
     rest = header[:148] + header[156:]

@@ -341,7 +341,8 @@ def train_head(
 
     With at least two examples of each class, cross-validation (``cross_validation_splits``:
     stratified k-fold, k = min(5, smallest class), averaged over shuffles drawn from ``seed``) picks the form and L2 strength
-    (``L2_GRID``) with the lowest held-out log loss and the threshold with the best F1 on each
+    (``L2_GRID``) with the lowest held-out log loss (the semantic form unless another beats it by
+    ``SEMANTIC_MARGIN``) and the threshold with the best F1 on each
     example's held-out score (averaged over the shuffles), and the reported metrics are those of
     the held-out scores. With fewer, the form is "both", the L2 strength ``L2``, the threshold
     0.5, and no metrics are claimed. The result depends on the features, their order, the labels,

@@ -64,13 +64,16 @@ class BodyLimit:
                 )
                 return
         received, complete, timeout = 0, False, settings.body_read_timeout_s
-        deadline, budget = time.monotonic() + timeout, self.budget(scope)
+        deadline: float | None = None  # the clock starts when the endpoint first reads the body
+        budget = self.budget(scope)
         spooled = scope["path"].rstrip("/") in SPOOLED_PATHS  # written to a temporary file, not held
 
         async def limited_receive() -> Message:
             nonlocal received, complete, deadline
             if complete:  # after the body only a disconnect can come: no deadline
                 return await receive()
+            if deadline is None:  # (work before it, such as a restore's clean-up, is not the client's delay)
+                deadline = time.monotonic() + timeout
             allowed = deadline - time.monotonic()
             too_slow = HttpError(408, "body_timeout", f"The request body came slower than {settings.body_min_rate} "
                                  f"bytes/s after {timeout:g} s.")
