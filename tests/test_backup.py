@@ -260,6 +260,23 @@ def test_a_restore_that_loses_its_lease_stops_and_removes_nothing(client: TestCl
     assert snapshot(other) == snapshot(client)
 
 
+def killed_after(client: TestClient, data: bytes, images_added: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore of ``data`` whose process is killed after adding ``images_added`` images: it
+    stops there and nothing of it is undone (its journal stays)."""
+    add_image, calls = images.add_image, []
+
+    def dies(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) > images_added:
+            raise RuntimeError("the process was killed here")
+        return add_image(*args)
+
+    monkeypatch.setattr(images, "add_image", dies)
+    monkeypatch.setattr(backup, "_undo", lambda *args: False)  # a killed process undoes nothing
+    assert restore(client, data).status_code == 500
+    monkeypatch.undo()
+
+
 def test_a_restore_cut_short_by_a_crash_is_undone_by_the_next_one(client: TestClient, services: Services,
                                                                   empty: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """A restore killed midway (no undo ran) left a half-restored server that every later restore
@@ -267,19 +284,8 @@ def test_a_restore_cut_short_by_a_crash_is_undone_by_the_next_one(client: TestCl
     taught(client, services)
     data = client.get("/backup").content
     other_services, other = empty
-    add_image, calls = images.add_image, []
-
-    def dies_on_the_third(*args: Any) -> Any:
-        calls.append(args)
-        if len(calls) == 3:
-            raise RuntimeError("the process was killed here")
-        return add_image(*args)
-
-    monkeypatch.setattr(images, "add_image", dies_on_the_third)
-    monkeypatch.setattr(backup, "_undo", lambda *args: False)  # a killed process undoes nothing
-    assert restore(other, data).status_code == 500
+    killed_after(other, data, 2, monkeypatch)
     assert len(other.get("/custom/images").json()["images"]) == 2
-    monkeypatch.undo()
     leftovers = {i["image_id"] for i in other.get("/custom/images").json()["images"]}
     mine = add(other, crops(CAT, 1, seed=11)[0], "mine")  # a user's own image, added after the crash
     refused = restore(other, data)  # not only the journal's: nothing is removed
@@ -298,18 +304,7 @@ def test_an_image_made_again_under_a_journalled_id_is_the_users(client: TestClie
     taught(client, services)
     data = client.get("/backup").content
     other_services, other = empty
-    add_image, calls = images.add_image, []
-
-    def dies_on_the_second(*args: Any) -> Any:
-        calls.append(args)
-        if len(calls) == 2:
-            raise RuntimeError("the process was killed here")
-        return add_image(*args)
-
-    monkeypatch.setattr(images, "add_image", dies_on_the_second)
-    monkeypatch.setattr(backup, "_undo", lambda *args: False)
-    assert restore(other, data).status_code == 500
-    monkeypatch.undo()
+    killed_after(other, data, 1, monkeypatch)
     [leftover] = [i["image_id"] for i in other.get("/custom/images").json()["images"]]
     assert other.delete(f"/custom/images/{leftover}").status_code == 200
     own = crops(CAT, 1, seed=12)[0]
