@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared.models.backbone import LITE0
-from shared.models.heads import MOST_WRONG, train_head, wrong_side
+from shared.models.heads import MOST_WRONG, choose_form, train_head, wrong_side
 
 SIZES = (LITE0.embedding_size, LITE0.style_size)
 
@@ -53,3 +53,18 @@ def test_the_seed_draws_the_folds_and_nothing_else_does() -> None:
     a, b = train_head(x, y, SIZES, seed=11), train_head(x, y, SIZES, seed=11)
     assert a.head.weight.tobytes() == b.head.weight.tobytes() and a.metrics == b.metrics
     assert a.most_wrong == b.most_wrong and a.threshold == b.threshold
+
+
+def test_the_semantic_form_is_kept_unless_another_is_clearly_better() -> None:
+    """With five examples a class, `both` won cross-validation by a hair on subject tags and
+    generalised worse; a look's style form wins by far more, and near chance no form is favoured."""
+    def losses(semantic: float, other: float, form: str = "both") -> dict[tuple[str, float], float]:
+        return {("semantic", 0.1): semantic, ("semantic", 1.0): semantic + 0.1, (form, 0.1): other, (form, 1.0): 0.69}
+
+    assert choose_form(losses(0.20, 0.17)) == ("semantic", 0.1)  # a hair better: keep semantic
+    assert choose_form(losses(0.20, 0.14)) == ("both", 0.1)  # by 0.06: clearly better
+    assert choose_form(losses(0.026, 0.001, "style")) == ("style", 0.1)  # near-perfect fits: half the loss
+    assert choose_form(losses(0.026, 0.016, "style")) == ("semantic", 0.1)
+    assert choose_form(losses(0.51, 0.47)) == ("both", 0.1)  # semantic near chance: the lowest wins
+    assert choose_form(losses(0.30, 0.31)) == ("semantic", 0.1)
+    assert choose_form({("style", 0.1): 0.2, ("both", 0.1): 0.3}) == ("style", 0.1)  # no semantic form asked

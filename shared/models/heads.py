@@ -34,6 +34,7 @@ of them are positives.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,10 @@ FORMS: dict[str, tuple[float, float]] = {"semantic": (1.0, 0.0), "style": (0.0, 
 # (worst 0.910), at 10+10 0.991 as they, and every style and grade tag kept its 5+5 mean (at 10+10
 # soft focus 1.000 -> 0.997). A margin of 0.02 left motorcycle at 0.970 against 0.978.
 SEMANTIC_MARGIN = 0.05
+# ... only where the semantic form explains the tag at all (held-out log loss under half of a coin's,
+# ln 2 / 2): where every form is near chance (teal and orange on ordinary photos: 0.51-0.66), which
+# one is lowest is what little there is to go on (with the margin there too: 0.709 -> 0.680).
+SEMANTIC_EXPLAINS = 0.5 * math.log(2)
 
 
 @dataclass(frozen=True)
@@ -321,6 +326,20 @@ def wrong_side(y: np.ndarray, s: np.ndarray, threshold: float, limit: int = MOST
     return [int(i) for i in wrong[np.argsort(-distance, kind="stable")][:limit]]
 
 
+def choose_form(losses: dict[tuple[str, float], float]) -> tuple[str, float]:
+    """The (form, L2 strength) with the lowest held-out log loss, but the semantic form's best
+    where it explains the tag and the winner does not beat it clearly (``SEMANTIC_MARGIN``)."""
+    best = min(losses, key=losses.__getitem__)
+    semantic = [key for key in losses if key[0] == "semantic"]
+    if best[0] == "semantic" or not semantic:
+        return best
+    semantic_best = min(semantic, key=losses.__getitem__)
+    semantic_loss = losses[semantic_best]
+    if semantic_loss < SEMANTIC_EXPLAINS and semantic_loss - losses[best] < min(SEMANTIC_MARGIN, semantic_loss / 2):
+        return semantic_best
+    return best
+
+
 def _form_input(z: np.ndarray, sizes: tuple[int, int], form: str) -> np.ndarray:
     weights = np.repeat(FORMS[form], sizes)
     weighted: np.ndarray = z * weights
@@ -392,12 +411,7 @@ def train_head(
                 # each shuffle's held-out log loss, averaged; each example's held-out scores, averaged
                 losses[(f, strength)] = float(np.mean([log_loss(ys, run[strength], negative_weight) for run in runs]))
                 oof[(f, strength)] = np.mean([run[strength] for run in runs], axis=0)
-        form, l2 = min(losses, key=lambda key: losses[key])
-        if form != "semantic" and "semantic" in forms:
-            semantic_best = min(((f, strength) for f, strength in losses if f == "semantic"), key=losses.__getitem__)
-            margin = min(SEMANTIC_MARGIN, losses[semantic_best] / 2)  # near-perfect fits: half of it
-            if losses[semantic_best] - losses[(form, l2)] < margin:
-                form, l2 = semantic_best
+        form, l2 = choose_form(losses)
         by_form = {f: min(losses[(f, strength)] for strength in L2_GRID) for f in forms}
         scores = oof[(form, l2)]
         threshold = round(best_threshold(ys, scores, balanced=presumed_negatives), 6)  # as stored and matched
