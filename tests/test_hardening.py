@@ -35,14 +35,14 @@ class Stack:
     def snapshot(self) -> tuple[dict[bytes, bytes | None], dict[str, int], int]:
         """Every tagsmith key's value, every stored object's size, and the training queue's length;
         not what the worker derives meanwhile from images stored before (embeddings, the library's
-        packs and scores)."""
+        packs and scores, and the temp files of those writes)."""
         derived = (f"{PREFIX}:library:".encode(), f"{PREFIX}:scores:".encode())
         keys = {key: self.redis.dump(key) for key in self.redis.scan_iter(match=f"{PREFIX}:*")
                 if not key.startswith(derived)}
         files = {}
         for path in self.objects.rglob("*"):
             name = str(path.relative_to(self.objects))
-            if not name.startswith(("library/", "embeddings/")) and path.is_file():
+            if not name.startswith(("library/", "embeddings/", ".tmp/")) and path.is_file():  # .tmp: writes in flight
                 files[name] = path.stat().st_size
         return keys, files, int(self.redis.llen(f"rq:queue:{PREFIX}-queue"))
 
