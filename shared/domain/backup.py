@@ -298,7 +298,8 @@ def undo_unfinished_restore(services: Services, claim: RestoreClaim) -> None:
     added, touched = registry.restore_journal()
     if not (added or touched):
         return
-    own_images = [i for i in registry.image_ids() if i not in set(added)]
+    journalled = set(added)
+    own_images = [i for i in registry.image_ids() if i not in journalled]
     own_tags = sorted((set(registry.tags()) | set(registry.models())) - set(touched))
     if own_images or own_tags:
         raise Conflict("not_empty", "A backup is restored only into an empty server; this one holds what an "
@@ -545,15 +546,10 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
         if _undo(services, added, touched, claim):
             with contextlib.suppress(Exception):  # else the next restore removes the rest
                 registry.clear_restore_journal()
-        raise_for_undone(exc)
-
-
-def raise_for_undone(exc: BaseException) -> None:
-    """Re-raise what stopped a restore whose additions were removed again, as the caller should see it."""
-    if isinstance(exc, EpochMoved):
-        raise Conflict("tag_deleted", "A tag was deleted while the backup was restored; what was restored "
-                       "was removed again.") from None
-    raise exc
+        if isinstance(exc, EpochMoved):
+            raise Conflict("tag_deleted", "A tag was deleted while the backup was restored; what was restored "
+                           "was removed again.") from None
+        raise
 
 
 def _undo(services: Services, added: list[str], touched: list[str], claim: RestoreClaim) -> bool:
