@@ -87,8 +87,9 @@ async def add_many(request: Request) -> JSONResponse:
     if assignment:  # refused before the body is read; each assignment checks again, atomically
         await run_in_threadpool(services.registry.check_room_for, [assignment[0]], settings.max_tags)
     files, form = await read_uploads(request, settings.max_upload_bytes, settings.max_batch_files)
-    ids = [i for i in form.getlist("image_id") if isinstance(i, str)]
-    if len(ids) != len(form.getlist("image_id")):
+    sent = form.getlist("image_id")
+    ids = [i for i in sent if isinstance(i, str)]
+    if len(ids) != len(sent):
         raise InvalidInput("invalid_image_id", "Send each image_id as a text field, not as a file.")
     if ids and len(ids) != len(files):
         raise InvalidInput("image_ids_mismatch", f"Got {len(ids)} image ids for {len(files)} files; send one per file.")
