@@ -159,7 +159,7 @@ def test_local_store_puts_and_deletes_racing_in_one_folder_never_fail(tmp_path: 
     store = LocalStore(tmp_path / "objects")
 
     def churn(worker: int) -> None:
-        for i in range(150):
+        for i in range(1200):
             key = f"thumbnails/shared-{i % 3}/{worker}.jpg"
             store.put(key, b"x")
             store.delete(key)

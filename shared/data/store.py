@@ -100,6 +100,9 @@ class LocalStore:
         self.temp.mkdir(parents=True, exist_ok=True)
         self._syncs: dict[Path, _FolderSync] = {}
         self._syncs_lock = threading.Lock()
+        # Held while a delete removes an emptied folder and while a put remakes a missing one and
+        # renames into it, so that in this process a put never loses its folder twice.
+        self._folders_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -136,14 +139,10 @@ class LocalStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            for attempt in range(3):
-                try:
-                    os.replace(tmp, path)
-                    break
-                except FileNotFoundError:  # the first blob in this folder, or a delete just removed it empty
-                    if attempt == 2:
-                        raise
-                    self._make_folder(path.parent)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:  # the first blob in this folder, or a delete just removed it empty
+                self._replace_into_new_folder(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -151,6 +150,19 @@ class LocalStore:
             self._folder_sync(path.parent).sync(path.parent)
         except FileNotFoundError:  # the blob was deleted meanwhile and its folder with it: nothing to keep
             pass
+
+    def _replace_into_new_folder(self, tmp: Path, path: Path) -> None:
+        """Make ``path``'s folder and rename ``tmp`` into it; retried when another process's delete
+        removes the folder in between (this process's deletes wait for the lock)."""
+        with self._folders_lock:
+            for attempt in range(5):
+                self._make_folder(path.parent)
+                try:
+                    os.replace(tmp, path)
+                    return
+                except FileNotFoundError:
+                    if attempt == 4:
+                        raise
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -178,7 +190,7 @@ class LocalStore:
         except OSError as exc:
             raise StoreUnavailable(f"local store delete failed: {exc}") from exc
         if path.parent.parent != self.root and self.root in path.parent.parents:  # a per-id or per-tag folder
-            with contextlib.suppress(OSError):  # only when empty; a put racing it makes the folder again
+            with self._folders_lock, contextlib.suppress(OSError):  # only when empty
                 path.parent.rmdir()
 
     def remove_stale_temporaries(self, older_than_s: float) -> int:
