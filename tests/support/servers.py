@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,12 +35,13 @@ class RedisServer:
         self.folder = folder
         self.persistent = persistent
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = secrets.token_hex(16)  # the same after a restart
         folder.mkdir(parents=True, exist_ok=True)
         self.start()
 
     def start(self) -> None:
-        self.process, _ = embedded.start_redis(self.folder, port=self.port, fsync="always" if self.persistent else None)
+        self.process, self.url = embedded.start_redis(
+            self.folder, port=self.port, fsync="always" if self.persistent else None, password=self.password)
 
     def stop(self) -> None:
         self.process.terminate()
