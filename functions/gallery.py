@@ -13,13 +13,8 @@ from shared.core.names import validate_tag
 from shared.domain import export, images, library, search
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
-from shared.web.routing import ApiRoute, query_bool, query_choice, query_float, query_int
+from shared.web.routing import ApiRoute, query_bool, query_choice, query_float, query_int, query_tags
 from shared.web.state import services_of
-
-
-def _tags(request: Request, name: str) -> list[str]:
-    limit = services_of(request).settings.max_tag_length
-    return [validate_tag(tag, limit) for tag in request.query_params.getlist(name)]
 
 
 def list_images(request: Request) -> JSONResponse:
@@ -62,9 +57,9 @@ def list_images(request: Request) -> JSONResponse:
         min_score=query_float(request, "min_score", 0.0, 1.0),
         max_score=query_float(request, "max_score", 0.0, 1.0),
         label=query_choice(request, "label", search.LABELS),
-        all_of=_tags(request, "all"),
-        any_of=_tags(request, "any"),
-        none_of=_tags(request, "none"),
+        all_of=query_tags(request, "all"),
+        any_of=query_tags(request, "any"),
+        none_of=query_tags(request, "none"),
         filename=request.query_params.get("filename") or None,
         sort=query_choice(request, "sort", search.SORTS),
         descending=query_choice(request, "order", ("desc", "asc"), "desc") == "desc",
@@ -125,7 +120,7 @@ def export_scores(request: Request) -> Response:
     """
     services = services_of(request)
     form = query_choice(request, "format", ("csv", "jsonl"), "csv")
-    tags = _tags(request, "tag")
+    tags = query_tags(request, "tag")
     matches_only = bool(query_bool(request, "match"))
     chunks = search.export_rows(services, tags, matches_only)  # an unknown tag is refused before the stream
     lines = export.csv_lines(chunks) if form == "csv" else export.json_lines(chunks)

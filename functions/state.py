@@ -12,7 +12,7 @@ from shared.core.names import validate_tag
 from shared.domain import backup, state
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
-from shared.web.routing import ApiRoute
+from shared.web.routing import ApiRoute, query_tags
 from shared.web.state import services_of
 from shared.web.uploads import read_upload, read_upload_to_file
 
@@ -64,9 +64,8 @@ def get_edge_model(request: Request) -> Response:
     errors: [400, 404, 503]
     """
     services = services_of(request)
-    tags = [validate_tag(t, services.settings.max_tag_length) for t in request.query_params.getlist("tag")]
     return Response(
-        state.export_edge(services, tags),
+        state.export_edge(services, query_tags(request, "tag")),
         media_type="application/octet-stream",
         headers={"Content-Disposition": 'attachment; filename="tagsmith-edge.onnx"'},
     )

@@ -41,4 +41,6 @@ def test_exported_model_scores_like_the_server(client: TestClient, services: Ser
 
     only = edge_manifest(client.get("/export/onnx?tag=coffee").content)
     assert [t["tag"] for t in only["tags"]] == ["coffee"]
+    repeated = edge_manifest(client.get("/export/onnx?" + "&".join(["tag=coffee"] * 50)).content)
+    assert [t["tag"] for t in repeated["tags"]] == ["coffee"]
     assert client.get("/export/onnx?tag=dog").json()["error"] == "unknown_tag"

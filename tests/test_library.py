@@ -97,6 +97,11 @@ def test_bad_queries_get_clear_errors(client: TestClient, services: Services) ->
     assert client.get("/custom/images?tag=cat&match=maybe").json()["error"] == "invalid_parameter"
     assert client.get("/custom/images?sort=score").json()["error"] == "missing_parameter"
     assert client.get("/custom/library/export?tag=nope").json()["error"] == "unknown_tag"
+    for number in ("1_0", "%205", "%D9%A5", "0x10", "+5", "1e1"):  # int() takes the first three
+        assert client.get(f"/custom/images?limit={number}").json()["error"] == "invalid_parameter", number
+    for number in ("inf", "nan", "0_5", "%200.5"):
+        assert client.get(f"/custom/images?tag=cat&min_score={number}").json()["error"] == "invalid_parameter", number
+    assert client.get("/custom/images?tag=cat&min_score=.5").json()["error"] == "unknown_tag"  # the number passed
     many = "&".join(f"any=t{i}" for i in range(21))
     assert client.get(f"/custom/images?{many}").json()["error"] == "too_many_tags"
 
@@ -165,6 +170,8 @@ def test_exports_stream_every_score(client: TestClient, services: Services) -> N
     matched = [json.loads(line) for line in lines]
     assert matched and all(r["match"] and r["tag"] == "cat" for r in matched)
     assert {r["image_id"] for r in matched} >= {i for i, kind in kinds.items() if kind == "cat"}
+    once = client.get("/custom/library/export?format=jsonl&tag=cat").text
+    assert client.get("/custom/library/export?format=jsonl&" + "&".join(["tag=cat"] * 500)).text == once
 
 
 def test_file_names_are_kept_and_duplicates_not_stored(client: TestClient, services: Services) -> None:

@@ -9,6 +9,7 @@ ints), or the request ends in a 400 saying what is wrong.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -36,6 +37,11 @@ PATH_PARAMETERS: dict[str, Callable[[str, Settings], Any]] = {
     "version": lambda value, settings: validate_version(value),
     "task_id": lambda value, settings: validate_task_id(value),
 }
+
+# Numbers in query parameters as people write them: ASCII digits only (Python's int() and float()
+# would also take "1_0", " 5 ", Arabic-Indic digits, "inf").
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+DECIMAL_NUMBER = re.compile(r"-?([0-9]{1,18}(\.[0-9]{0,18})?|\.[0-9]{1,18})([eE][-+]?[0-9]{1,3})?", re.ASCII)
 
 
 class ApiRoute(Route):
@@ -74,13 +80,17 @@ def query_int(request: Request, name: str, default: int, lowest: int, highest: i
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = lowest - 1
+    value = int(raw) if WHOLE_NUMBER.fullmatch(raw) else lowest - 1
     if not lowest <= value <= highest:
         raise InvalidInput("invalid_parameter", f"'{name}' must be a whole number from {lowest} to {highest}.")
     return value
+
+
+def query_tags(request: Request, name: str) -> list[str]:
+    """The tags a repeatable query parameter names, each validated, in order, each once (a tag named
+    again would only repeat work)."""
+    limit = settings_of(request.scope).max_tag_length
+    return list(dict.fromkeys(validate_tag(tag, limit) for tag in request.query_params.getlist(name)))
 
 
 def query_float(request: Request, name: str, lowest: float, highest: float) -> float | None:
@@ -88,10 +98,7 @@ def query_float(request: Request, name: str, lowest: float, highest: float) -> f
     raw = request.query_params.get(name)
     if raw is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
+    value = float(raw) if DECIMAL_NUMBER.fullmatch(raw) else math.nan
     if not lowest <= value <= highest:  # NaN fails too
         raise InvalidInput("invalid_parameter", f"'{name}' must be a number from {lowest:g} to {highest:g}.")
     return value
