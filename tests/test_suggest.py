@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
 from starlette.testclient import TestClient
 
 from shared.domain.services import Services
+from shared.models.backbone import Features
 from tests.support.api import add, teach_cat
 from tests.support.photos import CAT, crops
 
@@ -38,3 +44,27 @@ def test_suggestions_need_a_trained_tag(client: TestClient, services: Services) 
     teach_cat(client, services, positives=2, negatives_each=1)
     assert client.get("/custom/suggest/cat?limit=0").json()["error"] == "invalid_parameter"
     assert client.get("/custom/suggest/cat").json()["candidates"] == 0
+
+
+def test_concurrent_suggestions_embed_each_new_image_once(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four suggestion requests right after an upload each needed the same new images embedded,
+    in the API process: each did all of it (4 x the CPU). Now the later ones wait and read the
+    first one's embeddings."""
+    teach_cat(client, services, positives=2, negatives_each=1)
+    for i, data in enumerate(crops(CAT, 6, seed=31)):
+        add(client, data, f"fresh-{i}")
+    embedded: list[int] = []
+    embed_pixels = services.backbone.embed_pixels
+
+    def counting(batch: np.ndarray) -> Features:
+        embedded.append(len(batch))
+        time.sleep(0.2)  # long enough for the other requests to arrive meanwhile
+        return embed_pixels(batch)
+
+    monkeypatch.setattr(services.backbone, "embed_pixels", counting)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: client.get("/custom/suggest/cat").json(), range(4)))
+    assert all(a["candidates"] == 6 for a in answers)
+    assert sum(embedded) == 6

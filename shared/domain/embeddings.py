@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from shared.domain.services import Services
 
 LOOKAHEAD = 2  # batches being read and decoded ahead of the backbone
+_EMBEDDING = threading.Lock()
 
 
 def to_bytes(vector: np.ndarray) -> bytes:
@@ -107,47 +110,57 @@ def embed_images(
             return None
         return (on_device.probe(data) if on_device else None) or decode(data)
 
+    def read_cached(positions: list[int]) -> list[int]:
+        """Fill ``result`` at ``positions`` from the cache (reads overlap); the positions not cached."""
+        vectors = pool.map(cached, [image_ids[i] for i in positions])
+        not_cached = []
+        for i, vector in zip(positions, vectors, strict=True):
+            if vector is None:
+                not_cached.append(i)
+            else:
+                result[i] = vector
+        return not_cached
+
     result = np.zeros((len(image_ids), width), dtype=np.float32)
     gone: set[int] = set()
-    missing: list[int] = []
-    for i, vector in enumerate(pool.map(cached, image_ids)):  # object-store reads overlap
-        if vector is None:
-            missing.append(i)
-        else:
-            result[i] = vector
-    done = len(image_ids) - len(missing)
-    if progress:
-        progress(done, len(image_ids))
-    read_as = dict(zip(missing, identity([image_ids[i] for i in missing]), strict=True)) if identity and missing else {}
-
-    # While the backbone runs one batch, the pool reads, decodes and resizes the next two.
-    batches = [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
-    upcoming = deque([pool.submit(pixels, i) for i in batch] for batch in batches[:LOOKAHEAD])
-    for k, batch in enumerate(batches):
-        read = [future.result() for future in upcoming.popleft()]
-        if k + LOOKAHEAD < len(batches):
-            upcoming.append([pool.submit(pixels, i) for i in batches[k + LOOKAHEAD]])
-        gone.update(i for i, image in zip(batch, read, strict=True) if image is None)  # deleted meanwhile
-        here = [i for i, image in zip(batch, read, strict=True) if image is not None]
-        if here:
-            images = [image for image in read if image is not None]
-            if on_device:
-                vectors = on_device.embed(images, decode).vectors
-            else:
-                vectors = backbone.embed_pixels(np.stack(cast(list[np.ndarray], images))).vectors  # all decoded on the CPU
-            writes = [
-                pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
-                for i, vector in zip(here, vectors, strict=True)
-            ]
-            result[here] = vectors
-            for write in writes:
-                write.result()
-            if identity:
-                for i, now in zip(here, identity([image_ids[i] for i in here]), strict=True):
-                    if now != read_as[i]:
-                        store.delete(embedding_key(spec.id, image_ids[i]))
-        done += len(batch)
+    missing = read_cached(list(range(len(image_ids))))
+    # One embedding at a time in a process: requests that need the same images (suggestions
+    # right after an upload) wait, and then read what the one before them cached.
+    with _EMBEDDING if missing else contextlib.nullcontext():
+        missing = read_cached(missing)  # what a caller before us embedded meanwhile
+        done = len(image_ids) - len(missing)
         if progress:
             progress(done, len(image_ids))
+        read_as = dict(zip(missing, identity([image_ids[i] for i in missing]), strict=True)) if identity and missing else {}
+
+        # While the backbone runs one batch, the pool reads, decodes and resizes the next two.
+        batches = [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
+        upcoming = deque([pool.submit(pixels, i) for i in batch] for batch in batches[:LOOKAHEAD])
+        for k, batch in enumerate(batches):
+            read = [future.result() for future in upcoming.popleft()]
+            if k + LOOKAHEAD < len(batches):
+                upcoming.append([pool.submit(pixels, i) for i in batches[k + LOOKAHEAD]])
+            gone.update(i for i, image in zip(batch, read, strict=True) if image is None)  # deleted meanwhile
+            here = [i for i, image in zip(batch, read, strict=True) if image is not None]
+            if here:
+                images = [image for image in read if image is not None]
+                if on_device:
+                    vectors = on_device.embed(images, decode).vectors
+                else:
+                    vectors = backbone.embed_pixels(np.stack(cast(list[np.ndarray], images))).vectors  # all decoded on the CPU
+                writes = [
+                    pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
+                    for i, vector in zip(here, vectors, strict=True)
+                ]
+                result[here] = vectors
+                for write in writes:
+                    write.result()
+                if identity:
+                    for i, now in zip(here, identity([image_ids[i] for i in here]), strict=True):
+                        if now != read_as[i]:
+                            store.delete(embedding_key(spec.id, image_ids[i]))
+            done += len(batch)
+            if progress:
+                progress(done, len(image_ids))
     kept = [i for i in range(len(image_ids)) if i not in gone]
     return result[kept], kept
