@@ -43,6 +43,7 @@ def test_not_ready_without_redis(backbone: Backbone, tmp_path: Path) -> None:
         assert response.status_code == 503
         body = response.json()
         assert body["error"] == "not_ready" and "Redis is unavailable" in body["message"]
+        assert "127.0.0.1" not in body["message"]
         assert client.get("/health").json() == {"status": "ok"}
         assert client.get("/custom/images").status_code == 503
         assert "tagsmith_redis_up 0.0" in client.get("/metrics").text
@@ -52,6 +53,7 @@ def test_not_ready_without_the_object_store(client: TestClient, services: Servic
     shutil.rmtree(services.settings.store_dir)
     response = client.get("/ready")
     assert response.status_code == 503 and "the object store is unavailable" in response.json()["message"]
+    assert str(services.settings.store_dir) not in response.text  # /ready needs no key: no paths, no addresses
 
 
 def test_request_ids(client: TestClient) -> None:

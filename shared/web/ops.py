@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -10,6 +12,8 @@ from shared.web import metrics
 from shared.web.errors import error_response
 from shared.web.responses import JSONResponse
 from shared.web.state import services_of
+
+log = logging.getLogger("tagsmith")
 
 
 async def health(request: Request) -> JSONResponse:
@@ -34,23 +38,18 @@ def ready(request: Request) -> JSONResponse:
     errors: [503]
     """
     services = services_of(request)
-    failures: dict[str, str] = {}
-    try:
-        services.redis.ping()
-    except Exception as exc:
-        failures["Redis"] = str(exc) or type(exc).__name__
-    try:
-        services.store.ping()
-    except Exception as exc:
-        failures["the object store"] = str(exc) or type(exc).__name__
-    if failures:
-        return _not_ready(failures)
+    down = []
+    for name, ping in (("Redis", services.redis.ping), ("the object store", services.store.ping)):
+        try:
+            ping()
+        except Exception as exc:  # the details (addresses, paths) go to the log, not to whoever asks
+            log.warning("not ready: %s is unavailable: %s", name, str(exc) or type(exc).__name__)
+            down.append(name)
+    if down:
+        verb = "is" if len(down) == 1 else "are"
+        return error_response(503, "not_ready", f"Not ready: {' and '.join(down)} {verb} unavailable (the server's "
+                              "log says why).")
     return JSONResponse({"status": "ready", "checks": {"redis": "ok", "store": "ok"}})
-
-
-def _not_ready(failures: dict[str, str]) -> JSONResponse:
-    reasons = "; ".join(f"{name} is unavailable ({why})" for name, why in failures.items())
-    return error_response(503, "not_ready", f"Not ready: {reasons}.")
 
 
 def prometheus(request: Request) -> Response:
