@@ -14,6 +14,15 @@ _TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also takes '²' or '①', which int() refuses
 SAMPLE_TYPES = ("positive", "negative")
 MAX_TAG_BYTES = 255  # the longest file name most file systems allow
+# Unicode's default-ignorable code points that are not format characters (those are refused as
+# category C): the Hangul fillers, the combining grapheme joiner, Mongolian and Khmer invisible
+# vowels, variation selectors. They show as nothing, so "cat" and "cat" + one of them would look
+# alike. The emoji presentation selectors (U+FE0E, U+FE0F) only count after a symbol or in a keycap
+# ("❤️", "1️⃣").
+_INVISIBLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0d\uffa0"
+                        "\U000e0100-\U000e01ef]")
+_PRESENTATION = re.compile("[\ufe0e\ufe0f]")
+_BLANK = frozenset(" \u2800")  # characters that render as empty space (U+2800: the blank Braille pattern)
 
 
 def validate_tag(tag: str, max_length: int = 64) -> str:
@@ -21,6 +30,9 @@ def validate_tag(tag: str, max_length: int = 64) -> str:
     tag = unicodedata.normalize("NFC", tag)
     if not tag:
         raise InvalidInput("invalid_tag", "The tag is empty.")
+    if _INVISIBLE.search(tag) or set(tag) <= _BLANK or any(map(_stray_selector, _PRESENTATION.finditer(tag))):
+        raise InvalidInput("invalid_tag", "The tag holds characters that show as nothing (fillers, joiners, "
+                           "variation selectors) or only blank space.")
     if len(tag) > max_length:
         raise InvalidInput("invalid_tag", f"The tag is longer than {max_length} characters.")
     if (  # control, format, surrogate (a lone one has no UTF-8) and unassigned characters: category C
@@ -36,6 +48,13 @@ def validate_tag(tag: str, max_length: int = 64) -> str:
     if len(tag.encode()) > MAX_TAG_BYTES:  # it names a folder of the local store: models/<tag>/
         raise InvalidInput("invalid_tag", f"The tag is longer than {MAX_TAG_BYTES} bytes in UTF-8.")
     return tag
+
+
+def _stray_selector(found: re.Match[str]) -> bool:
+    """Whether an emoji presentation selector follows something that is not a symbol or a keycap's base."""
+    text, at = found.string, found.start()
+    keycap = text[at + 1 : at + 2] == "\u20e3"
+    return at == 0 or not (unicodedata.category(text[at - 1]).startswith("S") or keycap)
 
 
 def validate_image_id(image_id: str) -> str:
@@ -76,6 +95,7 @@ def clean_filename(name: str) -> str:
     """An uploaded file's name as kept: its last path component, without control characters or
     surrounding spaces, at most 255 characters ('' when nothing is left)."""
     name = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1])
+    name = _INVISIBLE.sub("", name)
     return "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()[:MAX_FILENAME]
 
 
