@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from infra.cli import main
 from shared.data import keys
 from shared.domain import images, library
-from shared.domain.export import csv_lines
+from shared.domain.export import FORMULA_STARTS, csv_lines
 from shared.domain.services import Services
 from tagsmith_client import Client, TagsmithError
 from tests.support.api import run_queued_jobs, teach_cat
@@ -111,6 +111,15 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
     text = "".join(csv_lines([rows]))
     (row,) = csv.DictReader(io.StringIO(text))
     assert row["filename"] == "'=HYPERLINK(\"http://x\")" and row["tag"] == "'+cat" and row["match"] == "true"
+    # Read with ";" as the separator (European spreadsheets), a cell after a ";" inside the text
+    # would start there: no cell of the line may then start a formula.
+    hidden = [("b", "x;=1+2;.png", 'cat, "@SUM(A1)', 0.25, False, 2)]
+    (line,) = "".join(csv_lines([hidden])).splitlines()[1:]
+    for separator in (",", ";"):
+        for cell in next(csv.reader([line], delimiter=separator)):
+            assert not cell.lstrip(' "').startswith(FORMULA_STARTS), (separator, cell)
+    (row,) = csv.DictReader(io.StringIO("".join(csv_lines([hidden]))))
+    assert row["filename"] == "x;'=1+2;.png" and float(row["score"]) == 0.25
 
 
 def test_a_new_version_rescores_the_library(client: TestClient, services: Services) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -12,15 +13,19 @@ COLUMNS = ("image_id", "filename", "tag", "score", "match", "version")
 # A spreadsheet opening the CSV would run a cell starting with one of these as a formula (CSV
 # injection): such text cells (file names, tags) get a leading apostrophe, as OWASP advises.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet whose list separator is ";" (many European locales) splits a text cell at each
+# ";" and reads what follows as a cell of its own: a formula start after a separator is defused too.
+EMBEDDED_FORMULA = re.compile(r"([,;\t\r\n][ \"]*)([=+\-@])")
 
 Row = tuple[str, str, str, float, bool, int]  # image id, file name, tag, score, match, version
 
 
 def csv_lines(chunks: Iterable[list[Row]]) -> Iterator[str]:
-    """The header, then one CSV line per row (``match`` as true/false; text that a spreadsheet
-    would take for a formula starts with an apostrophe), a chunk of rows per piece."""
+    """The header, then one CSV line per row (``match`` as true/false; text quoted, and where a
+    spreadsheet would take part of it for a formula, that part starts with an apostrophe), a chunk
+    of rows per piece."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(COLUMNS)
     for chunk in chunks:
         writer.writerows((image_id, _cell(name), _cell(tag), score, "true" if match else "false", version)
@@ -38,4 +43,7 @@ def json_lines(chunks: Iterable[list[Row]]) -> Iterator[str]:
 
 
 def _cell(value: Any) -> Any:
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+    if not isinstance(value, str):
+        return value
+    value = EMBEDDED_FORMULA.sub(r"\1'\2", value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
