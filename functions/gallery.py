@@ -157,7 +157,7 @@ async def thumbnail(request: Request) -> Response:
     image_id = request.path_params["image_id"]
     meta = await run_in_threadpool(images.known_image, services, image_id)
     etag = '"' + hashlib.sha256(f"{image_id}|{meta.get('created_at')}|{size}".encode()).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     jpeg = await run_in_threadpool(images.thumbnail, services, image_id, size)
@@ -171,7 +171,7 @@ def original(request: Request) -> Response:
     errors: [400, 404, 503]
     """
     data, media_type = images.original(services_of(request), request.path_params["image_id"])
-    return Response(data, media_type=media_type, headers={"Cache-Control": "no-cache"})
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, no-cache"})
 
 
 def delete_image(request: Request) -> JSONResponse:

@@ -130,12 +130,35 @@ def test_a_request_naming_two_hosts_is_refused(client: TestClient) -> None:
     assert (response.status_code, response.json()["error"]) == (400, "bad_request")
 
 
+def test_head_does_not_run_the_writing_get_forms(client: TestClient, services: Services) -> None:
+    """A link checker or a prefetcher sends HEAD as a harmless probe; Starlette answers HEAD by
+    running the GET, so HEAD /custom/delete/cat deleted the tag."""
+    teach_cat(client, services, positives=2, negatives_each=1)
+    before = client.get("/custom/tags").json()
+    for path in ("/custom/delete/cat", "/custom/train/cat", "/custom/unassign/cat-0/cat",
+                 "/custom/assign/cat-0/negative/cat", "/custom/rollback/cat/1"):
+        response = client.head(path)
+        assert (response.status_code, response.headers["allow"]) == (405, "GET"), path
+    assert client.get("/custom/tags").json() == before
+    assert client.head("/custom/tags").status_code == 200  # reading routes answer HEAD as before
+
+
 def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
     for path in ("/", "/docs", "/custom/tags", "/no/such/route"):
         headers = client.get(path).headers
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY", path
         assert "frame-ancestors 'none'" in headers["content-security-policy"] and "script-src" not in headers[
             "content-security-policy"]
+
+
+def test_no_cache_keeps_data_answers(client: TestClient) -> None:
+    """Answers may carry data behind an API key: a shared cache (a proxy) must store none of them."""
+    client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
+    for path in ("/custom/tags", "/custom/images", "/custom/images/img", "/get_state", "/ready", "/no/such/route"):
+        assert client.get(path).headers["cache-control"] == "no-store", path
+    for path in ("/custom/images/img/thumbnail", "/custom/images/img/original"):
+        assert client.get(path).headers["cache-control"] == "private, no-cache", path
+    assert "cache-control" not in client.get("/static/app.js").headers  # the same file for everyone
 
 
 @pytest.mark.parametrize("name", sorted(parsing_bombs()))

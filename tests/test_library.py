@@ -3,6 +3,7 @@ name and likeness, exported; file names kept and duplicates never stored twice."
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -88,6 +89,9 @@ def test_pages_follow_a_cursor_to_the_end(client: TestClient, services: Services
     oldest_first = [i["image_id"] for i in client.get("/custom/images?order=asc&limit=500").json()["images"]]
     assert by_date == oldest_first[::-1]
     assert client.get("/custom/images?cursor=nonsense").json()["error"] == "invalid_cursor"
+    for forged in ("[NaN, 1]", "[1, -5]", "[Infinity, 0]", "[true, 0]", "[1, 2.5]"):
+        token = base64.urlsafe_b64encode(forged.encode()).decode().rstrip("=")
+        assert client.get(f"/custom/images?tag=cat&cursor={token}").json()["error"] == "invalid_cursor", forged
 
 
 def test_bad_queries_get_clear_errors(client: TestClient, services: Services) -> None:

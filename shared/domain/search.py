@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,7 +112,9 @@ def _encode_cursor(key: float, row: int) -> str:
 def _decode_cursor(cursor: str) -> tuple[float, int]:
     try:
         key, row = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return float(key), int(row)
+        if not (type(key) in (int, float) and math.isfinite(key) and type(row) is int and row >= 0):
+            raise ValueError("not a cursor this server makes")
+        return float(key), row
     except Exception:
         raise InvalidInput("invalid_cursor", "The cursor is not one this server gave; start again without it.") from None
 
