@@ -37,9 +37,10 @@ def source(name: str) -> Image.Image:
 
 
 # Colour photographs (landscapes, plants, animals, water, interiors, food; abstract and drawn
-# wallpapers left out) from Debian's mate-backgrounds, ukui-wallpapers and
-# plasma-workspace-wallpapers, free licences. Paths are relative to where the packages are
-# installed ("/") or unpacked (``apt-get download PACKAGE && dpkg-deb -x PACKAGE.deb ROOT``).
+# wallpapers left out) from Debian 12's mate-backgrounds, lomiri-wallpapers-16.04,
+# lomiri-wallpapers-20.04 and plasma-workspace-wallpapers, free licences. Paths are relative to
+# where the packages are installed ("/") or unpacked (``apt-get download PACKAGE && dpkg-deb -x
+# PACKAGE.deb ROOT``).
 # Style tags train on the even-numbered ones and are evaluated on the odd-numbered ones.
 _BACKGROUNDS, _PLASMA = "usr/share/backgrounds", "usr/share/wallpapers"
 WALLPAPERS = (
@@ -58,7 +59,8 @@ WALLPAPERS = (
     f"{_PLASMA}/ColorfulCups/contents/images/2560x1600.jpg",
     f"{_PLASMA}/Volna/contents/images/5120x2880.jpg",
 )
-WALLPAPER_PACKAGES = ("mate-backgrounds", "ukui-wallpapers", "plasma-workspace-wallpapers")
+WALLPAPER_PACKAGES = ("mate-backgrounds", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
+                      "plasma-workspace-wallpapers")
 
 
 def wallpaper(root: Path, name: str) -> Image.Image:

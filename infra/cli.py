@@ -178,7 +178,8 @@ def run_client_command(args: argparse.Namespace) -> int:
         with Client(args.url, api_key=args.api_key) as client:
             return int(args.client_command(client, args))
     except TagsmithError as exc:
-        print(f"tagsmith: {exc.message} ({exc.code})", file=sys.stderr)
+        hint = " Give the command the key with --api-key or TAGSMITH_API_KEY." if exc.status == 401 else ""
+        print(f"tagsmith: {exc.message} ({exc.code}){hint}", file=sys.stderr)
         return 1
     except TimeoutError as exc:
         print(f"tagsmith: {exc}", file=sys.stderr)

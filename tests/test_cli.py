@@ -18,7 +18,7 @@ from infra.cli import main, serving_lines
 from infra.embedded import data_folder_lock, free_port
 from shared.core.settings import Settings
 from shared.models.edge import edge_manifest
-from tagsmith_client import Client
+from tagsmith_client import Client, TagsmithError
 from tests.support.photos import CAT, OTHERS, crops
 from tests.support.servers import ROOT, TagsmithServer, clean_env
 
@@ -147,6 +147,20 @@ def test_errors_are_reported_with_a_nonzero_exit(live_server: TagsmithServer, tm
     assert code == 1 and "Cannot reach tagsmith at" in err
     with pytest.raises(SystemExit, match="no such file or folder"):
         main(["add", str(tmp_path / "missing"), "--url", live_server.base])
+
+
+def test_a_refused_key_says_how_the_command_line_sends_one(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The server's 401 names the X-API-Key header; a command-line user needs the option instead."""
+    import tagsmith_client
+
+    class Refusing(Client):
+        def tags(self) -> list[dict[str, object]]:
+            raise TagsmithError(401, "unauthorized", "This server needs an API key: send it in the X-API-Key header.")
+
+    monkeypatch.setattr(tagsmith_client, "Client", Refusing)
+    code, out, err = run(capsys, f"http://127.0.0.1:{free_port()}", "tags")
+    assert code == 1 and "--api-key or TAGSMITH_API_KEY" in err, err
 
 
 def test_a_missing_local_file_is_an_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

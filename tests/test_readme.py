@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from infra.embedded import free_port
-from tests.support.photos import CAT, crops
 from tests.support.servers import TagsmithServer, serving
+from tools.example_photos import write_example_photos
 
 pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
 
@@ -38,7 +38,7 @@ NOT_RUN = {
     "./scripts/serve                      # or: .venv/bin/tagsmith serve": "starts the service itself",
     "cd infra": "Docker Compose needs a Docker engine, which this machine lacks",
     "kubectl create namespace tagsmith": "needs a Kubernetes cluster",
-    "mkdir -p /tmp/wallpapers": "downloads three Debian packages (130 MB) and runs a benchmark of several minutes",
+    "mkdir -p /tmp/wallpapers": "downloads four Debian packages (160 MB) and runs a benchmark of 10-20 minutes",
 }
 
 
@@ -93,17 +93,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TagsmithServer]
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The photos the README's blocks name, as a user would have them in the current folder."""
     folder = tmp_path_factory.mktemp("user")
-    cats = crops(CAT, 5, seed=3)
-    files = {
-        "cat-1.jpg": cats[0], "cat-2.jpg": cats[1], "photo.jpg": cats[2],
-        "car.jpg": crops("rocket", 1, seed=3)[0], "tree.jpg": crops("coffee", 1, seed=3)[0],
-        "photos/cats/tabby.jpg": cats[3], "photos/cats/sleepy.jpg": cats[4],
-        "photos/other/launch.jpg": crops("rocket", 1, seed=4)[0], "photos/other/mug.jpg": crops("coffee", 1, seed=4)[0],
-        "holiday/beach.jpg": crops("astronaut", 1, seed=5)[0], "holiday/cat.jpg": crops(CAT, 1, seed=5)[0],
-    }
-    for name, data in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
+    write_example_photos(folder)  # what the README tells a user to run for them
     (folder / ".venv").symlink_to(Path(sys.executable).parent.parent)  # as in the checkout, where serve made it
     checked_curl = folder / "bin" / "curl"
     checked_curl.parent.mkdir()

@@ -7,7 +7,7 @@ its own that the prior saw. Run by hand (offline) from the repository root whene
 spec changes::
 
     mkdir -p /tmp/wallpapers && cd /tmp/wallpapers
-    apt-get download mate-backgrounds ukui-wallpapers plasma-workspace-wallpapers
+    apt-get download mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers
     for deb in *.deb; do dpkg-deb -x "$deb" .; done
     cd - && .venv/bin/python -m tools.make_style_prior /tmp/wallpapers
 
