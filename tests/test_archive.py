@@ -122,6 +122,7 @@ def hostile_archives() -> dict[str, bytes]:
         # Versions and metrics that load but that every later read of the tag trips on (500s, or
         # an archive the server stored and then refuses to read back).
         "version-2-to-the-63": with_model(ok, version=2**63),
+        "version-near-doubles-end": with_model(ok, version=2**53 - 1),  # the next training never became current
         "version-beyond-64-bits": with_model(ok, version=2**64),
         "text-count": with_model(ok, metrics={"positives": "many", "negatives": 3}),
         "list-count": with_model(ok, metrics={"positives": [3]}),

@@ -7,6 +7,7 @@ import dataclasses
 import orjson
 from starlette.testclient import TestClient
 
+from shared.data.jobs import RESCORE_FUNCTION
 from shared.domain.services import Services
 from shared.models.archive import MAX_METRICS_BYTES, pack
 from tests.support.api import add, record, run_queued_jobs, teach_cat
@@ -157,3 +158,25 @@ def test_a_server_can_ask_for_more_examples(client: TestClient, services: Servic
     run_queued_jobs(services)
     result = client.get(f"/status/{task['task_id']}").json()["result"]
     assert "3 positive examples and 3 negative examples" in result["caution"]
+
+
+def test_a_burst_of_rollbacks_queues_one_library_rescore(client: TestClient, services: Services) -> None:
+    """Each rollback queued a job that rescores the whole library (1,000 rollbacks: 999 waiting
+    jobs, each kept for days); the job reads the current versions when it runs, so one waiting
+    job serves them all. A rollback to the version already current changes nothing."""
+    teach_cat(client, services, positives=3, negatives_each=1)
+    add(client, crops(CAT, 1, seed=7)[0], "cat-extra")
+    client.get("/custom/assign/cat-extra/positive/cat")
+    assert retrain(client, services)["version"] == 2
+    run_queued_jobs(services)
+
+    def waiting_rescores() -> int:
+        return sum(job.func_name == RESCORE_FUNCTION for job in services.queue.library.get_jobs())
+
+    assert waiting_rescores() == 0
+    for i in range(40):
+        assert client.post(f"/custom/rollback/cat/{1 + i % 2}").status_code == 200
+    assert waiting_rescores() == 1 and client.get("/custom/versions/cat").json()["current"] == 2
+    run_queued_jobs(services)
+    assert client.post("/custom/rollback/cat/2").json()["previous"] == 2
+    assert waiting_rescores() == 0

@@ -9,6 +9,7 @@ clear error; a job that raises is never retried, since it would fail the same wa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ TRAIN_FUNCTION = "worker.tasks.train_tag"
 EMBED_FUNCTION = "worker.tasks.embed_library"
 RESCORE_FUNCTION = "worker.tasks.rescore_library"
 LIBRARY_TIMEOUT_S = 3600  # embedding a batch or rescoring 100,000 images takes seconds to minutes
+LIBRARY_TASKS_SHOWN = 100  # library jobs /custom/library lists
 # Run in the worker when a training ends: they count trainings and durations for /metrics.
 ON_SUCCESS = Callback("shared.data.jobs.on_training_success")
 ON_FAILURE = Callback("shared.data.jobs.on_training_failure")
@@ -140,16 +142,24 @@ class TrainingQueue:
         return self._submit_once(self.library, key, make)[0]
 
     def submit_rescore(self, tags: list[str]) -> str:
-        """Queue a job that scores the whole library with the tags' current versions; returns its
-        task id."""
-        job = self._library_job(RESCORE_FUNCTION, (sorted(tags),), f"rescore the library for {len(tags)} tags")
-        self.library.enqueue_job(job)
-        return str(job.id)
+        """Queue a job that scores the whole library with the tags' current versions, unless one for
+        the same tags is waiting (it reads the versions when it runs: a burst of publishes, say
+        rollbacks, needs one); returns its task id."""
+        tags = sorted(set(tags))
+        name = "rescore:" + hashlib.sha256("\0".join(tags).encode()).hexdigest()[:32]
+
+        def make() -> Job:
+            return self._library_job(RESCORE_FUNCTION, (tags,), f"rescore the library for {len(tags)} tags")
+
+        return self._submit_once(self.library, self._queued_key_of(name), make, ttl=self.task_ttl)[0]
 
     def library_tasks(self) -> list[dict[str, str]]:
-        """The library jobs queued or running: task id, what it does, status."""
-        started = StartedJobRegistry(queue=self.library).get_job_ids()
-        found = [(job_id, "started") for job_id in started] + [(job_id, "queued") for job_id in self.library.job_ids]
+        """The library jobs running, then those queued, at most ``LIBRARY_TASKS_SHOWN``: task id,
+        what it does, status."""
+        started = StartedJobRegistry(queue=self.library).get_job_ids(0, LIBRARY_TASKS_SHOWN - 1)
+        queued = self.library.get_job_ids(0, LIBRARY_TASKS_SHOWN)
+        found = [(job_id, "started") for job_id in started] + [(job_id, "queued") for job_id in queued]
+        found = found[:LIBRARY_TASKS_SHOWN]
         jobs = Job.fetch_many([job_id for job_id, _ in found], connection=self.redis, serializer=JSONSerializer)
         return [{"task_id": job_id, "description": job.description or "", "status": status}
                 for (job_id, status), job in zip(found, jobs, strict=True) if job is not None]
@@ -165,11 +175,12 @@ class TrainingQueue:
         return f"{self.prefix}:library:{name}:queued"
 
     def _submit_once(
-        self, queue: Queue, key: str, make: Callable[[], Job], reusable: Callable[[Job], bool] = lambda job: True
+        self, queue: Queue, key: str, make: Callable[[], Job], reusable: Callable[[Job], bool] = lambda job: True,
+        ttl: int | None = None,
     ) -> tuple[str, bool]:
         """Enqueue ``make()`` unless the job named by ``key`` is still waiting (and ``reusable``);
         returns (task id, whether it was waiting already). The check and the enqueue are one
-        transaction (WATCH on ``key``)."""
+        transaction (WATCH on ``key``); ``ttl``: seconds ``key`` is kept (default: for good)."""
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -182,7 +193,7 @@ class TrainingQueue:
                     job = make()
                     pipe.multi()
                     queue.enqueue_job(job, pipeline=pipe)
-                    pipe.set(key, job.id)
+                    pipe.set(key, job.id, ex=ttl)
                     pipe.execute()
                     return job.id, False
                 except redis.WatchError:

@@ -68,7 +68,7 @@ return 0
 # ARGV: number of checked epochs, rollback (1 or 0), the most tags allowed (0: no limit), the
 # expected epochs, then (tag, version, pointer JSON) triples.
 # Returns -1 if an epoch moved, -2 if the new tags would pass the limit, else the tags whose
-# pointer moved (never to an older version).
+# pointer moved (never to an older version, unless rollback; never to the version it holds).
 _PUBLISH = """
 local n, any_version, max_tags = tonumber(ARGV[1]), ARGV[2] == '1', tonumber(ARGV[3])
 for i = 1, n do
@@ -86,7 +86,8 @@ local moved = {}
 for i = n + 4, #ARGV, 3 do
   local tag, version = ARGV[i], tonumber(ARGV[i + 1])
   local current = redis.call('HGET', KEYS[1], tag)
-  if any_version or not current or cjson.decode(current)['version'] < version then
+  local old = current and cjson.decode(current)['version']
+  if not old or old < version or (any_version and old ~= version) then
     redis.call('HSET', KEYS[1], tag, ARGV[i + 2])
     redis.call('SADD', KEYS[2], tag)
     table.insert(moved, tag)

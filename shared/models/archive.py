@@ -45,9 +45,11 @@ MAX_METRICS_DEPTH = 8
 # adds it to metrics at the limit still makes an archive that reads back.
 ORIGIN_FIELDS = {"loaded_from": str, "version": int, "trained_at": str, "loaded_at": str}
 ORIGIN_TEXT_LENGTH = 64
-# The highest model version number: Redis counts versions in signed 64-bit integers, and every
-# version an archive or a backup brings is checked against it before anything is stored.
-MAX_VERSION = 10**18 - 1
+# The highest model version an archive or a backup may bring, checked before anything is stored:
+# Redis's scripts compare versions as doubles, exact up to 2^53 (a version beyond it trained into
+# one that never became current, and the backup no longer restored); 2^52 leaves room for as many
+# trainings after it.
+MAX_VERSION = 2**52
 STORED_MAX_VERSION = 2**63 - 1  # what earlier releases let into the store
 # Metrics the server and the web page read themselves, beyond serving them: when an archive has
 # them, they must be what training writes (the API schema's Metrics), else every listing of the
