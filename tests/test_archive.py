@@ -16,10 +16,11 @@ from safetensors.numpy import save as save_tensors
 from starlette.testclient import TestClient
 
 from shared.core.errors import DomainError, InvalidInput
-from shared.models.archive import ArchiveLimits, check_extended_headers, pack, unpack
+from shared.domain.services import Services
+from shared.models.archive import CONTAINERS_PER_MODEL, ArchiveLimits, check_extended_headers, pack, unpack
 from shared.models.backbone import LITE0
 from shared.web.errors import status_of
-from tests.support.api import record
+from tests.support.api import record, teach_cat
 from tests.support.photos import CAT, OTHERS, crops
 
 LIMITS = ArchiveLimits(max_bytes=1_000_000, max_members=10)
@@ -132,6 +133,9 @@ def hostile_archives() -> dict[str, bytes]:
         # Nested 253 deep, the metrics encoded alone but not inside an answer: every tag listing was a 500.
         "deep-metrics": with_model(ok, metrics={"notes": functools.reduce(lambda x, _: [x], range(253), 1)}),
         "boolean-threshold": with_model(ok, threshold=True),
+        # 2 bytes of JSON each, about 70 in memory: eight such uploads at once held 2.9 GB.
+        "object-flood": tar_of([(info("manifest.json"), manifest(["w"])[:-1] + b', "pad": [' + b"{}," * 2_000_000
+                                 + b"{}]}"), (info("w"), ok)]),
         "nul-date": with_model(ok, trained_at="\u0000"),
         "not-a-date": with_model(ok, trained_at="yesterday, after lunch"),
     }
@@ -260,3 +264,17 @@ def test_hostile_archives_change_nothing_served(client: TestClient) -> None:
     print(f"\nhostile archives: {len(archives)} refused; models, predictions and tags equal before and after: "
           f"{after == before}")
     assert after == before
+
+
+def test_a_trained_models_manifest_entry_is_far_within_the_containers_allowed(
+    client: TestClient, services: Services
+) -> None:
+    """The bound on a manifest's objects and lists (checked before parsing) must never refuse what
+    a server writes: a training's entry, its metrics and most_wrong included."""
+    teach_cat(client, services, positives=4, negatives_each=2)
+    with tarfile.open(fileobj=io.BytesIO(client.get("/get_state").content)) as tar:
+        member = tar.extractfile("manifest.json")
+        assert member is not None
+        raw = member.read()
+    per_model = (raw.count(b"{") + raw.count(b"[")) / len(json.loads(raw)["models"])
+    assert per_model <= CONTAINERS_PER_MODEL / 2, per_model

@@ -351,7 +351,7 @@ def _read_backup(services: Services, file: BinaryIO) -> _Backup:
                 raise _invalid("The backup has no manifest.json (a backup cut short lacks it: it is written last).")
             if members[MANIFEST].size > MAX_MANIFEST_BYTES:
                 raise TooLarge("backup_too_large", f"manifest.json is larger than {MAX_MANIFEST_BYTES} bytes.")
-            manifest_images, manifest_tags = _manifest(services, _member_bytes(tar, members[MANIFEST]))
+            manifest_images, manifest_tags = _manifest(services, _member_bytes(tar, members[MANIFEST]), len(members))
             used = {MANIFEST}
             found = _images(manifest_images, members, used)
             tags = _tags(services, manifest_tags, {i.image_id for i in found}, members, used)
@@ -376,8 +376,11 @@ def _sized(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> bytes:
     return _member_bytes(tar, info)
 
 
-def _manifest(services: Services, raw: bytes) -> tuple[list[Any], list[Any]]:
-    manifest = read_json(raw, "manifest.json", _invalid)
+def _manifest(services: Services, raw: bytes, members: int) -> tuple[list[Any], list[Any]]:
+    # One object per image and per version, three per tag (the tag, its two lists of examples);
+    # the slack covers braces in file names.
+    containers = 8 * members + 4 * services.settings.max_tags + 4096
+    manifest = read_json(raw, "manifest.json", _invalid, max_containers=containers)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(f"manifest.json does not describe a {FORMAT} archive (a state archive loads with /set_state).")
     if manifest.get("format_version") != FORMAT_VERSION:

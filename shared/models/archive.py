@@ -39,6 +39,9 @@ MAX_METRICS_BYTES = 64 * 1024
 # How deeply metrics may nest (training writes 3 levels): answers wrap them in a few more, and the
 # JSON encoder stops at 255.
 MAX_METRICS_DEPTH = 8
+# Objects and lists a model's manifest entry may open: training writes about 20 (the entry, its
+# metrics, the losses of each form and strength, most_wrong's examples).
+CONTAINERS_PER_MODEL = 64
 # metrics["origin"] of a version loaded from a state archive (shared.domain.state.with_origin):
 # these fields, each text of at most ORIGIN_TEXT_LENGTH characters, or for "version" a version
 # number. It is not counted in MAX_METRICS_BYTES (it is small and bounded here), so a load that
@@ -129,9 +132,17 @@ def _invalid(message: str) -> InvalidInput:
     return InvalidInput("invalid_archive", message)
 
 
-def read_json(raw: bytes, name: str, invalid: Callable[[str], InvalidInput], finite: bool = True) -> Any:
+def read_json(raw: bytes, name: str, invalid: Callable[[str], InvalidInput], finite: bool = True,
+              max_containers: int | None = None) -> Any:
     """The JSON member ``name`` of an archive, or ``invalid(reason)`` raised; with ``finite``,
-    numbers JSON cannot write (NaN, infinities, 1e999) are refused too."""
+    numbers JSON cannot write (NaN, infinities, 1e999) are refused too.
+
+    ``max_containers``: how many objects and lists it may open, counted (as its '{' and '[' bytes,
+    strings' too) before parsing: each costs 2 bytes of JSON but 60-100 in memory, so 16 MiB of
+    '{},' held 1 GB, and the parse holds the interpreter's lock throughout."""
+    if max_containers is not None and raw.count(b"{") + raw.count(b"[") > max_containers:
+        raise invalid(f"{name} opens more objects and lists than its archive's members need "
+                      f"(at most {max_containers}).")
     try:
         if not finite:
             return json.loads(raw)
@@ -281,7 +292,8 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits, stored: bool 
         raise _invalid("The archive has no manifest.json.")
     if len(members[MANIFEST]) > MAX_MANIFEST_BYTES:
         raise TooLarge("archive_too_large", "manifest.json is too large.")
-    manifest = read_json(members[MANIFEST], MANIFEST, _invalid, finite=not stored)
+    manifest = read_json(members[MANIFEST], MANIFEST, _invalid, finite=not stored,
+                         max_containers=CONTAINERS_PER_MODEL * len(members) + 1024)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(f"manifest.json does not describe a {FORMAT} archive.")
     version = manifest.get("format_version")
