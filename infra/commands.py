@@ -579,8 +579,7 @@ def cmd_export_scores(client: Client, args: argparse.Namespace) -> int:
     if args.output == "-":
         written = client.export_scores(sys.stdout.buffer, args.format, args.tag, args.match)
     else:
-        with open(args.output, "wb") as out:
-            written = client.export_scores(out, args.format, args.tag, args.match)
+        written = client.save_scores(args.output, args.format, args.tag, args.match)
         print(f"wrote {args.output} ({written} bytes)", file=sys.stderr)
     return 0
 

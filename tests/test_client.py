@@ -227,3 +227,23 @@ def test_export_onnx_streams_the_device_model_to_a_file(tagsmith: Client, client
         tagsmith.export_onnx(out / "dog.onnx", ["dog"])
     assert (unknown.value.status, unknown.value.code) == (404, "unknown_tag")
     assert sorted(p.name for p in out.iterdir()) == ["all.onnx", "edge.onnx"]  # no partial file left
+
+
+def test_downloads_write_no_file_but_their_own(tagsmith: Client, client: TestClient, services: Services,
+                                               tmp_path: Path) -> None:
+    """A link where the temporary file used to go (`backup.tar.partial` pointing elsewhere) had the
+    download written through it; a refused score export emptied the file it was to replace."""
+    teach_cat(client, services, positives=2, negatives_each=1)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (tmp_path / "backup.tar.partial").symlink_to(victim)
+    assert tagsmith.backup(tmp_path / "backup.tar") > 0
+    assert victim.read_text() == "mine" and not (tmp_path / "backup.tar").is_symlink()
+
+    scores = tmp_path / "scores.csv"
+    written = tagsmith.save_scores(scores)
+    assert written == scores.stat().st_size and scores.read_text().startswith('"image_id"')
+    with pytest.raises(TagsmithError) as refused:
+        tagsmith.save_scores(scores, tags=["no such tag"])
+    assert refused.value.code == "unknown_tag" and scores.stat().st_size == written
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == ["backup.tar.partial"]  # the link

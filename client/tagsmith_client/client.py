@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -201,17 +202,19 @@ class Client:
         """GET ``route`` into the file ``path``, streamed, under a temporary name that replaces
         ``path`` once the whole answer has come; returns its size."""
         target = Path(path)
-        partial = target.with_name(target.name + ".partial")
+        # A new file of a random name (O_EXCL): never one that is there already, nor a link's target.
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        partial = Path(name)
         try:
-            with self._http.stream("GET", self.url + route, params=params, headers=self._headers) as response:
+            with os.fdopen(fd, "wb") as out, \
+                    self._http.stream("GET", self.url + route, params=params, headers=self._headers) as response:
                 if not response.is_success:
                     response.read()
                     self._raise_for(response)
                 size = 0
-                with open(partial, "wb") as out:
-                    for chunk in response.iter_bytes():
-                        out.write(chunk)
-                        size += len(chunk)
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    size += len(chunk)
         except httpx.TransportError as exc:
             partial.unlink(missing_ok=True)
             raise TagsmithError(0, "unreachable", f"{what} from {self.url} failed: {exc}") from exc
@@ -286,18 +289,23 @@ class Client:
                       match: bool = False) -> int:
         """Stream every library image's score for every tag (or ``tags``) into ``out`` as CSV or
         JSON lines (``format``: csv or jsonl); returns the bytes written."""
-        params: dict[str, Any] = {"format": format, **({"tag": list(tags)} if tags else {}),
-                                  **({"match": "true"} if match else {})}
         written = 0
-        with self._http.stream("GET", self.url + "/custom/library/export", params=params,
+        with self._http.stream("GET", self.url + "/custom/library/export", params=_score_params(format, tags, match),
                                headers=self._headers) as response:
-            if response.status_code >= 400:
+            if not response.is_success:
                 response.read()
                 self._raise_for(response)
             for chunk in response.iter_bytes():
                 out.write(chunk)
                 written += len(chunk)
         return written
+
+    def save_scores(self, path: str | os.PathLike[str], format: str = "csv", tags: Sequence[str] = (),
+                    match: bool = False) -> int:
+        """``export_scores`` into the file ``path``, which is replaced only once the whole export
+        has arrived (a refused export leaves it as it was); returns its size in bytes."""
+        return self._download("/custom/library/export", path, what="Score export",
+                              params=_score_params(format, tags, match))
 
     def image(self, image_id: str) -> dict[str, Any]:
         """A stored image's details and the tags it is an example of."""
@@ -334,3 +342,7 @@ class Client:
 
     def ready(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._json("GET", "/ready"))
+
+
+def _score_params(format: str, tags: Sequence[str], match: bool) -> dict[str, Any]:
+    return {"format": format, **({"tag": list(tags)} if tags else {}), **({"match": "true"} if match else {})}
