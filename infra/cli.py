@@ -172,6 +172,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_client_command(args: argparse.Namespace) -> int:
+    from infra.commands import shown
     from tagsmith_client import Client, TagsmithError
 
     try:
@@ -179,13 +180,13 @@ def run_client_command(args: argparse.Namespace) -> int:
             return int(args.client_command(client, args))
     except TagsmithError as exc:
         hint = " Give the command the key with --api-key or TAGSMITH_API_KEY." if exc.status == 401 else ""
-        print(f"tagsmith: {exc.message} ({exc.code}){hint}", file=sys.stderr)
+        print(f"tagsmith: {shown(exc.message)} ({shown(exc.code)}){hint}", file=sys.stderr)
         return 1
     except TimeoutError as exc:
         print(f"tagsmith: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a local file to read or write: missing, a folder, not permitted
-        print(f"tagsmith: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"tagsmith: {exc}",
+        print(f"tagsmith: {exc.strerror or exc}: {shown(exc.filename)}" if exc.filename else f"tagsmith: {shown(exc)}",
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -33,7 +33,7 @@ def image_files(paths: Sequence[str]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise SystemExit(f"tagsmith: no such file or folder: {name}")
+            raise SystemExit(f"tagsmith: no such file or folder: {shown(name)}")
     return found
 
 
@@ -55,6 +55,12 @@ def id_from_name(path: Path) -> str:
     """An image id from a file name: its stem, with characters ids cannot hold replaced by '-'."""
     cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in path.stem)
     return cleaned.lstrip("_.-")[:128] or "image"
+
+
+def shown(text: object) -> str:
+    """``text`` for a terminal: control characters (a file name may hold escape sequences that
+    retitle or recolour the terminal, or a newline that fakes a line) written as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
 
 
 def _print_json(value: Any) -> None:
@@ -89,7 +95,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str 
     if not rows:
         print(empty)
         return
-    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    cells = [[shown(c) for c in headers], *[[shown(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     room = _terminal_width()
     if room is not None:
@@ -134,7 +140,7 @@ def _failure(path: Path, error: TagsmithError | OSError) -> dict[str, Any]:
 def _stopped(error: TagsmithError, left: int, total: int) -> None:
     """The refusal that stopped a command over many files, and how many it did not get to."""
     rest = f"; stopped with {left} of {_count(total, 'file')} not done" if left < total else ""
-    print(f"tagsmith: {error.message} ({error.code}){rest}", file=sys.stderr)
+    print(f"tagsmith: {shown(error.message)} ({shown(error.code)}){rest}", file=sys.stderr)
 
 
 def _add_batch(client: Client, batch: list[Path], args: argparse.Namespace,
@@ -199,7 +205,7 @@ def cmd_add(client: Client, args: argparse.Namespace) -> int:
         _print_json(results)
     else:
         for r in failed:
-            print(f"{r['path']}: {r['message']} ({r['error']})", file=sys.stderr)
+            print(f"{shown(r['path'])}: {shown(r['message'])} ({shown(r['error'])})", file=sys.stderr)
         where = f" as {sample_type} examples of '{args.tag}'" if args.tag else ""
         print(f"added {_count(len(results) - len(failed), 'image')}{where}"
               + (f"; {len(failed)} failed" if failed else ""))
@@ -222,7 +228,7 @@ def _each_image(image_ids: Sequence[str], act: Callable[[str], dict[str, Any]],
         try:
             answer = act(image_id)
         except TagsmithError as exc:
-            print(f"tagsmith: {image_id}: {exc.message} ({exc.code})", file=sys.stderr)
+            print(f"tagsmith: {shown(image_id)}: {shown(exc.message)} ({shown(exc.code)})", file=sys.stderr)
             done, rest = image_ids[:n], image_ids[n + 1:]
             if done or rest:
                 line = f"tagsmith: before that, {did.replace('{images}', _count(n, 'image'), 1)}"
@@ -405,10 +411,10 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
                  ", ".join(_style_name(s["name"]) for s in r["styles"]) or "-"]
                 for r in good])
         for r in failed:
-            print(f"{r['path']}: {r['message']} ({r['error']})", file=sys.stderr)
+            print(f"{shown(r['path'])}: {shown(r['message'])} ({shown(r['error'])})", file=sys.stderr)
     for r in good:
         if "error" in r.get("xmp", {}):
-            print(f"{r['xmp']['path']}: {r['xmp']['error']}", file=sys.stderr)
+            print(f"{shown(r['xmp']['path'])}: {shown(r['xmp']['error'])}", file=sys.stderr)
     if args.xmp:
         print(_sidecar_summary(sidecars), file=sys.stderr if args.json else sys.stdout)
     if failed and not args.json:

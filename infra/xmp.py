@@ -52,9 +52,12 @@ def write_keywords(sidecar: Path, keywords: Sequence[str]) -> str:
     none to write: no file is created then). Raises ``XmpError`` (or ``OSError``) without touching
     the file."""
     if sidecar.is_symlink():
-        target = sidecar.resolve()  # write where the link points; the link stays
-        if not target.is_file():  # a folder of untrusted origin could aim it anywhere to create a file there
-            raise XmpError(f"it is a link to {target}, which is not an existing file; links are followed only to one")
+        # Write where the link points (the link stays), but only into an existing file in the photo's
+        # own folder or below: a folder of untrusted origin could aim it at any file to rewrite it.
+        target, folder = sidecar.resolve(), sidecar.parent.resolve()
+        if not target.is_file() or not target.is_relative_to(folder):
+            raise XmpError(f"it is a link to {target}; links are followed only to an existing file in {folder} "
+                           "or below")
         sidecar = target
     try:
         original = sidecar.read_bytes()

@@ -121,6 +121,21 @@ def test_predict_prints_every_good_file_and_names_the_bad_one(
     assert code == 1 and len(out.splitlines()) == 4 and str(folder / "broken.jpg") in err
 
 
+def test_file_names_reach_the_terminal_without_their_control_characters(
+        live_server: TagsmithServer, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file named with escape sequences retitled and recoloured the terminal, and a newline in it
+    faked a line of output; they are printed as escapes now (the JSON output keeps the name)."""
+    hostile = "evil\x1b]0;PWNED\x07\x1b[31mred\nline2"
+    (folder / f"{hostile}.jpg").write_bytes((folder / "cat.jpg").read_bytes())
+    (folder / f"{hostile}-cut.jpg").write_bytes((folder / "broken.jpg").read_bytes())
+    code, out, err = run(capsys, live_server.base, "predict", str(folder))
+    assert code == 1 and "\x1b" not in out + err and "\x07" not in out + err
+    assert "evil\\x1b]0;PWNED\\x07\\x1b[31mred\\nline2" in out and "line2-cut.jpg: " in err
+    assert len(out.splitlines()) == 2 + 3  # header, rule, three good files: no faked line
+    code, out, err = run(capsys, live_server.base, "predict", str(folder), "--json")
+    assert any(json.loads(line)["path"].endswith(f"{hostile}.jpg") for line in out.splitlines())
+
+
 def test_predict_json_lines_have_every_file_and_the_error(
         live_server: TagsmithServer, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     reason = served_error(live_server, folder / "broken.jpg")
@@ -290,15 +305,23 @@ def test_a_sidecar_that_cannot_be_merged_is_left_as_it_was(tmp_path: Path, conte
 
 def test_a_sidecar_link_to_nowhere_creates_no_file_where_it_points(tmp_path: Path) -> None:
     """A dangling `photo.jpg.xmp` link (say, from an unpacked archive) made the XMP file wherever it
-    pointed; a link to an existing sidecar is still merged into."""
+    pointed, and a link to any XMP file rewrote it; a link to an existing sidecar in the photo's
+    folder is still merged into."""
     (tmp_path / "photos").mkdir()
     (tmp_path / "elsewhere").mkdir()
     elsewhere = tmp_path / "elsewhere" / "planted.txt"
     link = tmp_path / "photos" / "a.jpg.xmp"
     link.symlink_to(elsewhere)
-    with pytest.raises(xmp.XmpError, match="not an existing file"):
+    with pytest.raises(xmp.XmpError, match="links are followed only to an existing file"):
         xmp.write_keywords(link, ["cat"])
     assert not elsewhere.exists() and list(elsewhere.parent.iterdir()) == []
+    outside = tmp_path / "elsewhere" / "real.xmp"  # an existing XMP file outside the photos' folder
+    assert xmp.write_keywords(outside, ["dog"]) == "created"
+    before = outside.read_bytes()
+    (tmp_path / "photos" / "c.jpg.xmp").symlink_to(outside)
+    with pytest.raises(xmp.XmpError, match="links are followed only to an existing file"):
+        xmp.write_keywords(tmp_path / "photos" / "c.jpg.xmp", ["cat"])
+    assert outside.read_bytes() == before
     real = tmp_path / "photos" / "b.xmp"
     assert xmp.write_keywords(real, ["dog"]) == "created"
     (tmp_path / "photos" / "b.jpg.xmp").symlink_to(real)
