@@ -371,3 +371,17 @@ def test_the_images_ship_the_backbone_export_where_their_containers_read_it(
               if c["image"].startswith("tagsmith-")]
     assert mounts and not any(cache.is_relative_to(mount) for mount in mounts), (
         f"{dockerfile}: a volume would hide the export in {cache}")
+
+
+def test_only_tagsmiths_pods_reach_redis_and_minio() -> None:
+    """Redis and MinIO hold everything and have no API keys: NetworkPolicies admit this namespace's
+    pods (and KEDA, which reads the queue's length, to Redis) on the ports their Services use."""
+    for name, extra in (("redis", [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}]),
+                        ("minio", [])):
+        policy = find("NetworkPolicy", f"{name}-from-tagsmith")["spec"]
+        service = find("Service", name)["spec"]
+        assert policy["podSelector"]["matchLabels"] == service["selector"] and policy["policyTypes"] == ["Ingress"]
+        (rule,) = policy["ingress"]
+        assert rule["from"] == [{"podSelector": {}}, *extra]
+        assert [p["port"] for p in rule["ports"]] == [p["targetPort"] if "targetPort" in p else p["port"]
+                                                      for p in service["ports"]]
