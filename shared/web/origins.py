@@ -104,8 +104,8 @@ class SameOrigin:
                                      f"{host!r}; add its name to TAGSMITH_ALLOWED_HOSTS to allow it.")
         elif scope["method"] == "HEAD" and scope["path"].startswith(WRITING_GETS):
             # Link checkers and prefetchers send HEAD as a safe probe; Starlette would run the GET.
-            refusal = error_response(405, "method_not_allowed", "This route changes data: send GET, not HEAD.",
-                                     {"Allow": "GET"})
+            refusal = error_response(405, "method_not_allowed", "This route changes data: send POST (or GET), "
+                                     "not HEAD.", {"Allow": "GET, POST"})
         elif changes_data(scope["method"], scope["path"]) and cross_site(headers, host):
             refusal = error_response(403, "cross_site_request", "A page of another site asked to change "
                                      "data here; requests that change data must come from this server's own "
