@@ -293,7 +293,7 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits, stored: bool 
     if len(members[MANIFEST]) > MAX_MANIFEST_BYTES:
         raise TooLarge("archive_too_large", "manifest.json is too large.")
     manifest = read_json(members[MANIFEST], MANIFEST, _invalid, finite=not stored,
-                         max_containers=CONTAINERS_PER_MODEL * len(members) + 1024)
+                         max_containers=None if stored else CONTAINERS_PER_MODEL * len(members) + 1024)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(f"manifest.json does not describe a {FORMAT} archive.")
     version = manifest.get("format_version")
@@ -416,11 +416,14 @@ def _record(
     highest = STORED_MAX_VERSION if stored else MAX_VERSION
     if not is_whole(version, high=highest):
         raise _invalid(f"Model entry {i} ({tag}) has an invalid version (an integer from 1 to {highest}).")
-    if not _is_number(threshold) or not (0.0 <= threshold <= 1.0):
+    # What this server stored itself is read as the release that stored it checked it.
+    number = isinstance(threshold, (int, float)) if stored else _is_number(threshold)
+    if not number or not (0.0 <= threshold <= 1.0):
         raise _invalid(f"Model entry {i} ({tag}) has a threshold that is not a number in [0, 1].")
-    if not _valid_timestamp(trained_at) or not isinstance(metrics, dict):
+    dated = isinstance(trained_at, str) and len(trained_at) <= 64 if stored else _valid_timestamp(trained_at)
+    if not dated or not isinstance(metrics, dict):
         raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at (an ISO 8601 date and time, or empty) or metrics.")
-    if _depth(metrics) > MAX_METRICS_DEPTH:
+    if not stored and _depth(metrics) > MAX_METRICS_DEPTH:
         raise _invalid(f"Model entry {i} ({tag}) has metrics nested more than {MAX_METRICS_DEPTH} levels deep.")
     if "origin" in metrics and not _valid_origin(metrics["origin"], highest):
         raise _invalid(f"Model entry {i} ({tag}) has an invalid metrics.origin: an object of "
