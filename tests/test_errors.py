@@ -108,7 +108,8 @@ def test_hostile_tag_names_are_refused(client: TestClient, services: Services, t
 
 def test_unicode_tags_are_fine(client: TestClient, services: Services) -> None:
     client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
-    tags = ("flat lay – Ünïcode", "rock & roll", "50's", "猫", "a..b", "❤️", "1️⃣ place")
+    tags = ("flat lay – Ünïcode", "rock & roll", "50's", "猫", "a..b", "❤️", "1️⃣ place", "ℹ️", "‼️",
+            "葛\U000e0100飾", "ᠠ\u180bᠡ")  # emoji, a Japanese ideographic variant, a Mongolian spelling
     for tag in tags:
         response = client.get(f"/custom/assign/img/positive/{tag}")
         assert response.status_code == 200, response.text
