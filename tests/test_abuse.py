@@ -135,10 +135,12 @@ def test_head_does_not_run_the_writing_get_forms(client: TestClient, services: S
     running the GET, so HEAD /custom/delete/cat deleted the tag."""
     teach_cat(client, services, positives=2, negatives_each=1)
     before = client.get("/custom/tags").json()
-    for path in ("/custom/delete/cat", "/custom/train/cat", "/custom/unassign/cat-0/cat",
-                 "/custom/assign/cat-0/negative/cat", "/custom/rollback/cat/1"):
+    for path, allowed in (("/custom/delete/cat", "DELETE, GET, POST"), ("/custom/train/cat", "GET, POST"),
+                          ("/custom/unassign/cat-0/cat", "DELETE, GET, POST"),
+                          ("/custom/assign/cat-0/negative/cat", "GET, POST"), ("/custom/rollback/cat/1", "GET, POST")):
         response = client.head(path)
-        assert (response.status_code, response.headers["allow"]) == (405, "GET, POST"), path
+        assert response.status_code == 405, path
+        assert sorted(response.headers["allow"].split(", ")) == allowed.split(", "), path
     assert client.get("/custom/tags").json() == before
     assert client.head("/custom/tags").status_code == 200  # reading routes answer HEAD as before
 

@@ -9,8 +9,8 @@
   browser marks it as coming from another site: ``Sec-Fetch-Site`` other than ``same-origin`` or
   ``none`` (a typed URL), or an ``Origin`` that is not this host. Requests without either header
   (curl, scripts, the Python client) are not browsers acting for a page, and pass.
-- **HEAD** on those GET forms is refused (405): Starlette answers HEAD by running the GET, and
-  link checkers and prefetchers send HEAD as a harmless probe.
+- Those GET forms take no HEAD (``ApiRoute``): Starlette answers HEAD by running the GET, and link
+  checkers and prefetchers send HEAD as a harmless probe.
 - **Headers on every answer**: ``X-Content-Type-Options: nosniff``, frames denied
   (``X-Frame-Options``, CSP ``frame-ancestors``), and a Content-Security-Policy that lets the
   web page and the docs load only their own files. Answers that set no ``Cache-Control`` of their
@@ -31,10 +31,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.core.settings import Settings
 from shared.web.errors import error_response
 from shared.web.openapi import DOCS_STYLE
+from shared.web.routing import WRITING_GETS
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# The seed calls these with GET, so a GET to them changes data.
-WRITING_GETS = ("/custom/assign/", "/custom/unassign/", "/custom/train/", "/custom/delete/", "/custom/rollback/")
 ANY_HOST_PATHS = frozenset({"/health", "/ready"})
 CACHEABLE_PREFIXES = ("/static/", "/docs/")  # the same files for everyone
 _DOCS_STYLE_HASH = base64.b64encode(hashlib.sha256(DOCS_STYLE.encode()).digest()).decode()
@@ -102,10 +101,6 @@ class SameOrigin:
         elif "*" not in hosts and hostname(host) not in hosts and scope["path"] not in ANY_HOST_PATHS:
             refusal = error_response(400, "host_not_allowed", f"This server does not answer for the host "
                                      f"{host!r}; add its name to TAGSMITH_ALLOWED_HOSTS to allow it.")
-        elif scope["method"] == "HEAD" and scope["path"].startswith(WRITING_GETS):
-            # Link checkers and prefetchers send HEAD as a safe probe; Starlette would run the GET.
-            refusal = error_response(405, "method_not_allowed", "This route changes data: send POST (or GET), "
-                                     "not HEAD.", {"Allow": "GET, POST"})
         elif changes_data(scope["method"], scope["path"]) and cross_site(headers, host):
             refusal = error_response(403, "cross_site_request", "A page of another site asked to change "
                                      "data here; requests that change data must come from this server's own "

@@ -44,10 +44,23 @@ WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
 DECIMAL_NUMBER = re.compile(r"-?([0-9]{1,18}(\.[0-9]{0,18})?|\.[0-9]{1,18})([eE][-+]?[0-9]{1,3})?", re.ASCII)
 
 
+# The seed calls these with GET, so a GET to them changes data.
+WRITING_GETS = ("/custom/assign/", "/custom/unassign/", "/custom/train/", "/custom/delete/", "/custom/rollback/")
+
+
 class ApiRoute(Route):
     """A route that validates its path parameters (``PATH_PARAMETERS``) before its endpoint runs,
     and refuses a URL whose percent-escapes are not UTF-8 (servers decode them with replacement
-    characters: ``caf%E9`` would silently become the tag ``caf\ufffd``)."""
+    characters: ``caf%E9`` would silently become the tag ``caf\ufffd``).
+
+    A route whose GET changes data (``WRITING_GETS``) takes no HEAD (405, its methods in
+    ``Allow``): Starlette would answer HEAD by running the GET, and link checkers and prefetchers
+    send HEAD as a harmless probe."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if self.methods and path.startswith(WRITING_GETS):
+            self.methods.discard("HEAD")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.methods and scope["method"] not in self.methods:  # Starlette answers 405 first
