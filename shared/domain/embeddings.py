@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import threading
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from shared.core.process import cpu_pool
+from shared.core.process import KeyedLocks, cpu_pool
 from shared.data.keys import embedding_key, image_key
 from shared.data.store import ObjectNotFound, ObjectStore
 from shared.models.backbone import Backbone, preprocess
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     from shared.domain.services import Services
 
 LOOKAHEAD = 2  # batches being read and decoded ahead of the backbone
-_EMBEDDING = threading.Lock()
+_EMBEDDING = KeyedLocks()  # per image id: an image is embedded by one caller of this process at a time
 
 
 def to_bytes(vector: np.ndarray) -> bytes:
@@ -124,10 +123,13 @@ def embed_images(
     result = np.zeros((len(image_ids), width), dtype=np.float32)
     gone: set[int] = set()
     missing = read_cached(list(range(len(image_ids))))
-    # One embedding at a time in a process: requests that need the same images (suggestions
-    # right after an upload) wait, and then read what the one before them cached.
-    with _EMBEDDING if missing else contextlib.nullcontext():
-        missing = read_cached(missing)  # what a caller before us embedded meanwhile
+    # Requests that need the same new images (suggestions right after an upload) embed each once:
+    # a caller holds its images' locks (taken in one order by every caller), and one that waited
+    # reads what the caller before it cached. Requests for other images go on meanwhile.
+    with contextlib.ExitStack() as held:
+        for image_id in sorted({image_ids[i] for i in missing}):
+            held.enter_context(_EMBEDDING.hold(image_id))
+        missing = read_cached(missing)
         done = len(image_ids) - len(missing)
         if progress:
             progress(done, len(image_ids))
