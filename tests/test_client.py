@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -247,3 +250,14 @@ def test_downloads_write_no_file_but_their_own(tagsmith: Client, client: TestCli
         tagsmith.save_scores(scores, tags=["no such tag"])
     assert refused.value.code == "unknown_tag" and scores.stat().st_size == written
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == ["backup.tar.partial"]  # the link
+    scores.chmod(0o640)  # a file replaced keeps its permissions
+    tagsmith.save_scores(scores)
+    assert scores.stat().st_mode & 0o777 == 0o640
+    fifo = tmp_path / "scores.fifo"  # a pipe (as `-o >(gzip > s.gz)`) is written into, not replaced
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(fifo.read_bytes)
+        assert tagsmith.save_scores(fifo) == len(reading.result(timeout=60))
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    with pytest.raises(FileNotFoundError, match="missing/scores.csv"):  # names the file, not a temporary one
+        tagsmith.save_scores(tmp_path / "missing" / "scores.csv")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import tempfile
+import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -200,14 +203,26 @@ class Client:
     def _download(self, route: str, path: str | os.PathLike[str], *, what: str,
                   params: dict[str, Any] | None = None) -> int:
         """GET ``route`` into the file ``path``, streamed, under a temporary name that replaces
-        ``path`` once the whole answer has come; returns its size."""
+        ``path`` once the whole answer has come; returns its size. A ``path`` that is there and is
+        no regular file (a pipe, ``/dev/stdout``) is written as the answer comes."""
         target = Path(path)
-        # A new file of a random name (O_EXCL): never one that is there already, nor a link's target.
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-        partial = Path(name)
+        if target.exists() and not target.is_file():
+            with open(target, "wb") as out:
+                return self._stream_into(out, route, params, what)
+        fd, partial = _new_partial(target)
         try:
-            with os.fdopen(fd, "wb") as out, \
-                    self._http.stream("GET", self.url + route, params=params, headers=self._headers) as response:
+            with os.fdopen(fd, "wb") as out:
+                size = self._stream_into(out, route, params, what)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(target)
+        return size
+
+    def _stream_into(self, out: IO[bytes], route: str, params: dict[str, Any] | None, what: str) -> int:
+        """GET ``route`` and write its body into ``out`` as it comes; the bytes written."""
+        try:
+            with self._http.stream("GET", self.url + route, params=params, headers=self._headers) as response:
                 if not response.is_success:
                     response.read()
                     self._raise_for(response)
@@ -215,14 +230,9 @@ class Client:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
                     size += len(chunk)
+                return size
         except httpx.TransportError as exc:
-            partial.unlink(missing_ok=True)
             raise TagsmithError(0, "unreachable", f"{what} from {self.url} failed: {exc}") from exc
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        partial.replace(target)
-        return size
 
     def export_onnx(self, path: str | os.PathLike[str], tags: Sequence[str] = ()) -> int:
         """Write the backbone and the current heads of ``tags`` (default: every tag with a model)
@@ -289,16 +299,7 @@ class Client:
                       match: bool = False) -> int:
         """Stream every library image's score for every tag (or ``tags``) into ``out`` as CSV or
         JSON lines (``format``: csv or jsonl); returns the bytes written."""
-        written = 0
-        with self._http.stream("GET", self.url + "/custom/library/export", params=_score_params(format, tags, match),
-                               headers=self._headers) as response:
-            if not response.is_success:
-                response.read()
-                self._raise_for(response)
-            for chunk in response.iter_bytes():
-                out.write(chunk)
-                written += len(chunk)
-        return written
+        return self._stream_into(out, "/custom/library/export", _score_params(format, tags, match), "Score export")
 
     def save_scores(self, path: str | os.PathLike[str], format: str = "csv", tags: Sequence[str] = (),
                     match: bool = False) -> int:
@@ -346,3 +347,17 @@ class Client:
 
 def _score_params(format: str, tags: Sequence[str], match: bool) -> dict[str, Any]:
     return {"format": format, **({"tag": list(tags)} if tags else {}), **({"match": "true"} if match else {})}
+
+
+def _new_partial(target: Path) -> tuple[int, Path]:
+    """A new file beside ``target`` (a random name, O_EXCL: never a file that is there already,
+    nor where a link points) for a download to replace it with, with the target's permissions if it
+    exists (else the umask's); its descriptor and path."""
+    if not target.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(target))
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    with contextlib.suppress(OSError):
+        if target.is_file():
+            os.chmod(partial, stat.S_IMODE(target.stat().st_mode))
+    return fd, partial
