@@ -124,6 +124,10 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
             assert not cell.lstrip(' "').startswith(FORMULA_STARTS), (separator, cell)
     (row,) = csv.DictReader(io.StringIO("".join(csv_lines([hidden]))))
     assert row["filename"] == "x;'=1+2;.png" and float(row["score"]) == 0.25
+    assert row["tag"] == 'cat, "@SUM(A1)'  # after a comma, inside quoted text: a cell of its own nowhere
+    ordinary = [("c", "Beach, -sunset.jpg", "cat", 0.5, True, 1)]
+    (row,) = csv.DictReader(io.StringIO("".join(csv_lines([ordinary]))))
+    assert row["filename"] == "Beach, -sunset.jpg"
 
 
 def test_a_new_version_rescores_the_library(client: TestClient, services: Services) -> None:

@@ -13,9 +13,10 @@ COLUMNS = ("image_id", "filename", "tag", "score", "match", "version")
 # A spreadsheet opening the CSV would run a cell starting with one of these as a formula (CSV
 # injection): such text cells (file names, tags) get a leading apostrophe, as OWASP advises.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-# A spreadsheet whose list separator is ";" (many European locales) splits a text cell at each
-# ";" and reads what follows as a cell of its own: a formula start after a separator is defused too.
-EMBEDDED_FORMULA = re.compile(r"([,;\t\r\n][ \"]*)([=+\-@])")
+# A spreadsheet whose list separator is ";" (many European locales), or that splits at tabs,
+# reads what follows one inside a text as a cell of its own: a formula start there is defused too
+# (a "," is no separator there, and inside the quoted text none in a comma-separated reading).
+EMBEDDED_FORMULA = re.compile(r"([;\t][ \"]*)([=+\-@])")
 
 Row = tuple[str, str, str, float, bool, int]  # image id, file name, tag, score, match, version
 
