@@ -172,15 +172,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_client_command(args: argparse.Namespace) -> int:
-    from infra.commands import shown
+    from infra.commands import refusal, shown
     from tagsmith_client import Client, TagsmithError
 
     try:
         with Client(args.url, api_key=args.api_key) as client:
             return int(args.client_command(client, args))
     except TagsmithError as exc:
-        hint = " Give the command the key with --api-key or TAGSMITH_API_KEY." if exc.status == 401 else ""
-        print(f"tagsmith: {shown(exc.message)} ({shown(exc.code)}){hint}", file=sys.stderr)
+        print(f"tagsmith: {refusal(exc)}", file=sys.stderr)
         return 1
     except TimeoutError as exc:
         print(f"tagsmith: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -57,10 +58,24 @@ def id_from_name(path: Path) -> str:
     return cleaned.lstrip("_.-")[:128] or "image"
 
 
+# Bidirectional overrides and isolates, and the line and paragraph separators: they reorder or
+# break what follows them on a terminal.
+_REORDERING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
 def shown(text: object) -> str:
     """``text`` for a terminal: control characters (a file name may hold escape sequences that
-    retitle or recolour the terminal, or a newline that fakes a line) written as escapes."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
+    retitle or recolour the terminal, or a newline that fakes a line) and bidirectional overrides
+    written as escapes; other characters (an ideographic space, an emoji's joiner) as they are."""
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) == "Cc" or c in _REORDERING
+                   else c for c in str(text))
+
+
+def refusal(error: TagsmithError) -> str:
+    """A server's refusal as the command line prints it: message and code (and, for a missing or
+    wrong API key, how to give one)."""
+    hint = " Give the command the key with --api-key or TAGSMITH_API_KEY." if error.status == 401 else ""
+    return f"{shown(error.message)} ({shown(error.code)}){hint}"
 
 
 def _print_json(value: Any) -> None:
@@ -140,7 +155,7 @@ def _failure(path: Path, error: TagsmithError | OSError) -> dict[str, Any]:
 def _stopped(error: TagsmithError, left: int, total: int) -> None:
     """The refusal that stopped a command over many files, and how many it did not get to."""
     rest = f"; stopped with {left} of {_count(total, 'file')} not done" if left < total else ""
-    print(f"tagsmith: {shown(error.message)} ({shown(error.code)}){rest}", file=sys.stderr)
+    print(f"tagsmith: {refusal(error)}{rest}", file=sys.stderr)
 
 
 def _add_batch(client: Client, batch: list[Path], args: argparse.Namespace,
@@ -228,7 +243,7 @@ def _each_image(image_ids: Sequence[str], act: Callable[[str], dict[str, Any]],
         try:
             answer = act(image_id)
         except TagsmithError as exc:
-            print(f"tagsmith: {shown(image_id)}: {shown(exc.message)} ({shown(exc.code)})", file=sys.stderr)
+            print(f"tagsmith: {shown(image_id)}: {refusal(exc)}", file=sys.stderr)
             done, rest = image_ids[:n], image_ids[n + 1:]
             if done or rest:
                 line = f"tagsmith: before that, {did.replace('{images}', _count(n, 'image'), 1)}"

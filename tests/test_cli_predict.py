@@ -132,6 +132,10 @@ def test_file_names_reach_the_terminal_without_their_control_characters(
     assert code == 1 and "\x1b" not in out + err and "\x07" not in out + err
     assert "evil\\x1b]0;PWNED\\x07\\x1b[31mred\\nline2" in out and "line2-cut.jpg: " in err
     assert len(out.splitlines()) == 2 + 3  # header, rule, three good files: no faked line
+    (folder / "写真\u3000一.jpg").write_bytes((folder / "cat.jpg").read_bytes())  # an ideographic space: as it is
+    (folder / "gpj.\u202etxt.jpg").write_bytes((folder / "cat.jpg").read_bytes())  # reverses what follows: escaped
+    code, out, err = run(capsys, live_server.base, "predict", str(folder))
+    assert "写真\u3000一.jpg" in out and "gpj.\\u202etxt.jpg" in out and "\u202e" not in out
     code, out, err = run(capsys, live_server.base, "predict", str(folder), "--json")
     assert any(json.loads(line)["path"].endswith(f"{hostile}.jpg") for line in out.splitlines())
 
