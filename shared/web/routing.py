@@ -40,8 +40,8 @@ PATH_PARAMETERS: dict[str, Callable[[str, Settings], Any]] = {
 
 # Numbers in query parameters as people write them: ASCII digits only (Python's int() and float()
 # would also take "1_0", " 5 ", Arabic-Indic digits, "inf").
-WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
-DECIMAL_NUMBER = re.compile(r"-?([0-9]{1,18}(\.[0-9]{0,18})?|\.[0-9]{1,18})([eE][-+]?[0-9]{1,3})?", re.ASCII)
+WHOLE_NUMBER = re.compile(r"[-+]?[0-9]{1,18}", re.ASCII)
+DECIMAL_NUMBER = re.compile(r"[-+]?([0-9]{1,18}(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3})?", re.ASCII)
 
 
 # The seed calls these with GET, so a GET to them changes data.
