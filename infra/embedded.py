@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -117,7 +118,7 @@ def start_redis(
         *persistence,
         ("save", '""'),
         ("logfile", "redis.log"),
-        ("requirepass", password),
+        ("requirepass", _quoted(password)),
         *(("rename-command", f'{command} ""') for command in DISABLED_REDIS_COMMANDS),
     ]
     pass_fds = (lock_fd,) if lock_fd is not None else ()
@@ -126,7 +127,7 @@ def start_redis(
     assert process.stdin is not None
     process.stdin.write("".join(f"{name} {value}\n" for name, value in config).encode())
     process.stdin.close()
-    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    url = f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 30
     while True:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shared.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable
-from shared.core.names import clean_filename, validate_image_id, validate_tag
+from shared.core.names import MAX_FILENAME, clean_filename, validate_image_id, validate_tag
 from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer, utc_now
 from shared.data.store import ObjectNotFound
@@ -377,9 +377,11 @@ def _sized(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> bytes:
 
 
 def _manifest(services: Services, raw: bytes, members: int) -> tuple[list[Any], list[Any]]:
-    # One object per image and per version, three per tag (the tag, its two lists of examples);
-    # the slack covers braces in file names.
-    containers = 8 * members + 4 * services.settings.max_tags + 4096
+    # One object per image and per version, four per tag (the tag, its lists of examples and of
+    # versions), the manifest's own; and room for brackets in names, as they are counted too: a
+    # file name's 255 characters per member, a tag name's per tag.
+    settings = services.settings
+    containers = (2 + MAX_FILENAME) * members + (4 + settings.max_tag_length) * settings.max_tags + 64
     manifest = read_json(raw, "manifest.json", _invalid, max_containers=containers)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(f"manifest.json does not describe a {FORMAT} archive (a state archive loads with /set_state).")

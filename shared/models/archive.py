@@ -7,11 +7,13 @@ tensor shapes and values) before it returns anything, so a caller that publishes
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import re
 import tarfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,9 +41,10 @@ MAX_METRICS_BYTES = 64 * 1024
 # How deeply metrics may nest (training writes 3 levels): answers wrap them in a few more, and the
 # JSON encoder stops at 255.
 MAX_METRICS_DEPTH = 8
-# Objects and lists a model's manifest entry may open: training writes about 20 (the entry, its
-# metrics, the losses of each form and strength, most_wrong's examples).
-CONTAINERS_PER_MODEL = 64
+# Objects and lists a model's manifest entry may open, counted as its '{' and '[' bytes: training
+# writes about 20 (the entry, its metrics, the losses of each form and strength, most_wrong's
+# examples), and a tag's name may hold 64 brackets.
+CONTAINERS_PER_MODEL = 128
 # metrics["origin"] of a version loaded from a state archive (shared.domain.state.with_origin):
 # these fields, each text of at most ORIGIN_TEXT_LENGTH characters, or for "version" a version
 # number. It is not counted in MAX_METRICS_BYTES (it is small and bounded here), so a load that
@@ -137,12 +140,22 @@ def read_json(raw: bytes, name: str, invalid: Callable[[str], InvalidInput], fin
     """The JSON member ``name`` of an archive, or ``invalid(reason)`` raised; with ``finite``,
     numbers JSON cannot write (NaN, infinities, 1e999) are refused too.
 
-    ``max_containers``: how many objects and lists it may open, counted (as its '{' and '[' bytes,
-    strings' too) before parsing: each costs 2 bytes of JSON but 60-100 in memory, so 16 MiB of
-    '{},' held 1 GB, and the parse holds the interpreter's lock throughout."""
+    ``max_containers``: how many objects and lists it may open, counted before parsing as its '{'
+    and '[' bytes (those in strings too: callers leave room for names): each costs 2 bytes of JSON
+    but 60-100 in memory, so 16 MiB of '{},' held 1 GB, and the parse holds the interpreter's lock
+    throughout."""
     if max_containers is not None and raw.count(b"{") + raw.count(b"[") > max_containers:
         raise invalid(f"{name} opens more objects and lists than its archive's members need "
                       f"(at most {max_containers}).")
+    with _PARSING if max_containers is not None else contextlib.nullcontext():  # an upload's: one at a time
+        return _parse_json(raw, name, invalid, finite)
+
+
+# Uploaded manifests are parsed one at a time in a process: each may take several times its size.
+_PARSING = threading.Lock()
+
+
+def _parse_json(raw: bytes, name: str, invalid: Callable[[str], InvalidInput], finite: bool) -> Any:
     try:
         if not finite:
             return json.loads(raw)
