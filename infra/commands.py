@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from infra import xmp
 from tagsmith_client import DEFAULT_URL, Client, TagsmithError, TaskStatus
+from tagsmith_client.client import is_stream_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 BATCH_BYTES = 16 * 1024 * 1024
@@ -60,15 +61,15 @@ def id_from_name(path: Path) -> str:
 
 # Bidirectional overrides and isolates, and the line and paragraph separators: they reorder or
 # break what follows them on a terminal.
-_REORDERING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
+_REORDERING = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
 
 
 def shown(text: object) -> str:
     """``text`` for a terminal: control characters (a file name may hold escape sequences that
     retitle or recolour the terminal, or a newline that fakes a line) and bidirectional overrides
     written as escapes; other characters (an ideographic space, an emoji's joiner) as they are."""
-    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) == "Cc" or c in _REORDERING
-                   else c for c in str(text))
+    return "".join(c.encode("unicode_escape", "backslashreplace").decode()
+                   if unicodedata.category(c) in ("Cc", "Cs") or c in _REORDERING else c for c in str(text))
 
 
 def refusal(error: TagsmithError) -> str:
@@ -439,6 +440,12 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     return 1 if failed or stopped or sidecars["error"] else 0
 
 
+def _wrote(path: str, line: str) -> None:
+    """Say what was written, on stdout unless the file was a stream that may be stdout itself
+    (``-o /dev/stdout``), where the line would join the data."""
+    print(line, file=sys.stderr if is_stream_path(Path(path)) else sys.stdout)
+
+
 def cmd_export(client: Client, args: argparse.Namespace) -> int:
     data = client.get_state(args.tag)
     if args.output == "-":
@@ -452,7 +459,7 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
 def cmd_export_onnx(client: Client, args: argparse.Namespace) -> int:
     size = client.export_onnx(args.output, args.tag)
     which = ", ".join(f"'{t}'" for t in args.tag) if args.tag else "every tag with a model"
-    print(f"wrote {args.output} ({size} bytes): the backbone and the current models of {which}")
+    _wrote(args.output, f"wrote {args.output} ({size} bytes): the backbone and the current models of {which}")
     return 0
 
 
@@ -469,7 +476,7 @@ def cmd_load(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_backup(client: Client, args: argparse.Namespace) -> int:
     size = client.backup(args.file)
-    print(f"wrote {args.file} ({size} bytes)")
+    _wrote(args.file, f"wrote {args.file} ({size} bytes)")
     return 0
 
 

@@ -289,3 +289,17 @@ def test_a_trained_models_manifest_entry_is_far_within_the_containers_allowed(
         raw = member.read()
     per_model = (raw.count(b"{") + raw.count(b"[")) / len(json.loads(raw)["models"])
     assert per_model <= CONTAINERS_PER_MODEL / 2, per_model
+
+
+def test_what_a_load_of_many_models_stores_reads_back_as_an_upload() -> None:
+    """A load's bound on the objects and lists it opens is pooled over its models, but each model is
+    stored alone and a backup brings it back as an upload: one model's metrics were let through with
+    2,000 lists, and the backup of them was refused."""
+    heavy = dataclasses.replace(record("heavy"), metrics={"per_fold": [[0.5]] * 1100})
+    many = [record(f"t{i}") for i in range(8)]
+    with pytest.raises(InvalidInput, match="more than 1024 lists and objects"):
+        unpack(pack([*many, heavy], LITE0), LITE0, LIMITS)
+    within = dataclasses.replace(record("heavy"), metrics={"per_fold": [[0.5]] * 1000})
+    loaded = unpack(pack([*many, within], LITE0), LITE0, LIMITS)
+    (alone,) = unpack(pack([loaded[-1]], LITE0), LITE0, LIMITS)  # as the store keeps it, and a backup brings it
+    assert alone.metrics == within.metrics

@@ -259,5 +259,7 @@ def test_downloads_write_no_file_but_their_own(tagsmith: Client, client: TestCli
         reading = pool.submit(fifo.read_bytes)
         assert tagsmith.save_scores(fifo) == len(reading.result(timeout=60))
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert tagsmith.save_scores("/dev/null") == written  # a device: written into, never replaced (as root too)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and not list(Path("/dev").glob(".null.*"))
     with pytest.raises(FileNotFoundError, match="missing/scores.csv"):  # names the file, not a temporary one
         tagsmith.save_scores(tmp_path / "missing" / "scores.csv")

@@ -206,17 +206,17 @@ class Client:
         ``path`` once the whole answer has come; returns its size. A ``path`` that is there and is
         no regular file (a pipe, ``/dev/stdout``) is written as the answer comes."""
         target = Path(path)
-        if target.exists() and not target.is_file():
+        if is_stream_path(target):
             with open(target, "wb") as out:
                 return self._stream_into(out, route, params, what)
         fd, partial = _new_partial(target)
         try:
             with os.fdopen(fd, "wb") as out:
                 size = self._stream_into(out, route, params, what)
+            partial.replace(target)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        partial.replace(target)
         return size
 
     def _stream_into(self, out: IO[bytes], route: str, params: dict[str, Any] | None, what: str) -> int:
@@ -349,6 +349,12 @@ def _score_params(format: str, tags: Sequence[str], match: bool) -> dict[str, An
     return {"format": format, **({"tag": list(tags)} if tags else {}), **({"match": "true"} if match else {})}
 
 
+def is_stream_path(path: Path) -> bool:
+    """Whether ``path`` names a stream rather than a file to replace: a pipe or device there now, or
+    a name under /dev or /proc (``/dev/stdout`` is a link to whatever stdout is, a file too)."""
+    return str(path).startswith(("/dev/", "/proc/")) or (path.exists() and not path.is_file())
+
+
 def _new_partial(target: Path) -> tuple[int, Path]:
     """A new file beside ``target`` (a random name, O_EXCL: never a file that is there already,
     nor where a link points) for a download to replace it with, with the target's permissions if it
@@ -356,7 +362,8 @@ def _new_partial(target: Path) -> tuple[int, Path]:
     if not target.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(target))
     partial = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    binary = getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)  # O_BINARY: Windows would write \r\n
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | binary, 0o666)
     with contextlib.suppress(OSError):
         if target.is_file():
             os.chmod(partial, stat.S_IMODE(target.stat().st_mode))

@@ -25,12 +25,14 @@ _MODIFIERS = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\ufe0
 _BLANK = frozenset(" \u2800")  # characters that render as empty space (U+2800: the blank Braille pattern)
 
 
-def validate_tag(tag: str, max_length: int = 64) -> str:
-    """Return the tag in NFC form, or raise InvalidInput saying what is wrong with it."""
+def validate_tag(tag: str, max_length: int = 64, stored: bool = False) -> str:
+    """Return the tag in NFC form, or raise InvalidInput saying what is wrong with it. ``stored``:
+    a tag the server already holds, read as the release that took it checked it (without the
+    later rule on characters that show as nothing)."""
     tag = unicodedata.normalize("NFC", tag)
     if not tag:
         raise InvalidInput("invalid_tag", "The tag is empty.")
-    if _hides_characters(tag):
+    if not stored and _hides_characters(tag):
         raise InvalidInput("invalid_tag", "The tag holds characters that show as nothing (fillers, or "
                            "variation selectors and joiners after a plain letter) or only blank space.")
     if len(tag) > max_length:
@@ -100,7 +102,8 @@ def clean_filename(name: str) -> str:
     """An uploaded file's name as kept: its last path component, without control characters or
     surrounding spaces, at most 255 characters ('' when nothing is left)."""
     name = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1])
-    return "".join(c for c in name if unicodedata.category(c)[0] != "C" and c not in _FILLERS).strip()[:MAX_FILENAME]
+    kept = "".join(c for c in name if unicodedata.category(c)[0] != "C" and c not in _FILLERS)
+    return kept.strip()[:MAX_FILENAME].strip()  # a cut may end at a space
 
 
 def new_image_id() -> str:

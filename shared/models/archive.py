@@ -43,8 +43,11 @@ MAX_METRICS_BYTES = 64 * 1024
 MAX_METRICS_DEPTH = 8
 # Objects and lists a model's manifest entry may open, counted as its '{' and '[' bytes: training
 # writes about 20 (the entry, its metrics, the losses of each form and strength, most_wrong's
-# examples), and a tag's name may hold 64 brackets.
+# examples), and a tag's name may hold 64 brackets. One model's metrics may hold at most
+# MAX_METRICS_CONTAINERS, so that what a load of many models stores (each model alone, in its own
+# archive) reads back, and a backup of it restores.
 CONTAINERS_PER_MODEL = 128
+MAX_METRICS_CONTAINERS = 1024
 # metrics["origin"] of a version loaded from a state archive (shared.domain.state.with_origin):
 # these fields, each text of at most ORIGIN_TEXT_LENGTH characters, or for "version" a version
 # number. It is not counted in MAX_METRICS_BYTES (it is small and bounded here), so a load that
@@ -370,16 +373,16 @@ def _valid_timestamp(value: Any) -> bool:
     return value.isascii() and value.isprintable()
 
 
-def _depth(value: Any) -> int:
-    """How many levels of lists and objects ``value`` nests (0 for a number or text)."""
-    deepest, level = 0, [(value, 0)]
+def _shape(value: Any) -> tuple[int, int]:
+    """How many levels of lists and objects ``value`` nests, and how many it holds (0, 0 for a
+    number or text)."""
+    deepest, count, level = 0, 0, [(value, 0)]
     while level:
         item, depth = level.pop()
         if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth + 1)
-            if depth + 1 <= MAX_METRICS_DEPTH:  # no need to walk below the limit
-                level += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
-    return deepest
+            deepest, count = max(deepest, depth + 1), count + 1
+            level += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest, count
 
 
 def _is_number(value: Any) -> bool:
@@ -419,7 +422,7 @@ def _record(
     try:
         if not isinstance(entry["tag"], str):
             raise _invalid(f"Model entry {i} has a tag that is not text.")
-        tag = validate_tag(entry["tag"], max_tag_length)
+        tag = validate_tag(entry["tag"], max_tag_length, stored=stored)
         version, threshold = entry["version"], entry["threshold"]
         trained_at, metrics, file = entry.get("trained_at", ""), entry.get("metrics", {}), entry["file"]
     except KeyError as exc:
@@ -436,8 +439,10 @@ def _record(
     dated = isinstance(trained_at, str) and len(trained_at) <= 64 if stored else _valid_timestamp(trained_at)
     if not dated or not isinstance(metrics, dict):
         raise _invalid(f"Model entry {i} ({tag}) has invalid trained_at (an ISO 8601 date and time, or empty) or metrics.")
-    if not stored and _depth(metrics) > MAX_METRICS_DEPTH:
-        raise _invalid(f"Model entry {i} ({tag}) has metrics nested more than {MAX_METRICS_DEPTH} levels deep.")
+    depth, containers = _shape(metrics) if not stored else (0, 0)
+    if depth > MAX_METRICS_DEPTH or containers > MAX_METRICS_CONTAINERS:
+        raise _invalid(f"Model entry {i} ({tag}) has metrics nested more than {MAX_METRICS_DEPTH} levels deep or "
+                       f"holding more than {MAX_METRICS_CONTAINERS} lists and objects.")
     if "origin" in metrics and not _valid_origin(metrics["origin"], highest):
         raise _invalid(f"Model entry {i} ({tag}) has an invalid metrics.origin: an object of "
                        f"{', '.join(ORIGIN_FIELDS)} (texts of {ORIGIN_TEXT_LENGTH} characters at most, a version).")
