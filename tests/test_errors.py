@@ -88,10 +88,11 @@ def test_upload_over_the_limit_is_413(client: TestClient, services: Services, mo
 @pytest.mark.parametrize(
     "tag",
     ["a%2Fb", "a%5Cb", "%2E%2E", ".hidden", "tab%09tag", "nul%00", "new%0Aline", "%E2%80%8Bzw", " padded", "x" * 65,
-     "%E3%85%A4", "%E2%A0%80", "%E1%85%9F", "%F3%A0%84%80", "cat%CD%8F", "cat%EF%B8%8F"],
+     "%E3%85%A4", "%E2%A0%80", "%E1%85%9F", "%F3%A0%84%80", "cat%CD%8F", "cat%EF%B8%8F", "caf%C3%A9%EF%B8%8F",
+     "%E7%8C%AB%EF%B8%8F"],
     ids=["slash", "backslash", "dotdot", "leading-dot", "tab", "nul", "newline", "zero-width", "space", "too-long",
          "hangul-filler", "braille-blank", "choseong-filler", "variation-selector-17", "grapheme-joiner",
-         "emoji-selector-after-a-letter"],
+         "emoji-selector-after-a-letter", "emoji-selector-after-an-accented-letter", "emoji-selector-after-an-ideograph"],
 )
 def test_hostile_tag_names_are_refused(client: TestClient, services: Services, tag: str) -> None:
     client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})

@@ -17,8 +17,8 @@ MAX_TAG_BYTES = 255  # the longest file name most file systems allow
 # Characters that show as nothing (Unicode's default-ignorable ones that are not format
 # characters, which are refused as category C). The Hangul compatibility fillers exist for that
 # alone. The others modify the character before them, as scripts need them (Japanese ideographic
-# variants, Mongolian spellings, emoji shown as emoji: "ℹ️", keycaps: "1️⃣"); after nothing or after
-# an ASCII character they only make "cat" and "cat" + one of them two tags that look alike.
+# variants, Mongolian spellings, emoji shown as emoji: "ℹ️", keycaps: "1️⃣"); anywhere else they
+# only make "cat" and "cat" + one of them two tags that look alike.
 _FILLERS = frozenset("\u3164\uffa0")
 _MODIFIERS = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\ufe00-\ufe0f"
                         "\U000e0100-\U000e01ef]")
@@ -53,15 +53,41 @@ def validate_tag(tag: str, max_length: int = 64, stored: bool = False) -> str:
 
 
 def _hides_characters(tag: str) -> bool:
-    """Whether the tag shows nothing, holds a filler, or a modifier (``_MODIFIERS``) that starts it
-    or follows an ASCII character (but for a keycap's)."""
+    """Whether the tag shows nothing, holds a filler, or a modifier (``_MODIFIERS``) where no
+    script puts one (``_modifies``)."""
     if any(c in _FILLERS for c in tag) or all(c in _BLANK or _MODIFIERS.match(c) for c in tag):
         return True
-    for found in _MODIFIERS.finditer(tag):
-        at = found.start()
-        if at == 0 or (tag[at - 1].isascii() and tag[at + 1 : at + 2] != "\u20e3"):
-            return True
-    return False
+    return any(not _modifies(tag, found.start()) for found in _MODIFIERS.finditer(tag))
+
+
+def _modifies(tag: str, at: int) -> bool:
+    """Whether the modifier at ``at`` follows a character it belongs to: an emoji presentation
+    selector a non-ASCII symbol or punctuation mark, ℹ or a keycap's base; a standardized variation selector
+    a symbol or an ideograph; an ideographic variation selector an ideograph; a Mongolian free
+    variation selector a Mongolian letter, Khmer's inherent vowels Khmer, Hangul's fillers Hangul
+    jamo, the grapheme joiner a non-ASCII letter or mark. Never after nothing or another modifier."""
+    if at == 0 or _MODIFIERS.match(tag[at - 1]):
+        return False
+    c, before = tag[at], tag[at - 1]
+    kind, name = unicodedata.category(before), unicodedata.name(before, "")
+    if c in "\ufe0e\ufe0f":
+        keycap = before in "0123456789#*" and tag[at + 1 : at + 2] == "\u20e3"
+        return keycap or (not before.isascii() and kind[0] in "SP") or before == "\u2139"
+    if "\ufe00" <= c <= "\ufe0d":
+        return kind[0] == "S" or name.startswith("CJK")
+    if c >= "\U000e0100":
+        return name.startswith("CJK")
+    if "\u180b" <= c <= "\u180f":
+        return name.startswith("MONGOLIAN")
+    if c in "\u17b4\u17b5":
+        return name.startswith("KHMER")
+    if c in "\u115f\u1160":  # in a syllable spelled out in conjoining jamo
+        return _jamo(name) or _jamo(unicodedata.name(tag[at + 1 : at + 2] or " ", ""))
+    return not before.isascii() and kind[0] in "LM"  # the grapheme joiner
+
+
+def _jamo(name: str) -> bool:
+    return name.startswith(("HANGUL CHOSEONG", "HANGUL JUNGSEONG", "HANGUL JONGSEONG"))
 
 
 def validate_image_id(image_id: str) -> str:
