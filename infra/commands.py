@@ -452,7 +452,7 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(data)
     else:
         Path(args.output).write_bytes(data)
-        print(f"wrote {args.output} ({len(data)} bytes)")
+        _wrote(args.output, f"wrote {args.output} ({len(data)} bytes)")
     return 0
 
 

@@ -107,6 +107,9 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     code, out, err = run(capsys, url, "export-onnx", "-o", str(edge), "--tag", "cli cat")
     assert code == 0 and out.startswith(f"wrote {edge} (") and "'cli cat'" in out, err
     assert [t["tag"] for t in edge_manifest(edge.read_bytes())["tags"]] == ["cli cat"]
+    for command in ("export", "export-onnx"):  # into a stream that may be stdout: the line goes to stderr
+        code, out, err = run(capsys, url, command, "-o", "/dev/null", "--tag", "cli cat")
+        assert code == 0 and out == "" and err.startswith("wrote /dev/null ("), (command, out, err)
     code, out, err = run(capsys, url, "rollback", "cli cat", "1")
     assert code == 0 and out.startswith("'cli cat' now uses version 1")
 
