@@ -120,16 +120,10 @@ def embed_images(
                 result[i] = vector
         return not_cached
 
-    result = np.zeros((len(image_ids), width), dtype=np.float32)
-    gone: set[int] = set()
-    missing = read_cached(list(range(len(image_ids))))
-    # Requests that need the same new images (suggestions right after an upload) embed each once:
-    # a caller holds its images' locks (taken in one order by every caller), and one that waited
-    # reads what the caller before it cached. Requests for other images go on meanwhile.
-    with contextlib.ExitStack() as held:
-        for image_id in sorted({image_ids[i] for i in missing}):
-            held.enter_context(_EMBEDDING.hold(image_id))
-        missing = read_cached(missing)
+    def embed_missing(missing: list[int]) -> set[int]:
+        """Embed the images at ``missing`` into ``result`` and the cache, in batches; the
+        positions whose image was deleted meanwhile."""
+        gone: set[int] = set()
         done = len(image_ids) - len(missing)
         if progress:
             progress(done, len(image_ids))
@@ -164,5 +158,16 @@ def embed_images(
             done += len(batch)
             if progress:
                 progress(done, len(image_ids))
+        return gone
+
+    result = np.zeros((len(image_ids), width), dtype=np.float32)
+    missing = read_cached(list(range(len(image_ids))))
+    # Requests that need the same new images (suggestions right after an upload) embed each once:
+    # a caller holds its images' locks (taken in one order by every caller), and one that waited
+    # reads what the caller before it cached. Requests for other images go on meanwhile.
+    with contextlib.ExitStack() as held:
+        for image_id in sorted({image_ids[i] for i in missing}):
+            held.enter_context(_EMBEDDING.hold(image_id))
+        gone = embed_missing(read_cached(missing))
     kept = [i for i in range(len(image_ids)) if i not in gone]
     return result[kept], kept
