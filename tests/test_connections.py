@@ -5,12 +5,17 @@ every 20 s kept a body open past its 30 s setting."""
 
 from __future__ import annotations
 
+import io
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import psutil
 import pytest
+import requests
+from PIL import Image
 
 from tests.support.servers import TagsmithServer, serving
 
@@ -200,3 +205,53 @@ def test_bodies_held_at_once_stay_within_their_budget(server: TagsmithServer) ->
     sock.sendall(b"POST /set_state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: multipart/"
                  b"form-data; boundary=b\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     assert status_and_code(answer_of(sock)[0]) == (400, "invalid_archive")  # a bad archive, not busy
+
+
+@pytest.fixture(scope="module")
+def answering(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TagsmithServer, bytes]]:
+    """A server whose answers may pile up unread 3 MB in all, for 2 s, and a stored image of 6.3 MB
+    (noise: it does not compress), more than a socket here takes (4 MB), as uploaded."""
+    limits = {"TAGSMITH_BODY_READ_TIMEOUT_S": "2", "TAGSMITH_MAX_UNSENT_BYTES": "3000000"}
+    pixels = np.random.default_rng(7).integers(0, 256, (1450, 1450, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG", compress_level=1)
+    with serving(tmp_path_factory.mktemp("answers") / "data", limits) as instance:
+        answer = requests.post(instance.base + "/custom/add", params={"image_id": "unread"},
+                               files={"data": ("unread.png", out.getvalue())}, timeout=30)
+        assert answer.status_code == 201, answer.text
+        yield instance, out.getvalue()
+
+
+def ask_without_reading(server: TagsmithServer, path: str) -> socket.socket:
+    """A GET whose answer the client does not read (a small receive window: the server keeps the rest)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return sock
+
+
+def test_an_answer_nobody_reads_is_dropped_after_its_deadline(answering: tuple[TagsmithServer, bytes]) -> None:
+    """uvicorn kept an unread answer for as long as the connection lasted: 100 connections asking for
+    a 25 MB original and reading nothing held 2.4 GB. Unread past the 2 s setting, it is dropped."""
+    server, original = answering
+    sock = ask_without_reading(server, "/custom/images/unread/original")
+    time.sleep(5)
+    answer, closed = answer_of(sock)
+    assert len(answer) < len(original) and closed
+    whole = requests.get(server.base + "/custom/images/unread/original", timeout=30)  # a reader gets it all
+    assert whole.status_code == 200 and whole.content == original
+
+
+def test_answers_nobody_reads_stay_within_the_budget(answering: tuple[TagsmithServer, bytes]) -> None:
+    """Six unread 6.3 MB answers (each over 2 MB unsent) against a budget of 3 MB: past it, a
+    connection is dropped at once (unless it alone holds any: one large answer still goes out)."""
+    server, original = answering
+    socks = [ask_without_reading(server, "/custom/images/unread/original") for _ in range(6)]
+    time.sleep(0.5)
+    with ThreadPoolExecutor(len(socks)) as pool:  # all read at once, well within the 2 s deadline
+        answers = [answer for answer, _ in pool.map(answer_of, socks)]
+    assert sum(original in answer for answer in answers) <= 3
+    whole = requests.get(server.base + "/custom/images/unread/original", timeout=30)  # room again
+    assert whole.status_code == 200 and whole.content == original

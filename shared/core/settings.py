@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     body_read_timeout_s: float = 30.0  # longest wait for the next piece of a request body
     body_min_rate: int = 16 * 1024  # bytes/s a body must keep up (each piece buys at most body_read_timeout_s ahead)
     max_body_bytes_in_flight: int = 512 * 1024 * 1024  # request bodies held in memory at once, all requests
+    max_unsent_bytes: int = 512 * 1024 * 1024  # answers written but not yet read by their clients, all connections
     max_header_bytes: int = 16 * 1024  # request line and headers
     header_timeout_s: float = 10.0  # from a connection's start or a request's first byte to its headers' end
     max_connections: int = 1000  # open at once; a new one beyond gets 503 and is closed

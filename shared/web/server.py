@@ -14,7 +14,14 @@ settings:
 - a request answered before its body has all come (refused early, or cut off for coming too
   slowly) ends its connection: the server stops answering on it, discards what still comes for
   ``LINGER_S`` so that the client can read the answer, then closes it (uvicorn would otherwise
-  keep reading the rest of the body, a byte at a time if the client likes).
+  keep reading the rest of the body, a byte at a time if the client likes);
+- an answer the client does not read: uvicorn keeps what the socket has not taken, for as long as
+  the connection lasts (a hundred connections asking for a 25 MB original and reading nothing
+  held 2.4 GB, the connection limit's worth would have held 25 GB). Once it piles up (past the
+  transport's high-water mark) it must drain at ``send_min_rate``, each byte read buying its
+  time at that rate but at most ``send_timeout_s`` ahead, and all connections together may hold at
+  most ``max_unsent_bytes`` (one alone may hold more); beyond either, the connection is dropped with
+  what it holds.
 
 The body has its own limits in the app (``shared.web.limits``): size, stalls and a minimum rate.
 """
@@ -43,6 +50,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     max_header_bytes = 16 * 1024
     header_timeout_s = 10.0
     max_connections = 1000
+    send_timeout_s = 30.0
+    send_min_rate = 16 * 1024
+    max_unsent_bytes = 512 * 1024 * 1024
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -51,6 +61,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.ending = False  # answered before its body came: what still comes is discarded
         self.in_headers, self.header_bytes_seen = True, 0  # reading a request line and headers
         self.header_clock: asyncio.TimerHandle | None = None
+        self.send_clock: asyncio.TimerHandle | None = None
+        self.send_deadline, self.unsent = 0.0, 0
         if len(self.connections) > self.max_connections:
             self._answer(503, "too_many_connections", "The server has too many open connections; try again shortly.")
             return
@@ -79,7 +91,43 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_clock()
+        self._stop_send_clock()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The answer piles up unsent: dropped at once if all connections together hold too much
+        (unless this one alone holds any: one answer larger than that still goes out), else timed."""
+        super().pause_writing()
+        unsent = sum(c.transport.get_write_buffer_size() for c in self.connections)
+        if unsent > self.max_unsent_bytes and unsent > self.transport.get_write_buffer_size():
+            self.transport.abort()
+            return
+        self.unsent = self.transport.get_write_buffer_size()
+        self.send_deadline = self.loop.time() + self.send_timeout_s
+        self._stop_send_clock()
+        self.send_clock = self.loop.call_later(1.0, self._check_sending)
+
+    def resume_writing(self) -> None:
+        self._stop_send_clock()
+        super().resume_writing()
+
+    def _check_sending(self) -> None:
+        """Every second while writing is paused: what the client read since buys its time at
+        ``send_min_rate``, at most ``send_timeout_s`` ahead; past the deadline the connection goes."""
+        now, unsent = self.loop.time(), self.transport.get_write_buffer_size()
+        read = max(self.unsent - unsent, 0)
+        self.send_deadline = min(self.send_deadline + read / self.send_min_rate, now + self.send_timeout_s)
+        self.unsent = unsent
+        if now >= self.send_deadline:
+            self.send_clock = None
+            self.transport.abort()
+            return
+        self.send_clock = self.loop.call_later(1.0, self._check_sending)
+
+    def _stop_send_clock(self) -> None:
+        if self.send_clock is not None:
+            self.send_clock.cancel()
+            self.send_clock = None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -143,6 +191,9 @@ def bounded_protocol(settings: Settings) -> type[BoundedHttpProtocol]:
         "max_header_bytes": settings.max_header_bytes,
         "header_timeout_s": settings.header_timeout_s,
         "max_connections": settings.max_connections,
+        "send_timeout_s": settings.body_read_timeout_s,
+        "send_min_rate": settings.body_min_rate,
+        "max_unsent_bytes": settings.max_unsent_bytes,
     })
 
 
