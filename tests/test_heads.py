@@ -1,13 +1,16 @@
-"""Custom heads on real photos: the form cross-validation picks, fine-tuning, and one-matrix scoring."""
+"""Custom heads on real photos: the form cross-validation picks, fine-tuning, one-matrix scoring,
+and what the style prior's edit directions teach from five photos."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from skimage import data
 
 from shared.models.backbone import LITE0, Backbone
 from shared.models.heads import HeadMatrix, normalise_groups, roc_auc, sigmoid, train_head
+from shared.models.style_prior import Rescaling, StylePrior, style_prior
 from tests.support.photos import CAT, OTHERS, photo
 
 pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
@@ -16,8 +19,13 @@ SIZES = (LITE0.embedding_size, LITE0.style_size)
 
 
 def crops(name: str, count: int, seed: int) -> list[Image.Image]:
+    return crops_of(photo(name), count, seed)
+
+
+def crops_of(image: Image.Image, count: int, seed: int) -> list[Image.Image]:
+    """Square crops of 50-100% of the short side."""
     rng = np.random.default_rng(seed)
-    image = photo(name)
+    image = image.convert("RGB")
     out = []
     for _ in range(count):
         side = int(min(image.size) * rng.uniform(0.5, 1.0))
@@ -92,3 +100,31 @@ def test_the_matrix_scores_every_tag_like_each_head_alone(features: dict[str, np
     assert list(matrix.describe(scores[0])) == ["cat", "not cat"]
     assert matrix.describe(scores[0])["cat"]["match"] is True
     assert not cat.head.weight[LITE0.embedding_size :].any()  # a semantic head ignores style
+
+
+def soft_vignette(image: Image.Image) -> Image.Image:
+    y, x = np.ogrid[-1 : 1 : image.height * 1j, -1 : 1 : image.width * 1j]
+    mask = np.clip(1.05 - 0.35 * (x**2 + y**2), 0.2, 1.0)[..., None]
+    return Image.fromarray((np.asarray(image, dtype=np.float32) * mask).astype(np.uint8))
+
+
+@pytest.mark.parametrize("look", [soft_vignette, lambda image: ImageOps.posterize(image, 4)],
+                         ids=["soft vignette", "posterised to 4 bits"])
+def test_the_edit_directions_teach_a_subtle_look_from_five_photos(backbone: Backbone, look) -> None:  # type: ignore[no-untyped-def]
+    """Five photos with a subtle look against five other crops of them: held-out photos (crops of
+    three photos never trained on, with and without the look) are told apart better with the
+    prior's edit directions than with its photo whitening alone (0.965 against 0.840 for the
+    vignette, 0.986 against 0.896 for the posterisation, when measured)."""
+    names = (CAT, *OTHERS)
+    held = [c for image in (Image.fromarray(data.stereo_motorcycle()[0]), photo("retina"), photo("immunohistochemistry"))
+            for c in crops_of(image, 4, seed=3)]
+    x = np.concatenate([backbone.embed([look(c) for name in names for c in crops(name, 1, seed=1)]).vectors,
+                        backbone.embed([c for name in names for c in crops(name, 1, seed=2)]).vectors])
+    held_x = np.concatenate([backbone.embed([look(c) for c in held]).vectors, backbone.embed(held).vectors])
+    held_y = np.array([1] * len(held) + [0] * len(held))
+    shipped = style_prior(LITE0.id)
+    assert shipped is not None
+    photos_only = StylePrior(shipped.spec, shipped.photos, Rescaling(np.zeros((LITE0.style_size, 0)), np.zeros(0)))
+    with_edits, without = (auc(train_head(x, np.array([1] * 5 + [0] * 5), SIZES, seed=1, prior=prior).head, held_x, held_y)
+                           for prior in (shipped, photos_only))
+    assert with_edits >= 0.93 and with_edits >= without + 0.05, (with_edits, without)

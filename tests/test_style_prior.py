@@ -1,5 +1,5 @@
-"""The style prior (``shared/models/style_prior.py``): what ships, and that whitening folds into a
-head exactly, so that predicting needs nothing new."""
+"""The style prior (``shared/models/style_prior.py``): what ships, what each of its rescalings does,
+and that they fold into a head exactly, so that predicting needs nothing new."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from shared.models.backbone import LITE0
 from shared.models.heads import normalise_groups, train_head
-from shared.models.style_prior import StylePrior, build, style_prior
+from shared.models.style_prior import StylePrior, edit_directions, photo_variation, style_prior
 
 SIZES = (LITE0.embedding_size, LITE0.style_size)
 
@@ -21,11 +21,13 @@ def prior() -> StylePrior:
 
 
 def test_the_shipped_prior_fits_the_backbone(prior: StylePrior) -> None:
-    directions, scales = prior.directions, prior.scales
-    assert directions.shape[0] == LITE0.style_size and scales.shape == (directions.shape[1],)
-    np.testing.assert_allclose(directions.T @ directions, np.eye(len(scales)), atol=1e-5)
-    assert ((scales > 0) & (scales <= 1)).all()
-    assert np.all(np.diff(scales) >= 0)  # the largest variance shrunk most
+    for rescaling in (prior.photos, prior.edits):
+        directions, scales = rescaling.directions, rescaling.scales
+        assert directions.shape[0] == LITE0.style_size and scales.shape == (directions.shape[1],)
+        np.testing.assert_allclose(directions.T @ directions, np.eye(len(scales)), atol=1e-5)
+    assert ((prior.photos.scales > 0) & (prior.photos.scales <= 1)).all()
+    assert np.all(np.diff(prior.photos.scales) >= 0)  # the largest variance shrunk most
+    assert (prior.edits.scales >= 1).all() and prior.edits.scales.max() > 2  # stretched, some a lot
     assert style_prior("another-backbone") is None
 
 
@@ -39,10 +41,23 @@ def test_whitening_folds_into_the_weights_and_back(prior: StylePrior) -> None:
 def test_whitening_shrinks_the_directions_photos_vary_in() -> None:
     rng = np.random.default_rng(1)
     style = rng.normal(size=(400, 8)) * np.array([10, 1, 1, 1, 1, 1, 1, 1])  # photos differ along axis 0
-    built = build("test", style, components=2, shrinkage=1.0)  # variance floor: the mean, 13.4
-    whitened = built.whiten(style)
+    whitened = photo_variation(style, components=2, shrinkage=1.0)(style)  # variance floor: the mean, 13.4
     np.testing.assert_allclose(whitened[:, 0].std(), style[:, 0].std() * np.sqrt(13.4 / (100 + 13.4)), rtol=0.1)
     np.testing.assert_allclose(whitened[:, 1:].std(axis=0), style[:, 1:].std(axis=0), rtol=0.2)
+
+
+def test_the_directions_that_say_what_an_edit_did_are_stretched() -> None:
+    """Edits move axis 2 by how strong they are (photos vary along every axis alike): that axis is
+    stretched by sqrt(1 + stretch), the axes that say nothing about the edits are left alone."""
+    rng = np.random.default_rng(5)
+    strength = np.concatenate([np.zeros(2000), rng.uniform(0.5, 1.5, 2000)])
+    style = rng.normal(size=(4000, 6))
+    style[:, 2] += strength
+    stretched = edit_directions(style, strength[:, None], ridge=0.1, stretch=8.0)
+    assert stretched.directions.shape == (6, 1)
+    np.testing.assert_allclose(np.abs(stretched.directions[:, 0]), np.eye(6)[2], atol=0.1)
+    np.testing.assert_allclose(stretched.scales, [3.0])
+    np.testing.assert_allclose(stretched(np.eye(6)[[0, 2]]) @ np.eye(6)[[0, 2]].T, [[1, 0], [0, 3]], atol=0.05)
 
 
 def test_a_head_trained_with_the_prior_scores_raw_features(prior: StylePrior) -> None:
