@@ -3,9 +3,12 @@ and that they fold into a head exactly, so that predicting needs nothing new."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from shared.models import style_prior as style_prior_module
 from shared.models.backbone import LITE0
 from shared.models.heads import normalise_groups, train_head
 from shared.models.style_prior import StylePrior, edit_directions, photo_variation, style_prior
@@ -53,11 +56,24 @@ def test_the_directions_that_say_what_an_edit_did_are_stretched() -> None:
     strength = np.concatenate([np.zeros(2000), rng.uniform(0.5, 1.5, 2000)])
     style = rng.normal(size=(4000, 6))
     style[:, 2] += strength
-    stretched = edit_directions(style, strength[:, None], ridge=0.1, stretch=8.0)
+    never = np.zeros(len(style))  # an effect no edit had: no direction, no NaN
+    stretched = edit_directions(style, np.stack([strength, never], axis=1), ridge=0.1, stretch=8.0)
     assert stretched.directions.shape == (6, 1)
     np.testing.assert_allclose(np.abs(stretched.directions[:, 0]), np.eye(6)[2], atol=0.1)
     np.testing.assert_allclose(stretched.scales, [3.0])
     np.testing.assert_allclose(stretched(np.eye(6)[[0, 2]]) @ np.eye(6)[[0, 2]].T, [[1, 0], [0, 3]], atol=0.05)
+
+
+def test_a_prior_made_before_the_edit_directions_whitens_as_it_did(
+    prior: StylePrior, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    np.savez(tmp_path / "earlier.npz", spec=np.array("earlier"), directions=prior.photos.directions,
+             scales=prior.photos.scales)
+    monkeypatch.setattr(style_prior_module, "PRIORS", tmp_path)
+    earlier = style_prior("earlier")
+    assert earlier is not None
+    style = np.random.default_rng(6).normal(size=(3, LITE0.style_size))
+    np.testing.assert_allclose(earlier.whiten(style), prior.photos(style))
 
 
 def test_a_head_trained_with_the_prior_scores_raw_features(prior: StylePrior) -> None:

@@ -68,6 +68,7 @@ def main() -> None:
         styles.append(photos(style_of(images)))
         changes.append(statistics(images) - plain_statistics)
     spread = np.concatenate(changes).std(axis=0)
+    spread[spread == 0] = 1.0  # a statistic no edit changed stays 0
     for round_kinds, change in zip(kinds, changes, strict=True):
         effects.append(np.concatenate([np.eye(len(EDITS))[round_kinds], change / spread], axis=1))
     edits = edit_directions(np.concatenate(styles), np.concatenate(effects), RIDGE, STRETCH)

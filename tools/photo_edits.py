@@ -1,8 +1,11 @@
 """Random edits of the kinds photo editors offer, and numbers that say what an edit did: what the
 style prior (``tools/make_style_prior.py``) learns the directions that tell edits apart from.
 
-Every kind draws its strength, and where it has one its hue, centre or curve, at random; none
-copies a look that bench.quality scores. ``statistics`` measures simple properties of the
+Every kind draws its strength, and where it has one its hue, centre or curve, at random. The kinds
+are the ordinary ones, so bench.quality's looks are among what they can draw (its soft focus is a
+blur of radius 3, within the blur's 1-5; its low key an exposure within the exposure's range): its
+figures are those of looks of kinds the prior has seen (the README says what a kind left out
+gives). ``statistics`` measures simple properties of the
 backbone's input; the change an edit makes to them (edited minus plain, same crop) is what the
 edit did, in numbers, whatever the photo.
 """
@@ -144,8 +147,8 @@ def to_image(a: Pixels) -> Image.Image:
 
 
 def edited(image: Image.Image, kind: int, rng: np.random.Generator) -> Image.Image:
-    """``image`` with edit ``EDITS[kind]`` at a strength drawn from ``rng``."""
-    out = EDITS[kind](np.asarray(image, dtype=np.float32) / 255, rng)
+    """``image`` (any mode) with edit ``EDITS[kind]`` at a strength drawn from ``rng``, as RGB."""
+    out = EDITS[kind](np.asarray(image.convert("RGB"), dtype=np.float32) / 255, rng)
     return out if isinstance(out, Image.Image) else to_image(out)
 
 

@@ -93,7 +93,8 @@ def edit_directions(whitened: np.ndarray, effects: np.ndarray, ridge: float, str
     gram = x.T @ x / len(x)
     penalty = ridge * float(np.trace(gram)) / gram.shape[0]
     coefficients = np.linalg.solve(gram + penalty * np.eye(gram.shape[0]), x.T @ y / len(x))
-    coefficients /= np.linalg.norm(coefficients, axis=0)
+    norms = np.linalg.norm(coefficients, axis=0)
+    coefficients = coefficients[:, norms > 1e-12] / norms[norms > 1e-12]  # an effect no edit had says nothing
     vectors, singular, _ = np.linalg.svd(coefficients, full_matrices=False)
     return Rescaling(vectors.astype(np.float64), np.sqrt(1.0 + stretch * singular**2).astype(np.float64))
 
@@ -115,6 +116,8 @@ def style_prior(spec: str) -> StylePrior | None:
     with np.load(path) as saved:
         if str(saved["spec"]) != spec:
             raise ValueError(f"{path} describes backbone {saved['spec']}, not {spec}")
-        loaded = {name: saved[name].astype(np.float64) for name in ("directions", "scales", "edit_directions", "edit_scales")}
-    return StylePrior(spec, Rescaling(loaded["directions"], loaded["scales"]),
-                      Rescaling(loaded["edit_directions"], loaded["edit_scales"]))
+        loaded = {name: saved[name].astype(np.float64) for name in saved.files if name != "spec"}
+    photos = Rescaling(loaded["directions"], loaded["scales"])
+    if "edit_directions" not in loaded:  # a prior made before the edit directions: photo whitening only
+        return StylePrior(spec, photos, Rescaling(np.zeros((len(photos.directions), 0)), np.zeros(0)))
+    return StylePrior(spec, photos, Rescaling(loaded["edit_directions"], loaded["edit_scales"]))

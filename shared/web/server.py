@@ -19,9 +19,10 @@ settings:
   the connection lasts (a hundred connections asking for a 25 MB original and reading nothing
   held 2.4 GB, the connection limit's worth would have held 25 GB). Once it piles up (past the
   transport's high-water mark) it must drain at ``send_min_rate``, each byte read buying its
-  time at that rate but at most ``send_timeout_s`` ahead, and all connections together may hold at
-  most ``max_unsent_bytes`` (one alone may hold more); beyond either, the connection is dropped with
-  what it holds.
+  time at that rate but at most ``send_timeout_s`` ahead, else the connection is dropped; and all
+  connections together may hold at most ``max_unsent_bytes`` (one alone may hold more), beyond
+  which the answer that would pass it is dropped (logged). Dropping frees what the server holds;
+  the client still gets what its socket had taken, a cut-off answer.
 
 The body has its own limits in the app (``shared.web.limits``): size, stalls and a minimum rate.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import orjson
@@ -37,6 +39,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from shared.core.settings import Settings
+
+log = logging.getLogger("tagsmith")
 
 
 class _Refused(Exception):
@@ -96,10 +100,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         """The answer piles up unsent: dropped at once if all connections together hold too much
-        (unless this one alone holds any: one answer larger than that still goes out), else timed."""
+        (unless this one alone holds any: one answer larger than that still goes out), else timed.
+        The newcomer is dropped, as a body past its budget is refused: the connections holding the
+        budget must keep reading at ``send_min_rate`` or go."""
         super().pause_writing()
-        unsent = sum(c.transport.get_write_buffer_size() for c in self.connections)
-        if unsent > self.max_unsent_bytes and unsent > self.transport.get_write_buffer_size():
+        held = self.transport.get_write_buffer_size()
+        unsent = sum(c.transport.get_write_buffer_size() for c in self.connections if not c.transport.is_closing())
+        if unsent > self.max_unsent_bytes and unsent > held:
+            log.warning("answers held unread past max_unsent_bytes (%d bytes): dropping a connection holding %d", unsent, held)
             self.transport.abort()
             return
         self.unsent = self.transport.get_write_buffer_size()
