@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from starlette.testclient import TestClient
 
+from shared.data import jobs
 from shared.domain.services import Services
 from shared.models.archive import pack
 from shared.models.backbone import LITE0
@@ -67,6 +68,19 @@ def test_concurrent_loads_never_pass_the_tag_limit(client: TestClient, services:
     assert len(services.registry.tags()) == 5
     stored = [key for key in services.store.list("models/")]
     assert len(stored) == 5  # the refused loads removed the versions they had stored
+
+
+def test_finished_library_jobs_are_kept_minutes_not_a_week(client: TestClient, services: Services) -> None:
+    """An add queues an embedding job whenever none is waiting: a client adding and deleting images
+    made one every few adds, each about 7 KB of Redis, and they were all kept for TASK_TTL_S."""
+    for i, data in enumerate(crops(CAT, 2, seed=71)):
+        assert client.post(f"/custom/add?image_id=churn-{i}", files=upload(data)).status_code == 201
+        [job] = services.queue.library.job_ids
+        run_queued_jobs(services)
+        assert client.get(f"/status/{job}").json()["status"] == "finished"  # still there for a poll
+        assert client.delete(f"/custom/images/churn-{i}").status_code == 200
+        for key in (f"rq:job:{job}", f"rq:results:{job}"):
+            assert 0 < services.redis.ttl(key) <= jobs.LIBRARY_RESULT_TTL_S < services.settings.task_ttl_s
 
 
 def test_finished_tasks_and_old_versions_do_not_pile_up(client: TestClient, services: Services) -> None:

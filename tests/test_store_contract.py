@@ -153,6 +153,17 @@ def test_local_store_leaves_no_empty_folders_and_puts_into_them_again(tmp_path: 
     assert store.get("thumbnails/img-1/256.jpg") == b"c"
 
 
+def test_local_store_forgets_the_folders_it_removed(tmp_path: Path) -> None:
+    """Each folder ever written kept its fsync record for the life of the process (2 KB a deleted
+    image): adding and deleting images grew the server's memory without end."""
+    store = LocalStore(tmp_path / "objects")
+    for i in range(50):
+        store.put(f"thumbnails/img-{i}/256.jpg", b"a")
+        store.delete(f"thumbnails/img-{i}/256.jpg")
+    store.put("thumbnails/kept/256.jpg", b"b")
+    assert set(store._syncs) <= {tmp_path / "objects" / "thumbnails" / "kept", tmp_path / "objects" / "thumbnails"}
+
+
 def test_local_store_puts_and_deletes_racing_in_one_folder_never_fail(tmp_path: Path) -> None:
     """A delete that empties a folder removes it: puts into it at that moment make it again, and
     a put whose own blob is deleted before its folder's fsync does not fail."""

@@ -30,6 +30,11 @@ EMBED_FUNCTION = "worker.tasks.embed_library"
 RESCORE_FUNCTION = "worker.tasks.rescore_library"
 LIBRARY_TIMEOUT_S = 3600  # embedding a batch or rescoring 100,000 images takes seconds to minutes
 LIBRARY_TASKS_SHOWN = 100  # library jobs /custom/library lists
+# How long a finished library job is kept for /status: one is queued per add that finds none
+# waiting, and each kept job holds about 7 KB of Redis (its hash and its result stream), so a
+# client adding and deleting images had piled up 1.2 GB an hour kept for TASK_TTL_S (a week).
+# Polling clients need minutes; failed ones are kept for TASK_TTL_S, as trainings.
+LIBRARY_RESULT_TTL_S = 600
 # Run in the worker when a training ends: they count trainings and durations for /metrics.
 ON_SUCCESS = Callback("shared.data.jobs.on_training_success")
 ON_FAILURE = Callback("shared.data.jobs.on_training_failure")
@@ -166,7 +171,8 @@ class TrainingQueue:
 
     def _library_job(self, function: str, args: tuple[Any, ...], description: str) -> Job:
         return self.library.create_job(
-            function, args=args, timeout=LIBRARY_TIMEOUT_S, result_ttl=self.task_ttl, failure_ttl=self.task_ttl,
+            function, args=args, timeout=LIBRARY_TIMEOUT_S, result_ttl=min(LIBRARY_RESULT_TTL_S, self.task_ttl),
+            failure_ttl=self.task_ttl,
             meta={"tag": None, "progress": 0.0, "stage": "queued", "attempts": 0},
             description=description, retry=Retry(max=self.retries) if self.retries else None,
         )

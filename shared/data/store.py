@@ -192,6 +192,8 @@ class LocalStore:
         if path.parent.parent != self.root and self.root in path.parent.parents:  # a per-id or per-tag folder
             with self._folders_lock, contextlib.suppress(OSError):  # only when empty
                 path.parent.rmdir()
+                with self._syncs_lock:  # else one entry per folder ever written would stay (2 KB each)
+                    self._syncs.pop(path.parent, None)
 
     def remove_stale_temporaries(self, older_than_s: float) -> int:
         """Delete the temp files of writes a crash cut short (not modified for ``older_than_s``; a
