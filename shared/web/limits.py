@@ -14,6 +14,13 @@ from shared.core.settings import Settings
 from shared.web.errors import HttpError, error_response
 
 
+def paced_deadline(deadline: float, size: int, rate: float, now: float, timeout: float) -> float:
+    """The deadline of a transfer kept at ``rate`` bytes/s once ``size`` more bytes have moved: each
+    buys its time at that rate, but the deadline is never more than ``timeout`` after ``now`` (a
+    transfer that came fast cannot bank time and then drip). Request bodies and unread answers."""
+    return min(deadline + size / rate, now + timeout)
+
+
 class BodyBudget:
     """Request-body bytes held in memory at once by all requests of a process: a request whose
     body would pass it gets 503 ``busy`` (twenty slow 63 MB uploads had held 1.3 GB). Bytes are
@@ -89,7 +96,7 @@ class BodyLimit:
             if not spooled and not budget.take(size):
                 raise HttpError(503, "busy", "The server holds too many uploads at once; try again shortly.")
             received += size
-            deadline = min(deadline + size / settings.body_min_rate, time.monotonic() + timeout)
+            deadline = paced_deadline(deadline, size, settings.body_min_rate, time.monotonic(), timeout)
             if received > limit:
                 raise HttpError(413, "too_large", f"The request body is larger than {limit} bytes.")
             return message

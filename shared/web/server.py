@@ -39,6 +39,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from shared.core.settings import Settings
+from shared.web.limits import paced_deadline
 
 log = logging.getLogger("tagsmith")
 
@@ -110,7 +111,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             log.warning("answers held unread past max_unsent_bytes (%d bytes): dropping a connection holding %d", unsent, held)
             self.transport.abort()
             return
-        self.unsent = self.transport.get_write_buffer_size()
+        self.unsent = held
         self.send_deadline = self.loop.time() + self.send_timeout_s
         self._stop_send_clock()
         self.send_clock = self.loop.call_later(1.0, self._check_sending)
@@ -124,7 +125,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         ``send_min_rate``, at most ``send_timeout_s`` ahead; past the deadline the connection goes."""
         now, unsent = self.loop.time(), self.transport.get_write_buffer_size()
         read = max(self.unsent - unsent, 0)
-        self.send_deadline = min(self.send_deadline + read / self.send_min_rate, now + self.send_timeout_s)
+        self.send_deadline = paced_deadline(self.send_deadline, read, self.send_min_rate, now, self.send_timeout_s)
         self.unsent = unsent
         if now >= self.send_deadline:
             self.send_clock = None
