@@ -168,7 +168,7 @@ def statistics(images: list[Image.Image]) -> np.ndarray:
 def _statistics(pixels: np.ndarray) -> np.ndarray:
     rgb = (pixels.astype(np.float64) + 1) / 2  # (N, 3, H, W) in [0, 1]
     n = len(rgb)
-    y = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+    y = luma(np.moveaxis(rgb, 1, -1))[..., 0]
     flat = y.reshape(n, -1)
     centred = flat - flat.mean(axis=1, keepdims=True)
     variance = np.maximum((centred**2).mean(axis=1), 1e-4)
