@@ -36,6 +36,8 @@ RUNNABLE = {"sh", "python"}
 NOT_RUN = {
     "./scripts/serve        # set up .venv and serve": "starts the service itself (the fixture runs `tagsmith serve`)",
     "./scripts/serve                      # or: .venv/bin/tagsmith serve": "starts the service itself",
+    "./scripts/setup --test && .venv/bin/python -m tools.example_photos": "installs the test tools; the `workdir` "
+    "fixture writes the same photos",
     "cd infra": "Docker Compose needs a Docker engine, which this machine lacks",
     "kubectl create namespace tagsmith": "needs a Kubernetes cluster",
     "mkdir -p /tmp/wallpapers": "downloads four Debian packages (160 MB) and runs a benchmark of 10-20 minutes",
