@@ -209,9 +209,9 @@ def test_bodies_held_at_once_stay_within_their_budget(server: TagsmithServer) ->
 
 @pytest.fixture(scope="module")
 def answering(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TagsmithServer, bytes]]:
-    """A server whose answers may pile up unread 3 MB in all, for 2 s, and a stored image of 6.3 MB
+    """A server whose answers may pile up unread 3 MB in all, for 2 s (headers: 0.5 s), and a stored image of 6.3 MB
     (noise: it does not compress), more than a socket here takes (4 MB), as uploaded."""
-    limits = {"TAGSMITH_BODY_READ_TIMEOUT_S": "2", "TAGSMITH_MAX_UNSENT_BYTES": "3000000"}
+    limits = {"TAGSMITH_BODY_READ_TIMEOUT_S": "2", "TAGSMITH_MAX_UNSENT_BYTES": "3000000", "TAGSMITH_HEADER_TIMEOUT_S": "0.5"}
     pixels = np.random.default_rng(7).integers(0, 256, (1450, 1450, 3), dtype=np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, "PNG", compress_level=1)
@@ -255,3 +255,49 @@ def test_answers_nobody_reads_stay_within_the_budget(answering: tuple[TagsmithSe
     assert sum(original in answer for answer in answers) <= 3
     whole = requests.get(server.base + "/custom/images/unread/original", timeout=30)  # room again
     assert whole.status_code == 200 and whole.content == original
+
+
+def read_all(sock: socket.socket, pause_s: float = 0.0) -> bytes:
+    """What the server sends until it closes or sends nothing for 3 s, read 64 KB at a time with
+    ``pause_s`` between reads."""
+    received = b""
+    sock.settimeout(3)
+    try:
+        while data := sock.recv(65536):
+            received += data
+            time.sleep(pause_s)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return received
+
+
+def test_a_request_line_sent_behind_a_streamed_answer_is_bounded_too(answering: tuple[TagsmithServer, bytes]) -> None:
+    """Bytes of a pipelined request that came while the one before was answered were not counted:
+    a request line sent behind a streamed backup grew a server by 200 MB and stalled its loop."""
+    server, _ = answering
+    sock = connect(server)
+    sock.sendall(b"GET /backup HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /")
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(read_all, sock)
+        sent = 0
+        try:
+            while sent < 20_000_000:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        received = reading.result()
+    assert sent < 10_000_000  # it stopped reading at the limit; it had read all 20 MB
+    assert b"HTTP/1.1 200" not in received[1:]  # the endless request was never served
+
+
+def test_headers_behind_a_streamed_answer_get_their_time_again_once_it_ends(answering: tuple[TagsmithServer, bytes]) -> None:
+    """The header clock that ran out while the request before was answered was never started
+    again: headers sent a byte every 3 s behind a streamed backup were served after 117 s."""
+    server, original = answering
+    sock = connect(server)
+    sock.sendall(b"GET /backup HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /custom/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    received = read_all(sock, pause_s=0.05)  # about 1 MB/s: the 6.3 MB backup outlasts the 0.5 s header setting
+    backup, _, rest = received.partition(b"\r\n0\r\n\r\n")  # the end of a chunked answer
+    assert backup.startswith(b"HTTP/1.1 200") and len(backup) > len(original)  # all of it came, then:
+    assert status_and_code(rest) == (408, "header_timeout")

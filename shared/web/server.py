@@ -10,6 +10,10 @@ settings:
   closes (counted as they arrive, a read at a time, so nothing much larger is ever kept);
 - ``header_timeout_s``: from a connection's start, or a request's first byte, to the end of its
   headers; beyond, 408 (or a silent close if nothing came) and the connection closes;
+- both hold for a request sent behind another (pipelined) while that one is answered: its bytes
+  count from the end of the one before, and its headers get their time again once that answer
+  ends (they had escaped both: a request line behind a streamed backup grew a server by 200 MB
+  and stalled its event loop, and headers sent a byte every 3 s were served after 117 s);
 - ``max_connections``: connections open at once; beyond, a new one gets 503 and is closed;
 - a request answered before its body has all come (refused early, or cut off for coming too
   slowly) ends its connection: the server stops answering on it, discards what still comes for
@@ -64,7 +68,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.refusal: tuple[int, str, str] | None = None
         self.request_begun = False  # a byte of a request has come on this connection
         self.ending = False  # answered before its body came: what still comes is discarded
-        self.in_headers, self.header_bytes_seen = True, 0  # reading a request line and headers
+        self.in_headers, self.header_bytes_seen = True, 0  # what comes is a request line and headers
+        self.headers_pending = False  # a request has begun and its headers have not all come
+        self.headers_ended = False  # a request's headers ended in the read being parsed
         self.header_clock: asyncio.TimerHandle | None = None
         self.send_clock: asyncio.TimerHandle | None = None
         self.send_deadline, self.unsent = 0.0, 0
@@ -76,9 +82,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.ending:
             return
-        counting = self.in_headers
+        counting, self.headers_ended = self.in_headers, False
         super().data_received(data)
-        if counting and self.in_headers:  # all of it was request line and headers, perhaps one unending line
+        if counting and self.in_headers and not self.headers_ended:  # all of it was request line and headers
             self.header_bytes_seen += len(data)
             if self.header_bytes_seen > self.max_header_bytes:
                 self._answer(*self._headers_too_large())
@@ -91,8 +97,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self.transport.write_eof()  # the answer is flushed, then the client sees the end
             self.loop.call_later(LINGER_S, self.transport.close)
             return
-        self.in_headers = True  # what comes next is the next request's
         super().on_response_complete()
+        if self.headers_pending and not self.transport.is_closing():  # the next request's began meanwhile:
+            self._stop_header_clock()  # its headers get their time from now
+            self._start_header_clock()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_clock()
@@ -140,18 +148,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.request_begun = True
+        self.request_begun = self.headers_pending = True
         if self.header_clock is None:  # a request on a kept-alive connection: its headers get the same time
             self._start_header_clock()
 
     def on_headers_complete(self) -> None:
         self._stop_header_clock()
-        self.in_headers, self.header_bytes_seen = False, 0
+        self.in_headers, self.header_bytes_seen, self.headers_pending, self.headers_ended = False, 0, False, True
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_header_bytes:  # all of it came in one piece (else data_received refused it)
             self.refusal = self._headers_too_large()
             raise _Refused
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.in_headers = True  # what comes next is the next request's line and headers
+        super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to anything the parser refused, a refusal of ours among them."""
@@ -174,21 +186,25 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request is being served (pipelined bytes of the next one came early)
+            return  # the one before is being answered: the clock starts again when that ends
         if not self.request_begun:  # not a byte of a request: an idle connection
             self.transport.close()
             return
         self._answer(408, "header_timeout", f"The request's headers took longer than {self.header_timeout_s:g} s.")
 
     def _answer(self, status: int, code: str, message: str) -> None:
-        """A JSON error, then close: nothing more is read from this connection."""
+        """A JSON error, then close: nothing more is read from this connection. An answer already
+        going out (the refused request came behind it) is cut off instead."""
+        self._stop_header_clock()
+        if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+            self.transport.close()
+            return
         body = orjson.dumps({"error": code, "message": message})
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head += [b"content-type: application/json\r\n", b"content-length: ", str(len(body)).encode(), b"\r\n",
                  b"connection: close\r\n\r\n", body]
-        self._stop_header_clock()
         if not self.transport.is_closing():
             self.transport.write(b"".join(head))
             self.transport.close()
