@@ -19,14 +19,19 @@ from shared.web.uploads import read_upload
 
 async def _embed_upload(request: Request, with_styles: bool = False) -> tuple[Features, Any]:
     """The upload's features and, if asked, its base style scores: prepared and embedded alone,
-    on a lane or in a shared batch (``MicroBatcher``)."""
+    on a lane or in a shared batch (``MicroBatcher``).
+
+    The decode's pixels are awaited here, on the event loop, before any thread decodes: a thread
+    of the shared pool never waits for them, so heavy images queue among themselves."""
     services = services_of(request)
     data = await read_upload(request, services.settings.max_upload_bytes)
-    prepare = partial(predictions.prepare_upload, services, data, with_styles)
-    if await run_in_threadpool(predictions.decodes_slowly, data):  # decoded on its own first: holds back no batch
-        ready = await run_in_threadpool(prepare)
-        return await batcher_of(request).embed(lambda: ready)
-    return await batcher_of(request).embed(prepare)
+    pixels, slow = await run_in_threadpool(predictions.weigh_upload, services, data)
+    async with services.decode_budget.reserve(pixels) as reserved:  # given back once decoded
+        prepare = partial(predictions.prepare_upload, services, data, with_styles, reserved)
+        if slow:  # decoded on its own first: holds back no batch
+            ready = await run_in_threadpool(prepare)
+            return await batcher_of(request).embed(lambda: ready)
+        return await batcher_of(request).embed(prepare)
 
 
 async def predict_all(request: Request) -> JSONResponse:

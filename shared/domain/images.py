@@ -18,7 +18,7 @@ from shared.core.names import clean_filename, new_image_id, validate_image_id
 from shared.data import keys
 from shared.data.store import ObjectNotFound, StoreUnavailable
 from shared.domain.embeddings import image_identities
-from shared.models.decoding import VERIFY_SIZE, DecodedImage, decode_image
+from shared.models.decoding import VERIFY_SIZE, DecodedImage, PixelBudget, Reservation, decode_image
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
@@ -55,11 +55,13 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
     return existing
 
 
-def add_image(services: Services, data: bytes, image_id: str | None = None, filename: str = "") -> dict[str, Any]:
+def add_image(services: Services, data: bytes, image_id: str | None = None, filename: str = "",
+              reserved: Reservation | None = None) -> dict[str, Any]:
     """Check that the bytes decode as an image, then store them under ``image_id`` (or a new id),
     waiting to be embedded into the library by a worker. Without ``image_id``, bytes already stored
-    give the stored image back (``duplicate``: true) instead of a second copy."""
-    added = _add(services, data, image_id, clean_filename(filename))
+    give the stored image back (``duplicate``: true) instead of a second copy. ``reserved``: the
+    decode's pixels, taken from the budget beforehand (else it waits for them in this thread)."""
+    added = _add(services, data, image_id, clean_filename(filename), reserved or services.decode_budget)
     services.queue.submit_embedding()
     return added
 
@@ -67,7 +69,8 @@ def add_image(services: Services, data: bytes, image_id: str | None = None, file
 _ADD_ATTEMPTS = 3  # tries to store bytes whose stored duplicate keeps being deleted before it answers
 
 
-def _add(services: Services, data: bytes, image_id: str | None, filename: str) -> dict[str, Any]:
+def _add(services: Services, data: bytes, image_id: str | None, filename: str,
+         budget: PixelBudget | Reservation) -> dict[str, Any]:
     content = hashlib.sha256(data).hexdigest()
     decoded = None
     for _ in range(_ADD_ATTEMPTS):  # the stored copy these bytes duplicate may be deleted meanwhile
@@ -75,7 +78,7 @@ def _add(services: Services, data: bytes, image_id: str | None, filename: str) -
             if (found := _duplicate(services, existing)) is not None:
                 return found
             continue
-        decoded = decoded or decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, services.decode_budget)
+        decoded = decoded or decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, budget)
         new_id = image_id or new_image_id()
         existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None, sha256=content)
         if existing is None:
@@ -111,10 +114,12 @@ def add_images(
     files: list[tuple[str, bytes | DomainError]],
     ids: list[str],
     assignment: tuple[str, str] | None = None,
+    reserved: Reservation | None = None,
 ) -> list[FileResult]:
     """Store several files, each on its own, in order, so one bad file does not spoil the rest.
     ``ids`` holds one id per file ('' for a generated one) or none; ``assignment`` (tag, type) makes
-    every stored image an example of the tag, a duplicate of a stored one too.
+    every stored image an example of the tag, a duplicate of a stored one too. ``reserved``: pixels
+    taken from the budget beforehand for the largest file, which each decode in turn uses.
 
     A backend failing midway stops the batch: the files stored so far keep their results and each
     remaining one gets an ``Unavailable`` error (with nothing stored yet, the failure is raised).
@@ -125,7 +130,8 @@ def add_images(
         try:
             if isinstance(data, DomainError):
                 raise data
-            added = _add(services, data, validate_image_id(requested) if requested else None, clean_filename(filename))
+            added = _add(services, data, validate_image_id(requested) if requested else None, clean_filename(filename),
+                         reserved or services.decode_budget)
             if assignment:
                 try:
                     services.registry.assign(added["image_id"], *assignment, services.settings.max_tags)

@@ -18,7 +18,7 @@ from shared.domain.labels import require_image
 from shared.models.backbone import Features, preprocess
 from shared.models.base_keywords import base_keywords
 from shared.models.base_styles import matched_styles, style_scores
-from shared.models.decoding import decode_image
+from shared.models.decoding import Reservation, decode_cost, decode_image
 from shared.models.heads import HeadMatrix
 from shared.models.structure import check_framing
 
@@ -44,12 +44,23 @@ def decodes_slowly(data: bytes) -> bool:
     return width * height > SLOW_PIXELS.get(fmt, SLOW_PIXELS_OTHERS)
 
 
+def weigh_upload(services: Services, data: bytes) -> tuple[int, bool]:
+    """What decoding the upload costs, read from its header: the pixels it holds of the decoding
+    budget (``decode_cost``) and whether it decodes on its own (``decodes_slowly``)."""
+    return decode_cost(data, services.settings.max_image_pixels), decodes_slowly(data)
+
+
 def prepare_upload(
-    services: Services, data: bytes, with_styles: bool
+    services: Services, data: bytes, with_styles: bool, reserved: Reservation | None = None
 ) -> tuple[np.ndarray, Callable[[], dict[str, float]]]:
     """Decode, then resize and crop for the backbone; and, to run later, the base styles if asked
-    (the shape ``shared.web.batching`` batches)."""
-    image = decode_image(data, services.settings.max_image_pixels, budget=services.decode_budget).image
+    (the shape ``shared.web.batching`` batches). ``reserved``: the decode's pixels, taken from the
+    budget beforehand; given back once the image is decoded, not when the prediction ends."""
+    try:
+        image = decode_image(data, services.settings.max_image_pixels, budget=reserved or services.decode_budget).image
+    finally:
+        if reserved is not None:
+            reserved.release()
     return preprocess(image), partial(style_scores, image) if with_styles else dict
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shared.core.errors import DomainError, InvalidInput, TooLarge, Unsupported
+from shared.core.errors import DomainError, InvalidInput, TooLarge, Unavailable, Unsupported
 from shared.models.structure import check_framing, check_size
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -38,29 +39,142 @@ UPRIGHT = {
 }
 
 
+# Longest a request waits for pixel budget (PixelBudget.reserve) before it is refused with 503 busy.
+BUDGET_WAIT_S = 60.0
+
+
 class PixelBudget:
     """How many decoded pixels may be in memory at once, across threads (about 4 bytes each while
     an image decodes): a decode waits until its image fits. A small file can hold a huge image
     (a 208 KB PNG of 7000 x 7000 pixels costs 0.9 GB decoded), so this, not the number of
-    requests, bounds the memory of decoding. An image larger than the whole budget decodes alone."""
+    requests, bounds the memory of decoding. An image larger than the whole budget decodes alone.
+
+    Two ways to wait, one count: ``hold`` blocks its thread (the worker, the library's embedding);
+    a request handler awaits ``reserve`` on the event loop before it hands the decode to a thread,
+    so that no thread of the shared pool ever waits for pixels (40 heavy uploads waiting there had
+    held every route that needs the pool). Waiters of either kind take pixels as soon as theirs fit."""
 
     def __init__(self, pixels: int) -> None:
         self.capacity = pixels
         self.in_use = 0
         self._changed = threading.Condition()
+        # Requests awaiting pixels, in order of arrival: units, their loop, the future they await.
+        self._waiting: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def units(self, pixels: int) -> int:
+        """What an image of ``pixels`` holds: all of it, or the whole budget if it is larger."""
+        return min(pixels, self.capacity)
 
     @contextlib.contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
-        units = min(pixels, self.capacity)
+        """Hold ``pixels`` for the ``with`` block, blocking this thread until they fit."""
+        units = self.units(pixels)
         with self._changed:
             self._changed.wait_for(lambda: self.in_use + units <= self.capacity)
             self.in_use += units
         try:
             yield
         finally:
+            self._give_back(units)
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, pixels: int, wait_s: float = BUDGET_WAIT_S) -> AsyncIterator[Reservation]:
+        """Hold ``pixels`` for the ``async with`` block, awaiting them on the event loop; a decode
+        given the ``Reservation`` (in any thread) uses them without waiting. Waiting longer than
+        ``wait_s`` ends in Unavailable (503 ``busy``)."""
+        reservation = Reservation(self, await self._take(self.units(pixels), wait_s))
+        try:
+            yield reservation
+        finally:
+            reservation.release()
+
+    async def _take(self, units: int, wait_s: float) -> int:
+        loop = asyncio.get_running_loop()
+        with self._changed:
+            if self.in_use + units <= self.capacity:
+                self.in_use += units
+                return units
+            entry = (units, loop, loop.create_future())
+            self._waiting.append(entry)
+        try:
+            async with asyncio.timeout(wait_s):
+                await entry[2]
+        except BaseException as exc:
             with self._changed:
-                self.in_use -= units
-                self._changed.notify_all()
+                waiting = entry in self._waiting
+                if waiting:
+                    self._waiting.remove(entry)
+            if not waiting and not entry[2].cancelled():  # granted just as the wait ended: give it back
+                self._give_back(units)
+            # (granted but cancelled: _grant, still to run, gives it back)
+            if isinstance(exc, TimeoutError):
+                raise Unavailable("busy", "The server is decoding as many large images as it can hold; "
+                                  "try again shortly.") from None
+            raise
+        return units
+
+    def _give_back(self, units: int) -> None:
+        with self._changed:
+            self.in_use -= units
+            self._changed.notify_all()
+            for entry in list(self._waiting):  # the waiting requests whose pixels now fit, oldest first
+                if self.in_use + entry[0] <= self.capacity:
+                    self.in_use += entry[0]
+                    self._waiting.remove(entry)
+                    try:
+                        entry[1].call_soon_threadsafe(self._grant, entry[2], entry[0])
+                    except RuntimeError:  # its event loop is closed: nobody waits any more
+                        self.in_use -= entry[0]
+
+    def _grant(self, future: asyncio.Future[None], units: int) -> None:
+        """On the waiter's loop: its pixels are taken; given back if it went away meanwhile."""
+        if future.done():
+            self._give_back(units)
+        else:
+            future.set_result(None)
+
+
+class Reservation:
+    """Pixels of a ``PixelBudget`` taken in advance (``PixelBudget.reserve``): ``decode_image`` given
+    it decodes without waiting, one image at a time, each of at most the pixels reserved. They go
+    back to the budget at ``release`` (idempotent), or after the decode running then, if any."""
+
+    def __init__(self, budget: PixelBudget, units: int) -> None:
+        self.budget = budget
+        self.units = units
+        self._lock = threading.Lock()
+        self._decoding = 0
+        self._kept = True  # until released
+        self._given_back = False
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._lock:
+            covered = self._kept and self.budget.units(pixels) <= self.units
+            if covered:
+                self._decoding += 1
+        if not covered:  # not reserved for (another image, or released already): wait like any thread
+            with self.budget.hold(pixels):
+                yield
+            return
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._decoding -= 1
+            self._settle()
+
+    def release(self) -> None:
+        with self._lock:
+            self._kept = False
+        self._settle()
+
+    def _settle(self) -> None:
+        with self._lock:
+            done = not self._kept and not self._decoding and not self._given_back
+            self._given_back = self._given_back or done
+        if done:
+            self.budget._give_back(self.units)
 
 
 @dataclass(frozen=True)
@@ -72,7 +186,10 @@ class DecodedImage:
 
 
 def decode_image(
-    data: bytes, max_pixels: int, draft_size: int | None = DRAFT_SIZE, budget: PixelBudget | None = None
+    data: bytes,
+    max_pixels: int,
+    draft_size: int | None = DRAFT_SIZE,
+    budget: PixelBudget | Reservation | None = None,
 ) -> DecodedImage:
     """Decode bytes into an upright RGB image, or raise InvalidInput, TooLarge or Unsupported.
 
@@ -80,11 +197,45 @@ def decode_image(
     side, which is all the models need and several times faster; other formats are decoded whole
     and at once reduced (box filter) to between one and two times ``draft_size``, before any mode
     conversion, so only the decoded raster is ever full size, and only while ``budget`` holds its
-    pixels. Images whose
+    pixels (a ``Reservation`` of ``decode_cost(data)`` pixels, taken beforehand, holds them without
+    waiting). Images whose
     parsing or decoding could take far longer than their size suggests are refused first: framing
     no encoder writes (``shared.models.structure``), or a compression Pillow decodes in pure Python
     (run-length encoded BMPs), which holds the interpreter lock for seconds.
     """
+    img, fmt, cost = _opened(data, max_pixels)
+    width, height = img.size
+    try:
+        with budget.hold(cost) if budget else contextlib.nullcontext():
+            orientation = img.getexif().get(0x0112, 1)
+            if draft_size and fmt == "JPEG":  # Pillow picks the smallest scale at least this big
+                scale = max(1, min(width, height) // draft_size)
+                img.draft("RGB", (width // scale, height // scale))
+            img.load()
+            rgb = _to_rgb(_reduced(img, draft_size) if draft_size and fmt != "JPEG" else img)
+            if orientation in UPRIGHT:
+                rgb = rgb.transpose(UPRIGHT[orientation])
+    except DomainError:
+        raise
+    except Exception as exc:  # truncated or corrupt data surfaces as many error types
+        raise InvalidInput("corrupt_image", f"The image data is corrupt or truncated: {exc}") from None
+    if orientation in (5, 6, 7, 8):  # EXIF says the picture is rotated a quarter turn
+        width, height = height, width
+    return DecodedImage(image=rgb, format=fmt, width=width, height=height)
+
+
+def decode_cost(data: bytes, max_pixels: int) -> int:
+    """The pixels ``decode_image(data, max_pixels, ...)`` holds of its budget, read from the header
+    (what to ``PixelBudget.reserve``); 0 for a file it refuses before decoding."""
+    try:
+        return _opened(data, max_pixels)[2]
+    except DomainError:
+        return 0
+
+
+def _opened(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:
+    """The image opened (its header read, nothing decoded), its format and the pixels its decoding
+    holds; or the error that refuses it before decoding."""
     if not data:
         raise InvalidInput("empty_file", "The uploaded file is empty.")
     check_framing(data)
@@ -96,7 +247,7 @@ def decode_image(
         raise Unsupported("not_an_image", "The file is not an image in a supported format.") from None
     except Exception as exc:
         raise InvalidInput("corrupt_image", f"The image cannot be read: {exc}") from None
-    fmt = "JPEG" if img.format in AS_JPEG else img.format
+    fmt = "JPEG" if img.format in AS_JPEG else img.format or ""
     if fmt not in FORMATS:
         raise Unsupported("unsupported_format", f"Images in {img.format} format are not supported.")
     slow = [tile.codec_name for tile in img.tile if tile.codec_name in Image.DECODERS]
@@ -115,22 +266,9 @@ def decode_image(
     try:
         # libwebp's animation decoder keeps about four canvases (768 MB for an 882-byte 7000 x 7000 file)
         weight = 4 if fmt == "WEBP" and getattr(img, "is_animated", False) else 1
-        with budget.hold(weight * width * height) if budget else contextlib.nullcontext():
-            orientation = img.getexif().get(0x0112, 1)
-            if draft_size and fmt == "JPEG":  # Pillow picks the smallest scale at least this big
-                scale = max(1, min(width, height) // draft_size)
-                img.draft("RGB", (width // scale, height // scale))
-            img.load()
-            rgb = _to_rgb(_reduced(img, draft_size) if draft_size and fmt != "JPEG" else img)
-            if orientation in UPRIGHT:
-                rgb = rgb.transpose(UPRIGHT[orientation])
-    except DomainError:
-        raise
-    except Exception as exc:  # truncated or corrupt data surfaces as many error types
+    except Exception as exc:
         raise InvalidInput("corrupt_image", f"The image data is corrupt or truncated: {exc}") from None
-    if orientation in (5, 6, 7, 8):  # EXIF says the picture is rotated a quarter turn
-        width, height = height, width
-    return DecodedImage(image=rgb, format=fmt or "", width=width, height=height)
+    return img, fmt, weight * width * height
 
 
 def _reduced(img: Image.Image, size: int) -> Image.Image:
