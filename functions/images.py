@@ -8,6 +8,7 @@ from starlette.requests import Request
 from shared.core.errors import InvalidInput
 from shared.core.names import validate_image_id, validate_sample_type, validate_tag
 from shared.domain import images, labels
+from shared.models.decoding import decode_cost
 from shared.web.app import create_app
 from shared.web.errors import error_row
 from shared.web.responses import JSONResponse
@@ -41,7 +42,10 @@ async def add(request: Request) -> JSONResponse:
     image_id = validate_image_id(requested) if requested is not None else None
     data, filename = await read_named_upload(request, services.settings.max_upload_bytes)
     filename = request.query_params.get("filename", filename)
-    added = await run_in_threadpool(images.add_image, services, data, image_id, filename)
+    # The decode's pixels are awaited here, on the event loop: no thread of the shared pool waits for them.
+    pixels = await run_in_threadpool(decode_cost, data, services.settings.max_image_pixels)
+    async with services.decode_budget.reserve(pixels) as reserved:
+        added = await run_in_threadpool(images.add_image, services, data, image_id, filename, reserved)
     return JSONResponse(added, status_code=200 if added["duplicate"] else 201)
 
 
@@ -84,7 +88,8 @@ async def add_many(request: Request) -> JSONResponse:
     services = services_of(request)
     settings = services.settings
     assignment = _assignment_query(request, settings.max_tag_length)
-    if assignment:  # refused before the body is read; each assignment checks again, atomically
+    if assignment:  # refused before the body is read; each assignment checks the room again, atomically
+        await run_in_threadpool(labels.check_new_tags, services, [assignment[0]])
         await run_in_threadpool(services.registry.check_room_for, [assignment[0]], settings.max_tags)
     files, form = await read_uploads(request, settings.max_upload_bytes, settings.max_batch_files)
     sent = form.getlist("image_id")
@@ -93,7 +98,12 @@ async def add_many(request: Request) -> JSONResponse:
         raise InvalidInput("invalid_image_id", "Send each image_id as a text field, not as a file.")
     if ids and len(ids) != len(files):
         raise InvalidInput("image_ids_mismatch", f"Got {len(ids)} image ids for {len(files)} files; send one per file.")
-    results = await run_in_threadpool(images.add_images, services, files, ids, assignment)
+    # The pixels of the largest image, awaited on the event loop; the files are decoded one by one.
+    pixels = await run_in_threadpool(
+        lambda: max((decode_cost(data, settings.max_image_pixels) for _, data in files if isinstance(data, bytes)),
+                    default=0))
+    async with services.decode_budget.reserve(pixels) as reserved:
+        results = await run_in_threadpool(images.add_images, services, files, ids, assignment, reserved)
     rows = [
         {"filename": r.filename, "image_id": r.image_id, **error_row(r.error)} if r.error
         else {"filename": r.filename, **(r.image or {})}

@@ -96,8 +96,8 @@ async def restore(request: Request) -> JSONResponse:
     """Restore a backup (field `data`) into an empty server.
 
     The server must have no images and no tags (else 409 `not_empty`), and no other restore may be
-    running (else 409 `restore_in_progress`). The upload is written to a temporary file (at most
-    `TAGSMITH_MAX_BACKUP_BYTES`) and validated whole before anything changes; then the images keep their ids, file names and dates, the examples their tags, and
+    running once the upload has come (else 409 `restore_in_progress`). The upload is written to a
+    temporary file (at most `TAGSMITH_MAX_BACKUP_BYTES`) and validated whole before anything changes; then the images keep their ids, file names and dates, the examples their tags, and
     every model version its number, threshold, metrics and training date; the current versions
     are published and new trainings continue after the highest. A failure midway removes what
     was restored.
@@ -110,18 +110,21 @@ async def restore(request: Request) -> JSONResponse:
     errors: [400, 409, 413, 503]
     """
     services = services_of(request)
-    claim = await run_in_threadpool(backup.RestoreClaim, services)  # one restore at a time
+    await run_in_threadpool(backup.require_restorable, services)  # before a large upload is read at all
+    file = await run_in_threadpool(tempfile.TemporaryFile)
     try:
-        await run_in_threadpool(backup.undo_unfinished_restore, services, claim)  # a crashed restore's leftovers
-        await run_in_threadpool(backup.require_empty, services)  # before a large upload is read at all
-        file = await run_in_threadpool(tempfile.TemporaryFile)
+        # Read whole before the restore is claimed: an upload trickling in at the minimum rate (a 4 GiB
+        # one for days) held the claim, and every other restore got 409, as long as it lasted.
+        await read_upload_to_file(request, services.settings.max_backup_bytes, file)
+        claim = await run_in_threadpool(backup.RestoreClaim, services)  # one restore at a time
         try:
-            await read_upload_to_file(request, services.settings.max_backup_bytes, file)
+            await run_in_threadpool(backup.undo_unfinished_restore, services, claim)  # a crashed restore's leftovers
+            await run_in_threadpool(backup.require_empty, services)
             return JSONResponse(await run_in_threadpool(backup.restore_backup, services, file, claim))
         finally:
-            await run_in_threadpool(file.close)
+            await run_in_threadpool(claim.release)
     finally:
-        await run_in_threadpool(claim.release)
+        await run_in_threadpool(file.close)
 
 
 routes = [

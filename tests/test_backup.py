@@ -14,9 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from starlette.testclient import TestClient
 
+from functions import state
 from infra.cli import main
 from infra.gateway import create_gateway
 from shared.domain import backup, images
@@ -239,6 +241,33 @@ def test_a_second_restore_while_one_runs_is_refused(client: TestClient, services
     assert snapshot(other) == snapshot(client)
     third = restore(other, data)  # the lease was given back: refused only because the server is full now
     assert third.status_code == 409 and third.json()["error"] == "not_empty", third.text
+
+
+def test_an_upload_still_coming_does_not_hold_off_another_restore(client: TestClient, services: Services, empty: Server,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restore was claimed before its upload was read: one trickling in at the minimum rate (a
+    4 GiB upload for days) refused every other restore with 409 as long as it lasted."""
+    taught(client, services)
+    data = client.get("/backup").content
+    _, other = empty
+    arriving, go_on = threading.Event(), threading.Event()
+    read_upload_to_file = state.read_upload_to_file
+
+    async def slow_first(*args: Any) -> str:  # the first upload arrives only when told to
+        if not arriving.is_set():
+            arriving.set()
+            await anyio.to_thread.run_sync(go_on.wait, 60)
+        return await read_upload_to_file(*args)
+
+    monkeypatch.setattr(state, "read_upload_to_file", slow_first)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(restore, other, data)
+        assert arriving.wait(60)
+        assert restore(other, data).status_code == 200  # the one whose upload came restores
+        go_on.set()
+        late = slow.result()
+    assert late.status_code == 409 and late.json()["error"] == "not_empty", late.text
+    assert snapshot(other) == snapshot(client)
 
 
 def test_a_restore_that_loses_its_lease_stops_and_removes_nothing(client: TestClient, services: Services,

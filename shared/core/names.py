@@ -23,18 +23,33 @@ _FILLERS = frozenset("\u3164\uffa0")
 _MODIFIERS = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\ufe00-\ufe0f"
                         "\U000e0100-\U000e01ef]")
 _BLANK = frozenset(" \u2800")  # characters that render as empty space (U+2800: the blank Braille pattern)
+# Characters whose compatibility form (NFKC) differs and that a new tag still keeps: emoji shown
+# as emoji (with U+FE0F; the enclosed ideographs U+1F201-U+1F251 are emoji by default), Thai's and
+# Lao's vowel AM (in everyday words: "น้ำ"), and the Hangul letters a keyboard types alone ("ㅋㅋ";
+# NFKC makes them the conjoining jamo that build syllables). Any other character NFKC changes
+# (fullwidth "ｃａｔ", "𝐜at", ligatures, superscripts, "ℹ" without U+FE0F) looks like its plain form.
+_EMOJI_COMPAT = frozenset("\u203c\u2049\u2122\u2139\u24c2\u3297\u3299\U0001f201\U0001f202\U0001f21a\U0001f22f"
+                          "\U0001f232\U0001f233\U0001f234\U0001f235\U0001f236\U0001f237\U0001f238\U0001f239"
+                          "\U0001f23a\U0001f250\U0001f251")
+_COMPAT_KEPT = frozenset("\u0e33\u0eb3") | frozenset(map(chr, range(0x3131, 0x318F)))
+# The script of a letter is the first word of its Unicode name ("CYRILLIC SMALL LETTER ES"), but
+# for these first words: Han's, kana's and Latin's letters named otherwise, and letters that belong
+# to no one script (modifier letters as "ʻ" in "Hawaiʻi", the prolonged sound mark "ー").
+# Unnamed letters (Tangut, in Python 3.11's tables) count as no script.
+_SCRIPT_OF_WORD = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "HENTAIGANA": "HIRAGANA", "TURNED": "LATIN", "ROMAN": "LATIN"}
+_NO_SCRIPT = frozenset({"", "MODIFIER", "KATAKANA-HIRAGANA", "MASU", "VEDIC", "VERTICAL", "INFORMATION", "CARON"})
+# Scripts one word may mix: UTS #39's "highly restrictive" level (Japanese, Chinese, Korean with Latin).
+_SCRIPT_SETS = (frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}), frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+                frozenset({"LATIN", "HAN", "HANGUL"}))
 
 
-def validate_tag(tag: str, max_length: int = 64, stored: bool = False) -> str:
-    """Return the tag in NFC form, or raise InvalidInput saying what is wrong with it. ``stored``:
-    a tag the server already holds, read as the release that took it checked it (without the
-    later rule on characters that show as nothing)."""
+def validate_tag(tag: str, max_length: int = 64) -> str:
+    """Return the tag in NFC form, or raise InvalidInput saying what is wrong with it: the rules
+    every tag name meets, whoever names it (a request, a stored model, an archive or a backup).
+    A new tag's name meets more (``validate_new_tag``)."""
     tag = unicodedata.normalize("NFC", tag)
     if not tag:
         raise InvalidInput("invalid_tag", "The tag is empty.")
-    if not stored and _hides_characters(tag):
-        raise InvalidInput("invalid_tag", "The tag holds characters that show as nothing (fillers, or "
-                           "variation selectors and joiners after a plain letter) or only blank space.")
     if len(tag) > max_length:
         raise InvalidInput("invalid_tag", f"The tag is longer than {max_length} characters.")
     if (  # control, format, surrogate (a lone one has no UTF-8) and unassigned characters: category C
@@ -50,6 +65,74 @@ def validate_tag(tag: str, max_length: int = 64, stored: bool = False) -> str:
     if len(tag.encode()) > MAX_TAG_BYTES:  # it names a folder of the local store: models/<tag>/
         raise InvalidInput("invalid_tag", f"The tag is longer than {MAX_TAG_BYTES} bytes in UTF-8.")
     return tag
+
+
+def validate_new_tag(tag: str, max_length: int = 64) -> str:
+    """``validate_tag``, and what a tag that does not exist yet may not look like: characters that
+    show as nothing, and lookalikes of other names. Rules added in later releases, so they apply
+    where a tag is made by name (assigning an example), not where one is named that a server
+    already holds or an archive carries: those stay readable as the release that took them."""
+    tag = validate_tag(tag, max_length)
+    if _hides_characters(tag):
+        raise InvalidInput("invalid_tag", "The tag holds characters that show as nothing (fillers, or "
+                           "variation selectors and joiners after a plain letter) or only blank space.")
+    _refuse_lookalikes(tag)
+    return tag
+
+
+def _refuse_lookalikes(tag: str) -> None:
+    """Raise InvalidInput if the tag is written to look like another: in compatibility characters
+    (not in NFKC, but for ``_kept_compatible``), or with a word whose letters come from scripts
+    that no language writes together (Cyrillic "с" in "сat"). A word all in another script
+    ("сат") is not caught: that needs Unicode's table of confusable characters."""
+    plain = _plain_form(tag)
+    if plain != tag:
+        raise InvalidInput("invalid_tag", "The tag holds compatibility characters (fullwidth, styled or "
+                           f"superscript letters, ligatures) that look like plain ones; use '{plain}'.")
+    for word, scripts in _words(tag):
+        if len(scripts) > 1 and not any(scripts <= allowed for allowed in _SCRIPT_SETS):
+            names = " and ".join(sorted(script.title() for script in scripts))
+            raise InvalidInput("invalid_tag", f"The word '{word}' mixes {names} letters, as a lookalike of "
+                               "another word would; write each word in one script (Latin may go with Chinese, "
+                               "Japanese or Korean).")
+
+
+def _plain_form(tag: str) -> str:
+    """The tag in NFKC, but for the characters ``_kept_compatible`` keeps as they are."""
+    parts, start = [], 0
+    for at, c in enumerate(tag):
+        if _kept_compatible(tag, at):
+            parts += [unicodedata.normalize("NFKC", tag[start:at]), c]
+            start = at + 1
+    return "".join(parts) + unicodedata.normalize("NFKC", tag[start:])
+
+
+def _kept_compatible(tag: str, at: int) -> bool:
+    c = tag[at]
+    if c in _EMOJI_COMPAT:
+        return tag[at + 1 : at + 2] == "\ufe0f" or c >= "\U0001f201"
+    return c in _COMPAT_KEPT
+
+
+def _words(tag: str) -> list[tuple[str, frozenset[str]]]:
+    """The tag's words (runs of letters, marks and digits: spaces, punctuation and symbols part
+    them), each with the scripts of its letters (``_script``)."""
+    found, word = [], ""
+    for c in tag + " ":
+        if unicodedata.category(c)[0] in "LMN":
+            word += c
+        elif word:
+            found.append((word, frozenset(filter(None, map(_script, word)))))
+            word = ""
+    return found
+
+
+def _script(c: str) -> str:
+    """A letter's script, from its Unicode name (see ``_SCRIPT_OF_WORD``); '' for anything else."""
+    if unicodedata.category(c)[0] != "L":
+        return ""
+    first = unicodedata.name(c, "").split(" ", 1)[0]
+    return "" if first in _NO_SCRIPT else _SCRIPT_OF_WORD.get(first, first)
 
 
 def _hides_characters(tag: str) -> bool:

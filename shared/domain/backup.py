@@ -221,6 +221,28 @@ def require_empty(services: Services) -> None:
                        "or delete them first.")
 
 
+def require_restorable(services: Services) -> None:
+    """Conflict unless the server is empty but for what an unfinished restore added (which a restore
+    removes first: ``undo_unfinished_restore``); checked before an upload is read, and again once
+    the restore is claimed."""
+    added, touched = services.registry.restore_journal()
+    if added or touched:
+        _require_only_journalled(services, added, touched)
+    else:
+        require_empty(services)
+
+
+def _require_only_journalled(services: Services, added: list[str], touched: list[str]) -> None:
+    registry = services.registry
+    journalled = set(added)
+    own_images = [i for i in registry.image_ids() if i not in journalled]
+    own_tags = sorted((set(registry.tags()) | set(registry.models())) - set(touched))
+    if own_images or own_tags:
+        raise Conflict("not_empty", "A backup is restored only into an empty server; this one holds what an "
+                       f"unfinished restore added and {_count(len(own_images), 'image')} and "
+                       f"{_count(len(own_tags), 'tag')} besides. Delete them all, or restore into a new server.")
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -298,13 +320,7 @@ def undo_unfinished_restore(services: Services, claim: RestoreClaim) -> None:
     added, touched = registry.restore_journal()
     if not (added or touched):
         return
-    journalled = set(added)
-    own_images = [i for i in registry.image_ids() if i not in journalled]
-    own_tags = sorted((set(registry.tags()) | set(registry.models())) - set(touched))
-    if own_images or own_tags:
-        raise Conflict("not_empty", "A backup is restored only into an empty server; this one holds what an "
-                       f"unfinished restore added and {_count(len(own_images), 'image')} and "
-                       f"{_count(len(own_tags), 'tag')} besides. Delete them all, or restore into a new server.")
+    _require_only_journalled(services, added, touched)
     log.warning("removing what an unfinished restore added: %d images, %d tags", len(added), len(touched))
     if not _undo(services, added, touched, claim):
         raise Unavailable("backend_unavailable", "What an unfinished earlier restore added could not all be "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shared.core.errors import NotFound
+from shared.core.names import validate_new_tag
 from shared.domain import catalog
 
 if TYPE_CHECKING:
@@ -16,11 +17,21 @@ def require_image(services: Services, image_id: str) -> None:
         raise NotFound("unknown_image", f"No image with id '{image_id}'.")
 
 
+def check_new_tags(services: Services, tags: list[str]) -> None:
+    """Refuse (InvalidInput) a name among ``tags`` that no tag has yet and that a new tag may not
+    have (``validate_new_tag``); a tag that exists is named as it was stored."""
+    for tag in tags:
+        if not services.registry.tag_exists(tag):
+            validate_new_tag(tag, services.settings.max_tag_length)
+
+
 def assign(services: Services, image_id: str, tag: str, sample_type: str) -> dict[str, Any]:
     """Make the image a positive or negative example of the tag; never both (the later call wins).
-    A new tag beyond ``max_tags`` is refused; so is an image that does not exist (checked first,
-    and again inside the assignment's atomic step: a delete may land between the two)."""
+    A new tag beyond ``max_tags`` or with a name a new tag may not have is refused; so is an image
+    that does not exist (checked first, and again inside the assignment's atomic step: a delete
+    may land between the two)."""
     require_image(services, image_id)
+    check_new_tags(services, [tag])
     services.registry.assign(image_id, tag, sample_type, services.settings.max_tags)
     ((positives, negatives),) = services.registry.example_counts([tag])
     return {"image_id": image_id, "tag": tag, "type": sample_type, "positives": positives, "negatives": negatives}

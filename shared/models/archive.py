@@ -422,7 +422,7 @@ def _record(
     try:
         if not isinstance(entry["tag"], str):
             raise _invalid(f"Model entry {i} has a tag that is not text.")
-        tag = validate_tag(entry["tag"], max_tag_length, stored=stored)
+        tag = validate_tag(entry["tag"], max_tag_length)
         version, threshold = entry["version"], entry["threshold"]
         trained_at, metrics, file = entry.get("trained_at", ""), entry.get("metrics", {}), entry["file"]
     except KeyError as exc:
