@@ -160,7 +160,10 @@ async def thumbnail(request: Request) -> Response:
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    jpeg = await run_in_threadpool(images.thumbnail, services, image_id, size)
+    jpeg = await run_in_threadpool(images.kept_thumbnail, services, image_id, size)
+    if jpeg is None:  # made from the original: its pixels are awaited here, no thread of the pool waits
+        async with services.decode_budget.reserve(images.thumbnail_pixels(meta)) as reserved:
+            jpeg = await run_in_threadpool(images.thumbnail, services, image_id, size, reserved)
     return Response(jpeg, media_type="image/jpeg", headers=headers)
 
 

@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from shared.core.errors import Unavailable
 from shared.domain.services import Services
 from shared.models.decoding import PixelBudget, decode_cost, decode_image
+from tests.support.api import add
 from tests.support.badinput import animated_webp_canvas
 from tests.support.photos import CAT, crops, encode, photo
 
@@ -200,7 +201,9 @@ class Arrivals(PixelBudget):
         return super().reserve(pixels, *args)
 
 
-HEAVY = 16  # uploads of each kind: 48 in all, more than the 40 threads of the shared pool
+# Uploads of each kind (48 in all), and three times as many first thumbnails (48): each more than
+# the 40 threads of the shared pool.
+HEAVY = 16
 
 
 def slow_png() -> bytes:
@@ -209,14 +212,16 @@ def slow_png() -> bytes:
     return encode(photo(CAT).resize((30, 20)).resize((2100, 2000), Image.Resampling.NEAREST), "PNG", optimize=True)
 
 
-def test_uploads_waiting_for_pixels_leave_the_thread_pool_to_other_routes(client: TestClient, services: Services) -> None:
+def test_requests_waiting_for_pixels_leave_the_thread_pool_to_other_routes(client: TestClient, services: Services) -> None:
+    photos = crops(CAT, 2 * HEAVY + 1, seed=11)
+    add(client, photos[-1], "shown")  # a stored image whose first thumbnail is asked for, many times at once
     budget = services.decode_budget = Arrivals(services.decode_budget.capacity)
-    photos = crops(CAT, 2 * HEAVY, seed=11)
     uploads = [("/predict/custom", slow_png())] * HEAVY + [("/custom/add", data) for data in photos[:HEAVY]] + \
-              [("/custom/add_many", data) for data in photos[HEAVY:]]
+              [("/custom/add_many", data) for data in photos[HEAVY : 2 * HEAVY]] + \
+              [("/custom/images/shown/thumbnail", b"")] * 3 * HEAVY
 
     def post(path: str, data: bytes) -> Any:
-        return client.post(path, files={"data": ("photo.jpg", data)})
+        return client.post(path, files={"data": ("photo.jpg", data)}) if data else client.get(path)
 
     with ThreadPoolExecutor(len(uploads) + 2) as pool:
         # The whole budget is taken, as by a huge image decoding for as long as the test needs.
@@ -235,6 +240,6 @@ def test_uploads_waiting_for_pixels_leave_the_thread_pool_to_other_routes(client
             took = time.monotonic() - started
             assert budget.arrived == 1 + len(uploads) and not any(answer.done() for answer in answers)
         statuses = [answer.result(timeout=120).status_code for answer in answers]
-    assert statuses == [200] * HEAVY + [201] * HEAVY + [200] * HEAVY
+    assert statuses == [200] * HEAVY + [201] * HEAVY + [200] * HEAVY + [200] * 3 * HEAVY
     assert budget.in_use == 0
     print(f"\n/custom/tags and /ready while {len(uploads)} uploads waited for pixels: {1000 * took:.0f} ms")

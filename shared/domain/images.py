@@ -213,31 +213,51 @@ def original(services: Services, image_id: str) -> tuple[bytes, str]:
     return services.store.get(keys.image_key(image_id)), MEDIA_TYPES.get(meta.get("format", ""), "application/octet-stream")
 
 
-def thumbnail(services: Services, image_id: str, size: int) -> bytes:
+def thumbnail(services: Services, image_id: str, size: int, reserved: Reservation | None = None) -> bytes:
     """A JPEG no larger than ``size`` on its longer side, upright.
 
     Made from a stored thumbnail of the next size up in ``THUMBNAIL_SIZES``, which is made once from
     the original (one process at a time per image) and kept: the original, which may be a
-    50-megapixel PNG, is decoded once per size, not once per request."""
+    50-megapixel PNG, is decoded once per size, not once per request. ``reserved``: the original's
+    pixels, taken from the decode budget beforehand (``thumbnail_pixels``)."""
+    kept = kept_thumbnail(services, image_id, size)
+    if kept is not None:
+        return kept
     base = next(s for s in THUMBNAIL_SIZES if s >= size)
     key = keys.thumbnail_key(image_id, base)
+    with services.thumbnail_locks.hold(key):
+        try:
+            stored = services.store.get(key)  # made by another request meanwhile
+        except ObjectNotFound:
+            (made_of,) = image_identities(services, [image_id])
+            original = decode_image(services.store.get(keys.image_key(image_id)),
+                                    services.settings.max_image_pixels, base, reserved or services.decode_budget)
+            stored = _jpeg(original.image, base)
+            services.store.put(key, stored)
+            if image_identities(services, [image_id]) != [made_of]:  # deleted, or another image under its id
+                services.store.delete(key)
+    return _resized(stored, base, size)
+
+
+def kept_thumbnail(services: Services, image_id: str, size: int) -> bytes | None:
+    """``thumbnail`` if the one it is made from is kept already (no original to decode), else None."""
+    base = next(s for s in THUMBNAIL_SIZES if s >= size)
     try:
-        stored = services.store.get(key)
+        stored = services.store.get(keys.thumbnail_key(image_id, base))
     except ObjectNotFound:
-        with services.thumbnail_locks.hold(key):
-            try:
-                stored = services.store.get(key)  # made by another request meanwhile
-            except ObjectNotFound:
-                (made_of,) = image_identities(services, [image_id])
-                original = decode_image(services.store.get(keys.image_key(image_id)),
-                                        services.settings.max_image_pixels, base, services.decode_budget)
-                stored = _jpeg(original.image, base)
-                services.store.put(key, stored)
-                if image_identities(services, [image_id]) != [made_of]:  # deleted, or another image under its id
-                    services.store.delete(key)
-    if size == base:
-        return stored
-    return _jpeg(Image.open(io.BytesIO(stored)).convert("RGB"), size)
+        return None
+    return _resized(stored, base, size)
+
+
+def _resized(stored: bytes, base: int, size: int) -> bytes:
+    """A kept thumbnail (``base`` on its longer side) at ``size``."""
+    return stored if size == base else _jpeg(Image.open(io.BytesIO(stored)).convert("RGB"), size)
+
+
+def thumbnail_pixels(meta: dict[str, str]) -> int:
+    """The pixels of the decode budget an image's first thumbnail holds (its size as stored; an
+    animated WebP holds more, and waits for the rest in its thread)."""
+    return int(meta.get("width", 0)) * int(meta.get("height", 0))
 
 
 def _jpeg(image: Image.Image, size: int) -> bytes:
