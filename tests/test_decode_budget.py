@@ -242,4 +242,4 @@ def test_requests_waiting_for_pixels_leave_the_thread_pool_to_other_routes(clien
         statuses = [answer.result(timeout=120).status_code for answer in answers]
     assert statuses == [200] * HEAVY + [201] * HEAVY + [200] * HEAVY + [200] * 3 * HEAVY
     assert budget.in_use == 0
-    print(f"\n/custom/tags and /ready while {len(uploads)} uploads waited for pixels: {1000 * took:.0f} ms")
+    print(f"\n/custom/tags and /ready while {len(uploads)} requests waited for pixels: {1000 * took:.0f} ms")
