@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from shared.core.names import validate_tag
 from shared.domain import export, images, library, search
+from shared.domain.embeddings import stored_pixels
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
 from shared.web.routing import ApiRoute, query_bool, query_choice, query_float, query_int, query_tags
@@ -162,7 +163,7 @@ async def thumbnail(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     jpeg = await run_in_threadpool(images.kept_thumbnail, services, image_id, size)
     if jpeg is None:  # made from the original: its pixels are awaited here, no thread of the pool waits
-        async with services.decode_budget.reserve(images.thumbnail_pixels(meta)) as reserved:
+        async with services.decode_budget.reserve(stored_pixels(meta)) as reserved:
             jpeg = await run_in_threadpool(images.thumbnail, services, image_id, size, reserved)
     return Response(jpeg, media_type="image/jpeg", headers=headers)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from shared.domain import predictions
 from shared.models.backbone import Features
 from shared.web.app import create_app
+from shared.web.pixels import embedding_stored
 from shared.web.responses import JSONResponse
 from shared.web.routing import ApiRoute
 from shared.web.state import batcher_of, services_of
@@ -73,25 +75,34 @@ async def predict_custom_tag(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(predictions.one_tag, services, features.vectors[0], tag))
 
 
-def predict_added(request: Request) -> JSONResponse:
+async def _stored_vector(request: Request, image_id: str) -> np.ndarray:
+    """A stored image's feature vector: cached, or embedded now once its pixels are reserved."""
+    services = services_of(request)
+    return await embedding_stored(services, [image_id], partial(predictions.stored_vector, services, image_id))
+
+
+async def predict_added(request: Request) -> JSONResponse:
     """Every custom tag, for a stored image.
     ---
     response: {description: 'Every trained tag, best first.', schema: StoredPrediction, example: {image_id: cat-1, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
     errors: [400, 404, 503]
     """
     services, image_id = services_of(request), request.path_params["image_id"]
-    custom = predictions.custom_scores(services, predictions.stored_vector(services, image_id))
+    vector = await _stored_vector(request, image_id)
+    custom = await run_in_threadpool(predictions.custom_scores, services, vector)
     return JSONResponse({"image_id": image_id, "custom": custom})
 
 
-def predict_added_tag(request: Request) -> JSONResponse:
+async def predict_added_tag(request: Request) -> JSONResponse:
     """One custom tag, for a stored image.
     ---
     response: {description: The tag's score., schema: TagPrediction, example: {image_id: cat-1, tag: cat, score: 0.998, match: true, threshold: 0.5, version: 2}}
     errors: [400, 404, 503]
     """
     services, p = services_of(request), request.path_params
-    tag_score = predictions.one_tag(services, predictions.stored_vector(services, p["image_id"]), p["tag"])
+    await run_in_threadpool(predictions.require_image_and_model, services, p["image_id"], p["tag"])  # before it is embedded
+    vector = await _stored_vector(request, p["image_id"])
+    tag_score = await run_in_threadpool(predictions.one_tag, services, vector, p["tag"])
     return JSONResponse({"image_id": p["image_id"], **tag_score})
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from shared.domain import predictions
 from shared.web.app import create_app
+from shared.web.pixels import embedding_stored
 from shared.web.responses import JSONResponse
 from shared.web.routing import ApiRoute, query_int
 from shared.web.state import services_of
@@ -29,8 +32,9 @@ async def suggest(request: Request) -> JSONResponse:
       example: {tag: cat, version: 2, threshold: 0.41, candidates: 25, uncertain: [{image_id: img-7, score: 0.43, match: true}], likely_positive: [{image_id: img-3, score: 0.97, match: true}]}
     errors: [400, 404, 503]
     """
-    limit = query_int(request, "limit", 10, 1, 100)
-    suggested = await run_in_threadpool(predictions.suggestions, services_of(request), request.path_params["tag"], limit)
+    services, tag, limit = services_of(request), request.path_params["tag"], query_int(request, "limit", 10, 1, 100)
+    candidates = await run_in_threadpool(predictions.suggestion_candidates, services, tag)
+    suggested = await embedding_stored(services, candidates, partial(predictions.suggestions, services, tag, limit, candidates))
     return JSONResponse(suggested)
 
 

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from shared.core.errors import Unavailable
 from shared.domain.services import Services
 from shared.models.decoding import PixelBudget, decode_cost, decode_image
-from tests.support.api import add
+from tests.support.api import add, teach_cat
 from tests.support.badinput import animated_webp_canvas
 from tests.support.photos import CAT, crops, encode, photo
 
@@ -201,8 +201,9 @@ class Arrivals(PixelBudget):
         return super().reserve(pixels, *args)
 
 
-# Uploads of each kind (48 in all), and three times as many first thumbnails (48): each more than
-# the 40 threads of the shared pool.
+# Uploads of each kind (48 in all), and three times as many first thumbnails (48), predictions
+# for stored images not embedded yet (48) and suggestions ranking them (48): each more than the
+# 40 threads of the shared pool.
 HEAVY = 16
 
 
@@ -213,12 +214,17 @@ def slow_png() -> bytes:
 
 
 def test_requests_waiting_for_pixels_leave_the_thread_pool_to_other_routes(client: TestClient, services: Services) -> None:
+    teach_cat(client, services)  # a model, for predictions and suggestions
     photos = crops(CAT, 2 * HEAVY + 1, seed=11)
     add(client, photos[-1], "shown")  # a stored image whose first thumbnail is asked for, many times at once
+    stored = [add(client, data) for data in crops("coffee", HEAVY, seed=12)]  # none embedded yet
     budget = services.decode_budget = Arrivals(services.decode_budget.capacity)
     uploads = [("/predict/custom", slow_png())] * HEAVY + [("/custom/add", data) for data in photos[:HEAVY]] + \
               [("/custom/add_many", data) for data in photos[HEAVY : 2 * HEAVY]] + \
-              [("/custom/images/shown/thumbnail", b"")] * 3 * HEAVY
+              [("/custom/images/shown/thumbnail", b"")] * 3 * HEAVY + \
+              [(f"/custom/predict/{image_id}", b"") for image_id in stored] + \
+              [(f"/custom/predict/cat/{image_id}", b"") for image_id in stored] + \
+              [("/custom/suggest/cat", b"")] * 3 * HEAVY
 
     def post(path: str, data: bytes) -> Any:
         return client.post(path, files={"data": ("photo.jpg", data)}) if data else client.get(path)
@@ -240,6 +246,6 @@ def test_requests_waiting_for_pixels_leave_the_thread_pool_to_other_routes(clien
             took = time.monotonic() - started
             assert budget.arrived == 1 + len(uploads) and not any(answer.done() for answer in answers)
         statuses = [answer.result(timeout=120).status_code for answer in answers]
-    assert statuses == [200] * HEAVY + [201] * HEAVY + [200] * HEAVY + [200] * 3 * HEAVY
+    assert statuses == [200] * HEAVY + [201] * HEAVY + [200] * HEAVY + [200] * 8 * HEAVY
     assert budget.in_use == 0
     print(f"\n/custom/tags and /ready while {len(uploads)} requests waited for pixels: {1000 * took:.0f} ms")

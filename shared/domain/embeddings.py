@@ -15,7 +15,7 @@ from shared.data.keys import embedding_key, image_key
 from shared.data.store import ObjectNotFound, ObjectStore
 from shared.models.backbone import Backbone, preprocess
 from shared.models.backbone.device_decode import DeviceDecoder, Jpeg
-from shared.models.decoding import decode_image
+from shared.models.decoding import PixelBudget, Reservation, decode_image
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
@@ -38,10 +38,10 @@ def vector_from_bytes(data: bytes, size: int) -> np.ndarray | None:
     return vector if vector.shape == (size,) and vector.dtype == np.float32 else None
 
 
-def embed_stored_images(services: Services, image_ids: list[str]) -> np.ndarray:
+def embed_stored_images(services: Services, image_ids: list[str], budget: PixelBudget | Reservation | None = None) -> np.ndarray:
     """(N, D) feature vectors (semantic | style) of stored images, as ``embed_present_images``;
     an image whose bytes are gone raises ObjectNotFound."""
-    features, kept = embed_present_images(services, image_ids)
+    features, kept = embed_present_images(services, image_ids, budget=budget)
     if len(kept) < len(image_ids):
         gone = min(set(range(len(image_ids))) - set(kept))
         raise ObjectNotFound(image_key(image_ids[gone]))
@@ -49,20 +49,39 @@ def embed_stored_images(services: Services, image_ids: list[str]) -> np.ndarray:
 
 
 def embed_present_images(
-    services: Services, image_ids: list[str], progress: Callable[[int, int], None] | None = None
+    services: Services,
+    image_ids: list[str],
+    progress: Callable[[int, int], None] | None = None,
+    budget: PixelBudget | Reservation | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """Feature vectors (semantic | style) of the stored images whose bytes are still there (others
     were deleted meanwhile), and their positions in ``image_ids``: ``embed_images`` with this
-    process's store, backbone, limits and decoding budget."""
+    process's store, backbone, limits and decoding budget (or ``budget``: a request's pixels,
+    reserved beforehand for ``pixels_to_embed``)."""
     settings = services.settings
 
     def decode(data: bytes) -> np.ndarray:
-        return preprocess(decode_image(data, settings.max_image_pixels, budget=services.decode_budget).image)
+        return preprocess(decode_image(data, settings.max_image_pixels, budget=budget or services.decode_budget).image)
 
     return embed_images(services.store, services.backbone, image_ids, decode, settings.embed_batch_size, progress,
                         identity=lambda ids: image_identities(services, ids),
                         on_device=DeviceDecoder.for_backbone(services.backbone, settings.max_image_pixels)
                         if settings.device_decode else None)
+
+
+def pixels_to_embed(services: Services, image_ids: list[str]) -> int:
+    """The decode budget's pixels the largest of these images without a cached embedding holds
+    while it decodes (0 if all are cached): what a request reserves before it embeds them."""
+    spec_id = services.backbone.spec.id
+    cached = cpu_pool().map(lambda image_id: services.store.exists(embedding_key(spec_id, image_id)), image_ids)
+    missing = [image_id for image_id, found in zip(image_ids, cached, strict=True) if not found]
+    return max((stored_pixels(meta) for meta in services.registry.images(missing)), default=0) if missing else 0
+
+
+def stored_pixels(meta: dict[str, str]) -> int:
+    """The pixels of the decode budget a stored image holds while it decodes whole: its size as
+    stored (an animated WebP holds more, and waits for the rest in its thread)."""
+    return int(meta.get("width", 0)) * int(meta.get("height", 0))
 
 
 def image_identities(services: Services, image_ids: list[str]) -> list[str]:

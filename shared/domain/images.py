@@ -219,7 +219,7 @@ def thumbnail(services: Services, image_id: str, size: int, reserved: Reservatio
     Made from a stored thumbnail of the next size up in ``THUMBNAIL_SIZES``, which is made once from
     the original (one process at a time per image) and kept: the original, which may be a
     50-megapixel PNG, is decoded once per size, not once per request. ``reserved``: the original's
-    pixels, taken from the decode budget beforehand (``thumbnail_pixels``)."""
+    pixels, taken from the decode budget beforehand (``embeddings.stored_pixels``)."""
     kept = kept_thumbnail(services, image_id, size)
     if kept is not None:
         return kept
@@ -252,12 +252,6 @@ def kept_thumbnail(services: Services, image_id: str, size: int) -> bytes | None
 def _resized(stored: bytes, base: int, size: int) -> bytes:
     """A kept thumbnail (``base`` on its longer side) at ``size``."""
     return stored if size == base else _jpeg(Image.open(io.BytesIO(stored)).convert("RGB"), size)
-
-
-def thumbnail_pixels(meta: dict[str, str]) -> int:
-    """The pixels of the decode budget an image's first thumbnail holds (its size as stored; an
-    animated WebP holds more, and waits for the rest in its thread)."""
-    return int(meta.get("width", 0)) * int(meta.get("height", 0))
 
 
 def _jpeg(image: Image.Image, size: int) -> bytes:

@@ -72,6 +72,12 @@ def require_model(services: Services, tag: str) -> HeadMatrix:
     return matrix
 
 
+def require_image_and_model(services: Services, image_id: str, tag: str) -> None:
+    """NotFound for an unknown image, then for a tag without a model."""
+    require_image(services, image_id)
+    require_model(services, tag)
+
+
 def custom_scores(services: Services, vector: np.ndarray, tag: str | None = None) -> dict[str, Any]:
     """Every tag's score (or one tag's) for one (semantic | style) feature vector, best first."""
     matrix = services.heads.current(services) if tag is None else require_model(services, tag)
@@ -93,10 +99,11 @@ def everything(services: Services, features: Features, styles: dict[str, float])
     }
 
 
-def stored_vector(services: Services, image_id: str) -> np.ndarray:
-    """A stored image's feature vector, from the embedding cache or computed (and cached) now."""
+def stored_vector(services: Services, image_id: str, reserved: Reservation | None = None) -> np.ndarray:
+    """A stored image's feature vector, from the embedding cache or computed (and cached) now;
+    ``reserved``: its pixels, taken from the decode budget beforehand (``pixels_to_embed``)."""
     require_image(services, image_id)
-    vectors = embed_stored_images(services, [image_id])
+    vectors = embed_stored_images(services, [image_id], reserved)
     vector: np.ndarray = vectors[0]
     return vector
 
@@ -109,25 +116,31 @@ class TagScores:
     scores: np.ndarray  # (N,) probabilities, one per image id above
 
 
-def score_stored_images(services: Services, tag: str, image_ids: list[str]) -> TagScores:
+def score_stored_images(services: Services, tag: str, image_ids: list[str], reserved: Reservation | None = None) -> TagScores:
     """The tag's current model applied to stored images, using (and filling) the embedding cache;
-    images deleted since their ids were read are left out."""
+    images deleted since their ids were read are left out. ``reserved`` as for ``stored_vector``."""
     matrix = require_model(services, tag)
     i = matrix.index[tag]
-    embeddings, kept = embed_present_images(services, image_ids)
+    embeddings, kept = embed_present_images(services, image_ids, budget=reserved)
     scores = matrix.scores(embeddings)[:, i] if kept else np.zeros(0)
     return TagScores(version=matrix.versions[i], threshold=float(matrix.thresholds[i]),
                      image_ids=[image_ids[j] for j in kept], scores=scores)
 
 
-def suggestions(services: Services, tag: str, limit: int) -> dict[str, Any]:
-    """Unlabelled images to label next: those nearest the threshold, and those the model matches."""
+def suggestion_candidates(services: Services, tag: str) -> list[str]:
+    """The stored images ``suggestions`` ranks: the newest not labelled for ``tag``, which must
+    have a model (else NotFound)."""
+    require_model(services, tag)
     positives, negatives = services.registry.examples(tag)
     labelled = set(positives) | set(negatives)
     newest = services.registry.image_ids(0, services.settings.suggest_max_candidates + len(labelled))
-    result = score_stored_images(
-        services, tag, [i for i in newest if i not in labelled][: services.settings.suggest_max_candidates]
-    )
+    return [i for i in newest if i not in labelled][: services.settings.suggest_max_candidates]
+
+
+def suggestions(services: Services, tag: str, limit: int, candidates: list[str], reserved: Reservation | None = None) -> dict[str, Any]:
+    """Unlabelled images to label next (``candidates``): those nearest the threshold, and those the
+    model matches. ``reserved`` as for ``stored_vector``."""
+    result = score_stored_images(services, tag, candidates, reserved)
     candidates, scores, threshold = result.image_ids, result.scores, result.threshold
 
     def rows(order: np.ndarray) -> list[dict[str, object]]:
