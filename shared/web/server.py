@@ -7,9 +7,10 @@ half-sent request line kept its connection open for good. ``BoundedHttpProtocol`
 settings:
 
 - ``max_header_bytes``: the request line and headers together; beyond, 431 and the connection
-  closes (counted as they arrive, a read at a time, so nothing much larger is ever kept);
+  ends, as a request refused before its body came (below); counted as they arrive, a read at a
+  time, so nothing much larger is ever kept;
 - ``header_timeout_s``: from a connection's start, or a request's first byte, to the end of its
-  headers; beyond, 408 (or a silent close if nothing came) and the connection closes;
+  headers; beyond, 408 (or a silent close if nothing came) and the connection ends;
 - both hold for a request sent behind another (pipelined) while that one is answered: its bytes
   count from the end of the one before, and its headers get their time again once that answer
   ends (they had escaped both: a request line behind a streamed backup grew a server by 200 MB
@@ -91,11 +92,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
-            self.ending = True
             self.server_state.total_requests += 1
-            with contextlib.suppress(OSError, RuntimeError):
-                self.transport.write_eof()  # the answer is flushed, then the client sees the end
-            self.loop.call_later(LINGER_S, self.transport.close)
+            self._end_lingering()
             return
         super().on_response_complete()
         if self.headers_pending and not self.transport.is_closing():  # the next request's began meanwhile:
@@ -193,9 +191,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._answer(408, "header_timeout", f"The request's headers took longer than {self.header_timeout_s:g} s.")
 
     def _answer(self, status: int, code: str, message: str) -> None:
-        """A JSON error, then close: nothing more is read from this connection. An answer already
+        """A JSON error, then the connection ends: nothing more is read from it. An answer already
         going out (the refused request came behind it) is cut off instead."""
         self._stop_header_clock()
+        if self.ending:
+            return
         if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
             self.transport.close()
             return
@@ -207,7 +207,19 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                  b"connection: close\r\n\r\n", body]
         if not self.transport.is_closing():
             self.transport.write(b"".join(head))
-            self.transport.close()
+            if status == 503:  # refused on connecting: closed at once, lingering would hold a connection more
+                self.transport.close()
+            else:
+                self._end_lingering()
+
+    def _end_lingering(self) -> None:
+        """The answer written so far is flushed and the client sees the end, while what it still
+        sends is discarded for ``LINGER_S``: closed with its request unread, the connection would
+        be reset, and a client still sending could lose the answer."""
+        self.ending = True
+        with contextlib.suppress(OSError, RuntimeError):
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def bounded_protocol(settings: Settings) -> type[BoundedHttpProtocol]:
