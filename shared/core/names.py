@@ -3,9 +3,12 @@ versions and task ids. Each returns the value in its canonical form or raises ``
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import uuid
+from collections.abc import Iterable
+from pathlib import Path
 
 from shared.core.errors import InvalidInput, NotFound
 
@@ -84,7 +87,7 @@ def _refuse_lookalikes(tag: str) -> None:
     """Raise InvalidInput if the tag is written to look like another: in compatibility characters
     (not in NFKC, but for ``_kept_compatible``), or with a word whose letters come from scripts
     that no language writes together (Cyrillic "с" in "сat"). A word all in another script
-    ("сат") is not caught: that needs Unicode's table of confusable characters."""
+    (Cyrillic "сор") looks like another only beside it ("cop"): ``lookalike``."""
     plain = _plain_form(tag)
     if plain != tag:
         raise InvalidInput("invalid_tag", "The tag holds compatibility characters (fullwidth, styled or "
@@ -95,6 +98,32 @@ def _refuse_lookalikes(tag: str) -> None:
             raise InvalidInput("invalid_tag", f"The word '{word}' mixes {names} letters, as a lookalike of "
                                "another word would; write each word in one script (Latin may go with Chinese, "
                                "Japanese or Korean).")
+
+
+def lookalike(tag: str, others: Iterable[str]) -> str | None:
+    """The first of ``others`` that looks like ``tag`` but is another name ("сор" in Cyrillic and
+    "cop", "Iogo" with a capital i and "logo", "50’s" and "50's"): the same UTS #39 skeleton."""
+    shape = skeleton(tag)
+    return next((other for other in others if other != tag and skeleton(other) == shape), None)
+
+
+@functools.lru_cache(maxsize=20_000)  # the tags of a server, checked against each new one
+def skeleton(tag: str) -> str:
+    """What the tag looks like (UTS #39): each character replaced by the prototype it is confusable
+    with, in NFD."""
+    prototypes = _prototypes()
+    return unicodedata.normalize("NFD", "".join(prototypes.get(c, c) for c in unicodedata.normalize("NFD", tag)))
+
+
+@functools.cache
+def _prototypes() -> dict[str, str]:
+    """Unicode's confusable characters (``confusables.txt`` beside this module): each to its prototype."""
+    table = {}
+    for line in (Path(__file__).parent / "confusables.txt").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            source, prototype = line.split(";")
+            table[chr(int(source, 16))] = "".join(chr(int(code, 16)) for code in prototype.split())
+    return table
 
 
 def _plain_form(tag: str) -> str:

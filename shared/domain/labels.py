@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shared.core.errors import NotFound
-from shared.core.names import validate_new_tag
+from shared.core.errors import InvalidInput, NotFound
+from shared.core.names import lookalike, validate_new_tag
 from shared.domain import catalog
 
 if TYPE_CHECKING:
@@ -19,10 +19,17 @@ def require_image(services: Services, image_id: str) -> None:
 
 def check_new_tags(services: Services, tags: list[str]) -> None:
     """Refuse (InvalidInput) a name among ``tags`` that no tag has yet and that a new tag may not
-    have (``validate_new_tag``); a tag that exists is named as it was stored."""
-    for tag in tags:
-        if not services.registry.tag_exists(tag):
-            validate_new_tag(tag, services.settings.max_tag_length)
+    have (``validate_new_tag``), or that looks like a tag there is (``lookalike``); a tag that
+    exists is named as it was stored."""
+    new = [tag for tag in tags if not services.registry.tag_exists(tag)]
+    for tag in new:
+        validate_new_tag(tag, services.settings.max_tag_length)
+    existing = services.registry.tags() if new else []
+    for tag in new:
+        twin = lookalike(tag, existing)
+        if twin is not None:
+            raise InvalidInput("invalid_tag", f"The tag '{tag}' looks like the tag '{twin}', which exists: "
+                               "use that one, or a name that looks different.")
 
 
 def assign(services: Services, image_id: str, tag: str, sample_type: str) -> dict[str, Any]:
