@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from shared.core.errors import Unavailable
 from shared.domain.services import Services
-from shared.models.decoding import PixelBudget, decode_cost, decode_image
+from shared.models.decoding import PixelBudget, Reservation, decode_cost, decode_image
 from tests.support.api import add, teach_cat
 from tests.support.badinput import animated_webp_canvas
 from tests.support.photos import CAT, crops, encode, photo
@@ -161,6 +161,69 @@ def test_threads_and_requests_share_one_count() -> None:
     assert peak[0] == 60 and budget.in_use == 0  # one at a time: two never fit
 
 
+def test_a_decode_larger_than_its_reservation_gives_it_back_before_it_waits() -> None:
+    """An animated WebP holds four canvases, more than its size reserved: holding the reservation
+    while it waited for the whole budget, its thread and pixels had waited for good (a review: its
+    first thumbnail never answered, and the budget stayed at 49 of 100 MP)."""
+    budget = PixelBudget(100)
+
+    async def scenario() -> None:
+        async with budget.reserve(30) as reserved:
+            def decode() -> int:
+                with reserved.hold(400):  # all of the budget, as 4 x 7000 x 7000 of 100 MP
+                    return budget.in_use
+            assert await asyncio.wait_for(asyncio.to_thread(decode), 10) == 100
+        assert budget.in_use == 0
+
+    asyncio.run(scenario())
+
+
+def test_decodes_sharing_a_reservation_stay_within_it() -> None:
+    """A suggestion decodes its images on several threads: each decode was let in on the one
+    reservation, eight of 60 pixels at once against a budget of 100."""
+    budget, inside, peak, lock = PixelBudget(100), [0], [0], threading.Lock()
+
+    def decode(reserved: Reservation) -> None:
+        with reserved.hold(40):
+            with lock:
+                inside[0] += 40
+                peak[0] = max(peak[0], inside[0])
+            time.sleep(0.01)
+            with lock:
+                inside[0] -= 40
+
+    async def scenario() -> None:
+        async with budget.reserve(90) as reserved:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(decode, [reserved] * 16))
+            assert budget.in_use == 90
+
+    asyncio.run(scenario())
+    assert peak[0] == 80 and budget.in_use == 0  # two at a time fit in the 90 reserved
+
+
+def test_a_large_image_is_not_starved_by_a_stream_of_small_ones() -> None:
+    """Pixels went to any waiter that fitted: six requests looping over small images kept a large one
+    waiting until it was refused busy. Waiters now take their turn in order of arrival."""
+    budget, stop = PixelBudget(100), asyncio.Event()
+
+    async def small() -> None:
+        while not stop.is_set():
+            async with budget.reserve(30):
+                await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        loops = [asyncio.create_task(small()) for _ in range(6)]
+        await asyncio.sleep(0.05)
+        async with budget.reserve(100, wait_s=2):
+            assert budget.in_use == 100
+        stop.set()
+        await asyncio.gather(*loops)
+
+    asyncio.run(scenario())
+    assert budget.in_use == 0
+
+
 def test_the_cost_read_ahead_is_what_the_decode_holds() -> None:
     seen: list[int] = []
 
@@ -249,3 +312,15 @@ def test_requests_waiting_for_pixels_leave_the_thread_pool_to_other_routes(clien
     assert statuses == [200] * HEAVY + [201] * HEAVY + [200] * HEAVY + [200] * 8 * HEAVY
     assert budget.in_use == 0
     print(f"\n/custom/tags and /ready while {len(uploads)} requests waited for pixels: {1000 * took:.0f} ms")
+
+
+def test_an_animated_webp_stored_gets_its_thumbnail_and_prediction(client: TestClient, services: Services) -> None:
+    """Its first thumbnail reserved the canvas's size, then waited for its four canvases holding
+    that: it never answered, and the pixels it held were never given back."""
+    image_id = add(client, animated_webp_canvas())
+    with ThreadPoolExecutor(2) as pool:
+        thumbnail = pool.submit(client.get, f"/custom/images/{image_id}/thumbnail")
+        prediction = pool.submit(client.get, f"/custom/predict/{image_id}")
+        assert thumbnail.result(timeout=120).status_code == 200
+        assert prediction.result(timeout=120).status_code == 200
+    assert services.decode_budget.in_use == 0

@@ -7,6 +7,7 @@ import contextlib
 import io
 import threading
 import warnings
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -49,17 +50,21 @@ class PixelBudget:
     (a 208 KB PNG of 7000 x 7000 pixels costs 0.9 GB decoded), so this, not the number of
     requests, bounds the memory of decoding. An image larger than the whole budget decodes alone.
 
-    Two ways to wait, one count: ``hold`` blocks its thread (the worker, the library's embedding);
+    Two ways to wait, one queue: ``hold`` blocks its thread (the worker, the library's embedding);
     a request handler awaits ``reserve`` on the event loop before it hands the decode to a thread,
     so that no thread of the shared pool ever waits for pixels (40 heavy uploads waiting there had
-    held every route that needs the pool). Waiters of either kind take pixels as soon as theirs fit."""
+    held every route that needs the pool). Waiters take their pixels in order of arrival: one that
+    does not fit yet holds back those behind it, so a stream of small images never starves a large
+    one. No waiter holds pixels while it waits (a ``Reservation``'s decodes wait only for each
+    other), so the queue cannot deadlock."""
 
     def __init__(self, pixels: int) -> None:
         self.capacity = pixels
         self.in_use = 0
-        self._changed = threading.Condition()
-        # Requests awaiting pixels, in order of arrival: units, their loop, the future they await.
-        self._waiting: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._lock = threading.Lock()
+        # Waiters in order of arrival: their units, and how to wake them (a thread's event, or a
+        # request's loop and the future it awaits).
+        self._waiting: deque[tuple[int, threading.Event | tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = deque()
 
     def units(self, pixels: int) -> int:
         """What an image of ``pixels`` holds: all of it, or the whole budget if it is larger."""
@@ -67,11 +72,14 @@ class PixelBudget:
 
     @contextlib.contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
-        """Hold ``pixels`` for the ``with`` block, blocking this thread until they fit."""
-        units = self.units(pixels)
-        with self._changed:
-            self._changed.wait_for(lambda: self.in_use + units <= self.capacity)
-            self.in_use += units
+        """Hold ``pixels`` for the ``with`` block, blocking this thread until its turn comes."""
+        units, woken = self.units(pixels), threading.Event()
+        with self._lock:
+            queued = not self._take_now(units)
+            if queued:
+                self._waiting.append((units, woken))
+        if queued:
+            woken.wait()
         try:
             yield
         finally:
@@ -88,23 +96,32 @@ class PixelBudget:
         finally:
             reservation.release()
 
+    def _take_now(self, units: int) -> bool:
+        """Take ``units`` if nobody waits before them and they fit (the lock held)."""
+        if self._waiting or self.in_use + units > self.capacity:
+            return False
+        self.in_use += units
+        return True
+
     async def _take(self, units: int, wait_s: float) -> int:
         loop = asyncio.get_running_loop()
-        with self._changed:
-            if self.in_use + units <= self.capacity:
-                self.in_use += units
+        future: asyncio.Future[None] = loop.create_future()
+        entry = (units, (loop, future))
+        with self._lock:
+            if self._take_now(units):
                 return units
-            entry = (units, loop, loop.create_future())
             self._waiting.append(entry)
         try:
             async with asyncio.timeout(wait_s):
-                await entry[2]
+                await future
         except BaseException as exc:
-            with self._changed:
-                waiting = entry in self._waiting
+            with self._lock:
+                waiting = any(queued is entry for queued in self._waiting)
                 if waiting:
                     self._waiting.remove(entry)
-            if not waiting and not entry[2].cancelled():  # granted just as the wait ended: give it back
+            if waiting:
+                self._give_back(0)  # those behind it may fit now
+            elif not future.cancelled():  # granted just as the wait ended: give it back
                 self._give_back(units)
             # (granted but cancelled: _grant, still to run, gives it back)
             if isinstance(exc, TimeoutError):
@@ -114,17 +131,23 @@ class PixelBudget:
         return units
 
     def _give_back(self, units: int) -> None:
-        with self._changed:
+        """Return ``units``, and wake the waiters that now fit, in order, up to the first that does not."""
+        woken = []
+        with self._lock:
             self.in_use -= units
-            self._changed.notify_all()
-            for entry in list(self._waiting):  # the waiting requests whose pixels now fit, oldest first
-                if self.in_use + entry[0] <= self.capacity:
-                    self.in_use += entry[0]
-                    self._waiting.remove(entry)
-                    try:
-                        entry[1].call_soon_threadsafe(self._grant, entry[2], entry[0])
-                    except RuntimeError:  # its event loop is closed: nobody waits any more
-                        self.in_use -= entry[0]
+            while self._waiting and self.in_use + self._waiting[0][0] <= self.capacity:
+                entry = self._waiting.popleft()
+                self.in_use += entry[0]
+                woken.append(entry)
+        for taken, wake in woken:
+            if isinstance(wake, threading.Event):
+                wake.set()
+                continue
+            loop, future = wake
+            try:
+                loop.call_soon_threadsafe(self._grant, future, taken)
+            except RuntimeError:  # its event loop is closed: nobody waits any more
+                self._give_back(taken)
 
     def _grant(self, future: asyncio.Future[None], units: int) -> None:
         """On the waiter's loop: its pixels are taken; given back if it went away meanwhile."""
@@ -135,43 +158,52 @@ class PixelBudget:
 
 
 class Reservation:
-    """Pixels of a ``PixelBudget`` taken in advance (``PixelBudget.reserve``): ``decode_image`` given
-    it decodes without waiting, one image at a time, each of at most the pixels reserved. They go
-    back to the budget at ``release`` (idempotent), or after the decode running then, if any."""
+    """Pixels of a ``PixelBudget`` taken in advance (``PixelBudget.reserve``), a budget of their own
+    for the decodes given it (in any thread): each of at most the pixels reserved, they run as many
+    at a time as fit in them and otherwise wait for each other, never for the shared budget, so a
+    request that holds pixels never waits for more. A decode of more pixels than reserved (an
+    animated WebP's canvases) gives the reservation back first, then waits in the shared budget as
+    any thread. The pixels go back at ``release`` (idempotent), or once the decodes running then end."""
 
     def __init__(self, budget: PixelBudget, units: int) -> None:
         self.budget = budget
         self.units = units
-        self._lock = threading.Lock()
-        self._decoding = 0
+        self._changed = threading.Condition()
+        self._in_use = 0
         self._kept = True  # until released
         self._given_back = False
 
     @contextlib.contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
-        with self._lock:
-            covered = self._kept and self.budget.units(pixels) <= self.units
+        need = self.budget.units(pixels)
+        with self._changed:
+            if self._kept and need <= self.units:
+                self._changed.wait_for(lambda: not self._kept or self._in_use + need <= self.units)
+            covered = self._kept and need <= self.units
             if covered:
-                self._decoding += 1
-        if not covered:  # not reserved for (another image, or released already): wait like any thread
+                self._in_use += need
+        if not covered:  # larger than reserved, or released already: wait like any thread, holding none of it
+            self.release()
             with self.budget.hold(pixels):
                 yield
             return
         try:
             yield
         finally:
-            with self._lock:
-                self._decoding -= 1
+            with self._changed:
+                self._in_use -= need
+                self._changed.notify_all()
             self._settle()
 
     def release(self) -> None:
-        with self._lock:
+        with self._changed:
             self._kept = False
+            self._changed.notify_all()
         self._settle()
 
     def _settle(self) -> None:
-        with self._lock:
-            done = not self._kept and not self._decoding and not self._given_back
+        with self._changed:
+            done = not self._kept and not self._in_use and not self._given_back
             self._given_back = self._given_back or done
         if done:
             self.budget._give_back(self.units)
