@@ -5,18 +5,25 @@ every 20 s kept a body open past its 30 s setting."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 import requests
+import uvicorn
 from PIL import Image
 
+from infra.embedded import free_port
+from shared.core.settings import Settings
+from shared.web.server import server_config
 from tests.support.servers import TagsmithServer, serving
 
 pytestmark = pytest.mark.integration  # starts a tagsmith serve
@@ -308,3 +315,42 @@ def test_headers_behind_a_streamed_answer_get_their_time_again_once_it_ends(answ
     backup, _, rest = received.partition(b"\r\n0\r\n\r\n")  # the end of a chunked answer
     assert backup.startswith(b"HTTP/1.1 200") and len(backup) > len(original)  # all of it came, then:
     assert status_and_code(rest) == (408, "header_timeout")
+
+
+@pytest.fixture(scope="module")
+def slow_app_port() -> Iterator[int]:
+    """The bounded protocol (16 KiB of headers) in front of an app whose ``/slow`` answers after 1 s."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(1.0 if scope["path"] == "/slow" else 0)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"slow ok"})
+
+    port = free_port()
+    server = uvicorn.Server(server_config(app, Settings(host="127.0.0.1", port=port)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_a_refusal_behind_a_request_still_running_never_goes_out_as_its_answer(slow_app_port: int) -> None:
+    """Headers over the limit sent behind a request not yet answered got their 431 written as that
+    request's answer (which ran on, and failed writing its own: "Cannot call write() after
+    write_eof()"). The connection is cut instead: nothing goes out in the wrong place."""
+    sock = socket.create_connection(("127.0.0.1", slow_app_port), timeout=10)
+    sock.sendall(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /next HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    try:
+        for _ in range(30):
+            sock.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer, closed = answer_of(sock)
+    assert b"431" not in answer and closed

@@ -191,12 +191,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._answer(408, "header_timeout", f"The request's headers took longer than {self.header_timeout_s:g} s.")
 
     def _answer(self, status: int, code: str, message: str) -> None:
-        """A JSON error, then the connection ends: nothing more is read from it. An answer already
-        going out (the refused request came behind it) is cut off instead."""
+        """A JSON error, then the connection ends: nothing more is read from it. If the request
+        before (the refused one came behind it) is still being answered, the connection is cut
+        instead: the error would go out as that request's answer, or in the middle of it."""
         self._stop_header_clock()
         if self.ending:
             return
-        if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+        if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()
             return
         body = orjson.dumps({"error": code, "message": message})
