@@ -97,7 +97,9 @@ async def restore(request: Request) -> JSONResponse:
 
     The server must have no images and no tags (else 409 `not_empty`), and no other restore may be
     running once the upload has come (else 409 `restore_in_progress`). The upload is written to a
-    temporary file (at most `TAGSMITH_MAX_BACKUP_BYTES`) and validated whole before anything changes; then the images keep their ids, file names and dates, the examples their tags, and
+    temporary file (at most `TAGSMITH_MAX_BACKUP_BYTES`, as much as all uploads to `/restore` may
+    hold at once: past it, 503 `busy`) and validated whole before anything changes; then the images
+    keep their ids, file names and dates, the examples their tags, and
     every model version its number, threshold, metrics and training date; the current versions
     are published and new trainings continue after the highest. A failure midway removes what
     was restored.

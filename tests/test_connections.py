@@ -29,7 +29,7 @@ from tests.support.servers import TagsmithServer, serving
 pytestmark = pytest.mark.integration  # starts a tagsmith serve
 
 LIMITS = {"TAGSMITH_HEADER_TIMEOUT_S": "1", "TAGSMITH_BODY_READ_TIMEOUT_S": "2", "TAGSMITH_MAX_CONNECTIONS": "12",
-          "TAGSMITH_MAX_BODY_BYTES_IN_FLIGHT": "3000000"}
+          "TAGSMITH_MAX_BODY_BYTES_IN_FLIGHT": "3000000", "TAGSMITH_MAX_BACKUP_BYTES": "3000000"}
 
 
 @pytest.fixture(scope="module")
@@ -204,10 +204,14 @@ def test_one_header_line_that_never_ends_is_cut_off_too(server: TagsmithServer) 
     assert took < 5  # refused at 16 KB, then discarded for LINGER_S (2 s) and closed
 
 
-def test_bodies_held_at_once_stay_within_their_budget(server: TagsmithServer) -> None:
-    """Twenty slow 63 MB uploads had held 1.3 GB: past the budget (3 MB here) a body is refused."""
-    head = (b"POST /set_state HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Content-Length: 5000000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"data\"; filename=\"s\"\r\n\r\n")
+@pytest.mark.parametrize(("path", "length", "refusal"), [("/set_state", 5_000_000, "invalid_archive"),
+                                                         ("/restore", 2_900_000, "invalid_backup")])
+def test_bodies_held_at_once_stay_within_their_budget(server: TagsmithServer, path: str, length: int, refusal: str) -> None:
+    """Twenty slow 63 MB uploads had held 1.3 GB: past the budget (3 MB here) a body is refused. So
+    are backups written to disk: concurrent restores had each spooled up to a whole
+    ``MAX_BACKUP_BYTES`` (4 GiB) to a temporary file; together they may now hold that much (3 MB here)."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {length}\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"data\"; filename=\"s\"\r\n\r\n").encode()
     first, second = connect(server), connect(server)
     first.sendall(head + b"x" * 2_000_000)  # held: the body has not all come
     time.sleep(0.5)
@@ -222,9 +226,9 @@ def test_bodies_held_at_once_stay_within_their_budget(server: TagsmithServer) ->
     time.sleep(0.5)
     body = b'--b\r\nContent-Disposition: form-data; name="data"; filename="s"\r\n\r\n' + b"z" * 100 + b"\r\n--b--\r\n"
     sock = connect(server)  # the budget is given back when a request ends
-    sock.sendall(b"POST /set_state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: multipart/"
-                 b"form-data; boundary=b\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    assert status_and_code(answer_of(sock)[0]) == (400, "invalid_archive")  # a bad archive, not busy
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: multipart/"
+                 f"form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert status_and_code(answer_of(sock)[0]) == (400, refusal)  # a bad upload, not busy
 
 
 @pytest.fixture(scope="module")

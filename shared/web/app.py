@@ -49,7 +49,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         own = services or build_services(settings or Settings())
-        state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight)}
+        state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight),
+                                 "spool_budget": BodyBudget(own.settings.max_backup_bytes)}  # one backup's worth
         if backbone:
             loaded = await run_in_threadpool(lambda: own.backbone)
             log.info("backbone ready: %s, %s", loaded.runtime, loaded.precision)
@@ -68,7 +69,8 @@ def create_app(
             Middleware(RequestObserver),
             Middleware(SameOrigin, settings=settings_of),
             Middleware(ApiKeys, keys=lambda scope: settings_of(scope).api_key_list),
-            Middleware(BodyLimit, settings=settings_of, budget=lambda scope: scope["state"]["body_budget"]),
+            Middleware(BodyLimit, settings=settings_of, budget=lambda scope: scope["state"]["body_budget"],
+                       spool_budget=lambda scope: scope["state"]["spool_budget"]),
         ],
         exception_handlers=HANDLERS,
         lifespan=lifespan,

@@ -22,9 +22,11 @@ def paced_deadline(deadline: float, size: int, rate: float, now: float, timeout:
 
 
 class BodyBudget:
-    """Request-body bytes held in memory at once by all requests of a process: a request whose
-    body would pass it gets 503 ``busy`` (twenty slow 63 MB uploads had held 1.3 GB). Bytes are
-    counted as they arrive and given back when the request ends."""
+    """Request-body bytes held at once by all requests of a process: a request whose body would
+    pass it gets 503 ``busy``. Bytes are counted as they arrive and given back when the request
+    ends. One for the bodies held in memory (twenty slow 63 MB uploads had held 1.3 GB), one for
+    those written to temporary files (``SPOOLED_PATHS``: concurrent restores had each spooled up
+    to a whole ``max_backup_bytes`` to disk)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -52,11 +54,13 @@ class BodyLimit:
     a body that came fast at first cannot bank hours of time and then drip, holding its bytes."""
 
     def __init__(
-        self, app: ASGIApp, settings: Callable[[Scope], Settings], budget: Callable[[Scope], BodyBudget]
+        self, app: ASGIApp, settings: Callable[[Scope], Settings], budget: Callable[[Scope], BodyBudget],
+        spool_budget: Callable[[Scope], BodyBudget],
     ) -> None:
         self.app = app
         self.settings = settings
         self.budget = budget
+        self.spool_budget = spool_budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,8 +76,10 @@ class BodyLimit:
                 return
         received, complete, timeout = 0, False, settings.body_read_timeout_s
         deadline: float | None = None  # the clock starts when the endpoint first reads the body
-        budget = self.budget(scope)
-        spooled = scope["path"].rstrip("/") in SPOOLED_PATHS  # written to a temporary file, not held
+        spooled = scope["path"].rstrip("/") in SPOOLED_PATHS  # written to a temporary file, not held in memory
+        budget = (self.spool_budget if spooled else self.budget)(scope)
+        busy = ("The server is receiving as many backups as it may hold on disk at once" if spooled
+                else "The server holds too many uploads at once") + "; try again shortly."
 
         async def limited_receive() -> Message:
             nonlocal received, complete, deadline
@@ -93,8 +99,8 @@ class BodyLimit:
                 raise too_slow from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             size = len(message.get("body", b""))
-            if not spooled and not budget.take(size):
-                raise HttpError(503, "busy", "The server holds too many uploads at once; try again shortly.")
+            if not budget.take(size):
+                raise HttpError(503, "busy", busy)
             received += size
             deadline = paced_deadline(deadline, size, settings.body_min_rate, time.monotonic(), timeout)
             if received > limit:
@@ -104,12 +110,11 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, send)
         finally:
-            if not spooled:
-                budget.give_back(received)
+            budget.give_back(received)
 
 
-# Bodies their endpoint writes to a temporary file as they arrive (a backup to restore): they are
-# not counted against the bytes held in memory.
+# Bodies their endpoint writes to a temporary file as they arrive (a backup to restore): counted
+# against the bytes on disk (``BodyBudget``), not those held in memory.
 SPOOLED_PATHS = {"/restore"}
 
 
