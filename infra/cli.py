@@ -25,7 +25,7 @@ STALE_TEMPORARY_S = 600  # a temp file of the store older than this at start-up 
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> None:
-    from infra.embedded import WorkerSupervisor, data_folder_lock, port_taken, start_redis
+    from infra.embedded import WorkerSupervisor, data_folder_lock, port_taken, private_folder, start_redis
     from infra.gateway import create_gateway
     from shared.data.store import LocalStore
     from shared.domain.services import build_services
@@ -40,6 +40,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
             settings = settings.model_copy(update={"redis_url": url})
         services = build_services(settings)
         if isinstance(services.store, LocalStore):  # writes a crash cut short left their temp files
+            private_folder(settings.store_dir)
             removed = services.store.remove_stale_temporaries(STALE_TEMPORARY_S)
             if removed:
                 logging.getLogger("tagsmith").info("removed %d temp files of interrupted writes", removed)

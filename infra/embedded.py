@@ -89,8 +89,11 @@ def private_folder(folder: Path, entries: bool = False) -> None:
 @contextlib.contextmanager
 def data_folder_lock(data_dir: Path, wait_s: float = 30.0) -> Iterator[int]:
     """Hold an exclusive lock on the data folder; the fd is passed to children so it outlives us.
-    The folder is the owner's alone (``private_folder``)."""
-    private_folder(data_dir)
+    The folder is the owner's alone (``private_folder``) if it is new or empty, or tagsmith's from
+    before (it holds ``serve.lock``); a folder of the user's with other things in it (``--data-dir
+    .``) keeps its mode, and what tagsmith keeps there are folders of the owner's alone."""
+    if not data_dir.exists() or not any(data_dir.iterdir()) or (data_dir / "serve.lock").exists():
+        private_folder(data_dir)
     fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
     deadline, waited = time.monotonic() + wait_s, False
     while True:

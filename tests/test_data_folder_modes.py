@@ -10,6 +10,7 @@ from pathlib import Path
 import redis
 
 from infra.embedded import data_folder_lock, start_redis
+from tests.support.servers import TagsmithServer
 
 
 def modes(folder: Path) -> dict[str, int]:
@@ -61,3 +62,20 @@ def test_the_data_folder_is_the_owners_alone(tmp_path: Path) -> None:
     data.chmod(0o755)
     with data_folder_lock(data):
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
+
+
+def test_a_folder_of_the_users_own_keeps_its_mode(tmp_path: Path) -> None:
+    """``--data-dir .`` in a project folder had made that folder unreadable to everyone else."""
+    own = tmp_path / "project"
+    own.mkdir(mode=0o755)
+    own.chmod(0o755)
+    (own / "notes.txt").write_text("mine")
+    with data_folder_lock(own):
+        assert stat.S_IMODE(own.stat().st_mode) == 0o755
+    run_redis(own / "redis")  # what tagsmith keeps there is the owner's alone
+    assert stat.S_IMODE((own / "redis").stat().st_mode) == 0o700
+
+
+def test_a_running_serve_keeps_its_folders_to_its_owner(live_server: TagsmithServer) -> None:
+    for folder in (live_server.data_dir, live_server.data_dir / "objects", live_server.data_dir / "redis"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
