@@ -238,10 +238,22 @@ MAX_FILENAME = 255
 
 def clean_filename(name: str) -> str:
     """An uploaded file's name as kept: its last path component, without control characters or
-    surrounding spaces, at most 255 characters ('' when nothing is left)."""
-    name = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1])
+    surrounding spaces, in NFC, at most 255 characters ('' when nothing is left). Cleaning a
+    cleaned name changes nothing (a backup's names are checked so): a character removed between a
+    letter and its accent had left them uncomposed, and every later backup unrestorable."""
+    cleaned = _clean_once(name)
+    for _ in range(3):  # a cut or a removal can leave what the next pass changes; one pass settles it
+        again = _clean_once(cleaned)
+        if again == cleaned:
+            break
+        cleaned = again
+    return cleaned
+
+
+def _clean_once(name: str) -> str:
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
     kept = "".join(c for c in name if unicodedata.category(c)[0] != "C" and c not in _FILLERS)
-    return kept.strip()[:MAX_FILENAME].strip()  # a cut may end at a space
+    return unicodedata.normalize("NFC", kept).strip()[:MAX_FILENAME].strip()  # a cut may end at a space
 
 
 def new_image_id() -> str:

@@ -434,8 +434,9 @@ def _images(entries: list[Any], members: dict[str, tarfile.TarInfo], used: set[s
         if image_id in seen:
             raise _invalid(f"Image {image_id!r} appears twice.")
         seen.add(image_id)
-        if not isinstance(filename, str) or clean_filename(filename) != filename:
-            raise _invalid(f"Image {image_id!r} has a file name that is not text as the server keeps it.")
+        if not isinstance(filename, str):
+            raise _invalid(f"Image {image_id!r} has a file name that is not text.")
+        filename = clean_filename(filename)  # as kept now: an earlier release kept some names uncleaned
         if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
             raise _invalid(f"Image {image_id!r} has no sha256 (64 lowercase hex digits).")
         if not isinstance(created, str) or not _is_time(created):
