@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
+from functools import partial
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from shared.core.names import validate_tag
+from shared.data.registry import ModelPointer
 from shared.domain import backup, state
+from shared.domain.services import Services
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
 from shared.web.routing import ApiRoute, query_tags
-from shared.web.state import services_of
+from shared.web.state import exports_of, services_of
 from shared.web.uploads import read_upload, read_upload_to_file
 
 
@@ -35,7 +39,7 @@ async def set_state(request: Request) -> JSONResponse:
     return JSONResponse({"loaded": await run_in_threadpool(state.load_state, services, data)})
 
 
-def get_state(request: Request) -> Response:
+async def get_state(request: Request) -> Response:
     """Export the current model of every tag (or one) as a state archive.
     ---
     query:
@@ -45,14 +49,15 @@ def get_state(request: Request) -> Response:
     """
     services = services_of(request)
     tag = request.query_params.get("tag")
+    tags = [validate_tag(tag, services.settings.max_tag_length)] if tag is not None else []
     return Response(
-        state.export_state(services, validate_tag(tag, services.settings.max_tag_length) if tag is not None else None),
+        await _export(request, "state", tags, state.state_archive),
         media_type="application/x-tar",
         headers={"Content-Disposition": 'attachment; filename="tagsmith-state.tar"'},
     )
 
 
-def get_edge_model(request: Request) -> Response:
+async def get_edge_model(request: Request) -> Response:
     """Export the backbone and custom heads as one ONNX file for devices.
 
     Its `scores` output matches the server's custom scores within 1e-4 for the same preprocessed
@@ -63,12 +68,21 @@ def get_edge_model(request: Request) -> Response:
     response: {description: 'An ONNX model.', content: onnx}
     errors: [400, 404, 503]
     """
-    services = services_of(request)
     return Response(
-        state.export_edge(services, query_tags(request, "tag")),
+        await _export(request, "edge", query_tags(request, "tag"), state.edge_model),
         media_type="application/octet-stream",
         headers={"Content-Disposition": 'attachment; filename="tagsmith-edge.onnx"'},
     )
+
+
+async def _export(request: Request, kind: str, tags: list[str],
+                  build: Callable[[Services, list[ModelPointer]], bytes]) -> bytes:
+    """The ``kind`` export of the current models of ``tags`` (every tag when none), built one at a
+    time and kept while they are current (``shared.web.exports``)."""
+    services = services_of(request)
+    pointers = await run_in_threadpool(state.current_pointers, services, tags)
+    models = tuple(pointer.to_json() for pointer in pointers)
+    return await exports_of(request).get(kind, models, partial(build, services, pointers))
 
 
 def get_backup(request: Request) -> Response:

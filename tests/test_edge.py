@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 from starlette.testclient import TestClient
 
+from shared.domain import state
 from shared.domain.services import Services
 from shared.models.backbone import preprocess
 from shared.models.decoding import decode_image
 from shared.models.edge import edge_manifest
-from tests.support.api import teach_cat
+from tests.support.api import run_queued_jobs, teach_cat
 from tests.support.photos import CAT, crops
 
 pytestmark = pytest.mark.integration  # starts servers or processes, or loads the backbone
@@ -22,8 +27,6 @@ def test_exported_model_scores_like_the_server(client: TestClient, services: Ser
     client.get("/custom/assign/coffee-0/positive/coffee")
     client.get("/custom/assign/cat-0/negative/coffee")
     client.get("/custom/train/coffee")
-    from tests.support.api import run_queued_jobs
-
     run_queued_jobs(services)
     response = client.get("/export/onnx")
     assert response.status_code == 200 and response.headers["content-type"] == "application/octet-stream"
@@ -44,3 +47,35 @@ def test_exported_model_scores_like_the_server(client: TestClient, services: Ser
     repeated = edge_manifest(client.get("/export/onnx?" + "&".join(["tag=coffee"] * 50)).content)
     assert [t["tag"] for t in repeated["tags"]] == ["coffee"]
     assert client.get("/export/onnx?tag=dog").json()["error"] == "unknown_tag"
+
+
+def test_concurrent_exports_share_one_build_and_follow_the_models(client: TestClient, services: Services,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forty concurrent `GET /export/onnx` had built forty copies at once (1 GB more memory, and
+    `GET /custom/tags` waited 4 s for a thread). Exports are built one at a time, requests for the
+    same models share one build, and a new version is exported as soon as it is current."""
+    teach_cat(client, services, positives=4, negatives_each=1)
+    builds: list[str] = []
+
+    def counted(build: Any) -> Any:
+        def counting(*args: Any) -> bytes:
+            builds.append(build.__name__)
+            time.sleep(0.5)  # long enough for every request below to arrive meanwhile
+            return build(*args)  # type: ignore[no-any-return]
+        return counting
+
+    monkeypatch.setattr(state, "edge_model", counted(state.edge_model))
+    monkeypatch.setattr(state, "state_archive", counted(state.state_archive))
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(client.get, ["/export/onnx"] * 6 + ["/get_state"] * 6))
+    assert [a.status_code for a in answers] == [200] * 12
+    assert len({a.content for a in answers[:6]}) == 1 and len({a.content for a in answers[6:]}) == 1
+    assert sorted(builds) == ["edge_model", "state_archive"]
+    assert client.get("/export/onnx").content == answers[0].content and len(builds) == 2  # kept
+
+    client.get("/custom/train/cat")
+    run_queued_jobs(services)  # version 2 is current
+    assert [t["version"] for t in edge_manifest(client.get("/export/onnx").content)["tags"]] == [2]
+    assert client.get("/custom/rollback/cat/1").status_code == 200
+    assert [t["version"] for t in edge_manifest(client.get("/export/onnx").content)["tags"]] == [1]
+    assert len(builds) == 4

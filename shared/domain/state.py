@@ -66,23 +66,23 @@ def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
              "published": p.tag in moved} for p in pointers]
 
 
-def current_records(services: Services, tags: list[str]) -> list[ModelRecord]:
+def current_pointers(services: Services, tags: list[str]) -> list[ModelPointer]:
     """The current model of each tag asked for (every tag when none is); NotFound for a tag without one."""
     models = services.registry.models()
     for tag in tags:
         if tag not in models:
             raise catalog.no_model(tag)
-    pointers = [models[t] for t in tags] if tags else list(models.values())
-    return [catalog.load_version(services, p.key) for p in pointers]
+    return [models[t] for t in tags] if tags else list(models.values())
 
 
-def export_state(services: Services, tag: str | None) -> bytes:
-    return pack(current_records(services, [tag] if tag else []), services.spec)
+def state_archive(services: Services, pointers: list[ModelPointer]) -> bytes:
+    """The state archive of these models (``current_pointers``)."""
+    return pack([catalog.load_version(services, p.key) for p in pointers], services.spec)
 
 
-def export_edge(services: Services, tags: list[str]) -> bytes:
-    records = current_records(services, tags)
-    if not records:
+def edge_model(services: Services, pointers: list[ModelPointer]) -> bytes:
+    """The ONNX file for devices: the backbone with these models' heads (``current_pointers``)."""
+    if not pointers:
         raise NotFound("no_models", "There is no trained model to export.")
-    matrix = catalog.stack(records, services.spec)
+    matrix = catalog.stack([catalog.load_version(services, p.key) for p in pointers], services.spec)
     return build_edge_model(export_onnx(services.settings.model_cache_dir), matrix, services.spec)

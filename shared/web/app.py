@@ -26,6 +26,7 @@ from shared.web import openapi, ops
 from shared.web.auth import ApiKeys
 from shared.web.batching import MicroBatcher
 from shared.web.errors import HANDLERS
+from shared.web.exports import Exports
 from shared.web.limits import BodyBudget, BodyLimit
 from shared.web.observability import RequestObserver
 from shared.web.origins import SameOrigin
@@ -50,7 +51,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         own = services or build_services(settings or Settings())
         state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight),
-                                 "spool_budget": BodyBudget(own.settings.max_backup_bytes)}  # one backup's worth
+                                 "spool_budget": BodyBudget(own.settings.max_backup_bytes),  # one backup's worth
+                                 "exports": Exports()}
         if backbone:
             loaded = await run_in_threadpool(lambda: own.backbone)
             log.info("backbone ready: %s, %s", loaded.runtime, loaded.precision)

@@ -1,5 +1,6 @@
-"""What an app's lifespan hands its requests: the process's ``Services`` (``request.state.services``)
-and, in apps that run the backbone, the batcher that shares it among requests (``request.state.batcher``)."""
+"""What an app's lifespan hands its requests: the process's ``Services`` (``request.state.services``),
+its exports of the current models (``request.state.exports``) and, in apps that run the backbone,
+the batcher that shares it among requests (``request.state.batcher``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from shared.core.settings import Settings
 if TYPE_CHECKING:
     from shared.domain.services import Services
     from shared.web.batching import MicroBatcher
+    from shared.web.exports import Exports
 
 
 def services_of(request: Request) -> Services:
@@ -23,6 +25,11 @@ def services_of(request: Request) -> Services:
 def batcher_of(request: Request) -> MicroBatcher:
     batcher: MicroBatcher = request.state.batcher
     return batcher
+
+
+def exports_of(request: Request) -> Exports:
+    exports: Exports = request.state.exports
+    return exports
 
 
 def settings_of(scope: Scope) -> Settings:
