@@ -15,7 +15,7 @@ from shared.data.registry import ModelPointer
 from shared.domain import backup, state
 from shared.domain.services import Services
 from shared.web.app import create_app
-from shared.web.responses import JSONResponse
+from shared.web.responses import JSONResponse, shared_bytes_response
 from shared.web.routing import ApiRoute, query_tags
 from shared.web.state import exports_of, services_of
 from shared.web.uploads import read_upload, read_upload_to_file
@@ -50,7 +50,7 @@ async def get_state(request: Request) -> Response:
     services = services_of(request)
     tag = request.query_params.get("tag")
     tags = [validate_tag(tag, services.settings.max_tag_length)] if tag is not None else []
-    return Response(
+    return shared_bytes_response(
         await _export(request, "state", tags, state.state_archive),
         media_type="application/x-tar",
         headers={"Content-Disposition": 'attachment; filename="tagsmith-state.tar"'},
@@ -68,7 +68,7 @@ async def get_edge_model(request: Request) -> Response:
     response: {description: 'An ONNX model.', content: onnx}
     errors: [400, 404, 503]
     """
-    return Response(
+    return shared_bytes_response(
         await _export(request, "edge", query_tags(request, "tag"), state.edge_model),
         media_type="application/octet-stream",
         headers={"Content-Disposition": 'attachment; filename="tagsmith-edge.onnx"'},
