@@ -86,13 +86,19 @@ def private_folder(folder: Path, entries: bool = False) -> None:
         log.info("made %s readable by its owner alone (%d paths tightened)", folder, len(tightened))
 
 
+# What tagsmith serve keeps in its data folder: the lock, the local object store and Redis's files
+# (``Settings.store_dir``, ``Settings.redis_dir``).
+DATA_ENTRIES = frozenset({"serve.lock", "objects", "redis"})
+
+
 @contextlib.contextmanager
 def data_folder_lock(data_dir: Path, wait_s: float = 30.0) -> Iterator[int]:
     """Hold an exclusive lock on the data folder; the fd is passed to children so it outlives us.
-    The folder is the owner's alone (``private_folder``) if it is new or empty, or tagsmith's from
-    before (it holds ``serve.lock``); a folder of the user's with other things in it (``--data-dir
-    .``) keeps its mode, and what tagsmith keeps there are folders of the owner's alone."""
-    if not data_dir.exists() or not any(data_dir.iterdir()) or (data_dir / "serve.lock").exists():
+    The folder is the owner's alone (``private_folder``) if it holds nothing but what tagsmith
+    keeps there (``DATA_ENTRIES``: new, empty, or tagsmith's from before); a folder of the user's
+    with other things in it (``--data-dir .``) keeps its mode, and what tagsmith keeps there are
+    folders of the owner's alone."""
+    if not data_dir.exists() or all(entry.name in DATA_ENTRIES for entry in data_dir.iterdir()):
         private_folder(data_dir)
     fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
     deadline, waited = time.monotonic() + wait_s, False

@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from shared.core.errors import Unavailable
 from shared.domain.services import Services
+from shared.models import decoding
 from shared.models.decoding import PixelBudget, Reservation, decode_cost, decode_image
 from tests.support.api import add, teach_cat
 from tests.support.badinput import animated_webp_canvas
@@ -178,6 +179,59 @@ def test_a_decode_larger_than_its_reservation_gives_it_back_before_it_waits() ->
     asyncio.run(scenario())
 
 
+def test_a_decode_waiting_beyond_its_reservation_cannot_hold_up_others_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two requests for the first thumbnail of one animated WebP stored before its decoding cost was
+    kept: each reserved its size, a quarter of what it holds. The first took the image's lock and
+    waited for the rest, behind the second's reservation; the second waited for the lock: for good,
+    and every later request behind them was refused busy. The wait beyond a reservation is bounded."""
+    monkeypatch.setattr(decoding, "BUDGET_WAIT_S", 0.5)
+    budget, image_lock, results = PixelBudget(100), threading.Lock(), []
+
+    async def request(first: bool) -> None:
+        async with budget.reserve(25) as reserved:
+            def thumbnail() -> str:
+                with image_lock, reserved.hold(100):  # the thumbnail's lock: one decode of the image at a time
+                    time.sleep(0.2 if first else 0)
+                    return "made"
+            try:
+                results.append(await asyncio.to_thread(thumbnail))
+            except Unavailable as refused:
+                results.append(refused.code)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(request(True))
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(asyncio.gather(first, request(False)), 10)
+
+    asyncio.run(scenario())
+    assert sorted(results) in (["busy", "made"], ["made", "made"]) and budget.in_use == 0
+    with budget.hold(0):  # nothing is left queued
+        async def no_pixels() -> None:
+            async with budget.reserve(0):
+                pass
+        asyncio.run(no_pixels())
+
+
+def test_a_request_that_needs_no_pixels_never_waits_for_them() -> None:
+    """A prediction for a cached image needs none, but queued behind a large image it waited 60 s."""
+    budget = PixelBudget(100)
+
+    async def scenario() -> None:
+        with taken_by_a_thread(budget, 60):
+            large = asyncio.create_task(enter(budget.reserve(100)))
+            await asyncio.sleep(0.05)
+            async with budget.reserve(0, wait_s=0.5):  # not behind the large one
+                pass
+            with budget.hold(0, wait_s=0.5):
+                pass
+            assert not large.done()
+        await until(large.done)
+        await large.result().__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+    assert budget.in_use == 0
+
+
 def test_decodes_sharing_a_reservation_stay_within_it() -> None:
     """A suggestion decodes its images on several threads: each decode was let in on the one
     reservation, eight of 60 pixels at once against a budget of 100."""
@@ -318,9 +372,9 @@ def test_an_animated_webp_stored_gets_its_thumbnail_and_prediction(client: TestC
     """Its first thumbnail reserved the canvas's size, then waited for its four canvases holding
     that: it never answered, and the pixels it held were never given back."""
     image_id = add(client, animated_webp_canvas())
-    with ThreadPoolExecutor(2) as pool:
-        thumbnail = pool.submit(client.get, f"/custom/images/{image_id}/thumbnail")
-        prediction = pool.submit(client.get, f"/custom/predict/{image_id}")
-        assert thumbnail.result(timeout=120).status_code == 200
-        assert prediction.result(timeout=120).status_code == 200
+    with ThreadPoolExecutor(4) as pool:  # two of each: one waits for the image's lock meanwhile
+        answers = [pool.submit(client.get, path) for path in [f"/custom/images/{image_id}/thumbnail",
+                                                               f"/custom/predict/{image_id}"] * 2]
+        assert [answer.result(timeout=120).status_code for answer in answers] == [200] * 4
     assert services.decode_budget.in_use == 0
+    assert "decode_pixels" not in client.get(f"/custom/images/{image_id}").json()  # kept, not shown

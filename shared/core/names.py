@@ -101,10 +101,17 @@ def _refuse_lookalikes(tag: str) -> None:
 
 
 def lookalike(tag: str, others: Iterable[str]) -> str | None:
-    """The first of ``others`` that looks like ``tag`` but is another name ("сор" in Cyrillic and
-    "cop", "Iogo" with a capital i and "logo", "50’s" and "50's"): the same UTS #39 skeleton."""
-    shape = skeleton(tag)
-    return next((other for other in others if other != tag and skeleton(other) == shape), None)
+    """The first of ``others`` that looks like ``tag`` in letters of other scripts ("сор" in
+    Cyrillic and "cop", Greek "ΑΙ" and "AI"): the same UTS #39 skeleton, other scripts. Within the
+    same scripts, names of one skeleton are words of their own ("modem" and "modern", Turkish "kır"
+    and "kir", "AI" and "Al")."""
+    shape, scripts = skeleton(tag), _scripts_of(tag)
+    return next((other for other in others
+                 if other != tag and skeleton(other) == shape and _scripts_of(other) != scripts), None)
+
+
+def _scripts_of(text: str) -> frozenset[str]:
+    return frozenset(filter(None, map(_script, text)))
 
 
 @functools.lru_cache(maxsize=20_000)  # the tags of a server, checked against each new one

@@ -79,9 +79,10 @@ def pixels_to_embed(services: Services, image_ids: list[str]) -> int:
 
 
 def stored_pixels(meta: dict[str, str]) -> int:
-    """The pixels of the decode budget a stored image holds while it decodes whole: its size as
-    stored (an animated WebP holds more, and waits for the rest in its thread)."""
-    return int(meta.get("width", 0)) * int(meta.get("height", 0))
+    """The pixels of the decode budget a stored image holds while it decodes: as measured when it
+    was added (an animated WebP's four canvases), else its size as stored (images added before that
+    was kept; an animated one among them waits for the rest in its thread, at most 60 s)."""
+    return int(meta.get("decode_pixels") or int(meta.get("width", 0)) * int(meta.get("height", 0)))
 
 
 def image_identities(services: Services, image_ids: list[str]) -> list[str]:

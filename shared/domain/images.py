@@ -45,7 +45,8 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
         forget_thumbnails(services, image_id)
         services.store.put(keys.image_key(image_id), data)
         meta: dict[str, str | int] = {"format": decoded.format, "width": decoded.width, "height": decoded.height,
-                                      "bytes": len(data), "sha256": sha256 or hashlib.sha256(data).hexdigest()}
+                                      "bytes": len(data), "sha256": sha256 or hashlib.sha256(data).hexdigest(),
+                                      "decode_pixels": decoded.cost}
         existing = services.registry.commit_image(image_id, meta, filename, dedupe)
     except BaseException:
         services.registry.release_image(image_id, token)
@@ -188,10 +189,13 @@ def known_image(services: Services, image_id: str) -> dict[str, str]:
     return meta
 
 
+_INTERNAL = ("row", "decode_pixels")  # an image's fields the API does not show (its library row, its decoding cost)
+
+
 def describe(image_id: str, meta: dict[str, str]) -> dict[str, Any]:
     """An image as the API shows it (its file name '' when it was sent without one)."""
     ints = ("width", "height", "bytes")
-    shown = {k: int(v) if k in ints else v for k, v in meta.items() if k != "row"}
+    shown = {k: int(v) if k in ints else v for k, v in meta.items() if k not in _INTERNAL}
     return {"image_id": image_id, "filename": "", **shown}
 
 

@@ -28,8 +28,8 @@ def check_new_tags(services: Services, tags: list[str]) -> None:
     for tag in new:
         twin = lookalike(tag, existing)
         if twin is not None:
-            raise InvalidInput("invalid_tag", f"The tag '{tag}' looks like the tag '{twin}', which exists: "
-                               "use that one, or a name that looks different.")
+            raise InvalidInput("invalid_tag", f"The tag '{tag}' looks like the tag '{twin}', which exists, in "
+                               "letters of another script: use that one, or a name that looks different.")
 
 
 def assign(services: Services, image_id: str, tag: str, sample_type: str) -> dict[str, Any]:

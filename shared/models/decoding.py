@@ -71,15 +71,22 @@ class PixelBudget:
         return min(pixels, self.capacity)
 
     @contextlib.contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        """Hold ``pixels`` for the ``with`` block, blocking this thread until its turn comes."""
+    def hold(self, pixels: int, wait_s: float | None = None) -> Iterator[None]:
+        """Hold ``pixels`` for the ``with`` block, blocking this thread until its turn comes (for
+        ``wait_s`` at most, if given: then Unavailable, 503 ``busy``)."""
         units, woken = self.units(pixels), threading.Event()
+        entry = (units, woken)
         with self._lock:
             queued = not self._take_now(units)
             if queued:
-                self._waiting.append((units, woken))
-        if queued:
-            woken.wait()
+                self._waiting.append(entry)
+        if queued and not woken.wait(wait_s):
+            with self._lock:
+                waiting = any(queued is entry for queued in self._waiting)
+                if waiting:
+                    self._waiting.remove(entry)
+            self._give_back(0 if waiting else units)  # (woken just as the wait ended: its pixels go back)
+            raise _busy()
         try:
             yield
         finally:
@@ -97,8 +104,8 @@ class PixelBudget:
             reservation.release()
 
     def _take_now(self, units: int) -> bool:
-        """Take ``units`` if nobody waits before them and they fit (the lock held)."""
-        if self._waiting or self.in_use + units > self.capacity:
+        """Take ``units`` if nobody waits before them and they fit (the lock held); none always fit."""
+        if units and (self._waiting or self.in_use + units > self.capacity):
             return False
         self.in_use += units
         return True
@@ -125,8 +132,7 @@ class PixelBudget:
                 self._give_back(units)
             # (granted but cancelled: _grant, still to run, gives it back)
             if isinstance(exc, TimeoutError):
-                raise Unavailable("busy", "The server is decoding as many large images as it can hold; "
-                                  "try again shortly.") from None
+                raise _busy() from None
             raise
         return units
 
@@ -157,6 +163,10 @@ class PixelBudget:
             future.set_result(None)
 
 
+def _busy() -> Unavailable:
+    return Unavailable("busy", "The server is decoding as many large images as it can hold; try again shortly.")
+
+
 class Reservation:
     """Pixels of a ``PixelBudget`` taken in advance (``PixelBudget.reserve``), a budget of their own
     for the decodes given it (in any thread): each of at most the pixels reserved, they run as many
@@ -182,9 +192,9 @@ class Reservation:
             covered = self._kept and need <= self.units
             if covered:
                 self._in_use += need
-        if not covered:  # larger than reserved, or released already: wait like any thread, holding none of it
-            self.release()
-            with self.budget.hold(pixels):
+        if not covered:  # larger than reserved, or released already: wait like any thread, holding none of it,
+            self.release()  # and no longer than a request would (the thread may hold a lock others wait on)
+            with self.budget.hold(pixels, BUDGET_WAIT_S):
                 yield
             return
         try:
@@ -215,6 +225,7 @@ class DecodedImage:
     format: str
     width: int  # of the original, after EXIF rotation
     height: int
+    cost: int = 0  # the pixels its decoding held of the budget (``decode_cost``)
 
 
 def decode_image(
@@ -253,7 +264,7 @@ def decode_image(
         raise InvalidInput("corrupt_image", f"The image data is corrupt or truncated: {exc}") from None
     if orientation in (5, 6, 7, 8):  # EXIF says the picture is rotated a quarter turn
         width, height = height, width
-    return DecodedImage(image=rgb, format=fmt, width=width, height=height)
+    return DecodedImage(image=rgb, format=fmt, width=width, height=height, cost=cost)
 
 
 def decode_cost(data: bytes, max_pixels: int) -> int:

@@ -33,10 +33,18 @@ class Exports:
                 await self._turn.acquire()
         except TimeoutError:
             raise Unavailable("busy", "The server is building as many exports as it can; try again shortly.") from None
+        kept = self._kept.get(kind)
+        if kept is not None and kept[0] == models:  # built while this one waited
+            self._turn.release()
+            return kept[1]
+        # The build holds the turn until it ends, even if this request goes away meanwhile (its
+        # error, if any, is then nobody's: read here, so that asyncio does not log it as lost).
+        building = asyncio.ensure_future(self._build(kind, models, build))
+        building.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(building)
+
+    async def _build(self, kind: str, models: Hashable, build: Callable[[], bytes]) -> bytes:
         try:
-            kept = self._kept.get(kind)
-            if kept is not None and kept[0] == models:  # built while this one waited
-                return kept[1]
             built = await run_in_threadpool(build)
             self._kept[kind] = (models, built)
             return built
