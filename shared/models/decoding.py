@@ -55,8 +55,9 @@ class PixelBudget:
     so that no thread of the shared pool ever waits for pixels (40 heavy uploads waiting there had
     held every route that needs the pool). Waiters take their pixels in order of arrival: one that
     does not fit yet holds back those behind it, so a stream of small images never starves a large
-    one. No waiter holds pixels while it waits (a ``Reservation``'s decodes wait only for each
-    other), so the queue cannot deadlock."""
+    one. Nothing waits here holding pixels (a ``Reservation``'s decodes wait only for each other,
+    and one larger than it gives it back first), and a request's thread waits 60 s at most (it may
+    hold a lock that another request, holding pixels, waits on)."""
 
     def __init__(self, pixels: int) -> None:
         self.capacity = pixels
@@ -82,7 +83,7 @@ class PixelBudget:
                 self._waiting.append(entry)
         if queued and not woken.wait(wait_s):
             with self._lock:
-                waiting = any(queued is entry for queued in self._waiting)
+                waiting = any(other is entry for other in self._waiting)
                 if waiting:
                     self._waiting.remove(entry)
             self._give_back(0 if waiting else units)  # (woken just as the wait ended: its pixels go back)
@@ -123,7 +124,7 @@ class PixelBudget:
                 await future
         except BaseException as exc:
             with self._lock:
-                waiting = any(queued is entry for queued in self._waiting)
+                waiting = any(other is entry for other in self._waiting)
                 if waiting:
                     self._waiting.remove(entry)
             if waiting:

@@ -3,7 +3,7 @@
 process builds one at a time, in one thread of the shared pool, while other requests for one await
 their turn on the event loop; requests for the same models share one build, and the last export
 of each kind is kept while those models are current. (Forty concurrent `GET /export/onnx` had
-built forty copies at once: 1 GB more memory, and `GET /custom/tags` waited 4 s for a thread;
+built forty copies at once: 750 MB more memory, and `GET /custom/tags` waited 4 s for a thread;
 forty `GET /get_state` of 5,000 tags took 133 s and held 2.4 GB.)"""
 
 from __future__ import annotations
