@@ -69,6 +69,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.refusal: tuple[int, str, str] | None = None
         self.request_begun = False  # a byte of a request has come on this connection
         self.ending = False  # answered before its body came: what still comes is discarded
+        self.close_after_answer = False  # a request behind the one being answered was refused
         self.in_headers, self.header_bytes_seen = True, 0  # what comes is a request line and headers
         self.headers_pending = False  # a request has begun and its headers have not all come
         self.headers_ended = False  # a request's headers ended in the read being parsed
@@ -91,6 +92,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self._answer(*self._headers_too_large())
 
     def on_response_complete(self) -> None:
+        if self.close_after_answer:  # a request behind this answer was refused
+            self.server_state.total_requests += 1
+            self.transport.close()  # what was written is sent first
+            return
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
             self.server_state.total_requests += 1
             self._end_lingering()
@@ -192,13 +197,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def _answer(self, status: int, code: str, message: str) -> None:
         """A JSON error, then the connection ends: nothing more is read from it. If the request
-        before (the refused one came behind it) is still being answered, the connection is cut
-        instead: the error would go out as that request's answer, or in the middle of it."""
+        before (the refused one came behind it) is still being answered, that answer ends first and
+        then the connection closes, without the error: it would go out as that request's answer, or
+        in the middle of it (and, the connection cut at once, that request's writes had failed)."""
         self._stop_header_clock()
         if self.ending:
             return
         if self.cycle is not None and not self.cycle.response_complete:
-            self.transport.close()
+            self.ending = self.close_after_answer = True  # nothing more is read, queued requests are not
+            self.pipeline.clear()  # run, and the connection closes once the answer going out has ended
             return
         body = orjson.dumps({"error": code, "message": message})
         head = [STATUS_LINE[status]]
