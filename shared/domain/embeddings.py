@@ -6,6 +6,7 @@ import contextlib
 import io
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -149,35 +150,47 @@ def embed_images(
             progress(done, len(image_ids))
         read_as = dict(zip(missing, identity([image_ids[i] for i in missing]), strict=True)) if identity and missing else {}
 
-        # While the backbone runs one batch, the pool reads, decodes and resizes the next two.
+        def settle(here: list[int], writes: list[Future[None]]) -> None:
+            """Wait for a batch's cache writes; then drop the vectors of ids that hold something else
+            now (deleted and added anew while they were embedded)."""
+            for write in writes:
+                write.result()
+            if identity:
+                for i, now in zip(here, identity([image_ids[i] for i in here]), strict=True):
+                    if now != read_as[i]:
+                        store.delete(embedding_key(spec.id, image_ids[i]))
+
+        # While the backbone runs one batch, the pool reads, decodes and resizes the next two, and
+        # writes the previous one's vectors to the cache.
         batches = [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
         upcoming = deque([pool.submit(pixels, i) for i in batch] for batch in batches[:LOOKAHEAD])
-        for k, batch in enumerate(batches):
-            read = [future.result() for future in upcoming.popleft()]
-            if k + LOOKAHEAD < len(batches):
-                upcoming.append([pool.submit(pixels, i) for i in batches[k + LOOKAHEAD]])
-            gone.update(i for i, image in zip(batch, read, strict=True) if image is None)  # deleted meanwhile
-            here = [i for i, image in zip(batch, read, strict=True) if image is not None]
-            if here:
-                images = [image for image in read if image is not None]
-                if on_device:
-                    vectors = on_device.embed(images, decode).vectors
-                else:
-                    vectors = backbone.embed_pixels(np.stack(cast(list[np.ndarray], images))).vectors  # all decoded on the CPU
-                writes = [
-                    pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
-                    for i, vector in zip(here, vectors, strict=True)
-                ]
-                result[here] = vectors
-                for write in writes:
-                    write.result()
-                if identity:
-                    for i, now in zip(here, identity([image_ids[i] for i in here]), strict=True):
-                        if now != read_as[i]:
-                            store.delete(embedding_key(spec.id, image_ids[i]))
-            done += len(batch)
-            if progress:
-                progress(done, len(image_ids))
+        writing: tuple[list[int], list[Future[None]]] | None = None
+        try:
+            for k, batch in enumerate(batches):
+                read = [future.result() for future in upcoming.popleft()]
+                if k + LOOKAHEAD < len(batches):
+                    upcoming.append([pool.submit(pixels, i) for i in batches[k + LOOKAHEAD]])
+                gone.update(i for i, image in zip(batch, read, strict=True) if image is None)  # deleted meanwhile
+                here = [i for i, image in zip(batch, read, strict=True) if image is not None]
+                if here:
+                    images = [image for image in read if image is not None]
+                    if on_device:
+                        vectors = on_device.embed(images, decode).vectors
+                    else:
+                        vectors = backbone.embed_pixels(np.stack(cast(list[np.ndarray], images))).vectors  # all decoded on the CPU
+                    result[here] = vectors
+                    if writing:
+                        settle(*writing)
+                    writing = here, [
+                        pool.submit(store.put, embedding_key(spec.id, image_ids[i]), to_bytes(vector))
+                        for i, vector in zip(here, vectors, strict=True)
+                    ]
+                done += len(batch)
+                if progress:
+                    progress(done, len(image_ids))
+        finally:  # even when a batch failed: its predecessor's writes end and are checked
+            if writing:
+                settle(*writing)
         return gone
 
     result = np.zeros((len(image_ids), width), dtype=np.float32)
