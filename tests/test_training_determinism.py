@@ -1,11 +1,14 @@
 """A training is a pure function of the labelled images' contents and labels (and of the version it
 fine-tunes from): not of image ids, the order images were added or labelled in, Redis' set order,
-or the number of BLAS threads (``shared/domain/training.py``, ``shared/models/heads.py``)."""
+the number of BLAS threads or the CPU's SIMD instructions (``shared/domain/training.py``, ``shared/models/heads.py``)."""
 
 from __future__ import annotations
 
 import io
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from starlette.testclient import TestClient
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from infra.gateway import create_gateway
+from shared.core.blas import PINNED, cpu_flags, pinnable
 from shared.domain import catalog
 from shared.domain.services import Services, build_services
 from shared.models.archive import ModelRecord
@@ -90,3 +94,50 @@ def test_one_or_two_blas_threads_train_the_same_head(backbone: Backbone) -> None
     one, two = trained
     assert one.head.weight.tobytes() == two.head.weight.tobytes() and one.head.bias == two.head.bias
     assert (one.threshold, one.form, one.metrics, one.most_wrong) == (two.threshold, two.form, two.metrics, two.most_wrong)
+
+
+# Heads on synthetic features at 5+5, 10+10 and 48+48: where OpenBLAS's AVX-512 kernels are used,
+# most of them differ from the AVX2 kernels' in their last bits.
+TRAIN_HEADS = """
+import shared  # first, as every tagsmith entry point: it pins the BLAS kernels
+import hashlib, json
+import numpy as np
+from threadpoolctl import threadpool_limits
+from shared.core.blas import kernels
+from shared.models.backbone import LITE0
+from shared.models.heads import train_head
+from shared.models.style_prior import style_prior
+
+sizes = (LITE0.embedding_size, LITE0.style_size)
+rng = np.random.default_rng(7)
+for n in (5, 10, 48):
+    for shift in (0.05, 0.2):
+        x = rng.normal(size=(2 * n, sum(sizes))).astype(np.float32)
+        y = np.array([1] * n + [0] * n)
+        x[y == 1, :40] += shift
+        with threadpool_limits(1, user_api="blas"):
+            h = train_head(x, y, sizes, seed=n, prior=style_prior(LITE0.id))
+        print(hashlib.sha256(h.head.weight.tobytes() + np.float64(h.head.bias).tobytes()
+              + json.dumps([h.threshold, h.form, h.metrics], sort_keys=True).encode()).hexdigest())
+print(kernels())
+"""
+
+
+@pytest.mark.skipif(not pinnable(), reason="the pinned BLAS kernels need an x86-64 CPU with AVX2 and FMA")
+def test_heads_are_bit_identical_on_avx2_and_avx512_machines() -> None:
+    """tagsmith pins OpenBLAS's Haswell kernels before numpy loads, so a head trained here equals,
+    bit for bit, one trained on an AVX2-only machine (emulated: Haswell's kernels and numpy's AVX-512
+    loops off). Left to itself, an AVX-512 CPU takes SkylakeX's kernels and 5 of these 6 heads
+    differ."""
+
+    def train(**env: str) -> list[str]:
+        clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")}
+        done = subprocess.run([sys.executable, "-c", TRAIN_HEADS], env={**clean, **env}, cwd=Path(__file__).parents[1],
+                              capture_output=True, text=True, timeout=300, check=True)
+        return done.stdout.split()
+
+    here = train()
+    assert here[-1] == PINNED
+    avx2 = train(OPENBLAS_CORETYPE="Haswell",
+                 **({"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"} if "avx512f" in cpu_flags() else {}))
+    assert here == avx2
