@@ -359,3 +359,18 @@ def test_a_refusal_behind_a_request_still_running_never_goes_out_as_its_answer(s
         pass
     answer, closed = answer_of(sock)
     assert answer.startswith(b"HTTP/1.1 200") and b"slow ok" in answer and b"431" not in answer and closed
+
+
+def test_a_request_for_another_hosts_url_is_refused(server: TagsmithServer) -> None:
+    """``GET http://name/path`` is for ``name`` whatever the Host header says (RFC 9112 3.2.2); with
+    only the header checked, a request for a rebound name's URL had passed as ``localhost``'s."""
+
+    def ask(target: str, host: str) -> tuple[int, str]:
+        with connect(server) as sock:
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            return status_and_code(answer_of(sock)[0])
+
+    assert ask("http://rebound.evil.example:5000/custom/tags", "localhost") == (400, "host_not_allowed")
+    assert ask("http://rebound.evil.example/custom/tags", "127.0.0.1")[1] == "host_not_allowed"
+    assert ask(f"http://127.0.0.1:{server.port}/custom/tags", "rebound.evil.example")[0] == 200
+    assert ask("/custom/tags", "localhost")[0] == 200

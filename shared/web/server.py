@@ -15,6 +15,8 @@ settings:
   count from the end of the one before, and its headers get their time again once that answer
   ends (they had escaped both: a request line behind a streamed backup grew a server by 200 MB
   and stalled its event loop, and headers sent a byte every 3 s were served after 117 s);
+- a request for a full URL (``GET http://name/path``) is for that name: it replaces the Host
+  header, which the host check (``origins.py``) judges;
 - ``max_connections``: connections open at once; beyond, a new one gets 503 and is closed;
 - a request answered before its body has all come (refused early, or cut off for coming too
   slowly) ends its connection: the server stops answering on it, discards what still comes for
@@ -39,6 +41,7 @@ import contextlib
 import logging
 from typing import Any
 
+import httptools
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -162,7 +165,24 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if size > self.max_header_bytes:  # all of it came in one piece (else data_received refused it)
             self.refusal = self._headers_too_large()
             raise _Refused
+        self._host_of_absolute_target()
         super().on_headers_complete()
+
+    def _host_of_absolute_target(self) -> None:
+        """A request for ``http://name/path`` is for ``name``, whatever its Host header says (RFC 9112
+        3.2.2): that authority replaces the header, so the host check judges it (it had checked the
+        header alone, and ``GET http://rebound.evil.example/custom/tags`` with ``Host: localhost``
+        passed)."""
+        if self.url.startswith((b"/", b"*")):
+            return
+        try:
+            target = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            return  # uvicorn answers 400 for it
+        if target.host:
+            authority = target.host + (b":%d" % target.port if target.port else b"")
+            self.headers[:] = [(name, value) for name, value in self.headers if name != b"host"]
+            self.headers.append((b"host", authority))
 
     def on_message_complete(self) -> None:
         self.in_headers = True  # what comes next is the next request's line and headers
