@@ -6,6 +6,7 @@ every 20 s kept a body open past its 30 s setting."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import socket
 import threading
@@ -374,3 +375,21 @@ def test_a_request_for_another_hosts_url_is_refused(server: TagsmithServer) -> N
     assert ask("http://rebound.evil.example/custom/tags", "127.0.0.1")[1] == "host_not_allowed"
     assert ask(f"http://127.0.0.1:{server.port}/custom/tags", "rebound.evil.example")[0] == 200
     assert ask("/custom/tags", "localhost")[0] == 200
+
+
+def test_concurrent_restores_past_the_budget_refuse_the_later_one_at_once(server: TagsmithServer) -> None:
+    """Two restores of 1.6 MB against a budget of 3 MB: taken a piece at a time, the first had been
+    refused halfway once the second had come whole, and four together had all been refused. A
+    declared length is now taken whole: the later one gets 503 before it sends, the first ends."""
+    body = b'--b\r\nContent-Disposition: form-data; name="data"; filename="s"\r\n\r\n' + b"x" * 1_600_000 + b"\r\n--b--\r\n"
+    head = (f"POST /restore HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: multipart/form-data; "
+            f"boundary=b\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    first, second = connect(server), connect(server)
+    first.sendall(head + body[:1_000_000])
+    time.sleep(0.5)
+    second.sendall(head)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        second.sendall(body)
+    assert status_and_code(answer_of(second)[0]) == (503, "busy")
+    first.sendall(body[1_000_000:])
+    assert status_and_code(answer_of(first)[0])[0] == 400  # all of it came and was judged (not a backup), not busy

@@ -23,9 +23,10 @@ def paced_deadline(deadline: float, size: int, rate: float, now: float, timeout:
 
 class BodyBudget:
     """Request-body bytes held at once by all requests of a process: a request whose body would
-    pass it gets 503 ``busy``. Bytes are counted as they arrive and given back when the request
-    ends. One for the bodies held in memory (twenty slow 63 MB uploads had held 1.3 GB), one for
-    those written to temporary files (``SPOOLED_PATHS``: concurrent restores had each spooled up
+    pass it gets 503 ``busy``. A declared Content-Length is taken whole when the endpoint starts
+    reading, other bodies as they arrive; all is given back when the request ends. One for the
+    bodies held in memory (twenty slow 63 MB uploads had held 1.3 GB), one for those written to
+    temporary files (``SPOOLED_PATHS``: concurrent restores had each spooled up
     to a whole ``max_backup_bytes`` to disk)."""
 
     def __init__(self, capacity: int) -> None:
@@ -68,13 +69,11 @@ class BodyLimit:
             return
         settings = self.settings(scope)
         limit = body_limit_for_path(settings, scope["path"])
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await error_response(413, "too_large", f"The request body is larger than {limit} bytes.")(
-                    scope, receive, send
-                )
-                return
-        received, complete, timeout = 0, False, settings.body_read_timeout_s
+        declared = next((int(value) for name, value in scope["headers"] if name == b"content-length" and value.isdigit()), None)
+        if declared is not None and declared > limit:
+            await error_response(413, "too_large", f"The request body is larger than {limit} bytes.")(scope, receive, send)
+            return
+        received, reserved, complete, timeout = 0, 0, False, settings.body_read_timeout_s
         deadline: float | None = None  # the clock starts when the endpoint first reads the body
         spooled = scope["path"].rstrip("/") in SPOOLED_PATHS  # written to a temporary file, not held in memory
         budget = (self.spool_budget if spooled else self.budget)(scope)
@@ -82,11 +81,16 @@ class BodyLimit:
                 else "The server holds too many uploads at once") + "; try again shortly."
 
         async def limited_receive() -> Message:
-            nonlocal received, complete, deadline
+            nonlocal received, reserved, complete, deadline
             if complete:  # after the body only a disconnect can come: no deadline
                 return await receive()
             if deadline is None:  # (work before it, such as a restore's clean-up, is not the client's delay)
                 deadline = time.monotonic() + timeout
+                # A declared length is taken whole, at once: taken a piece at a time, concurrent
+                # bodies that together pass the budget had all been refused halfway.
+                if declared and not budget.take(declared):
+                    raise HttpError(503, "busy", busy)
+                reserved = declared or 0
             allowed = deadline - time.monotonic()  # at most ``timeout``: no piece buys more
             too_slow = HttpError(408, "body_timeout", f"The request body stalled for {timeout:g} s or came slower "
                                  f"than {settings.body_min_rate} bytes/s.")
@@ -99,7 +103,8 @@ class BodyLimit:
                 raise too_slow from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             size = len(message.get("body", b""))
-            if not budget.take(size):
+            beyond = max(0, received + size - max(received, reserved))  # past a declared length, if any
+            if beyond and not budget.take(beyond):
                 raise HttpError(503, "busy", busy)
             received += size
             deadline = paced_deadline(deadline, size, settings.body_min_rate, time.monotonic(), timeout)
@@ -110,7 +115,7 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, send)
         finally:
-            budget.give_back(received)
+            budget.give_back(max(received, reserved))
 
 
 # Bodies their endpoint writes to a temporary file as they arrive (a backup to restore): counted
