@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 import pytest
+from httpx import Response
 from starlette.testclient import TestClient
 
 from shared.domain.images import forget_image
@@ -507,3 +512,30 @@ def test_a_lapsed_reservation_released_late_leaves_the_next_holders_alone(servic
     registry.release_image("z", next_holder)
     registry.release_image("z", registry.reserve_image("z"))
 
+
+
+def test_two_lookalike_tags_created_at_once_are_not_both_kept(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'cop' in Latin letters and 'сор' in Cyrillic ones, created by two requests at once: each had
+    checked that no lookalike existed before either was created, and both were kept. Now the check
+    and the creation of a new tag run under one lock: the later request is refused."""
+    add(client, crops(CAT, 1, seed=0)[0], "a")
+    registry = services.registry
+    real_assign = registry.assign
+    answers: list[Response] = []
+
+    def assign_while_another_request_creates_a_lookalike(image_id: str, tag: str, *args: Any) -> None:
+        monkeypatch.setattr(registry, "assign", real_assign)
+        other = threading.Thread(target=lambda: answers.append(client.get("/custom/assign/a/negative/\u0441\u043e\u0440")))
+        other.start()
+        other.join(1.0)  # without the lock it is answered meanwhile; with it, it waits for this one
+        real_assign(image_id, tag, *args)
+
+    monkeypatch.setattr(registry, "assign", assign_while_another_request_creates_a_lookalike)
+    assert client.get("/custom/assign/a/positive/cop").status_code == 200
+    deadline = time.monotonic() + 15
+    while not answers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [(r.status_code, r.json().get("error")) for r in answers] == [(400, "invalid_tag")]
+    assert registry.tags() == ["cop"]

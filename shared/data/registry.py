@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+import redis.lock
 
 from shared.core.errors import Conflict, NotFound
 from shared.data.library import LibraryKeys
@@ -415,6 +416,12 @@ class Registry:
 
     def tag_exists(self, tag: str) -> bool:
         return bool(self.redis.sismember(self._k("tags"), tag))
+
+    def tag_creation(self, wait_s: float = 10.0) -> redis.lock.Lock:
+        """The lock held, by every process, while new tags are checked against the others and
+        created (``shared/domain/labels.py`` ``creating_tags``); ``acquire`` gives up after ``wait_s``."""
+        lock: redis.lock.Lock = self.redis.lock(self._k("lock", "tag-creation"), timeout=30, blocking_timeout=wait_s)
+        return lock
 
     def check_room_for(self, tags: list[str], max_tags: int) -> None:
         """Refuse (Conflict too_many_tags) when adding ``tags`` would make more than ``max_tags`` tags."""

@@ -17,6 +17,7 @@ from shared.core.errors import Conflict, DomainError, NotFound, Unavailable
 from shared.core.names import clean_filename, new_image_id, validate_image_id
 from shared.data import keys
 from shared.data.store import ObjectNotFound, StoreUnavailable
+from shared.domain import labels
 from shared.domain.embeddings import image_identities
 from shared.models.decoding import VERIFY_SIZE, DecodedImage, PixelBudget, Reservation, decode_image
 
@@ -135,7 +136,8 @@ def add_images(
                          reserved or services.decode_budget)
             if assignment:
                 try:
-                    services.registry.assign(added["image_id"], *assignment, services.settings.max_tags)
+                    with labels.creating_tags(services, [assignment[0]]):
+                        services.registry.assign(added["image_id"], *assignment, services.settings.max_tags)
                 except (DomainError, *BACKENDS_DOWN):
                     # e.g. another request took the last free tag, or Redis failed: this file changes
                     # nothing (as far as the backends let us undo it)

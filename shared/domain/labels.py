@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from shared.core.errors import InvalidInput, NotFound
+from redis.exceptions import LockError
+
+from shared.core.errors import InvalidInput, NotFound, Unavailable
 from shared.core.names import lookalike, validate_new_tag
 from shared.domain import catalog
 
@@ -32,14 +36,33 @@ def check_new_tags(services: Services, tags: list[str]) -> None:
                                "letters of another script: use that one, or a name that looks different.")
 
 
+@contextlib.contextmanager
+def creating_tags(services: Services, tags: list[str]) -> Iterator[None]:
+    """Check ``tags`` (``check_new_tags``) for the caller to create them: while one is new, the check
+    and the caller's step run under the tag-creation lock, so that two requests creating lookalike
+    tags at once cannot both pass the check (each had seen the other's tag missing)."""
+    if all(services.registry.tag_exists(tag) for tag in tags):
+        yield
+        return
+    lock = services.registry.tag_creation()
+    if not lock.acquire():
+        raise Unavailable("busy", "The server is creating other tags; try again shortly.")
+    try:
+        check_new_tags(services, tags)
+        yield
+    finally:
+        with contextlib.suppress(LockError):  # held past its timeout: another may hold it now
+            lock.release()
+
+
 def assign(services: Services, image_id: str, tag: str, sample_type: str) -> dict[str, Any]:
     """Make the image a positive or negative example of the tag; never both (the later call wins).
     A new tag beyond ``max_tags`` or with a name a new tag may not have is refused; so is an image
     that does not exist (checked first, and again inside the assignment's atomic step: a delete
     may land between the two)."""
     require_image(services, image_id)
-    check_new_tags(services, [tag])
-    services.registry.assign(image_id, tag, sample_type, services.settings.max_tags)
+    with creating_tags(services, [tag]):
+        services.registry.assign(image_id, tag, sample_type, services.settings.max_tags)
     ((positives, negatives),) = services.registry.example_counts([tag])
     return {"image_id": image_id, "tag": tag, "type": sample_type, "positives": positives, "negatives": negatives}
 
