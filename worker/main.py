@@ -10,7 +10,6 @@ job runs; idle workers, and busy ones from that thread, look for expired leases 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -23,7 +22,7 @@ from rq.job_lifecycle import call_exception_handlers
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from shared.core.blas import PINNED, kernels, pinnable
+from shared.core.blas import expected, kernels
 from shared.core.settings import Settings
 from shared.data.jobs import adopt
 from shared.domain.services import Services, build_services
@@ -126,11 +125,10 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     services.store.ping()
     worker = TrainingWorker(services, name)
     logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
-    blas = kernels()
-    wanted = os.environ.get("OPENBLAS_CORETYPE", PINNED)
-    if pinnable() and blas.lower() != wanted.lower():
+    blas, wanted = kernels(), expected()
+    if wanted and blas.lower() != wanted.lower():
         log.warning("BLAS kernels %s, not %s: heads trained here can differ from other machines' in their "
-                    "last bits (numpy was loaded before tagsmith pinned them)", blas, wanted)
+                    "last bits (numpy loaded before tagsmith pinned them, or OpenBLAS does not offer them)", blas, wanted)
     log.info(
         "worker %s ready on queue %s in %.1f s (%s, %s, BLAS %s)",
         worker.name, settings.queue_name, time.monotonic() - started, backbone.runtime, backbone.precision, blas,

@@ -44,6 +44,12 @@ def pin_kernels() -> None:
         os.environ.setdefault("OPENBLAS_CORETYPE", PINNED)
 
 
+def expected() -> str | None:
+    """The kernels this process should use: those ``OPENBLAS_CORETYPE`` names, else the pinned
+    ones where the CPU runs them; None where OpenBLAS picks for itself."""
+    return os.environ.get("OPENBLAS_CORETYPE") or (PINNED if pinnable() else None)
+
+
 def kernels() -> str:
     """The kernels the loaded OpenBLAS libraries use, e.g. "Haswell" (several: comma-separated);
     call it once numpy and scipy are loaded."""
