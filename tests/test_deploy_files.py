@@ -113,7 +113,46 @@ def test_compose_sets_only_real_settings_and_points_them_at_its_services() -> No
     spec = compose()
     assert tagsmith_variables(spec) <= SETTINGS
     env = spec["x-tagsmith-env"]
-    assert env["TAGSMITH_REDIS_URL"] == "redis://redis:6379/0" and env["TAGSMITH_S3_ENDPOINT"] == "minio:9000"
+    assert env["TAGSMITH_REDIS_URL"] == PASSWORD_URL and env["TAGSMITH_S3_ENDPOINT"] == "minio:9000"
+
+
+PASSWORD_URL = "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in infra/.env}@redis:6379/0"
+
+
+def test_compose_redis_asks_for_the_password_every_client_is_given() -> None:
+    """RQ jobs are pickled calls the workers run: whatever reaches Redis without a password can
+    run code there. redis-cli exits 0 on NOAUTH too, so the health check looks for PONG."""
+    services = compose()["services"]
+    redis = services["redis"]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1] == "${REDIS_PASSWORD:?set REDIS_PASSWORD in infra/.env}"
+    assert redis["environment"]["REDISCLI_AUTH"] == command[command.index("--requirepass") + 1]
+    assert redis["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -qx PONG"]
+    for name in ("images", "training", "predict", "state", "gpu-worker"):
+        assert services[name]["environment"]["TAGSMITH_REDIS_URL"] == PASSWORD_URL, name
+
+
+def test_kubernetes_redis_asks_for_the_secrets_password_and_every_client_sends_it() -> None:
+    secret = {"secretKeyRef": {"name": "tagsmith-redis", "key": "password"}}
+    (redis,) = find("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("valueFrom") for e in redis["env"]}
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == secret
+    assert redis["args"][redis["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert redis[probe]["exec"]["command"] == ["sh", "-c", "redis-cli ping | grep -qx PONG"]
+    assert "TAGSMITH_REDIS_URL" not in find("ConfigMap", "tagsmith-config")["data"]
+    for name in ("images", "training", "predict", "state", "gpu-worker"):
+        (container,) = find("Deployment", name)["spec"]["template"]["spec"]["containers"]
+        names = [e["name"] for e in container["env"]]
+        by_name = {e["name"]: e for e in container["env"]}
+        assert by_name["REDIS_PASSWORD"]["valueFrom"] == secret, name
+        # $(VAR) expands only variables defined earlier in the list
+        assert names.index("REDIS_PASSWORD") < names.index("TAGSMITH_REDIS_URL"), name
+        assert by_name["TAGSMITH_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0", name
+    auth = find("TriggerAuthentication", "tagsmith-redis")["spec"]["secretTargetRef"]
+    assert auth == [{"parameter": "password", "name": "tagsmith-redis", "key": "password"}]
+    for trigger in find("ScaledObject", "gpu-worker")["spec"]["triggers"]:
+        assert trigger["authenticationRef"] == {"name": "tagsmith-redis"}
 
 
 def test_nginx_config_for_containers_passes_nginx_t(tmp_path: Path) -> None:
@@ -270,7 +309,7 @@ def test_every_workload_names_real_services_settings_and_images() -> None:
     (worker,) = find("Deployment", "gpu-worker")["spec"]["template"]["spec"]["containers"]
     assert worker["image"] == "tagsmith-gpu-worker:latest" and worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     config = find("ConfigMap", "tagsmith-config")["data"]
-    assert config["TAGSMITH_REDIS_URL"] == "redis://redis:6379/0" and config["TAGSMITH_S3_ENDPOINT"] == "minio:9000"
+    assert config["TAGSMITH_S3_ENDPOINT"] == "minio:9000"
 
 
 def test_keda_scales_gpu_workers_on_the_rq_queue_down_to_zero() -> None:
