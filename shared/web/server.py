@@ -167,6 +167,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             raise _Refused
         self._host_of_absolute_target()
         super().on_headers_complete()
+        if self.cycle is not None:
+            _say_close_when_answered_early(self.cycle)
 
     def _host_of_absolute_target(self) -> None:
         """A request for ``http://name/path`` is for ``name``, whatever its Host header says (RFC 9112
@@ -180,7 +182,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserInvalidURLError:
             return  # uvicorn answers 400 for it
         if target.host:
-            authority = target.host + (b":%d" % target.port if target.port else b"")
+            host = b"[%s]" % target.host if b":" in target.host else target.host  # an IPv6 address keeps its brackets
+            authority = host + (b":%d" % target.port if target.port else b"")
             self.headers[:] = [(name, value) for name, value in self.headers if name != b"host"]
             self.headers.append((b"host", authority))
 
@@ -248,6 +251,20 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         with contextlib.suppress(OSError, RuntimeError):
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def _say_close_when_answered_early(cycle: Any) -> None:
+    """An answer that starts before its request's body has all come says ``Connection: close``:
+    the connection ends with it (``_end_lingering``), and a keep-alive client that was not told so
+    sent its next request on it and got no answer ("server disconnected")."""
+    send = cycle.send
+
+    async def sending(message: Any) -> None:
+        if message["type"] == "http.response.start" and cycle.more_body:
+            cycle.keep_alive = False  # uvicorn then writes the header
+        await send(message)
+
+    cycle.send = sending  # looked up when the app is started, which is after this
 
 
 def bounded_protocol(settings: Settings) -> type[BoundedHttpProtocol]:
