@@ -157,7 +157,10 @@ async def thumbnail(request: Request) -> Response:
     size = query_int(request, "size", 256, 16, 1024)
     image_id = request.path_params["image_id"]
     meta = await run_in_threadpool(images.known_image, services, image_id)
-    etag = '"' + hashlib.sha256(f"{image_id}|{meta.get('created_at')}|{size}".encode()).hexdigest()[:32] + '"'
+    # The image's content hash: another image stored under the id within the same second (a
+    # delete, then an add) has the same id and created_at, and had kept the old thumbnail's ETag.
+    version = f"{image_id}|{meta.get('sha256')}|{meta.get('created_at')}|{size}"
+    etag = '"' + hashlib.sha256(version.encode()).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)

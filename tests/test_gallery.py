@@ -124,6 +124,10 @@ def test_thumbnail_and_original(client: TestClient, services: Services) -> None:
     assert again.status_code == 304
     assert client.get("/custom/images/tall/thumbnail?size=5000").status_code == 400
     assert client.get("/custom/images/tall/original").content == original
+    client.delete("/custom/images/tall")  # another image under the id, within the second: a new ETag
+    add(client, encode(photo(CAT).convert("L").convert("RGB")), "tall")
+    replaced = client.get("/custom/images/tall/thumbnail?size=64", headers={"If-None-Match": response.headers["etag"]})
+    assert replaced.status_code == 200 and replaced.headers["etag"] != response.headers["etag"]
     assert client.get("/custom/images/nope/thumbnail").json()["error"] == "unknown_image"
 
 
