@@ -205,7 +205,7 @@ def test_one_header_line_that_never_ends_is_cut_off_too(server: TagsmithServer) 
     assert took < 5  # refused at 16 KB, then discarded for LINGER_S (2 s) and closed
 
 
-@pytest.mark.parametrize(("path", "length", "refusal"), [("/set_state", 5_000_000, "invalid_archive"),
+@pytest.mark.parametrize(("path", "length", "refusal"), [("/set_state", 2_900_000, "invalid_archive"),
                                                          ("/restore", 2_900_000, "invalid_backup")])
 def test_bodies_held_at_once_stay_within_their_budget(server: TagsmithServer, path: str, length: int, refusal: str) -> None:
     """Twenty slow 63 MB uploads had held 1.3 GB: past the budget (3 MB here) a body is refused. So
@@ -230,6 +230,30 @@ def test_bodies_held_at_once_stay_within_their_budget(server: TagsmithServer, pa
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: multipart/"
                  f"form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
     assert status_and_code(answer_of(sock)[0]) == (400, refusal)  # a bad upload, not busy
+
+
+def test_a_body_that_could_never_be_taken_is_too_large_not_busy(server: TagsmithServer) -> None:
+    """A body larger than the whole budget (3 MB here), or sent chunked past its limit, had got 503
+    "busy, try again shortly" on an idle server, again and again; a backup just under
+    ``MAX_BACKUP_BYTES`` too (the disk budget held that much, the limit 64 KiB more)."""
+    head = "Host: 127.0.0.1\r\nConnection: close\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    with connect(server) as sock:  # within /custom/add's 25 MiB, beyond what the process holds at once
+        sock.sendall(f"POST /custom/add HTTP/1.1\r\n{head}Content-Length: 5000000\r\n\r\n".encode())
+        answer = answer_of(sock)[0]
+    assert status_and_code(answer) == (413, "too_large") and b"3000000 bytes" in answer
+    for path in ("/restore", "/custom/add"):
+        with connect(server) as sock:
+            part = b'--b\r\nContent-Disposition: form-data; name="data"; filename="s"\r\n\r\n'
+            sock.sendall(f"POST {path} HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\n\r\n{len(part):x}\r\n".encode()
+                         + part + b"\r\n")
+            send_until_cut(sock, b"10000\r\n" + b"x" * 0x10000 + b"\r\n", seconds=5)
+            assert status_and_code(answer_of(sock)[0]) == (413, "too_large"), path
+    body = b'--b\r\nContent-Disposition: form-data; name="data"; filename="s"\r\n\r\n'
+    body += b"x" * (3_000_000 - 10) + b"\r\n--b--\r\n"  # a backup just under MAX_BACKUP_BYTES, framed past it
+    assert len(body) > 3_000_000
+    with connect(server) as sock:
+        sock.sendall(f"POST /restore HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert status_and_code(answer_of(sock)[0]) == (400, "invalid_archive")  # judged (not a tar), not busy
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from shared.web.auth import ApiKeys
 from shared.web.batching import MicroBatcher
 from shared.web.errors import HANDLERS
 from shared.web.exports import Exports
-from shared.web.limits import BodyBudget, BodyLimit
+from shared.web.limits import BodyBudget, BodyLimit, body_limit_for_path
 from shared.web.observability import RequestObserver
 from shared.web.origins import SameOrigin
 from shared.web.state import settings_of
@@ -51,7 +51,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         own = services or build_services(settings or Settings())
         state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight),
-                                 "spool_budget": BodyBudget(own.settings.max_backup_bytes),  # one backup's worth
+                                 "spool_budget": BodyBudget(body_limit_for_path(own.settings, "/restore")),  # one backup's worth
                                  "exports": Exports()}
         if backbone:
             loaded = await run_in_threadpool(lambda: own.backbone)

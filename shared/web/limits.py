@@ -68,15 +68,16 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         settings = self.settings(scope)
-        limit = body_limit_for_path(settings, scope["path"])
+        spooled = scope["path"].rstrip("/") in SPOOLED_PATHS  # written to a temporary file, not held in memory
+        budget = (self.spool_budget if spooled else self.budget)(scope)
+        # A body larger than the whole budget could never be taken: too large, not "busy, try again".
+        limit = min(body_limit_for_path(settings, scope["path"]), budget.capacity)
         declared = next((int(value) for name, value in scope["headers"] if name == b"content-length" and value.isdigit()), None)
         if declared is not None and declared > limit:
             await error_response(413, "too_large", f"The request body is larger than {limit} bytes.")(scope, receive, send)
             return
         received, reserved, complete, timeout = 0, 0, False, settings.body_read_timeout_s
         deadline: float | None = None  # the clock starts when the endpoint first reads the body
-        spooled = scope["path"].rstrip("/") in SPOOLED_PATHS  # written to a temporary file, not held in memory
-        budget = (self.spool_budget if spooled else self.budget)(scope)
         busy = ("The server is receiving as many backups as it may hold on disk at once" if spooled
                 else "The server holds too many uploads at once") + "; try again shortly."
 
@@ -103,13 +104,13 @@ class BodyLimit:
                 raise too_slow from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             size = len(message.get("body", b""))
+            if received + size > limit:  # before the budget: a body past the limit is too large, not "busy"
+                raise HttpError(413, "too_large", f"The request body is larger than {limit} bytes.")
             beyond = max(0, received + size - max(received, reserved))  # past a declared length, if any
             if beyond and not budget.take(beyond):
                 raise HttpError(503, "busy", busy)
             received += size
             deadline = paced_deadline(deadline, size, settings.body_min_rate, time.monotonic(), timeout)
-            if received > limit:
-                raise HttpError(413, "too_large", f"The request body is larger than {limit} bytes.")
             return message
 
         try:
