@@ -144,6 +144,16 @@ def test_a_request_naming_two_hosts_is_refused(client: TestClient) -> None:
     assert (response.status_code, response.json()["error"]) == (400, "bad_request")
 
 
+@pytest.mark.parametrize("name", ["Origin", "Sec-Fetch-Site"])
+def test_a_write_naming_two_origins_is_refused(client: TestClient, services: Services, name: str) -> None:
+    """An evil Origin followed by the server's own had passed the cross-site check (the last won)."""
+    evil, own = {"Origin": ("https://evil.example", "http://testserver"),
+                 "Sec-Fetch-Site": ("cross-site", "same-origin")}[name]
+    response = client.get("/custom/assign/x-1/positive/twice", headers=[(name, evil), (name, own)])
+    assert (response.status_code, response.json()["error"]) == (400, "bad_request")
+    assert name in response.json()["message"] and "twice" not in services.registry.tags()
+
+
 def test_head_does_not_run_the_writing_get_forms(client: TestClient, services: Services) -> None:
     """A link checker or a prefetcher sends HEAD as a harmless probe; Starlette answers HEAD by
     running the GET, so HEAD /custom/delete/cat deleted the tag."""

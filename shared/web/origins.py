@@ -68,6 +68,10 @@ def changes_data(method: str, path: str) -> bool:
     return method not in SAFE_METHODS or path.startswith(WRITING_GETS)
 
 
+# Headers the checks below read, each of which a request may send once.
+ONE_ONLY = (b"host", b"origin", b"sec-fetch-site")
+
+
 def cross_site(headers: dict[bytes, bytes], host: str) -> bool:
     """Whether a browser says this request comes from a page of another site."""
     fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
@@ -96,8 +100,9 @@ class SameOrigin:
         host = headers.get(b"host", b"").decode("latin-1")
         hosts = allowed_hosts(settings)
         refusal = None
-        if sum(name == b"host" for name, _ in scope["headers"]) > 1:  # which one would count?
-            refusal = error_response(400, "bad_request", "The request names more than one Host.")
+        repeated = [name.decode() for name in ONE_ONLY if sum(n == name for n, _ in scope["headers"]) > 1]
+        if repeated:  # which one would count? (the last one had: a second Origin passed a cross-site write)
+            refusal = error_response(400, "bad_request", f"The request has more than one {repeated[0].title()} header.")
         elif "*" not in hosts and hostname(host) not in hosts and scope["path"] not in ANY_HOST_PATHS:
             refusal = error_response(400, "host_not_allowed", f"This server does not answer for the host "
                                      f"{host!r}; add its name to TAGSMITH_ALLOWED_HOSTS to allow it.")
