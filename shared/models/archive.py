@@ -419,9 +419,9 @@ def _record(
 ) -> ModelRecord:
     if not isinstance(entry, dict):
         raise _invalid(f"Model entry {i} is not an object.")
+    if "tag" in entry and not isinstance(entry["tag"], str):
+        raise _invalid(f"Model entry {i} has a tag that is not text.")
     try:
-        if not isinstance(entry["tag"], str):
-            raise _invalid(f"Model entry {i} has a tag that is not text.")
         tag = validate_tag(entry["tag"], max_tag_length)
         version, threshold = entry["version"], entry["threshold"]
         trained_at, metrics, file = entry.get("trained_at", ""), entry.get("metrics", {}), entry["file"]
