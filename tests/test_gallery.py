@@ -51,6 +51,16 @@ def test_add_many_refuses_bad_requests_whole(
     assert services.registry.image_count() == 0
 
 
+@pytest.mark.parametrize("path", ["/custom/add_many", "/custom/add", "/restore"])
+def test_a_body_that_is_not_multipart_says_what_is_wrong(client: TestClient, services: Services, path: str) -> None:
+    """add_many had answered "The multipart body cannot be parsed: 400: Invalid multipart data."."""
+    body = b"--Bjunk\r\n\r\nxx\r\n--B--\r\n"  # no line end after the boundary
+    response = client.post(path, content=body, headers={"Content-Type": "multipart/form-data; boundary=B"})
+    answer = response.json()
+    assert (response.status_code, answer["error"]) == (400, "malformed_body") and "400" not in answer["message"], answer
+    assert services.registry.image_count() == 0
+
+
 def test_add_many_refuses_an_image_id_sent_as_a_file(client: TestClient, services: Services) -> None:
     """An id sent as a file part came back as Python's text of the upload object."""
     photo = ("a.jpg", crops(CAT, 1, seed=0)[0])

@@ -14,6 +14,13 @@ from starlette.requests import Request
 from shared.core.errors import DomainError, InvalidInput, TooLarge
 
 
+def _malformed(exc: Exception) -> InvalidInput:
+    """What the multipart parser found wrong: its words (Starlette's HTTPException: its detail,
+    without the "400: " its text adds)."""
+    reason = str(getattr(exc, "detail", exc)).rstrip(".")
+    return InvalidInput("malformed_body", f"The multipart body cannot be parsed: {reason}.")
+
+
 async def _parse_form(request: Request, field: str, max_files: int, max_fields: int) -> FormData:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):  # media types ignore case
@@ -23,7 +30,7 @@ async def _parse_form(request: Request, field: str, max_files: int, max_fields: 
     except DomainError:
         raise
     except Exception as exc:  # malformed multipart bodies raise several types
-        raise InvalidInput("malformed_body", f"The multipart body cannot be parsed: {exc}") from None
+        raise _malformed(exc) from None
 
 
 async def read_uploads(
@@ -170,7 +177,7 @@ async def _parse_one(request: Request, wanted: _OneFile, field: str, in_threadpo
     except DomainError:
         raise
     except Exception as exc:  # malformed multipart bodies raise several types
-        raise InvalidInput("malformed_body", f"The multipart body cannot be parsed: {exc}") from None
+        raise _malformed(exc) from None
     if wanted.found is None:
         raise InvalidInput("missing_field", f"The multipart field '{field}' is missing.")
     if wanted.found is False:
