@@ -24,7 +24,7 @@ def example_photos() -> dict[str, bytes]:
         "car.jpg": crops("rocket", 1, seed=3)[0], "tree.jpg": crops("coffee", 1, seed=3)[0],
         "photos/cats/tabby.jpg": cats[3], "photos/cats/sleepy.jpg": cats[4],
         "photos/other/launch.jpg": crops("rocket", 1, seed=4)[0], "photos/other/mug.jpg": crops("coffee", 1, seed=4)[0],
-        "holiday/beach.jpg": crops("astronaut", 1, seed=5)[0], "holiday/cat.jpg": crops(CAT, 1, seed=5)[0],
+        "holiday/astronaut.jpg": crops("astronaut", 1, seed=5)[0], "holiday/cat.jpg": crops(CAT, 1, seed=5)[0],
     }
 
 

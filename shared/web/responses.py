@@ -1,6 +1,6 @@
 """Responses: JSON rendered by orjson (several times faster than the standard library on large
-bodies, a prediction over a thousand tags, with the same compact output), and large bytes that
-requests share, sent a slice at a time."""
+bodies, a prediction over a thousand tags, with the same compact output, ending in a newline), and
+large bytes that requests share, sent a slice at a time."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ SLICE_BYTES = 1 << 20
 
 class JSONResponse(responses.JSONResponse):
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return render_json(content)
+
+
+def render_json(content: Any) -> bytes:
+    """Compact JSON ending in a newline, so that curl's next prompt starts on a line of its own."""
+    return orjson.dumps(content, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def shared_bytes_response(data: bytes, media_type: str, headers: dict[str, str]) -> responses.StreamingResponse:

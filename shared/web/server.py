@@ -42,12 +42,12 @@ import logging
 from typing import Any
 
 import httptools
-import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from shared.core.settings import Settings
 from shared.web.limits import paced_deadline
+from shared.web.responses import render_json
 
 log = logging.getLogger("tagsmith")
 
@@ -230,7 +230,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.ending = self.close_after_answer = True  # nothing more is read, queued requests are not
             self.pipeline.clear()  # run, and the connection closes once the answer going out has ended
             return
-        body = orjson.dumps({"error": code, "message": message})
+        body = render_json({"error": code, "message": message})
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
