@@ -19,9 +19,11 @@ settings:
   header, which the host check (``origins.py``) judges;
 - ``max_connections``: connections open at once; beyond, a new one gets 503 and is closed;
 - a request answered before its body has all come (refused early, or cut off for coming too
-  slowly) ends its connection: the server stops answering on it, discards what still comes for
+  slowly), or with a refused request behind it, ends its connection: the answer says
+  ``Connection: close``, the server stops answering on it, discards what still comes for
   ``LINGER_S`` so that the client can read the answer, then closes it (uvicorn would otherwise
-  keep reading the rest of the body, a byte at a time if the client likes);
+  keep reading the rest of the body, a byte at a time if the client likes, or close at once,
+  resetting a connection that still had bytes coming);
 - an answer the client does not read: uvicorn keeps what the socket has not taken, for as long as
   the connection lasts (a hundred connections asking for a 25 MB original and reading nothing
   held 2.4 GB, the connection limit's worth would have held 25 GB). Once it piles up (past the
@@ -72,8 +74,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.refusal: tuple[int, str, str] | None = None
         self.request_begun = False  # a byte of a request has come on this connection
         self.ending = False  # answered before its body came: what still comes is discarded
+        self.lingering = False  # the end is written; the connection closes after LINGER_S
         self.close_after_answer = False  # a request behind the one being answered was refused
         self.in_headers, self.header_bytes_seen = True, 0  # what comes is a request line and headers
+        self.began_in_read, self.body_in_read = False, 0  # in the read being parsed: a request began, body bytes
         self.headers_pending = False  # a request has begun and its headers have not all come
         self.headers_ended = False  # a request's headers ended in the read being parsed
         self.header_clock: asyncio.TimerHandle | None = None
@@ -87,17 +91,25 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.ending:
             return
-        counting, self.headers_ended = self.in_headers, False
+        in_headers, self.headers_ended, self.began_in_read, self.body_in_read = self.in_headers, False, False, 0
         super().data_received(data)
-        if counting and self.in_headers and not self.headers_ended:  # all of it was request line and headers
-            self.header_bytes_seen += len(data)
+        # What of this read is a request line and headers that have not ended: all of it, if it began
+        # in them; if a request began within it (after the end of the one before), all but the
+        # body bytes before, which may count the headers of that one too (a pipelined request's
+        # first bytes had gone uncounted, and 30 KB of its headers passed a 16 KiB limit).
+        if self.in_headers and not self.headers_ended and (in_headers or self.began_in_read):
+            self.header_bytes_seen += len(data) - self.body_in_read
             if self.header_bytes_seen > self.max_header_bytes:
                 self._answer(*self._headers_too_large())
+
+    def on_body(self, body: bytes) -> None:
+        self.body_in_read += len(body)
+        super().on_body(body)
 
     def on_response_complete(self) -> None:
         if self.close_after_answer:  # a request behind this answer was refused
             self.server_state.total_requests += 1
-            self.transport.close()  # what was written is sent first
+            self._end_lingering()  # what was written is sent first; the refused request's bytes are discarded
             return
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
             self.server_state.total_requests += 1
@@ -154,7 +166,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.request_begun = self.headers_pending = True
+        self.request_begun = self.headers_pending = self.began_in_read = True
+        self.headers_ended = False  # (the one before may have ended in the same read)
         if self.header_clock is None:  # a request on a kept-alive connection: its headers get the same time
             self._start_header_clock()
 
@@ -169,6 +182,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None:
             _say_close_when_answered_early(self.cycle)
+            self.cycle.transport = _LingeringClose(self, self.cycle)
 
     def _host_of_absolute_target(self) -> None:
         """A request for ``http://name/path`` is for ``name``, whatever its Host header says (RFC 9112
@@ -229,6 +243,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.ending = self.close_after_answer = True  # nothing more is read, queued requests are not
             self.pipeline.clear()  # run, and the connection closes once the answer going out has ended
+            self.cycle.keep_alive = False  # which says so, if it has not started
             return
         body = render_json({"error": code, "message": message})
         head = [STATUS_LINE[status]]
@@ -248,9 +263,32 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         sends is discarded for ``LINGER_S``: closed with its request unread, the connection would
         be reset, and a client still sending could lose the answer."""
         self.ending = True
+        if self.lingering:
+            return
+        self.lingering = True
         with contextlib.suppress(OSError, RuntimeError):
             self.transport.write_eof()
+            self.transport.resume_reading()  # paused behind a pipelined request: what comes must be read to be discarded
         self.loop.call_later(LINGER_S, self.transport.close)
+
+
+class _LingeringClose:
+    """A request's view of the connection: uvicorn closes it when an answer that says ``Connection:
+    close`` ends, and while the request's body is still coming (or a request behind it was
+    refused) that close lingers (``_end_lingering``): closed at once with bytes unread, the
+    connection was reset, and a client still sending lost the answer."""
+
+    def __init__(self, protocol: BoundedHttpProtocol, cycle: Any) -> None:
+        self._protocol, self._cycle, self._transport = protocol, cycle, cycle.transport
+
+    def close(self) -> None:
+        if not self._transport.is_closing() and (self._protocol.ending or self._cycle.more_body):
+            self._protocol._end_lingering()
+        else:
+            self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # write, is_closing, ...: the connection's own
+        return getattr(self._transport, name)
 
 
 def _say_close_when_answered_early(cycle: Any) -> None:
