@@ -26,7 +26,7 @@ from shared.domain import backup, images
 from shared.domain.services import Services, build_services
 from shared.models.backbone import Backbone
 from tests.support.api import add, run_queued_jobs, settings_for, teach_cat
-from tests.support.photos import CAT, crops
+from tests.support.photos import CAT, OTHERS, crops
 from tests.support.servers import RedisContainer, RedisServer, serving
 
 Server = tuple[Services, TestClient]
@@ -123,6 +123,39 @@ def test_backup_restores_into_an_empty_server_identically(client: TestClient, se
     task = other.post("/custom/train/cat").json()
     run_queued_jobs(other_services)
     assert other.get(f"/status/{task['task_id']}").json()["result"]["version"] == 3
+
+
+def test_a_restored_version_is_served_not_the_one_deleted_under_its_number(
+    client: TestClient, services: Services, empty: Server
+) -> None:
+    """A server whose own 'cat' v1 had been predicted with, then deleted, restored a backup whose
+    'cat' v1 is another model: the head each process keeps was found by its archive's key, which
+    the restore reused, and the deleted model went on predicting."""
+    taught(client, services)
+    other_services, other = empty
+    for i, data in enumerate(crops(CAT, 3, seed=1)):  # its own 'cat' v1: the other way round
+        add(other, data, f"cat-{i}")
+        assert other.get(f"/custom/assign/cat-{i}/negative/cat").status_code == 200
+    for name in OTHERS:
+        add(other, crops(name, 1, seed=2)[0], f"{name}-0")
+        assert other.get(f"/custom/assign/{name}-0/positive/cat").status_code == 200
+    other.get("/custom/train/cat")
+    run_queued_jobs(other_services)
+    ids = [i["image_id"] for i in other.get("/custom/images?limit=500").json()["images"]]
+
+    def scores(server: TestClient) -> dict[str, float]:
+        answers = {i: server.get(f"/custom/predict/{i}").json()["custom"]["cat"] for i in ids}
+        assert {a["version"] for a in answers.values()} == {1}
+        return {i: a["score"] for i, a in answers.items()}
+
+    old = scores(other)  # its own v1, now kept by the process
+    assert other.delete("/custom/delete/cat").status_code == 200
+    for image_id in ids:
+        assert other.delete(f"/custom/images/{image_id}").status_code == 200
+    assert restore(other, client.get("/backup").content).status_code == 200
+    mine, theirs = scores(client), scores(other)
+    assert max(abs(old[i] - mine[i]) for i in ids) > 0.5  # another model under the same number
+    assert max(abs(theirs[i] - mine[i]) for i in ids) <= 1e-6
 
 
 def test_every_file_name_a_server_keeps_restores(client: TestClient, services: Services, empty: Server) -> None:

@@ -252,7 +252,9 @@ class HeadCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._generation: int | None = None
-        self._records: dict[str, ModelRecord] = {}  # by archive key
+        # By the whole pointer, not the archive's key alone: a restore stores another model under a
+        # deleted tag's key (its version numbers start again), and the deleted one went on predicting.
+        self._records: dict[str, ModelRecord] = {}
         self._matrix: HeadMatrix | None = None
 
     def current(self, services: Services) -> HeadMatrix:
@@ -268,7 +270,8 @@ class HeadCache:
     def _reload(self, services: Services, generation: int) -> HeadMatrix:
         records: dict[str, ModelRecord] = {}
         for pointer in services.registry.models().values():
-            cached = self._records.get(pointer.key)
+            identity = pointer.to_json()
+            cached = self._records.get(identity)
             if cached is None:
                 try:
                     cached = load_version(services, pointer.key)
@@ -277,7 +280,7 @@ class HeadCache:
                 except InvalidInput as exc:  # damaged in the store: the other tags still predict
                     log.error("the current version of tag %r cannot be read (%s); it is left out", pointer.tag, exc)
                     continue
-            records[pointer.key] = cached
+            records[identity] = cached
         self._records = records
         self._generation = generation
         return stack(sorted(records.values(), key=lambda r: r.tag), services.spec)
