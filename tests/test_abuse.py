@@ -184,7 +184,9 @@ def test_no_cache_keeps_data_answers(client: TestClient) -> None:
         assert client.get(path).headers["cache-control"] == "no-store", path
     for path in ("/custom/images/img/thumbnail", "/custom/images/img/original"):
         assert client.get(path).headers["cache-control"] == "private, no-cache", path
-    assert "cache-control" not in client.get("/static/app.js").headers  # the same file for everyone
+    page_file = client.get("/static/app.js")  # the same file for everyone, asked for again after an upgrade
+    assert page_file.headers["cache-control"] == "no-cache" and "etag" in page_file.headers
+    assert client.get("/static/app.js", headers={"If-None-Match": page_file.headers["etag"]}).status_code == 304
 
 
 @pytest.mark.parametrize("name", sorted(parsing_bombs()))

@@ -116,8 +116,10 @@ class SameOrigin:
                 response_headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     response_headers.setdefault(name, value)
-                if not scope["path"].startswith(CACHEABLE_PREFIXES):
-                    response_headers.setdefault("Cache-Control", "no-store")
+                # The page's files may be stored, but are asked for again each time (304 while
+                # unchanged): unversioned, a browser had kept an old app.js after an upgrade.
+                cacheable = scope["path"].startswith(CACHEABLE_PREFIXES)
+                response_headers.setdefault("Cache-Control", "no-cache" if cacheable else "no-store")
             await send(message)
 
         await (refusal or self.app)(scope, receive, secured)
