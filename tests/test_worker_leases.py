@@ -114,6 +114,16 @@ def test_a_training_that_raises_fails_at_once_and_is_not_retried(client, leased:
     assert queue.queue.count == 0
 
 
+def test_a_failed_training_says_what_went_wrong_in_words() -> None:
+    """A damaged current archive had failed a training with "Training failed: InvalidInput('...')"."""
+    from shared.core.errors import InvalidInput
+    from worker.tasks import failure_message
+
+    damaged = InvalidInput("invalid_archive", "The archive's manifest is not JSON.")
+    assert failure_message(damaged) == "Training failed: The archive's manifest is not JSON."
+    assert failure_message(OSError(28, "No space left on device")).startswith("Training failed: OSError(28")
+
+
 def test_concurrent_train_requests_share_one_queued_task(leased: Services) -> None:
     barrier = threading.Barrier(8)
     answers: list[tuple[str, bool]] = []

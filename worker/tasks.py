@@ -10,6 +10,7 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
+from shared.core.errors import DomainError
 from shared.domain import library
 from shared.domain.services import Services
 from shared.domain.training import TrainingError, run_training
@@ -24,6 +25,14 @@ class TrainingJob(Job):
         if self.services is None:
             raise RuntimeError("a TrainingJob runs only in a TrainingWorker, which gives it its services")
         return self.func(self.services, *self.args, **self.kwargs)
+
+
+def failure_message(exc: Exception) -> str:
+    """What ``/status`` says of a training that raised: a training error's own words, a domain
+    error's message (not its class and code: ``InvalidInput('...')``), else the exception."""
+    if isinstance(exc, TrainingError):
+        return str(exc)
+    return f"Training failed: {exc.message if isinstance(exc, DomainError) else repr(exc)}"
 
 
 def _report(stage: str, progress: float, error: str | None = None) -> None:
@@ -44,7 +53,7 @@ def train_tag(services: Services, tag: str, epoch: int) -> dict[str, Any]:
     try:
         return run_training(services, tag, epoch, _report)
     except Exception as exc:
-        _report("failed", 0.0, str(exc) if isinstance(exc, TrainingError) else f"Training failed: {exc!r}")
+        _report("failed", 0.0, failure_message(exc))
         raise
 
 
