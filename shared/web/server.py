@@ -182,7 +182,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None:
             _say_close_when_answered_early(self.cycle)
-            self.cycle.transport = _LingeringClose(self, self.cycle)
+            self.cycle.transport = _LingeringClose(self, self.cycle)  # type: ignore[assignment]  # a Transport by its attributes
 
     def _host_of_absolute_target(self) -> None:
         """A request for ``http://name/path`` is for ``name``, whatever its Host header says (RFC 9112
