@@ -13,7 +13,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 from tqdm import tqdm
 
@@ -70,6 +70,12 @@ def shown(text: object) -> str:
     written as escapes; other characters (an ideographic space, an emoji's joiner) as they are."""
     return "".join(c.encode("unicode_escape", "backslashreplace").decode()
                    if unicodedata.category(c) in ("Cc", "Cs") or c in _REORDERING else c for c in str(text))
+
+
+def say(text: str, file: TextIO | None = None) -> None:
+    """Print a line for a person as ``shown`` writes it: it holds what a server sent (a tag, a
+    stage, an error, a caution), which the terminal must not take as escape sequences or lines."""
+    print(shown(text), file=file or sys.stdout)
 
 
 def refusal(error: TagsmithError) -> str:
@@ -223,7 +229,7 @@ def cmd_add(client: Client, args: argparse.Namespace) -> int:
         for r in failed:
             print(f"{shown(r['path'])}: {shown(r['message'])} ({shown(r['error'])})", file=sys.stderr)
         where = f" as {sample_type} examples of '{args.tag}'" if args.tag else ""
-        print(f"added {_count(len(results) - len(failed), 'image')}{where}"
+        say(f"added {_count(len(results) - len(failed), 'image')}{where}"
               + (f"; {len(failed)} failed" if failed else ""))
     if stopped is not None:
         _stopped(stopped, len(files) - len(results), len(files))
@@ -263,7 +269,7 @@ def cmd_assign(client: Client, args: argparse.Namespace) -> int:
     answer, code = _each_image(args.image_ids, lambda i: dict(client.assign_image(args.type, args.tag, i)),
                                f"assigned {{images}} to '{args.tag}' as {args.type}")
     if answer is not None:
-        print(_examples_line(args.tag, answer))
+        say(_examples_line(args.tag, answer))
     return code
 
 
@@ -271,7 +277,7 @@ def cmd_unassign(client: Client, args: argparse.Namespace) -> int:
     answer, code = _each_image(args.image_ids, lambda i: client.unassign_image(i, args.tag),
                                f"unassigned {{images}} from '{args.tag}'")
     if answer is not None:
-        print(_examples_line(args.tag, answer))
+        say(_examples_line(args.tag, answer))
     return code
 
 
@@ -291,7 +297,7 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
         if args.json:
             _print_json(task)
         else:
-            print(task["task_id"])
+            say(task["task_id"])
         return 0
     layout = "{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}"
     with _bar(args, total=100, unit="%", desc="queued", bar_format=layout) as bar:
@@ -300,7 +306,7 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
             # "done 100%" (never a "done 0%" frame between the two), whatever progress it reports.
             finished = status.get("status") == "finished"
             bar.n = 100 if finished else min(100, max(0, round(100 * float(status.get("progress") or 0.0))))
-            bar.set_description_str(str(status.get("stage") or status.get("status")), refresh=False)
+            bar.set_description_str(shown(status.get("stage") or status.get("status")), refresh=False)
             bar.refresh()
 
         final = client.wait(task["task_id"], timeout=args.timeout, on_progress=show)
@@ -308,9 +314,9 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(final)
     else:
-        print(f"trained '{args.tag}' {_metrics_line(final['result'])}")
+        say(f"trained '{args.tag}' {_metrics_line(final['result'])}")
         if final["result"].get("caution"):
-            print(final["result"]["caution"])
+            say(final["result"]["caution"])
     return 0
 
 
@@ -319,12 +325,11 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status)
     else:
-        line = f"{status['tag']}: {status['status']} ({status['stage']}, {100 * status['progress']:.0f}%)"
+        say(f"{status['tag']}: {status['status']} ({status['stage']}, {100 * status['progress']:.0f}%)")
         if status.get("result"):
-            line += f"\n{_metrics_line(status['result'])}"
+            say(_metrics_line(status["result"]))
         if status.get("error"):
-            line += f"\n{status['error']}"
-        print(line)
+            say(status["error"])
     return 0
 
 
@@ -432,9 +437,9 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
         if "error" in r.get("xmp", {}):
             print(f"{shown(r['xmp']['path'])}: {shown(r['xmp']['error'])}", file=sys.stderr)
     if args.xmp:
-        print(_sidecar_summary(sidecars), file=sys.stderr if args.json else sys.stdout)
+        say(_sidecar_summary(sidecars), file=sys.stderr if args.json else sys.stdout)
     if failed and not args.json:
-        print(f"{len(failed)} of {_count(len(rows), 'file')} failed", file=sys.stderr)
+        say(f"{len(failed)} of {_count(len(rows), 'file')} failed", file=sys.stderr)
     if stopped is not None:
         _stopped(stopped, len(files) - len(rows), len(files))
     return 1 if failed or stopped or sidecars["error"] else 0
@@ -443,7 +448,7 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
 def _wrote(path: str, line: str) -> None:
     """Say what was written, on stdout unless the file was a stream that may be stdout itself
     (``-o /dev/stdout``), where the line would join the data."""
-    print(line, file=sys.stderr if is_stream_path(Path(path)) else sys.stdout)
+    say(line, file=sys.stderr if is_stream_path(Path(path)) else sys.stdout)
 
 
 def cmd_export(client: Client, args: argparse.Namespace) -> int:
@@ -468,9 +473,9 @@ def cmd_load(client: Client, args: argparse.Namespace) -> int:
     for model in loaded:
         origin = model.get("origin") or {}
         was = f" (version {origin['version']} in the archive)" if "version" in origin else ""
-        print(f"loaded '{model['tag']}' as version {model['version']}{was}")
+        say(f"loaded '{model['tag']}' as version {model['version']}{was}")
     if not loaded:
-        print("the archive holds no models")
+        say("the archive holds no models")
     return 0
 
 
@@ -486,7 +491,7 @@ def cmd_restore(client: Client, args: argparse.Namespace) -> int:
         _print_json(answer)
     else:
         versions = sum(len(t["versions"]) for t in answer["tags"])
-        print(f"restored {_count(answer['images'], 'image')}, {_count(len(answer['tags']), 'tag')} and "
+        say(f"restored {_count(answer['images'], 'image')}, {_count(len(answer['tags']), 'tag')} and "
               f"{_count(versions, 'model version')}")
     return 0
 
@@ -515,7 +520,7 @@ def cmd_versions(client: Client, args: argparse.Namespace) -> int:
         _print_json(answer)
         return 0
     if not answer["versions"]:
-        print(f"'{args.tag}' has no trained versions yet")
+        say(f"'{args.tag}' has no trained versions yet")
         return 0
     rows = []
     for v in answer["versions"]:
@@ -529,7 +534,8 @@ def cmd_versions(client: Client, args: argparse.Namespace) -> int:
            rows)
     current = next((v for v in answer["versions"] if v["current"]), None)
     if current and current.get("caution"):
-        print(f"\nversion {current['version']}: {current['caution']}")
+        print()
+        say(f"version {current['version']}: {current['caution']}")
     return 0
 
 
@@ -542,7 +548,7 @@ def _origin(origin: Any) -> str:
 
 def cmd_rollback(client: Client, args: argparse.Namespace) -> int:
     answer = client.rollback(args.tag, args.version)
-    print(f"'{args.tag}' now uses version {answer['version']} (was {answer['previous']})")
+    say(f"'{args.tag}' now uses version {answer['version']} (was {answer['previous']})")
     return 0
 
 
@@ -552,7 +558,7 @@ def cmd_suggest(client: Client, args: argparse.Namespace) -> int:
         _print_json(answer)
         return 0
     for title, key in (("label these next (least certain)", "uncertain"), ("likely positives", "likely_positive")):
-        print(f"{title}:")
+        say(f"{title}:")
         _table(["image", "score"], [[s["image_id"], f"{s['score']:.3f}"] for s in answer[key]],
                empty="no images")
         print()
@@ -595,7 +601,7 @@ def cmd_library(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
-    print(f"{_count(answer['images'], 'image')}: {answer['embedded']} embedded, "
+    say(f"{_count(answer['images'], 'image')}: {answer['embedded']} embedded, "
           f"{answer['pending']} waiting for a worker")
     _table(["tag", "version", "library scored with"],
            [[tag, t["version"], t["scores_from"] if t["up_to_date"] else f"{t['scores_from'] or '-'} (rescoring)"]
@@ -608,13 +614,13 @@ def cmd_export_scores(client: Client, args: argparse.Namespace) -> int:
         written = client.export_scores(sys.stdout.buffer, args.format, args.tag, args.match)
     else:
         written = client.save_scores(args.output, args.format, args.tag, args.match)
-        print(f"wrote {args.output} ({written} bytes)", file=sys.stderr)
+        say(f"wrote {args.output} ({written} bytes)", file=sys.stderr)
     return 0
 
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     client.delete(args.tag)
-    print(f"reset '{args.tag}'")
+    say(f"reset '{args.tag}'")
     return 0
 
 
@@ -628,7 +634,7 @@ def cmd_delete_image(client: Client, args: argparse.Namespace) -> int:
 
     _, code = _each_image(args.image_ids, delete, "deleted {images}")
     if code == 0:
-        print(f"deleted {_count(len(deleted), 'image')}")
+        say(f"deleted {_count(len(deleted), 'image')}")
     return code
 
 

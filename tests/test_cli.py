@@ -218,3 +218,51 @@ def test_serve_runs_its_worker_at_a_lower_cpu_priority(live_server: TagsmithServ
     workers = [p for p in server.children() if "worker" in p.cmdline()]
     assert len(workers) == 1
     assert workers[0].nice() == min(server.nice() + 10, 19)  # 19: the lowest priority there is
+
+
+HOSTILE = "\x1b]0;PWNED\x07\x1b[2J\x1b[31mEVIL\x1b[0m\r\nfake line"
+
+
+class _HostileServer:
+    """A client whose server's every text holds escape sequences (a real tagsmith refuses such tags)."""
+
+    def __enter__(self) -> _HostileServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def status(self, task_id: str) -> dict[str, object]:
+        return {"tag": HOSTILE, "status": "failed", "stage": HOSTILE, "progress": 0.0, "error": HOSTILE,
+                "result": {"version": HOSTILE, "threshold": 0.5, "metrics": {}}}
+
+    def versions(self, tag: str) -> dict[str, object]:
+        return {"versions": [{"version": 1, "current": True, "trained_at": HOSTILE, "threshold": 0.5,
+                              "metrics": {"origin": {"version": HOSTILE}}, "caution": HOSTILE}]}
+
+    def rollback(self, tag: str, version: int) -> dict[str, object]:
+        return {"version": HOSTILE, "previous": HOSTILE}
+
+    def library(self) -> dict[str, object]:
+        return {"images": 1, "embedded": HOSTILE, "pending": HOSTILE, "tags": {HOSTILE: {
+            "version": 1, "scores_from": HOSTILE, "up_to_date": False}}}
+
+    def set_state(self, archive: str) -> dict[str, object]:
+        return {"loaded": [{"tag": HOSTILE, "version": HOSTILE, "origin": {}}]}
+
+
+@pytest.mark.parametrize("command", [["status", "t"], ["versions", "x"], ["rollback", "x", "1"], ["library"],
+                                     ["load", "f.tar"]])
+def test_what_a_server_sends_never_reaches_the_terminal_as_escape_sequences(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile (or broken) server's stage, error, caution or tag retitled the terminal, cleared it
+    and faked lines of output: the command line prints them as escapes."""
+    import tagsmith_client
+
+    monkeypatch.setattr(tagsmith_client, "Client", lambda *args, **kwargs: _HostileServer())
+    main(command)
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert "EVIL" in printed and not any(c in printed for c in "\x1b\x07\r"), printed
+    assert "\nfake line" not in printed
