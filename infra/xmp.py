@@ -2,7 +2,9 @@
 
 A sidecar sits next to its photo and is named after the whole file name: ``photo.jpg.xmp`` (the
 darktable and digiKam convention; never shared by ``photo.jpg`` and ``photo.png``). Keywords go in
-``dc:subject`` (an ``rdf:Bag``) and in ``lr:hierarchicalSubject``, flat (no ``|`` levels added).
+``dc:subject`` (an ``rdf:Bag``) and in ``lr:hierarchicalSubject``, flat (no ``|`` levels added;
+a keyword holding ``|`` goes to ``dc:subject`` alone, where it is not read as levels). Characters
+XML cannot hold are left out of keywords.
 
 A sidecar that exists already (darktable keeps its edit history there) is merged, never replaced:
 every element, attribute, comment and processing instruction stays, and keywords it lacks are
@@ -16,6 +18,7 @@ declared, let alone an external one), and replaced atomically (a temporary file,
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -91,9 +94,9 @@ def merge_keywords(document: minidom.Document, keywords: Iterable[str]) -> bool:
     new = _lacking(subject_items, wanted)
     if hierarchy is None:
         # darktable imports lr:hierarchicalSubject alone when it is there: it must list the old keywords too
-        additions = {(DC, "subject"): new, (LR, "hierarchicalSubject"): _unique([*subject_items, *new]) if new else []}
+        additions = {(DC, "subject"): new, (LR, "hierarchicalSubject"): _flat(_unique([*subject_items, *new])) if new else []}
     else:
-        additions = {(DC, "subject"): new, (LR, "hierarchicalSubject"): _lacking(_items(hierarchy), wanted)}
+        additions = {(DC, "subject"): new, (LR, "hierarchicalSubject"): _flat(_lacking(_items(hierarchy), wanted))}
     changed = False
     for (namespace, name), missing in additions.items():
         if not missing:
@@ -173,10 +176,22 @@ def _replace(path: Path, data: bytes) -> None:
 # --- the document -------------------------------------------------------------------------------
 
 
+def _flat(keywords: list[str]) -> list[str]:
+    """The keywords without a ``|``: in ``lr:hierarchicalSubject`` photo tools read it as a level
+    ("a|=1" as "a" › "=1"), so such a keyword is written to ``dc:subject`` alone."""
+    return [keyword for keyword in keywords if "|" not in keyword]
+
+
+# What XML 1.0 cannot hold (C0 controls but tab and line ends, surrogates, U+FFFE and U+FFFF): a
+# keyword holding one made a sidecar no XML reader, this one included, could read again.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _unique(keywords: Iterable[str]) -> list[str]:
+    """The keywords, stripped of what XML cannot hold and of surrounding space, each once (case aside)."""
     seen: set[str] = set()
     out = []
-    for keyword in (k.strip() for k in keywords):
+    for keyword in (_NOT_XML.sub("", k).strip() for k in keywords):
         if keyword and keyword.casefold() not in seen:
             seen.add(keyword.casefold())
             out.append(keyword)

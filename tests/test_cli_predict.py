@@ -262,6 +262,17 @@ def test_xmp_sidecars_are_written_and_merged(live_server: TagsmithServer, folder
 # --- the sidecar module alone --------------------------------------------------------------------
 
 
+def test_keywords_from_a_hostile_server_keep_the_sidecar_readable_and_flat(tmp_path: Path) -> None:
+    """A keyword holding a control character made a sidecar that no XML reader could read (every
+    later merge failed), and "a|=1" was read by photo tools as the levels "a" › "=1"."""
+    sidecar = tmp_path / "a.jpg.xmp"
+    assert xmp.write_keywords(sidecar, ["ok\x01bad", "a|=1", "\x1b"]) == "created"
+    assert xmp.write_keywords(sidecar, ["again"]) == "merged"  # still XML
+    document = xmp.parse(sidecar.read_bytes())
+    assert xmp.read_keywords(document) == ["okbad", "a|=1", "again"]
+    assert xmp.read_keywords(document, xmp.LR, "hierarchicalSubject") == ["okbad", "again"]
+
+
 def test_an_existing_sidecar_keeps_everything(tmp_path: Path) -> None:
     sidecar = tmp_path / "cat.jpg.xmp"
     sidecar.write_text(DARKTABLE_SIDECAR)
