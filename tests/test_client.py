@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -263,3 +264,33 @@ def test_downloads_write_no_file_but_their_own(tagsmith: Client, client: TestCli
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and not list(Path("/dev").glob(".null.*"))
     with pytest.raises(FileNotFoundError, match="missing/scores.csv"):  # names the file, not a temporary one
         tagsmith.save_scores(tmp_path / "missing" / "scores.csv")
+
+
+def test_a_body_that_trickles_in_ends_the_call_at_its_timeout() -> None:
+    """httpx's timeout bounds each read: a server sending a byte every 0.4 s kept a call with a
+    1 s timeout waiting for as long as it liked."""
+    import socket
+    import threading
+    import time
+
+    from tagsmith_client import Client, TagsmithError
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(100):
+                conn.sendall(b" ")
+                time.sleep(0.4)
+        conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    started = time.monotonic()
+    with Client(f"http://127.0.0.1:{port}", timeout=1.0) as client, pytest.raises(TagsmithError) as ended:
+        client.tags()
+    assert ended.value.code == "timeout" and time.monotonic() - started < 5
+    listener.close()

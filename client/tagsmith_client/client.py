@@ -69,6 +69,7 @@ class Client:
         self._headers = {"X-API-Key": key} if key else {}
         self._own_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._timeout = timeout
 
     def close(self) -> None:
         if self._own_http:
@@ -83,11 +84,23 @@ class Client:
     # --- plumbing -------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer's body within ``timeout`` (the client's, or the call's) of its headers: httpx's
+        own bounds each read, so a body trickling a byte at a time had kept a call waiting for ever."""
+        timeout = kwargs.get("timeout", self._timeout)
+        raw = bytearray()  # the body, decoded
         try:
             headers = {**self._headers, **kwargs.pop("headers", {})}
-            response = self._http.request(method, self.url + path, headers=headers, **kwargs)
+            with self._http.stream(method, self.url + path, headers=headers, **kwargs) as streamed:
+                deadline = time.monotonic() + timeout
+                for chunk in streamed.iter_bytes():  # decoded (gzip, say) as its headers say
+                    raw += chunk
+                    if time.monotonic() > deadline:
+                        raise TagsmithError(0, "timeout", f"tagsmith at {self.url} took more than {timeout:g} s "
+                                            f"to answer {method} {path}.")
         except httpx.TransportError as exc:
             raise TagsmithError(0, "unreachable", f"Cannot reach tagsmith at {self.url}: {exc}") from exc
+        decoded = [(k, v) for k, v in streamed.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")]
+        response = httpx.Response(streamed.status_code, headers=decoded, content=bytes(raw), request=streamed.request)
         if response.is_success:
             return response
         self._raise_for(response)
