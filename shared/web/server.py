@@ -75,6 +75,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.request_begun = False  # a byte of a request has come on this connection
         self.ending = False  # answered before its body came: what still comes is discarded
         self.lingering = False  # the end is written; the connection closes after LINGER_S
+        self.keep_alive_asked = True  # what the request being parsed asked for
         self.close_after_answer = False  # a request behind the one being answered was refused
         self.in_headers, self.header_bytes_seen = True, 0  # what comes is a request line and headers
         self.began_in_read, self.body_in_read = False, 0  # in the read being parsed: a request began, body bytes
@@ -181,8 +182,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._host_of_absolute_target()
         super().on_headers_complete()
         if self.cycle is not None:
-            _say_close_when_answered_early(self.cycle)
-            self.cycle.transport = _LingeringClose(self, self.cycle)  # type: ignore[assignment]  # a Transport by its attributes
+            # Until the body has all come, an answer says ``Connection: close`` (uvicorn writes it
+            # when keep_alive is off) and its connection ends lingering: a keep-alive client not
+            # told so sent its next request on the ending connection and got no answer.
+            self.keep_alive_asked, self.cycle.keep_alive = self.cycle.keep_alive, False
+            self.cycle.transport = _LingeringClose(self, self.cycle)  # type: ignore[assignment]  # a Transport by its methods
 
     def _host_of_absolute_target(self) -> None:
         """A request for ``http://name/path`` is for ``name``, whatever its Host header says (RFC 9112
@@ -204,6 +208,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self.in_headers = True  # what comes next is the next request's line and headers
         super().on_message_complete()
+        if self.cycle is not None and not self.ending:
+            self.cycle.keep_alive = self.keep_alive_asked  # the body has come: as the client asked
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to anything the parser refused, a refusal of ours among them."""
@@ -280,29 +286,13 @@ class _LingeringClose:
 
     def __init__(self, protocol: BoundedHttpProtocol, cycle: Any) -> None:
         self._protocol, self._cycle, self._transport = protocol, cycle, cycle.transport
+        self.write, self.is_closing = self._transport.write, self._transport.is_closing  # what else the cycle uses
 
     def close(self) -> None:
         if not self._transport.is_closing() and (self._protocol.ending or self._cycle.more_body):
             self._protocol._end_lingering()
         else:
             self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:  # write, is_closing, ...: the connection's own
-        return getattr(self._transport, name)
-
-
-def _say_close_when_answered_early(cycle: Any) -> None:
-    """An answer that starts before its request's body has all come says ``Connection: close``:
-    the connection ends with it (``_end_lingering``), and a keep-alive client that was not told so
-    sent its next request on it and got no answer ("server disconnected")."""
-    send = cycle.send
-
-    async def sending(message: Any) -> None:
-        if message["type"] == "http.response.start" and cycle.more_body:
-            cycle.keep_alive = False  # uvicorn then writes the header
-        await send(message)
-
-    cycle.send = sending  # looked up when the app is started, which is after this
 
 
 def bounded_protocol(settings: Settings) -> type[BoundedHttpProtocol]:
