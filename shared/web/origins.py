@@ -100,7 +100,8 @@ class SameOrigin:
         host = headers.get(b"host", b"").decode("latin-1")
         hosts = allowed_hosts(settings)
         refusal = None
-        repeated = [name.decode() for name in ONE_ONLY if sum(n == name for n, _ in scope["headers"]) > 1]
+        named = [name for name, _ in scope["headers"] if name in ONE_ONLY]
+        repeated = [name.decode() for name in ONE_ONLY if named.count(name) > 1]
         if repeated:  # which one would count? (the last one had: a second Origin passed a cross-site write)
             refusal = error_response(400, "bad_request", f"The request has more than one {repeated[0].title()} header.")
         elif "*" not in hosts and hostname(host) not in hosts and scope["path"] not in ANY_HOST_PATHS:
