@@ -108,11 +108,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_response_complete(self) -> None:
-        if self.close_after_answer:  # a request behind this answer was refused
-            self.server_state.total_requests += 1
-            self._end_lingering()  # what was written is sent first; the refused request's bytes are discarded
-            return
-        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+        # A request behind this answer was refused, or its own body has not all come: what was
+        # written is sent first, what still comes is discarded (uvicorn's close has lingered already).
+        if self.close_after_answer or (self.cycle is not None and self.cycle.more_body and not self.transport.is_closing()):
             self.server_state.total_requests += 1
             self._end_lingering()
             return
