@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pkgutil
 import re
@@ -248,6 +249,17 @@ def test_every_function_route_is_routed_to_a_service_that_serves_it() -> None:
 def test_unknown_paths_stay_the_gateways_json_404() -> None:
     for path in ("/no/such/route", "/custom", "/custom/", "/staticfoo", "/predictions"):
         assert nginx_target(path) == "return:404", path
+
+
+def test_the_gateways_own_answers_are_json_as_the_functions_are() -> None:
+    """The bodies nginx answers itself (404, 413, 503, ...) parse as the functions' errors do, and
+    end with a newline as theirs do (``render_json``)."""
+    bodies = re.findall(r"return\s+\d{3}\s+'(.*?)';", (INFRA / "nginx" / "routes.conf").read_text())
+    assert len(bodies) >= 9
+    for body in bodies:
+        assert body.endswith("\\n"), body  # nginx writes the two characters \n as a newline
+        answer = json.loads(body.removesuffix("\\n"))
+        assert answer == {"status": "ok"} or set(answer) == {"error", "message"}, body
 
 
 def test_every_proxied_exact_location_is_served_by_its_service() -> None:

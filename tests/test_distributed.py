@@ -159,6 +159,7 @@ def test_gateway_answers_json_for_its_own_errors(cluster: Cluster) -> None:
     assert requests.get(cluster.base + "/health").json() == {"status": "ok"}
     missing = requests.get(cluster.base + "/no/such/route")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert missing.content.endswith(b"}\n")  # as the functions' answers end (nginx's own too)
     wrong_method = requests.get(cluster.base + "/predict")  # reaches the function, which says 405
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
     huge = requests.post(cluster.base + "/custom/add", files={"data": ("x.jpg", b"\0" * (27 * 1024 * 1024))})
