@@ -424,6 +424,24 @@ def test_a_rollback_racing_the_pruning_of_its_tag_never_points_at_a_removed_arch
     assert client.get("/custom/rollback/cat/1").json()["error"] == "unknown_version"  # pruned, and said so
 
 
+def test_pruning_after_a_publish_never_removes_a_later_version_not_yet_published(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two loads (or trainings) of one tag save v1 and v2; v1 publishes first and prunes. With
+    ``keep_versions`` 0 the pruning removed v2, which then published: the tag pointed at a removed
+    archive (listed as version 2, left out of every prediction, ``/get_state`` 404)."""
+    from shared.domain import catalog
+
+    monkeypatch.setattr(services, "settings", services.settings.model_copy(update={"keep_versions": 0}))
+    first, second = (catalog.save_version(services, record("cat")) for _ in range(2))
+    catalog.publish(services, [first], epochs={})
+    assert catalog.prune_versions(services, "cat") == []
+    catalog.publish(services, [second], epochs={})  # the second load's publish comes now
+    assert client.get("/get_state?tag=cat").status_code == 200
+    assert catalog.prune_versions(services, "cat") == [1]  # older than the current one: pruned
+    assert [v["version"] for v in client.get("/custom/versions/cat").json()["versions"]] == [2]
+
+
 def test_a_load_that_a_newer_version_overtook_says_it_was_not_published(
     client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -201,9 +201,10 @@ def _rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
 
 
 def prune_versions(services: Services, tag: str) -> list[int]:
-    """Remove the tag's version archives beyond the current one and the ``keep_versions`` newest
-    others; returns the versions removed. The newest are kept whether published or not, so a
-    training that has just saved its version never loses it. It runs after a publish, so it never
+    """Remove the tag's version archives older than the current one beyond the ``keep_versions``
+    newest of them; returns the versions removed. A version newer than the current one is never
+    removed: it may be saved and not yet published (another training or load of the tag, which
+    would then point at a removed archive), or current until a rollback. It runs after a publish, so it never
     fails the training or load that called it: while a rollback of the tag holds the versions it
     prunes nothing (the next pruning catches up)."""
     try:
@@ -215,9 +216,11 @@ def prune_versions(services: Services, tag: str) -> list[int]:
 
 def _prune(services: Services, tag: str) -> list[int]:
     current = services.registry.model(tag)
+    if current is None:  # deleted meanwhile: the delete removes its archives
+        return []
     found = [keys.model_version(tag, key) for key in services.store.list(keys.model_prefix(tag))]
-    others = sorted((v for v in found if v is not None and (current is None or v != current.version)), reverse=True)
-    removed = others[services.settings.keep_versions :]
+    older = sorted((v for v in found if v is not None and v < current.version), reverse=True)
+    removed = older[services.settings.keep_versions :]
     for version in removed:
         services.store.delete(keys.model_key(tag, version))
     return removed
