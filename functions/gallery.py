@@ -51,7 +51,7 @@ def list_images(request: Request) -> JSONResponse:
     errors: [400, 404, 503]
     """
     tag = request.query_params.get("tag")
-    tag = validate_tag(tag, services_of(request).settings.max_tag_length) if tag is not None else None
+    tag = validate_tag(tag) if tag is not None else None
     query = search.Query(
         tag=tag,
         match=query_bool(request, "match"),

@@ -49,13 +49,13 @@ async def add(request: Request) -> JSONResponse:
     return JSONResponse(added, status_code=200 if added["duplicate"] else 201)
 
 
-def _assignment_query(request: Request, max_tag_length: int) -> tuple[str, str] | None:
+def _assignment_query(request: Request) -> tuple[str, str] | None:
     tag, sample_type = request.query_params.get("tag"), request.query_params.get("type")
     if tag is None and sample_type is None:
         return None
     if tag is None or sample_type is None:
         raise InvalidInput("missing_parameter", "Give both 'tag' and 'type' to assign the images, or neither.")
-    return validate_tag(tag, max_tag_length), validate_sample_type(sample_type)
+    return validate_tag(tag), validate_sample_type(sample_type)  # a new tag's length: check_new_tags
 
 
 async def add_many(request: Request) -> JSONResponse:
@@ -87,7 +87,7 @@ async def add_many(request: Request) -> JSONResponse:
     """
     services = services_of(request)
     settings = services.settings
-    assignment = _assignment_query(request, settings.max_tag_length)
+    assignment = _assignment_query(request)
     if assignment:  # refused before the body is read; each assignment checks the room again, atomically
         await run_in_threadpool(labels.check_new_tags, services, [assignment[0]])
         await run_in_threadpool(services.registry.check_room_for, [assignment[0]], settings.max_tags)

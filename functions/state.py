@@ -47,9 +47,8 @@ async def get_state(request: Request) -> Response:
     response: {description: 'A tar of `manifest.json` and one safetensors file per model.', content: tar}
     errors: [400, 404, 503]
     """
-    services = services_of(request)
     tag = request.query_params.get("tag")
-    tags = [validate_tag(tag, services.settings.max_tag_length)] if tag is not None else []
+    tags = [validate_tag(tag)] if tag is not None else []
     return shared_bytes_response(
         await _export(request, "state", tags, state.state_archive),
         media_type="application/x-tar",

@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 from functions import state
 from infra.cli import main
 from infra.gateway import create_gateway
+from shared.data.keys import model_key
 from shared.domain import backup, images
 from shared.domain.services import Services, build_services
 from shared.models.backbone import Backbone
@@ -446,3 +447,54 @@ def test_a_backup_over_the_size_limit_is_refused_with_413(redis_server: RedisSer
         answer = restore(small, b"\0" * 200_000)
         assert answer.status_code == 413 and answer.json()["error"] == "too_large", answer.text
         assert snapshot(small) == {"images": [], "tags": [], "labels": {}, "versions": {}}
+
+
+def test_a_version_damaged_in_the_store_is_left_out_and_never_blamed_on_the_request(
+    client: TestClient, services: Services, empty: Server
+) -> None:
+    """One stored archive that no longer reads (a disk error, a bucket restored in part) made every
+    backup stop after its first bytes, the tag's versions a 400 ``invalid_archive`` and a rollback
+    to it a 400, as if the request were at fault."""
+    taught(client, services)  # cat: v1 current, v2 stored
+    services.store.put(model_key("cat", 2), b"damaged")
+    versions = client.get("/custom/versions/cat")
+    assert versions.status_code == 200 and [v["version"] for v in versions.json()["versions"]] == [1]
+    rollback = client.post("/custom/rollback/cat/2")
+    assert rollback.status_code == 500 and rollback.json()["error"] == "damaged_version"
+    assert "tag 'cat'" in rollback.json()["message"]
+    other_services, other = empty
+    assert restore(other, client.get("/backup").content).status_code == 200  # whole, without v2
+    assert [v["version"] for v in other.get("/custom/versions/cat").json()["versions"]] == [1]
+    services.store.put(model_key("cat", 1), b"damaged")  # the current one
+    exported = client.get("/get_state?tag=cat")
+    assert exported.status_code == 500 and exported.json()["error"] == "damaged_version"
+    task = client.post("/custom/train/cat").json()
+    run_queued_jobs(services)
+    status = client.get(f"/status/{task['task_id']}").json()
+    assert status["status"] == "finished" and status["result"]["version"] == 3  # trained anew, not stuck
+    assert client.get("/get_state?tag=cat").status_code == 200
+
+
+def test_lowering_the_tag_length_limit_strands_no_tag_that_exists(
+    client: TestClient, services: Services, backbone: Backbone
+) -> None:
+    """The limit is for tags made from now on: with it lowered, a longer tag that exists was still
+    listed but could not be named in a path (400 ``invalid_tag``: not deleted, versions, assigned)
+    and every backup ended empty, as its stored archive no longer passed the new limit."""
+    long_tag = "a rather long tag name of forty letters!"
+    for i, (kind, data) in enumerate([("positive", d) for d in crops(CAT, 2, seed=1)] +
+                                     [("negative", crops(name, 1, seed=2)[0]) for name in OTHERS[:2]]):
+        add(client, data, f"img-{i}")
+        assert client.get(f"/custom/assign/img-{i}/{kind}/{long_tag}").status_code == 200
+    client.get(f"/custom/train/{long_tag}")
+    run_queued_jobs(services)
+    lowered = build_services(services.settings.model_copy(update={"max_tag_length": 32}), backbone)
+    with TestClient(create_gateway(services=lowered), raise_server_exceptions=False) as after:
+        assert after.get(f"/custom/versions/{long_tag}").json()["current"] == 1
+        assert after.post("/predict/custom", files={"data": ("c.jpg", crops(CAT, 1, seed=9)[0])}).json()["custom"][long_tag]
+        assert after.get(f"/custom/images?tag={long_tag}").status_code == 200
+        assert members(after.get("/backup").content)  # whole: the tag's archive reads
+        assert after.get(f"/get_state?tag={long_tag}").status_code == 200
+        refused = after.get("/custom/assign/img-0/positive/" + "b" * 40)
+        assert refused.status_code == 400 and "32 characters" in refused.json()["message"]  # new tags meet it
+        assert after.delete(f"/custom/delete/{long_tag}").status_code == 200

@@ -134,8 +134,8 @@ def test_the_same_contents_under_other_ids_train_the_same_head(
     assert a["threshold"] == b["threshold"] and a["form"] == b["form"]
     for key in ("roc_auc", "f1", "l2", "log_loss_by_form"):
         assert a["metrics"][key] == b["metrics"][key], key
-    head_a = catalog.load_version(services, services.registry.model("cat").key).head  # type: ignore[union-attr]
-    head_b = catalog.load_version(other, other.registry.model("cat").key).head  # type: ignore[union-attr]
+    head_a = catalog.load_version(services, "cat", services.registry.model("cat").key).head  # type: ignore[union-attr]
+    head_b = catalog.load_version(other, "cat", other.registry.model("cat").key).head  # type: ignore[union-attr]
     assert np.array_equal(head_a.weight, head_b.weight) and head_a.bias == head_b.bias
 
 

@@ -55,7 +55,7 @@ def teach(client: TestClient, services: Services, order: random.Random | None, i
         assert status["status"] == "finished", status.get("error")
         pointer = services.registry.model("style")
         assert pointer is not None
-        versions.append(catalog.load_version(services, pointer.key))
+        versions.append(catalog.load_version(services, pointer.tag, pointer.key))
     return versions
 
 

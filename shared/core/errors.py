@@ -38,3 +38,7 @@ class Unsupported(DomainError):
 
 class Unavailable(DomainError):
     """A backend (Redis, the object store) cannot be reached right now."""
+
+
+class Damaged(DomainError):
+    """Something this server stored cannot be read back (damaged in the store): not the request's fault."""

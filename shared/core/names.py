@@ -46,14 +46,16 @@ _SCRIPT_SETS = (frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}), frozenset({
                 frozenset({"LATIN", "HAN", "HANGUL"}))
 
 
-def validate_tag(tag: str, max_length: int = 64) -> str:
+def validate_tag(tag: str, max_length: int | None = None) -> str:
     """Return the tag in NFC form, or raise InvalidInput saying what is wrong with it: the rules
     every tag name meets, whoever names it (a request, a stored model, an archive or a backup).
-    A new tag's name meets more (``validate_new_tag``)."""
+    ``max_length`` (characters) bounds the tags an archive or backup makes; a tag named in a request
+    or stored is bounded by ``MAX_TAG_BYTES`` only, so lowering the setting never strands a tag that
+    exists. A new tag's name meets more (``validate_new_tag``)."""
     tag = unicodedata.normalize("NFC", tag)
     if not tag:
         raise InvalidInput("invalid_tag", "The tag is empty.")
-    if len(tag) > max_length:
+    if max_length is not None and len(tag) > max_length:
         raise InvalidInput("invalid_tag", f"The tag is longer than {max_length} characters.")
     if (  # control, format, surrogate (a lone one has no UTF-8) and unassigned characters: category C
         tag != tag.strip()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from shared.core.errors import Conflict, InvalidInput, NotFound, Unavailable
+from shared.core.errors import Conflict, Damaged, DomainError, NotFound, Unavailable
 from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer
 from shared.data.store import ObjectNotFound
@@ -39,20 +39,28 @@ def save_version(services: Services, record: ModelRecord) -> ModelPointer:
     return ModelPointer(record.tag, record.version, key, record.threshold, record.trained_at, record.metrics)
 
 
-def load_version(services: Services, key: str) -> ModelRecord:
-    (record,) = unpack(services.store.get(key), services.spec, services.archive_limits, stored=True)
+def load_version(services: Services, tag: str, key: str) -> ModelRecord:
+    """The model a version archive of the tag holds (ObjectNotFound if none; Damaged if the stored
+    bytes cannot be read as one: the store's fault, not the request's)."""
+    try:
+        (record,) = unpack(services.store.get(key), services.spec, services.archive_limits, stored=True)
+    except DomainError as exc:
+        raise Damaged("damaged_version", f"A stored version of tag '{tag}' ({key}) cannot be read: {exc.message} "
+                      "Roll back to another version, or train the tag again.") from None
     return record
 
 
 def _pointer(services: Services, tag: str, version: int) -> ModelPointer:
     """The pointer to an existing version archive, read from the archive (ObjectNotFound if none)."""
     key = keys.model_key(tag, version)
-    record = load_version(services, key)
+    record = load_version(services, tag, key)
     return ModelPointer(tag, version, key, record.threshold, record.trained_at, record.metrics)
 
 
 def stored_versions(services: Services, tag: str) -> list[ModelPointer]:
-    """Every version archive the store holds for the tag since its last delete, oldest first."""
+    """Every readable version archive the store holds for the tag since its last delete, oldest
+    first. One damaged in the store is logged and left out: it would fail every backup and hide
+    every other version."""
     deleted_through = services.registry.deleted_through(tag)
     pointers = []
     for key in services.store.list(keys.model_prefix(tag)):
@@ -62,6 +70,8 @@ def stored_versions(services: Services, tag: str) -> list[ModelPointer]:
                 pointers.append(_pointer(services, tag, version))
             except ObjectNotFound:
                 continue  # deleted while listing
+            except Damaged as exc:
+                log.error("%s It is left out of the versions and backups.", exc.message)
     return sorted(pointers, key=lambda p: p.version)
 
 
@@ -277,11 +287,11 @@ class HeadCache:
             cached = self._records.get(identity)
             if cached is None:
                 try:
-                    cached = load_version(services, pointer.key)
+                    cached = load_version(services, pointer.tag, pointer.key)
                 except ObjectNotFound:
                     continue  # deleted between the pointer read and the load; next generation fixes it
-                except InvalidInput as exc:  # damaged in the store: the other tags still predict
-                    log.error("the current version of tag %r cannot be read (%s); it is left out", pointer.tag, exc)
+                except Damaged as exc:  # the other tags still predict
+                    log.error("%s It is left out of predictions.", exc.message)
                     continue
             records[identity] = cached
         self._records = records

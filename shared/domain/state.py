@@ -77,12 +77,12 @@ def current_pointers(services: Services, tags: list[str]) -> list[ModelPointer]:
 
 def state_archive(services: Services, pointers: list[ModelPointer]) -> bytes:
     """The state archive of these models (``current_pointers``)."""
-    return pack([catalog.load_version(services, p.key) for p in pointers], services.spec)
+    return pack([catalog.load_version(services, p.tag, p.key) for p in pointers], services.spec)
 
 
 def edge_model(services: Services, pointers: list[ModelPointer]) -> bytes:
     """The ONNX file for devices: the backbone with these models' heads (``current_pointers``)."""
     if not pointers:
         raise NotFound("no_models", "There is no trained model to export.")
-    matrix = catalog.stack([catalog.load_version(services, p.key) for p in pointers], services.spec)
+    matrix = catalog.stack([catalog.load_version(services, p.tag, p.key) for p in pointers], services.spec)
     return build_edge_model(export_onnx(services.settings.model_cache_dir), matrix, services.spec)

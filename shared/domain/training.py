@@ -25,13 +25,14 @@ with one BLAS thread (``tests/test_training_determinism.py``).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-from shared.core.errors import InvalidInput
+from shared.core.errors import Damaged, InvalidInput
 from shared.data.registry import EpochMoved, utc_now
 from shared.data.store import ObjectNotFound
 from shared.domain import catalog
@@ -42,6 +43,8 @@ from shared.models.style_prior import style_prior
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
+
+log = logging.getLogger("tagsmith")
 
 # (stage, progress from 0 to 1): how a training reports where it is.
 Report = Callable[[str, float], None]
@@ -199,9 +202,12 @@ def run_training(services: Services, tag: str, epoch: int, report: Report) -> di
     previous: Head | None = None
     if current is not None:
         try:
-            previous = catalog.load_version(services, current.key).head
+            previous = catalog.load_version(services, tag, current.key).head
         except ObjectNotFound:
             current = None  # the archive is gone: train from scratch
+        except Damaged as exc:
+            log.error("%s Training from scratch.", exc.message)
+            current = None
     spec = services.spec
     seed = training_seed([contents[image_id] for image_id in ids], labels.tolist())
     with threadpool_limits(1, user_api="blas"):  # as the worker process is: one BLAS thread, whoever runs it

@@ -422,7 +422,7 @@ def _record(
     if "tag" in entry and not isinstance(entry["tag"], str):
         raise _invalid(f"Model entry {i} has a tag that is not text.")
     try:
-        tag = validate_tag(entry["tag"], max_tag_length)
+        tag = validate_tag(entry["tag"], None if stored else max_tag_length)
         version, threshold = entry["version"], entry["threshold"]
         trained_at, metrics, file = entry.get("trained_at", ""), entry.get("metrics", {}), entry["file"]
     except KeyError as exc:

@@ -11,7 +11,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable, Unsupported
+from shared.core.errors import (
+    Conflict,
+    Damaged,
+    DomainError,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    Unavailable,
+    Unsupported,
+)
 from shared.data.store import ObjectNotFound, StoreUnavailable
 from shared.web.responses import JSONResponse
 
@@ -24,6 +33,7 @@ STATUS: dict[type[DomainError], int] = {
     TooLarge: 413,
     Unsupported: 415,
     Unavailable: 503,
+    Damaged: 500,
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 408: "body_timeout", 413: "too_large"}
 

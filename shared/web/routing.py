@@ -26,16 +26,15 @@ from shared.core.names import (
     validate_task_id,
     validate_version,
 )
-from shared.core.settings import Settings
-from shared.web.state import settings_of
 
-# Path parameter name -> its check, given the settings (the tag's length limit is one).
-PATH_PARAMETERS: dict[str, Callable[[str, Settings], Any]] = {
-    "tag": lambda value, settings: validate_tag(value, settings.max_tag_length),
-    "image_id": lambda value, settings: validate_image_id(value),
-    "type": lambda value, settings: validate_sample_type(value),
-    "version": lambda value, settings: validate_version(value),
-    "task_id": lambda value, settings: validate_task_id(value),
+# Path parameter name -> its check. A tag named in a path may exist under a length limit since
+# lowered; a new one made by name meets the limit where it is made (``labels.check_new_tags``).
+PATH_PARAMETERS: dict[str, Callable[[str], Any]] = {
+    "tag": validate_tag,
+    "image_id": validate_image_id,
+    "type": validate_sample_type,
+    "version": validate_version,
+    "task_id": validate_task_id,
 }
 
 # Numbers in query parameters as people write them: ASCII digits only (Python's int() and float()
@@ -69,9 +68,8 @@ class ApiRoute(Route):
         _require_utf8(scope)
         params = scope.get("path_params", {})
         if any(name in PATH_PARAMETERS for name in params):
-            settings = settings_of(scope)
             scope["path_params"] = {
-                name: PATH_PARAMETERS[name](value, settings) if name in PATH_PARAMETERS else value
+                name: PATH_PARAMETERS[name](value) if name in PATH_PARAMETERS else value
                 for name, value in params.items()
             }
         await super().handle(scope, receive, send)
@@ -102,8 +100,7 @@ def query_int(request: Request, name: str, default: int, lowest: int, highest: i
 def query_tags(request: Request, name: str) -> list[str]:
     """The tags a repeatable query parameter names, each validated, in order, each once (a tag named
     again would only repeat work)."""
-    limit = settings_of(request.scope).max_tag_length
-    return list(dict.fromkeys(validate_tag(tag, limit) for tag in request.query_params.getlist(name)))
+    return list(dict.fromkeys(validate_tag(tag) for tag in request.query_params.getlist(name)))
 
 
 def query_float(request: Request, name: str, lowest: float, highest: float) -> float | None:
