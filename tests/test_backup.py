@@ -23,7 +23,7 @@ from functions import state
 from infra.cli import main
 from infra.gateway import create_gateway
 from shared.data.keys import model_key
-from shared.domain import backup, images
+from shared.domain import backup, images, labels
 from shared.domain.services import Services, build_services
 from shared.models.backbone import Backbone
 from tests.support.api import add, run_queued_jobs, settings_for, teach_cat
@@ -325,6 +325,69 @@ def test_an_upload_still_coming_does_not_hold_off_another_restore(client: TestCl
         late = slow.result()
     assert late.status_code == 409 and late.json()["error"] == "not_empty", late.text
     assert snapshot(other) == snapshot(client)
+
+
+def restore_held_midway(client: TestClient, data: bytes, monkeypatch: pytest.MonkeyPatch,
+                        meanwhile: Callable[[], None]) -> Any:
+    """Restore ``data``, running ``meanwhile`` once the backup is validated and before its first
+    image is added; the restore's answer."""
+    add_image, done = images.add_image, []
+
+    def held(*args: Any) -> Any:
+        if not done:
+            done.append(None)
+            meanwhile()
+        return add_image(*args)
+
+    monkeypatch.setattr(images, "add_image", held)
+    answer = restore(client, data)
+    monkeypatch.undo()
+    return answer
+
+
+def test_writes_while_a_restore_runs_are_refused_and_reads_go_on(client: TestClient, services: Services,
+                                                                 empty: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes sent during a restore were merged into it, and a tag made then lost its archives to
+    the restore's step for that tag (its pointer then named a removed archive)."""
+    taught(client, services)
+    data = client.get("/backup").content
+    other_services, other = empty
+    answers: dict[str, Any] = {}
+
+    def meanwhile() -> None:
+        photo = crops(CAT, 1, seed=20)[0]
+        answers["add"] = other.post("/custom/add?image_id=late", files={"data": ("late.jpg", photo)})
+        answers["load"] = other.post("/set_state", files={"data": ("s.tar", client.get("/get_state").content)})
+        answers["assign"] = other.get("/custom/assign/late/positive/dog")
+        answers["tags"] = other.get("/custom/tags")
+        answers["predict"] = other.post("/predict/custom", files={"data": ("p.jpg", photo)})
+
+    assert restore_held_midway(other, data, monkeypatch, meanwhile).status_code == 200
+    for name in ("add", "load", "assign"):
+        assert answers[name].status_code == 409 and answers[name].json()["error"] == "restore_in_progress", name
+    assert answers["tags"].status_code == 200 and answers["predict"].status_code == 200
+    assert snapshot(other) == snapshot(client)  # nothing merged in
+    assert other.post("/custom/add?image_id=late", files={"data": ("late.jpg", crops(CAT, 1, seed=20)[0])}).status_code == 201
+
+
+def test_a_tag_made_during_a_restore_is_kept_and_the_restore_undone(client: TestClient, services: Services,
+                                                                    empty: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that began before the restore and lands in it (past the refusal above): the restore
+    stops at that tag instead of removing its archives, and removes only what it added."""
+    taught(client, services)
+    data = client.get("/backup").content
+    other_services, other = empty
+    add_image = images.add_image
+
+    def meanwhile() -> None:
+        add_image(other_services, crops(CAT, 1, seed=20)[0], "late", "late.jpg")
+        labels.assign(other_services, "late", "cat", "positive")
+
+    refused = restore_held_midway(other, data, monkeypatch, meanwhile)
+    assert refused.status_code == 409 and refused.json()["error"] == "not_empty", refused.text
+    assert "'cat' was made while" in refused.json()["message"]
+    assert [i["image_id"] for i in other.get("/custom/images").json()["images"]] == ["late"]
+    assert other.get("/custom/tags/cat").json()["positives"] == ["late"]
 
 
 def test_a_restore_that_loses_its_lease_stops_and_removes_nothing(client: TestClient, services: Services,

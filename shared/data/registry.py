@@ -528,6 +528,10 @@ class Registry:
         """Extend the lease ``token`` holds to ``seconds`` from now; False if it is no longer held."""
         return bool(self._renew_lease(keys=[self._k("lease", name)], args=[token, seconds], client=self.redis))
 
+    def lease_held(self, name: str) -> bool:
+        """Whether anyone holds the lease ``name`` now."""
+        return bool(self.redis.exists(self._k("lease", name)))
+
     def release_lease(self, name: str, token: str) -> None:
         """Give the lease back, if ``token`` still holds it."""
         self._release_lease(keys=[self._k("lease", name)], args=[token], client=self.redis)

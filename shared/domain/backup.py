@@ -210,6 +210,11 @@ class _Backup:
     members: dict[str, tarfile.TarInfo]
 
 
+def restore_running(services: Services) -> bool:
+    """Whether a restore holds this server (its lease, held by any process)."""
+    return services.registry.lease_held("restore")
+
+
 def require_empty(services: Services) -> None:
     """Conflict unless the server has no images and no tags: a restore never merges."""
     registry = services.registry
@@ -539,6 +544,11 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
             epochs: dict[str, int] = {}
             for tag in backup.tags:
                 claim.check()
+                if registry.tag_exists(tag.tag) or registry.model(tag.tag) is not None:
+                    # Made since the check (a write that began before the restore did): this step would
+                    # remove its archives, and undoing the restore would delete it.
+                    raise Conflict("not_empty", f"The tag '{tag.tag}' was made while the backup was restored; "
+                                   "what was restored was removed again. Delete the tag, or restore into a new server.")
                 registry.journal_restore("tags", tag.tag)
                 touched.append(tag.tag)
                 epochs[tag.tag] = registry.epoch(tag.tag)

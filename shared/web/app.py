@@ -30,6 +30,7 @@ from shared.web.exports import Exports
 from shared.web.limits import BodyBudget, BodyLimit, body_limit_for_path
 from shared.web.observability import RequestObserver
 from shared.web.origins import SameOrigin
+from shared.web.restoring import RestoreGuard
 from shared.web.state import settings_of
 
 log = logging.getLogger("tagsmith")
@@ -71,6 +72,7 @@ def create_app(
             Middleware(RequestObserver),
             Middleware(SameOrigin, settings=settings_of),
             Middleware(ApiKeys, keys=lambda scope: settings_of(scope).api_key_list),
+            Middleware(RestoreGuard, services=lambda scope: scope["state"]["services"]),
             Middleware(BodyLimit, settings=settings_of, budget=lambda scope: scope["state"]["body_budget"],
                        spool_budget=lambda scope: scope["state"]["spool_budget"]),
         ],

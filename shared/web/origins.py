@@ -31,9 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.core.settings import Settings
 from shared.web.errors import error_response
 from shared.web.openapi import DOCS_STYLE
-from shared.web.routing import WRITING_GETS
+from shared.web.routing import changes_data
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ANY_HOST_PATHS = frozenset({"/health", "/ready"})
 CACHEABLE_PREFIXES = ("/static/", "/docs/")  # the same files for everyone
 _DOCS_STYLE_HASH = base64.b64encode(hashlib.sha256(DOCS_STYLE.encode()).digest()).decode()
@@ -62,10 +61,6 @@ def allowed_hosts(settings: Settings) -> set[str]:
     if settings.host not in ("0.0.0.0", "::", ""):
         names.add(hostname(settings.host))
     return names
-
-
-def changes_data(method: str, path: str) -> bool:
-    return method not in SAFE_METHODS or path.startswith(WRITING_GETS)
 
 
 # Headers the checks below read, each of which a request may send once.

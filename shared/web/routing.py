@@ -45,6 +45,12 @@ DECIMAL_NUMBER = re.compile(r"[-+]?([0-9]{1,18}(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0
 
 # The seed calls these with GET, so a GET to them changes data.
 WRITING_GETS = ("/custom/assign/", "/custom/unassign/", "/custom/train/", "/custom/delete/", "/custom/rollback/")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def changes_data(method: str, path: str) -> bool:
+    """Whether a request may change data: any method but GET, HEAD and OPTIONS, and the seed's GETs above."""
+    return method not in SAFE_METHODS or path.startswith(WRITING_GETS)
 
 
 class ApiRoute(Route):
