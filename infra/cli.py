@@ -32,7 +32,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
 
     if port_taken(settings.host, settings.port):
         raise SystemExit(f"tagsmith: port {settings.port} on {settings.host} is taken by another program; serve on "
-                         "another with --port (or TAGSMITH_PORT).")
+                         "another with --port, and give the command line and the Python client its address in TAGSMITH_URL "
+                         "(or set TAGSMITH_PORT for all of them).")
     with data_folder_lock(settings.data_dir) as lock_fd:
         redis_process = None
         if not settings.redis_url:

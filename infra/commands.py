@@ -18,7 +18,7 @@ from typing import IO, Any, TextIO
 from tqdm import tqdm
 
 from infra import xmp
-from tagsmith_client import DEFAULT_URL, Client, TagsmithError, TaskStatus
+from tagsmith_client import Client, TagsmithError, TaskStatus, default_url
 from tagsmith_client.client import is_stream_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -229,8 +229,10 @@ def cmd_add(client: Client, args: argparse.Namespace) -> int:
         for r in failed:
             print(f"{shown(r['path'])}: {shown(r['message'])} ({shown(r['error'])})", file=sys.stderr)
         where = f" as {sample_type} examples of '{args.tag}'" if args.tag else ""
-        say(f"added {_count(len(results) - len(failed), 'image')}{where}"
-              + (f"; {len(failed)} failed" if failed else ""))
+        stored = [r for r in results if r.get("duplicate")]
+        already = f" ({len(stored)} of them stored already)" if stored else ""
+        say(f"added {_count(len(results) - len(failed), 'image')}{where}{already}"
+            + (f"; {len(failed)} failed" if failed else ""))
     if stopped is not None:
         _stopped(stopped, len(files) - len(results), len(files))
     return 1 if failed or stopped else 0
@@ -641,8 +643,9 @@ def cmd_delete_image(client: Client, args: argparse.Namespace) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register the client subcommands; each gets ``--url``, ``--json`` and ``--quiet``."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("TAGSMITH_URL") or DEFAULT_URL,
-                        help="tagsmith server (default $TAGSMITH_URL or %(default)s)")
+    common.add_argument("--url", default=default_url(),
+                        help="tagsmith server (default $TAGSMITH_URL, else $TAGSMITH_PORT on 127.0.0.1, "
+                        "as serve uses it: %(default)s)")
     common.add_argument("--api-key", default=os.environ.get("TAGSMITH_API_KEY") or None,
                         help="API key, when the server needs one (default $TAGSMITH_API_KEY)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")

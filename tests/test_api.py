@@ -13,14 +13,21 @@ from tests.support.api import add, run_queued_jobs, teach_cat
 from tests.support.photos import CAT, crops
 
 
-def test_add_generates_an_id_and_refuses_reuse(client: TestClient) -> None:
-    photo = crops(CAT, 1, seed=0)[0]
+def test_add_generates_an_id_and_refuses_reuse(client: TestClient, services: Services) -> None:
+    photo, other = crops(CAT, 2, seed=0)
     generated = add(client, photo)
     assert len(generated) == 32
     assert add(client, photo, "my-cat") == "my-cat"
-    again = client.post("/custom/add?image_id=my-cat", files={"data": ("x.jpg", photo)})
+    again = client.post("/custom/add?image_id=my-cat", files={"data": ("x.jpg", other)})
     assert again.status_code == 409
     assert again.json()["error"] == "image_exists"
+    # The same bytes sent again under the same id (a retry after a lost answer, a command run
+    # twice) had got 409 too: they are the image stored, and nothing is stored twice.
+    retried = client.post("/custom/add?image_id=my-cat", files={"data": ("renamed.jpg", photo)})
+    assert retried.status_code == 200, retried.text
+    assert (retried.json()["image_id"], retried.json()["duplicate"]) == ("my-cat", True)
+    assert retried.json()["filename"] == services.registry.image("my-cat")["filename"] != "renamed.jpg"
+    assert services.registry.image_count() == 2
 
 
 def test_assign_is_never_both(client: TestClient, services: Services) -> None:

@@ -50,6 +50,8 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     assert code == 0, err
     assert out.strip() == "added 4 images as positive examples of 'cli cat'"
     assert "4/4" in err  # the progress bar
+    code, out, err = run(capsys, url, "add", str(cats), "--tag", "cli cat", "--positive", "--ids-from-names")
+    assert (code, out.strip()) == (0, "added 4 images as positive examples of 'cli cat' (4 of them stored already)")
     code, out, err = run(capsys, url, "add", str(others), "--tag", "cli cat", "--negative")
     assert code == 1
     assert out.strip() == f"added {len(OTHERS)} images as negative examples of 'cli cat'; 1 failed"
@@ -152,6 +154,18 @@ def test_errors_are_reported_with_a_nonzero_exit(live_server: TagsmithServer, tm
         main(["add", str(tmp_path / "missing"), "--url", live_server.base])
 
 
+def test_the_command_line_talks_to_the_port_serve_was_given_in_the_environment(
+        live_server: TagsmithServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``TAGSMITH_PORT=5002 tagsmith serve`` and then ``tagsmith tags`` in the same shell: the
+    command line went to port 5000, another server's if one ran there, without a word."""
+    monkeypatch.delenv("TAGSMITH_URL", raising=False)
+    monkeypatch.setenv("TAGSMITH_PORT", str(live_server.port))
+    monkeypatch.setenv("TAGSMITH_HOST", "0.0.0.0")  # every address: the client asks the loopback one
+    assert main(["tags", "--json"]) == 0, capsys.readouterr().err
+    monkeypatch.setenv("TAGSMITH_URL", f"http://127.0.0.1:{free_port()}")  # the address given wins
+    assert main(["tags"]) == 1 and "Cannot reach tagsmith at" in capsys.readouterr().err
+
+
 def test_a_refused_key_says_how_the_command_line_sends_one(monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """The server's 401 names the X-API-Key header; a command-line user needs the option instead."""
@@ -184,6 +198,7 @@ def test_serve_says_what_to_do_when_its_port_is_taken(tmp_path: Path) -> None:
                                str(tmp_path / "data")], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
                               timeout=60)
     assert done.returncode == 1 and f"port {port} on 127.0.0.1 is taken" in done.stderr and "--port" in done.stderr
+    assert "TAGSMITH_URL" in done.stderr  # how the command line and clients then find it
     assert "Traceback" not in done.stderr and not (tmp_path / "data").exists()  # nothing started
 
 

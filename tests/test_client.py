@@ -95,9 +95,11 @@ def test_errors_carry_the_servers_status_code_and_message(tagsmith: Client) -> N
         tagsmith.predict_added("nope")
     assert (unknown.value.status, unknown.value.code) == (404, "unknown_image")
     assert unknown.value.message == "No image with id 'nope'."
-    tagsmith.add_image(crops(CAT, 1, seed=0)[0], image_id="taken")
+    first, other = crops(CAT, 2, seed=0)
+    tagsmith.add_image(first, image_id="taken")
+    assert tagsmith.add_image(first, image_id="taken")["duplicate"]  # sent again: the image stored
     with pytest.raises(TagsmithError) as taken:
-        tagsmith.add_image(crops(CAT, 1, seed=0)[0], image_id="taken")
+        tagsmith.add_image(other, image_id="taken")
     assert (taken.value.status, taken.value.code) == (409, "image_exists")
     with pytest.raises(TagsmithError) as wrong:
         tagsmith.assign_image("maybe", "cat", "taken")

@@ -9,7 +9,7 @@
         print(tagsmith.predict("photo.jpg")["custom"])
 """
 
-from tagsmith_client.client import DEFAULT_URL, Client, ImageSource
+from tagsmith_client.client import DEFAULT_URL, Client, ImageSource, default_url
 from tagsmith_client.errors import TagsmithError, TaskFailed
 from tagsmith_client.types import (
     AddedImage,
@@ -23,6 +23,7 @@ from tagsmith_client.types import (
 
 __all__ = [
     "DEFAULT_URL",
+    "default_url",
     "AddedImage",
     "Assignment",
     "BatchResult",

@@ -28,6 +28,20 @@ ImageSource = str | os.PathLike[str] | bytes | IO[bytes]
 """A file path, the file's bytes, or a binary file object."""
 
 
+def default_url() -> str:
+    """The server to talk to unless told: ``$TAGSMITH_URL``; else the one ``tagsmith serve`` run with
+    the same environment serves (``$TAGSMITH_PORT``, and ``$TAGSMITH_HOST`` unless it means every
+    address); else ``DEFAULT_URL``."""
+    if url := os.environ.get("TAGSMITH_URL", "").strip():
+        return url
+    host = os.environ.get("TAGSMITH_HOST", "").strip() or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{os.environ.get('TAGSMITH_PORT', '').strip() or 5000}"
+
+
 def _seg(value: str | int) -> str:
     return quote(str(value), safe="")
 
@@ -49,7 +63,8 @@ def _file(source: ImageSource, default_name: str = "image") -> tuple[str, bytes]
 class Client:
     """Talks to a tagsmith server over HTTP; every refusal raises ``TagsmithError``.
 
-    ``url`` defaults to ``$TAGSMITH_URL`` or http://127.0.0.1:5000, ``api_key`` (sent as
+    ``url`` defaults to ``$TAGSMITH_URL``, else ``$TAGSMITH_PORT`` on 127.0.0.1 (``default_url``), else
+    http://127.0.0.1:5000; ``api_key`` (sent as
     ``X-API-Key``) to ``$TAGSMITH_API_KEY``. Pass ``http`` to use your own ``httpx.Client`` (a proxy,
     TLS settings, or Starlette's ``TestClient`` in tests).
     """
@@ -63,7 +78,7 @@ class Client:
         http: httpx.Client | None = None,
     ) -> None:
         if url is None:
-            url = str(http.base_url) if http is not None else os.environ.get("TAGSMITH_URL") or DEFAULT_URL
+            url = str(http.base_url) if http is not None else default_url()
         self.url = url.rstrip("/")
         key = api_key if api_key is not None else os.environ.get("TAGSMITH_API_KEY", "")
         self._headers = {"X-API-Key": key} if key else {}

@@ -80,9 +80,16 @@ def _add(services: Services, data: bytes, image_id: str | None, filename: str,
             if (found := _duplicate(services, existing)) is not None:
                 return found
             continue
+        if image_id is not None and (found := _same_bytes(services, image_id, content)) is not None:
+            return found  # sent again (a retry, a command run twice): nothing to store
         decoded = decoded or decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, budget)
         new_id = image_id or new_image_id()
-        existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None, sha256=content)
+        try:
+            existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None, sha256=content)
+        except Conflict:
+            if image_id is not None and (found := _same_bytes(services, image_id, content)) is not None:
+                return found  # the same upload, sent twice at once, was stored by the other
+            raise
         if existing is None:
             return {"image_id": new_id, "filename": filename, "format": decoded.format, "width": decoded.width,
                     "height": decoded.height, "duplicate": False}
@@ -90,6 +97,13 @@ def _add(services: Services, data: bytes, image_id: str | None, filename: str,
             return found
     raise Conflict("changed_meanwhile", "The stored image with the same content was deleted while this one was "
                    "added, again and again; add it again.")
+
+
+def _same_bytes(services: Services, image_id: str, content: str) -> dict[str, Any] | None:
+    """What an add of these bytes under ``image_id`` answers when that id holds them already (the
+    stored image, ``duplicate``: true); None otherwise (an id holding other bytes is 409)."""
+    stored = services.registry.image(image_id)
+    return _duplicate(services, image_id) if stored and stored.get("sha256") == content else None
 
 
 def _duplicate(services: Services, image_id: str) -> dict[str, Any] | None:
