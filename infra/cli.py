@@ -39,9 +39,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
         if not settings.redis_url:
             redis_process, url = start_redis(settings.redis_dir, lock_fd)
             settings = settings.model_copy(update={"redis_url": url})
+        if not settings.s3_endpoint:  # the local store: made the owner's alone before the store makes it
+            private_folder(settings.store_dir)
         services = build_services(settings)
         if isinstance(services.store, LocalStore):  # writes a crash cut short left their temp files
-            private_folder(settings.store_dir)
             removed = services.store.remove_stale_temporaries(STALE_TEMPORARY_S)
             if removed:
                 logging.getLogger("tagsmith").info("removed %d temp files of interrupted writes", removed)

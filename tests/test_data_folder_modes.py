@@ -80,3 +80,5 @@ def test_a_folder_of_the_users_own_keeps_its_mode(tmp_path: Path) -> None:
 def test_a_running_serve_keeps_its_folders_to_its_owner(live_server: TagsmithServer) -> None:
     for folder in (live_server.data_dir, live_server.data_dir / "objects", live_server.data_dir / "redis"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    # made so: a first start had said it tightened the store's folder, which it had just made looser
+    assert "objects readable by its owner alone" not in live_server.log.read_text(errors="replace")
