@@ -559,7 +559,7 @@ def cmd_suggest(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
-    for title, key in (("label these next (least certain)", "uncertain"), ("likely positives", "likely_positive")):
+    for title, key in (("label these next (nearest the threshold first)", "uncertain"), ("likely positives", "likely_positive")):
         say(f"{title}:")
         _table(["image", "score"], [[s["image_id"], f"{s['score']:.3f}"] for s in answer[key]],
                empty="no images")
