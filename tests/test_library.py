@@ -203,10 +203,11 @@ def test_file_names_are_kept_and_duplicates_not_stored(client: TestClient, servi
     assert client.get("/custom/images").json()["total"] == 1
     assert client.get(f"/custom/images/{first['image_id']}").json()["filename"] == "kitty.jpg"
 
-    # With an id of its own the bytes are stored again; an id taken is still 409.
+    # With an id of its own the bytes are stored again; an id taken is still 409 (but for its own bytes).
     assert client.post("/custom/add?image_id=mine&filename=given.jpg", files={"data": ("x.jpg", photo)}).status_code == 201
     assert client.get("/custom/images/mine").json()["filename"] == "given.jpg"
-    assert client.post("/custom/add?image_id=mine", files={"data": ("x.jpg", photo)}).status_code == 409
+    assert client.post("/custom/add?image_id=mine", files={"data": ("x.jpg", crops(CAT, 1, seed=7)[0])}).status_code == 409
+    assert client.post("/custom/add?image_id=mine", files={"data": ("x.jpg", photo)}).json()["duplicate"] is True
 
     # A batch assigns a duplicate to the tag instead of storing it again.
     body = client.post("/custom/add_many?tag=cat&type=positive",

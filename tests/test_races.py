@@ -14,7 +14,7 @@ from shared.domain.images import forget_image
 from shared.domain.services import Services
 from shared.models.archive import pack
 from shared.models.backbone import LITE0
-from tests.support.api import add, record
+from tests.support.api import add, record, run_queued_jobs
 from tests.support.photos import CAT, crops
 
 
@@ -557,3 +557,55 @@ def test_two_lookalike_tags_created_at_once_are_not_both_kept(
         time.sleep(0.05)
     assert [(r.status_code, r.json().get("error")) for r in answers] == [(400, "invalid_tag")]
     assert registry.tags() == ["cop"]
+
+
+def test_files_of_adds_and_deletes_that_never_finished_are_removed(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes stored by an add whose commit failed (or whose process died before it), and the files
+    of a delete whose store failed midway, stayed for good: generated ids are never used again,
+    and a deleted photo stayed on disk while a retried delete said 404."""
+    import redis
+
+    from shared.data.keys import embedding_key, image_key
+    from shared.data.store import StoreUnavailable
+    from shared.domain.images import remove_unlinked_files
+
+    registry, store = services.registry, services.store
+    photos = crops(CAT, 4, seed=30)
+
+    def redis_failed(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("Redis went away")
+
+    with monkeypatch.context() as failing:  # an add whose commit fails after its bytes are stored
+        failing.setattr(registry, "commit_image", redis_failed)
+        assert client.post("/custom/add?image_id=uncommitted", files={"data": ("a.jpg", photos[0])}).status_code == 503
+    assert store.exists(image_key("uncommitted")) and not registry.image_exists("uncommitted")
+
+    token = registry.reserve_image("died")  # an add whose process died between its bytes and its commit
+    store.put(image_key("died"), photos[1])
+    registry.release_image("died", token)  # as its reservation lapses
+
+    add(client, photos[2], "deleted")
+    store.put(embedding_key(services.spec.id, "deleted"), b"vector")
+    def store_failed(key: str) -> None:
+        raise StoreUnavailable("the disk went away")
+
+    with monkeypatch.context() as failing:  # a delete whose store fails midway
+        failing.setattr(store, "delete", store_failed)
+        assert client.delete("/custom/images/deleted").status_code == 503
+    assert client.delete("/custom/images/deleted").status_code == 404 and store.exists(image_key("deleted"))
+
+    add(client, photos[3], "busy")  # stored and kept; and an add in progress is left alone
+    in_progress = registry.reserve_image("in-progress")
+    store.put(image_key("in-progress"), photos[0])
+
+    run_queued_jobs(services)  # the library's embedding job, queued by the add above, removes them
+    for image_id in ("uncommitted", "died", "deleted"):
+        assert not store.exists(image_key(image_id)), image_id
+    assert not store.exists(embedding_key(services.spec.id, "deleted"))
+    assert store.exists(image_key("busy")) and store.exists(image_key("in-progress"))
+    assert registry.unlinked(10) == ["in-progress"]
+    registry.commit_image("in-progress", {"sha256": "x"})
+    assert registry.unlinked(10) == [] and remove_unlinked_files(services) == 0
+    registry.release_image("in-progress", in_progress)

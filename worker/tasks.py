@@ -5,15 +5,18 @@ progress and any error in the job's meta for ``/status``."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from rq import get_current_job
 from rq.job import Job
 
 from shared.core.errors import DomainError
-from shared.domain import library
+from shared.domain import images, library
 from shared.domain.services import Services
 from shared.domain.training import TrainingError, run_training
+
+log = logging.getLogger("tagsmith")
 
 
 class TrainingJob(Job):
@@ -58,11 +61,21 @@ def train_tag(services: Services, tag: str, epoch: int) -> dict[str, Any]:
 
 
 def embed_library(services: Services) -> dict[str, Any]:
-    """RQ entry point: embed and score the images waiting for it."""
+    """RQ entry point: embed and score the images waiting for it; then remove the files of adds and
+    deletes that never finished (``images.remove_unlinked_files``)."""
     job = get_current_job()
     if job is not None:
         services.queue.mark_embedding_started(job.id)
-    return library.embed_waiting(services, _report)
+    return {**library.embed_waiting(services, _report), "unlinked_files_removed": remove_unlinked(services)}
+
+
+def remove_unlinked(services: Services) -> int:
+    """``images.remove_unlinked_files``, which never fails the job that runs it (the next one tries again)."""
+    try:
+        return images.remove_unlinked_files(services)
+    except Exception as exc:
+        log.warning("removing the files of unfinished adds and deletes failed: %r", exc)
+        return 0
 
 
 def rescore_library(services: Services, tags: list[str]) -> dict[str, Any]:

@@ -98,16 +98,18 @@ if #moved > 0 then redis.call('INCR', KEYS[3]) end
 return moved
 """
 
-# KEYS: the image's hash, its reservation; ARGV: the reservation's lifetime in seconds.
-# Returns 1 if the image exists, 2 if another add holds the id, else 0: the id is now reserved.
+# KEYS: the image's hash, its reservation, the unlinked set; ARGV: the reservation's lifetime in
+# seconds, its token, the id. Returns 1 if the image exists, 2 if another add holds the id, else 0:
+# the id is now reserved, and unlinked (files may be stored under it) until its commit.
 _RESERVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[1]) then return 2 end
+redis.call('SADD', KEYS[3], ARGV[3])
 return 0
 """
 
 # KEYS: the image's hash, the images index, the reservation, the content's sha key, the library's
-# ids, names, live bitmap and pending set; ARGV: the key prefix, score and id for the index,
+# ids, names, live bitmap and pending set, the unlinked set; ARGV: the key prefix, score and id for the index,
 # whether to return an existing image of the same content instead (1 or 0), the file name, then the
 # hash's field-value pairs. Returns {0, existing id} for a duplicate (nothing stored), else {1, row}.
 _COMMIT = """
@@ -123,6 +125,7 @@ redis.call('ZADD', KEYS[8], row, row)
 redis.call('HSET', KEYS[1], 'row', row, unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('DEL', KEYS[3])
+redis.call('SREM', KEYS[9], ARGV[3])
 if not other or redis.call('EXISTS', ARGV[1] .. ':image:' .. other) == 0 then redis.call('SET', KEYS[4], ARGV[3]) end
 return {1, row}
 """
@@ -157,9 +160,10 @@ return 1
 
 
 # Delete an image (KEYS: its hash, the images index, the tag set, the library's live bitmap and
-# pending set; ARGV: the key prefix, the image id) and remove it from every tag in one step, so no
-# assignment made meanwhile survives it; its row goes dark and its content no longer names it.
-# Returns the tags it was an example of.
+# pending set, its reservation, the unlinked set; ARGV: the key prefix, the image id, the
+# reservation's lifetime and token) and remove it from every tag in one step, so no assignment made
+# meanwhile survives it; its row goes dark, its content no longer names it, its id is reserved and
+# unlinked until its files are gone. Returns the tags it was an example of.
 _DELETE_IMAGE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local row = redis.call('HGET', KEYS[1], 'row')
@@ -178,6 +182,7 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[3])
+redis.call('SADD', KEYS[7], ARGV[2])
 return removed
 """
 
@@ -252,8 +257,8 @@ class Registry:
 
         One atomic round trip: no commit of the same id can slip between the two checks."""
         token = uuid.uuid4().hex
-        taken = self._reserve(keys=[self._k("image", image_id), self._k("reserve", image_id)],
-                              args=[RESERVATION_SECONDS, token], client=self.redis)
+        taken = self._reserve(keys=[self._k("image", image_id), self._k("reserve", image_id), self._k("unlinked")],
+                              args=[RESERVATION_SECONDS, token, image_id], client=self.redis)
         if taken == 1:
             raise Conflict("image_exists", f"An image with id '{image_id}' already exists.")
         if taken == 2:
@@ -270,7 +275,8 @@ class Registry:
             fields += [name, value]
         lib = self.library_keys
         keys = [self._k("image", image_id), self._k("images"), self._k("reserve", image_id),
-                self._k("sha", str(meta.get("sha256", ""))), lib.ids, lib.names, lib.live, lib.pending]
+                self._k("sha", str(meta.get("sha256", ""))), lib.ids, lib.names, lib.live, lib.pending,
+                self._k("unlinked")]
         done, value = self._commit(keys=keys, args=fields, client=self.redis)
         return None if done else _text(value)
 
@@ -305,6 +311,17 @@ class Registry:
         """Give back the id's reservation, if ``token`` (from ``reserve_image`` or ``delete_image``)
         still holds it: one that lapsed meanwhile may be another add's now."""
         self._release_lease(keys=[self._k("reserve", image_id)], args=[token], client=self.redis)
+
+    def unlinked(self, most: int) -> list[str]:
+        """Up to ``most`` ids whose files may be stored without an image to show for them: reserved
+        for an add that has not committed (or never will: its process died), or deleted with their
+        files not yet all removed."""
+        found = self.redis.srandmember(self._k("unlinked"), most)
+        return [_text(x) for x in found] if isinstance(found, list) else []
+
+    def files_removed(self, image_id: str) -> None:
+        """The id's files are gone (or are a committed image's): it is no longer ``unlinked``."""
+        self.redis.srem(self._k("unlinked"), image_id)
 
     def image_exists(self, image_id: str) -> bool:
         return bool(self.redis.exists(self._k("image", image_id)))
@@ -368,7 +385,7 @@ class Registry:
         no such image."""
         removed = self._delete_image(
             keys=[self._k("image", image_id), self._k("images"), self._k("tags"), self.library_keys.live,
-                  self.library_keys.pending, self._k("reserve", image_id)],
+                  self.library_keys.pending, self._k("reserve", image_id), self._k("unlinked")],
             args=[self.prefix, image_id, RESERVATION_SECONDS, token],
             client=self.redis,
         )

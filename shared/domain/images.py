@@ -40,7 +40,7 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
 
     An embedding or thumbnail kept under the id belongs to an earlier image of that id (a delete
     that raced its making, or died before reaching the store): they go first, never reused."""
-    token = services.registry.reserve_image(image_id)
+    token = services.registry.reserve_image(image_id)  # the id is unlinked until the commit
     try:
         services.store.delete(keys.embedding_key(services.spec.id, image_id))
         forget_thumbnails(services, image_id)
@@ -50,10 +50,11 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
                                       "decode_pixels": decoded.cost}
         existing = services.registry.commit_image(image_id, meta, filename, dedupe)
     except BaseException:
-        services.registry.release_image(image_id, token)
+        services.registry.release_image(image_id, token)  # its bytes go with the next remove_unlinked_files
         raise
     if existing is not None:
         services.store.delete(keys.image_key(image_id))
+        services.registry.files_removed(image_id)
     return existing
 
 
@@ -184,12 +185,39 @@ def forget_image(services: Services, image_id: str) -> list[str]:
         raise NotFound("unknown_image", f"No image with id '{image_id}' (deleted meanwhile).")
     services.registry.unjournal("images", image_id)  # an image made again under this id is not a restore's
     try:
-        for key in (keys.image_key(image_id), keys.embedding_key(services.spec.id, image_id)):
-            services.store.delete(key)
-        forget_thumbnails(services, image_id)
-    finally:
+        _remove_files(services, image_id)
+        services.registry.files_removed(image_id)
+    finally:  # a store that failed midway: the files go with the next remove_unlinked_files
         services.registry.release_image(image_id, token)
     return tags
+
+
+def _remove_files(services: Services, image_id: str) -> None:
+    for key in (keys.image_key(image_id), keys.embedding_key(services.spec.id, image_id)):
+        services.store.delete(key)
+    forget_thumbnails(services, image_id)
+
+
+def remove_unlinked_files(services: Services, most: int = 100) -> int:
+    """Remove the files stored under ids with no image to show for them: an add whose process died
+    between storing its bytes and committing them, or that failed at its commit; a delete whose store
+    failed midway. Without this they stayed for good: generated ids are never used again, and a
+    deleted photo stayed on disk. Skips ids an add or delete holds now; returns how many were cleaned."""
+    cleaned = 0
+    for image_id in services.registry.unlinked(most):
+        try:
+            token = services.registry.reserve_image(image_id)
+        except Conflict:
+            if services.registry.image_exists(image_id):  # its files are a stored image's
+                services.registry.files_removed(image_id)
+            continue  # else being added or deleted right now: that request removes them, or a later call
+        try:
+            _remove_files(services, image_id)
+            services.registry.files_removed(image_id)
+            cleaned += 1
+        finally:
+            services.registry.release_image(image_id, token)
+    return cleaned
 
 
 def delete_image(services: Services, image_id: str) -> dict[str, Any]:
