@@ -609,3 +609,26 @@ def test_files_of_adds_and_deletes_that_never_finished_are_removed(
     registry.commit_image("in-progress", {"sha256": "x"})
     assert registry.unlinked(10) == [] and remove_unlinked_files(services) == 0
     registry.release_image("in-progress", in_progress)
+
+
+def test_a_version_stored_by_a_load_that_died_never_comes_back(client: TestClient, services: Services) -> None:
+    """A load killed after storing 'dog' v1 and before publishing it: a user later made an unrelated
+    tag 'dog', whose versions then listed v1 (the dead load's model, with its origin), and a
+    rollback made it current. Such a version is no version of the tag; it is removed once it has
+    waited ``UNSETTLED_AFTER_S``, unless its tag's current version has passed it."""
+    from shared.data.keys import model_key
+    from shared.domain import catalog
+
+    catalog.save_version(services, record("dog"))  # as load_state does; killed before it publishes
+    assert services.store.exists(model_key("dog", 1))
+    add(client, crops(CAT, 1, seed=40)[0], "pup")
+    assert client.get("/custom/assign/pup/positive/dog").status_code == 200  # an unrelated 'dog'
+    assert client.get("/custom/versions/dog").json()["versions"] == []
+    assert client.get("/custom/rollback/dog/1").json()["error"] == "unknown_version"
+    assert catalog.remove_unsettled_versions(services) == 0  # not yet: a load may still be storing
+    assert catalog.remove_unsettled_versions(services, older_than=0) == 1
+    assert not services.store.exists(model_key("dog", 1))
+
+    loaded = client.post("/set_state", files={"data": ("s.tar", pack([record("cat")], LITE0))}).json()
+    assert loaded["loaded"][0]["published"] and catalog.remove_unsettled_versions(services, older_than=0) == 0
+    assert [v["version"] for v in client.get("/custom/versions/cat").json()["versions"]] == [1]

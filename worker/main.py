@@ -28,7 +28,7 @@ from shared.data.jobs import adopt
 from shared.domain.services import Services, build_services
 from shared.domain.training import TrainingError
 from shared.models.backbone import INPUT_SIZE
-from worker.tasks import TrainingJob, remove_unlinked
+from worker.tasks import TrainingJob, tidy
 
 log = logging.getLogger("tagsmith")
 
@@ -123,8 +123,8 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     # first run, which would otherwise be part of the first training's time.
     backbone.embed_pixels(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32))
     services.store.ping()
-    if removed := remove_unlinked(services):  # what a crash left: an add or delete that never finished
-        log.info("removed the files of %d unfinished image adds and deletes", removed)
+    if removed := tidy(services):  # what a crash left: an add, delete, training or load that never finished
+        log.info("removed what %d unfinished image adds, deletes and model versions left", removed)
     worker = TrainingWorker(services, name)
     logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
     blas, wanted = kernels(), expected()

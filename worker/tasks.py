@@ -1,7 +1,7 @@
 """The jobs as RQ runs them (the names queued jobs carry): ``train_tag`` runs
 ``shared.domain.training.run_training``; ``embed_library`` and ``rescore_library`` keep the library
-embedded and scored (``shared.domain.library``). Each gets its worker's services and keeps its
-progress and any error in the job's meta for ``/status``."""
+embedded and scored (``shared.domain.library``); trainings and embedding jobs then ``tidy`` the store.
+Each gets its worker's services and keeps its progress and any error in the job's meta for ``/status``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from shared.core.errors import DomainError
-from shared.domain import images, library
+from shared.domain import catalog, images, library
 from shared.domain.services import Services
 from shared.domain.training import TrainingError, run_training
 
@@ -58,6 +58,8 @@ def train_tag(services: Services, tag: str, epoch: int) -> dict[str, Any]:
     except Exception as exc:
         _report("failed", 0.0, failure_message(exc))
         raise
+    finally:
+        tidy(services)
 
 
 def embed_library(services: Services) -> dict[str, Any]:
@@ -66,15 +68,17 @@ def embed_library(services: Services) -> dict[str, Any]:
     job = get_current_job()
     if job is not None:
         services.queue.mark_embedding_started(job.id)
-    return {**library.embed_waiting(services, _report), "unlinked_files_removed": remove_unlinked(services)}
+    return {**library.embed_waiting(services, _report), "unfinished_removed": tidy(services)}
 
 
-def remove_unlinked(services: Services) -> int:
-    """``images.remove_unlinked_files``, which never fails the job that runs it (the next one tries again)."""
+def tidy(services: Services) -> int:
+    """Remove what adds, deletes, trainings and loads that never finished left in the store
+    (``images.remove_unlinked_files``, ``catalog.remove_unsettled_versions``); returns how many
+    images and versions. Never fails the job that runs it: the next one tries again."""
     try:
-        return images.remove_unlinked_files(services)
+        return images.remove_unlinked_files(services) + catalog.remove_unsettled_versions(services)
     except Exception as exc:
-        log.warning("removing the files of unfinished adds and deletes failed: %r", exc)
+        log.warning("removing what unfinished adds, deletes, trainings and loads left failed: %r", exc)
         return 0
 
 

@@ -44,6 +44,12 @@ def model_version(tag: str, key: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def model_of_key(key: str) -> tuple[str, int] | None:
+    """The tag and version a ``model_key`` names, or None for any other key."""
+    match = re.fullmatch(r"models/([^/]+)/v(\d+)\.tar", key)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
 def pack_key(backbone_id: str, name: str) -> str:
     return f"library/{backbone_id}/packs/{name}.npz"
 

@@ -480,6 +480,27 @@ class Registry:
     def epoch(self, tag: str) -> int:
         return int(self.redis.get(self._k("tag", tag, "epoch")) or 0)
 
+    def journal_version(self, key: str) -> None:
+        """Name a version archive about to be stored, until its publication settles it
+        (``settle_versions``): one that a crash between the two leaves is removed later."""
+        self.redis.zadd(self._k("unsettled"), {key: time.time()})
+
+    def settle_versions(self, keys: list[str]) -> None:
+        if keys:
+            self.redis.zrem(self._k("unsettled"), *keys)
+
+    def unsettled(self, keys: list[str]) -> set[str]:
+        """Those of ``keys`` stored and not yet published (or never: their process died)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zscore(self._k("unsettled"), key)
+            scores = pipe.execute()
+        return {key for key, score in zip(keys, scores, strict=True) if score is not None}
+
+    def unsettled_since(self, seconds: float) -> list[str]:
+        """Version archives journalled more than ``seconds`` ago and never settled, oldest first."""
+        return [_text(k) for k in self.redis.zrangebyscore(self._k("unsettled"), "-inf", time.time() - seconds)]
+
     def next_version(self, tag: str) -> int:
         """A version number never handed out before for this tag, even across deletes."""
         return int(self.redis.incr(self._k("tag", tag, "version")))

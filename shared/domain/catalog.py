@@ -31,10 +31,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("tagsmith")
 
 
+# A version stored and never published (its training or load died between the two) is removed once
+# it has waited this long: a load stores up to 10,000 archives before it publishes them all.
+UNSETTLED_AFTER_S = 3600
+
+
 def save_version(services: Services, record: ModelRecord) -> ModelPointer:
-    """Write the record as the tag's next version archive; nothing points at it yet."""
+    """Write the record as the tag's next version archive; nothing points at it yet, and it is no
+    version of the tag until ``publish`` settles it (``remove_unsettled_versions``)."""
     record = dataclasses.replace(record, version=services.registry.next_version(record.tag))
     key = keys.model_key(record.tag, record.version)
+    services.registry.journal_version(key)
     services.store.put(key, pack([record], services.spec))
     return ModelPointer(record.tag, record.version, key, record.threshold, record.trained_at, record.metrics)
 
@@ -59,13 +66,15 @@ def _pointer(services: Services, tag: str, version: int) -> ModelPointer:
 
 def stored_versions(services: Services, tag: str) -> list[ModelPointer]:
     """Every readable version archive the store holds for the tag since its last delete, oldest
-    first. One damaged in the store is logged and left out: it would fail every backup and hide
-    every other version."""
+    first, but those not yet published. One damaged in the store is logged and left out: it would
+    fail every backup and hide every other version."""
     deleted_through = services.registry.deleted_through(tag)
+    found = list(services.store.list(keys.model_prefix(tag)))
+    unsettled = services.registry.unsettled(found)
     pointers = []
-    for key in services.store.list(keys.model_prefix(tag)):
+    for key in found:
         version = keys.model_version(tag, key)
-        if version is not None and version > deleted_through:
+        if version is not None and version > deleted_through and key not in unsettled:
             try:
                 pointers.append(_pointer(services, tag, version))
             except ObjectNotFound:
@@ -158,9 +167,27 @@ def publish(services: Services, pointers: list[ModelPointer], epochs: dict[str, 
     """Make the versions current (``Registry.publish``) and queue a rescore of the library for the
     tags that moved; returns those tags."""
     moved = services.registry.publish(pointers, epochs=epochs, rollback=rollback, max_tags=max_tags)
+    services.registry.settle_versions([p.key for p in pointers])  # versions of their tags now, current or not
     if moved:
         services.queue.submit_rescore(moved)
     return moved
+
+
+def remove_unsettled_versions(services: Services, older_than: float = UNSETTLED_AFTER_S) -> int:
+    """Remove the version archives stored more than ``older_than`` seconds ago and never published
+    (their training or load died in between); returns how many. They had come back as versions of
+    the tag, even of an unrelated tag made later under the same name, which a rollback then made
+    current. One at or below its tag's current version is kept (its publication may have happened
+    and not been heard of)."""
+    removed = 0
+    for key in services.registry.unsettled_since(older_than):
+        named = keys.model_of_key(key)
+        current = services.registry.model(named[0]) if named else None
+        if named and (current is None or named[1] > current.version):
+            services.store.delete(key)
+            removed += 1
+        services.registry.settle_versions([key])
+    return removed
 
 
 # A rollback and a pruning of the same tag take turns (a lease in Redis, for every process): a
@@ -194,7 +221,9 @@ def rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
 def _rollback(services: Services, tag: str, version: int) -> dict[str, Any]:
     epoch = services.registry.epoch(tag)
     pointer = None
-    if version > services.registry.deleted_through(tag):  # earlier ones belonged to the tag before its delete
+    key = keys.model_key(tag, version)
+    # Earlier ones belonged to the tag before its delete; one not yet published is no version yet.
+    if version > services.registry.deleted_through(tag) and not services.registry.unsettled([key]):
         try:
             pointer = _pointer(services, tag, version)
         except ObjectNotFound:
