@@ -249,6 +249,37 @@ def test_bodies_held_at_once_stay_within_their_budget(server: TagsmithServer, pa
     assert status_and_code(answer_of(sock)[0]) == (400, refusal)  # a bad upload, not busy
 
 
+def test_a_body_dripping_in_keeps_no_room_that_others_need(server: TagsmithServer) -> None:
+    """Two bodies declaring 256 MiB and sent at 16 KiB/s (fast enough for their deadlines) had held
+    the whole budget for hours: every upload and prediction got 503 "busy". A body slower than
+    ``KEPT_RATE`` now gives up the room its unsent bytes took to one that needs it."""
+    part = b'--b\r\nContent-Disposition: form-data; name="data"; filename="s"\r\n\r\n'
+    def head(length: int) -> bytes:
+        return (f"POST /set_state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: multipart/"
+                f"form-data; boundary=b\r\nContent-Length: {length}\r\n\r\n").encode()
+
+    body = part + b"z" * 2_500_000 + b"\r\n--b--\r\n"
+    drip, stop = connect(server), threading.Event()
+    drip.sendall(head(2_900_000) + part)  # nearly all of the budget (3 MB here)
+
+    def dripping() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.25):
+                drip.sendall(b"x" * 8192)  # 32 KiB/s: above the minimum rate, far below KEPT_RATE
+
+    thread = threading.Thread(target=dripping)
+    thread.start()
+    try:
+        time.sleep(3.5)  # past the first seconds, in which any body may be slow
+        with connect(server) as sock:
+            sock.sendall(head(len(body)) + body)
+            assert status_and_code(answer_of(sock)[0]) == (400, "invalid_archive")  # judged, not "busy"
+    finally:
+        stop.set()
+        thread.join()
+        drip.close()
+
+
 def test_a_body_that_could_never_be_taken_is_too_large_not_busy(server: TagsmithServer) -> None:
     """A body larger than the whole budget (3 MB here), or sent chunked past its limit, had got 503
     "busy, try again shortly" on an idle server, again and again; a backup just under

@@ -21,29 +21,82 @@ def paced_deadline(deadline: float, size: int, rate: float, now: float, timeout:
     return min(deadline + size / rate, now + timeout)
 
 
+# A body keeps the room its Content-Length took while it comes at least this fast (after the first
+# seconds); a slower one keeps only what it has sent once another request needs the room.
+KEPT_RATE = 1024 * 1024  # bytes/s
+KEPT_GRACE_S = 2.0
+
+
+class BodyHold:
+    """One request body's share of a ``BodyBudget``: the bytes it has received, and the room its
+    declared length took (``reserved``: counted whether or not they have come)."""
+
+    def __init__(self, reserved: int, now: float) -> None:
+        self.reserved, self.received, self.started = reserved, 0, now
+
+    @property
+    def held(self) -> int:
+        return max(self.received, self.reserved)
+
+    def behind(self, now: float) -> int:
+        """The room it took and may lose: its bytes not yet come, if it comes slower than ``KEPT_RATE``."""
+        late = self.received < (now - self.started - KEPT_GRACE_S) * KEPT_RATE
+        return self.reserved - self.received if late and self.reserved > self.received else 0
+
+
 class BodyBudget:
     """Request-body bytes held at once by all requests of a process: a request whose body would
-    pass it gets 503 ``busy``. A declared Content-Length is taken whole when the endpoint starts
-    reading, other bodies as they arrive; all is given back when the request ends. One for the
-    bodies held in memory (twenty slow 63 MB uploads had held 1.3 GB), one for those written to
-    temporary files (``SPOOLED_PATHS``: concurrent restores had each spooled up
-    to a whole ``max_backup_bytes`` to disk)."""
+    pass it gets 503 ``busy``. One for the bodies held in memory (twenty slow 63 MB uploads had
+    held 1.3 GB), one for those written to temporary files (``SPOOLED_PATHS``: concurrent restores
+    had each spooled up to a whole ``max_backup_bytes`` to disk).
+
+    A declared Content-Length takes its room whole when the endpoint starts reading: taken a piece
+    at a time, concurrent bodies that together passed the budget had all been refused halfway. A
+    body slower than ``KEPT_RATE`` gives up the room its bytes not yet sent took when a newcomer
+    needs it (it goes on, taking room as its bytes come): two bodies declaring 256 MiB and sent at
+    16 KiB/s had held the whole budget for hours, every upload and prediction answered "busy"."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.in_use = 0
+        self._holds: set[BodyHold] = set()
         self._lock = threading.Lock()
 
-    def take(self, size: int) -> bool:
+    @property
+    def in_use(self) -> int:
         with self._lock:
-            if self.in_use + size > self.capacity:
+            return self._in_use()
+
+    def _in_use(self) -> int:
+        return sum(hold.held for hold in self._holds)
+
+    def hold(self, declared: int, now: float) -> BodyHold | None:
+        """Room for a body of ``declared`` bytes (0: not declared), or None if there is none."""
+        with self._lock:
+            free = self.capacity - self._in_use()
+            if declared > free:
+                late = sorted(((h.behind(now), h) for h in self._holds if h.behind(now)), key=lambda x: -x[0])
+                if declared > free + sum(room for room, _ in late):
+                    return None
+                for room, slow in late:  # the slowest first
+                    if declared <= free:
+                        break
+                    slow.reserved, free = slow.received, free + room
+            hold = BodyHold(declared, now)
+            self._holds.add(hold)
+            return hold
+
+    def take(self, hold: BodyHold, size: int) -> bool:
+        """Count ``size`` more bytes of the body: within its room, or in room still free."""
+        with self._lock:
+            beyond = max(0, hold.received + size - hold.held)
+            if beyond and self._in_use() + beyond > self.capacity:
                 return False
-            self.in_use += size
+            hold.received += size
             return True
 
-    def give_back(self, size: int) -> None:
+    def release(self, hold: BodyHold) -> None:
         with self._lock:
-            self.in_use -= size
+            self._holds.discard(hold)
 
 
 class BodyLimit:
@@ -76,22 +129,22 @@ class BodyLimit:
         if declared is not None and declared > limit:
             await error_response(413, "too_large", f"The request body is larger than {limit} bytes.")(scope, receive, send)
             return
-        received, reserved, complete, timeout = 0, 0, False, settings.body_read_timeout_s
+        received, complete, timeout = 0, False, settings.body_read_timeout_s
         deadline: float | None = None  # the clock starts when the endpoint first reads the body
+        hold: BodyHold | None = None
         busy = ("The server is receiving as many backups as it may hold on disk at once" if spooled
                 else "The server holds too many uploads at once") + "; try again shortly."
 
         async def limited_receive() -> Message:
-            nonlocal received, reserved, complete, deadline
+            nonlocal received, complete, deadline, hold
             if complete:  # after the body only a disconnect can come: no deadline
                 return await receive()
             if deadline is None:  # (work before it, such as a restore's clean-up, is not the client's delay)
-                deadline = time.monotonic() + timeout
-                # A declared length is taken whole, at once: taken a piece at a time, concurrent
-                # bodies that together pass the budget had all been refused halfway.
-                if declared and not budget.take(declared):
+                now = time.monotonic()
+                deadline = now + timeout
+                hold = budget.hold(declared or 0, now)  # a declared length takes its room whole
+                if hold is None:
                     raise HttpError(503, "busy", busy)
-                reserved = declared or 0
             allowed = deadline - time.monotonic()  # at most ``timeout``: no piece buys more
             too_slow = HttpError(408, "body_timeout", f"The request body stalled for {timeout:g} s or came slower "
                                  f"than {settings.body_min_rate} bytes/s.")
@@ -106,8 +159,8 @@ class BodyLimit:
             size = len(message.get("body", b""))
             if received + size > limit:  # before the budget: a body past the limit is too large, not "busy"
                 raise HttpError(413, "too_large", f"The request body is larger than {limit} bytes.")
-            beyond = max(0, received + size - max(received, reserved))  # past a declared length, if any
-            if beyond and not budget.take(beyond):
+            assert hold is not None
+            if not budget.take(hold, size):
                 raise HttpError(503, "busy", busy)
             received += size
             deadline = paced_deadline(deadline, size, settings.body_min_rate, time.monotonic(), timeout)
@@ -116,7 +169,8 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, send)
         finally:
-            budget.give_back(max(received, reserved))
+            if hold is not None:
+                budget.release(hold)
 
 
 # Bodies their endpoint writes to a temporary file as they arrive (a backup to restore): counted
