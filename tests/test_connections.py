@@ -329,6 +329,30 @@ def ask_without_reading(server: TagsmithServer, path: str) -> socket.socket:
     return sock
 
 
+def test_an_answer_read_steadily_above_the_minimum_rate_comes_whole(answering: tuple[TagsmithServer, bytes]) -> None:
+    """A client reading at 24-40 KiB/s (the minimum is 16) had its downloads cut: the answer's
+    progress was judged by what left the server's own buffer, which the kernel's send buffer takes
+    in jumps of a megabyte or more, so a steady reader seemed stalled for longer than the deadline.
+    Here the deadline is 2 s and the reader keeps 600 KiB/s."""
+    server, original = answering
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"GET /custom/images/unread/original HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    rate, got, started = 600 * 1024, bytearray(), time.monotonic()
+    while True:
+        wanted = int(rate * (time.monotonic() - started)) - len(got)
+        if wanted > 0:
+            try:
+                chunk = sock.recv(min(wanted, 65536))
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        time.sleep(0.02)
+    sock.close()
+    assert got.endswith(original), f"{len(got)} of {len(original)} bytes came"
+
+
 def test_an_answer_nobody_reads_is_dropped_after_its_deadline(answering: tuple[TagsmithServer, bytes]) -> None:
     """uvicorn kept an unread answer for as long as the connection lasted: 100 connections asking for
     a 25 MB original and reading nothing held 2.4 GB. Unread past the 2 s setting, it is dropped."""

@@ -28,7 +28,10 @@ settings:
   the connection lasts (a hundred connections asking for a 25 MB original and reading nothing
   held 2.4 GB, the connection limit's worth would have held 25 GB). Once it piles up (past the
   transport's high-water mark) it must drain at ``send_min_rate``, each byte read buying its
-  time at that rate but at most ``send_timeout_s`` ahead, else the connection is dropped; and all
+  time at that rate but at most ``send_timeout_s`` ahead, else the connection is dropped (what
+  drains is counted out of the server's buffer and the kernel's send queue together: the kernel
+  takes from the buffer in jumps of a megabyte or more, and a client reading steadily at twice the
+  minimum rate had seemed stalled and lost its download); and all
   connections together may hold at most ``max_unsent_bytes`` (one alone may hold more), beyond
   which the answer that would pass it is dropped (logged). Dropping frees what the server holds;
   the client still gets what its socket had taken, a cut-off answer.
@@ -40,7 +43,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
+import termios
 from typing import Any
 
 import httptools
@@ -59,6 +65,7 @@ class _Refused(Exception):
 
 
 LINGER_S = 2.0
+_OUTQ = getattr(termios, "TIOCOUTQ", None)  # on a TCP socket, Linux's SIOCOUTQ: bytes the peer has not acknowledged
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
@@ -71,6 +78,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        self.socket_fd: int | None = sock.fileno() if sock is not None and _OUTQ is not None else None
         self.refusal: tuple[int, str, str] | None = None
         self.request_begun = False  # a byte of a request has come on this connection
         self.ending = False  # answered before its body came: what still comes is discarded
@@ -136,7 +145,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             log.warning("answers held unread past max_unsent_bytes (%d bytes): dropping a connection holding %d", unsent, held)
             self.transport.abort()
             return
-        self.unsent = held
+        self.unsent = self._unread()
         self.send_deadline = self.loop.time() + self.send_timeout_s
         self._stop_send_clock()
         self.send_clock = self.loop.call_later(1.0, self._check_sending)
@@ -148,7 +157,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def _check_sending(self) -> None:
         """Every second while writing is paused: what the client read since buys its time at
         ``send_min_rate``, at most ``send_timeout_s`` ahead; past the deadline the connection goes."""
-        now, unsent = self.loop.time(), self.transport.get_write_buffer_size()
+        now, unsent = self.loop.time(), self._unread()
         read = max(self.unsent - unsent, 0)
         self.send_deadline = paced_deadline(self.send_deadline, read, self.send_min_rate, now, self.send_timeout_s)
         self.unsent = unsent
@@ -157,6 +166,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.transport.abort()
             return
         self.send_clock = self.loop.call_later(1.0, self._check_sending)
+
+    def _unread(self) -> int:
+        """Bytes of the answer the client has not read: in the transport's buffer, and in the
+        kernel's send queue where the system says (Linux)."""
+        unread = self.transport.get_write_buffer_size()
+        if self.socket_fd is not None:
+            try:
+                unread += struct.unpack("i", fcntl.ioctl(self.socket_fd, _OUTQ, b"\0\0\0\0"))[0]  # type: ignore[arg-type]
+            except OSError:  # not a TCP socket, or closed meanwhile
+                self.socket_fd = None
+        return unread
 
     def _stop_send_clock(self) -> None:
         if self.send_clock is not None:
