@@ -15,7 +15,7 @@ from shared.data.registry import ModelPointer
 from shared.domain import backup, state
 from shared.domain.services import Services
 from shared.web.app import create_app
-from shared.web.responses import JSONResponse, shared_bytes_response
+from shared.web.responses import JSONResponse, SharedBytesResponse
 from shared.web.routing import ApiRoute, query_tags
 from shared.web.state import exports_of, services_of
 from shared.web.uploads import read_upload, read_upload_to_file
@@ -49,11 +49,7 @@ async def get_state(request: Request) -> Response:
     """
     tag = request.query_params.get("tag")
     tags = [validate_tag(tag)] if tag is not None else []
-    return shared_bytes_response(
-        await _export(request, "state", tags, state.state_archive),
-        media_type="application/x-tar",
-        headers={"Content-Disposition": 'attachment; filename="tagsmith-state.tar"'},
-    )
+    return await _export(request, "state", tags, state.state_archive, "application/x-tar", "tagsmith-state.tar")
 
 
 async def get_edge_model(request: Request) -> Response:
@@ -67,21 +63,20 @@ async def get_edge_model(request: Request) -> Response:
     response: {description: 'An ONNX model.', content: onnx}
     errors: [400, 404, 503]
     """
-    return shared_bytes_response(
-        await _export(request, "edge", query_tags(request, "tag"), state.edge_model),
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": 'attachment; filename="tagsmith-edge.onnx"'},
-    )
+    return await _export(request, "edge", query_tags(request, "tag"), state.edge_model, "application/octet-stream",
+                         "tagsmith-edge.onnx")
 
 
 async def _export(request: Request, kind: str, tags: list[str],
-                  build: Callable[[Services, list[ModelPointer]], bytes]) -> bytes:
+                  build: Callable[[Services, list[ModelPointer]], bytes], media_type: str, filename: str) -> Response:
     """The ``kind`` export of the current models of ``tags`` (every tag when none), built one at a
-    time and kept while they are current (``shared.web.exports``)."""
-    services = services_of(request)
+    time, kept while they are current and lent to this answer while it is sent (``shared.web.exports``)."""
+    services, exports = services_of(request), exports_of(request)
     pointers = await run_in_threadpool(state.current_pointers, services, tags)
     models = tuple(pointer.to_json() for pointer in pointers)
-    return await exports_of(request).get(kind, models, partial(build, services, pointers))
+    export = await exports.lend(kind, models, partial(build, services, pointers))
+    return SharedBytesResponse(export, media_type, {"Content-Disposition": f'attachment; filename="{filename}"'},
+                               done=partial(exports.give_back, export))
 
 
 def get_backup(request: Request) -> Response:

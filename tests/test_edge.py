@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from shared.domain import state
 from shared.domain.services import Services
-from shared.models.backbone import preprocess
+from shared.models.backbone import Backbone, preprocess
 from shared.models.decoding import decode_image
 from shared.models.edge import edge_manifest
 from tests.support.api import run_queued_jobs, teach_cat
@@ -79,3 +79,44 @@ def test_concurrent_exports_share_one_build_and_follow_the_models(client: TestCl
     assert client.get("/custom/rollback/cat/1").status_code == 200
     assert [t["version"] for t in edge_manifest(client.get("/export/onnx").content)["tags"]] == [1]
     assert len(builds) == 4
+
+
+def test_exports_being_sent_stay_within_their_bound() -> None:
+    """Each slow download keeps its export until it ends: 160 connections asking for exports of
+    distinct tag lists (18 MB each) and reading slowly had held 2 GB. Distinct exports lent out at
+    once stay within the bound on answers held unsent (one alone may pass it); one lent to many
+    requests counts once."""
+    import asyncio
+
+    from shared.core.errors import Unavailable
+    from shared.web.exports import Exports
+
+    async def scenario() -> None:
+        exports = Exports(max_lent_bytes=25)
+        first = await exports.lend("edge", ("cat",), lambda: b"a" * 20)
+        assert await exports.lend("edge", ("cat",), lambda: b"never built") is first  # kept, counted once
+        with pytest.raises(Unavailable):
+            await exports.lend("edge", ("dog",), lambda: b"b" * 20)
+        exports.give_back(first)
+        with pytest.raises(Unavailable):  # still sent to one request
+            await exports.lend("edge", ("dog",), lambda: b"b" * 20)
+        exports.give_back(first)
+        assert await exports.lend("edge", ("bird",), lambda: b"c" * 40) == b"c" * 40  # alone, it may pass the bound
+
+    asyncio.run(scenario())
+
+
+def test_an_export_is_given_back_when_its_answer_ends(services: Services, backbone: Backbone) -> None:
+    """With room for one export at a time, exports of other models one after another all come: each
+    answer gives its export back as it ends."""
+    from infra.gateway import create_gateway
+    from shared.domain.services import build_services
+    from shared.models.archive import pack
+    from shared.models.backbone import LITE0
+    from tests.support.api import record
+
+    narrow = build_services(services.settings.model_copy(update={"max_unsent_bytes": 1}), backbone)
+    with TestClient(create_gateway(services=narrow), raise_server_exceptions=False) as client:
+        assert client.post("/set_state", files={"data": ("s.tar", pack([record("cat"), record("dog")], LITE0))}).status_code == 200
+        for query in ("?tag=cat", "?tag=dog", "", "?tag=cat"):
+            assert client.get("/get_state" + query).status_code == 200, query

@@ -53,7 +53,7 @@ def create_app(
         own = services or build_services(settings or Settings())
         state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight),
                                  "spool_budget": BodyBudget(body_limit_for_path(own.settings, "/restore")),  # one backup's worth
-                                 "exports": Exports()}
+                                 "exports": Exports(own.settings.max_unsent_bytes)}
         if backbone:
             loaded = await run_in_threadpool(lambda: own.backbone)
             log.info("backbone ready: %s, %s", loaded.runtime, loaded.precision)

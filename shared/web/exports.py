@@ -4,7 +4,11 @@ process builds one at a time, in one thread of the shared pool, while other requ
 their turn on the event loop; requests for the same models share one build, and the last export
 of each kind is kept while those models are current. (Forty concurrent `GET /export/onnx` had
 built forty copies at once: 750 MB more memory, and `GET /custom/tags` waited 4 s for a thread;
-forty `GET /get_state` of 5,000 tags took 133 s and held 2.4 GB.)"""
+forty `GET /get_state` of 5,000 tags took 133 s and held 2.4 GB.)
+
+An export being sent is held until its last request ends, so the distinct exports lent out at once
+stay within ``max_lent_bytes`` (the bound on answers held unsent; one alone may pass it): 160 slow
+downloads of exports of distinct tag lists had held 2 GB, with one kept export per kind.)"""
 
 from __future__ import annotations
 
@@ -18,11 +22,33 @@ from shared.models.decoding import BUDGET_WAIT_S
 
 
 class Exports:
-    def __init__(self) -> None:
+    def __init__(self, max_lent_bytes: int) -> None:
         self._turn = asyncio.Lock()
         self._kept: dict[str, tuple[Hashable, bytes]] = {}  # kind -> the models' identity, the export
+        self.max_lent_bytes = max_lent_bytes
+        self._lent: dict[int, tuple[bytes, int]] = {}  # id of an export being sent -> it, its requests
 
-    async def get(self, kind: str, models: Hashable, build: Callable[[], bytes]) -> bytes:
+    async def lend(self, kind: str, models: Hashable, build: Callable[[], bytes]) -> bytes:
+        """The ``kind`` export of ``models`` for one request to send, which gives it back when it
+        ends (``give_back``); 503 busy if the exports lent out would pass ``max_lent_bytes``."""
+        export = await self._get(kind, models, build)
+        _, requests = self._lent.get(id(export), (export, 0))
+        if not requests:
+            lent = sum(len(data) for data, _ in self._lent.values())
+            if lent and lent + len(export) > self.max_lent_bytes:
+                raise Unavailable("busy", "The server is sending as many exports as it may hold at once; try "
+                                  "again shortly.")
+        self._lent[id(export)] = (export, requests + 1)
+        return export
+
+    def give_back(self, export: bytes) -> None:
+        _, requests = self._lent[id(export)]
+        if requests > 1:
+            self._lent[id(export)] = (export, requests - 1)
+        else:
+            del self._lent[id(export)]
+
+    async def _get(self, kind: str, models: Hashable, build: Callable[[], bytes]) -> bytes:
         """The ``kind`` export of ``models`` (what identifies them: every pointer's JSON),
         built by ``build`` in a thread unless kept; over ``BUDGET_WAIT_S`` waiting, 503 busy."""
         kept = self._kept.get(kind)
