@@ -8,16 +8,17 @@ from functools import partial
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
+from shared.core.errors import Unavailable
 from shared.core.names import validate_tag
 from shared.data.registry import ModelPointer
 from shared.domain import backup, state
 from shared.domain.services import Services
 from shared.web.app import create_app
-from shared.web.responses import JSONResponse, SharedBytesResponse
+from shared.web.responses import EndingResponse, JSONResponse, shared_bytes_response
 from shared.web.routing import ApiRoute, query_tags
-from shared.web.state import exports_of, services_of
+from shared.web.state import backups_of, exports_of, services_of
 from shared.web.uploads import read_upload, read_upload_to_file
 
 
@@ -75,8 +76,8 @@ async def _export(request: Request, kind: str, tags: list[str],
     pointers = await run_in_threadpool(state.current_pointers, services, tags)
     models = tuple(pointer.to_json() for pointer in pointers)
     export = await exports.lend(kind, models, partial(build, services, pointers))
-    return SharedBytesResponse(export, media_type, {"Content-Disposition": f'attachment; filename="{filename}"'},
-                               done=partial(exports.give_back, export))
+    return shared_bytes_response(export, media_type, {"Content-Disposition": f'attachment; filename="{filename}"'},
+                                 done=partial(exports.give_back, export))
 
 
 def get_backup(request: Request) -> Response:
@@ -91,10 +92,17 @@ def get_backup(request: Request) -> Response:
     response: {description: 'A tar of the images, the model versions and `manifest.json`.', content: tar}
     errors: [503]
     """
-    services = services_of(request)
-    plan = backup.plan_backup(services)  # Redis is read here: a backend down is a 503, not a cut stream
-    return StreamingResponse(
+    services, backups = services_of(request), backups_of(request)
+    if not backups.acquire(blocking=False):
+        raise Unavailable("busy", "The server is sending as many backups as it may at once; try again shortly.")
+    try:
+        plan = backup.plan_backup(services)  # Redis is read here: a backend down is a 503, not a cut stream
+    except BaseException:
+        backups.release()
+        raise
+    return EndingResponse(
         iterate_in_threadpool(backup.stream_backup(services, plan)),
+        backups.release,
         media_type="application/x-tar",
         headers={"Content-Disposition": 'attachment; filename="tagsmith-backup.tar"'},
     )

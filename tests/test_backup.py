@@ -561,3 +561,30 @@ def test_lowering_the_tag_length_limit_strands_no_tag_that_exists(
         refused = after.get("/custom/assign/img-0/positive/" + "b" * 40)
         assert refused.status_code == 400 and "32 characters" in refused.json()["message"]  # new tags meet it
         assert after.delete(f"/custom/delete/{long_tag}").status_code == 200
+
+
+def test_backups_streamed_at_once_are_bounded(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each backup holds its plan (about 1 KB an image) for as long as its client reads: a hundred
+    slow ones at 100,000 images would have held 10 GB. Beyond ``BACKUPS_AT_ONCE`` a backup gets 503
+    ``busy``; each gives its place back when it ends."""
+    from shared.web import app as app_module
+
+    monkeypatch.setattr(app_module, "BACKUPS_AT_ONCE", 1)
+    started, go_on = threading.Event(), threading.Event()
+    stream_backup = backup.stream_backup
+
+    def held(*args: Any) -> Iterator[bytes]:
+        started.set()
+        assert go_on.wait(60)
+        yield from stream_backup(*args)
+
+    monkeypatch.setattr(backup, "stream_backup", held)
+    with TestClient(create_gateway(services=services), raise_server_exceptions=False) as client, \
+            ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.get, "/backup")
+        assert started.wait(60)
+        second = client.get("/backup")
+        assert second.status_code == 503 and second.json()["error"] == "busy"
+        go_on.set()
+        assert first.result().status_code == 200 and members(first.result().content)
+        assert client.get("/backup").status_code == 200  # its place was given back

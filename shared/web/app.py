@@ -10,6 +10,7 @@ an app started by uvicorn, from the environment, read then), and hands them to e
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,6 +36,10 @@ from shared.web.state import settings_of
 
 log = logging.getLogger("tagsmith")
 
+# Backups a process streams at once: each holds its plan (about 1 KB an image) for as long as its
+# client reads, and a hundred slow ones at 100,000 images would have held 10 GB.
+BACKUPS_AT_ONCE = 4
+
 
 def create_app(
     routes: Sequence[BaseRoute],
@@ -53,7 +58,8 @@ def create_app(
         own = services or build_services(settings or Settings())
         state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight),
                                  "spool_budget": BodyBudget(body_limit_for_path(own.settings, "/restore")),  # one backup's worth
-                                 "exports": Exports(own.settings.max_unsent_bytes)}
+                                 "exports": Exports(own.settings.max_unsent_bytes),
+                                 "backups": threading.BoundedSemaphore(BACKUPS_AT_ONCE)}
         if backbone:
             loaded = await run_in_threadpool(lambda: own.backbone)
             log.info("backbone ready: %s, %s", loaded.runtime, loaded.precision)

@@ -4,7 +4,7 @@ large bytes that requests share, sent a slice at a time."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -24,20 +24,11 @@ def render_json(content: Any) -> bytes:
     return orjson.dumps(content, option=orjson.OPT_APPEND_NEWLINE)
 
 
-class SharedBytesResponse(responses.StreamingResponse):
-    """``data`` (a kept export, shared by every request for it) sent a slice at a time, each once the
-    client has read enough of the one before: a connection then holds a slice unsent, not all of
-    ``data`` (forty concurrent downloads of a 19 MB export had counted 750 MB unsent, past the
-    server's bound, and answers were cut off). The length is sent as ``Content-Length``; ``done``
-    runs when the answer ends, sent or not."""
+class EndingResponse(responses.StreamingResponse):
+    """A streamed answer that runs ``done`` when it ends, sent whole or not (the client gone)."""
 
-    def __init__(self, data: bytes, media_type: str, headers: dict[str, str], done: Callable[[], None]) -> None:
-        async def slices() -> AsyncIterator[memoryview]:
-            view = memoryview(data)
-            for start in range(0, len(data), SLICE_BYTES):
-                yield view[start : start + SLICE_BYTES]
-
-        super().__init__(slices(), media_type=media_type, headers={**headers, "Content-Length": str(len(data))})
+    def __init__(self, content: AsyncIterable[Any] | Iterable[Any], done: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
         self._done = done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -45,3 +36,18 @@ class SharedBytesResponse(responses.StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._done()
+
+
+def shared_bytes_response(data: bytes, media_type: str, headers: dict[str, str], done: Callable[[], None]) -> EndingResponse:
+    """``data`` (a kept export, shared by every request for it) sent a slice at a time, each once the
+    client has read enough of the one before: a connection then holds a slice unsent, not all of
+    ``data`` (forty concurrent downloads of a 19 MB export had counted 750 MB unsent, past the
+    server's bound, and answers were cut off). The length is sent as ``Content-Length``; ``done``
+    runs when the answer ends."""
+
+    async def slices() -> AsyncIterator[memoryview]:
+        view = memoryview(data)
+        for start in range(0, len(data), SLICE_BYTES):
+            yield view[start : start + SLICE_BYTES]
+
+    return EndingResponse(slices(), done, media_type=media_type, headers={**headers, "Content-Length": str(len(data))})

@@ -1,9 +1,11 @@
 """What an app's lifespan hands its requests: the process's ``Services`` (``request.state.services``),
-its exports of the current models (``request.state.exports``) and, in apps that run the backbone,
+its exports of the current models (``request.state.exports``), the backups it may stream at once
+(``request.state.backups``) and, in apps that run the backbone,
 the batcher that shares it among requests (``request.state.batcher``)."""
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -30,6 +32,12 @@ def batcher_of(request: Request) -> MicroBatcher:
 def exports_of(request: Request) -> Exports:
     exports: Exports = request.state.exports
     return exports
+
+
+def backups_of(request: Request) -> threading.BoundedSemaphore:
+    """The backups this process may stream at once (``app.BACKUPS_AT_ONCE``)."""
+    backups: threading.BoundedSemaphore = request.state.backups
+    return backups
 
 
 def settings_of(scope: Scope) -> Settings:
