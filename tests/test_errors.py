@@ -154,8 +154,33 @@ def test_a_new_tag_that_looks_like_a_tag_there_is_is_refused(client: TestClient,
     assert client.get("/custom/assign/img/negative/AI").status_code == 200  # tags there are: named as before
 
 
+def test_a_state_archive_makes_no_tag_that_assigning_would_refuse(client: TestClient, services: Services) -> None:
+    """``/set_state`` made new tags by any name ``validate_tag`` passed: "сat" beside "cat",
+    "cat" with a combining grapheme joiner, fullwidth "ｃａｔ", all listed and predicted, looking alike.
+    A tag an archive brings that does not exist yet meets the rules of a new tag; one that exists
+    is named as stored."""
+    from shared.models.archive import pack
+    from shared.models.backbone import LITE0
+    from tests.support.api import record
+
+    def load(*tags: str) -> object:
+        return client.post("/set_state", files={"data": ("s.tar", pack([record(t) for t in tags], LITE0))})
+
+    assert load("cat", "cop").status_code == 200
+    for tags, says in ((("\u0441at",), "mixes Cyrillic and Latin"), (("\u0441\u043e\u0440",), "looks like the tag 'cop'"),
+                       (("cat\u034f",), "show as nothing"), (("\uff43\uff41\uff54",), "use 'cat'"),
+                       (("AI", "\u0391\u0399"), "look alike")):
+        response = load(*tags)
+        assert_error(response, 400, "invalid_tag")  # type: ignore[arg-type]
+        assert says in response.json()["message"], response.json()  # type: ignore[attr-defined]
+    assert services.registry.tags() == ["cat", "cop"] and not list(services.store.list("models/AI/"))
+    old = "\uff43\uff41\uff54"
+    services.registry.assign(add(client, crops(CAT, 1, seed=3)[0], "img"), old, "positive", 0)  # an earlier release's
+    assert load(old).status_code == 200  # a tag that exists: named as stored
+
+
 def test_tags_stored_before_the_lookalike_rules_are_still_named(client: TestClient, services: Services) -> None:
-    """The rules are for new tags: a tag an earlier release took (or an archive brings) can still be
+    """The rules are for new tags: a tag an earlier release took (or a backup brings) can still be
     trained, listed, predicted and deleted by its name."""
     for tag in ("\u0441at", "\uff43\uff41\uff54", "\U0001d41cat", "x\u00b2", "cat\ufe0f"):
         with pytest.raises(InvalidInput):

@@ -446,6 +446,8 @@ def test_a_load_that_a_newer_version_overtook_says_it_was_not_published(
     client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     load = pack([record("cat")], LITE0)
+    add(client, crops(CAT, 1, seed=0)[0], "img")  # the tag exists: no load below waits to create it
+    assert client.get("/custom/assign/img/positive/cat").status_code == 200
     registry, real_publish = services.registry, services.registry.publish
     overtaken: list[object] = []
 

@@ -29,11 +29,15 @@ def check_new_tags(services: Services, tags: list[str]) -> None:
     for tag in new:
         validate_new_tag(tag, services.settings.max_tag_length)
     existing = services.registry.tags() if new else []
-    for tag in new:
+    for i, tag in enumerate(new):
         twin = lookalike(tag, existing)
         if twin is not None:
             raise InvalidInput("invalid_tag", f"The tag '{tag}' looks like the tag '{twin}', which exists, in "
                                "letters of another script: use that one, or a name that looks different.")
+        twin = lookalike(tag, new[:i])
+        if twin is not None:  # several new tags at once (a state archive's)
+            raise InvalidInput("invalid_tag", f"The tags '{twin}' and '{tag}' look alike in letters of different "
+                               "scripts: keep one of them.")
 
 
 @contextlib.contextmanager

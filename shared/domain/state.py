@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.core.errors import Conflict, NotFound
 from shared.data.registry import EpochMoved, ModelPointer, utc_now
-from shared.domain import catalog
+from shared.domain import catalog, labels
 from shared.models.archive import ModelRecord, pack, unpack
 from shared.models.backbone.exported import export_onnx
 from shared.models.edge import build_edge_model
@@ -37,8 +37,9 @@ def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
     lets us): a failed load adds no versions. Each version's metrics record its ``origin``."""
     loaded_at = utc_now()
     records = [with_origin(r, loaded_at) for r in unpack(data, services.spec, services.archive_limits)]
-    max_tags = services.settings.max_tags
-    services.registry.check_room_for([record.tag for record in records], max_tags)  # before storing anything
+    max_tags, tags = services.settings.max_tags, list(dict.fromkeys(record.tag for record in records))
+    labels.check_new_tags(services, tags)  # before storing anything: names a new tag may not have, lookalikes
+    services.registry.check_room_for(tags, max_tags)
     # A tag deleted while its version is stored loses that archive (the delete removes the tag's
     # archives): the publication, one atomic step, checks no tag was deleted since this read.
     epochs = {record.tag: services.registry.epoch(record.tag) for record in records}
@@ -48,7 +49,8 @@ def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
         for record in records:
             pointers.append(catalog.save_version(services, record))
         if pointers:  # checks the limit again, atomically with publishing: loads may run concurrently
-            moved = catalog.publish(services, pointers, epochs=epochs, max_tags=max_tags)
+            with labels.creating_tags(services, tags):  # and the names, against tags made meanwhile
+                moved = catalog.publish(services, pointers, epochs=epochs, max_tags=max_tags)
     except EpochMoved:
         for pointer in pointers:
             with contextlib.suppress(Exception):
