@@ -136,6 +136,9 @@ def test_requests_naming_another_host_are_refused(client: TestClient) -> None:
     assert client.get("/health", headers={"Host": "10.1.2.3:8000"}).status_code == 200  # probes use pod addresses
     assert client.get("/custom/tags", headers={"Host": "localhost:5000"}).status_code == 200
     assert client.get("/custom/tags", headers={"Host": "[::1]:5000"}).status_code == 200
+    for host in ("localhost:evil.example", "[::1]evil.example", "localhost:5000:1", "[::1]:x"):  # no port after the name
+        response = client.get("/custom/tags", headers={"Host": host})
+        assert (response.status_code, response.json()["error"]) == (400, "host_not_allowed"), host
 
 
 def test_a_request_naming_two_hosts_is_refused(client: TestClient) -> None:

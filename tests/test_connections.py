@@ -522,3 +522,13 @@ def test_concurrent_restores_past_the_budget_refuse_the_later_one_at_once(server
     assert status_and_code(answer_of(second)[0]) == (503, "busy")
     first.sendall(body[1_000_000:])
     assert status_and_code(answer_of(first)[0])[0] == 400  # all of it came and was judged (not a backup), not busy
+
+
+@pytest.mark.parametrize("coding", ["gzip", "xchunked", "gzip, chunked", "identity"])
+def test_a_body_in_another_transfer_coding_is_refused(server: TagsmithServer, coding: str) -> None:
+    """Taken as a body read until the connection closed (and answered 200): a proxy in front that
+    reads the coding otherwise could hide a second request in it."""
+    with connect(server) as sock:
+        sock.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: {coding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n".encode())
+        answer, closed = answer_of(sock)
+    assert status_and_code(answer) == (501, "not_implemented") and closed

@@ -49,11 +49,20 @@ SECURITY_HEADERS = {
 
 
 def hostname(host: str) -> str:
-    """The name in a Host header or an origin's netloc, lower case, without port or brackets."""
+    """The name in a Host header or an origin's netloc, lower case, without port or brackets; ''
+    unless what follows the name is a port (``localhost:evil.example`` and ``[::1]evil`` had
+    passed as the names before them)."""
     host = host.strip().lower()
     if host.startswith("["):  # [::1]:5000
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        end = host.find("]")
+        name, rest = (host[1:end], host[end + 1 :]) if end > 0 else ("", "")
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+        rest = ":" + port
+    else:
+        name, rest = host, ""
+    port = rest.removeprefix(":")
+    return name if not rest or (rest.startswith(":") and (not port or (port.isascii() and port.isdigit()))) else ""
 
 
 def allowed_hosts(settings: Settings) -> set[str]:

@@ -17,6 +17,8 @@ settings:
   and stalled its event loop, and headers sent a byte every 3 s were served after 117 s);
 - a request for a full URL (``GET http://name/path``) is for that name: it replaces the Host
   header, which the host check (``origins.py``) judges;
+- a request body in a transfer coding other than ``chunked`` alone gets 501 and the connection
+  ends (RFC 9112 6.1);
 - ``max_connections``: connections open at once; beyond, a new one gets 503 and is closed;
 - a request answered before its body has all come (refused early, or cut off for coming too
   slowly), or with a refused request behind it, ends its connection: the answer says
@@ -196,6 +198,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_header_bytes:  # all of it came in one piece (else data_received refused it)
             self.refusal = self._headers_too_large()
+            raise _Refused
+        codings = [value for name, value in self.headers if name == b"transfer-encoding"]
+        if codings and b",".join(codings).strip().lower() != b"chunked":
+            # Any other coding (gzip, "xchunked", chunked twice) had been taken as a body read until
+            # the connection closed: a proxy that reads it otherwise could smuggle a request in it.
+            self.refusal = (501, "not_implemented", "The server takes a request body whole (Content-Length) or "
+                            "chunked (Transfer-Encoding: chunked), in no other transfer coding.")
             raise _Refused
         self._host_of_absolute_target()
         super().on_headers_complete()
