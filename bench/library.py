@@ -52,8 +52,7 @@ def fill(services: Services, images: int, rng: np.random.Generator) -> None:
     for start in range(0, images, PACK):
         count = min(PACK, images - start)
         for i in range(start, start + count):
-            registry.reserve_image(f"img{i:06d}")
-            registry.commit_image(f"img{i:06d}", {"format": "JPEG", "width": 640, "height": 480, "bytes": 50_000,
+            registry.commit_image(f"img{i:06d}", registry.reserve_image(f"img{i:06d}"), {"format": "JPEG", "width": 640, "height": 480, "bytes": 50_000,
                                                   "sha256": f"{i:064x}"}, filename=f"IMG_{i:06d}.jpg")
         rows = np.arange(start, start + count)
         centres = rng.standard_normal((64, D)).astype(np.float32)

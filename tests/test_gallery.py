@@ -117,8 +117,7 @@ def test_list_and_describe_images(client: TestClient, services: Services) -> Non
 
 
 def test_images_stored_before_the_index_are_listed(services: Services) -> None:
-    services.registry.reserve_image("old")
-    services.registry.commit_image("old", {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
+    services.registry.commit_image("old", services.registry.reserve_image("old"), {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
     services.redis.delete(f"{services.settings.key_prefix}:images")  # as data written before the index
     assert services.registry.image_ids() == ["old"]
 

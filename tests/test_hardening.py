@@ -171,8 +171,7 @@ def test_concurrent_new_tags_never_go_over_the_limit(services: Services) -> None
     """The limit check and the assignment are one atomic step: 40 new tags racing for the last 5
     places get exactly 5 of them, and every other one a clear 409."""
     registry = services.registry
-    registry.reserve_image("img")
-    registry.commit_image("img", {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
+    registry.commit_image("img", registry.reserve_image("img"), {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
     for i in range(5):
         registry.assign("img", f"old-{i}", "positive", max_tags=10)
 

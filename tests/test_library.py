@@ -223,7 +223,7 @@ def test_file_names_are_kept_and_duplicates_not_stored(client: TestClient, servi
 
 
 def test_images_stored_before_the_library_are_embedded(client: TestClient, services: Services) -> None:
-    services.registry.commit_image("old", {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
+    services.registry.commit_image("old", services.registry.reserve_image("old"), {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
     r = services.redis
     lib = services.library.keys
     r.delete(lib.ids, lib.names, lib.live, lib.pending)  # as data written before rows existed

@@ -316,8 +316,7 @@ def test_a_tag_deleted_while_a_state_archive_loads_is_not_left_pointing_at_nothi
 ) -> None:
     """The delete removed the archive the load had just stored, and the load then published a
     pointer to it: listings and exports answered 404 for every tag until the tag was deleted again."""
-    services.registry.reserve_image("img")
-    services.registry.commit_image("img", {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
+    services.registry.commit_image("img", services.registry.reserve_image("img"), {"format": "JPEG", "width": 1, "height": 1, "bytes": 1})
     services.registry.assign("img", "dog", "positive")
     real_put, deleted = services.store.put, []
 
@@ -608,7 +607,7 @@ def test_files_of_adds_and_deletes_that_never_finished_are_removed(
     assert not store.exists(embedding_key(services.spec.id, "deleted"))
     assert store.exists(image_key("busy")) and store.exists(image_key("in-progress"))
     assert registry.unlinked(10) == ["in-progress"]
-    registry.commit_image("in-progress", {"sha256": "x"})
+    registry.commit_image("in-progress", in_progress, {"sha256": "x"})
     assert registry.unlinked(10) == [] and remove_unlinked_files(services) == 0
     registry.release_image("in-progress", in_progress)
 
@@ -634,3 +633,24 @@ def test_a_version_stored_by_a_load_that_died_never_comes_back(client: TestClien
     loaded = client.post("/set_state", files={"data": ("s.tar", pack([record("cat")], LITE0))}).json()
     assert loaded["loaded"][0]["published"] and catalog.remove_unsettled_versions(services, older_than=0) == 0
     assert [v["version"] for v in client.get("/custom/versions/cat").json()["versions"]] == [1]
+
+
+def test_an_add_whose_reservation_lapsed_is_not_committed(client: TestClient, services: Services,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put slower than the id's reservation (a slow S3, retried): the worker's sweep found the id
+    free and removed the bytes, then the add committed anyway, listing an image with no bytes."""
+    from shared.data.keys import image_key
+    from shared.domain.images import remove_unlinked_files
+
+    registry, real_put = services.registry, services.store.put
+
+    def slow_put(key: str, data: bytes) -> None:
+        real_put(key, data)
+        if key == image_key("slow"):  # the reservation lapses, and the sweep runs meanwhile
+            registry.redis.delete(registry._k("reserve", "slow"))
+            assert remove_unlinked_files(services) == 1
+
+    monkeypatch.setattr(services.store, "put", slow_put)
+    answer = client.post("/custom/add?image_id=slow", files={"data": ("s.jpg", crops(CAT, 1, seed=50)[0])})
+    assert answer.status_code == 409 and answer.json()["error"] == "changed_meanwhile", answer.text
+    assert not registry.image_exists("slow") and not services.store.exists(image_key("slow"))

@@ -110,9 +110,12 @@ return 0
 
 # KEYS: the image's hash, the images index, the reservation, the content's sha key, the library's
 # ids, names, live bitmap and pending set, the unlinked set; ARGV: the key prefix, score and id for the index,
-# whether to return an existing image of the same content instead (1 or 0), the file name, then the
-# hash's field-value pairs. Returns {0, existing id} for a duplicate (nothing stored), else {1, row}.
+# whether to return an existing image of the same content instead (1 or 0), the file name, the
+# reservation's token, then the hash's field-value pairs. Returns {0, existing id} for a duplicate
+# (nothing stored), {-1, ''} if the reservation lapsed (the bytes may be gone: nothing committed),
+# else {1, row}.
 _COMMIT = """
+if redis.call('GET', KEYS[3]) ~= ARGV[6] then return {-1, ''} end
 local other = redis.call('GET', KEYS[4])
 if ARGV[4] == '1' and other and redis.call('EXISTS', ARGV[1] .. ':image:' .. other) == 1 then
   redis.call('DEL', KEYS[3])
@@ -122,12 +125,17 @@ local row = redis.call('RPUSH', KEYS[5], ARGV[3]) - 1
 redis.call('RPUSH', KEYS[6], ARGV[5])
 redis.call('SETBIT', KEYS[7], row, 1)
 redis.call('ZADD', KEYS[8], row, row)
-redis.call('HSET', KEYS[1], 'row', row, unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'row', row, unpack(ARGV, 7))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('DEL', KEYS[3])
 redis.call('SREM', KEYS[9], ARGV[3])
 if not other or redis.call('EXISTS', ARGV[1] .. ':image:' .. other) == 0 then redis.call('SET', KEYS[4], ARGV[3]) end
 return {1, row}
+"""
+
+# KEYS: an image's hash, the unlinked set; ARGV: its id. No longer unlinked if the image exists.
+_FILES_STORED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SREM', KEYS[2], ARGV[1]) end
 """
 
 # Give a row to an image stored before the library existed (KEYS: its hash, then the library's
@@ -237,6 +245,7 @@ class Registry:
         self._publish = client.register_script(_PUBLISH)
         self._reserve = client.register_script(_RESERVE)
         self._commit = client.register_script(_COMMIT)
+        self._files_stored = client.register_script(_FILES_STORED)
         self._add_row = client.register_script(_ADD_ROW)
         self.library_keys = LibraryKeys(prefix)
         self._assign = client.register_script(_ASSIGN)
@@ -265,12 +274,14 @@ class Registry:
             raise Conflict("image_exists", f"An image with id '{image_id}' is being added or deleted right now.")
         return token
 
-    def commit_image(self, image_id: str, meta: dict[str, str | int], filename: str = "",
+    def commit_image(self, image_id: str, token: str, meta: dict[str, str | int], filename: str = "",
                      dedupe: bool = False) -> str | None:
-        """Make a reserved image visible, once its bytes are safely stored, with the next library row,
-        waiting to be embedded (one atomic call). With ``dedupe``, an image already stored with the
-        same content (``meta['sha256']``) wins instead: its id is returned and nothing is committed."""
-        fields: list[str | int | float] = [self.prefix, time.time(), image_id, int(dedupe), filename]
+        """Make an image reserved with ``token`` visible, once its bytes are safely stored, with the
+        next library row, waiting to be embedded (one atomic call). With ``dedupe``, an image already
+        stored with the same content (``meta['sha256']``) wins instead: its id is returned and nothing
+        is committed. Conflict if the reservation lapsed meanwhile: the id was free again, and what
+        the add stored may have been removed (``remove_unlinked_files``)."""
+        fields: list[str | int | float] = [self.prefix, time.time(), image_id, int(dedupe), filename, token]
         for name, value in {**meta, "filename": filename, "created_at": utc_now()}.items():
             fields += [name, value]
         lib = self.library_keys
@@ -278,6 +289,9 @@ class Registry:
                 self._k("sha", str(meta.get("sha256", ""))), lib.ids, lib.names, lib.live, lib.pending,
                 self._k("unlinked")]
         done, value = self._commit(keys=keys, args=fields, client=self.redis)
+        if done == -1:
+            raise Conflict("changed_meanwhile", f"Storing the image took longer than its id stays reserved "
+                           f"({RESERVATION_SECONDS} s), so it was not kept; add it again.")
         return None if done else _text(value)
 
     def image_with_content(self, sha256: str) -> str | None:
@@ -320,8 +334,13 @@ class Registry:
         return [_text(x) for x in found] if isinstance(found, list) else []
 
     def files_removed(self, image_id: str) -> None:
-        """The id's files are gone (or are a committed image's): it is no longer ``unlinked``."""
+        """The id's files are gone: it is no longer ``unlinked``."""
         self.redis.srem(self._k("unlinked"), image_id)
+
+    def files_stored(self, image_id: str) -> None:
+        """The id is no longer ``unlinked`` if an image holds it now (one step: a delete landing
+        between a check and the removal would have lost its mark)."""
+        self._files_stored(keys=[self._k("image", image_id), self._k("unlinked")], args=[image_id], client=self.redis)
 
     def image_exists(self, image_id: str) -> bool:
         return bool(self.redis.exists(self._k("image", image_id)))

@@ -48,7 +48,7 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
         meta: dict[str, str | int] = {"format": decoded.format, "width": decoded.width, "height": decoded.height,
                                       "bytes": len(data), "sha256": sha256 or hashlib.sha256(data).hexdigest(),
                                       "decode_pixels": decoded.cost}
-        existing = services.registry.commit_image(image_id, meta, filename, dedupe)
+        existing = services.registry.commit_image(image_id, token, meta, filename, dedupe)
     except BaseException:
         services.registry.release_image(image_id, token)  # its bytes go with the next remove_unlinked_files
         raise
@@ -207,10 +207,9 @@ def remove_unlinked_files(services: Services, most: int = 100) -> int:
     for image_id in services.registry.unlinked(most):
         try:
             token = services.registry.reserve_image(image_id)
-        except Conflict:
-            if services.registry.image_exists(image_id):  # its files are a stored image's
-                services.registry.files_removed(image_id)
-            continue  # else being added or deleted right now: that request removes them, or a later call
+        except Conflict:  # a stored image's files, or an add or delete under way: that request clears it
+            services.registry.files_stored(image_id)
+            continue
         try:
             _remove_files(services, image_id)
             services.registry.files_removed(image_id)
