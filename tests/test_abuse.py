@@ -139,6 +139,10 @@ def test_requests_naming_another_host_are_refused(client: TestClient) -> None:
     for host in ("localhost:evil.example", "[::1]evil.example", "localhost:5000:1", "[::1]:x"):  # no port after the name
         response = client.get("/custom/tags", headers={"Host": host})
         assert (response.status_code, response.json()["error"]) == (400, "host_not_allowed"), host
+    from shared.core.settings import Settings
+    from shared.web.origins import allowed_hosts
+
+    assert allowed_hosts(Settings(allowed_hosts="http://tagsmith.lan,localhost")) == {"localhost", "127.0.0.1"}  # the bound address; not ''
 
 
 def test_a_request_naming_two_hosts_is_refused(client: TestClient) -> None:

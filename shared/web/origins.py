@@ -69,6 +69,7 @@ def allowed_hosts(settings: Settings) -> set[str]:
     names = {hostname(name) for name in settings.allowed_hosts.split(",") if name.strip()}
     if settings.host not in ("0.0.0.0", "::", ""):
         names.add(hostname(settings.host))
+    names.discard("")  # a malformed entry ("http://tagsmith.lan") names no host: it allows none
     return names
 
 
