@@ -654,3 +654,23 @@ def test_an_add_whose_reservation_lapsed_is_not_committed(client: TestClient, se
     answer = client.post("/custom/add?image_id=slow", files={"data": ("s.jpg", crops(CAT, 1, seed=50)[0])})
     assert answer.status_code == 409 and answer.json()["error"] == "changed_meanwhile", answer.text
     assert not registry.image_exists("slow") and not services.store.exists(image_key("slow"))
+
+
+def test_a_load_published_is_kept_whatever_fails_after_its_publication(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queueing the library's rescore failed after the publication (a Redis blip), and the load,
+    taking it for its own failure, removed the archives its tags now pointed at. The publication
+    settles the versions in the same step, so a crash right after it hides nothing either."""
+    import redis
+
+    def blip(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("Redis went away for a moment")
+
+    monkeypatch.setattr(services.queue, "submit_rescore", blip)
+    answer = client.post("/set_state", files={"data": ("s.tar", pack([record("cat")], LITE0))})
+    assert answer.status_code == 200 and answer.json()["loaded"][0]["published"], answer.text
+    current = services.registry.model("cat")
+    assert current is not None and services.store.exists(current.key)
+    assert not services.registry.unsettled([current.key])
+    assert client.get("/get_state?tag=cat").status_code == 200

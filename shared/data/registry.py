@@ -65,11 +65,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: models hash, tags set, generation counter, then one epoch key per checked tag.
-# ARGV: number of checked epochs, rollback (1 or 0), the most tags allowed (0: no limit), the
-# expected epochs, then (tag, version, pointer JSON) triples.
+# KEYS: models hash, tags set, generation counter, then one epoch key per checked tag, then the
+# unsettled versions. ARGV: number of checked epochs, rollback (1 or 0), the most tags allowed (0:
+# no limit), the expected epochs, then (tag, version, pointer JSON) triples.
 # Returns -1 if an epoch moved, -2 if the new tags would pass the limit, else the tags whose
-# pointer moved (never to an older version, unless rollback; never to the version it holds).
+# pointer moved (never to an older version, unless rollback; never to the version it holds); every
+# pointer's archive is then settled (a version of its tag), moved or not.
 _PUBLISH = """
 local n, any_version, max_tags = tonumber(ARGV[1]), ARGV[2] == '1', tonumber(ARGV[3])
 for i = 1, n do
@@ -95,6 +96,7 @@ for i = n + 4, #ARGV, 3 do
   end
 end
 if #moved > 0 then redis.call('INCR', KEYS[3]) end
+for i = n + 4, #ARGV, 3 do redis.call('ZREM', KEYS[#KEYS], cjson.decode(ARGV[i + 2])['key']) end
 return moved
 """
 
@@ -500,8 +502,8 @@ class Registry:
         return int(self.redis.get(self._k("tag", tag, "epoch")) or 0)
 
     def journal_version(self, key: str) -> None:
-        """Name a version archive about to be stored, until its publication settles it
-        (``settle_versions``): one that a crash between the two leaves is removed later."""
+        """Name a version archive about to be stored, until its publication settles it (``publish``):
+        one that a crash between the two leaves is removed later (``unsettled_since``)."""
         self.redis.zadd(self._k("unsettled"), {key: time.time()})
 
     def settle_versions(self, keys: list[str]) -> None:
@@ -532,6 +534,7 @@ class Registry:
         max_tags: int = 0,
     ) -> list[str]:
         """Move every pointer at once and bump the generation; all or nothing. Returns the tags moved.
+        Every pointer's archive is settled in the same step (``journal_version``), moved or not.
 
         A pointer never moves back to an older version (when two trainings of one tag finish
         out of order, the newer version stays current) unless ``rollback`` asks for exactly
@@ -542,6 +545,7 @@ class Registry:
         epochs = epochs or {}
         keys = [self._k("models"), self._k("tags"), self._k("generation")]
         keys += [self._k("tag", tag, "epoch") for tag in epochs]
+        keys.append(self._k("unsettled"))  # their archives are versions of their tags now, current or not
         args: list[str | int] = [len(epochs), int(rollback), max_tags, *epochs.values()]
         for p in pointers:
             args += [p.tag, p.version, p.to_json()]

@@ -560,6 +560,7 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
                     record = _model(services, tag.tag, version, _member_bytes(tar, backup.members[member]))
                     key = keys.model_key(tag.tag, version)
                     store.put(key, pack([record], services.spec))
+                    registry.settle_versions([key])  # not a dead training's of a tag once of this name
                     if version == tag.current:
                         pointers.append(ModelPointer(tag.tag, version, key, record.threshold, record.trained_at,
                                                      record.metrics))

@@ -167,9 +167,12 @@ def publish(services: Services, pointers: list[ModelPointer], epochs: dict[str, 
     """Make the versions current (``Registry.publish``) and queue a rescore of the library for the
     tags that moved; returns those tags."""
     moved = services.registry.publish(pointers, epochs=epochs, rollback=rollback, max_tags=max_tags)
-    services.registry.settle_versions([p.key for p in pointers])  # versions of their tags now, current or not
     if moved:
-        services.queue.submit_rescore(moved)
+        try:
+            services.queue.submit_rescore(moved)
+        except Exception as exc:  # published: the caller must not take it for a failure and remove the archives
+            log.error("the library's scores of %s were not queued for rescoring: %r; the next rescore catches up",
+                      moved, exc)
     return moved
 
 

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 from shared.core.errors import InvalidInput, NotFound, Unavailable
 from shared.core.names import lookalike, validate_new_tag
@@ -55,7 +55,9 @@ def creating_tags(services: Services, tags: list[str]) -> Iterator[None]:
         check_new_tags(services, tags)
         yield
     finally:
-        with contextlib.suppress(LockError):  # held past its timeout: another may hold it now
+        # Held past its timeout (another may hold it now), or Redis unreachable: it lapses by itself,
+        # and what the caller did under it stands.
+        with contextlib.suppress(LockError, RedisError):
             lock.release()
 
 

@@ -188,7 +188,7 @@ def cases(s: Sample, known_image: str, known_tag: str, upload_limit: int, archiv
         Case("add-garbage-multipart", "POST", "/custom/add", {400}, body=b"\x00\xff" * 500,
              headers={"Content-Type": "multipart/form-data; boundary=zzz"}),
         Case("add-empty-id", "POST", "/custom/add?image_id=", {400}, files=jpeg),
-        Case("add-taken-id", "POST", f"/custom/add?image_id={img}", {409}, files=jpeg),
+        Case("add-taken-id", "POST", f"/custom/add?image_id={img}", {409}, files=upload("x.png", s.png, "image/png")),
         Case("add_many-no-files", "POST", "/custom/add_many", {400}, data={"image_id": "a"}),
         Case("add_many-ids-mismatch", "POST", "/custom/add_many", {400},
              files=[("data", ("a.jpg", s.jpeg, "image/jpeg")), ("image_id", (None, "a")), ("image_id", (None, "b")),
