@@ -390,6 +390,28 @@ def test_a_tag_made_during_a_restore_is_kept_and_the_restore_undone(client: Test
     assert other.get("/custom/tags/cat").json()["positives"] == ["late"]
 
 
+def test_a_model_being_loaded_when_a_restore_reaches_its_tag_stops_the_restore(
+    client: TestClient, services: Services, empty: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A /set_state that began before the restore had stored its archive and not yet published it:
+    the restore removed that archive and reset the tag's version numbers, and the load then published
+    a pointer to a removed archive, or to the backup's model under the load's number."""
+    from shared.domain import catalog
+    from tests.support.api import record
+
+    taught(client, services)
+    data = client.get("/backup").content
+    other_services, other = empty
+    stored: list[str] = []
+
+    def meanwhile() -> None:
+        stored.append(catalog.save_version(other_services, record("cat")).key)  # its publication comes later
+
+    refused = restore_held_midway(other, data, monkeypatch, meanwhile)
+    assert refused.status_code == 409 and refused.json()["error"] == "not_empty", refused.text
+    assert other_services.store.exists(stored[0])  # the load's archive is still there to publish
+
+
 def test_a_restore_that_loses_its_lease_stops_and_removes_nothing(client: TestClient, services: Services,
                                                                   empty: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once its lease lapsed another restore may hold the server: undoing would remove its work."""

@@ -544,15 +544,16 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
             epochs: dict[str, int] = {}
             for tag in backup.tags:
                 claim.check()
-                if registry.tag_exists(tag.tag) or registry.model(tag.tag) is not None:
-                    # Made since the check (a write that began before the restore did): this step would
-                    # remove its archives, and undoing the restore would delete it.
+                left = list(store.list(keys.model_prefix(tag.tag)))  # what a deleted tag left, or a load's
+                if registry.tag_exists(tag.tag) or registry.model(tag.tag) is not None or registry.unsettled(left):
+                    # Made, or being loaded, since the check (a write that began before the restore did):
+                    # this step would remove its archives, and undoing the restore would delete it.
                     raise Conflict("not_empty", f"The tag '{tag.tag}' was made while the backup was restored; "
                                    "what was restored was removed again. Delete the tag, or restore into a new server.")
                 registry.journal_restore("tags", tag.tag)
                 touched.append(tag.tag)
                 epochs[tag.tag] = registry.epoch(tag.tag)
-                for key in list(store.list(keys.model_prefix(tag.tag))):  # what a deleted tag left
+                for key in left:
                     store.delete(key)
                 if tag.versions:
                     registry.restore_versions(tag.tag, max(tag.versions))

@@ -5,7 +5,8 @@ with a large backup. A write landing meanwhile was merged into what it restored,
 restore's step for a tag removes the archives a deleted tag left under its name, and a tag made
 meanwhile (its examples, a version loaded with ``/set_state``) lost its archives there. While the
 restore's lease is held, by any process, a request that changes data gets 409
-``restore_in_progress``; reads and predictions go on.
+``restore_in_progress``; reads and predictions go on. A write that passed this check before the
+restore began may still land (``backup._apply`` stops at a tag made meanwhile).
 """
 
 from __future__ import annotations
