@@ -455,6 +455,13 @@ class Registry:
     def tag_exists(self, tag: str) -> bool:
         return bool(self.redis.sismember(self._k("tags"), tag))
 
+    def tags_exist(self, tags: list[str]) -> list[bool]:
+        """``tag_exists`` of each, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for tag in tags:
+                pipe.sismember(self._k("tags"), tag)
+            return [bool(found) for found in pipe.execute()]
+
     def tag_creation(self, wait_s: float = 10.0) -> redis.lock.Lock:
         """The lock held, by every process, while new tags are checked against the others and
         created (``shared/domain/labels.py`` ``creating_tags``); ``acquire`` gives up after ``wait_s``."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import LockError, RedisError
 
 from shared.core.errors import InvalidInput, NotFound, Unavailable
-from shared.core.names import lookalike, validate_new_tag
+from shared.core.names import lookalike, skeleton, validate_new_tag
 from shared.domain import catalog
 
 if TYPE_CHECKING:
@@ -25,19 +25,26 @@ def check_new_tags(services: Services, tags: list[str]) -> None:
     """Refuse (InvalidInput) a name among ``tags`` that no tag has yet and that a new tag may not
     have (``validate_new_tag``), or that looks like a tag there is (``lookalike``); a tag that
     exists is named as it was stored."""
-    new = [tag for tag in tags if not services.registry.tag_exists(tag)]
+    new = [tag for tag, exists in zip(tags, services.registry.tags_exist(tags), strict=True) if not exists]
     for tag in new:
         validate_new_tag(tag, services.settings.max_tag_length)
-    existing = services.registry.tags() if new else []
-    for i, tag in enumerate(new):
-        twin = lookalike(tag, existing)
-        if twin is not None:
+    if not new:
+        return
+    existing = services.registry.tags()
+    by_shape: dict[str, list[str]] = {}  # lookalikes share a skeleton: each tag is compared within its own
+    for other in existing:
+        by_shape.setdefault(skeleton(other), []).append(other)
+    existing_set = set(existing)
+    for tag in new:
+        shape = skeleton(tag)
+        twin = lookalike(tag, by_shape.get(shape, []))
+        if twin in existing_set:
             raise InvalidInput("invalid_tag", f"The tag '{tag}' looks like the tag '{twin}', which exists, in "
                                "letters of another script: use that one, or a name that looks different.")
-        twin = lookalike(tag, new[:i])
         if twin is not None:  # several new tags at once (a state archive's)
             raise InvalidInput("invalid_tag", f"The tags '{twin}' and '{tag}' look alike in letters of different "
                                "scripts: keep one of them.")
+        by_shape.setdefault(shape, []).append(tag)
 
 
 @contextlib.contextmanager
@@ -45,7 +52,7 @@ def creating_tags(services: Services, tags: list[str]) -> Iterator[None]:
     """Check ``tags`` (``check_new_tags``) for the caller to create them: while one is new, the check
     and the caller's step run under the tag-creation lock, so that two requests creating lookalike
     tags at once cannot both pass the check (each had seen the other's tag missing)."""
-    if all(services.registry.tag_exists(tag) for tag in tags):
+    if all(services.registry.tags_exist(tags)):
         yield
         return
     lock = services.registry.tag_creation()
