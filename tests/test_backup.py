@@ -579,7 +579,15 @@ def test_lowering_the_tag_length_limit_strands_no_tag_that_exists(
         assert after.post("/predict/custom", files={"data": ("c.jpg", crops(CAT, 1, seed=9)[0])}).json()["custom"][long_tag]
         assert after.get(f"/custom/images?tag={long_tag}").status_code == 200
         assert members(after.get("/backup").content)  # whole: the tag's archive reads
-        assert after.get(f"/get_state?tag={long_tag}").status_code == 200
+        exported = after.get(f"/get_state?tag={long_tag}")
+        assert exported.status_code == 200
+        assert after.post("/set_state", files={"data": ("s.tar", exported.content)}).status_code == 200  # loads back
+        from shared.models.archive import pack
+        from shared.models.backbone import LITE0
+        from tests.support.api import record
+
+        new = after.post("/set_state", files={"data": ("s.tar", pack([record("c" * 40)], LITE0))})
+        assert new.status_code == 400 and "32 characters" in new.json()["message"]  # a new tag meets it
         refused = after.get("/custom/assign/img-0/positive/" + "b" * 40)
         assert refused.status_code == 400 and "32 characters" in refused.json()["message"]  # new tags meet it
         assert after.delete(f"/custom/delete/{long_tag}").status_code == 200

@@ -49,9 +49,9 @@ _SCRIPT_SETS = (frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}), frozenset({
 def validate_tag(tag: str, max_length: int | None = None) -> str:
     """Return the tag in NFC form, or raise InvalidInput saying what is wrong with it: the rules
     every tag name meets, whoever names it (a request, a stored model, an archive or a backup).
-    ``max_length`` (characters) bounds the tags an archive or backup makes; a tag named in a request
-    or stored is bounded by ``MAX_TAG_BYTES`` only, so lowering the setting never strands a tag that
-    exists. A new tag's name meets more (``validate_new_tag``)."""
+    ``max_length`` (characters) bounds the tags a backup makes; a tag named in a request, an archive
+    or the store is bounded by ``MAX_TAG_BYTES`` only, so lowering the setting never strands a tag
+    that exists. A new tag's name meets more (``validate_new_tag``)."""
     tag = unicodedata.normalize("NFC", tag)
     if not tag:
         raise InvalidInput("invalid_tag", "The tag is empty.")
@@ -73,10 +73,11 @@ def validate_tag(tag: str, max_length: int | None = None) -> str:
 
 
 def validate_new_tag(tag: str, max_length: int = 64) -> str:
-    """``validate_tag``, and what a tag that does not exist yet may not look like: characters that
-    show as nothing, and lookalikes of other names. Rules added in later releases, so they apply
-    where a tag is made by name (assigning an example), not where one is named that a server
-    already holds or an archive carries: those stay readable as the release that took them."""
+    """``validate_tag``, and what a tag that does not exist yet may not look like: longer than
+    ``max_length``, characters that show as nothing, and lookalikes of other names. Rules added in
+    later releases, so they apply where a tag is made (assigning an example, a state archive's new
+    tag), not where one is named that a server already holds or a backup carries: those stay
+    readable as the release that took them."""
     tag = validate_tag(tag, max_length)
     if _hides_characters(tag):
         raise InvalidInput("invalid_tag", "The tag holds characters that show as nothing (fillers, or "

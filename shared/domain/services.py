@@ -52,7 +52,7 @@ class Services:
     @property
     def archive_limits(self) -> ArchiveLimits:
         s = self.settings
-        return ArchiveLimits(s.max_archive_bytes, s.max_archive_members, s.max_tag_length)
+        return ArchiveLimits(s.max_archive_bytes, s.max_archive_members)
 
 
 def connect_redis(url: str) -> redis.Redis:

@@ -91,7 +91,6 @@ class ModelRecord:
 class ArchiveLimits:
     max_bytes: int
     max_members: int
-    max_tag_length: int = 64
 
 
 def pack(records: list[ModelRecord], spec: BackboneSpec) -> bytes:
@@ -334,7 +333,7 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits, stored: bool 
     records: list[ModelRecord] = []
     used: set[str] = set()
     for i, entry in enumerate(entries):
-        records.append(_record(entry, i, members, used, spec, version, limits.max_tag_length, stored))
+        records.append(_record(entry, i, members, used, spec, version, stored))
     tags = [r.tag for r in records]
     if len(set(tags)) != len(tags):
         raise _invalid("The archive holds the same tag twice.")
@@ -414,7 +413,6 @@ def _record(
     used: set[str],
     spec: BackboneSpec,
     format_version: int,
-    max_tag_length: int,
     stored: bool,
 ) -> ModelRecord:
     if not isinstance(entry, dict):
@@ -422,7 +420,7 @@ def _record(
     if "tag" in entry and not isinstance(entry["tag"], str):
         raise _invalid(f"Model entry {i} has a tag that is not text.")
     try:
-        tag = validate_tag(entry["tag"], None if stored else max_tag_length)
+        tag = validate_tag(entry["tag"])  # a new tag's length: labels.check_new_tags, where it is made
         version, threshold = entry["version"], entry["threshold"]
         trained_at, metrics, file = entry.get("trained_at", ""), entry.get("metrics", {}), entry["file"]
     except KeyError as exc:
