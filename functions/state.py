@@ -12,9 +12,7 @@ from starlette.responses import Response
 
 from shared.core.errors import Unavailable
 from shared.core.names import validate_tag
-from shared.data.registry import ModelPointer
 from shared.domain import backup, state
-from shared.domain.services import Services
 from shared.web.app import create_app
 from shared.web.responses import EndingResponse, JSONResponse, shared_bytes_response
 from shared.web.routing import ApiRoute, query_tags
@@ -69,13 +67,13 @@ async def get_edge_model(request: Request) -> Response:
 
 
 async def _export(request: Request, kind: str, tags: list[str],
-                  build: Callable[[Services, list[ModelPointer]], bytes], media_type: str, filename: str) -> Response:
+                  build: Callable[..., bytes], media_type: str, filename: str) -> Response:
     """The ``kind`` export of the current models of ``tags`` (every tag when none), built one at a
     time, kept while they are current and lent to this answer while it is sent (``shared.web.exports``)."""
     services, exports = services_of(request), exports_of(request)
     pointers = await run_in_threadpool(state.current_pointers, services, tags)
     models = tuple(pointer.to_json() for pointer in pointers)
-    export = await exports.lend(kind, models, partial(build, services, pointers))
+    export = await exports.lend(kind, models, partial(build, services, pointers, every=not tags))
     return shared_bytes_response(export, media_type, {"Content-Disposition": f'attachment; filename="{filename}"'},
                                  done=partial(exports.give_back, export))
 

@@ -540,7 +540,12 @@ def test_a_version_damaged_in_the_store_is_left_out_and_never_blamed_on_the_requ
     """One stored archive that no longer reads (a disk error, a bucket restored in part) made every
     backup stop after its first bytes, the tag's versions a 400 ``invalid_archive`` and a rollback
     to it a 400, as if the request were at fault."""
+    from shared.models.archive import pack
+    from shared.models.backbone import LITE0
+    from tests.support.api import record
+
     taught(client, services)  # cat: v1 current, v2 stored
+    services.store.put(model_key("cat", 3), pack([record("cat"), record("dog")], LITE0))  # two models in one
     services.store.put(model_key("cat", 2), b"damaged")
     versions = client.get("/custom/versions/cat")
     assert versions.status_code == 200 and [v["version"] for v in versions.json()["versions"]] == [1]
@@ -553,6 +558,10 @@ def test_a_version_damaged_in_the_store_is_left_out_and_never_blamed_on_the_requ
     services.store.put(model_key("cat", 1), b"damaged")  # the current one
     exported = client.get("/get_state?tag=cat")
     assert exported.status_code == 500 and exported.json()["error"] == "damaged_version"
+    assert client.post("/set_state", files={"data": ("s.tar", pack([record("dog")], LITE0))}).status_code == 200
+    every = client.get("/get_state")  # every tag: the damaged one left out, as predictions leave it out
+    assert every.status_code == 200 and "dog" in str(members(every.content)["manifest.json"])
+    assert "cat" not in str(members(every.content)["manifest.json"])
     task = client.post("/custom/train/cat").json()
     run_queued_jobs(services)
     status = client.get(f"/status/{task['task_id']}").json()

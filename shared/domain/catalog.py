@@ -50,11 +50,15 @@ def load_version(services: Services, tag: str, key: str) -> ModelRecord:
     """The model a version archive of the tag holds (ObjectNotFound if none; Damaged if the stored
     bytes cannot be read as one: the store's fault, not the request's)."""
     try:
-        (record,) = unpack(services.store.get(key), services.spec, services.archive_limits, stored=True)
+        records = unpack(services.store.get(key), services.spec, services.archive_limits, stored=True)
     except DomainError as exc:
-        raise Damaged("damaged_version", f"A stored version of tag '{tag}' ({key}) cannot be read: {exc.message} "
-                      "Roll back to another version, or train the tag again.") from None
-    return record
+        records, reason = [], exc.message
+    else:
+        reason = f"It holds {len(records)} models, not one."
+    if len(records) != 1:
+        raise Damaged("damaged_version", f"A stored version of tag '{tag}' ({key}) cannot be read: {reason} "
+                      "Roll back to another version, or train the tag again.")
+    return records[0]
 
 
 def _pointer(services: Services, tag: str, version: int) -> ModelPointer:

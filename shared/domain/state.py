@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any
 
-from shared.core.errors import Conflict, NotFound
+from shared.core.errors import Conflict, Damaged, NotFound
 from shared.data.registry import EpochMoved, ModelPointer, utc_now
 from shared.domain import catalog, labels
 from shared.models.archive import ModelRecord, pack, unpack
@@ -16,6 +17,8 @@ from shared.models.edge import build_edge_model
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
+
+log = logging.getLogger("tagsmith")
 
 
 ARCHIVE_ORIGIN = "state archive"
@@ -77,14 +80,30 @@ def current_pointers(services: Services, tags: list[str]) -> list[ModelPointer]:
     return [models[t] for t in tags] if tags else list(models.values())
 
 
-def state_archive(services: Services, pointers: list[ModelPointer]) -> bytes:
-    """The state archive of these models (``current_pointers``)."""
-    return pack([catalog.load_version(services, p.tag, p.key) for p in pointers], services.spec)
+def _records(services: Services, pointers: list[ModelPointer], every: bool) -> list[ModelRecord]:
+    """The models of these pointers. Exporting ``every`` tag, one damaged in the store is logged and
+    left out, as predictions and backups leave it out; a tag asked for by name is Damaged (500)."""
+    records = []
+    for pointer in pointers:
+        try:
+            records.append(catalog.load_version(services, pointer.tag, pointer.key))
+        except Damaged as exc:
+            if not every:
+                raise
+            log.error("%s It is left out of the export.", exc.message)
+    return records
 
 
-def edge_model(services: Services, pointers: list[ModelPointer]) -> bytes:
-    """The ONNX file for devices: the backbone with these models' heads (``current_pointers``)."""
-    if not pointers:
+def state_archive(services: Services, pointers: list[ModelPointer], every: bool = False) -> bytes:
+    """The state archive of these models (``current_pointers``; ``every``: of every tag)."""
+    return pack(_records(services, pointers, every), services.spec)
+
+
+def edge_model(services: Services, pointers: list[ModelPointer], every: bool = False) -> bytes:
+    """The ONNX file for devices: the backbone with these models' heads (``current_pointers``;
+    ``every``: of every tag)."""
+    records = _records(services, pointers, every)
+    if not records:
         raise NotFound("no_models", "There is no trained model to export.")
-    matrix = catalog.stack([catalog.load_version(services, p.tag, p.key) for p in pointers], services.spec)
+    matrix = catalog.stack(records, services.spec)
     return build_edge_model(export_onnx(services.settings.model_cache_dir), matrix, services.spec)
