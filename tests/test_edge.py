@@ -58,10 +58,10 @@ def test_concurrent_exports_share_one_build_and_follow_the_models(client: TestCl
     builds: list[str] = []
 
     def counted(build: Any) -> Any:
-        def counting(*args: Any) -> bytes:
+        def counting(*args: Any, **kwargs: Any) -> bytes:
             builds.append(build.__name__)
             time.sleep(0.5)  # long enough for every request below to arrive meanwhile
-            return build(*args)  # type: ignore[no-any-return]
+            return build(*args, **kwargs)  # type: ignore[no-any-return]
         return counting
 
     monkeypatch.setattr(state, "edge_model", counted(state.edge_model))
