@@ -43,6 +43,9 @@ class BodyHold:
         late = self.received < (now - self.started - KEPT_GRACE_S) * KEPT_RATE
         return self.reserved - self.received if late and self.reserved > self.received else 0
 
+    def rate(self, now: float) -> float:
+        return self.received / max(now - self.started, 1e-3)
+
 
 class BodyBudget:
     """Request-body bytes held at once by all requests of a process: a request whose body would
@@ -58,45 +61,43 @@ class BodyBudget:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        self.in_use = 0  # what every hold holds together
         self._holds: set[BodyHold] = set()
         self._lock = threading.Lock()
-
-    @property
-    def in_use(self) -> int:
-        with self._lock:
-            return self._in_use()
-
-    def _in_use(self) -> int:
-        return sum(hold.held for hold in self._holds)
 
     def hold(self, declared: int, now: float) -> BodyHold | None:
         """Room for a body of ``declared`` bytes (0: not declared), or None if there is none."""
         with self._lock:
-            free = self.capacity - self._in_use()
+            free = self.capacity - self.in_use
             if declared > free:
-                late = sorted(((h.behind(now), h) for h in self._holds if h.behind(now)), key=lambda x: -x[0])
-                if declared > free + sum(room for room, _ in late):
+                late = sorted((h for h in self._holds if h.behind(now)), key=lambda h: h.rate(now))
+                if declared > free + sum(h.behind(now) for h in late):
                     return None
-                for room, slow in late:  # the slowest first
+                for slow in late:  # the slowest first
                     if declared <= free:
                         break
-                    slow.reserved, free = slow.received, free + room
+                    room = slow.behind(now)
+                    slow.reserved, free, self.in_use = slow.received, free + room, self.in_use - room
             hold = BodyHold(declared, now)
             self._holds.add(hold)
+            self.in_use += declared
             return hold
 
     def take(self, hold: BodyHold, size: int) -> bool:
         """Count ``size`` more bytes of the body: within its room, or in room still free."""
         with self._lock:
             beyond = max(0, hold.received + size - hold.held)
-            if beyond and self._in_use() + beyond > self.capacity:
+            if beyond and self.in_use + beyond > self.capacity:
                 return False
             hold.received += size
+            self.in_use += beyond
             return True
 
     def release(self, hold: BodyHold) -> None:
         with self._lock:
-            self._holds.discard(hold)
+            if hold in self._holds:
+                self._holds.discard(hold)
+                self.in_use -= hold.held
 
 
 class BodyLimit:
