@@ -644,8 +644,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     """Register the client subcommands; each gets ``--url``, ``--json`` and ``--quiet``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=default_url(),
-                        help="tagsmith server (default $TAGSMITH_URL, else $TAGSMITH_PORT on 127.0.0.1, "
-                        "as serve uses it: %(default)s)")
+                        help="tagsmith server (default $TAGSMITH_URL, else $TAGSMITH_HOST and $TAGSMITH_PORT "
+                        "as serve reads them: %(default)s)")
     common.add_argument("--api-key", default=os.environ.get("TAGSMITH_API_KEY") or None,
                         help="API key, when the server needs one (default $TAGSMITH_API_KEY)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -1,6 +1,6 @@
 """The jobs as RQ runs them (the names queued jobs carry): ``train_tag`` runs
 ``shared.domain.training.run_training``; ``embed_library`` and ``rescore_library`` keep the library
-embedded and scored (``shared.domain.library``); trainings and embedding jobs then ``tidy`` the store.
+embedded and scored (``shared.domain.library``), then ``tidy`` the store.
 Each gets its worker's services and keeps its progress and any error in the job's meta for ``/status``."""
 
 from __future__ import annotations
@@ -58,8 +58,6 @@ def train_tag(services: Services, tag: str, epoch: int) -> dict[str, Any]:
     except Exception as exc:
         _report("failed", 0.0, failure_message(exc))
         raise
-    finally:
-        tidy(services)
 
 
 def embed_library(services: Services) -> dict[str, Any]:
@@ -83,5 +81,6 @@ def tidy(services: Services) -> int:
 
 
 def rescore_library(services: Services, tags: list[str]) -> dict[str, Any]:
-    """RQ entry point: score the whole library with the tags' current versions."""
-    return library.rescore(services, tags, _report)
+    """RQ entry point: score the whole library with the tags' current versions (queued after each
+    publication); then ``tidy``."""
+    return {**library.rescore(services, tags, _report), "unfinished_removed": tidy(services)}

@@ -63,8 +63,8 @@ def _file(source: ImageSource, default_name: str = "image") -> tuple[str, bytes]
 class Client:
     """Talks to a tagsmith server over HTTP; every refusal raises ``TagsmithError``.
 
-    ``url`` defaults to ``$TAGSMITH_URL``, else ``$TAGSMITH_PORT`` on 127.0.0.1 (``default_url``), else
-    http://127.0.0.1:5000; ``api_key`` (sent as
+    ``url`` defaults to ``$TAGSMITH_URL``, else the address ``tagsmith serve`` reads from
+    ``$TAGSMITH_HOST`` and ``$TAGSMITH_PORT`` (``default_url``), else http://127.0.0.1:5000; ``api_key`` (sent as
     ``X-API-Key``) to ``$TAGSMITH_API_KEY``. Pass ``http`` to use your own ``httpx.Client`` (a proxy,
     TLS settings, or Starlette's ``TestClient`` in tests).
     """

@@ -102,16 +102,21 @@ def _add(services: Services, data: bytes, image_id: str | None, filename: str,
 
 def _same_bytes(services: Services, image_id: str, content: str) -> dict[str, Any] | None:
     """What an add of these bytes under ``image_id`` answers when that id holds them already (the
-    stored image, ``duplicate``: true); None otherwise (an id holding other bytes is 409)."""
+    stored image, ``duplicate``: true); None if no image holds it. Conflict (before anything is
+    decoded) if it holds other bytes."""
     stored = services.registry.image(image_id)
-    return _duplicate(services, image_id) if stored and stored.get("sha256") == content else None
+    if stored and stored.get("sha256") != content:
+        raise Conflict("image_exists", f"An image with id '{image_id}' already exists.")
+    return _described(image_id, stored) if stored else None
 
 
 def _duplicate(services: Services, image_id: str) -> dict[str, Any] | None:
     """What an add of bytes stored already as ``image_id`` answers; None if it was deleted meanwhile."""
     stored = services.registry.image(image_id)
-    if not stored:
-        return None
+    return _described(image_id, stored) if stored else None
+
+
+def _described(image_id: str, stored: dict[str, str]) -> dict[str, Any]:
     meta = describe(image_id, stored)
     return {**{k: meta.get(k) for k in ("image_id", "filename", "format", "width", "height")}, "duplicate": True}
 

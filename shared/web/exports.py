@@ -31,15 +31,24 @@ class Exports:
     async def lend(self, kind: str, models: Hashable, build: Callable[[], bytes]) -> bytes:
         """The ``kind`` export of ``models`` for one request to send, which gives it back when it
         ends (``give_back``); 503 busy if the exports lent out would pass ``max_lent_bytes``."""
+        kept = self._kept.get(kind)
+        if not (kept and kept[0] == models) and self._lent_bytes() >= self.max_lent_bytes:
+            raise self._busy()  # before a build that could not be lent
         export = await self._get(kind, models, build)
         _, requests = self._lent.get(id(export), (export, 0))
         if not requests:
-            lent = sum(len(data) for data, _ in self._lent.values())
+            lent = self._lent_bytes()
             if lent and lent + len(export) > self.max_lent_bytes:
-                raise Unavailable("busy", "The server is sending as many exports as it may hold at once; try "
-                                  "again shortly.")
+                raise self._busy()
         self._lent[id(export)] = (export, requests + 1)
         return export
+
+    def _lent_bytes(self) -> int:
+        return sum(len(data) for data, _ in self._lent.values())
+
+    @staticmethod
+    def _busy() -> Unavailable:
+        return Unavailable("busy", "The server is sending as many exports as it may hold at once; try again shortly.")
 
     def give_back(self, export: bytes) -> None:
         _, requests = self._lent[id(export)]
