@@ -21,8 +21,9 @@ def paced_deadline(deadline: float, size: int, rate: float, now: float, timeout:
     return min(deadline + size / rate, now + timeout)
 
 
-# A body keeps the room its Content-Length took while it comes at least this fast (after the first
-# seconds); a slower one keeps only what it has sent once another request needs the room.
+# A body keeps the room its Content-Length took while it comes at least this fast; in its first
+# seconds, before it can show its pace, only this much beyond what it has sent. The rest of its room
+# goes to a body that needs it, the slowest's first.
 KEPT_RATE = 1024 * 1024  # bytes/s
 KEPT_GRACE_S = 2.0
 
@@ -38,10 +39,15 @@ class BodyHold:
     def held(self) -> int:
         return max(self.received, self.reserved)
 
-    def behind(self, now: float) -> int:
-        """The room it took and may lose: its bytes not yet come, if it comes slower than ``KEPT_RATE``."""
-        late = self.received < (now - self.started - KEPT_GRACE_S) * KEPT_RATE
-        return self.reserved - self.received if late and self.reserved > self.received else 0
+    def kept(self, now: float) -> int:
+        """The room no other body may take from it: all it took while it keeps ``KEPT_RATE``; in its
+        first ``KEPT_GRACE_S``, what it has sent and that many seconds more at that rate; else what
+        it has sent. (Declarations sending nothing, one every 0.1 s, had each kept 256 MiB for its
+        first seconds: every upload and prediction was refused.)"""
+        elapsed = now - self.started
+        if elapsed < KEPT_GRACE_S:
+            return min(self.held, self.received + int(KEPT_RATE * KEPT_GRACE_S))
+        return self.held if self.received >= KEPT_RATE * (elapsed - KEPT_GRACE_S) else self.received
 
     def rate(self, now: float) -> float:
         return self.received / max(now - self.started, 1e-3)
@@ -55,9 +61,9 @@ class BodyBudget:
 
     A declared Content-Length takes its room whole when the endpoint starts reading: taken a piece
     at a time, concurrent bodies that together passed the budget had all been refused halfway. A
-    body slower than ``KEPT_RATE`` gives up the room its bytes not yet sent took when a newcomer
-    needs it (it goes on, taking room as its bytes come): two bodies declaring 256 MiB and sent at
-    16 KiB/s had held the whole budget for hours, every upload and prediction answered "busy"."""
+    body needing room (a newcomer, or a piece beyond its room) takes it from bodies that do not keep
+    it (``BodyHold.kept``), the slowest first; they go on, taking room as their bytes come. Two
+    bodies declaring 256 MiB and sent at 16 KiB/s had held the whole budget for hours."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -68,30 +74,37 @@ class BodyBudget:
     def hold(self, declared: int, now: float) -> BodyHold | None:
         """Room for a body of ``declared`` bytes (0: not declared), or None if there is none."""
         with self._lock:
-            free = self.capacity - self.in_use
-            if declared > free:
-                late = sorted((h for h in self._holds if h.behind(now)), key=lambda h: h.rate(now))
-                if declared > free + sum(h.behind(now) for h in late):
-                    return None
-                for slow in late:  # the slowest first
-                    if declared <= free:
-                        break
-                    room = slow.behind(now)
-                    slow.reserved, free, self.in_use = slow.received, free + room, self.in_use - room
+            if not self._make_room(declared, now, None):
+                return None
             hold = BodyHold(declared, now)
             self._holds.add(hold)
             self.in_use += declared
             return hold
 
-    def take(self, hold: BodyHold, size: int) -> bool:
-        """Count ``size`` more bytes of the body: within its room, or in room still free."""
+    def take(self, hold: BodyHold, size: int, now: float) -> bool:
+        """Count ``size`` more bytes of the body: within its room, or in room free or made."""
         with self._lock:
             beyond = max(0, hold.received + size - hold.held)
-            if beyond and self.in_use + beyond > self.capacity:
+            if beyond and not self._make_room(beyond, now, hold):
                 return False
             hold.received += size
             self.in_use += beyond
             return True
+
+    def _make_room(self, needed: int, now: float, asking: BodyHold | None) -> bool:
+        free = self.capacity - self.in_use
+        if needed <= free:
+            return True
+        others = sorted((h for h in self._holds if h is not asking and h.held > h.kept(now)), key=lambda h: h.rate(now))
+        if needed > free + sum(h.held - h.kept(now) for h in others):
+            return False
+        for slow in others:  # the slowest first
+            if needed <= free:
+                break
+            kept = slow.kept(now)
+            freed, slow.reserved = slow.held - kept, kept
+            free, self.in_use = free + freed, self.in_use - freed
+        return True
 
     def release(self, hold: BodyHold) -> None:
         with self._lock:
@@ -161,7 +174,7 @@ class BodyLimit:
             if received + size > limit:  # before the budget: a body past the limit is too large, not "busy"
                 raise HttpError(413, "too_large", f"The request body is larger than {limit} bytes.")
             assert hold is not None
-            if not budget.take(hold, size):
+            if not budget.take(hold, size, time.monotonic()):
                 raise HttpError(503, "busy", busy)
             received += size
             deadline = paced_deadline(deadline, size, settings.body_min_rate, time.monotonic(), timeout)
