@@ -627,3 +627,36 @@ def test_backups_streamed_at_once_are_bounded(services: Services, monkeypatch: p
         go_on.set()
         assert first.result().status_code == 200 and members(first.result().content)
         assert client.get("/backup").status_code == 200  # its place was given back
+
+
+def test_a_write_whose_body_came_while_a_restore_began_is_refused(client: TestClient, services: Services) -> None:
+    """A body begun before a restore and trickling in (at the minimum rate, minutes) passed the
+    check made on its headers and landed in the restore; one that took over a second is checked
+    again once it has come."""
+    import uuid
+
+    photo = crops(CAT, 1, seed=60)[0]
+    boundary = "b0undary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="data"; filename="late.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+
+    begun, claimed = threading.Event(), threading.Event()
+
+    def trickling() -> Iterator[bytes]:  # read by the app's event loop
+        yield body[:100]
+        begun.set()
+        assert claimed.wait(30)
+        time.sleep(1.2)
+        yield body[100:]
+
+    def restore_begins() -> None:  # meanwhile, in another process as far as the request can tell
+        assert begun.wait(30)
+        assert services.registry.claim_lease("restore", uuid.uuid4().hex, 30)
+        claimed.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(restore_begins)
+        answer = client.post("/custom/add?image_id=late", content=trickling(),
+                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert answer.status_code == 409 and answer.json()["error"] == "restore_in_progress", answer.text
+    assert not services.registry.image_exists("late")

@@ -5,22 +5,28 @@ with a large backup. A write landing meanwhile was merged into what it restored,
 restore's step for a tag removes the archives a deleted tag left under its name, and a tag made
 meanwhile (its examples, a version loaded with ``/set_state``) lost its archives there. While the
 restore's lease is held, by any process, a request that changes data gets 409
-``restore_in_progress``; reads and predictions go on. A write that passed this check before the
-restore began may still land (``backup._apply`` stops at a tag made meanwhile).
+``restore_in_progress``; reads and predictions go on. A body that took more than a second to come is
+checked again once it has come (one begun before the restore and trickling in for minutes had
+landed in it). A write that passed both checks may still land (``backup._apply`` stops at a tag
+made meanwhile).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import redis
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.domain.backup import restore_running
 from shared.domain.services import Services
-from shared.web.errors import error_response
+from shared.web.errors import HttpError, error_response
 from shared.web.routing import changes_data
+
+RECHECK_AFTER_S = 1.0
+MESSAGE = "A backup is being restored into this server; wait for it to finish, then send this again."
 
 # Writes a restore does not disturb: predictions (POST, but they change nothing) and the restore itself.
 UNDISTURBED = ("/predict", "/restore")
@@ -34,17 +40,30 @@ class RestoreGuard:
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _writes(scope["method"], scope["path"]):
-            try:
-                running = await run_in_threadpool(restore_running, self.services(scope))
-            except redis.RedisError:  # the write itself answers 503 when it reaches Redis
-                running = False
-            if running:
-                response = error_response(409, "restore_in_progress", "A backup is being restored into this "
-                                          "server; wait for it to finish, then send this again.")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or not _writes(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        services = self.services(scope)
+        if await _running(services):
+            await error_response(409, "restore_in_progress", MESSAGE)(scope, receive, send)
+            return
+        checked = time.monotonic()
+
+        async def checked_again() -> Message:
+            message = await receive()
+            ended = message["type"] == "http.request" and not message.get("more_body", False)
+            if ended and time.monotonic() - checked > RECHECK_AFTER_S and await _running(services):
+                raise HttpError(409, "restore_in_progress", MESSAGE)
+            return message
+
+        await self.app(scope, checked_again, send)
+
+
+async def _running(services: Services) -> bool:
+    try:
+        return await run_in_threadpool(restore_running, services)
+    except redis.RedisError:  # the write itself answers 503 when it reaches Redis
+        return False
 
 
 def _writes(method: str, path: str) -> bool:
