@@ -62,8 +62,9 @@ async def get_edge_model(request: Request) -> Response:
     response: {description: 'An ONNX model.', content: onnx}
     errors: [400, 404, 503]
     """
-    return await _export(request, "edge", query_tags(request, "tag"), state.edge_model, "application/octet-stream",
-                         "tagsmith-edge.onnx")
+    # In the tags' sorted order, whatever order they were asked in: one export for one set of models.
+    return await _export(request, "edge", sorted(query_tags(request, "tag")), state.edge_model,
+                         "application/octet-stream", "tagsmith-edge.onnx")
 
 
 async def _export(request: Request, kind: str, tags: list[str],
@@ -75,7 +76,7 @@ async def _export(request: Request, kind: str, tags: list[str],
     models = tuple(pointer.to_json() for pointer in pointers)
     export = await exports.lend(kind, models, partial(build, services, pointers, every=not tags))
     return shared_bytes_response(export, media_type, {"Content-Disposition": f'attachment; filename="{filename}"'},
-                                 done=partial(exports.give_back, export))
+                                 done=partial(exports.give_back, kind, models))
 
 
 def get_backup(request: Request) -> Response:

@@ -26,22 +26,33 @@ class Exports:
         self._turn = asyncio.Lock()
         self._kept: dict[str, tuple[Hashable, bytes]] = {}  # kind -> the models' identity, the export
         self.max_lent_bytes = max_lent_bytes
-        self._lent: dict[int, tuple[bytes, int]] = {}  # id of an export being sent -> it, its requests
+        self._lent: dict[tuple[str, Hashable], tuple[bytes, int]] = {}  # (kind, models) -> export, its requests
 
     async def lend(self, kind: str, models: Hashable, build: Callable[[], bytes]) -> bytes:
         """The ``kind`` export of ``models`` for one request to send, which gives it back when it
-        ends (``give_back``); 503 busy if the exports lent out would pass ``max_lent_bytes``."""
-        kept = self._kept.get(kind)
-        if not (kept and kept[0] == models) and self._lent_bytes() >= self.max_lent_bytes:
-            raise self._busy()  # before a build that could not be lent
-        export = await self._get(kind, models, build)
-        _, requests = self._lent.get(id(export), (export, 0))
-        if not requests:
-            lent = self._lent_bytes()
-            if lent and lent + len(export) > self.max_lent_bytes:
-                raise self._busy()
-        self._lent[id(export)] = (export, requests + 1)
+        ends (``give_back``): one being sent already is shared, counted once; 503 busy if a new one
+        would take the exports lent out past ``max_lent_bytes``."""
+        key = (kind, models)
+        if key not in self._lent:
+            kept = self._kept.get(kind)
+            if not (kept and kept[0] == models) and self._lent_bytes() >= self.max_lent_bytes:
+                raise self._busy()  # before a build that could not be lent
+            export = await self._get(kind, models, build)
+            if key not in self._lent:  # (another request may have lent it while this one waited)
+                lent = self._lent_bytes()
+                if lent and lent + len(export) > self.max_lent_bytes:
+                    raise self._busy()
+                self._lent[key] = (export, 0)
+        export, requests = self._lent[key]
+        self._lent[key] = (export, requests + 1)
         return export
+
+    def give_back(self, kind: str, models: Hashable) -> None:
+        export, requests = self._lent[(kind, models)]
+        if requests > 1:
+            self._lent[(kind, models)] = (export, requests - 1)
+        else:
+            del self._lent[(kind, models)]
 
     def _lent_bytes(self) -> int:
         return sum(len(data) for data, _ in self._lent.values())
@@ -49,13 +60,6 @@ class Exports:
     @staticmethod
     def _busy() -> Unavailable:
         return Unavailable("busy", "The server is sending as many exports as it may hold at once; try again shortly.")
-
-    def give_back(self, export: bytes) -> None:
-        _, requests = self._lent[id(export)]
-        if requests > 1:
-            self._lent[id(export)] = (export, requests - 1)
-        else:
-            del self._lent[id(export)]
 
     async def _get(self, kind: str, models: Hashable, build: Callable[[], bytes]) -> bytes:
         """The ``kind`` export of ``models`` (what identifies them: every pointer's JSON),
