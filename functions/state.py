@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -92,16 +93,17 @@ def get_backup(request: Request) -> Response:
     errors: [503]
     """
     services, backups = services_of(request), backups_of(request)
-    if not backups.acquire(blocking=False):
+    slot = backups.take(time.monotonic())
+    if slot is None:
         raise Unavailable("busy", "The server is sending as many backups as it may at once; try again shortly.")
     try:
         plan = backup.plan_backup(services)  # Redis is read here: a backend down is a 503, not a cut stream
     except BaseException:
-        backups.release()
+        backups.give_back(slot)
         raise
     return EndingResponse(
-        iterate_in_threadpool(backup.stream_backup(services, plan)),
-        backups.release,
+        iterate_in_threadpool(slot.send(backup.stream_backup(services, plan))),
+        partial(backups.give_back, slot),
         media_type="application/x-tar",
         headers={"Content-Disposition": 'attachment; filename="tagsmith-backup.tar"'},
     )

@@ -10,7 +10,6 @@ an app started by uvicorn, from the environment, read then), and hands them to e
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,11 +32,12 @@ from shared.web.observability import RequestObserver
 from shared.web.origins import SameOrigin
 from shared.web.restoring import RestoreGuard
 from shared.web.state import settings_of
+from shared.web.streams import StreamSlots
 
 log = logging.getLogger("tagsmith")
 
-# Backups a process streams at once: each holds its plan (about 1 KB an image) for as long as its
-# client reads, and a hundred slow ones at 100,000 images would have held 10 GB.
+# Backups a process streams at once (``shared.web.streams``): each holds its plan (about 1 KB an
+# image) for as long as its client reads, and a hundred slow ones at 100,000 images would have held 10 GB.
 BACKUPS_AT_ONCE = 4
 
 
@@ -59,7 +59,7 @@ def create_app(
         state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight),
                                  "spool_budget": BodyBudget(body_limit_for_path(own.settings, "/restore")),  # one backup's worth
                                  "exports": Exports(own.settings.max_unsent_bytes),
-                                 "backups": threading.BoundedSemaphore(BACKUPS_AT_ONCE)}
+                                 "backups": StreamSlots(BACKUPS_AT_ONCE)}
         if backbone:
             loaded = await run_in_threadpool(lambda: own.backbone)
             log.info("backbone ready: %s, %s", loaded.runtime, loaded.precision)

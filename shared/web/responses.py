@@ -24,8 +24,14 @@ def render_json(content: Any) -> bytes:
     return orjson.dumps(content, option=orjson.OPT_APPEND_NEWLINE)
 
 
+class StreamCut(Exception):
+    """Raised by an ``EndingResponse``'s content to cut the answer off: its connection closes
+    without the answer's end, so the client sees a failed download, never a short one."""
+
+
 class EndingResponse(responses.StreamingResponse):
-    """A streamed answer that runs ``done`` when it ends, sent whole or not (the client gone)."""
+    """A streamed answer that runs ``done`` when it ends, sent whole or not (the client gone, or
+    cut off: ``StreamCut``)."""
 
     def __init__(self, content: AsyncIterable[Any] | Iterable[Any], done: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
@@ -34,6 +40,8 @@ class EndingResponse(responses.StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except StreamCut:
+            pass  # unfinished: the server closes the connection
         finally:
             self._done()
 

@@ -5,7 +5,6 @@ the batcher that shares it among requests (``request.state.batcher``)."""
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -17,6 +16,7 @@ if TYPE_CHECKING:
     from shared.domain.services import Services
     from shared.web.batching import MicroBatcher
     from shared.web.exports import Exports
+    from shared.web.streams import StreamSlots
 
 
 def services_of(request: Request) -> Services:
@@ -34,9 +34,9 @@ def exports_of(request: Request) -> Exports:
     return exports
 
 
-def backups_of(request: Request) -> threading.BoundedSemaphore:
+def backups_of(request: Request) -> StreamSlots:
     """The backups this process may stream at once (``app.BACKUPS_AT_ONCE``)."""
-    backups: threading.BoundedSemaphore = request.state.backups
+    backups: StreamSlots = request.state.backups
     return backups
 
 
