@@ -91,10 +91,11 @@ def test_upload_over_the_limit_is_413(client: TestClient, services: Services, mo
     "tag",
     ["a%2Fb", "a%5Cb", "%2E%2E", ".hidden", "tab%09tag", "nul%00", "new%0Aline", "%E2%80%8Bzw", " padded", "x" * 65,
      "%E3%85%A4", "%E2%A0%80", "%E1%85%9F", "%F3%A0%84%80", "cat%CD%8F", "cat%EF%B8%8F", "caf%C3%A9%EF%B8%8F",
-     "%E7%8C%AB%EF%B8%8F"],
+     "%E7%8C%AB%EF%B8%8F", "z%E2%A0%80z"],
     ids=["slash", "backslash", "dotdot", "leading-dot", "tab", "nul", "newline", "zero-width", "space", "too-long",
          "hangul-filler", "braille-blank", "choseong-filler", "variation-selector-17", "grapheme-joiner",
-         "emoji-selector-after-a-letter", "emoji-selector-after-an-accented-letter", "emoji-selector-after-an-ideograph"],
+         "emoji-selector-after-a-letter", "emoji-selector-after-an-accented-letter", "emoji-selector-after-an-ideograph",
+         "braille-blank-between-letters"],
 )
 def test_hostile_tag_names_are_refused(client: TestClient, services: Services, tag: str) -> None:
     client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
@@ -202,6 +203,7 @@ def test_tags_stored_before_the_lookalike_rules_are_still_named(client: TestClie
 def test_unicode_tags_are_fine(client: TestClient, services: Services) -> None:
     client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
     tags = ("flat lay – Ünïcode", "rock & roll", "50's", "猫", "a..b", "❤️", "1️⃣ place", "ℹ️", "‼️",
+            "\u2809\u2801\u281e\u2800\u2819\u2815\u281b",  # Braille, its blank pattern between words
             "葛\U000e0100飾", "ᠠ\u180bᠡ",  # emoji, a Japanese ideographic variant, a Mongolian spelling
             "café", "naïve", "고양이", "Ελλάδα", "русский", "हिन्दी", "العربية", "עברית", "ქართული", "ภาษาไทย",
             "น้ำ", "ㅋㅋ", "Hawaiʻi", "cat сат",  # Thai's vowel AM and lone Hangul letters, which NFKC changes

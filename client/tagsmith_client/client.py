@@ -34,7 +34,7 @@ def default_url() -> str:
     address); else ``DEFAULT_URL``."""
     if url := os.environ.get("TAGSMITH_URL", "").strip():
         return url
-    host = os.environ.get("TAGSMITH_HOST", "").strip() or "127.0.0.1"
+    host = os.environ.get("TAGSMITH_HOST", "").strip().strip("[]") or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     elif ":" in host:

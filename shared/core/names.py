@@ -175,9 +175,12 @@ def _script(c: str) -> str:
 
 
 def _hides_characters(tag: str) -> bool:
-    """Whether the tag shows nothing, holds a filler, or a modifier (``_MODIFIERS``) where no
+    """Whether the tag shows nothing, holds a filler, a blank Braille pattern among other than
+    Braille (it shows as a space: "z\u2800z" beside "z z"), or a modifier (``_MODIFIERS``) where no
     script puts one (``_modifies``)."""
     if any(c in _FILLERS for c in tag) or all(c in _BLANK or _MODIFIERS.match(c) for c in tag):
+        return True
+    if "\u2800" in tag and not all("\u2800" <= c <= "\u28ff" or c == " " for c in tag):
         return True
     return any(not _modifies(tag, found.start()) for found in _MODIFIERS.finditer(tag))
 
