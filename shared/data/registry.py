@@ -596,9 +596,9 @@ class Registry:
         """Extend the lease ``token`` holds to ``seconds`` from now; False if it is no longer held."""
         return bool(self._renew_lease(keys=[self._k("lease", name)], args=[token, seconds], client=self.redis))
 
-    def lease_held(self, name: str) -> bool:
-        """Whether anyone holds the lease ``name`` now."""
-        return bool(self.redis.exists(self._k("lease", name)))
+    def lease_key(self, name: str) -> str:
+        """The key of the lease ``name``: it exists while someone holds the lease."""
+        return self._k("lease", name)
 
     def release_lease(self, name: str, token: str) -> None:
         """Give the lease back, if ``token`` still holds it."""

@@ -210,11 +210,6 @@ class _Backup:
     members: dict[str, tarfile.TarInfo]
 
 
-def restore_running(services: Services) -> bool:
-    """Whether a restore holds this server (its lease, held by any process)."""
-    return services.registry.lease_held("restore")
-
-
 def require_empty(services: Services) -> None:
     """Conflict unless the server has no images and no tags: a restore never merges."""
     registry = services.registry

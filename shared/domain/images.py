@@ -81,15 +81,14 @@ def _add(services: Services, data: bytes, image_id: str | None, filename: str,
             if (found := _duplicate(services, existing)) is not None:
                 return found
             continue
-        if image_id is not None and (found := _same_bytes(services, image_id, content)) is not None:
-            return found  # sent again (a retry, a command run twice): nothing to store
         decoded = decoded or decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, budget)
         new_id = image_id or new_image_id()
         try:
             existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None, sha256=content)
-        except Conflict:
-            if image_id is not None and (found := _same_bytes(services, image_id, content)) is not None:
-                return found  # the same upload, sent twice at once, was stored by the other
+        except Conflict as exc:
+            # The id is taken: by these bytes (a retry, a command run twice), nothing to store.
+            if image_id is not None and exc.code == "image_exists" and (found := _same_bytes(services, image_id, content)):
+                return found
             raise
         if existing is None:
             return {"image_id": new_id, "filename": filename, "format": decoded.format, "width": decoded.width,
@@ -102,12 +101,9 @@ def _add(services: Services, data: bytes, image_id: str | None, filename: str,
 
 def _same_bytes(services: Services, image_id: str, content: str) -> dict[str, Any] | None:
     """What an add of these bytes under ``image_id`` answers when that id holds them already (the
-    stored image, ``duplicate``: true); None if no image holds it. Conflict (before anything is
-    decoded) if it holds other bytes."""
+    stored image, ``duplicate``: true); None otherwise (an id holding other bytes is 409)."""
     stored = services.registry.image(image_id)
-    if stored and stored.get("sha256") != content:
-        raise Conflict("image_exists", f"An image with id '{image_id}' already exists.")
-    return _described(image_id, stored) if stored else None
+    return _described(image_id, stored) if stored and stored.get("sha256") == content else None
 
 
 def _duplicate(services: Services, image_id: str) -> dict[str, Any] | None:

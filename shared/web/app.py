@@ -30,7 +30,7 @@ from shared.web.exports import Exports
 from shared.web.limits import BodyBudget, BodyLimit, body_limit_for_path
 from shared.web.observability import RequestObserver
 from shared.web.origins import SameOrigin
-from shared.web.restoring import RestoreGuard
+from shared.web.restoring import RestoreFlag, RestoreGuard
 from shared.web.state import settings_of
 from shared.web.streams import StreamSlots
 
@@ -59,7 +59,8 @@ def create_app(
         state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight),
                                  "spool_budget": BodyBudget(body_limit_for_path(own.settings, "/restore")),  # one backup's worth
                                  "exports": Exports(own.settings.max_unsent_bytes),
-                                 "backups": StreamSlots(BACKUPS_AT_ONCE)}
+                                 "backups": StreamSlots(BACKUPS_AT_ONCE),
+                                 "restore_flag": RestoreFlag(own.settings.redis_url, own.registry.lease_key("restore"))}
         if backbone:
             loaded = await run_in_threadpool(lambda: own.backbone)
             log.info("backbone ready: %s, %s", loaded.runtime, loaded.precision)
@@ -67,6 +68,7 @@ def create_app(
         try:
             yield state
         finally:
+            await state["restore_flag"].close()
             if "batcher" in state:
                 await state["batcher"].close()
             if services is None:
@@ -78,7 +80,7 @@ def create_app(
             Middleware(RequestObserver),
             Middleware(SameOrigin, settings=settings_of),
             Middleware(ApiKeys, keys=lambda scope: settings_of(scope).api_key_list),
-            Middleware(RestoreGuard, services=lambda scope: scope["state"]["services"]),
+            Middleware(RestoreGuard, flag=lambda scope: scope["state"]["restore_flag"]),
             Middleware(BodyLimit, settings=settings_of, budget=lambda scope: scope["state"]["body_budget"],
                        spool_budget=lambda scope: scope["state"]["spool_budget"]),
         ],
