@@ -179,7 +179,12 @@ def run_client_command(args: argparse.Namespace) -> int:
     from tagsmith_client import Client, TagsmithError
 
     try:
-        with Client(args.url, api_key=args.api_key) as client:
+        client = Client(args.url, api_key=args.api_key)
+    except ValueError as exc:  # --url or $TAGSMITH_URL names no http(s) address
+        print(f"tagsmith: {shown(exc)}", file=sys.stderr)
+        return 2
+    try:
+        with client:
             return int(args.client_command(client, args))
     except TagsmithError as exc:
         print(f"tagsmith: {refusal(exc)}", file=sys.stderr)

@@ -161,7 +161,7 @@ def _failure(path: Path, error: TagsmithError | OSError) -> dict[str, Any]:
 
 def _stopped(error: TagsmithError, left: int, total: int) -> None:
     """The refusal that stopped a command over many files, and how many it did not get to."""
-    rest = f"; stopped with {left} of {_count(total, 'file')} not done" if left < total else ""
+    rest = f"; stopped with {left} of {_count(total, 'file')} not done" if total > 1 else ""
     print(f"tagsmith: {refusal(error)}{rest}", file=sys.stderr)
 
 
@@ -226,13 +226,17 @@ def cmd_add(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(results)
     else:
+        added = [r for r in results if "error" not in r]
+        if added and not args.ids_from_names:  # the server chose the ids: say which file got which
+            _table(["file", "image id"], [[r["path"], r["image_id"] + (" (stored already)" if r.get("duplicate") else "")]
+                                          for r in added])
         for r in failed:
             print(f"{shown(r['path'])}: {shown(r['message'])} ({shown(r['error'])})", file=sys.stderr)
         where = f" as {sample_type} examples of '{args.tag}'" if args.tag else ""
-        stored = [r for r in results if r.get("duplicate")]
+        stored = [r for r in added if r.get("duplicate")]
         already = f" ({len(stored)} of them stored already)" if stored else ""
-        say(f"added {_count(len(results) - len(failed), 'image')}{where}{already}"
-            + (f"; {len(failed)} failed" if failed else ""))
+        if results or stopped is None:
+            say(f"added {_count(len(added), 'image')}{where}{already}" + (f"; {len(failed)} failed" if failed else ""))
     if stopped is not None:
         _stopped(stopped, len(files) - len(results), len(files))
     return 1 if failed or stopped else 0

@@ -54,7 +54,11 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     assert (code, out.strip()) == (0, "added 4 images as positive examples of 'cli cat' (4 of them stored already)")
     code, out, err = run(capsys, url, "add", str(others), "--tag", "cli cat", "--negative")
     assert code == 1
-    assert out.strip() == f"added {len(OTHERS)} images as negative examples of 'cli cat'; 1 failed"
+    header, rule, *rows, summary = out.strip().splitlines()
+    assert summary == f"added {len(OTHERS)} images as negative examples of 'cli cat'; 1 failed"
+    assert header.split() == ["file", "image", "id"] and len(rows) == len(OTHERS)  # the ids the server chose
+    with Client(url) as api:
+        assert {row.split()[-1] for row in rows} == set(api.tag("cli cat")["negatives"])
     assert "notes.jpg: The file is not an image in a supported format. (not_an_image)" in err
     assert main(["tags", "--json", "--url", url]) == 0
     tags = {t["tag"]: t for t in json.loads(capsys.readouterr().out)}
@@ -148,8 +152,19 @@ def test_errors_are_reported_with_a_nonzero_exit(live_server: TagsmithServer, tm
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, live_server.base, "versions", "no such tag")
     assert code == 1 and err.strip() == "tagsmith: No tag 'no such tag'. (unknown_tag)"
-    code, out, err = run(capsys, f"http://127.0.0.1:{free_port()}", "tags")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    code, out, err = run(capsys, nobody, "tags")
     assert code == 1 and "Cannot reach tagsmith at" in err
+    two = photos(tmp_path / "two", "cli-two", CAT, 2, seed=42)
+    for command in ("add", "predict"):  # stopped before the first file: no "added 0 images", but the count
+        code, out, err = run(capsys, nobody, command, str(two))
+        assert (code, out) == (1, ""), (command, out)
+        assert err.strip().endswith("stopped with 2 of 2 files not done"), (command, err)
+    code, out, err = run(capsys, live_server.base.removeprefix("http://"), "tags")  # an address as curl takes it
+    assert code == 0, err
+    code, out, err = run(capsys, "ftp://127.0.0.1:5000", "tags")
+    assert (code, err.strip()) == (2, "tagsmith: 'ftp://127.0.0.1:5000' is not an http:// or https:// address of a "
+                                      "tagsmith server")
     with pytest.raises(SystemExit, match="no such file or folder"):
         main(["add", str(tmp_path / "missing"), "--url", live_server.base])
 

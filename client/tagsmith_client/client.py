@@ -42,6 +42,18 @@ def default_url() -> str:
     return f"http://{host}:{os.environ.get('TAGSMITH_PORT', '').strip() or 5000}"
 
 
+def server_url(url: str) -> str:
+    """``url`` as the address requests go to: ``127.0.0.1:5000`` (as curl takes it) means
+    ``http://127.0.0.1:5000``; a scheme other than http or https is refused (ValueError)."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} is not an http:// or https:// address of a tagsmith server")
+    return url
+
+
 def _seg(value: str | int) -> str:
     return quote(str(value), safe="")
 
@@ -79,7 +91,7 @@ class Client:
     ) -> None:
         if url is None:
             url = str(http.base_url) if http is not None else default_url()
-        self.url = url.rstrip("/")
+        self.url = server_url(url)
         key = api_key if api_key is not None else os.environ.get("TAGSMITH_API_KEY", "")
         self._headers = {"X-API-Key": key} if key else {}
         self._own_http = http is None
