@@ -263,6 +263,22 @@ def test_images_in_many_modes_are_accepted(client: TestClient) -> None:
         assert response.status_code == 201, (name, response.text)
 
 
+def test_colour_images_keep_their_colours_in_every_mode_and_size(client: TestClient) -> None:
+    """TIFFs in YCbCr or LAB: from 512 px a side they were reduced as greyscale (a red photo
+    tagged black and white, its thumbnail grey), and a LAB one was refused as corrupt by /custom/add."""
+    import numpy as np
+
+    red = Image.new("RGB", (600, 520), (219, 19, 18))
+    for mode in ("YCbCr", "LAB"):
+        for size in ((120, 100), red.size):
+            data = encode(red.resize(size).convert(mode), "TIFF")
+            response = client.post("/custom/add", files={"data": (f"{mode}.tif", data)})
+            assert response.status_code in (200, 201), (mode, size, response.text)
+            thumbnail = client.get(f"/custom/images/{response.json()['image_id']}/thumbnail")
+            r, g, b = np.asarray(Image.open(io.BytesIO(thumbnail.content)).convert("RGB"), dtype=float).mean(axis=(0, 1))
+            assert r > 180 and g < 60 and b < 60, (mode, size, (r, g, b))
+
+
 def test_exif_rotation_is_applied(client: TestClient) -> None:
     image = photo(CAT).resize((200, 100))
     exif = Image.Exif()

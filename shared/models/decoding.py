@@ -322,8 +322,9 @@ def _reduced(img: Image.Image, size: int) -> Image.Image:
         return img
     if img.mode not in REDUCIBLE:  # the smallest mode that reduces and keeps what _to_rgb needs
         transparent = img.mode == "PA" or "transparency" in img.info
-        wider = {"P": "RGBA" if transparent else "RGB", "PA": "RGBA", "1": "L"}.get(img.mode, "I")
-        img = img.convert(wider)
+        wider = {"P": "RGBA" if transparent else "RGB", "PA": "RGBA", "1": "L"}.get(img.mode)
+        # 16-bit greyscale (I;16...) widens to I; colour modes (YCbCr, LAB, HSV TIFFs) become RGB
+        img = img.convert(wider or ("I" if img.mode.startswith("I") else "RGB"))
     return img.reduce(factor)
 
 
