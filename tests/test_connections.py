@@ -90,6 +90,21 @@ def test_headers_over_the_limit_get_431_and_are_never_kept(server: TagsmithServe
     assert rss_mb(server) - before < 50
 
 
+def test_a_websocket_upgrade_is_an_http_request_like_any_other(server: TagsmithServer) -> None:
+    """No route takes a WebSocket; an upgrade request used to get uvicorn's bare 403, past the host,
+    API-key and same-origin checks, the access log and the metrics."""
+    upgrade = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+    for host, expected in ((b"evil.example", (400, "host_not_allowed")), (b"127.0.0.1", (404, "not_found"))):
+        sock = connect(server)
+        sock.settimeout(2)  # the answer keeps the connection open
+        sock.sendall(b"GET /nowhere HTTP/1.1\r\nHost: " + host + b"\r\n" + upgrade + b"\r\n")
+        answer, _ = answer_of(sock)
+        sock.close()
+        assert status_and_code(answer) == expected, answer[:300]
+        assert b"x-content-type-options: nosniff" in answer.lower()
+
+
 def test_a_client_still_sending_when_refused_reads_the_answer(server: TagsmithServer) -> None:
     """Closed with the rest of the request unread, the connection was reset: a client still
     sending got an error instead of the 431 (curl: "Send failure: Connection reset by peer")."""

@@ -342,6 +342,7 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         http=bounded_protocol(settings),
+        ws="none",  # no route takes a WebSocket: an upgrade request is an HTTP request like any other
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works as well
         log_config=None,
         access_log=False,
