@@ -216,9 +216,13 @@ def test_file_names_are_kept_and_duplicates_not_stored(client: TestClient, servi
     assert body["images"][0]["image_id"] == first["image_id"]
     assert client.get(f"/custom/images/{first['image_id']}").json()["tags"] == {"cat": "positive"}
 
-    # Deleted, the content can be stored anew.
+    # The first deleted, its copy under an id of its own is what the content names (it was forgotten);
+    # both deleted, the content can be stored anew.
     client.delete(f"/custom/images/{first['image_id']}")
     assert client.get(f"/custom/images/{first['image_id']}/similar").json()["error"] == "unknown_image"
+    again = client.post("/custom/add", files={"data": ("copy.jpg", photo, "image/jpeg")}).json()
+    assert (again["image_id"], again["duplicate"]) == ("mine", True)
+    client.delete("/custom/images/mine")
     assert _add(client, photo, "kitty.jpg")["duplicate"] is False
 
 

@@ -13,7 +13,9 @@ Keys, all under one prefix ``P``:
 - ``P:tags``                  set of tags with examples or a model
 - ``P:models``                hash tag -> JSON pointer to the current model version
 - ``P:generation``            bumped on every model change; predict reloads heads when it moves
-- ``P:sha:<sha256>``          the id of the first stored image with that content (duplicates find it)
+- ``P:sha:<sha256>``          the id of a stored image with that content (duplicates find it)
+- ``P:copies:<sha256>``       set: the other images stored with that content (under ids of their own);
+                               one of them takes over ``P:sha`` when its image is deleted
 - ``P:lease:<name>``          a lease (``restore``: the one restore running; a tag's versions being changed)
 - ``P:restore:images``        set: the image ids an unfinished restore was about to add (``:tags``: its tags)
 
@@ -111,7 +113,7 @@ return 0
 """
 
 # KEYS: the image's hash, the images index, the reservation, the content's sha key, the library's
-# ids, names, live bitmap and pending set, the unlinked set; ARGV: the key prefix, score and id for the index,
+# ids, names, live bitmap and pending set, the unlinked set, the content's copies; ARGV: the key prefix, score and id for the index,
 # whether to return an existing image of the same content instead (1 or 0), the file name, the
 # reservation's token, then the hash's field-value pairs. Returns {0, existing id} for a duplicate
 # (nothing stored), {-1, ''} if the reservation lapsed (the bytes may be gone: nothing committed),
@@ -131,7 +133,11 @@ redis.call('HSET', KEYS[1], 'row', row, unpack(ARGV, 7))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('DEL', KEYS[3])
 redis.call('SREM', KEYS[9], ARGV[3])
-if not other or redis.call('EXISTS', ARGV[1] .. ':image:' .. other) == 0 then redis.call('SET', KEYS[4], ARGV[3]) end
+if not other or redis.call('EXISTS', ARGV[1] .. ':image:' .. other) == 0 then
+  redis.call('SET', KEYS[4], ARGV[3])
+elseif other ~= ARGV[3] then
+  redis.call('SADD', KEYS[10], ARGV[3])
+end
 return {1, row}
 """
 
@@ -172,8 +178,8 @@ return 1
 # Delete an image (KEYS: its hash, the images index, the tag set, the library's live bitmap and
 # pending set, its reservation, the unlinked set; ARGV: the key prefix, the image id, the
 # reservation's lifetime and token) and remove it from every tag in one step, so no assignment made
-# meanwhile survives it; its row goes dark, its content no longer names it, its id is reserved and
-# unlinked until its files are gone. Returns the tags it was an example of.
+# meanwhile survives it; its row goes dark, its content names a copy of it if one is left, its id
+# is reserved and unlinked until its files are gone. Returns the tags it was an example of.
 _DELETE_IMAGE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local row = redis.call('HGET', KEYS[1], 'row')
@@ -182,7 +188,16 @@ if row then
   redis.call('ZREM', KEYS[5], row)
 end
 local sha = redis.call('HGET', KEYS[1], 'sha256')
-if sha and redis.call('GET', ARGV[1] .. ':sha:' .. sha) == ARGV[2] then redis.call('DEL', ARGV[1] .. ':sha:' .. sha) end
+if sha then
+  local named, copies = ARGV[1] .. ':sha:' .. sha, ARGV[1] .. ':copies:' .. sha
+  redis.call('SREM', copies, ARGV[2])
+  if redis.call('GET', named) == ARGV[2] then
+    redis.call('DEL', named)
+    local copy = redis.call('SPOP', copies)
+    while copy and redis.call('EXISTS', ARGV[1] .. ':image:' .. copy) == 0 do copy = redis.call('SPOP', copies) end
+    if copy then redis.call('SET', named, copy) end
+  end
+end
 local removed = {}
 for _, tag in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   local base = ARGV[1] .. ':tag:' .. tag .. ':'
@@ -289,7 +304,7 @@ class Registry:
         lib = self.library_keys
         keys = [self._k("image", image_id), self._k("images"), self._k("reserve", image_id),
                 self._k("sha", str(meta.get("sha256", ""))), lib.ids, lib.names, lib.live, lib.pending,
-                self._k("unlinked")]
+                self._k("unlinked"), self._k("copies", str(meta.get("sha256", "")))]
         done, value = self._commit(keys=keys, args=fields, client=self.redis)
         if done == -1:
             raise Conflict("changed_meanwhile", f"Storing the image took longer than its id stays reserved "
