@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from shared.domain import catalog
+from shared.domain import catalog, labels
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
 from shared.web.routing import ApiRoute
@@ -25,6 +25,11 @@ def list_tags(request: Request) -> JSONResponse:
 
 def tag_info(request: Request) -> JSONResponse:
     """A tag's positive and negative examples and its current model.
+
+    A name no tag has gets 404, or 400 ``invalid_tag`` where no new tag may have it (a lookalike of
+    a tag there is, characters that show as nothing, longer than ``TAGSMITH_MAX_TAG_LENGTH``),
+    saying why, as assigning its first example would: a client can check a name before making
+    a tag of it.
     ---
     response:
       description: The tag's example image ids, sorted, and its current model (or null).
@@ -32,7 +37,10 @@ def tag_info(request: Request) -> JSONResponse:
       example: {tag: cat, positives: [cat-1, cat-2], negatives: [rocket-1], model: null}
     errors: [400, 404, 503]
     """
-    return JSONResponse(catalog.tag_details(services_of(request), request.path_params["tag"]))
+    services, tag = services_of(request), request.path_params["tag"]
+    if not services.registry.tag_exists(tag):
+        labels.check_new_tags(services, [tag])
+    return JSONResponse(catalog.tag_details(services, tag))
 
 
 def list_versions(request: Request) -> JSONResponse:

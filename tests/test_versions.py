@@ -31,6 +31,11 @@ def test_tags_list_counts_and_current_models(client: TestClient, services: Servi
     info = client.get("/custom/tags/dog").json()
     assert (info["positives"], info["negatives"], info["model"]) == (["d"], [], None)
     assert client.get("/custom/tags/bird").json()["error"] == "unknown_tag"
+    # A name no new tag may have says why, as making it would (the page checks names this way).
+    for name, says in (("\u0441at", "mixes Cyrillic and Latin"), ("x" * 65, "longer than 64 characters")):
+        answer = client.get(f"/custom/tags/{name}")
+        assert (answer.status_code, answer.json()["error"]) == (400, "invalid_tag") and says in answer.json()["message"]
+        assert client.get(f"/custom/assign/d/positive/{name}").json()["message"] == answer.json()["message"]
 
 
 def test_versions_and_rollback(client: TestClient, services: Services) -> None:
