@@ -27,7 +27,11 @@ const state = {
   undo: null,                // {tag, changes: [[id, before]]}
   versions: null,
   previousVersion: null,     // shown beside the new one after a training
+  following: null,           // the id of the training task whose progress is shown
+  messageFrom: "",           // what the message shown is about ("library": the grid's last load)
 };
+
+const TRAINING_KEY = "tagsmith.training";  // {tag, taskId, before}: followed again after a reload
 
 // --- the API ---------------------------------------------------------------------------------
 
@@ -39,7 +43,13 @@ function keyHeaders() { const key = apiKey(); return key ? { "X-API-Key": key } 
 function askForKey() {
   const key = window.prompt("This tagsmith server needs an API key:");
   if (key) localStorage.setItem("tagsmith.apiKey", key.trim());
+  $("#key-button").hidden = false;  // to enter another later (a mistyped or revoked key)
   return Boolean(key);
+}
+
+function refusedKeyMessage() {
+  return apiKey() ? "The server did not accept this page's API key: choose \u201cAPI key\u201d at the top to enter another."
+    : "This server needs an API key: choose \u201cAPI key\u201d at the top to enter it.";
 }
 
 async function authorisedFetch(path, options = {}) {
@@ -56,6 +66,7 @@ async function api(method, path, body) {
   const response = await authorisedFetch(path, { method, body });
   const type = response.headers.get("content-type") || "";
   const data = type.includes("application/json") ? await response.json() : null;
+  if (response.status === 401) throw new ApiError(refusedKeyMessage(), 401, data && data.error);
   if (!response.ok) throw new ApiError(data && data.message ? data.message : `HTTP ${response.status}`, response.status, data && data.error);
   return data;
 }
@@ -75,7 +86,8 @@ function uploadWithProgress(path, form, onProgress, retried = false) {
         return;
       }
       const data = request.response;
-      if (request.status >= 400) reject(new ApiError(data && data.message ? data.message : `HTTP ${request.status}`, request.status));
+      if (request.status === 401) reject(new ApiError(refusedKeyMessage(), 401));
+      else if (request.status >= 400) reject(new ApiError(data && data.message ? data.message : `HTTP ${request.status}`, request.status));
       else resolve(data);
     };
     request.send(form);
@@ -110,11 +122,18 @@ function el(name, attrs = {}, ...children) {
   return node;
 }
 
-function say(text, ok = false) {
-  const box = $("#message");
-  box.textContent = text;
-  box.className = ok ? "ok" : "";
+// One message at a time, at the bottom of the window: a success fades after a few seconds, an
+// error stays until dismissed or replaced. `from` names what it is about, so that the next success
+// of the same kind (the grid loading again) can take back an error it showed.
+let messageTimer = null;
+function say(text, ok = false, from = "") {
+  const box = $("#message-box");
+  $("#message").textContent = text;
+  box.classList.toggle("ok", ok);
   box.hidden = !text;
+  state.messageFrom = text ? from : "";
+  clearTimeout(messageTimer);
+  if (text && ok) messageTimer = setTimeout(() => { box.hidden = true; }, 8000);
 }
 
 function guard(action) {
@@ -213,10 +232,13 @@ async function deleteTag(tag) {
 async function openTag(tag) {
   tag = tag.trim();
   if (!tag) return;
+  // A browser sends "/custom/tags/.." as "/custom/": a name starting with a dot never reaches the
+  // server, which refuses such names anyway.
+  if (tag.startsWith(".")) throw new ApiError("A tag may not start with a dot.", 400, "invalid_tag");
   try {
-    await api("GET", `/custom/tags/${enc(tag)}`);  // a name the server refuses is refused here
+    await api("GET", `/custom/tags/${enc(tag)}`);  // a name no new tag may have is refused here, saying why
   } catch (error) {
-    if (error.status !== 404) throw error;
+    if (error.code !== "unknown_tag") throw error;
   }
   state.tag = tag;
   localStorage.setItem("tagsmith.tag", tag);
@@ -230,7 +252,12 @@ async function openTag(tag) {
   for (const row of document.querySelectorAll("#tags-body tr")) row.classList.toggle("current", row.dataset.tag === tag);
   await refreshTag();
   await reloadImages();
+  $("#workspace-title").focus({ preventScroll: true });  // keyboard users carry on from the tag's heading
   $("#workspace").scrollIntoView({ block: "start" });
+  const training = JSON.parse(localStorage.getItem(TRAINING_KEY) || "null");
+  if (training && training.tag === tag && state.following !== training.taskId) {  // reloaded while it trained
+    guard(() => follow(training.taskId, training.tag, training.before))();
+  }
 }
 
 function closeTag() {
@@ -259,7 +286,7 @@ async function refreshTag() {
 
 function renderCounts() {
   $("#counts").textContent = `${state.positives} positive · ${state.negatives} negative`;
-  $("#train").disabled = state.positives === 0;
+  $("#train").disabled = state.positives === 0 || state.following !== null;
   $("#f-match").disabled = !state.hasModel;
   $("#f-min").disabled = $("#f-max").disabled = !state.hasModel;
   $("#f-label").disabled = !state.known;
@@ -286,6 +313,18 @@ async function fetchPage(cursor, limit = PAGE) {
   return api("GET", `/custom/images?${params}`);
 }
 
+// What is wrong with the score filters, named as the page names them (null: nothing).
+function badScoreFilter() {
+  for (const [name, label] of [["min_score", "Score from"], ["max_score", "to"]]) {
+    const field = $("#filters").elements[name];
+    const value = field.value.trim();
+    if (!field.disabled && value !== "" && !(Number(value) >= 0 && Number(value) <= 1)) {
+      return `The score filter ('${label}') takes a number from 0 to 1.`;
+    }
+  }
+  return null;
+}
+
 async function reloadImages() {
   state.generation += 1;
   state.loading = false;  // a load of the old query still running ends unseen
@@ -295,6 +334,13 @@ async function reloadImages() {
   state.anchor = null;
   forgetImages($("#gallery"));
   $("#gallery").replaceChildren();
+  const problem = badScoreFilter();
+  if (problem) {
+    $("#total").textContent = "–";
+    $("#more").hidden = $("#earlier").hidden = true;
+    say(problem, false, "library");
+    return;
+  }
   await loadPage("end");
 }
 
@@ -315,8 +361,17 @@ async function loadPage(where) {
   $("#gallery").setAttribute("aria-busy", "true");
   const generation = state.generation;
   try {
-    const page = await fetchPage(state.cursors[index]);
+    let page;
+    try {
+      page = await fetchPage(state.cursors[index]);
+    } catch (error) {
+      if (generation !== state.generation) return;
+      if (!state.pages.length) $("#total").textContent = "–";  // no count for a query that failed
+      say(error.message, false, "library");
+      return;
+    }
     if (generation !== state.generation) return;
+    if (state.messageFrom === "library") say("");  // the error of a load before is over
     state.total = page.total;
     if (page.next && state.cursors.length === index + 1) state.cursors.push(page.next);
     for (const image of page.images) state.labels.set(image.image_id, image.label ?? null);
@@ -337,6 +392,10 @@ async function loadPage(where) {
     $("#earlier").hidden = state.firstPage === 0;
     renderTotal();
     refreshRoving();
+    if (last.next && scrollObserver && state.pages.length < KEPT_PAGES) {  // the end still in reach (short pages): said again
+      scrollObserver.unobserve($("#sentinel"));
+      scrollObserver.observe($("#sentinel"));
+    }
   } finally {
     if (generation === state.generation) {
       state.loading = false;
@@ -363,11 +422,12 @@ function libraryCard(image) {
   const item = el("li", { class: "card", "data-image-id": id },
     pick,
     el("div", { class: "buttons" },
-      el("button", { type: "button", class: "pos", "aria-label": `Positive: ${name}`, title: "positive example",
+      // Out of the tab order (p, n and Enter do the same on the focused card): Tab leaves the grid.
+      el("button", { type: "button", class: "pos", tabindex: "-1", "aria-label": `Positive: ${name}`, title: "positive example",
         onclick: guard(() => labelImages([id], "positive")) }, "+"),
-      el("button", { type: "button", class: "neg", "aria-label": `Negative: ${name}`, title: "negative example",
+      el("button", { type: "button", class: "neg", tabindex: "-1", "aria-label": `Negative: ${name}`, title: "negative example",
         onclick: guard(() => labelImages([id], "negative")) }, "−"),
-      el("button", { type: "button", class: "info", "aria-label": `Details: ${name}`, title: "details",
+      el("button", { type: "button", class: "info", tabindex: "-1", "aria-label": `Details: ${name}`, title: "details",
         onclick: guard(() => openDetail(id)) }, "Details")));
   paintCard(item);
   return item;
@@ -560,8 +620,8 @@ async function selectAllFiltered() {
 
 async function deleteImages(ids) {
   if (!ids.length) { say("Select images to delete first."); return; }
-  const what = ids.length === 1 ? "this image" : `these ${ids.length} images`;
-  if (!(await confirmDelete(`Delete ${what} from the library? They are removed from every tag.`))) return;
+  const what = ids.length === 1 ? "this image from the library? It is" : `these ${ids.length} images from the library? They are`;
+  if (!(await confirmDelete(`Delete ${what} removed from every tag.`))) return;
   await inParallel(ids, LABELS_AT_ONCE, (id) => api("DELETE", `/custom/images/${enc(id)}`));
   for (const id of ids) {
     state.selected.delete(id);
@@ -720,16 +780,39 @@ async function detailDelete(imageId) {
 
 async function train() {
   const tag = state.tag;
-  const before = state.versions && state.versions.versions.find((v) => v.current);
+  const current = state.versions && state.versions.versions.find((v) => v.current);
+  const before = current ? current.version : null;
   const task = await api("POST", `/custom/train/${enc(tag)}`);
-  $("#train").disabled = true;
-  $("#training").hidden = false;
-  say("");
-  await follow(task.task_id, tag, before || null);
+  localStorage.setItem(TRAINING_KEY, JSON.stringify({ tag, taskId: task.task_id, before }));
+  await follow(task.task_id, tag, before);
 }
 
+// Shows a training's progress until it ends (`before`: the version in use when it was asked for).
 async function follow(taskId, tag, before) {
   const bar = document.querySelector("#training .progress");
+  state.following = taskId;
+  renderCounts();
+  $("#training").hidden = false;
+  say("");
+  try {
+    await followSteps(taskId, tag, before, bar);
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    $("#training").hidden = true;  // the task's record is gone (days old): nothing to show
+  } finally {
+    state.following = null;
+    const saved = JSON.parse(localStorage.getItem(TRAINING_KEY) || "null");
+    if (saved && saved.taskId === taskId) localStorage.removeItem(TRAINING_KEY);
+  }
+  if (tag === state.tag) {
+    await refreshTag();
+    await reloadImages();
+  } else {
+    await loadTags();
+  }
+}
+
+async function followSteps(taskId, tag, before, bar) {
   for (;;) {
     const status = await api("GET", `/status/${enc(taskId)}`);
     const percent = Math.round(100 * (status.progress || 0));
@@ -742,20 +825,14 @@ async function follow(taskId, tag, before) {
       say(published === false
         ? `Trained '${tag}': version ${version} is kept, but a newer version, trained meanwhile, stays in use.`
         : `Trained '${tag}': version ${version} is now in use.`, true);
-      if (tag === state.tag) state.previousVersion = before ? before.version : null;
-      break;
+      if (tag === state.tag) state.previousVersion = before;
+      return;
     }
     if (status.status === "failed") {
       say(status.error || "The training failed.");
-      break;
+      return;
     }
     await new Promise((resolve) => setTimeout(resolve, 500));
-  }
-  if (tag === state.tag) {
-    await refreshTag();
-    await reloadImages();
-  } else {
-    await loadTags();
   }
 }
 
@@ -965,7 +1042,8 @@ async function loadSuggestions() {
   await inParallel([...answer.uncertain, ...answer.likely_positive], 4, async (s) => {
     try { names.set(s.image_id, (await api("GET", `/custom/images/${enc(s.image_id)}`)).filename); } catch { /* gone since */ }
   });
-  const cards = (items) => items.map((s) => smallCard(s.image_id, names.get(s.image_id) || s.image_id, `score ${fixed(s.score)}`));
+  const cards = (items) => (items.length ? items.map((s) => smallCard(s.image_id, names.get(s.image_id) || s.image_id, `score ${fixed(s.score)}`))
+    : [el("li", { class: "muted" }, "none")]);
   $("#uncertain").replaceChildren(...cards(answer.uncertain));
   $("#likely").replaceChildren(...cards(answer.likely_positive));
   panel.hidden = answer.candidates === 0;
@@ -987,7 +1065,13 @@ async function predict(fileList) {
   form.append("data", file, file.name);
   const box = $("#prediction");
   box.replaceChildren(el("p", { class: "muted" }, "Predicting…"));
-  const result = await api("POST", "/predict", form);
+  let result;
+  try {
+    result = await api("POST", "/predict", form);
+  } catch (error) {
+    box.replaceChildren(el("p", { class: "error" }, `${file.name}: ${error.message}`));
+    return;
+  }
   const custom = Object.entries(result.custom).map(([tag, s]) => [`${tag}${s.match ? " ✓" : ""}`, s.score, s.match]);
   const { tags } = await api("GET", "/custom/tags");
   const names = [...new Set([...(state.tag ? [state.tag] : []), ...tags.map((t) => t.tag)])];
@@ -1022,6 +1106,8 @@ async function predict(fileList) {
 }
 
 // --- wiring ----------------------------------------------------------------------------------
+
+let scrollObserver = null;  // loads the next page as the grid's end comes near
 
 function debounce(action, ms) {
   let timer;
@@ -1098,12 +1184,31 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#delete-selected").addEventListener("click", guard(() => deleteImages([...state.selected])));
   $("#threshold").addEventListener("input", guard(showThreshold));
   // Infinite scroll: the next page loads as the end of the grid comes near ("Load more" too).
-  new IntersectionObserver((entries) => {
+  scrollObserver = new IntersectionObserver((entries) => {
     if (entries.some((e) => e.isIntersecting) && !$("#more").hidden && state.tag) guard(() => loadPage("end"))();
-  }, { rootMargin: "600px" }).observe($("#sentinel"));
+  }, { rootMargin: "600px" });
+  scrollObserver.observe($("#sentinel"));
+  new ResizeObserver(() => {  // cards scrolled to stop below the sticky toolbar, whatever its height
+    document.documentElement.style.setProperty("--toolbar-height", `${$("#toolbar").offsetHeight}px`);
+  }).observe($("#toolbar"));
+  $("#message-close").addEventListener("click", () => say(""));
+  $("#key-button").hidden = !apiKey();
+  $("#key-button").addEventListener("click", guard(async () => {
+    if (!askForKey()) return;
+    say("");
+    await loadTags();
+    if (state.tag) await openTag(state.tag);
+  }));
   guard(async () => {
     await loadTags();
     const last = localStorage.getItem("tagsmith.tag");
-    if (last) await openTag(last);
+    if (last) {
+      try {
+        await openTag(last);
+      } catch (error) {
+        if (error.status === 400) localStorage.removeItem("tagsmith.tag");  // a name no tag may have: not again
+        throw error;
+      }
+    }
   })();
 });
