@@ -149,6 +149,27 @@ def test_a_new_version_rescores_the_library(client: TestClient, services: Servic
     assert client.get("/custom/library").json()["tags"]["cat"]["scores_from"] == 1
 
 
+def test_one_rescore_takes_every_tag_left_stale_in_passes_of_bounded_memory(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of trainings queues a rescore each; each had read the whole library for its own tag
+    (100 trainings: 100 passes). Now the first takes every stale tag, and the rest find nothing."""
+    kinds = _library(client, services)
+    for tag in ("kitty", "feline"):
+        for image_id, kind in kinds.items():
+            client.get(f"/custom/assign/{image_id}/{'positive' if kind == 'cat' else 'negative'}/{tag}")
+        client.get(f"/custom/train/{tag}")
+    run_queued_jobs(services)
+    services.library.redis.hdel(services.library.keys.scored, "cat", "kitty", "feline")  # as if their jobs were to run
+    services.library.redis.delete(*(services.library.keys.scores(tag) for tag in ("cat", "kitty", "feline")))
+    monkeypatch.setattr(library, "RESCORE_BYTES", 4 * len(kinds))  # one tag a pass
+    assert library.rescore(services, ["kitty"], lambda stage, progress: None)["rescored"] == ["cat", "feline", "kitty"]
+    assert library.rescore(services, ["feline"], lambda stage, progress: None)["rescored"] == []
+    for tag in ("cat", "kitty", "feline"):
+        image = client.get(f"/custom/images?tag={tag}&limit=1").json()["images"][0]
+        assert abs(client.get(f"/custom/predict/{tag}/{image['image_id']}").json()["score"] - image["score"]) < 1e-5
+
+
 def test_a_deleted_tag_leaves_no_scores_even_mid_rescore(client: TestClient, services: Services) -> None:
     _library(client, services)
     pointer = services.registry.model("cat")

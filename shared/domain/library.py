@@ -42,6 +42,8 @@ MERGE_LOCK_S = 600
 # A pack still listed as not scored this long after it was recorded lost its job (killed, or a
 # backend failed while it scored): the next library job rescores every tag over the whole library.
 HEAL_AFTER_S = 300
+# Scores a rescore pass holds at once (4 bytes per image and tag): more tags than fit take more passes.
+RESCORE_BYTES = 256 * 2**20
 
 Report = Callable[[str, float], None]
 log = logging.getLogger("tagsmith")
@@ -179,17 +181,35 @@ def heal_unscored(services: Services, report: Report) -> None:
 
 
 def rescore(services: Services, tags: list[str], report: Report, every: bool = False) -> dict[str, Any]:
-    """Score every embedded image with the current version of each tag (those whose whole-library
-    scores do not come from it yet, or ``every`` one of them), reading each pack once for all of them."""
+    """Score every embedded image with the current version of each tag whose whole-library scores
+    do not come from it yet (``tags`` and any other: a burst of trainings queues a job each, and the
+    first takes them all in one pass, leaving the others nothing to do), or with ``every`` one of
+    ``tags``. Each pass reads every pack once for a group of tags (``RESCORE_BYTES`` of scores)."""
     if not every:
         heal_unscored(services, report)
     heads = services.heads.current(services)
     scored = services.library.scored()
-    wanted = [t for t in sorted(set(tags)) if t in heads.index
-              and (every or scored.get(t) != heads.versions[heads.index[t]])]
+    stale = {t for t in heads.tags if scored.get(t) != heads.versions[heads.index[t]]}
+    wanted = sorted(stale | ({t for t in tags if t in heads.index} if every else set()))
     if not wanted:
         return {"rescored": [], "images": 0}
-    chosen = heads.select(wanted)
+    images = sum(services.library.packs().values())
+    group = max(1, RESCORE_BYTES // (4 * max(images, 1)))
+    written: list[str] = []
+    for start in range(0, len(wanted), group):
+        part = wanted[start : start + group]
+
+        def step(stage: str, done: float, first: int = start, size: int = len(part)) -> None:
+            report(stage, (first + done * size) / len(wanted))
+
+        rows, scored_tags = _rescore_group(services, heads.select(part), step)
+        written += scored_tags
+    return {"rescored": written, "images": int(len(rows))}
+
+
+def _rescore_group(services: Services, chosen: HeadMatrix, report: Report) -> tuple[np.ndarray, list[str]]:
+    """One pass over the packs for ``chosen``'s tags, their scores written; the rows scored, and the
+    tags whose scores were written (not those no longer current)."""
     for _ in range(3):  # a merge may remove a pack between the listing and its read
         try:
             rows, scores = _score_packs(services, chosen, report)
@@ -204,7 +224,7 @@ def rescore(services: Services, tags: list[str], report: Report, every: bool = F
         tag for j, tag in enumerate(chosen.tags)
         if services.library.write_scores(tag, chosen.versions[j], rows, scores[:, j], whole=True)
     ]
-    return {"rescored": written, "images": int(len(rows))}
+    return rows, written
 
 
 def _score_packs(services: Services, heads: HeadMatrix, report: Report) -> tuple[np.ndarray, np.ndarray]:

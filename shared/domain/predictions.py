@@ -119,11 +119,10 @@ class TagScores:
 def score_stored_images(services: Services, tag: str, image_ids: list[str], reserved: Reservation | None = None) -> TagScores:
     """The tag's current model applied to stored images, using (and filling) the embedding cache;
     images deleted since their ids were read are left out. ``reserved`` as for ``stored_vector``."""
-    matrix = require_model(services, tag)
-    i = matrix.index[tag]
+    matrix = require_model(services, tag).select([tag])  # its column alone: not every tag's
     embeddings, kept = embed_present_images(services, image_ids, budget=reserved)
-    scores = matrix.scores(embeddings)[:, i] if kept else np.zeros(0)
-    return TagScores(version=matrix.versions[i], threshold=float(matrix.thresholds[i]),
+    scores = matrix.scores(embeddings)[:, 0] if kept else np.zeros(0)
+    return TagScores(version=matrix.versions[0], threshold=float(matrix.thresholds[0]),
                      image_ids=[image_ids[j] for j in kept], scores=scores)
 
 
