@@ -432,7 +432,8 @@ def test_the_page_says_what_is_wrong_and_follows_a_training_across_a_reload(
         box.send_keys(tag + Keys.ENTER)
         wait.until(lambda d: find("#counts").text == "3 positive · 3 negative")
         find("#train").click()
-        browser.refresh()  # at once: the training goes on, and the page follows it again
+        wait.until(lambda d: find("#training").is_displayed())  # asked for (the task id known)
+        browser.refresh()  # the training goes on, and the page follows it again
         wait.until(lambda d: "Trained version 1" in find("#progress-text").text)
         wait.until(lambda d: "v1" in find("#versions").text and not find("#train").get_attribute("disabled"))
 

@@ -191,31 +191,65 @@ function forgetImages(root) {
 
 // --- tags overview ---------------------------------------------------------------------------
 
+// How many library images each tag matches: one request a tag, so asked only for the rows that
+// come into view (a server with thousands of tags had got thousands of requests on every
+// refresh), and kept until the tag's version changes or images are added.
+const matchCounts = new Map();  // tag -> {version, count}
+const countsWanted = [];
+let countsAsked = 0;
+const countObserver = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    countObserver.unobserve(entry.target);
+    countsWanted.push(entry.target);
+  }
+  askForCounts();
+}, { rootMargin: "200px" });
+
+function askForCounts() {
+  while (countsAsked < 4 && countsWanted.length) {
+    const cell = countsWanted.shift();
+    if (!cell.isConnected) continue;
+    const { tag, version } = cell.dataset;
+    countsAsked += 1;
+    api("GET", `/custom/images?tag=${enc(tag)}&match=true&limit=1`)
+      .then((page) => { matchCounts.set(tag, { version: Number(version), count: page.total }); cell.textContent = String(page.total); })
+      .catch(() => { cell.textContent = "?"; })
+      .finally(() => { countsAsked -= 1; askForCounts(); });
+  }
+}
+
+function matchesCell(t) {
+  if (!t.model) return el("td", { class: "matches" }, "–");
+  const known = matchCounts.get(t.tag);
+  if (known && known.version === t.model.version) return el("td", { class: "matches" }, String(known.count));
+  const cell = el("td", { class: "matches", "data-tag": t.tag, "data-version": t.model.version }, "…");
+  countObserver.observe(cell);
+  return cell;
+}
+
+function tagRow(t) {
+  const m = (t.model && t.model.metrics) || {};
+  return el("tr", { "data-tag": t.tag, class: t.tag === state.tag ? "current" : null },
+    el("th", { scope: "row" }, el("button", { type: "button", class: "link open-tag", onclick: guard(() => openTag(t.tag)) }, t.tag)),
+    el("td", {}, String(t.positives)), el("td", {}, String(t.negatives)),
+    el("td", {}, t.model ? `v${t.model.version}` : "none"),
+    el("td", {}, fixed(m.f1)), el("td", {}, fixed(m.precision)), el("td", {}, fixed(m.recall)), el("td", {}, fixed(m.roc_auc)),
+    matchesCell(t),
+    el("td", {}, el("button", { type: "button", class: "danger delete-tag", "aria-label": `Delete tag ${t.tag}`,
+      onclick: guard(() => deleteTag(t.tag)) }, "Delete")));
+}
+
+function tagRowOf(tag) {
+  return [...document.querySelectorAll("#tags-body tr")].find((row) => row.dataset.tag === tag) || null;
+}
+
 async function loadTags() {
   const { tags } = await api("GET", "/custom/tags");
   $("#tags-empty").hidden = tags.length > 0;
-  const rows = tags.map((t) => {
-    const m = (t.model && t.model.metrics) || {};
-    const matches = el("td", { class: "matches" }, t.model ? "…" : "–");
-    const row = el("tr", { "data-tag": t.tag, class: t.tag === state.tag ? "current" : null },
-      el("th", { scope: "row" }, el("button", { type: "button", class: "link open-tag", onclick: guard(() => openTag(t.tag)) }, t.tag)),
-      el("td", {}, String(t.positives)), el("td", {}, String(t.negatives)),
-      el("td", {}, t.model ? `v${t.model.version}` : "none"),
-      el("td", {}, fixed(m.f1)), el("td", {}, fixed(m.precision)), el("td", {}, fixed(m.recall)), el("td", {}, fixed(m.roc_auc)),
-      matches,
-      el("td", {}, el("button", { type: "button", class: "danger delete-tag", "aria-label": `Delete tag ${t.tag}`,
-        onclick: guard(() => deleteTag(t.tag)) }, "Delete")));
-    return [row, t, matches];
-  });
-  $("#tags-body").replaceChildren(...rows.map(([row]) => row));
-  await inParallel(rows.filter(([, t]) => t.model), 4, async ([, t, cell]) => {
-    try {
-      const page = await api("GET", `/custom/images?tag=${enc(t.tag)}&match=true&limit=1`);
-      cell.textContent = String(page.total);
-    } catch {
-      cell.textContent = "?";
-    }
-  });
+  countObserver.disconnect();
+  countsWanted.length = 0;
+  $("#tags-body").replaceChildren(...tags.map(tagRow));
   return tags;
 }
 
@@ -268,12 +302,26 @@ function closeTag() {
   $("#gallery").replaceChildren();
 }
 
+// The open tag's counts, model, versions and suggestions again. Only its own row of the tags
+// table is fetched and redrawn (a labelling changes nothing else), unless the row is new or gone.
 async function refreshTag() {
   state.known = false;
   state.hasModel = false;
   state.positives = state.negatives = 0;
-  const tags = await loadTags();
-  const info = tags.find((t) => t.tag === state.tag);
+  let info = null;
+  const row = tagRowOf(state.tag);
+  if (row) {
+    try {
+      const t = await api("GET", `/custom/tags/${enc(state.tag)}`);
+      info = { tag: t.tag, positives: t.positives.length, negatives: t.negatives.length, model: t.model };
+      row.replaceWith(tagRow(info));
+    } catch (error) {
+      if (error.code !== "unknown_tag") throw error;
+      await loadTags();  // no examples and no model left: the tag is gone from the table too
+    }
+  } else {
+    info = (await loadTags()).find((t) => t.tag === state.tag) || null;
+  }
   if (info) {
     state.known = true;
     state.hasModel = info.model !== null;
@@ -633,6 +681,7 @@ async function deleteImages(ids) {
   }
   if (state.undo) state.undo.changes = state.undo.changes.filter(([id]) => !ids.includes(id));
   state.total = Math.max(0, state.total - ids.length);
+  matchCounts.clear();  // the images may have matched any tag
   say(`Deleted ${plural(ids.length, "image")}.`, true);
   paintAll();
   await refreshTag();
@@ -677,6 +726,7 @@ async function upload(fileList) {
       failed += 1;
     }
   });
+  matchCounts.delete(tag);  // the library grew: its matches may have too
   $("#upload-status").textContent = `Added ${plural(added, "image")}${kind === "none" ? "" : ` as ${kind}s of '${tag}'`}`
     + (failed ? `; ${failed} failed (see above).` : ".");
   if (tag === state.tag) {
