@@ -304,6 +304,7 @@ def test_a_body_that_could_never_be_taken_is_too_large_not_busy(server: Tagsmith
         sock.sendall(f"POST /custom/add HTTP/1.1\r\n{head}Content-Length: 5000000\r\n\r\n".encode())
         answer = answer_of(sock)[0]
     assert status_and_code(answer) == (413, "too_large") and b"3000000 bytes" in answer
+    assert b"(TAGSMITH_MAX_BODY_BYTES_IN_FLIGHT is 3000000)" in answer  # not the upload limit, which it is within
     for path in ("/restore", "/custom/add"):
         with connect(server) as sock:
             part = b'--b\r\nContent-Disposition: form-data; name="data"; filename="s"\r\n\r\n'

@@ -85,6 +85,9 @@ def test_upload_over_the_limit_is_413(client: TestClient, services: Services, mo
         assert len(big) > 40_000
         assert_error(client.post("/custom/add?image_id=big", files={"data": ("x.jpg", big)}), 413, "too_large")
     assert not services.registry.image_exists("big")
+    # Refused for its declared length, the answer names the setting that refuses it.
+    answer = client.post("/custom/add?image_id=big", files={"data": ("x.png", encode(photo(CAT), "PNG"))})
+    assert "(TAGSMITH_MAX_UPLOAD_BYTES is 10000)" in answer.json()["message"], answer.text
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     decode_budget_pixels: int = 100_000_000  # decoded pixels in memory at once, all requests and jobs together
-    max_archive_bytes: int = 64 * 1024 * 1024
+    max_archive_bytes: int = 160 * 1024 * 1024  # a state archive: what /get_state gives at max_tags (about 11 KB a model)
     max_archive_members: int = 10_001
     max_backup_bytes: int = 4 * 1024 * 1024 * 1024  # a backup to restore, spooled to a temporary file
     max_tag_length: int = 64

@@ -141,7 +141,8 @@ class BodyLimit:
         limit = min(body_limit_for_path(settings, scope["path"]), budget.capacity)
         declared = next((int(value) for name, value in scope["headers"] if name == b"content-length" and value.isdigit()), None)
         if declared is not None and declared > limit:
-            await error_response(413, "too_large", f"The request body is larger than {limit} bytes.")(scope, receive, send)
+            refusal = too_large(settings, scope["path"], limit)
+            await error_response(refusal.status, refusal.code, refusal.message)(scope, receive, send)
             return
         received, complete, timeout = 0, False, settings.body_read_timeout_s
         deadline: float | None = None  # the clock starts when the endpoint first reads the body
@@ -172,7 +173,7 @@ class BodyLimit:
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             size = len(message.get("body", b""))
             if received + size > limit:  # before the budget: a body past the limit is too large, not "busy"
-                raise HttpError(413, "too_large", f"The request body is larger than {limit} bytes.")
+                raise too_large(settings, scope["path"], limit)
             assert hold is not None
             if not budget.take(hold, size, time.monotonic()):
                 raise HttpError(503, "busy", busy)
@@ -192,8 +193,20 @@ class BodyLimit:
 SPOOLED_PATHS = {"/restore"}
 
 
+# The setting that bounds each path's body: state archives, backups and batches may be larger than
+# one image upload.
+_BODY_SETTINGS = {"/set_state": "max_archive_bytes", "/custom/add_many": "max_batch_bytes", "/restore": "max_backup_bytes"}
+FRAMING_BYTES = 64 * 1024  # the multipart form around the file
+
+
 def body_limit_for_path(settings: Settings, path: str) -> int:
-    """State archives, backups and batches may be larger than one image upload; 64 KiB covers multipart framing."""
-    limits = {"/set_state": settings.max_archive_bytes, "/custom/add_many": settings.max_batch_bytes,
-              "/restore": settings.max_backup_bytes}
-    return limits.get(path.rstrip("/"), settings.max_upload_bytes) + 64 * 1024
+    return int(getattr(settings, _BODY_SETTINGS.get(path.rstrip("/"), "max_upload_bytes"))) + FRAMING_BYTES
+
+
+def too_large(settings: Settings, path: str, limit: int) -> HttpError:
+    """413 for a body over ``limit``, naming the setting that makes it (an operator's first question)."""
+    name = _BODY_SETTINGS.get(path.rstrip("/"), "max_upload_bytes")
+    if limit < body_limit_for_path(settings, path):  # the bytes every body together may hold
+        name = "max_body_bytes_in_flight"
+    return HttpError(413, "too_large", f"The request body is larger than {limit} bytes "
+                     f"(TAGSMITH_{name.upper()} is {getattr(settings, name)}).")

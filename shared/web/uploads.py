@@ -49,7 +49,7 @@ async def read_uploads(
         for upload in uploads:
             assert isinstance(upload, UploadFile)
             data = await upload.read(limit + 1)
-            too_big = TooLarge("too_large", f"The file is larger than {limit} bytes.")
+            too_big = TooLarge("too_large", f"The file is larger than {limit} bytes ({limit / 2**20:.4g} MiB).")
             files.append((upload.filename or "", too_big if len(data) > limit else data))
         return files, form
     finally:
@@ -123,7 +123,7 @@ class _OneFile:
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.buffer is not None:
             if self.buffer.tell() + end - start > self.limit:
-                raise TooLarge("too_large", f"The file is larger than {self.limit} bytes.")
+                raise TooLarge("too_large", f"The file is larger than {self.limit} bytes ({self.limit / 2**20:.4g} MiB).")
             self.buffer.write(memoryview(data)[start:end])
 
     def on_part_end(self) -> None:
