@@ -7,7 +7,16 @@ from __future__ import annotations
 import numpy as np
 
 from shared.models.backbone import LITE0
-from shared.models.heads import MOST_WRONG, choose_form, train_head, wrong_side
+from shared.models.heads import (
+    MOST_WRONG,
+    Head,
+    HeadMatrix,
+    choose_form,
+    normalise_groups,
+    sigmoid,
+    train_head,
+    wrong_side,
+)
 
 SIZES = (LITE0.embedding_size, LITE0.style_size)
 
@@ -69,3 +78,17 @@ def test_the_semantic_form_is_kept_unless_another_is_clearly_better() -> None:
     assert choose_form(losses(0.51, 0.47)) == ("both", 0.1)  # semantic near chance: the lowest wins
     assert choose_form(losses(0.30, 0.31)) == ("semantic", 0.1)
     assert choose_form({("style", 0.1): 0.2, ("both", 0.1): 0.3}) == ("style", 0.1)  # no semantic form asked
+
+
+def test_the_head_matrix_scores_every_tag_as_its_own_head_does() -> None:
+    """Heads are stacked a block of 256 at a time (one transposing copy of thousands was slow):
+    600 heads cross block boundaries, and one matrix multiply still gives each head's own score."""
+    rng = np.random.default_rng(7)
+    heads = [Head(rng.normal(size=sum(SIZES)).astype(np.float32), float(rng.normal())) for _ in range(600)]
+    matrix = HeadMatrix([f"t{i}" for i in range(600)], heads, [0.5] * 600, [1] * 600, SIZES)
+    x = rng.normal(size=(3, sum(SIZES))).astype(np.float32)
+    z = normalise_groups(x, SIZES)
+    expected = sigmoid(np.stack([z @ h.weight.astype(np.float64) + h.bias for h in heads], axis=1))
+    assert np.allclose(matrix.scores(x), expected, atol=1e-5)
+    assert np.array_equal(matrix.select(["t300", "t5"]).columns, np.stack([heads[300].weight, heads[5].weight], axis=1))
+    assert HeadMatrix([], [], [], [], SIZES).scores(x).shape == (3, 0)

@@ -514,8 +514,12 @@ class Registry:
         return int(models), int(images)
 
     def models(self) -> dict[str, ModelPointer]:
+        return {tag: ModelPointer.from_json(raw) for tag, raw in self.models_as_stored().items()}
+
+    def models_as_stored(self) -> dict[str, str]:
+        """Tag -> its pointer's JSON as stored, sorted by tag: what changed shows without parsing it."""
         raw = self.redis.hgetall(self._k("models"))
-        return {_text(k): ModelPointer.from_json(v) for k, v in sorted(raw.items())}
+        return {_text(k): _text(v) for k, v in sorted(raw.items())}
 
     def generation(self) -> int:
         return int(self.redis.get(self._k("generation")) or 0)

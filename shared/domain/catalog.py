@@ -318,10 +318,10 @@ class HeadCache:
 
     def _reload(self, services: Services, generation: int) -> HeadMatrix:
         records: dict[str, ModelRecord] = {}
-        for pointer in services.registry.models().values():
-            identity = pointer.to_json()
+        for identity in services.registry.models_as_stored().values():  # the stored JSON: parsed only if new
             cached = self._records.get(identity)
             if cached is None:
+                pointer = ModelPointer.from_json(identity)
                 try:
                     cached = load_version(services, pointer.tag, pointer.key)
                 except ObjectNotFound:

