@@ -1123,8 +1123,8 @@ async function predict(fileList) {
     return;
   }
   const custom = Object.entries(result.custom).map(([tag, s]) => [`${tag}${s.match ? " ✓" : ""}`, s.score, s.match]);
-  const { tags } = await api("GET", "/custom/tags");
-  const names = [...new Set([...(state.tag ? [state.tag] : []), ...tags.map((t) => t.tag)])];
+  const listed = [...document.querySelectorAll("#tags-body tr")].map((row) => row.dataset.tag);  // the tags table's
+  const names = [...new Set([...(state.tag ? [state.tag] : []), ...listed])];
   const choose = el("select", { id: "add-tag" }, ...names.map((name) => el("option", { value: name }, name)));
   const outcome = el("p", { id: "add-result", role: "status" });
   const addAs = async (type) => {
