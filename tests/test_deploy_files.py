@@ -436,3 +436,20 @@ def test_only_tagsmiths_pods_reach_redis_and_minio() -> None:
         assert rule["from"] == [{"podSelector": {}}, *extra]
         assert [p["port"] for p in rule["ports"]] == [p["targetPort"] if "targetPort" in p else p["port"]
                                                       for p in service["ports"]]
+
+
+def test_the_gateway_lets_through_every_body_the_functions_take() -> None:
+    """nginx's body limit for each path is at least tagsmith's own (its setting plus the form's
+    framing): /set_state had stayed at 65m when the state archive's default grew to 160 MiB, so
+    nginx answered 413 to archives tagsmith takes."""
+    from shared.web.limits import body_limit_for_path
+
+    routes = (INFRA / "nginx" / "routes.conf").read_text()
+    default = re.search(r"^client_max_body_size (\d+)m;", routes, re.M)
+    assert default is not None
+    for path in ("/custom/add", "/predict", "/set_state", "/custom/add_many", "/restore"):
+        block = re.search(rf"location = {re.escape(path)}\s+\{{(.*?)\}}", routes, re.S)
+        assert block is not None, path
+        own = re.search(r"client_max_body_size (\d+)m;", block.group(1))
+        allowed = int((own or default).group(1)) * 2**20
+        assert allowed >= body_limit_for_path(Settings(), path), (path, allowed)
