@@ -27,7 +27,7 @@ const state = {
   undo: null,                // {tag, changes: [[id, before]]}
   versions: null,
   previousVersion: null,     // shown beside the new one after a training
-  following: null,           // the id of the training task whose progress is shown
+  following: null,           // {taskId, tag}: the training whose progress is shown
   messageFrom: "",           // what the message shown is about ("library": the grid's last load)
 };
 
@@ -193,7 +193,9 @@ function forgetImages(root) {
 
 // How many library images each tag matches: one request a tag, so asked only for the rows that
 // come into view (a server with thousands of tags had got thousands of requests on every
-// refresh), and kept until the tag's version changes or images are added.
+// refresh). A count is kept while the tag's version stays, once the library's scores come from
+// that version (until a worker has rescored it, the count is shown and asked for again shortly);
+// added or deleted images drop every count kept.
 const matchCounts = new Map();  // tag -> {version, count}
 const countsWanted = [];
 let countsAsked = 0;
@@ -213,7 +215,12 @@ function askForCounts() {
     const { tag, version } = cell.dataset;
     countsAsked += 1;
     api("GET", `/custom/images?tag=${enc(tag)}&match=true&limit=1`)
-      .then((page) => { matchCounts.set(tag, { version: Number(version), count: page.total }); cell.textContent = String(page.total); })
+      .then((page) => {
+        cell.textContent = String(page.total);
+        const scoresFrom = page.tags && page.tags[tag] ? page.tags[tag].scores_from : null;
+        if (scoresFrom === Number(version)) matchCounts.set(tag, { version: scoresFrom, count: page.total });
+        else setTimeout(() => { if (cell.isConnected) countObserver.observe(cell); }, 3000);  // not rescored yet
+      })
       .catch(() => { cell.textContent = "?"; })
       .finally(() => { countsAsked -= 1; askForCounts(); });
   }
@@ -289,7 +296,7 @@ async function openTag(tag) {
   $("#workspace-title").focus({ preventScroll: true });  // keyboard users carry on from the tag's heading
   $("#workspace").scrollIntoView({ block: "start" });
   const training = JSON.parse(localStorage.getItem(TRAINING_KEY) || "null");
-  if (training && training.tag === tag && state.following !== training.taskId) {  // reloaded while it trained
+  if (training && training.tag === tag && !(state.following && state.following.taskId === training.taskId)) {  // reloaded while it trained
     guard(() => follow(training.taskId, training.tag, training.before))();
   }
 }
@@ -305,23 +312,25 @@ function closeTag() {
 // The open tag's counts, model, versions and suggestions again. Only its own row of the tags
 // table is fetched and redrawn (a labelling changes nothing else), unless the row is new or gone.
 async function refreshTag() {
-  state.known = false;
-  state.hasModel = false;
-  state.positives = state.negatives = 0;
+  const tag = state.tag;
   let info = null;
-  const row = tagRowOf(state.tag);
-  if (row) {
+  if (tagRowOf(tag)) {
     try {
-      const t = await api("GET", `/custom/tags/${enc(state.tag)}`);
+      const t = await api("GET", `/custom/tags/${enc(tag)}`);
       info = { tag: t.tag, positives: t.positives.length, negatives: t.negatives.length, model: t.model };
-      row.replaceWith(tagRow(info));
+      const row = tagRowOf(tag);  // found again: an overlapping refresh may have redrawn it meanwhile
+      if (row) row.replaceWith(tagRow(info));
     } catch (error) {
       if (error.code !== "unknown_tag") throw error;
       await loadTags();  // no examples and no model left: the tag is gone from the table too
     }
   } else {
-    info = (await loadTags()).find((t) => t.tag === state.tag) || null;
+    info = (await loadTags()).find((t) => t.tag === tag) || null;
   }
+  if (tag !== state.tag) return;  // another tag was opened meanwhile: this answer is not its
+  state.known = false;
+  state.hasModel = false;
+  state.positives = state.negatives = 0;
   if (info) {
     state.known = true;
     state.hasModel = info.model !== null;
@@ -334,7 +343,7 @@ async function refreshTag() {
 
 function renderCounts() {
   $("#counts").textContent = `${state.positives} positive · ${state.negatives} negative`;
-  $("#train").disabled = state.positives === 0 || state.following !== null;
+  $("#train").disabled = state.positives === 0 || Boolean(state.following && state.following.tag === state.tag);
   $("#f-match").disabled = !state.hasModel;
   $("#f-min").disabled = $("#f-max").disabled = !state.hasModel;
   $("#f-label").disabled = !state.known;
@@ -363,13 +372,16 @@ async function fetchPage(cursor, limit = PAGE) {
 
 // What is wrong with the score filters, named as the page names them (null: nothing).
 function badScoreFilter() {
+  const values = [];
   for (const [name, label] of [["min_score", "Score from"], ["max_score", "to"]]) {
     const field = $("#filters").elements[name];
     const value = field.value.trim();
     if (!field.disabled && value !== "" && !(Number(value) >= 0 && Number(value) <= 1)) {
       return `The score filter ('${label}') takes a number from 0 to 1.`;
     }
+    values.push(field.disabled || value === "" ? null : Number(value));
   }
+  if (values[0] !== null && values[1] !== null && values[0] > values[1]) return "The score filter's 'Score from' is above its 'to'.";
   return null;
 }
 
@@ -726,7 +738,7 @@ async function upload(fileList) {
       failed += 1;
     }
   });
-  matchCounts.delete(tag);  // the library grew: its matches may have too
+  matchCounts.clear();  // the library grew: any tag's matches may have too
   $("#upload-status").textContent = `Added ${plural(added, "image")}${kind === "none" ? "" : ` as ${kind}s of '${tag}'`}`
     + (failed ? `; ${failed} failed (see above).` : ".");
   if (tag === state.tag) {
@@ -840,20 +852,21 @@ async function train() {
 // Shows a training's progress until it ends (`before`: the version in use when it was asked for).
 async function follow(taskId, tag, before) {
   const bar = document.querySelector("#training .progress");
-  state.following = taskId;
+  state.following = { taskId, tag };
   renderCounts();
   $("#training").hidden = false;
   say("");
   try {
     await followSteps(taskId, tag, before, bar);
   } catch (error) {
-    if (error.status !== 404) throw error;
+    if (error.status !== 404) throw error;  // (the saved task stays: a reload follows it again)
     $("#training").hidden = true;  // the task's record is gone (days old): nothing to show
   } finally {
     state.following = null;
-    const saved = JSON.parse(localStorage.getItem(TRAINING_KEY) || "null");
-    if (saved && saved.taskId === taskId) localStorage.removeItem(TRAINING_KEY);
+    renderCounts();
   }
+  const saved = JSON.parse(localStorage.getItem(TRAINING_KEY) || "null");
+  if (saved && saved.taskId === taskId) localStorage.removeItem(TRAINING_KEY);
   if (tag === state.tag) {
     await refreshTag();
     await reloadImages();
@@ -863,8 +876,16 @@ async function follow(taskId, tag, before) {
 }
 
 async function followSteps(taskId, tag, before, bar) {
-  for (;;) {
-    const status = await api("GET", `/status/${enc(taskId)}`);
+  for (let failures = 0; ; ) {
+    let status;
+    try {
+      status = await api("GET", `/status/${enc(taskId)}`);
+      failures = 0;
+    } catch (error) {  // the server restarting or busy: asked again, for a minute
+      if (error.status === 404 || error.status === 401 || (failures += 1) > 30) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      continue;
+    }
     const percent = Math.round(100 * (status.progress || 0));
     $("#progress-fill").style.width = `${percent}%`;
     bar.setAttribute("aria-valuenow", String(percent));
