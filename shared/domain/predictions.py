@@ -80,9 +80,8 @@ def require_image_and_model(services: Services, image_id: str, tag: str) -> None
 
 def custom_scores(services: Services, vector: np.ndarray, tag: str | None = None) -> dict[str, Any]:
     """Every tag's score (or one tag's) for one (semantic | style) feature vector, best first."""
-    matrix = services.heads.current(services) if tag is None else require_model(services, tag)
-    scores = matrix.scores(vector[None, :])[0]
-    return matrix.describe(scores, [tag] if tag is not None else None)
+    matrix = services.heads.current(services) if tag is None else require_model(services, tag).select([tag])
+    return matrix.describe(matrix.scores(vector[None, :])[0])
 
 
 def one_tag(services: Services, vector: np.ndarray, tag: str) -> dict[str, Any]:
