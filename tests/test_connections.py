@@ -103,6 +103,7 @@ def test_a_websocket_upgrade_is_an_http_request_like_any_other(server: TagsmithS
         sock.close()
         assert status_and_code(answer) == expected, answer[:300]
         assert b"x-content-type-options: nosniff" in answer.lower()
+    assert "WebSocket" not in server.log.read_text(errors="replace")  # no advice to install a WebSocket library
 
 
 def test_a_client_still_sending_when_refused_reads_the_answer(server: TagsmithServer) -> None:

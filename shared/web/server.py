@@ -243,6 +243,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         status, code, message = self.refusal or (400, "bad_request", msg)
         self._answer(status, code, message)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """Nothing: no route takes a WebSocket (``ws="none"``), so an upgrade request is answered as
+        any HTTP request; uvicorn's two warnings a request (advising to install a WebSocket
+        library) were log noise any client could make."""
+
     def _headers_too_large(self) -> tuple[int, str, str]:
         return 431, "headers_too_large", f"The request line and headers are larger than {self.max_header_bytes} bytes."
 
