@@ -111,9 +111,11 @@ def _cut(text: str, width: int, keep_end: bool) -> str:
     return "…" + text[len(text) - width + 1:] if keep_end else text[: width - 1] + "…"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str = "nothing to show") -> None:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str = "nothing to show",
+           whole: Sequence[int] = ()) -> None:
     """Rows under a header and a rule, fitted to the terminal: the widest columns are cut
-    (with "…"; the first keeps its end, as it is usually a path). No rows: ``empty`` alone."""
+    (with "…"; the first keeps its end, as it is usually a path), never those in ``whole`` (ids a
+    person copies). No rows: ``empty`` alone."""
     if not rows:
         print(empty)
         return
@@ -122,7 +124,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str 
     room = _terminal_width()
     if room is not None:
         room -= 2 * (len(widths) - 1) + 1  # the gaps, and a column left free so lines never wrap
-        least = [min(w, max(MIN_COLUMN, len(h))) for w, h in zip(widths, cells[0], strict=True)]  # headers stay whole
+        least = [w if i in whole else min(w, max(MIN_COLUMN, len(h)))  # headers stay whole
+                 for i, (w, h) in enumerate(zip(widths, cells[0], strict=True))]
         while sum(widths) > room:
             widest = max(range(len(widths)), key=lambda i: widths[i] - least[i])
             if widths[widest] <= least[widest]:
@@ -228,8 +231,8 @@ def cmd_add(client: Client, args: argparse.Namespace) -> int:
     else:
         added = [r for r in results if "error" not in r]
         if added and not args.ids_from_names:  # the server chose the ids: say which file got which
-            _table(["file", "image id"], [[r["path"], r["image_id"] + (" (stored already)" if r.get("duplicate") else "")]
-                                          for r in added])
+            _table(["file", "image id", ""], [[r["path"], r["image_id"], "stored already" if r.get("duplicate") else ""]
+                                              for r in added], whole=(1,))
         for r in failed:
             print(f"{shown(r['path'])}: {shown(r['message'])} ({shown(r['error'])})", file=sys.stderr)
         where = f" as {sample_type} examples of '{args.tag}'" if args.tag else ""

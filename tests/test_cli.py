@@ -52,7 +52,9 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     assert "4/4" in err  # the progress bar
     code, out, err = run(capsys, url, "add", str(cats), "--tag", "cli cat", "--positive", "--ids-from-names")
     assert (code, out.strip()) == (0, "added 4 images as positive examples of 'cli cat' (4 of them stored already)")
+    monkeypatch.setenv("COLUMNS", "60")  # narrow: the long paths are cut, never the ids
     code, out, err = run(capsys, url, "add", str(others), "--tag", "cli cat", "--negative")
+    monkeypatch.delenv("COLUMNS")
     assert code == 1
     header, rule, *rows, summary = out.strip().splitlines()
     assert summary == f"added {len(OTHERS)} images as negative examples of 'cli cat'; 1 failed"
