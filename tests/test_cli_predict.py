@@ -159,7 +159,8 @@ def test_a_refusal_for_every_file_stops_once(live_server: TagsmithServer, folder
     """An unknown tag would be refused for every file: said once, not once per file."""
     code, out, err = run(capsys, live_server.base, "predict", str(folder), "--tag", "no such xmp tag", "--json")
     assert code == 1 and out == ""
-    assert err.strip() == "tagsmith: Tag 'no such xmp tag' has no trained model. (unknown_tag)"
+    assert err.strip() == ("tagsmith: Tag 'no such xmp tag' has no trained model. (unknown_tag); "
+                           "stopped with 3 of 3 files not done")
 
 
 def test_add_finishes_the_batch_and_fails_at_the_end(live_server: TagsmithServer, folder: Path,
@@ -169,7 +170,8 @@ def test_add_finishes_the_batch_and_fails_at_the_end(live_server: TagsmithServer
     # Two files a request: the bad files fall in different batches, the good ones after them still go.
     code, out, err = run(capsys, live_server.base, "add", str(folder), "--batch", "2")
     assert code == 1
-    assert out.strip() == "added 3 images; 2 failed"
+    *table, summary = out.strip().splitlines()
+    assert summary == "added 3 images; 2 failed" and len(table) == 2 + 3  # the ids the server chose, a file each
     assert f"{folder / 'broken.jpg'}: The image data is corrupt or truncated" in err
     assert f"{folder / 'notes.jpg'}: The file is not an image in a supported format. (not_an_image)" in err
 
