@@ -165,6 +165,14 @@ def test_one_rescore_takes_every_tag_left_stale_in_passes_of_bounded_memory(
     monkeypatch.setattr(library, "RESCORE_BYTES", 4 * len(kinds))  # one tag a pass
     assert library.rescore(services, ["kitty"], lambda stage, progress: None)["rescored"] == ["cat", "feline", "kitty"]
     assert library.rescore(services, ["feline"], lambda stage, progress: None)["rescored"] == []
+    # A tag another worker's rescore has claimed is left to it; its own job still does it.
+    services.library.redis.hdel(services.library.keys.scored, "cat", "kitty")
+    heads = services.heads.current(services)
+    claim = f"{services.settings.key_prefix}:library:rescoring:{heads.versions[heads.index['cat']]}:cat"
+    services.redis.set(claim, "1", ex=60)
+    assert library.rescore(services, ["kitty"], lambda stage, progress: None)["rescored"] == ["kitty"]
+    assert library.rescore(services, ["cat"], lambda stage, progress: None)["rescored"] == ["cat"]
+    assert not services.redis.exists(claim)  # its claim goes with it
     for tag in ("cat", "kitty", "feline"):
         image = client.get(f"/custom/images?tag={tag}&limit=1").json()["images"][0]
         assert abs(client.get(f"/custom/predict/{tag}/{image['image_id']}").json()["score"] - image["score"]) < 1e-5

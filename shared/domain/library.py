@@ -44,6 +44,7 @@ MERGE_LOCK_S = 600
 HEAL_AFTER_S = 300
 # Scores a rescore pass holds at once (4 bytes per image and tag): more tags than fit take more passes.
 RESCORE_BYTES = 256 * 2**20
+RESCORE_CLAIM_S = 1800  # a rescore's claim on the tags it took from others (it renews nothing: a dead job's lapses)
 
 Report = Callable[[str, float], None]
 log = logging.getLogger("tagsmith")
@@ -181,35 +182,60 @@ def heal_unscored(services: Services, report: Report) -> None:
 
 
 def rescore(services: Services, tags: list[str], report: Report, every: bool = False) -> dict[str, Any]:
-    """Score every embedded image with the current version of each tag whose whole-library scores
-    do not come from it yet (``tags`` and any other: a burst of trainings queues a job each, and the
-    first takes them all in one pass, leaving the others nothing to do), or with ``every`` one of
-    ``tags``. Each pass reads every pack once for a group of tags (``RESCORE_BYTES`` of scores)."""
+    """Score every embedded image with the current versions of ``tags`` whose whole-library scores
+    do not come from them yet (``every``: all of ``tags``), and of every other tag left so that no
+    other rescore has claimed (a burst of trainings queues a job each: the first takes them all
+    in one pass, and the rest find their own tags done; with several workers, each job adds only
+    its own tags to what another already took). Each pass reads every pack once for a group of
+    tags holding ``RESCORE_BYTES`` of scores."""
     if not every:
         heal_unscored(services, report)
     heads = services.heads.current(services)
     scored = services.library.scored()
     stale = {t for t in heads.tags if scored.get(t) != heads.versions[heads.index[t]]}
-    wanted = sorted(stale | ({t for t in tags if t in heads.index} if every else set()))
+    own = {t for t in tags if t in heads.index and (every or t in stale)}
+    claims = _claim_rescores(services, heads, own, stale - own)
+    wanted = sorted(own | set(claims))
     if not wanted:
         return {"rescored": [], "images": 0}
     images = sum(services.library.packs().values())
     group = max(1, RESCORE_BYTES // (4 * max(images, 1)))
     written: list[str] = []
-    for start in range(0, len(wanted), group):
-        part = wanted[start : start + group]
+    try:
+        for start in range(0, len(wanted), group):
+            part = wanted[start : start + group]
 
-        def step(stage: str, done: float, first: int = start, size: int = len(part)) -> None:
-            report(stage, (first + done * size) / len(wanted))
+            def step(stage: str, done: float, first: int = start, size: int = len(part)) -> None:
+                report(stage, (first + done * size) / len(wanted))
 
-        rows, scored_tags = _rescore_group(services, heads.select(part), step)
-        written += scored_tags
-    return {"rescored": written, "images": int(len(rows))}
+            written += _rescore_group(services, heads.select(part), step)
+    finally:
+        services.redis.delete(*claims.values(), *_claim_keys(services, heads, own).values())
+    return {"rescored": written, "images": images}
 
 
-def _rescore_group(services: Services, chosen: HeadMatrix, report: Report) -> tuple[np.ndarray, list[str]]:
-    """One pass over the packs for ``chosen``'s tags, their scores written; the rows scored, and the
-    tags whose scores were written (not those no longer current)."""
+def _claim_keys(services: Services, heads: HeadMatrix, tags: set[str]) -> dict[str, str]:
+    prefix = f"{services.settings.key_prefix}:library:rescoring"
+    return {t: f"{prefix}:{heads.versions[heads.index[t]]}:{t}" for t in sorted(tags)}
+
+
+def _claim_rescores(services: Services, heads: HeadMatrix, own: set[str], others: set[str]) -> dict[str, str]:
+    """Claim the current versions of ``own`` tags (whatever other job has them too) and of those
+    ``others`` no other job has claimed, for ``RESCORE_CLAIM_S``; returns tag -> claim key of the
+    others taken. A claim left by a job that died lapses; its tags' own jobs still run."""
+    mine, theirs = _claim_keys(services, heads, own), _claim_keys(services, heads, others)
+    with services.redis.pipeline(transaction=False) as pipe:
+        for key in mine.values():
+            pipe.set(key, "1", ex=RESCORE_CLAIM_S)
+        for key in theirs.values():
+            pipe.set(key, "1", nx=True, ex=RESCORE_CLAIM_S)
+        taken = pipe.execute()[len(mine):]
+    return {tag: key for (tag, key), ok in zip(theirs.items(), taken, strict=True) if ok}
+
+
+def _rescore_group(services: Services, chosen: HeadMatrix, report: Report) -> list[str]:
+    """One pass over the packs for ``chosen``'s tags, their scores written; the tags whose scores
+    were written (not those no longer current)."""
     for _ in range(3):  # a merge may remove a pack between the listing and its read
         try:
             rows, scores = _score_packs(services, chosen, report)
@@ -224,7 +250,7 @@ def _rescore_group(services: Services, chosen: HeadMatrix, report: Report) -> tu
         tag for j, tag in enumerate(chosen.tags)
         if services.library.write_scores(tag, chosen.versions[j], rows, scores[:, j], whole=True)
     ]
-    return rows, written
+    return written
 
 
 def _score_packs(services: Services, heads: HeadMatrix, report: Report) -> tuple[np.ndarray, np.ndarray]:
