@@ -183,7 +183,7 @@ def heal_unscored(services: Services, report: Report) -> None:
 
 def rescore(services: Services, tags: list[str], report: Report, every: bool = False) -> dict[str, Any]:
     """Score every embedded image with the current versions of ``tags`` whose whole-library scores
-    do not come from them yet (``every``: all of ``tags``), and of every other tag left so that no
+    do not come from them yet (``every``: all of ``tags``), and of every other such tag that no
     other rescore has claimed (a burst of trainings queues a job each: the first takes them all
     in one pass, and the rest find their own tags done; with several workers, each job adds only
     its own tags to what another already took). Each pass reads every pack once for a group of
