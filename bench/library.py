@@ -61,16 +61,14 @@ def fill(services: Services, images: int, rng: np.random.Generator) -> None:
         services.library.add_pack(key, count, rows.tolist())
 
 
-def publish_tags(services: Services, tags: int, rng: np.random.Generator) -> list[str]:
+def publish_tags(services: Services, names: list[str], rng: np.random.Generator) -> None:
+    """A new version of each tag, published (rescored by the caller, timed, instead of by a queued job)."""
     from shared.domain import catalog
 
-    names = [f"tag-{t:03d}" for t in range(tags)]
     records = [ModelRecord(tag=name, version=0, threshold=0.5, trained_at="2026-11-30T00:00:00Z",
                            head=Head(rng.standard_normal(D).astype(np.float32) * 0.05, -0.5), metrics={})
                for name in names]
-    pointers = [catalog.save_version(services, record) for record in records]
-    services.registry.publish(pointers)  # rescored below, timed, instead of by a queued job
-    return names
+    services.registry.publish([catalog.save_version(services, record) for record in records])
 
 
 def p50_get(client: TestClient, urls: list[str]) -> tuple[float, dict[str, Any]]:
@@ -150,17 +148,19 @@ def main() -> int:
             started = time.perf_counter()
             fill(services, args.images, rng)
             print(f"(stored {args.images} images with synthetic embeddings in {time.perf_counter() - started:.0f} s)")
-            tags = publish_tags(services, args.tags, rng)
+            tags = [f"tag-{t:03d}" for t in range(args.tags)]
+            publish_tags(services, tags, rng)
 
+            started = time.perf_counter()  # every tag new at once, as after a /set_state: one job takes them all
+            every = library.rescore(services, tags[:1], quiet)
+            seconds = time.perf_counter() - started
+            report(f"rescore {every['images']} images for {len(every['rescored'])} new tags (a /set_state), s",
+                   f"{seconds:.1f}", "<= 60", seconds <= 60)
+            publish_tags(services, tags[:1], rng)  # a training's new version
             started = time.perf_counter()
             one = library.rescore(services, tags[:1], quiet)
             seconds = time.perf_counter() - started
-            report(f"rescore {one['images']} images for 1 tag, s", f"{seconds:.1f}", "<= 10", seconds <= 10)
-            started = time.perf_counter()
-            every = library.rescore(services, tags, quiet)
-            seconds = time.perf_counter() - started
-            report(f"rescore for {len(every['rescored'])} more tags (a /set_state), s", f"{seconds:.1f}", "<= 60",
-                   seconds <= 60)
+            report(f"rescore for {len(one['rescored'])} tag's new version, s", f"{seconds:.1f}", "<= 10", seconds <= 10)
 
             used = services.library.memory(tags)
             total = int(services.redis.info("memory")["used_memory"])
