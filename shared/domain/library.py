@@ -194,8 +194,8 @@ def rescore(services: Services, tags: list[str], report: Report, every: bool = F
     scored = services.library.scored()
     stale = {t for t in heads.tags if scored.get(t) != heads.versions[heads.index[t]]}
     own = {t for t in tags if t in heads.index and (every or t in stale)}
-    claims = _claim_rescores(services, heads, own, stale - own)
-    wanted = sorted(own | set(claims))
+    taken, claims = _claim_rescores(services, heads, own, stale - own)
+    wanted = sorted(own | taken)
     if not wanted:
         return {"rescored": [], "images": 0}
     images = sum(services.library.packs().values())
@@ -210,7 +210,7 @@ def rescore(services: Services, tags: list[str], report: Report, every: bool = F
 
             written += _rescore_group(services, heads.select(part), step)
     finally:
-        services.redis.delete(*claims.values(), *_claim_keys(services, heads, own).values())
+        services.redis.delete(*claims)
     return {"rescored": written, "images": images}
 
 
@@ -219,18 +219,21 @@ def _claim_keys(services: Services, heads: HeadMatrix, tags: set[str]) -> dict[s
     return {t: f"{prefix}:{heads.versions[heads.index[t]]}:{t}" for t in sorted(tags)}
 
 
-def _claim_rescores(services: Services, heads: HeadMatrix, own: set[str], others: set[str]) -> dict[str, str]:
+def _claim_rescores(services: Services, heads: HeadMatrix, own: set[str],
+                    others: set[str]) -> tuple[set[str], list[str]]:
     """Claim the current versions of ``own`` tags (whatever other job has them too) and of those
-    ``others`` no other job has claimed, for ``RESCORE_CLAIM_S``; returns tag -> claim key of the
-    others taken. A claim left by a job that died lapses; its tags' own jobs still run."""
+    ``others`` no other job has claimed, for ``RESCORE_CLAIM_S``; returns the others taken and the
+    keys of every claim made, to delete once done. A claim left by a job that died lapses; its
+    tags' own jobs still run."""
     mine, theirs = _claim_keys(services, heads, own), _claim_keys(services, heads, others)
     with services.redis.pipeline(transaction=False) as pipe:
         for key in mine.values():
             pipe.set(key, "1", ex=RESCORE_CLAIM_S)
         for key in theirs.values():
             pipe.set(key, "1", nx=True, ex=RESCORE_CLAIM_S)
-        taken = pipe.execute()[len(mine):]
-    return {tag: key for (tag, key), ok in zip(theirs.items(), taken, strict=True) if ok}
+        answers = pipe.execute()[len(mine):]
+    taken = {tag: key for (tag, key), ok in zip(theirs.items(), answers, strict=True) if ok}
+    return set(taken), [*mine.values(), *taken.values()]
 
 
 def _rescore_group(services: Services, chosen: HeadMatrix, report: Report) -> list[str]:
