@@ -157,7 +157,10 @@ _radius = np.sqrt(_axis[None, :] ** 2 + _axis[:, None] ** 2)
 CENTRE, BORDER = _radius < 0.5, _radius > 0.9
 STATISTICS = ("mean luma", "log luma spread", "mean red-blue", "red-blue along luma", "mean green-magenta",
               "green-magenta along luma", "log saturation", "border against centre (log luma)",
-              "log fine detail", "flat neighbours")
+              "log fine detail", "flat neighbours", "red-blue along luma, locally",
+              "green-magenta along luma, locally", "red-blue share along luma, locally",
+              "green-magenta share along luma, locally", "red-blue along luma in shadows, locally",
+              "red-blue along luma in highlights, locally")
 
 
 def statistics(images: list[Image.Image]) -> np.ndarray:
@@ -184,4 +187,31 @@ def _statistics(pixels: np.ndarray) -> np.ndarray:
     same_across = (np.abs(np.diff(levels, axis=3)).max(axis=1) < 0.5).mean(axis=(1, 2))
     same_down = (np.abs(np.diff(levels, axis=2)).max(axis=1) < 0.5).mean(axis=(1, 2))
     out.append((same_across + same_down) / 2)
+    out += _local_slopes(rgb)
     return np.stack(out, axis=1)
+
+
+def _local_slopes(rgb: np.ndarray) -> list[np.ndarray]:
+    """How chroma changes with brightness from one pixel to the next (2 x 2 means, so that noise
+    does not count): the regression slope of chroma's steps on luma's. Shading a surface of one
+    colour changes its luma and keeps its share of chroma, whatever that colour is; a grade that
+    tints shadows and highlights apart changes both together, on every surface of the photo."""
+    n = len(rgb)
+    small = rgb.reshape(n, 3, rgb.shape[2] // 2, 2, rgb.shape[3] // 2, 2).mean(axis=(3, 5))
+    y = luma(np.moveaxis(small, 1, -1))[..., 0]
+    total = small.sum(axis=1) + 0.06
+    chroma = [np.einsum("nchw,c->nhw", small, axis) for axis in (RED_BLUE, GREEN_MAGENTA)]
+
+    def steps(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.diff(a, axis=1)[:, :, :-1].reshape(n, -1), np.diff(a, axis=2)[:, :-1, :].reshape(n, -1)], axis=1)
+
+    dy = steps(y)
+    level = np.concatenate([y[:, :-1, :-1].reshape(n, -1)] * 2, axis=1)
+
+    def slope(change: np.ndarray, where: np.ndarray | float = 1.0) -> np.ndarray:
+        return (dy * change * where).sum(axis=1) / ((dy * dy * where).sum(axis=1) + 1e-3)
+
+    raw = [steps(c) for c in chroma]
+    share = [steps(c / total) for c in chroma]
+    return [slope(raw[0]), slope(raw[1]), slope(share[0]), slope(share[1]),
+            slope(raw[0], level < 0.35), slope(raw[0], level > 0.65)]
