@@ -1,7 +1,7 @@
 """The README's code blocks work as written: each block a user would paste (curl, Python, the
 command line) runs, in the README's order, against a real ``tagsmith serve`` on a free port.
 
-Only the addresses change (``127.0.0.1:5000`` becomes the test server's, and port 5001, where the
+Only the addresses change (``127.0.0.1:5000`` becomes the test server's, and port 5002, where the
 backup section starts a second server, a free port; the command line gets ``TAGSMITH_URL``). The blocks run in a folder with the photos they name and ``.venv`` (the
 checkout's), as a user runs them in the checkout. ``curl`` runs with ``--fail-with-body`` added, so a refused request fails its
 block; Python blocks fail on their own (``raise_for_status``, the client's exceptions). Blocks that
@@ -113,8 +113,8 @@ def _real_curl() -> str:
 @pytest.mark.parametrize("block", runnable_blocks(), ids=lambda b: f"{b.language}-line{b.line}")
 def test_readme_block_runs_as_written(block: Block, server: TagsmithServer, workdir: Path) -> None:
     address, spare = f"127.0.0.1:{server.port}", free_port()  # spare: for the second server a block starts
-    text = block.text.replace("127.0.0.1:5000", address).replace("127.0.0.1:5001", f"127.0.0.1:{spare}")
-    text = text.replace("--port 5001", f"--port {spare}")
+    text = block.text.replace("127.0.0.1:5000", address).replace("127.0.0.1:5002", f"127.0.0.1:{spare}")
+    text = text.replace("--port 5002", f"--port {spare}")
     env = {
         **server.env,
         "PATH": os.pathsep.join([str(workdir / "bin"), server.env.get("PATH", "")]),
