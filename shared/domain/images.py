@@ -19,7 +19,7 @@ from shared.data import keys
 from shared.data.store import ObjectNotFound, StoreUnavailable
 from shared.domain import labels
 from shared.domain.embeddings import image_identities
-from shared.models.decoding import VERIFY_SIZE, DecodedImage, PixelBudget, Reservation, decode_image
+from shared.models.decoding import VERIFY_SIZE, DecodedImage, PixelBudget, Reservation, decode_image, open_image
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
@@ -299,7 +299,7 @@ def kept_thumbnail(services: Services, image_id: str, size: int) -> bytes | None
 
 def _resized(stored: bytes, base: int, size: int) -> bytes:
     """A kept thumbnail (``base`` on its longer side) at ``size``."""
-    return stored if size == base else _jpeg(Image.open(io.BytesIO(stored)).convert("RGB"), size)
+    return stored if size == base else _jpeg(open_image(stored).convert("RGB"), size)
 
 
 def _jpeg(image: Image.Image, size: int) -> bytes:

@@ -3,14 +3,12 @@ to label next for a tag (active learning)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from shared.domain import catalog
 from shared.domain.embeddings import embed_present_images, embed_stored_images
@@ -18,7 +16,7 @@ from shared.domain.labels import require_image
 from shared.models.backbone import Features, preprocess
 from shared.models.base_keywords import base_keywords
 from shared.models.base_styles import matched_styles, style_scores
-from shared.models.decoding import Reservation, decode_cost, decode_image
+from shared.models.decoding import Reservation, decode_cost, decode_image, open_image
 from shared.models.heads import HeadMatrix
 from shared.models.structure import check_framing
 
@@ -36,7 +34,7 @@ def decodes_slowly(data: bytes) -> bool:
     """Whether the upload's image is large enough to decode on its own (read from its header)."""
     try:
         check_framing(data)  # bounds what opening it costs
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(data) as image:
             width, height = image.size
             fmt = image.format or ""
     except Exception:

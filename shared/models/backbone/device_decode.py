@@ -16,17 +16,16 @@ tolerance are in the README ("GPU worker").
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from shared.models.backbone.preprocess import INPUT_SIZE, RESIZE_SIZE
 from shared.models.backbone.spec import Features
+from shared.models.decoding import open_image
 
 # Decoded pixels held on the device at once (3 bytes each as uint8, 4 more per pixel while one
 # image is converted to float32): a batch of 24 MP photos is decoded a few at a time.
@@ -47,7 +46,7 @@ def probe(data: bytes, max_pixels: int) -> Jpeg | None:
     if data[:2] != b"\xff\xd8" or data.rstrip(b"\0\r\n")[-2:] != b"\xff\xd9":  # a JPEG that ends
         return None
     try:
-        img = Image.open(io.BytesIO(data))  # parses markers up to the first scan; no pixels
+        img = open_image(data)  # parses markers up to the first scan; no pixels
         if (
             img.format != "JPEG"  # MPO: decoding.py reads its first picture
             or img.mode not in ("L", "RGB")
