@@ -82,7 +82,7 @@ async def add_many(request: Request) -> JSONResponse:
         failed: 1
         images:
           - {filename: cat.jpg, image_id: cat-1, format: JPEG, width: 451, height: 300, duplicate: false}
-          - {filename: notes.txt, image_id: null, status: 415, error: not_an_image, message: The file is not an image in a supported format.}
+          - {filename: notes.txt, image_id: null, status: 415, error: not_an_image, message: "The file is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP or TIFF)."}
     errors: [400, 409, 413, 503]
     """
     services = services_of(request)

@@ -13,7 +13,7 @@ from typing import Any
 from infra.commands import add_commands
 from shared.core.logs import configure_logging
 from shared.core.process import tune_process
-from shared.core.settings import Settings
+from shared.core.settings import Settings, SettingsError, read_settings
 
 
 def say(line: str) -> None:
@@ -105,6 +105,10 @@ def serving_lines(settings: Settings, what: str) -> list[str]:
         named = "" if everywhere else f" (or {settings.host})"
         lines.append(f"requests must name one of the hosts {settings.allowed_hosts}{named}; "
                      "add the names clients use to TAGSMITH_ALLOWED_HOSTS")
+        if not settings.api_key_list:
+            lines.append("WARNING: no API keys (TAGSMITH_API_KEYS): anyone who can reach this address can read and "
+                         "change everything here; the host check stops web pages that rebind a name to this "
+                         "machine, not other machines, which may send any Host")
     return lines
 
 
@@ -160,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if hasattr(args, "client_command"):
         return run_client_command(args)
-    settings = Settings().model_copy(update=_overrides(args))  # the environment, read once, and the options given
+    try:
+        settings = read_settings().model_copy(update=_overrides(args))  # the environment, read once, and the options given
+    except SettingsError as exc:
+        print(f"tagsmith: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     args.run(args, settings)
     return 0

@@ -61,7 +61,7 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     assert header.split() == ["file", "image", "id"] and len(rows) == len(OTHERS)  # the ids the server chose
     with Client(url) as api:
         assert {row.split()[-1] for row in rows} == set(api.tag("cli cat")["negatives"])
-    assert "notes.jpg: The file is not an image in a supported format. (not_an_image)" in err
+    assert "notes.jpg: The file is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP or TIFF). (not_an_image)" in err
     assert main(["tags", "--json", "--url", url]) == 0
     tags = {t["tag"]: t for t in json.loads(capsys.readouterr().out)}
     assert (tags["cli cat"]["positives"], tags["cli cat"]["negatives"]) == (4, len(OTHERS))
@@ -241,6 +241,35 @@ def test_serve_on_every_address_names_an_address_a_browser_opens() -> None:
     assert one[0].startswith("serving http://192.0.2.7:5002/ (gateway)") and "(or 192.0.2.7)" in one[1], one
     assert serving_lines(Settings(host="::1", port=5002), "gateway") == [
         "serving http://[::1]:5002/ (gateway); Ctrl+C stops it"]
+
+
+def test_serve_beyond_loopback_without_api_keys_warns_that_anyone_may_change_everything() -> None:
+    """The host check stops DNS rebinding, not another machine, which may send ``Host: localhost``:
+    listening beyond loopback with no keys had said nothing of that."""
+    for host in ("0.0.0.0", "192.0.2.7"):
+        said = serving_lines(Settings(host=host, port=5002), "gateway")
+        assert any(line.startswith("WARNING: no API keys") and "TAGSMITH_API_KEYS" in line for line in said), said
+        keyed = serving_lines(Settings(host=host, port=5002, api_keys="k1"), "gateway")
+        assert not any("WARNING" in line for line in keyed), keyed
+    assert not any("WARNING" in line for line in serving_lines(Settings(host="127.0.0.1", port=5002), "gateway"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [("TAGSMITH_API_KEYS", " , ", "TAGSMITH_API_KEYS: names no key"),
+     ("TAGSMITH_PORT", "five", "TAGSMITH_PORT: Input should be a valid integer"),
+     ("TAGSMITH_DEVICE", "gpu", "TAGSMITH_DEVICE must be auto, cpu, cuda")],
+)
+def test_a_setting_that_cannot_be_used_stops_the_command_with_its_name_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, said: str
+) -> None:
+    """A bad ``TAGSMITH_`` variable printed pydantic's traceback, naming a field; " , " as the API keys
+    had meant no keys at all, silently."""
+    monkeypatch.setenv(variable, value)
+    assert main(["worker", "--burst"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tagsmith: ") and said in err and "Traceback" not in err, err
+    assert value.strip(" ,") == "" or value not in err  # values are not echoed: some are secrets
 
 
 def test_serve_runs_its_worker_at_a_lower_cpu_priority(live_server: TagsmithServer) -> None:

@@ -173,7 +173,7 @@ def test_add_finishes_the_batch_and_fails_at_the_end(live_server: TagsmithServer
     *table, summary = out.strip().splitlines()
     assert summary == "added 3 images; 2 failed" and len(table) == 2 + 3  # the ids the server chose, a file each
     assert f"{folder / 'broken.jpg'}: The image data is corrupt or truncated" in err
-    assert f"{folder / 'notes.jpg'}: The file is not an image in a supported format. (not_an_image)" in err
+    assert f"{folder / 'notes.jpg'}: The file is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP or TIFF). (not_an_image)" in err
 
 
 class SplittingServer:

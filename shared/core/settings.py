@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -123,6 +123,14 @@ class Settings(BaseSettings):
             raise ValueError("must be 0 or more")
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _some_key(cls, value: str) -> str:
+        if value.strip() and not any(key.strip() for key in value.split(",")):
+            # " , " had meant no keys at all, so no key was needed, and nothing said so
+            raise ValueError("names no key (only commas and spaces); leave it unset for no keys, or list them")
+        return value
+
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]
@@ -138,6 +146,23 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """These settings as ``TAGSMITH_*`` variables, for a child process to read the same."""
         return {f"TAGSMITH_{name.upper()}": _env_value(value) for name, value in self.model_dump().items()}
+
+
+class SettingsError(ValueError):
+    """A ``TAGSMITH_`` variable that cannot be used, said as a person sets it."""
+
+
+def read_settings() -> Settings:
+    """``Settings()``, or SettingsError naming each variable that is wrong and why (pydantic's own
+    report names fields, not the variables a person sets, after a traceback)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():  # the values are not repeated: some are secrets
+            name, message = f"TAGSMITH_{'_'.join(map(str, error['loc'])).upper()}", error["msg"].removeprefix("Value error, ")
+            problems.append(message if message.startswith(name) else f"{name}: {message}")
+        raise SettingsError("; ".join(problems)) from None
 
 
 def _env_value(value: object) -> str:
