@@ -128,6 +128,22 @@ def test_pages_of_other_sites_cannot_change_data(client: TestClient, services: S
     assert client.get("/custom/delete/cat").status_code == 200
 
 
+def test_pages_of_other_sites_cannot_ask_for_costly_answers(client: TestClient, services: Services) -> None:
+    """A backup, a state archive, the ONNX export, the library's scores or suggestions cost much work:
+    an ``<img src>`` on another site's page could have every visitor's browser ask for them again and
+    again. From the page itself, a typed address or a program they come as before."""
+    teach_cat(client, services, positives=2, negatives_each=1)
+    costly = ["/backup", "/get_state", "/export/onnx", "/custom/library/export", "/custom/suggest/cat"]
+    for path in costly:
+        for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, EVIL):
+            response = client.get(path, headers=headers)
+            assert (response.status_code, response.json()["error"]) == (403, "cross_site_request"), (path, headers)
+    for path in ("/backup", "/custom/suggest/cat"):
+        for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}):
+            assert client.get(path, headers=headers).status_code == 200, (path, headers)
+    assert client.get("/custom/images", headers=EVIL).status_code == 200  # ordinary reads: the browser's business
+
+
 def test_requests_naming_another_host_are_refused(client: TestClient) -> None:
     """A page that rebinds its own name to this machine's address sends its own name as Host."""
     for path in ("/custom/tags", "/", "/custom/images"):

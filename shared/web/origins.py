@@ -9,6 +9,10 @@
   browser marks it as coming from another site: ``Sec-Fetch-Site`` other than ``same-origin`` or
   ``none`` (a typed URL), or an ``Origin`` that is not this host. Requests without either header
   (curl, scripts, the Python client) are not browsers acting for a page, and pass.
+- **Cross-site costly reads**: the same for the GETs that cost the server much work
+  (``routing.COSTLY_READS``: backups, state archives, the ONNX export, the library's scores,
+  suggestions): another site's page cannot read them, but could have browsers ask for them over
+  and over.
 - Those GET forms take no HEAD (``ApiRoute``): Starlette answers HEAD by running the GET, and link
   checkers and prefetchers send HEAD as a harmless probe.
 - **Headers on every answer**: ``X-Content-Type-Options: nosniff``, frames denied
@@ -31,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.core.settings import Settings
 from shared.web.errors import error_response
 from shared.web.openapi import DOCS_STYLE
-from shared.web.routing import changes_data
+from shared.web.routing import changes_data, costly_read
 
 ANY_HOST_PATHS = frozenset({"/health", "/ready"})
 CACHEABLE_PREFIXES = ("/static/", "/docs/")  # the same files for everyone
@@ -116,6 +120,10 @@ class SameOrigin:
             refusal = error_response(403, "cross_site_request", "A page of another site asked to change "
                                      "data here; requests that change data must come from this server's own "
                                      "page or from a program (curl, a script, the Python client).")
+        elif costly_read(scope["method"], scope["path"]) and cross_site(headers, host):
+            refusal = error_response(403, "cross_site_request", "A page of another site asked for an answer "
+                                     "that costs this server much work; ask for it from this server's own page, "
+                                     "by its address typed into the browser, or from a program.")
 
         async def secured(message: Message) -> None:
             if message["type"] == "http.response.start":

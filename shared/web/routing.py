@@ -53,6 +53,18 @@ def changes_data(method: str, path: str) -> bool:
     return method not in SAFE_METHODS or path.startswith(WRITING_GETS)
 
 
+# Reads that cost the server much work: a whole backup or state archive, the ONNX export, every
+# library score, suggestions that may embed a thousand images. A page of another site cannot read
+# their answers, but could have its visitors' browsers ask for them over and over (``<img src>``).
+COSTLY_READS = frozenset({"/backup", "/get_state", "/export/onnx", "/custom/library/export"})
+COSTLY_READ_PREFIXES = ("/custom/suggest/",)
+
+
+def costly_read(method: str, path: str) -> bool:
+    """Whether a GET or HEAD asks for one of the costly answers above."""
+    return method in ("GET", "HEAD") and (path in COSTLY_READS or path.startswith(COSTLY_READ_PREFIXES))
+
+
 class ApiRoute(Route):
     """A route that validates its path parameters (``PATH_PARAMETERS``) before its endpoint runs,
     and refuses a URL whose percent-escapes are not UTF-8 (servers decode them with replacement
