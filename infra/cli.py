@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -56,7 +57,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
         supervisor = WorkerSupervisor({**os.environ, **settings.as_env()}, lock_fd, settings.worker_nice)
         supervisor.start()
         try:
-            run_server(create_gateway(services=services), settings, f"data in {settings.data_dir}")
+            run_server(create_gateway(services=services), settings, f"data in {settings.data_dir}", whole=True)
         finally:
             supervisor.stop()
             if redis_process is not None:
@@ -76,9 +77,10 @@ def prepare_backbone(settings: Settings) -> None:
         export_onnx(settings.model_cache_dir)
 
 
-def run_server(app: Any, settings: Settings, what: str) -> None:
+def run_server(app: Any, settings: Settings, what: str, whole: bool = False) -> None:
     """The HTTP server (``shared.web.server``: uvicorn, bounded) on the settings' address, saying
-    where it listens once it does."""
+    where it listens once it does; ``whole``: the whole service (``serve``), not one container's
+    function service behind the gateway."""
     import uvicorn
 
     from shared.web.server import server_config
@@ -87,15 +89,16 @@ def run_server(app: Any, settings: Settings, what: str) -> None:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
-                for line in serving_lines(settings, what):
+                for line in serving_lines(settings, what, whole):
                     say(line)
 
     AnnouncingServer(server_config(app, settings)).run()
 
 
-def serving_lines(settings: Settings, what: str) -> list[str]:
+def serving_lines(settings: Settings, what: str, whole: bool = False) -> list[str]:
     """What ``run_server`` says once it listens: an address to open (the loopback one where it
-    listens on every address, which no browser opens), and which host names it answers for."""
+    listens on every address, which no browser opens), which host names it answers for, and, for
+    the whole service (``whole``) reachable beyond this machine with no API keys, a warning."""
     everywhere = settings.host in ("0.0.0.0", "::")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
     host = f"[{host}]" if ":" in host else host
@@ -105,11 +108,21 @@ def serving_lines(settings: Settings, what: str) -> list[str]:
         named = "" if everywhere else f" (or {settings.host})"
         lines.append(f"requests must name one of the hosts {settings.allowed_hosts}{named}; "
                      "add the names clients use to TAGSMITH_ALLOWED_HOSTS")
-        if not settings.api_key_list:
+        if whole and not settings.api_key_list and not loopback(settings.host):
             lines.append("WARNING: no API keys (TAGSMITH_API_KEYS): anyone who can reach this address can read and "
                          "change everything here; the host check stops web pages that rebind a name to this "
                          "machine, not other machines, which may send any Host")
     return lines
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def service(args: argparse.Namespace, settings: Settings) -> None:

@@ -133,12 +133,16 @@ def test_pages_of_other_sites_cannot_ask_for_costly_answers(client: TestClient, 
     an ``<img src>`` on another site's page could have every visitor's browser ask for them again and
     again. From the page itself, a typed address or a program they come as before."""
     teach_cat(client, services, positives=2, negatives_each=1)
-    costly = ["/backup", "/get_state", "/export/onnx", "/custom/library/export", "/custom/suggest/cat"]
+    costly = ["/backup", "/get_state", "/export/onnx", "/custom/library/export", "/custom/suggest/cat",
+              "/custom/images/cat-0/similar"]
     for path in costly:
         for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, EVIL):
             response = client.get(path, headers=headers)
             assert (response.status_code, response.json()["error"]) == (403, "cross_site_request"), (path, headers)
-    for path in ("/backup", "/custom/suggest/cat"):
+        # HEAD would run the whole GET and throw the answer away (a link checker probing /backup)
+        head = client.head(path)
+        assert head.status_code == 405 and "GET" in head.headers["allow"], (path, head.status_code)
+    for path in ("/backup", "/custom/suggest/cat", "/custom/images/cat-0/similar"):
         for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}):
             assert client.get(path, headers=headers).status_code == 200, (path, headers)
     assert client.get("/custom/images", headers=EVIL).status_code == 200  # ordinary reads: the browser's business

@@ -5,7 +5,7 @@ between ordinary photos, and which of its directions tell edits apart (see
 The photos are the training half of ``bench.photos.WALLPAPERS`` (colour photographs from Debian's
 wallpaper packages, free licences): bench.quality never evaluates on them, nor on any photo of
 its own that the prior saw. Run by hand (offline) from the repository root whenever the backbone
-spec changes::
+spec, ``photo_edits.EDITS`` or ``photo_edits.STATISTICS`` change::
 
     mkdir -p /tmp/wallpapers && cd /tmp/wallpapers
     apt-get download mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers

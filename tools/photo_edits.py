@@ -193,7 +193,7 @@ def _statistics(pixels: np.ndarray) -> np.ndarray:
 
 def _local_slopes(rgb: np.ndarray) -> list[np.ndarray]:
     """How chroma changes with brightness from one pixel to the next (2 x 2 means, so that noise
-    does not count): the regression slope of chroma's steps on luma's. Shading a surface of one
+    counts less): the regression slope of chroma's steps on luma's. Shading a surface of one
     colour changes its luma and keeps its share of chroma, whatever that colour is; a grade that
     tints shadows and highlights apart changes both together, on every surface of the photo."""
     n = len(rgb)

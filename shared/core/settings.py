@@ -1,7 +1,7 @@
 """Settings from the environment, all under the ``TAGSMITH_`` prefix.
 
-A process reads them once, at start (``Settings()`` in its entry point: the command line, an app's
-lifespan, the worker), and passes them down; nothing reads the environment later.
+A process reads them once, at start (``read_settings()`` in its entry point: the command line, an
+app's lifespan), and passes them down; nothing reads the environment later.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")  # the backbone's (shared/models/backbone/runtime.py)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # S3 bucket naming rules: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
@@ -99,6 +101,27 @@ class Settings(BaseSettings):
             raise ValueError("TAGSMITH_DEVICE must be auto, cpu, cuda or cuda:<index>")
         return value
 
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, value: str) -> str:
+        if value not in RUNTIMES:
+            raise ValueError(f"TAGSMITH_RUNTIME must be one of {', '.join(RUNTIMES)}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"TAGSMITH_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError("TAGSMITH_PORT must be a port number, 1-65535")
+        return value
+
     @field_validator("s3_bucket")
     @classmethod
     def _bucket(cls, value: str) -> str:
@@ -126,9 +149,9 @@ class Settings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _some_key(cls, value: str) -> str:
-        if value.strip() and not any(key.strip() for key in value.split(",")):
-            # " , " had meant no keys at all, so no key was needed, and nothing said so
-            raise ValueError("names no key (only commas and spaces); leave it unset for no keys, or list them")
+        if value and not any(key.strip() for key in value.split(",")):
+            # " , " or a Secret's lone newline had meant no keys at all, so no key was needed, silently
+            raise ValueError("names no key (only commas, spaces or line breaks): leave it empty for no keys, or list them")
         return value
 
     @property

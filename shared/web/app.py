@@ -20,7 +20,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from shared.core.process import tune_process
-from shared.core.settings import Settings
+from shared.core.settings import Settings, read_settings
 from shared.domain.services import Services, build_services
 from shared.web import openapi, ops
 from shared.web.auth import ApiKeys
@@ -55,7 +55,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        own = services or build_services(settings or Settings())
+        own = services or build_services(settings or read_settings())
         state: dict[str, Any] = {"services": own, "body_budget": BodyBudget(own.settings.max_body_bytes_in_flight),
                                  "spool_budget": BodyBudget(body_limit_for_path(own.settings, "/restore")),  # one backup's worth
                                  "exports": Exports(own.settings.max_unsent_bytes),

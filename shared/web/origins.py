@@ -10,9 +10,10 @@
   ``none`` (a typed URL), or an ``Origin`` that is not this host. Requests without either header
   (curl, scripts, the Python client) are not browsers acting for a page, and pass.
 - **Cross-site costly reads**: the same for the GETs that cost the server much work
-  (``routing.COSTLY_READS``: backups, state archives, the ONNX export, the library's scores,
-  suggestions): another site's page cannot read them, but could have browsers ask for them over
-  and over.
+  (``routing.costly_path``: backups, state archives, the ONNX export, the library's scores,
+  suggestions, similar images): another site's page cannot read them, but could have browsers ask
+  for them over and over. A link to one on another site (or another port of this host) is refused
+  too; a typed or bookmarked address is not.
 - Those GET forms take no HEAD (``ApiRoute``): Starlette answers HEAD by running the GET, and link
   checkers and prefetchers send HEAD as a harmless probe.
 - **Headers on every answer**: ``X-Content-Type-Options: nosniff``, frames denied
@@ -117,13 +118,13 @@ class SameOrigin:
             refusal = error_response(400, "host_not_allowed", f"This server does not answer for the host "
                                      f"{host!r}; add its name to TAGSMITH_ALLOWED_HOSTS to allow it.")
         elif changes_data(scope["method"], scope["path"]) and cross_site(headers, host):
-            refusal = error_response(403, "cross_site_request", "A page of another site asked to change "
-                                     "data here; requests that change data must come from this server's own "
-                                     "page or from a program (curl, a script, the Python client).")
+            refusal = error_response(403, "cross_site_request", "A page this server did not serve asked to "
+                                     "change data here; requests that change data must come from this server's "
+                                     "own page or from a program (curl, a script, the Python client).")
         elif costly_read(scope["method"], scope["path"]) and cross_site(headers, host):
-            refusal = error_response(403, "cross_site_request", "A page of another site asked for an answer "
-                                     "that costs this server much work; ask for it from this server's own page, "
-                                     "by its address typed into the browser, or from a program.")
+            refusal = error_response(403, "cross_site_request", "A page this server did not serve asked for an "
+                                     "answer that costs this server much work; ask for it from this server's own "
+                                     "page, by its address typed into the browser, or from a program.")
 
         async def secured(message: Message) -> None:
             if message["type"] == "http.response.start":

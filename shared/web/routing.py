@@ -56,13 +56,21 @@ def changes_data(method: str, path: str) -> bool:
 # Reads that cost the server much work: a whole backup or state archive, the ONNX export, every
 # library score, suggestions that may embed a thousand images. A page of another site cannot read
 # their answers, but could have its visitors' browsers ask for them over and over (``<img src>``).
+# /similar reads up to a thousand stored vectors a call.
 COSTLY_READS = frozenset({"/backup", "/get_state", "/export/onnx", "/custom/library/export"})
 COSTLY_READ_PREFIXES = ("/custom/suggest/",)
+COSTLY_READ_SUFFIXES = ("/similar",)
+
+
+def costly_path(path: str) -> bool:
+    """Whether a GET of ``path`` asks for one of the costly answers above."""
+    return path in COSTLY_READS or path.startswith(COSTLY_READ_PREFIXES) or (
+        path.startswith("/custom/images/") and path.endswith(COSTLY_READ_SUFFIXES))
 
 
 def costly_read(method: str, path: str) -> bool:
     """Whether a GET or HEAD asks for one of the costly answers above."""
-    return method in ("GET", "HEAD") and (path in COSTLY_READS or path.startswith(COSTLY_READ_PREFIXES))
+    return method in ("GET", "HEAD") and costly_path(path)
 
 
 class ApiRoute(Route):
@@ -70,13 +78,14 @@ class ApiRoute(Route):
     and refuses a URL whose percent-escapes are not UTF-8 (servers decode them with replacement
     characters: ``caf%E9`` would silently become the tag ``caf\ufffd``).
 
-    A route whose GET changes data (``WRITING_GETS``) takes no HEAD (405, its methods in
-    ``Allow``): Starlette would answer HEAD by running the GET, and link checkers and prefetchers
-    send HEAD as a harmless probe."""
+    A route whose GET changes data (``WRITING_GETS``) or costs much work (``costly_path``) takes
+    no HEAD (405, its methods in ``Allow``): Starlette would answer HEAD by running the GET (a
+    whole backup, made and thrown away), and link checkers and prefetchers send HEAD as a harmless
+    probe."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        if self.methods and path.startswith(WRITING_GETS):
+        if self.methods and (path.startswith(WRITING_GETS) or costly_path(path)):
             self.methods.discard("HEAD")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 
 from shared.core.process import usable_cores
+from shared.core.settings import RUNTIMES as RUNTIMES
 from shared.models.backbone.spec import Backbone
-
-RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 
 
 def choose_runtime(runtime: str, device: str) -> str:
