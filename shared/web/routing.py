@@ -56,16 +56,15 @@ def changes_data(method: str, path: str) -> bool:
 # Reads that cost the server much work: a whole backup or state archive, the ONNX export, every
 # library score, suggestions that may embed a thousand images. A page of another site cannot read
 # their answers, but could have its visitors' browsers ask for them over and over (``<img src>``).
-# /similar reads up to a thousand stored vectors a call.
 COSTLY_READS = frozenset({"/backup", "/get_state", "/export/onnx", "/custom/library/export"})
 COSTLY_READ_PREFIXES = ("/custom/suggest/",)
-COSTLY_READ_SUFFIXES = ("/similar",)
+COSTLY_IMAGE_READS = ("/similar",)  # under /custom/images/<id>: up to a thousand stored vectors a call
 
 
 def costly_path(path: str) -> bool:
     """Whether a GET of ``path`` asks for one of the costly answers above."""
     return path in COSTLY_READS or path.startswith(COSTLY_READ_PREFIXES) or (
-        path.startswith("/custom/images/") and path.endswith(COSTLY_READ_SUFFIXES))
+        path.startswith("/custom/images/") and path.endswith(COSTLY_IMAGE_READS))
 
 
 def costly_read(method: str, path: str) -> bool:

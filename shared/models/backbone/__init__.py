@@ -8,8 +8,9 @@
     runtime     choosing and opening one of them
 """
 
+from shared.core.settings import RUNTIMES
 from shared.models.backbone.preprocess import INPUT_SIZE, preprocess, preprocess_batch
-from shared.models.backbone.runtime import RUNTIMES, choose_runtime, open_backbone
+from shared.models.backbone.runtime import choose_runtime, open_backbone
 from shared.models.backbone.spec import LITE0, PRECISION, Backbone, BackboneSpec, Features, PrecisionError
 
 __all__ = [

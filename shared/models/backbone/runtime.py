@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from shared.core.process import usable_cores
-from shared.core.settings import RUNTIMES as RUNTIMES
+from shared.core.settings import RUNTIMES
 from shared.models.backbone.spec import Backbone
 
 
