@@ -180,6 +180,32 @@ def test_local_store_puts_and_deletes_racing_in_one_folder_never_fail(tmp_path: 
     assert not list(store.list("thumbnails/"))
 
 
+def test_local_store_lists_a_folder_that_deletes_remove_meanwhile(tmp_path: Path) -> None:
+    """Listing a per-image folder while its last blob comes and goes (a thumbnail made and dropped
+    for an image being deleted) finds it or finds nothing; it is not the store being unavailable."""
+    store = LocalStore(tmp_path / "objects")
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            store.put("thumbnails/img/64.jpg", b"x")
+            store.delete("thumbnails/img/64.jpg")
+
+    churning = threading.Thread(target=churn)
+    churning.start()
+    try:
+        seen = set()
+        deadline = time.monotonic() + 3
+        for _ in range(20000):
+            seen.add(tuple(store.list("thumbnails/img/")))
+            if time.monotonic() > deadline:
+                break
+    finally:
+        stop.set()
+        churning.join()
+    assert seen <= {(), ("thumbnails/img/64.jpg",)}
+
+
 def test_local_store_removes_the_temp_files_of_crashed_writes_only(tmp_path: Path) -> None:
     """A write killed between its temp file and the rename left the temp file (up to an image's or
     an archive's size) for good; one being written now is left alone."""

@@ -209,11 +209,14 @@ class LocalStore:
     def list(self, prefix: str) -> Iterator[str]:
         folder = prefix.rpartition("/")[0]
         base = self.root / folder if folder else self.root
+
+        def failed(exc: OSError) -> None:
+            if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):  # a folder a delete emptied and
+                raise exc  # removed while the walk went on (or that never was one) holds no keys
+
         try:
-            if not base.is_dir():
-                return
-            keys = [path.relative_to(self.root).as_posix() for path in base.rglob("*")
-                    if path.is_file() and not path.name.startswith(".tmp-")]
+            keys = [(Path(top) / name).relative_to(self.root).as_posix()
+                    for top, _, files in os.walk(base, onerror=failed) for name in files if not name.startswith(".tmp-")]
         except OSError as exc:
             raise StoreUnavailable(f"local store list failed: {exc}") from exc
         yield from sorted(key for key in keys if key.startswith(prefix))
