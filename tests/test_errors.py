@@ -144,9 +144,11 @@ def test_hostile_tag_names_are_refused(client: TestClient, services: Services, t
     [("%D1%81at", "mixes Cyrillic and Latin letters"), ("%EF%BD%83%EF%BD%81%EF%BD%94", "use 'cat'"),
      ("%F0%9D%90%9Cat", "use 'cat'"), ("%EF%AC%81sh", "use 'fish'"), ("cat%C2%B2", "use 'cat2'"),
      ("%E2%84%B9", "use 'i'"), ("%EF%BD%B6%EF%BE%80", "use 'カタ'"), ("black-%D1%81at", "The word 'сat' mixes"),
-     ("%CE%B1lpha", "mixes Greek and Latin letters")],
+     ("%CE%B1lpha", "mixes Greek and Latin letters"), ("%E0%B8%81%E0%B9%89%E0%B9%89", "stacks combining marks"),
+     ("cafe%CC%81%CC%81", "stacks combining marks"), ("ca%CC%80%CC%81%CC%82%CC%83%CC%84t", "stacks combining marks")],
     ids=["cyrillic-es", "fullwidth", "mathematical-bold", "ligature", "superscript", "information-without-selector",
-         "halfwidth-katakana", "cyrillic-in-second-word", "greek-alpha"],
+         "halfwidth-katakana", "cyrillic-in-second-word", "greek-alpha", "thai-tone-mark-twice", "acute-twice",
+         "five-marks-on-a-letter"],
 )
 def test_tags_that_look_like_other_tags_are_refused(client: TestClient, services: Services, tag: str,
                                                     says: str) -> None:
@@ -237,7 +239,8 @@ def test_unicode_tags_are_fine(client: TestClient, services: Services) -> None:
             "葛\U000e0100飾", "ᠠ\u180bᠡ",  # emoji, a Japanese ideographic variant, a Mongolian spelling
             "café", "naïve", "고양이", "Ελλάδα", "русский", "हिन्दी", "العربية", "עברית", "ქართული", "ภาษาไทย",
             "น้ำ", "ㅋㅋ", "Hawaiʻi", "cat сат",  # Thai's vowel AM and lone Hangul letters, which NFKC changes
-            "Tシャツ", "iPhone用", "CD플레이어", "ラーメン", "注音ㄅㄆ", "🈯", "㊗️", "™️")  # scripts UTS #39 lets mix
+            "Tシャツ", "iPhone用", "CD플레이어", "ラーメン", "注音ㄅㄆ", "🈯", "㊗️", "™️",  # scripts UTS #39 lets mix
+            "Việt Nam", "שָׁלוֹם", "ก้า")  # two or three combining marks on a letter, or two on two
     for tag in tags:
         response = client.get(f"/custom/assign/img/positive/{tag}")
         assert response.status_code == 200, response.text

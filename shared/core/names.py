@@ -17,6 +17,7 @@ _TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also takes '²' or '①', which int() refuses
 SAMPLE_TYPES = ("positive", "negative")
 MAX_TAG_BYTES = 255  # the longest file name most file systems allow
+MAX_MARKS = 4  # combining marks on one character of a new tag (Vietnamese puts two, Hebrew three)
 # Characters that show as nothing (Unicode's default-ignorable ones that are not format
 # characters, which are refused as category C). The Hangul compatibility fillers exist for that
 # alone. The others modify the character before them, as scripts need them (Japanese ideographic
@@ -82,8 +83,27 @@ def validate_new_tag(tag: str, max_length: int = 64) -> str:
     if _hides_characters(tag):
         raise InvalidInput("invalid_tag", "The tag holds characters that show as nothing (fillers, or "
                            "variation selectors and joiners after a plain letter) or only blank space.")
+    if _stacks_marks(tag):
+        raise InvalidInput("invalid_tag", f"The tag stacks combining marks (the same one twice in a row, or more than "
+                           f"{MAX_MARKS} on one character): they draw over each other, so tags differing in them look "
+                           "the same.")
     _refuse_lookalikes(tag)
     return tag
+
+
+def _stacks_marks(tag: str) -> bool:
+    """Whether, in NFD, a combining mark follows itself ("ก้้" beside "ก้", "café́" beside "café") or more
+    than ``MAX_MARKS`` follow one character: what UTS #39 (section 5.4) suggests refusing."""
+    run, before = 0, ""
+    for c in unicodedata.normalize("NFD", tag):
+        if unicodedata.category(c) not in ("Mn", "Me"):
+            run, before = 0, c
+            continue
+        run += 1
+        if c == before or run > MAX_MARKS:
+            return True
+        before = c
+    return False
 
 
 def _refuse_lookalikes(tag: str) -> None:
