@@ -141,6 +141,8 @@ def test_caution_names_what_a_version_lacks() -> None:
     assert caution({"positives": 3, "negatives": 4, "folds": 3}).startswith("Trained on 3 positive examples and 4 negative")
     assert caution({"positives": 8, "negatives": 9, "folds": 5}) is None
     assert caution({"positives": 8, "negatives": 0, "presumed_negatives": 80, "folds": 5}) is None
+    assert caution({"positives": 1, "negatives": 0, "presumed_negatives": 10, "folds": 0}).startswith(
+        "Trained on 1 positive example against 10 unlabelled images presumed negative: too few")  # none labelled
     assert caution({"roc_auc": 0.9, "folds": 5}) is None  # a loaded archive that does not say its counts
 
 

@@ -105,9 +105,11 @@ def caution(metrics: dict[str, Any]) -> str | None:
     if "positives" not in metrics:
         return None  # a version that does not say how it was trained (loaded from elsewhere)
     positives, negatives = _whole(metrics.get("positives")), _whole(metrics.get("negatives"))
-    if "presumed_negatives" in metrics:
-        negatives = max(negatives, _whole(metrics["presumed_negatives"]))
+    presumed = _whole(metrics.get("presumed_negatives"))
     counted = f"{_count(positives, 'positive example')} and {_count(negatives, 'negative example')}"
+    if presumed > negatives:  # no negatives labelled: unlabelled images stood in, which nobody labelled
+        counted = f"{_count(positives, 'positive example')} against {_count(presumed, 'unlabelled image')} presumed negative"
+        negatives = presumed
     if not metrics.get("folds"):
         return (f"Trained on {counted}: too few to cross-validate, so its threshold is 0.5 and its quality "
                 f"was not measured. Label at least 2 of each to measure it, and {USEFUL_EXAMPLES} or more of "
