@@ -187,6 +187,18 @@ def test_a_new_tag_that_looks_like_a_tag_there_is_is_refused(client: TestClient,
     assert client.get("/custom/assign/img/negative/AI").status_code == 200  # tags there are: named as before
 
 
+def test_a_new_tag_differing_from_one_there_is_only_in_case_is_refused(client: TestClient, services: Services) -> None:
+    """"Cat" assigned beside "cat" made a second tag, listed apart, by a slip of the shift key."""
+    client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
+    assert client.get("/custom/assign/img/positive/cat").status_code == 200
+    for tag in ("Cat", "CAT"):
+        response = client.get(f"/custom/assign/img/positive/{tag}")
+        assert_error(response, 400, "invalid_tag")
+        assert "differs from the tag 'cat', which exists, only in case" in response.json()["message"]
+    assert client.get("/custom/assign/img/positive/Cats").status_code == 200  # more than case: another tag
+    assert services.registry.tags() == ["Cats", "cat"]
+
+
 def test_a_state_archive_makes_no_tag_that_assigning_would_refuse(client: TestClient, services: Services) -> None:
     """``/set_state`` made new tags by any name ``validate_tag`` passed: "сat" beside "cat",
     "cat" with a combining grapheme joiner, fullwidth "ｃａｔ", all listed and predicted, looking alike.
@@ -202,7 +214,8 @@ def test_a_state_archive_makes_no_tag_that_assigning_would_refuse(client: TestCl
     assert load("cat", "cop").status_code == 200
     for tags, says in ((("\u0441at",), "mixes Cyrillic and Latin"), (("\u0441\u043e\u0440",), "looks like the tag 'cop'"),
                        (("cat\u034f",), "show as nothing"), (("\uff43\uff41\uff54",), "use 'cat'"),
-                       (("AI", "\u0391\u0399"), "look alike")):
+                       (("AI", "\u0391\u0399"), "look alike"), (("Cop",), "only in case"),
+                       (("dog", "Dog"), "differ only in case")):
         response = load(*tags)
         assert_error(response, 400, "invalid_tag")  # type: ignore[arg-type]
         assert says in response.json()["message"], response.json()  # type: ignore[attr-defined]
@@ -270,6 +283,10 @@ def test_training_without_both_kinds_of_examples_is_400(client: TestClient, serv
     client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
     client.get("/custom/assign/img/positive/onesided")
     assert_error(client.get("/custom/train/onesided"), 400, "not_enough_examples")
+    typo = client.get("/custom/train/onesidde").json()  # a tag nobody made: most often a typo, named
+    assert typo["error"] == "not_enough_examples" and "There is no tag 'onesidde'" in typo["message"]
+    assert "Did you mean 'onesided'?" in typo["message"]
+    assert "Did you mean" not in client.get("/custom/train/zebra").json()["message"]
     assert services.queue.queue.count == 0
 
 

@@ -23,8 +23,8 @@ def require_image(services: Services, image_id: str) -> None:
 
 def check_new_tags(services: Services, tags: list[str]) -> None:
     """Refuse (InvalidInput) a name among ``tags`` that no tag has yet and that a new tag may not
-    have (``validate_new_tag``), or that looks like a tag there is (``lookalike``); a tag that
-    exists is named as it was stored."""
+    have (``validate_new_tag``), that differs from a tag there is only in case, or that looks like
+    one (``lookalike``); a tag that exists is named as it was stored."""
     new = [tag for tag, exists in zip(tags, services.registry.tags_exist(tags), strict=True) if not exists]
     for tag in new:
         validate_new_tag(tag, services.settings.max_tag_length)
@@ -35,7 +35,15 @@ def check_new_tags(services: Services, tags: list[str]) -> None:
     for other in existing:
         by_shape.setdefault(skeleton(other), []).append(other)
     existing_set = set(existing)
+    by_case = {other.casefold(): other for other in existing}  # "Cat" beside "cat": a typo, almost always
     for tag in new:
+        same = by_case.get(tag.casefold())
+        if same in existing_set:
+            raise InvalidInput("invalid_tag", f"The tag '{tag}' differs from the tag '{same}', which exists, only in "
+                               "case: use that one, or a name that differs in more than case.")
+        if same is not None:
+            raise InvalidInput("invalid_tag", f"The tags '{same}' and '{tag}' differ only in case: keep one of them.")
+        by_case[tag.casefold()] = tag
         shape = skeleton(tag)
         twin = lookalike(tag, by_shape.get(shape, []))
         if twin in existing_set:

@@ -24,6 +24,7 @@ with one BLAS thread (``tests/test_training_determinism.py``).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
@@ -67,6 +68,15 @@ def _too_few(tag: str, positives: int, negatives: int, after: str = "") -> str:
     return (f"Tag '{tag}' has {positives} positive and {negatives} negative examples{after}; "
             "training needs at least one of each (or positive examples and other stored images, "
             "used as presumed negatives).")
+
+
+def _no_such_tag(tag: str, tags: list[str]) -> str:
+    """What training a name no tag has says: most often a typo of one there is, which it names."""
+    by_case = {other.casefold(): other for other in tags}
+    close = difflib.get_close_matches(tag.casefold(), by_case, n=1, cutoff=0.75)
+    hint = f" Did you mean '{by_case[close[0]]}'?" if close else ""
+    return (f"There is no tag '{tag}': no image is labelled with it.{hint} Label a few images as its positive "
+            "examples first (and, ideally, a few as negative ones).")
 
 
 def _no_library(tag: str, positives: int, after: str = "") -> str:
@@ -154,6 +164,8 @@ def request_training(services: Services, tag: str) -> dict[str, Any]:
     A tag with positives and no negatives is queued when other stored images can stand in as
     presumed negatives."""
     ((positives, negatives),) = services.registry.example_counts([tag])
+    if not positives and not negatives and not services.registry.tag_exists(tag):
+        raise InvalidInput("not_enough_examples", _no_such_tag(tag, services.registry.tags()))
     if not positives:
         raise InvalidInput("not_enough_examples", _too_few(tag, positives, negatives))
     least = services.settings.min_examples
