@@ -197,6 +197,9 @@ def test_restore_into_a_server_that_is_not_empty_is_refused(client: TestClient, 
     refused = restore(other, data)
     assert refused.status_code == 409 and "has 1 image and 0 tags" in refused.json()["message"], refused.text
     assert snapshot(other) == lonely
+    mistaken = other.post("/set_state", files={"data": ("backup.tar", data)})  # both are .tar files
+    assert mistaken.status_code == 400 and "restores with /restore" in mistaken.json()["message"], mistaken.text
+    assert snapshot(other) == lonely
 
 
 def _first_image(found: dict[str, bytes]) -> str:

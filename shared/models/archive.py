@@ -310,7 +310,8 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits, stored: bool 
     manifest = read_json(members[MANIFEST], MANIFEST, _invalid, finite=not stored,
                          max_containers=None if stored else CONTAINERS_PER_MODEL * len(members) + 1024)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise _invalid(f"manifest.json does not describe a {FORMAT} archive.")
+        raise _invalid(f"manifest.json does not describe a {FORMAT} archive (a backup, made by /backup, restores "
+                       "with /restore).")
     version = manifest.get("format_version")
     if version not in READABLE_VERSIONS:
         raise _invalid(
