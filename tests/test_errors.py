@@ -275,6 +275,7 @@ def test_unknown_ids_and_bad_type(client: TestClient, services: Services) -> Non
     assert_error(client.post("/predict/custom/never-seen", files={"data": ("x.jpg", b"x")}), 404, "unknown_tag")
     assert_error(client.get("/no/such/route"), 404, "not_found")
     assert_error(client.delete("/custom/add"), 405, "method_not_allowed")
+    assert client.get("/predict").json()["message"] == "This route does not take GET; it takes POST."
     assert services.registry.tags() == []
 
 
