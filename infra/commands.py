@@ -235,11 +235,14 @@ def cmd_add(client: Client, args: argparse.Namespace) -> int:
                                               for r in added], whole=(1,))
         for r in failed:
             print(f"{shown(r['path'])}: {shown(r['message'])} ({shown(r['error'])})", file=sys.stderr)
-        where = f" as {sample_type} examples of '{args.tag}'" if args.tag else ""
-        stored = [r for r in added if r.get("duplicate")]
-        already = f" ({len(stored)} of them stored already)" if stored else ""
+        stored = sum(1 for r in added if r.get("duplicate"))
+        if args.tag:  # each is an example now, stored before or not
+            done = f"added {_count(len(added), 'image')} as {sample_type} examples of '{args.tag}'"
+            done += f" ({stored} of them stored already)" if stored else ""
+        else:  # a file stored already adds nothing
+            done = f"added {_count(len(added) - stored, 'image')}" + (f"; {stored} stored already" if stored else "")
         if results or stopped is None:
-            say(f"added {_count(len(added), 'image')}{where}{already}" + (f"; {len(failed)} failed" if failed else ""))
+            say(done + (f"; {len(failed)} failed" if failed else ""))
     if stopped is not None:
         _stopped(stopped, len(files) - len(results), len(files))
     return 1 if failed or stopped else 0

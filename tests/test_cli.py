@@ -130,6 +130,8 @@ def test_counts_partial_failures_and_empty_tables(live_server: TagsmithServer, t
     one = photos(tmp_path / "one", "cli-one", CAT, 2, seed=41)
     code, out, err = run(capsys, url, "add", str(one / "cli-one 0.jpg"), "--ids-from-names")
     assert code == 0 and out.strip() == "added 1 image", err
+    code, out, err = run(capsys, url, "add", str(one / "cli-one 0.jpg"), "--ids-from-names")  # again: nothing new
+    assert code == 0 and out.strip() == "added 0 images; 1 stored already", err
     run(capsys, url, "add", str(one / "cli-one 1.jpg"), "--ids-from-names")
 
     code, out, err = run(capsys, url, "assign", "positive", "cli partial", "cli-one-0", "nope-id", "cli-one-1")
