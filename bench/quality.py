@@ -22,7 +22,12 @@ ordinary photos beside the scientific images among scikit-image's. The style pri
 (``tools/make_style_prior.py``) was made from those 19 training photos, which flatters the style
 form there: a user's photos are not the ones the prior saw (see the README).
 
+With ``--every-crop`` a last column trains each tag on every training crop instead (the tag's
+against every crop of the groups its negatives come from): where that is low too, a tag misses
+its target because of the features, not because five examples are few.
+
     python -m bench.quality [--reps 5] [--shots 5 10 20] [--no-presumed] [--cache FILE] [--wallpapers ROOT]
+        [--every-crop]
 """
 
 from __future__ import annotations
@@ -204,12 +209,9 @@ def evaluate(
     the worst draw's AUC of the new heads."""
     rng = np.random.default_rng(1)
     test_x, test_y = draw(pools, "test", tag, negatives_from, len(pools[("test", tag)]), rng)
-    test_z = normalise_groups(test_x, SIZES)
 
     def auc(x: np.ndarray, y: np.ndarray, forms: tuple[str, ...], presumed: bool = False) -> float:
-        head = train_head(x, y, SIZES, forms=forms, presumed_negatives=presumed, seed=seed_of(x, y),
-                          prior=style_prior(LITE0.id)).head
-        return roc_auc(test_y, sigmoid(test_z @ head.weight.astype(np.float64) + head.bias))
+        return held_out_auc(x, y, test_x, test_y, forms, presumed)
 
     result: dict[int, tuple[float, ...]] = {}
     for n in shots:
@@ -227,6 +229,27 @@ def evaluate(
         presumed_mean = [float(np.mean(presumed))] if presumed else []
         result[n] = (float(np.mean(pooled)), float(np.mean(new)), *presumed_mean, float(np.min(new)))
     return result
+
+
+def held_out_auc(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 forms: tuple[str, ...] = ("semantic", "style", "both"), presumed: bool = False) -> float:
+    """Held-out ROC AUC of a head trained as the service trains one on ``x``, ``y``."""
+    head = train_head(x, y, SIZES, forms=forms, presumed_negatives=presumed, seed=seed_of(x, y),
+                      prior=style_prior(LITE0.id)).head
+    scores = sigmoid(normalise_groups(test_x, SIZES) @ head.weight.astype(np.float64) + head.bias)
+    return roc_auc(test_y, scores)
+
+
+def every_crop(pools: Pools, tag: str, negatives_from: list[str]) -> float:
+    """What more examples could give: the held-out AUC (on ``evaluate``'s test draw) of a head
+    trained on every training crop of the tag against every training crop of each group its
+    negatives come from. Where this is low too, the features, not the few examples, are what
+    a tag misses by."""
+    test_x, test_y = draw(pools, "test", tag, negatives_from, len(pools[("test", tag)]), np.random.default_rng(1))
+    positives = pools[("train", tag)]
+    negatives = np.concatenate([pools[("train", group)] for group in sorted(set(negatives_from))])
+    x, y = np.concatenate([positives, negatives]), np.array([1] * len(positives) + [0] * len(negatives))
+    return held_out_auc(x, y, test_x, test_y)
 
 
 def print_presumed(rows: list[tuple[str, str, dict[int, tuple[float, ...]]]], library: int, shots: tuple[int, ...]) -> None:
@@ -268,6 +291,8 @@ def main() -> int:
     parser.add_argument("--shots", type=int, nargs="+", default=list(SHOTS), help="positives (and negatives) per draw")
     parser.add_argument("--no-presumed", action="store_true", help="leave out the positives-only table")
     parser.add_argument("--cache", type=Path, help="keep the photos' features in this .npz between runs")
+    parser.add_argument("--every-crop", action="store_true",
+                        help="add a column: each tag trained on every training crop (what more examples could give)")
     parser.add_argument("--wallpapers", type=Path, metavar="ROOT",
                         help="also use Debian's wallpaper photos, installed (/) or unpacked under ROOT")
     args = parser.parse_args()
@@ -279,28 +304,33 @@ def main() -> int:
     library = training_library(styles, keywords)
     kept = None if args.no_presumed else library
     rows: list[tuple[str, str, dict[int, tuple[float, ...]]]] = []
+    every: dict[str, float] = {}
+
+    def add(kind: str, tag: str, pools: Pools, negatives: list[str]) -> None:
+        rows.append((kind, tag, evaluate(pools, tag, negatives, args.reps, kept, shots)))
+        if args.every_crop:
+            every[tag] = every_crop(pools, tag, negatives)
+
     for tag in LOOKS:
         others = [t for t in STYLE_TRANSFORMS if t != tag]  # an added look is no other tag's negative
-        negatives = ["none"] * len(others) + others  # half plain, half other styles, at random
-        kind = "grade" if tag in GRADE_LOOKS else "style"
-        rows.append((kind, tag, evaluate(styles, tag, negatives, args.reps, kept, shots)))
+        add("grade" if tag in GRADE_LOOKS else "style", tag, styles, ["none"] * len(others) + others)  # half plain
     for tag in KEYWORD_SUBJECTS:
-        negatives = [t for t in KEYWORD_SUBJECTS if t != tag]
-        rows.append(("keyword", tag, evaluate(keywords, tag, negatives, args.reps, kept, shots)))
-    rows.append(("keyword", "face", evaluate(keywords, "face", ["not face"], args.reps, kept, shots)))
+        add("keyword", tag, keywords, [t for t in KEYWORD_SUBJECTS if t != tag])
+    add("keyword", "face", keywords, ["not face"])
 
-    cells = " | ".join(f"{n}+{n} pooled | {n}+{n} new | {n}+{n} worst" for n in shots)
+    cells = " | ".join(f"{n}+{n} pooled | {n}+{n} new | {n}+{n} worst" for n in shots) + (" | every crop" if every else "")
     print(f"Held-out ROC AUC, mean of {args.reps} draws (worst: the new heads' worst draw)")
     print(f"| kind | tag | {cells} |")
-    print("|" + "---|" * (2 + 3 * len(shots)))
+    print("|" + "---|" * (2 + 3 * len(shots) + bool(every)))
     for kind, tag, result in rows:
         cells = " | ".join(f"{result[n][0]:.3f} | {result[n][1]:.3f} | {result[n][-1]:.3f}" for n in shots)
-        print(f"| {kind} | {tag} | {cells} |")
+        print(f"| {kind} | {tag} | {cells}" + (f" | {every[tag]:.3f}" if every else "") + " |")
     for kind in ("style", "grade", "keyword"):
-        chosen = [r for k, _, r in rows if k == kind]
-        cells = " | ".join(f"{np.mean([r[n][0] for r in chosen]):.3f} | {np.mean([r[n][1] for r in chosen]):.3f} | "
-                           f"{min(r[n][-1] for r in chosen):.3f}" for n in shots)
-        print(f"| {kind} | **mean** | {cells} |")
+        chosen = [(tag, r) for k, tag, r in rows if k == kind]
+        cells = " | ".join(f"{np.mean([r[n][0] for _, r in chosen]):.3f} | {np.mean([r[n][1] for _, r in chosen]):.3f} | "
+                           f"{min(r[n][-1] for _, r in chosen):.3f}" for n in shots)
+        mean_every = f" | {np.mean([every[tag] for tag, _ in chosen]):.3f}" if every else ""
+        print(f"| {kind} | **mean** | {cells}{mean_every} |")
     if not args.no_presumed:
         print_presumed(rows, len(library.hashes), shots)
     failures = misses(rows, shots)
