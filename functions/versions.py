@@ -7,20 +7,30 @@ from starlette.requests import Request
 from shared.domain import catalog, labels
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
-from shared.web.routing import ApiRoute
+from shared.web.routing import ApiRoute, query_int
 from shared.web.state import services_of
 
 
 def list_tags(request: Request) -> JSONResponse:
-    """List every tag with its numbers of positive and negative examples and its current model.
+    """List the tags with their numbers of positive and negative examples and their current models.
+
+    Every tag by default; `contains` keeps those whose name holds a text (any case), and `limit`
+    pages them: pass a page's `next` as `after` for the next one.
     ---
+    query:
+      contains: {type: string, description: 'Only tags whose name holds this (any case).'}
+      after: {type: string, description: 'Only tags sorted after this name (the previous page''s `next`).'}
+      limit: {type: integer, minimum: 1, maximum: 10000, description: 'How many at most (default: every one).'}
     response:
-      description: Every tag, sorted by name; `model` is null until one is trained.
+      description: The tags, sorted by name; `model` is null until one is trained; `next` is null on the last page.
       schema: TagList
-      example: {tags: [{tag: cat, positives: 6, negatives: 8, model: {version: 2, threshold: 0.41, trained_at: '2025-01-01T12:00:00Z', metrics: {roc_auc: 1.0, f1: 1.0}}}]}
-    errors: [503]
+      example: {tags: [{tag: cat, positives: 6, negatives: 8, model: {version: 2, threshold: 0.41, trained_at: '2025-01-01T12:00:00Z', metrics: {roc_auc: 1.0, f1: 1.0}}}], next: null}
+    errors: [400, 503]
     """
-    return JSONResponse({"tags": catalog.tags_overview(services_of(request))})
+    query = request.query_params
+    limit = query_int(request, "limit", 0, 1, 10_000) if "limit" in query else None
+    return JSONResponse(catalog.tags_overview(services_of(request), query.get("contains", ""), query.get("after", ""),
+                                              limit))
 
 
 def tag_info(request: Request) -> JSONResponse:

@@ -76,6 +76,7 @@ def test_calls_beyond_the_seed(tagsmith: Client, services: Services) -> None:
     assert tagsmith.image("p1")["tags"] == {"cat": "positive"}
     assert tagsmith.thumbnail("p1", size=32)[:2] == b"\xff\xd8"
     assert tagsmith.tags()[0] | {"model": None} == {"tag": "cat", "positives": 2, "negatives": 2, "model": None}
+    assert [t["tag"] for t in tagsmith.tags(contains="CA")] == ["cat"] and tagsmith.tags(contains="dog") == []
     tagsmith.train("cat")
     run_queued_jobs(services)
     tagsmith.add_image(crops(CAT, 1, seed=5)[0], image_id="unlabelled")

@@ -187,3 +187,21 @@ def test_a_burst_of_rollbacks_queues_one_library_rescore(client: TestClient, ser
     run_queued_jobs(services)
     assert client.post("/custom/rollback/cat/2").json()["previous"] == 2
     assert waiting_rescores() == 0
+
+
+def test_tags_are_listed_whole_or_filtered_and_paged(client: TestClient) -> None:
+    """At thousands of tags the whole list is megabytes: a client can ask for the tags whose name
+    holds a text, a page at a time, and every tag is seen once."""
+    add(client, crops(CAT, 1, seed=70)[0], "img")
+    for tag in ("cat", "Catalog", "bobcat", "dog"):
+        assert client.get(f"/custom/assign/img/positive/{tag}").status_code == 200
+    whole = client.get("/custom/tags").json()
+    assert [t["tag"] for t in whole["tags"]] == ["Catalog", "bobcat", "cat", "dog"] and whole["next"] is None
+    first = client.get("/custom/tags?contains=CAT&limit=2").json()
+    assert [t["tag"] for t in first["tags"]] == ["Catalog", "bobcat"] and first["next"] == "bobcat"
+    assert first["tags"][1] == {"tag": "bobcat", "positives": 1, "negatives": 0, "model": None}
+    rest = client.get(f"/custom/tags?contains=CAT&limit=2&after={first['next']}").json()
+    assert [t["tag"] for t in rest["tags"]] == ["cat"] and rest["next"] is None
+    for bad in ("limit=0", "limit=x", "limit=10001"):
+        answer = client.get(f"/custom/tags?{bad}")
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_parameter", bad

@@ -359,9 +359,17 @@ class Client:
         """Delete a stored image, its cached embeddings, and its place in every tag."""
         return cast(dict[str, Any], self._json("DELETE", f"/custom/images/{_seg(image_id)}"))
 
-    def tags(self) -> list[dict[str, Any]]:
-        """Every tag with its example counts and current model."""
-        return cast(list[dict[str, Any]], self._json("GET", "/custom/tags")["tags"])
+    def tags(self, contains: str = "") -> list[dict[str, Any]]:
+        """Every tag (or every one whose name holds ``contains``, any case) with its example counts
+        and current model, read a page of 1,000 at a time."""
+        tags: list[dict[str, Any]] = []
+        after = ""
+        while True:
+            page = self._json("GET", "/custom/tags", params={"contains": contains, "after": after, "limit": 1000})
+            tags += page["tags"]
+            if page.get("next") is None:
+                return tags
+            after = page["next"]
 
     def tag(self, tag: str) -> dict[str, Any]:
         return cast(dict[str, Any], self._json("GET", f"/custom/tags/{_seg(tag)}"))

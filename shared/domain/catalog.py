@@ -139,14 +139,19 @@ def describe_model(pointer: ModelPointer | None) -> dict[str, Any] | None:
             "metrics": pointer.metrics, "caution": caution(pointer.metrics)}
 
 
-def tags_overview(services: Services) -> list[dict[str, Any]]:
-    """Every tag, sorted, with its example counts and current model."""
+def tags_overview(services: Services, contains: str = "", after: str = "", limit: int | None = None) -> dict[str, Any]:
+    """The tags, sorted by name, with their example counts and current models: every one, or those
+    whose name holds ``contains`` (any case), after the name ``after``, at most ``limit`` of them;
+    ``next`` is the name to pass as ``after`` for the rest (None when there is none)."""
     registry = services.registry
-    tags = registry.tags()
-    models = registry.models()
-    counts = registry.example_counts(tags)
-    return [{"tag": tag, "positives": p, "negatives": n, "model": describe_model(models.get(tag))}
-            for tag, (p, n) in zip(tags, counts, strict=True)]
+    needle = contains.casefold()
+    tags = [tag for tag in registry.tags() if tag > after and needle in tag.casefold()]
+    page = tags if limit is None else tags[:limit]
+    models = registry.models_of(page)
+    counts = registry.example_counts(page)
+    return {"tags": [{"tag": tag, "positives": p, "negatives": n, "model": describe_model(models.get(tag))}
+                     for tag, (p, n) in zip(page, counts, strict=True)],
+            "next": page[-1] if len(page) < len(tags) else None}
 
 
 def tag_details(services: Services, tag: str) -> dict[str, Any]:

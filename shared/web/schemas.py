@@ -127,7 +127,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "tag": STR, "positives": COUNT, "negatives": COUNT,
         "model": {**_nullable(ref("Model")), "description": "The current model; null until one is trained."},
     }),
-    "TagList": _obj(["tags"], {"tags": {"type": "array", "items": ref("TagSummary")}}),
+    "TagList": _obj(["tags", "next"], {
+        "tags": {"type": "array", "items": ref("TagSummary")},
+        "next": {**_nullable(STR), "description": "Pass as `after` for the next page; null on the last."},
+    }),
     "TagDetails": _obj(["tag", "positives", "negatives", "model"], {
         "tag": STR,
         "positives": {"type": "array", "items": STR, "description": "Image ids, sorted."},
