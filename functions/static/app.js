@@ -251,12 +251,30 @@ function tagRowOf(tag) {
   return [...document.querySelectorAll("#tags-body tr")].find((row) => row.dataset.tag === tag) || null;
 }
 
-async function loadTags() {
-  const { tags } = await api("GET", "/custom/tags");
-  $("#tags-empty").hidden = tags.length > 0;
-  countObserver.disconnect();
-  countsWanted.length = 0;
-  $("#tags-body").replaceChildren(...tags.map(tagRow));
+// The table shows the tags a page at a time (a server may hold thousands), those whose name holds
+// the filter's text; "More tags" appends the next page.
+const TAGS_PAGE = 200;
+const tagsList = { next: null, asked: 0 };
+
+async function loadTags(more = false) {
+  const filter = $("#tag-filter").value.trim();
+  const query = new URLSearchParams({ contains: filter, limit: String(TAGS_PAGE) });
+  if (more) query.set("after", tagsList.next || "");
+  const asked = more ? tagsList.asked : ++tagsList.asked;
+  const { tags, next } = await api("GET", `/custom/tags?${query}`);
+  if (asked !== tagsList.asked) return tags;  // the filter changed meanwhile: a newer answer draws the table
+  if (more) {
+    $("#tags-body").append(...tags.map(tagRow));
+  } else {
+    countObserver.disconnect();
+    countsWanted.length = 0;
+    $("#tags-body").replaceChildren(...tags.map(tagRow));
+  }
+  tagsList.next = next;
+  $("#more-tags").hidden = next === null;
+  const none = !$("#tags-body").children.length;
+  $("#tags-empty").hidden = !none || Boolean(filter);
+  $("#tags-none-match").hidden = !none || !filter;
   return tags;
 }
 
@@ -314,19 +332,16 @@ function closeTag() {
 async function refreshTag() {
   const tag = state.tag;
   let info = null;
-  if (tagRowOf(tag)) {
-    try {
-      const t = await api("GET", `/custom/tags/${enc(tag)}`);
-      info = { tag: t.tag, positives: t.positives.length, negatives: t.negatives.length, model: t.model };
-      const row = tagRowOf(tag);  // found again: an overlapping refresh may have redrawn it meanwhile
-      if (row) row.replaceWith(tagRow(info));
-    } catch (error) {
-      if (error.code !== "unknown_tag") throw error;
-      await loadTags();  // no examples and no model left: the tag is gone from the table too
-    }
-  } else {
-    info = (await loadTags()).find((t) => t.tag === tag) || null;
+  const shown = Boolean(tagRowOf(tag));
+  try {
+    const t = await api("GET", `/custom/tags/${enc(tag)}`);
+    info = { tag: t.tag, positives: t.positives.length, negatives: t.negatives.length, model: t.model };
+    const row = tagRowOf(tag);  // found again: an overlapping refresh may have redrawn it meanwhile
+    if (row) row.replaceWith(tagRow(info));
+  } catch (error) {
+    if (error.code !== "unknown_tag") throw error;
   }
+  if (!shown || !info) await loadTags();  // a new tag joins the table; one with no examples and no model left goes
   if (tag !== state.tag) return;  // another tag was opened meanwhile: this answer is not its
   state.known = false;
   state.hasModel = false;
@@ -1234,6 +1249,8 @@ document.addEventListener("DOMContentLoaded", () => {
     guard(openTag)(input.value).then(() => { input.value = ""; });
   });
   $("#close-tag").addEventListener("click", closeTag);
+  $("#tag-filter").addEventListener("input", debounce(guard(() => loadTags()), 300));
+  $("#more-tags").addEventListener("click", guard(() => loadTags(true)));
   $("#train").addEventListener("click", guard(train));
   $("#filters").addEventListener("submit", (event) => event.preventDefault());
   $("#filters").addEventListener("change", guard(reloadImages));
