@@ -3,7 +3,7 @@ drop images into it as positives and negatives (per-file progress and errors), f
 label many images with the keyboard and undo, train twice and compare the versions, preview the
 threshold, quick-test a photo and add it to the tag, open an image's details and delete it, page
 through the library without keeping it all in the DOM, the page at 390 px, an axe-core check, and
-delete the tag. Screenshots go to $TAGSMITH_SCREENSHOTS (or the test's temporary folder)."""
+delete the tag; find tags by name and page through hundreds of them. Screenshots go to $TAGSMITH_SCREENSHOTS (or the test's temporary folder)."""
 
 from __future__ import annotations
 
