@@ -70,7 +70,7 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = "No such route." if exc.status_code == 404 else str(exc.detail)
-    allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+    allowed = (exc.headers or {}).get("Allow")  # as Starlette sets it on a route's 405
     if exc.status_code == 405 and allowed:  # say what to send instead
         message = f"This route does not take {request.method}; it takes {' or '.join(allowed.split(', '))}."
     return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), message, exc.headers)
