@@ -477,8 +477,8 @@ def test_the_tags_table_pages_through_many_tags_and_finds_one_by_name(live_serve
         wait.until(lambda d: len(shown()) == 200 and find("#more-tags").is_displayed())  # a page, not every tag
         find("#tag-filter").send_keys(prefix)
         wait.until(lambda d: shown() == tags[:200])
-        find("#more-tags").click()
-        wait.until(lambda d: shown() == tags and not find("#more-tags").is_displayed())
+        browser.execute_script("const more = document.querySelector('#more-tags'); more.click(); more.click();")
+        wait.until(lambda d: shown() == tags and not find("#more-tags").is_displayed())  # the next page once
         find("#tag-filter").send_keys("-1")  # "-100" to "-199"
         wait.until(lambda d: shown() == tags[100:200] and not find("#more-tags").is_displayed())
         find("#tag-filter").send_keys("x")

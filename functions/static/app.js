@@ -258,11 +258,14 @@ const tagsList = { next: null, asked: 0 };
 
 async function loadTags(more = false) {
   const filter = $("#tag-filter").value.trim();
+  const after = more ? tagsList.next : null;
   const query = new URLSearchParams({ contains: filter, limit: String(TAGS_PAGE) });
-  if (more) query.set("after", tagsList.next || "");
+  if (after !== null) query.set("after", after);
   const asked = more ? tagsList.asked : ++tagsList.asked;
   const { tags, next } = await api("GET", `/custom/tags?${query}`);
-  if (asked !== tagsList.asked) return tags;  // the filter changed meanwhile: a newer answer draws the table
+  // A newer redraw (the filter changed, a tag came or went) draws the table; a next page is added
+  // only where the table still ends (not twice, nor after a redraw that went back to the first).
+  if (asked !== tagsList.asked || (more && after !== tagsList.next)) return tags;
   if (more) {
     $("#tags-body").append(...tags.map(tagRow));
   } else {
@@ -271,11 +274,22 @@ async function loadTags(more = false) {
     $("#tags-body").replaceChildren(...tags.map(tagRow));
   }
   tagsList.next = next;
-  $("#more-tags").hidden = next === null;
+  showTagsState();
+  return tags;
+}
+
+function showTagsState() {
+  const filter = $("#tag-filter").value.trim();
   const none = !$("#tags-body").children.length;
+  $("#more-tags").hidden = tagsList.next === null;
   $("#tags-empty").hidden = !none || Boolean(filter);
   $("#tags-none-match").hidden = !none || !filter;
-  return tags;
+}
+
+// Whether the table, as filtered and as far as its pages go, would list the tag.
+function tableLists(tag) {
+  const filter = $("#tag-filter").value.trim().toLowerCase();
+  return tag.toLowerCase().includes(filter) && (tagsList.next === null || tag < tagsList.next);
 }
 
 async function deleteTag(tag) {
@@ -283,7 +297,9 @@ async function deleteTag(tag) {
   await api("DELETE", `/custom/delete/${enc(tag)}`);
   say(`Deleted the tag '${tag}'.`, true);
   if (tag === state.tag) closeTag();
-  await loadTags();
+  const row = tagRowOf(tag);  // the table keeps the pages it shows
+  if (row) row.remove();
+  showTagsState();
 }
 
 // --- one tag: the workspace ------------------------------------------------------------------
@@ -328,20 +344,27 @@ function closeTag() {
 }
 
 // The open tag's counts, model, versions and suggestions again. Only its own row of the tags
-// table is fetched and redrawn (a labelling changes nothing else), unless the row is new or gone.
+// table is fetched and redrawn (a labelling changes nothing else): put in its place if the tag is
+// new and the table lists it, taken out if the tag has no examples and no model left.
 async function refreshTag() {
   const tag = state.tag;
   let info = null;
-  const shown = Boolean(tagRowOf(tag));
   try {
     const t = await api("GET", `/custom/tags/${enc(tag)}`);
     info = { tag: t.tag, positives: t.positives.length, negatives: t.negatives.length, model: t.model };
-    const row = tagRowOf(tag);  // found again: an overlapping refresh may have redrawn it meanwhile
-    if (row) row.replaceWith(tagRow(info));
   } catch (error) {
     if (error.code !== "unknown_tag") throw error;
   }
-  if (!shown || !info) await loadTags();  // a new tag joins the table; one with no examples and no model left goes
+  const row = tagRowOf(tag);  // looked up after the answer: an overlapping refresh may have redrawn the table
+  if (row && info) {
+    row.replaceWith(tagRow(info));
+  } else if (row) {
+    row.remove();
+  } else if (info && tableLists(tag)) {
+    const before = [...document.querySelectorAll("#tags-body tr")].find((other) => other.dataset.tag > tag);
+    $("#tags-body").insertBefore(tagRow(info), before || null);
+  }
+  showTagsState();
   if (tag !== state.tag) return;  // another tag was opened meanwhile: this answer is not its
   state.known = false;
   state.hasModel = false;
@@ -1159,8 +1182,9 @@ async function predict(fileList) {
     return;
   }
   const custom = Object.entries(result.custom).map(([tag, s]) => [`${tag}${s.match ? " ✓" : ""}`, s.score, s.match]);
-  const listed = [...document.querySelectorAll("#tags-body tr")].map((row) => row.dataset.tag);  // the tags table's
-  const names = [...new Set([...(state.tag ? [state.tag] : []), ...listed])];
+  // Every tag with a model (the prediction names each), and those the tags table shows besides.
+  const listed = [...document.querySelectorAll("#tags-body tr")].map((row) => row.dataset.tag);
+  const names = [...new Set([...(state.tag ? [state.tag] : []), ...[...Object.keys(result.custom), ...listed].sort()])];
   const choose = el("select", { id: "add-tag" }, ...names.map((name) => el("option", { value: name }, name)));
   const outcome = el("p", { id: "add-result", role: "status" });
   const addAs = async (type) => {
