@@ -194,7 +194,7 @@ def test_a_new_tag_differing_from_one_there_is_only_in_case_is_refused(client: T
     for tag in ("Cat", "CAT"):
         response = client.get(f"/custom/assign/img/positive/{tag}")
         assert_error(response, 400, "invalid_tag")
-        assert "differs from the tag 'cat', which exists, only in case" in response.json()["message"]
+        assert "is the tag 'cat', which exists, when case is ignored" in response.json()["message"]
     assert client.get("/custom/assign/img/positive/Cats").status_code == 200  # more than case: another tag
     assert services.registry.tags() == ["Cats", "cat"]
 
@@ -214,8 +214,8 @@ def test_a_state_archive_makes_no_tag_that_assigning_would_refuse(client: TestCl
     assert load("cat", "cop").status_code == 200
     for tags, says in ((("\u0441at",), "mixes Cyrillic and Latin"), (("\u0441\u043e\u0440",), "looks like the tag 'cop'"),
                        (("cat\u034f",), "show as nothing"), (("\uff43\uff41\uff54",), "use 'cat'"),
-                       (("AI", "\u0391\u0399"), "look alike"), (("Cop",), "only in case"),
-                       (("dog", "Dog"), "differ only in case")):
+                       (("AI", "\u0391\u0399"), "look alike"), (("Cop",), "when case is ignored"),
+                       (("dog", "Dog"), "one name when case is ignored")):
         response = load(*tags)
         assert_error(response, 400, "invalid_tag")  # type: ignore[arg-type]
         assert says in response.json()["message"], response.json()  # type: ignore[attr-defined]
@@ -253,7 +253,8 @@ def test_unicode_tags_are_fine(client: TestClient, services: Services) -> None:
             "café", "naïve", "고양이", "Ελλάδα", "русский", "हिन्दी", "العربية", "עברית", "ქართული", "ภาษาไทย",
             "น้ำ", "ㅋㅋ", "Hawaiʻi", "cat сат",  # Thai's vowel AM and lone Hangul letters, which NFKC changes
             "Tシャツ", "iPhone用", "CD플레이어", "ラーメン", "注音ㄅㄆ", "🈯", "㊗️", "™️",  # scripts UTS #39 lets mix
-            "Việt Nam", "שָׁלוֹם", "ก้า")  # two or three combining marks on a letter, or two on two
+            "Việt Nam", "שָׁלוֹם", "ก้า",  # two or three combining marks on a letter, or two on two
+            "\u0f56\u0fb7\u0fb2\u0f71\u0f74\u0f7e")  # Tibetan "bhrūṃ": three subjoined letters count as letters
     for tag in tags:
         response = client.get(f"/custom/assign/img/positive/{tag}")
         assert response.status_code == 200, response.text
@@ -276,6 +277,9 @@ def test_unknown_ids_and_bad_type(client: TestClient, services: Services) -> Non
     assert_error(client.get("/no/such/route"), 404, "not_found")
     assert_error(client.delete("/custom/add"), 405, "method_not_allowed")
     assert client.get("/predict").json()["message"] == "This route does not take GET; it takes POST."
+    both = client.put("/custom/images/img")  # one route for GET, another for DELETE: both are named
+    assert both.json()["message"] == "This route does not take PUT; it takes DELETE or GET or HEAD."
+    assert both.headers["allow"] == "DELETE, GET, HEAD"
     assert services.registry.tags() == []
 
 

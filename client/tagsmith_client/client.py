@@ -367,8 +367,8 @@ class Client:
         while True:
             page = self._json("GET", "/custom/tags", params={"contains": contains, "after": after, "limit": 1000})
             tags += page["tags"]
-            if page.get("next") is None:
-                return tags
+            if page.get("next") is None:  # the last page, or a server from before paging: all in one
+                return [t for t in tags if contains.casefold() in t["tag"].casefold()]  # (and unfiltered)
             after = page["next"]
 
     def tag(self, tag: str) -> dict[str, Any]:

@@ -93,13 +93,14 @@ def validate_new_tag(tag: str, max_length: int = 64) -> str:
 
 def _stacks_marks(tag: str) -> bool:
     """Whether, in NFD, a combining mark follows itself ("ก้้" beside "ก้", "café́" beside "café") or more
-    than ``MAX_MARKS`` follow one character: what UTS #39 (section 5.4) suggests refusing."""
+    than ``MAX_MARKS`` follow one character: what UTS #39 (section 5.4) suggests refusing (Tibetan's
+    subjoined letters, marks by category but letters in use, are not counted)."""
     run, before = 0, ""
     for c in unicodedata.normalize("NFD", tag):
         if unicodedata.category(c) not in ("Mn", "Me"):
             run, before = 0, c
             continue
-        run += 1
+        run += not "\u0f90" <= c <= "\u0fbc"  # Tibetan's subjoined letters stack as letters ("བྷྲཱུཾ")
         if c == before or run > MAX_MARKS:
             return True
         before = c

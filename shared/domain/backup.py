@@ -42,13 +42,13 @@ from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer, utc_now
 from shared.data.store import ObjectNotFound
 from shared.domain import catalog, images
-from shared.models.archive import ModelRecord, check_extended_headers, is_whole, pack, read_json, unpack
+from shared.models.archive import BACKUP_FORMAT, ModelRecord, check_extended_headers, is_whole, pack, read_json, unpack
 from shared.models.decoding import VERIFY_SIZE, decode_image
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
 
-FORMAT = "tagsmith-backup"
+FORMAT = BACKUP_FORMAT
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # What one backup may hold besides TAGSMITH_MAX_BACKUP_BYTES: members (images and model versions)

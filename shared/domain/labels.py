@@ -39,10 +39,11 @@ def check_new_tags(services: Services, tags: list[str]) -> None:
     for tag in new:
         same = by_case.get(tag.casefold())
         if same in existing_set:
-            raise InvalidInput("invalid_tag", f"The tag '{tag}' differs from the tag '{same}', which exists, only in "
-                               "case: use that one, or a name that differs in more than case.")
+            raise InvalidInput("invalid_tag", f"The tag '{tag}' is the tag '{same}', which exists, when case is "
+                               "ignored: use that one, or a name that differs in more than case.")
         if same is not None:
-            raise InvalidInput("invalid_tag", f"The tags '{same}' and '{tag}' differ only in case: keep one of them.")
+            raise InvalidInput("invalid_tag", f"The tags '{same}' and '{tag}' are one name when case is ignored: keep "
+                               "one of them.")
         by_case[tag.casefold()] = tag
         shape = skeleton(tag)
         twin = lookalike(tag, by_shape.get(shape, []))

@@ -30,6 +30,7 @@ from shared.models.backbone import BackboneSpec
 from shared.models.heads import FORMS, MOST_WRONG, Head
 
 FORMAT = "tagsmith-state"
+BACKUP_FORMAT = "tagsmith-backup"  # what a backup's manifest says it is (shared/domain/backup.py)
 # Version 2: heads span the semantic and style embeddings. Version 1 heads span the semantic
 # embedding only; they load as "semantic" heads with zero style weights.
 FORMAT_VERSION = 2
@@ -310,8 +311,9 @@ def unpack(data: bytes, spec: BackboneSpec, limits: ArchiveLimits, stored: bool 
     manifest = read_json(members[MANIFEST], MANIFEST, _invalid, finite=not stored,
                          max_containers=None if stored else CONTAINERS_PER_MODEL * len(members) + 1024)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise _invalid(f"manifest.json does not describe a {FORMAT} archive (a backup, made by /backup, restores "
-                       "with /restore).")
+        kind = manifest.get("format") if isinstance(manifest, dict) else None
+        hint = " (a backup, made by /backup, restores with /restore)" if kind == BACKUP_FORMAT else ""
+        raise _invalid(f"manifest.json does not describe a {FORMAT} archive{hint}.")
     version = manifest.get("format_version")
     if version not in READABLE_VERSIONS:
         raise _invalid(

@@ -10,6 +10,7 @@ import redis
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from shared.core.errors import (
     Conflict,
@@ -70,10 +71,22 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = "No such route." if exc.status_code == 404 else str(exc.detail)
-    allowed = (exc.headers or {}).get("Allow")  # as Starlette sets it on a route's 405
-    if exc.status_code == 405 and allowed:  # say what to send instead
-        message = f"This route does not take {request.method}; it takes {' or '.join(allowed.split(', '))}."
-    return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), message, exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:  # say what to send instead
+        allowed = _allowed_methods(request, (headers or {}).get("Allow", ""))
+        message = f"This route does not take {request.method}; it takes {' or '.join(allowed)}."
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+    return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), message, headers)
+
+
+def _allowed_methods(request: Request, first: str) -> list[str]:
+    """The methods the path takes, sorted: Starlette's 405 names only the first route of the path
+    (``first``, its Allow header), and a path may have a route per method (GET and DELETE)."""
+    methods = {method for method in first.split(", ") if method}
+    for route in getattr(request.app, "routes", ()):
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _backend_down(request: Request, exc: Exception) -> Response:
