@@ -516,13 +516,13 @@ def _summary(model: dict[str, Any] | None) -> str:
 
 
 def cmd_tags(client: Client, args: argparse.Namespace) -> int:
-    tags = client.tags()
+    tags = client.tags(contains=args.contains or "")
     if args.json:
         _print_json(tags)
     else:
         _table(["tag", "positives", "negatives", "model"],
                [[t["tag"], t["positives"], t["negatives"], _summary(t["model"])] for t in tags],
-               empty="no tags yet")
+               empty=f"no tag's name holds '{shown(args.contains)}'" if args.contains else "no tags yet")
     return 0
 
 
@@ -715,7 +715,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("file", help="file to write (replaced only once the whole backup has arrived)")
     p = add("restore", cmd_restore, "restore a backup into an empty server")
     p.add_argument("file")
-    add("tags", cmd_tags, "list tags with their example counts and current models")
+    p = add("tags", cmd_tags, "list tags with their example counts and current models")
+    p.add_argument("--contains", help="only tags whose name holds this text (any case)")
     p = add("versions", cmd_versions, "list a tag's model versions with their metrics (* marks the current one)")
     p.add_argument("tag")
     p = add("rollback", cmd_rollback, "make an earlier version of a tag's model current again")

@@ -65,6 +65,10 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     assert main(["tags", "--json", "--url", url]) == 0
     tags = {t["tag"]: t for t in json.loads(capsys.readouterr().out)}
     assert (tags["cli cat"]["positives"], tags["cli cat"]["negatives"]) == (4, len(OTHERS))
+    assert main(["tags", "--contains", "CLI C", "--json", "--url", url]) == 0
+    found = [t["tag"] for t in json.loads(capsys.readouterr().out)]
+    assert "cli cat" in found and all("cli c" in name.casefold() for name in found)
+    assert run(capsys, url, "tags", "--contains", "no-such-tag-xyz")[1].strip() == "no tag's name holds 'no-such-tag-xyz'"
 
     code, out, err = run(capsys, url, "train", "cli cat", "--wait")
     assert code == 0, err
@@ -191,7 +195,7 @@ def test_a_refused_key_says_how_the_command_line_sends_one(monkeypatch: pytest.M
     import tagsmith_client
 
     class Refusing(Client):
-        def tags(self) -> list[dict[str, object]]:
+        def tags(self, contains: str = "") -> list[dict[str, object]]:
             raise TagsmithError(401, "unauthorized", "This server needs an API key: send it in the X-API-Key header.")
 
     monkeypatch.setattr(tagsmith_client, "Client", Refusing)
