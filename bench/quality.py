@@ -209,9 +209,10 @@ def evaluate(
     the worst draw's AUC of the new heads."""
     rng = np.random.default_rng(1)
     test_x, test_y = draw(pools, "test", tag, negatives_from, len(pools[("test", tag)]), rng)
+    test_z = normalise_groups(test_x, SIZES)  # once: every head of the draws is scored on it
 
     def auc(x: np.ndarray, y: np.ndarray, forms: tuple[str, ...], presumed: bool = False) -> float:
-        return held_out_auc(x, y, test_x, test_y, forms, presumed)
+        return held_out_auc(x, y, test_z, test_y, forms, presumed)
 
     result: dict[int, tuple[float, ...]] = {}
     for n in shots:
@@ -231,12 +232,12 @@ def evaluate(
     return result
 
 
-def held_out_auc(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+def held_out_auc(x: np.ndarray, y: np.ndarray, test_z: np.ndarray, test_y: np.ndarray,
                  forms: tuple[str, ...] = ("semantic", "style", "both"), presumed: bool = False) -> float:
-    """Held-out ROC AUC of a head trained as the service trains one on ``x``, ``y``."""
+    """Held-out ROC AUC, on the normalised features ``test_z``, of a head trained as the service trains one on ``x``, ``y``."""
     head = train_head(x, y, SIZES, forms=forms, presumed_negatives=presumed, seed=seed_of(x, y),
                       prior=style_prior(LITE0.id)).head
-    scores = sigmoid(normalise_groups(test_x, SIZES) @ head.weight.astype(np.float64) + head.bias)
+    scores = sigmoid(test_z @ head.weight.astype(np.float64) + head.bias)
     return roc_auc(test_y, scores)
 
 
@@ -249,7 +250,7 @@ def every_crop(pools: Pools, tag: str, negatives_from: list[str]) -> float:
     positives = pools[("train", tag)]
     negatives = np.concatenate([pools[("train", group)] for group in sorted(set(negatives_from))])
     x, y = np.concatenate([positives, negatives]), np.array([1] * len(positives) + [0] * len(negatives))
-    return held_out_auc(x, y, test_x, test_y)
+    return held_out_auc(x, y, normalise_groups(test_x, SIZES), test_y)
 
 
 def print_presumed(rows: list[tuple[str, str, dict[int, tuple[float, ...]]]], library: int, shots: tuple[int, ...]) -> None:
