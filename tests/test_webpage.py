@@ -328,6 +328,17 @@ def test_label_train_and_review_a_tag_in_the_page(  # noqa: PLR0915 (one person'
         wait.until(ec.visibility_of_element_located((By.ID, "workspace")))
         filter_library("")
         total_is(5 + len(others) + 2)
+        wait.until(lambda d: len(card_ids()) == 10)
+        # A search typed while a next page is asked for: the grid shows the search's answer alone
+        # (the next page was asked with the old query's cursor and the new search, and was shown).
+        find("#f-name").send_keys("-cat-")
+        browser.execute_script("document.querySelector('#more').click()")
+        settled()
+        total_is(5)
+        assert sorted(c.text for c in browser.find_elements(By.CSS_SELECTOR, "#gallery .caption")) == sorted(
+            name for name, _ in cats)
+        filter_library("")
+        total_is(5 + len(others) + 2)
         # Pages this short leave the grid's end in reach: the next ones load by themselves, up to
         # the 5 the DOM keeps (the observer had fired once, and the grid stalled at one page).
         wait.until(lambda d: len(card_ids()) == 10)

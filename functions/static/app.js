@@ -21,6 +21,8 @@ const state = {
   total: 0,
   loading: false,
   generation: 0,             // bumps when the query changes: stale answers are dropped
+  params: new URLSearchParams(),  // the query of this generation, read from the filters once
+  typing: false,             // a search is being typed: no page of the old query loads meanwhile
   labels: new Map(),         // image id -> "positive" | "negative" | null, as last known
   selected: new Set(),
   anchor: null,              // the last image clicked or toggled, for shift ranges
@@ -254,10 +256,10 @@ function tagRowOf(tag) {
 // The table shows the tags a page at a time (a server may hold thousands), those whose name holds
 // the filter's text; "More tags" appends the next page.
 const TAGS_PAGE = 200;
-const tagsList = { next: null, asked: 0 };
+const tagsList = { next: null, asked: 0, filter: "" };  // filter: the one the table was drawn with
 
 async function loadTags(more = false) {
-  const filter = $("#tag-filter").value.trim();
+  const filter = more ? tagsList.filter : $("#tag-filter").value.trim();  // a next page of what is shown
   const after = more ? tagsList.next : null;
   const query = new URLSearchParams({ contains: filter, limit: String(TAGS_PAGE) });
   if (after !== null) query.set("after", after);
@@ -272,6 +274,7 @@ async function loadTags(more = false) {
     countObserver.disconnect();
     countsWanted.length = 0;
     $("#tags-body").replaceChildren(...tags.map(tagRow));
+    tagsList.filter = filter;
   }
   tagsList.next = next;
   showTagsState();
@@ -279,7 +282,7 @@ async function loadTags(more = false) {
 }
 
 function showTagsState() {
-  const filter = $("#tag-filter").value.trim();
+  const filter = tagsList.filter;
   const none = !$("#tags-body").children.length;
   $("#more-tags").hidden = tagsList.next === null;
   $("#tags-empty").hidden = !none || Boolean(filter);
@@ -288,7 +291,7 @@ function showTagsState() {
 
 // Whether the table, as filtered and as far as its pages go, would list the tag.
 function tableLists(tag) {
-  const filter = $("#tag-filter").value.trim().toLowerCase();
+  const filter = tagsList.filter.toLowerCase();
   return tag.toLowerCase().includes(filter) && (tagsList.next === null || tag < tagsList.next);
 }
 
@@ -389,7 +392,8 @@ function renderCounts() {
 
 // --- the library grid ------------------------------------------------------------------------
 
-function query(cursor) {
+// The filters as they are now, as the library's query (without cursor and limit).
+function query() {
   const params = new URLSearchParams();
   if (state.known) params.set("tag", state.tag);
   const form = $("#filters");
@@ -398,12 +402,13 @@ function query(cursor) {
     if (field.value !== "" && !field.disabled) params.set(name, field.value.trim());
   }
   if (params.get("sort") === "score" && !state.hasModel) params.delete("sort");
-  if (cursor) params.set("cursor", cursor);
   return params;
 }
 
+// A page of this generation's query: a cursor is only ever sent with the query it came from.
 async function fetchPage(cursor, limit = PAGE) {
-  const params = query(cursor);
+  const params = new URLSearchParams(state.params);
+  if (cursor) params.set("cursor", cursor);
   params.set("limit", String(limit));
   return api("GET", `/custom/images?${params}`);
 }
@@ -425,6 +430,8 @@ function badScoreFilter() {
 
 async function reloadImages() {
   state.generation += 1;
+  state.params = query();
+  state.typing = false;
   state.loading = false;  // a load of the old query still running ends unseen
   state.pages = [];
   state.cursors = [null];
@@ -452,7 +459,7 @@ function renderTotal() {
 // Loads the page after the last one shown ("end") or before the first ("start"), keeping at most
 // KEPT_PAGES pages of cards in the DOM.
 async function loadPage(where) {
-  if (state.loading) return;
+  if (state.loading || state.typing) return;
   const index = where === "end" ? state.firstPage + state.pages.length : state.firstPage - 1;
   if (index < 0 || index >= state.cursors.length) return;
   state.loading = true;
@@ -497,7 +504,7 @@ async function loadPage(where) {
   } finally {
     if (generation === state.generation) {
       state.loading = false;
-      $("#gallery").setAttribute("aria-busy", "false");
+      if (!state.typing) $("#gallery").setAttribute("aria-busy", "false");
     }
   }
 }
@@ -1281,6 +1288,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const typed = debounce(guard(reloadImages), 300);
   $("#filters").addEventListener("input", (event) => {
     if (event.target.type !== "search") return;
+    state.typing = true;
     $("#gallery").setAttribute("aria-busy", "true");  // until the search for what was typed is answered
     typed();
   });
