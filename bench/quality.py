@@ -19,8 +19,8 @@ against the same tag trained with real negatives, and their ratio.
 With ``--wallpapers ROOT`` the style and grade tags also train on 19 and are evaluated on 18
 colour photographs from Debian's wallpaper packages (``bench/photos.py``: ``WALLPAPERS``),
 ordinary photos beside the scientific images among scikit-image's. The style prior
-(``tools/make_style_prior.py``) was made from those 19 training photos, which flatters the style
-form there: a user's photos are not the ones the prior saw (see the README).
+(``tools/make_style_prior.py``) was made from all 37 of them, so these figures flatter the style
+form: a user's photos are not the ones the prior saw (docs/quality.md).
 
 With ``--every-crop`` a last column trains each tag on every training crop instead (the tag's
 against every crop of the groups its negatives come from): where that is low too, a tag misses

@@ -40,7 +40,6 @@ NOT_RUN = {
     "fixture writes the same photos",
     "cd infra": "Docker Compose needs a Docker engine, which this machine lacks",
     "kubectl create namespace tagsmith": "needs a Kubernetes cluster",
-    "mkdir -p /tmp/wallpapers": "downloads four Debian packages (160 MB) and runs a benchmark of 10-20 minutes",
 }
 
 

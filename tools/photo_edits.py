@@ -4,7 +4,7 @@ style prior (``tools/make_style_prior.py``) learns the directions that tell edit
 Every kind draws its strength, and where it has one its hue, centre or curve, at random. The kinds
 are the ordinary ones, so bench.quality's looks are among what they can draw (its soft focus is a
 blur of radius 3, within the blur's 1-5; its low key an exposure within the exposure's range): its
-figures are those of looks of kinds the prior has seen (the README says what a kind left out
+figures are those of looks of kinds the prior has seen (docs/quality.md says what a kind left out
 gives). ``statistics`` measures simple properties of the
 backbone's input; the change an edit makes to them (edited minus plain, same crop) is what the
 edit did, in numbers, whatever the photo.
