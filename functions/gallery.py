@@ -95,15 +95,17 @@ def library_summary(request: Request) -> JSONResponse:
 
     Images stored, embedded and waiting to be embedded, and per tag with a model its current
     version and the version its library scores come from (`up_to_date` once they are the same
-    and every embedded image is scored).
+    and every embedded image is scored). With thousands of tags, ask for those you follow with `tag`.
     ---
+    query:
+      tag: {type: array, items: {type: string}, description: 'Only these tags (default: every tag with a model).'}
     response:
       description: The library's progress.
       schema: LibrarySummary
       example: {images: 120, embedded: 118, pending: 2, packs: 3, tags: {cat: {version: 2, scores_from: 2, up_to_date: true}}}
-    errors: [503]
+    errors: [400, 404, 503]
     """
-    return JSONResponse(library.summary(services_of(request)))
+    return JSONResponse(library.summary(services_of(request), query_tags(request, "tag")))
 
 
 def export_scores(request: Request) -> Response:

@@ -609,7 +609,7 @@ def cmd_similar(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_library(client: Client, args: argparse.Namespace) -> int:
-    answer = client.library()
+    answer = client.library(args.tag)
     if args.json:
         _print_json(answer)
         return 0
@@ -741,7 +741,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     p = add("similar", cmd_similar, "stored images most like a stored image")
     p.add_argument("image_id")
     p.add_argument("--limit", type=int, default=20)
-    add("library", cmd_library, "how far the workers are with embedding and scoring the library")
+    p = add("library", cmd_library, "how far the workers are with embedding and scoring the library")
+    p.add_argument("--tag", action="append", default=[], help="only this tag (repeatable; default every tag with a model)")
     p = add("export-scores", cmd_export_scores, "every library image's score for every tag, as CSV or JSON lines")
     p.add_argument("-o", "--output", default="-", help="the file to write (default: standard output)")
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv")

@@ -75,6 +75,8 @@ def test_add_train_predict_export_load(live_server: TagsmithServer, tmp_path: Pa
     assert out.startswith("trained 'cli cat' version 1: ROC AUC ")
     assert "100%" in err and "done" in err  # the bar ends at 100 % on the last stage
     assert set(re.findall(r"done\s+(\d+)%", err)) == {"100"}  # never a "done 0%" frame
+    assert main(["library", "--tag", "cli cat", "--json", "--url", url]) == 0  # one tag of a shared server's
+    assert list(json.loads(capsys.readouterr().out)["tags"]) == ["cli cat"]
 
     code, out, err = run(capsys, url, "train", "cli cat")
     task_id = out.strip()
@@ -318,7 +320,7 @@ class _HostileServer:
     def rollback(self, tag: str, version: int) -> dict[str, object]:
         return {"version": HOSTILE, "previous": HOSTILE}
 
-    def library(self) -> dict[str, object]:
+    def library(self, tags: object = ()) -> dict[str, object]:
         return {"images": 1, "embedded": HOSTILE, "pending": HOSTILE, "tags": {HOSTILE: {
             "version": 1, "scores_from": HOSTILE, "up_to_date": False}}}
 

@@ -50,6 +50,15 @@ def test_every_image_is_scored_and_found_by_tag(client: TestClient, services: Se
     summary = client.get("/custom/library").json()
     assert summary["pending"] == 0 and summary["embedded"] == summary["images"] == 6 + 2 * len(OTHERS) + len(kinds)
     assert summary["tags"]["cat"] == {"version": 1, "scores_from": 1, "up_to_date": True}
+    # Every tag with a model, unless asked for some.
+    for image_id, label in [("cat-0", "positive"), ("cat-1", "positive"), (f"{OTHERS[0]}-0", "negative"),
+                            (f"{OTHERS[0]}-1", "negative")]:
+        assert client.get(f"/custom/assign/{image_id}/{label}/kitten").status_code == 200
+    client.get("/custom/train/kitten")
+    run_queued_jobs(services)
+    assert set(client.get("/custom/library").json()["tags"]) == {"cat", "kitten"}
+    only = client.get("/custom/library?tag=cat&tag=cat").json()
+    assert only["tags"] == {"cat": summary["tags"]["cat"]} and only["images"] == summary["images"]
 
     found = client.get("/custom/images?tag=cat&match=true&label=none").json()
     assert {i["image_id"] for i in found["images"]} == {i for i, kind in kinds.items() if kind == "cat"}
@@ -101,6 +110,8 @@ def test_bad_queries_get_clear_errors(client: TestClient, services: Services) ->
     assert client.get("/custom/images?tag=cat&match=maybe").json()["error"] == "invalid_parameter"
     assert client.get("/custom/images?sort=score").json()["error"] == "missing_parameter"
     assert client.get("/custom/library/export?tag=nope").json()["error"] == "unknown_tag"
+    assert client.get("/custom/library?tag=cat&tag=nope").json()["error"] == "unknown_tag"
+    assert client.get("/custom/library?tag=%00").json()["error"] == "invalid_tag"
     for number in ("1_0", "%205", "%D9%A5", "0x10", "1e1"):  # int() takes the first three
         assert client.get(f"/custom/images?limit={number}").json()["error"] == "invalid_parameter", number
     for number in ("inf", "nan", "0_5", "%200.5"):

@@ -331,9 +331,10 @@ class Client:
         """The stored images most like this one in what they show, most similar first."""
         return cast(dict[str, Any], self._json("GET", f"/custom/images/{_seg(image_id)}/similar", params={"limit": limit}))
 
-    def library(self) -> dict[str, Any]:
-        """How far the workers are: images, embedded, pending, and per tag where its scores come from."""
-        return cast(dict[str, Any], self._json("GET", "/custom/library"))
+    def library(self, tags: Sequence[str] = ()) -> dict[str, Any]:
+        """How far the workers are: images, embedded, pending, and per tag (every tag with a model,
+        or ``tags``) where its scores come from."""
+        return cast(dict[str, Any], self._json("GET", "/custom/library", params={"tag": list(tags)} if tags else None))
 
     def export_scores(self, out: IO[bytes], format: str = "csv", tags: Sequence[str] = (),
                       match: bool = False) -> int:

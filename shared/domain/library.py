@@ -28,6 +28,7 @@ import numpy as np
 from shared.core.errors import DomainError
 from shared.data import keys
 from shared.data.store import ObjectNotFound
+from shared.domain import catalog
 from shared.domain.embeddings import embed_present_images
 from shared.models.heads import HeadMatrix
 
@@ -311,12 +312,16 @@ def merge_small_packs(services: Services) -> int:
         services.redis.delete(lock)
 
 
-def summary(services: Services) -> dict[str, Any]:
+def summary(services: Services, tags: list[str] | None = None) -> dict[str, Any]:
     """How far the library is: images, embedded, waiting, failed (cannot be decoded any more, e.g.
     its bytes were damaged in the store; the worker's log names them), the library jobs queued or running (their
     progress is at /status/<task_id>), and per tag the version its scores come from (null while a
     rescore for its current version is still to run) and whether every embedded image is scored
-    with it."""
+    with it. ``tags``: only those tags (each must have a model); default every tag with one."""
+    models = services.registry.models()
+    for tag in tags or ():
+        if tag not in models:
+            raise catalog.no_model(tag)
     services.registry.index_library()
     library = services.library
     images = services.registry.image_count()
@@ -324,7 +329,6 @@ def summary(services: Services) -> dict[str, Any]:
     failed_rows = library.failed_rows()
     failed = int(library.live(failed_rows[-1] + 1)[failed_rows].sum()) if failed_rows else 0
     scored = library.scored()
-    models = services.registry.models()
     unscored = bool(library.unscored())  # new rows being scored now, or left by a job that failed
     return {
         "images": images,
@@ -336,6 +340,6 @@ def summary(services: Services) -> dict[str, Any]:
         "tags": {
             tag: {"version": pointer.version, "scores_from": scored.get(tag),
                   "up_to_date": scored.get(tag) == pointer.version and not unscored}
-            for tag, pointer in models.items()
+            for tag, pointer in ((t, models[t]) for t in (tags or models))
         },
     }
