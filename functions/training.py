@@ -18,14 +18,15 @@ def train(request: Request) -> JSONResponse:
     stored images: a tag with positives only trains against unlabelled stored images as presumed
     negatives, weighted below real ones, and its metrics say how many (`presumed_negatives`). A
     request while a training of the tag is still waiting returns that task (`already_queued`).
-    Each training makes a new version, fine-tuned from the current one.
+    Each training makes a new version, fine-tuned from the current one. A tag no image is labelled
+    with is 404 `unknown_tag`, naming the closest tag there is.
     ---
     response:
       status: 202
       description: The training is queued; follow it at `/status/{task_id}`.
       schema: TaskQueued
       example: {task_id: 3f2c..., tag: cat, status: queued, already_queued: false}
-    errors: [400, 503]
+    errors: [400, 404, 503]
     """
     return JSONResponse(training.request_training(services_of(request), request.path_params["tag"]), status_code=202)
 

@@ -77,6 +77,13 @@ def test_calls_beyond_the_seed(tagsmith: Client, services: Services) -> None:
     assert tagsmith.thumbnail("p1", size=32)[:2] == b"\xff\xd8"
     assert tagsmith.tags()[0] | {"model": None} == {"tag": "cat", "positives": 2, "negatives": 2, "model": None}
     assert [t["tag"] for t in tagsmith.tags(contains="CA")] == ["cat"] and tagsmith.tags(contains="dog") == []
+    for tag in ("scarab", "Scat", "dog"):
+        tagsmith.assign_image("positive", tag, "p1")
+    tagsmith.tags_page = 1  # a page a tag: the pages are walked, the server filters them
+    assert [t["tag"] for t in tagsmith.tags()] == ["Scat", "cat", "dog", "scarab"]
+    assert [t["tag"] for t in tagsmith.tags(contains="CA")] == ["Scat", "cat", "scarab"]
+    for tag in ("scarab", "Scat", "dog"):
+        tagsmith.unassign_image("p1", tag)
     tagsmith.train("cat")
     run_queued_jobs(services)
     tagsmith.add_image(crops(CAT, 1, seed=5)[0], image_id="unlabelled")

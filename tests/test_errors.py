@@ -161,7 +161,7 @@ def test_tags_that_look_like_other_tags_are_refused(client: TestClient, services
                                  files={"data": ("y.jpg", crops(CAT, 1, seed=1)[0])})):
         assert_error(response, 400, "invalid_tag")
         assert says in response.json()["message"], response.json()
-    assert client.get(f"/custom/train/{tag}").status_code == 400  # not enough examples: a name no tag has
+    assert client.get(f"/custom/train/{tag}").status_code == 404  # a name no tag has
     assert services.registry.tags() == ["cat"]
 
 
@@ -194,9 +194,12 @@ def test_a_new_tag_differing_from_one_there_is_only_in_case_is_refused(client: T
     for tag in ("Cat", "CAT"):
         response = client.get(f"/custom/assign/img/positive/{tag}")
         assert_error(response, 400, "invalid_tag")
-        assert "is the tag 'cat', which exists, when case is ignored" in response.json()["message"]
+        assert "differs from the tag 'cat', which exists, only in case" in response.json()["message"]
     assert client.get("/custom/assign/img/positive/Cats").status_code == 200  # more than case: another tag
-    assert services.registry.tags() == ["Cats", "cat"]
+    assert client.get("/custom/assign/img/positive/Maße").status_code == 200
+    assert client.get("/custom/assign/img/positive/Masse").status_code == 200  # another word, not another case
+    assert_error(client.get("/custom/assign/img/positive/MASSE"), 400, "invalid_tag")
+    assert services.registry.tags() == ["Cats", "Masse", "Maße", "cat"]
 
 
 def test_a_state_archive_makes_no_tag_that_assigning_would_refuse(client: TestClient, services: Services) -> None:
@@ -214,8 +217,8 @@ def test_a_state_archive_makes_no_tag_that_assigning_would_refuse(client: TestCl
     assert load("cat", "cop").status_code == 200
     for tags, says in ((("\u0441at",), "mixes Cyrillic and Latin"), (("\u0441\u043e\u0440",), "looks like the tag 'cop'"),
                        (("cat\u034f",), "show as nothing"), (("\uff43\uff41\uff54",), "use 'cat'"),
-                       (("AI", "\u0391\u0399"), "look alike"), (("Cop",), "when case is ignored"),
-                       (("dog", "Dog"), "one name when case is ignored")):
+                       (("AI", "\u0391\u0399"), "look alike"), (("Cop",), "differs from the tag 'cop', which exists, only in case"),
+                       (("dog", "Dog"), "differ only in case")):
         response = load(*tags)
         assert_error(response, 400, "invalid_tag")  # type: ignore[arg-type]
         assert says in response.json()["message"], response.json()  # type: ignore[attr-defined]
@@ -284,12 +287,12 @@ def test_unknown_ids_and_bad_type(client: TestClient, services: Services) -> Non
 
 
 def test_training_without_both_kinds_of_examples_is_400(client: TestClient, services: Services) -> None:
-    assert_error(client.get("/custom/train/empty"), 400, "not_enough_examples")
+    assert_error(client.get("/custom/train/empty"), 404, "unknown_tag")  # as its versions are
     client.post("/custom/add?image_id=img", files={"data": ("x.jpg", crops(CAT, 1, seed=0)[0])})
     client.get("/custom/assign/img/positive/onesided")
     assert_error(client.get("/custom/train/onesided"), 400, "not_enough_examples")
     typo = client.get("/custom/train/onesidde").json()  # a tag nobody made: most often a typo, named
-    assert typo["error"] == "not_enough_examples" and "There is no tag 'onesidde'" in typo["message"]
+    assert typo["error"] == "unknown_tag" and "There is no tag 'onesidde'" in typo["message"]
     assert "Did you mean 'onesided'?" in typo["message"]
     assert "Did you mean" not in client.get("/custom/train/zebra").json()["message"]
     assert services.queue.queue.count == 0

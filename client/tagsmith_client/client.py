@@ -81,6 +81,8 @@ class Client:
     TLS settings, or Starlette's ``TestClient`` in tests).
     """
 
+    tags_page = 1000  # tags asked for at a time by ``tags``
+
     def __init__(
         self,
         url: str | None = None,
@@ -362,14 +364,16 @@ class Client:
 
     def tags(self, contains: str = "") -> list[dict[str, Any]]:
         """Every tag (or every one whose name holds ``contains``, any case) with its example counts
-        and current model, read a page of 1,000 at a time."""
+        and current model, read ``tags_page`` at a time."""
         tags: list[dict[str, Any]] = []
         after = ""
         while True:
-            page = self._json("GET", "/custom/tags", params={"contains": contains, "after": after, "limit": 1000})
+            page = self._json("GET", "/custom/tags", params={"contains": contains, "after": after, "limit": self.tags_page})
             tags += page["tags"]
-            if page.get("next") is None:  # the last page, or a server from before paging: all in one
-                return [t for t in tags if contains.casefold() in t["tag"].casefold()]  # (and unfiltered)
+            if "next" not in page:  # a server from before paging: every tag, unfiltered, in one answer
+                return [t for t in tags if contains.lower() in t["tag"].lower()]  # as the server ignores case
+            if page["next"] is None:
+                return tags
             after = page["next"]
 
     def tag(self, tag: str) -> dict[str, Any]:

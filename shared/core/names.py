@@ -91,6 +91,13 @@ def validate_new_tag(tag: str, max_length: int = 64) -> str:
     return tag
 
 
+def fold_case(tag: str) -> str:
+    """A tag name with case ignored, as every comparison of tag names ignores it (a new tag's twin,
+    finding tags by part of their name) and as the web page ignores it (JavaScript's
+    ``toLowerCase``): lower case only, not ``casefold``, which would make "Masse" the tag "Maße"."""
+    return tag.lower()
+
+
 def _stacks_marks(tag: str) -> bool:
     """Whether, in NFD, a combining mark follows itself ("ก้้" beside "ก้", "café́" beside "café") or more
     than ``MAX_MARKS`` follow one character: what UTS #39 (section 5.4) suggests refusing (Tibetan's

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from shared.core.errors import Conflict, Damaged, DomainError, NotFound, Unavailable
+from shared.core.names import fold_case
 from shared.data import keys
 from shared.data.registry import EpochMoved, ModelPointer
 from shared.data.store import ObjectNotFound
@@ -144,8 +145,8 @@ def tags_overview(services: Services, contains: str = "", after: str = "", limit
     whose name holds ``contains`` (any case), after the name ``after``, at most ``limit`` of them;
     ``next`` is the name to pass as ``after`` for the rest (None when there is none)."""
     registry = services.registry
-    needle = contains.casefold()
-    tags = [tag for tag in registry.tags() if tag > after and needle in tag.casefold()]
+    needle = fold_case(contains)
+    tags = [tag for tag in registry.tags() if tag > after and needle in fold_case(tag)]
     page = tags if limit is None else tags[:limit]
     models = registry.models_of(page)
     counts = registry.example_counts(page)

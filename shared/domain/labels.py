@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import LockError, RedisError
 
 from shared.core.errors import InvalidInput, NotFound, Unavailable
-from shared.core.names import lookalike, skeleton, validate_new_tag
+from shared.core.names import fold_case, lookalike, skeleton, validate_new_tag
 from shared.domain import catalog
 
 if TYPE_CHECKING:
@@ -35,16 +35,15 @@ def check_new_tags(services: Services, tags: list[str]) -> None:
     for other in existing:
         by_shape.setdefault(skeleton(other), []).append(other)
     existing_set = set(existing)
-    by_case = {other.casefold(): other for other in existing}  # "Cat" beside "cat": a typo, almost always
+    by_case = {fold_case(other): other for other in existing}  # "Cat" beside "cat": a typo, almost always
     for tag in new:
-        same = by_case.get(tag.casefold())
+        same = by_case.get(fold_case(tag))
         if same in existing_set:
-            raise InvalidInput("invalid_tag", f"The tag '{tag}' is the tag '{same}', which exists, when case is "
-                               "ignored: use that one, or a name that differs in more than case.")
+            raise InvalidInput("invalid_tag", f"The tag '{tag}' differs from the tag '{same}', which exists, only in "
+                               "case: use that one, or a name that differs in more than case.")
         if same is not None:
-            raise InvalidInput("invalid_tag", f"The tags '{same}' and '{tag}' are one name when case is ignored: keep "
-                               "one of them.")
-        by_case[tag.casefold()] = tag
+            raise InvalidInput("invalid_tag", f"The tags '{same}' and '{tag}' differ only in case: keep one of them.")
+        by_case[fold_case(tag)] = tag
         shape = skeleton(tag)
         twin = lookalike(tag, by_shape.get(shape, []))
         if twin in existing_set:

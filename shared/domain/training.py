@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-from shared.core.errors import Damaged, InvalidInput
+from shared.core.errors import Damaged, InvalidInput, NotFound
+from shared.core.names import fold_case
 from shared.data.registry import EpochMoved, utc_now
 from shared.data.store import ObjectNotFound
 from shared.domain import catalog
@@ -72,8 +73,8 @@ def _too_few(tag: str, positives: int, negatives: int, after: str = "") -> str:
 
 def _no_such_tag(tag: str, tags: list[str]) -> str:
     """What training a name no tag has says: most often a typo of one there is, which it names."""
-    by_case = {other.casefold(): other for other in tags}
-    close = difflib.get_close_matches(tag.casefold(), by_case, n=1, cutoff=0.75)
+    by_case = {fold_case(other): other for other in tags}
+    close = difflib.get_close_matches(fold_case(tag), by_case, n=1, cutoff=0.75)
     hint = f" Did you mean '{by_case[close[0]]}'?" if close else ""
     return (f"There is no tag '{tag}': no image is labelled with it.{hint} Label a few images as its positive "
             "examples first (and, ideally, a few as negative ones).")
@@ -165,7 +166,7 @@ def request_training(services: Services, tag: str) -> dict[str, Any]:
     presumed negatives."""
     ((positives, negatives),) = services.registry.example_counts([tag])
     if not positives and not negatives and not services.registry.tag_exists(tag):
-        raise InvalidInput("not_enough_examples", _no_such_tag(tag, services.registry.tags()))
+        raise NotFound("unknown_tag", _no_such_tag(tag, services.registry.tags()))
     if not positives:
         raise InvalidInput("not_enough_examples", _too_few(tag, positives, negatives))
     least = services.settings.min_examples

@@ -303,6 +303,6 @@ def cases(s: Sample, known_image: str, known_tag: str, upload_limit: int, archiv
         Case("unknown-version", "POST", f"/custom/rollback/{tag}/99", {404}),
         # Training a tag without examples (one with positives only trains against the other stored
         # images: tests/test_positives_only.py).
-        Case("train-no-examples", "GET", "/custom/train/never-seen", {400}),
+        Case("train-no-examples", "GET", "/custom/train/never-seen", {404}),
     ]
     return out
