@@ -19,10 +19,12 @@ async def suggest(request: Request) -> JSONResponse:
     """Suggest which stored images to label next for a tag.
 
     Ranks the newest stored images that are not yet examples of the tag (at most
-    `TAGSMITH_SUGGEST_MAX_CANDIDATES`) with the tag's current model. `uncertain` lists those
-    whose score is nearest the threshold first: labelling them teaches the model most.
-    `likely_positive` lists those the model already matches, best first: confirm or correct
-    them. Images not embedded yet are embedded now and cached.
+    `TAGSMITH_SUGGEST_MAX_CANDIDATES`) with the tag's current model. `uncertain` lists those it
+    is unsure of (its odds for them within 9 times the threshold's: at a threshold of 0.5, scores
+    from 0.1 to 0.9), nearest the threshold first: labelling them teaches the model most; it is
+    empty when the model is sure of every candidate. `likely_positive` lists those the model
+    already matches, best first: confirm or correct them. Images not embedded yet are embedded
+    now and cached.
     ---
     query:
       limit: {type: integer, minimum: 1, maximum: 100, description: 'Length of each list (default 10).'}

@@ -569,10 +569,11 @@ def cmd_suggest(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
-    for title, key in (("label these next (nearest the threshold first)", "uncertain"), ("likely positives", "likely_positive")):
+    for title, key, none in (("label these next (the model is unsure; nearest the threshold first)", "uncertain",
+                              "none: the model is sure of every unlabelled image"),
+                             ("likely positives", "likely_positive", "no images")):
         say(f"{title}:")
-        _table(["image", "score"], [[s["image_id"], f"{s['score']:.3f}"] for s in answer[key]],
-               empty="no images")
+        _table(["image", "score"], [[s["image_id"], f"{s['score']:.3f}"] for s in answer[key]], empty=none)
         print()
     return 0
 

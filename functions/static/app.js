@@ -1158,10 +1158,10 @@ async function loadSuggestions() {
   await inParallel([...answer.uncertain, ...answer.likely_positive], 4, async (s) => {
     try { names.set(s.image_id, (await api("GET", `/custom/images/${enc(s.image_id)}`)).filename); } catch { /* gone since */ }
   });
-  const cards = (items) => (items.length ? items.map((s) => smallCard(s.image_id, names.get(s.image_id) || s.image_id, `score ${fixed(s.score)}`))
-    : [el("li", { class: "muted" }, "none")]);
-  $("#uncertain").replaceChildren(...cards(answer.uncertain));
-  $("#likely").replaceChildren(...cards(answer.likely_positive));
+  const cards = (items, none) => (items.length ? items.map((s) => smallCard(s.image_id, names.get(s.image_id) || s.image_id, `score ${fixed(s.score)}`))
+    : [el("li", { class: "muted" }, none)]);
+  $("#uncertain").replaceChildren(...cards(answer.uncertain, "none: the model is sure of every unlabelled image"));
+  $("#likely").replaceChildren(...cards(answer.likely_positive, "none"));
   panel.hidden = answer.candidates === 0;
   paintAll();
 }

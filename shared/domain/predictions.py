@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 # Decoding more pixels than this takes long enough to hold back a whole batch of other requests
 # (a 50 MP PNG takes about a second): such an image is decoded on its own, beside the batches.
+# A suggestion is uncertain while the model's odds for it are within this factor of the
+# threshold's: at a threshold of 0.5, scores from 0.1 to 0.9. A score beyond is the model's
+# settled answer, not one to ask the user about, however few candidates there are.
+UNSURE_ODDS = 9.0
 SLOW_PIXELS = {"JPEG": 24_000_000, "MPO": 24_000_000}  # DCT scaling skips most of a JPEG's work
 SLOW_PIXELS_OTHERS = 4_000_000
 
@@ -133,9 +137,23 @@ def suggestion_candidates(services: Services, tag: str) -> list[str]:
     return [i for i in newest if i not in labelled][: services.settings.suggest_max_candidates]
 
 
+def _log_odds(p: np.ndarray | float) -> np.ndarray:
+    """log(p / (1 - p)), scores of exactly 0 or 1 kept finite."""
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(q) - np.log1p(-q)
+
+
+def unsure_first(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The scores the model is unsure of (odds within ``UNSURE_ODDS`` of the threshold's), as
+    indices, nearest the threshold in log-odds first."""
+    distance = np.abs(_log_odds(scores) - _log_odds(threshold))
+    order = np.argsort(distance, kind="stable")
+    return order[distance[order] <= np.log(UNSURE_ODDS)]
+
+
 def suggestions(services: Services, tag: str, limit: int, candidates: list[str], reserved: Reservation | None = None) -> dict[str, Any]:
-    """Unlabelled images to label next (``candidates``): those nearest the threshold, and those the
-    model matches. ``reserved`` as for ``stored_vector``."""
+    """Unlabelled images to label next (``candidates``): those the model is unsure of, nearest the
+    threshold first, and those it matches. ``reserved`` as for ``stored_vector``."""
     result = score_stored_images(services, tag, candidates, reserved)
     candidates, scores, threshold = result.image_ids, result.scores, result.threshold
 
@@ -143,7 +161,7 @@ def suggestions(services: Services, tag: str, limit: int, candidates: list[str],
         return [{"image_id": candidates[j], "score": round(float(scores[j]), 6),
                  "match": bool(scores[j] >= threshold)} for j in order[:limit]]
 
-    uncertain = np.argsort(np.abs(scores - threshold), kind="stable")
+    uncertain = unsure_first(scores, threshold)
     likely = [j for j in np.argsort(-scores, kind="stable") if scores[j] >= threshold]
     return {
         "tag": tag,
