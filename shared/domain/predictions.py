@@ -148,7 +148,8 @@ def unsure_first(scores: np.ndarray, threshold: float) -> np.ndarray:
     indices, nearest the threshold in log-odds first."""
     distance = np.abs(_log_odds(scores) - _log_odds(threshold))
     order = np.argsort(distance, kind="stable")
-    return order[distance[order] <= np.log(UNSURE_ODDS)]
+    kept: np.ndarray = order[distance[order] <= np.log(UNSURE_ODDS)]
+    return kept
 
 
 def suggestions(services: Services, tag: str, limit: int, candidates: list[str], reserved: Reservation | None = None) -> dict[str, Any]:
