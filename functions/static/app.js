@@ -256,29 +256,93 @@ function tagRowOf(tag) {
 // The table shows the tags a page at a time (a server may hold thousands), those whose name holds
 // the filter's text; "More tags" appends the next page.
 const TAGS_PAGE = 200;
-const tagsList = { next: null, asked: 0, filter: "" };  // filter: the one the table was drawn with
+const tagsList = {
+  next: null,
+  asked: 0,
+  filter: "",               // the filter the table was drawn with
+  redrawing: 0,             // redraws asked for and not answered yet
+  touched: new Set(),       // tags whose row changed meanwhile: put right again after the redraw
+};
 
-async function loadTags(more = false) {
-  const filter = more ? tagsList.filter : $("#tag-filter").value.trim();  // a next page of what is shown
-  const after = more ? tagsList.next : null;
-  const query = new URLSearchParams({ contains: filter, limit: String(TAGS_PAGE) });
-  if (after !== null) query.set("after", after);
-  const asked = more ? tagsList.asked : ++tagsList.asked;
-  const { tags, next } = await api("GET", `/custom/tags?${query}`);
-  // A newer redraw (the filter changed, a tag came or went) draws the table; a next page is added
-  // only where the table still ends (not twice, nor after a redraw that went back to the first).
-  if (asked !== tagsList.asked || (more && after !== tagsList.next)) return tags;
-  if (more) {
-    $("#tags-body").append(...tags.map(tagRow));
-  } else {
-    countObserver.disconnect();
-    countsWanted.length = 0;
-    $("#tags-body").replaceChildren(...tags.map(tagRow));
-    tagsList.filter = filter;
+// Draws the table's first page again, as the filter asks.
+async function loadTags() {
+  const filter = $("#tag-filter").value.trim();
+  const asked = ++tagsList.asked;
+  tagsList.redrawing += 1;
+  let answer;
+  try {
+    answer = await api("GET", `/custom/tags?${new URLSearchParams({ contains: filter, limit: String(TAGS_PAGE) })}`);
+  } finally {
+    tagsList.redrawing -= 1;
   }
+  if (asked !== tagsList.asked) return;  // a newer redraw draws the table
+  countObserver.disconnect();
+  countsWanted.length = 0;
+  $("#tags-body").replaceChildren(...answer.tags.map(tagRow));
+  tagsList.filter = filter;
+  tagsList.next = answer.next;
+  showTagsState();
+  const touched = [...tagsList.touched];  // changed after this redraw was asked for: it may not show that
+  tagsList.touched.clear();
+  for (const tag of touched) guard(() => updateTagRow(tag))();
+}
+
+// Appends the next page of what the table shows; only where the table still ends (not twice, nor
+// after a redraw that went back to the first page).
+async function moreTags() {
+  const { filter, next: after, asked } = tagsList;
+  if (after === null) return;
+  const query = new URLSearchParams({ contains: filter, limit: String(TAGS_PAGE), after });
+  const { tags, next } = await api("GET", `/custom/tags?${query}`);
+  if (asked !== tagsList.asked || after !== tagsList.next) return;
+  $("#tags-body").append(...tags.map(tagRow));
   tagsList.next = next;
   showTagsState();
-  return tags;
+}
+
+// Compares two names by code point, as the server sorts tags (JavaScript's < compares UTF-16
+// units, which puts an emoji before U+E000-U+FFFF).
+function byCodePoint(a, b) {
+  const x = [...a];
+  const y = [...b];
+  for (let i = 0; i < Math.min(x.length, y.length); i += 1) {
+    const d = x[i].codePointAt(0) - y[i].codePointAt(0);
+    if (d) return d;
+  }
+  return x.length - y.length;
+}
+
+// Puts the tag's row as the server has it now: replaced, taken out (no examples and no model
+// left), or put in its place if the table, as filtered and paged, lists the tag. Returns the tag's
+// counts and model (null: no such tag), or undefined when a newer update of the row overtook it.
+const rowAsked = new Map();  // tag -> number of the newest update asked for its row
+let rowUpdates = 0;
+async function updateTagRow(tag) {
+  const asked = ++rowUpdates;
+  rowAsked.set(tag, asked);
+  if (tagsList.redrawing) tagsList.touched.add(tag);
+  let info = null;
+  try {
+    const t = await api("GET", `/custom/tags/${enc(tag)}`);
+    info = { tag: t.tag, positives: t.positives.length, negatives: t.negatives.length, model: t.model };
+  } catch (error) {
+    if (error.code !== "unknown_tag") throw error;
+  } finally {
+    if (rowAsked.get(tag) === asked) rowAsked.delete(tag);
+    else info = undefined;  // an older answer than one asked since: that one puts the row right
+  }
+  if (info === undefined) return undefined;
+  const row = tagRowOf(tag);  // looked up after the answer: a redraw may have replaced the rows
+  if (row && info) {
+    row.replaceWith(tagRow(info));
+  } else if (row) {
+    row.remove();
+  } else if (info && tableLists(tag)) {
+    const before = [...document.querySelectorAll("#tags-body tr")].find((other) => byCodePoint(other.dataset.tag, tag) > 0);
+    $("#tags-body").insertBefore(tagRow(info), before || null);
+  }
+  showTagsState();
+  return info;
 }
 
 function showTagsState() {
@@ -291,8 +355,8 @@ function showTagsState() {
 
 // Whether the table, as filtered and as far as its pages go, would list the tag.
 function tableLists(tag) {
-  const filter = tagsList.filter.toLowerCase();
-  return tag.toLowerCase().includes(filter) && (tagsList.next === null || tag < tagsList.next);
+  const filter = tagsList.filter.toLowerCase();  // as the server ignores case
+  return tag.toLowerCase().includes(filter) && (tagsList.next === null || byCodePoint(tag, tagsList.next) < 0);
 }
 
 async function deleteTag(tag) {
@@ -346,29 +410,13 @@ function closeTag() {
   $("#gallery").replaceChildren();
 }
 
-// The open tag's counts, model, versions and suggestions again. Only its own row of the tags
-// table is fetched and redrawn (a labelling changes nothing else): put in its place if the tag is
-// new and the table lists it, taken out if the tag has no examples and no model left.
+// The open tag's counts, model, versions and suggestions again, and its row of the tags table
+// (a labelling changes nothing else there).
 async function refreshTag() {
   const tag = state.tag;
-  let info = null;
-  try {
-    const t = await api("GET", `/custom/tags/${enc(tag)}`);
-    info = { tag: t.tag, positives: t.positives.length, negatives: t.negatives.length, model: t.model };
-  } catch (error) {
-    if (error.code !== "unknown_tag") throw error;
-  }
-  const row = tagRowOf(tag);  // looked up after the answer: an overlapping refresh may have redrawn the table
-  if (row && info) {
-    row.replaceWith(tagRow(info));
-  } else if (row) {
-    row.remove();
-  } else if (info && tableLists(tag)) {
-    const before = [...document.querySelectorAll("#tags-body tr")].find((other) => other.dataset.tag > tag);
-    $("#tags-body").insertBefore(tagRow(info), before || null);
-  }
-  showTagsState();
-  if (tag !== state.tag) return;  // another tag was opened meanwhile: this answer is not its
+  if (!tag) return;  // closed meanwhile
+  const info = await updateTagRow(tag);
+  if (info === undefined || tag !== state.tag) return;  // a newer refresh, or another tag opened meanwhile
   state.known = false;
   state.hasModel = false;
   state.positives = state.negatives = 0;
@@ -441,6 +489,7 @@ async function reloadImages() {
   $("#gallery").replaceChildren();
   const problem = badScoreFilter();
   if (problem) {
+    $("#gallery").setAttribute("aria-busy", "false");  // nothing to wait for: the filter is wrong
     $("#total").textContent = "–";
     $("#more").hidden = $("#earlier").hidden = true;
     say(problem, false, "library");
@@ -674,10 +723,11 @@ async function labelImages(ids, type, remember = true) {
   const word = type ? type : "unlabelled";
   say(`${plural(changing.length, "image")} ${type ? `labelled ${word}` : word} for '${tag}'.`, true);
   paintAll();
-  if (changing.length) await afterLabelling();
+  if (changing.length) await afterLabelling(tag);
 }
 
-async function afterLabelling() {
+async function afterLabelling(tag) {
+  if (tag !== state.tag) { await updateTagRow(tag); return; }  // closed or another opened meanwhile
   const wasKnown = state.known;
   await refreshTag();
   if (!wasKnown && state.known) {
@@ -916,7 +966,7 @@ async function follow(taskId, tag, before) {
     await refreshTag();
     await reloadImages();
   } else {
-    await loadTags();
+    await updateTagRow(tag);  // the pages of the table shown stay
   }
 }
 
@@ -1191,7 +1241,7 @@ async function predict(fileList) {
   const custom = Object.entries(result.custom).map(([tag, s]) => [`${tag}${s.match ? " ✓" : ""}`, s.score, s.match]);
   // Every tag with a model (the prediction names each), and those the tags table shows besides.
   const listed = [...document.querySelectorAll("#tags-body tr")].map((row) => row.dataset.tag);
-  const names = [...new Set([...(state.tag ? [state.tag] : []), ...[...Object.keys(result.custom), ...listed].sort()])];
+  const names = [...new Set([...(state.tag ? [state.tag] : []), ...[...Object.keys(result.custom), ...listed].sort(byCodePoint)])];
   const choose = el("select", { id: "add-tag" }, ...names.map((name) => el("option", { value: name }, name)));
   const outcome = el("p", { id: "add-result", role: "status" });
   const addAs = async (type) => {
@@ -1203,7 +1253,7 @@ async function predict(fileList) {
     const row = answer.images[0];
     if (row.error) throw new ApiError(`${row.filename}: ${row.message}`, row.status, row.error);
     outcome.textContent = `${row.filename} ${row.duplicate ? "was in the library already; it is now" : "added as"} a ${type} of '${tag}'.`;
-    if (tag === state.tag) { await refreshTag(); await reloadImages(); } else { await loadTags(); }
+    if (tag === state.tag) { await refreshTag(); await reloadImages(); } else { await updateTagRow(tag); }
   };
   const preview = el("img", { alt: file.name, class: "preview" });
   preview.src = URL.createObjectURL(file);
@@ -1281,7 +1331,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#close-tag").addEventListener("click", closeTag);
   $("#tag-filter").addEventListener("input", debounce(guard(() => loadTags()), 300));
-  $("#more-tags").addEventListener("click", guard(() => loadTags(true)));
+  $("#more-tags").addEventListener("click", guard(moreTags));
   $("#train").addEventListener("click", guard(train));
   $("#filters").addEventListener("submit", (event) => event.preventDefault());
   $("#filters").addEventListener("change", guard(reloadImages));
