@@ -14,7 +14,7 @@ from shared.domain import export, images, library, search
 from shared.domain.embeddings import stored_pixels
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
-from shared.web.routing import ApiRoute, query_bool, query_choice, query_float, query_int, query_tags
+from shared.web.routing import ApiRoute, query_bool, query_choice, query_float, query_int, query_tags, query_text
 from shared.web.state import services_of
 
 
@@ -61,7 +61,7 @@ def list_images(request: Request) -> JSONResponse:
         all_of=query_tags(request, "all"),
         any_of=query_tags(request, "any"),
         none_of=query_tags(request, "none"),
-        filename=request.query_params.get("filename") or None,
+        filename=query_text(request, "filename") or None,
         sort=query_choice(request, "sort", search.SORTS),
         descending=query_choice(request, "order", ("desc", "asc"), "desc") == "desc",
         limit=query_int(request, "limit", 50, 1, 500),

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from shared.domain import catalog, labels
 from shared.web.app import create_app
 from shared.web.responses import JSONResponse
-from shared.web.routing import ApiRoute, query_int
+from shared.web.routing import ApiRoute, query_int, query_text
 from shared.web.state import services_of
 
 
@@ -29,8 +29,8 @@ def list_tags(request: Request) -> JSONResponse:
     """
     query = request.query_params
     limit = query_int(request, "limit", 0, 1, 10_000) if "limit" in query else None
-    return JSONResponse(catalog.tags_overview(services_of(request), query.get("contains", ""), query.get("after", ""),
-                                              limit))
+    return JSONResponse(catalog.tags_overview(services_of(request), query_text(request, "contains"),
+                                              query_text(request, "after"), limit))
 
 
 def tag_info(request: Request) -> JSONResponse:

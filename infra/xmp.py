@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from xml.dom import XMLNS_NAMESPACE, minidom
@@ -30,6 +31,7 @@ RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 DC = "http://purl.org/dc/elements/1.1/"
 LR = "http://ns.adobe.com/lightroom/1.0/"
 PREFERRED_PREFIX = {RDF: "rdf", DC: "dc", LR: "lr"}
+MAX_SIDECAR_BYTES = 16 * 1024 * 1024  # XMP sidecars are kilobytes; photo editors' rarely reach a megabyte
 
 EMPTY = f"""<?xml version="1.0" encoding="UTF-8"?>
 <x:xmpmeta xmlns:x="{X}" x:xmptk="tagsmith">
@@ -62,10 +64,7 @@ def write_keywords(sidecar: Path, keywords: Sequence[str]) -> str:
             raise XmpError(f"it is a link to {target}; links are followed only to an existing file in {folder} "
                            "or below")
         sidecar = target
-    try:
-        original = sidecar.read_bytes()
-    except FileNotFoundError:
-        original = None
+    original = _read_sidecar(sidecar)
     if not _unique(keywords):
         return "unchanged"
     document = _parse(original if original and original.strip() else EMPTY.encode())  # an empty file holds nothing
@@ -73,6 +72,23 @@ def write_keywords(sidecar: Path, keywords: Sequence[str]) -> str:
         return "unchanged"
     _replace(sidecar, serialize(document))
     return "created" if original is None else "merged"
+
+
+def _read_sidecar(sidecar: Path) -> bytes | None:
+    """The sidecar's bytes (None: there is none), read only from a regular file of at most
+    ``MAX_SIDECAR_BYTES``: a named pipe or a device in a folder of untrusted origin had made the
+    command wait for good, a huge file would fill the memory."""
+    try:
+        fd = os.open(sidecar, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise XmpError("it is not a regular file")
+        if info.st_size > MAX_SIDECAR_BYTES:
+            raise XmpError(f"it is {info.st_size:,} bytes; a sidecar this tool writes to is at most {MAX_SIDECAR_BYTES:,}")
+        return file.read(MAX_SIDECAR_BYTES + 1)[:MAX_SIDECAR_BYTES]
 
 
 def merge_keywords(document: minidom.Document, keywords: Iterable[str]) -> bool:

@@ -346,6 +346,22 @@ def test_a_sidecar_link_to_nowhere_creates_no_file_where_it_points(tmp_path: Pat
     assert "cat" in real.read_text() and (tmp_path / "photos" / "b.jpg.xmp").is_symlink()
 
 
+def test_a_sidecar_that_is_no_regular_file_or_too_large_is_left_alone(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A named pipe in place of `photo.jpg.xmp` made `predict --xmp` wait for good (reading it), and
+    a huge file would have been read whole."""
+    pipe = tmp_path / "a.jpg.xmp"
+    os.mkfifo(pipe)
+    with pytest.raises(xmp.XmpError, match="not a regular file"):
+        xmp.write_keywords(pipe, ["cat"])  # at once: nothing writes to the pipe
+    big = tmp_path / "b.jpg.xmp"
+    big.write_bytes(b" " * 101)
+    monkeypatch.setattr(xmp, "MAX_SIDECAR_BYTES", 100)
+    with pytest.raises(xmp.XmpError, match="101 bytes"):
+        xmp.write_keywords(big, ["cat"])
+    assert big.read_bytes() == b" " * 101
+
+
 def test_no_keywords_no_sidecar(tmp_path: Path) -> None:
     assert xmp.write_keywords(tmp_path / "a.jpg.xmp", []) == "unchanged"
     assert not (tmp_path / "a.jpg.xmp").exists()

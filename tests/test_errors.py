@@ -145,10 +145,12 @@ def test_hostile_tag_names_are_refused(client: TestClient, services: Services, t
      ("%F0%9D%90%9Cat", "use 'cat'"), ("%EF%AC%81sh", "use 'fish'"), ("cat%C2%B2", "use 'cat2'"),
      ("%E2%84%B9", "use 'i'"), ("%EF%BD%B6%EF%BE%80", "use 'カタ'"), ("black-%D1%81at", "The word 'сat' mixes"),
      ("%CE%B1lpha", "mixes Greek and Latin letters"), ("%E0%B8%81%E0%B9%89%E0%B9%89", "stacks combining marks"),
-     ("cafe%CC%81%CC%81", "stacks combining marks"), ("ca%CC%80%CC%81%CC%82%CC%83%CC%84t", "stacks combining marks")],
+     ("cafe%CC%81%CC%81", "stacks combining marks"), ("ca%CC%80%CC%81%CC%82%CC%83%CC%84t", "stacks combining marks"),
+     ("%CC%81", "combining marks with no letter"), ("%CD%85", "combining marks with no letter"),
+     ("a%20%CC%81b", "combining marks with no letter")],
     ids=["cyrillic-es", "fullwidth", "mathematical-bold", "ligature", "superscript", "information-without-selector",
          "halfwidth-katakana", "cyrillic-in-second-word", "greek-alpha", "thai-tone-mark-twice", "acute-twice",
-         "five-marks-on-a-letter"],
+         "five-marks-on-a-letter", "lone-acute", "lone-ypogegrammeni", "acute-on-a-space"],
 )
 def test_tags_that_look_like_other_tags_are_refused(client: TestClient, services: Services, tag: str,
                                                     says: str) -> None:

@@ -83,6 +83,14 @@ def test_both_upload_endpoints_read_a_file_name_that_is_not_utf8_alike(client: T
     assert names == ["été.jpg", "été.jpg"], names
 
 
+def test_a_file_name_loses_what_shows_as_nothing(client: TestClient) -> None:
+    """A name of Hangul fillers alone showed as a blank caption (the conjoining ones were kept)."""
+    cases = (("\u115f\u1160\u3164.jpg", ".jpg"), ("\u115f", ""), ("a\u200bb\u202e.jpg", "ab.jpg"))
+    for (sent, kept), data in zip(cases, crops(CAT, len(cases), seed=3), strict=True):
+        answer = client.post("/custom/add", files={"data": (sent, data)})
+        assert answer.status_code in (200, 201) and answer.json().get("filename", "") == kept, (sent, answer.text)
+
+
 def test_add_many_limits_the_number_of_files(client: TestClient, services: Services,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(services.settings, "max_batch_files", 2)

@@ -78,6 +78,10 @@ def test_every_image_is_scored_and_found_by_tag(client: TestClient, services: Se
     assert positives["total"] == 6 and {i["label"] for i in positives["images"]} == {"positive"}
     by_name = client.get("/custom/images?filename=holiday%20CAT").json()
     assert by_name["total"] == 3
+    _add(client, crops("coffee", 1, seed=77)[0], "Café au lait.jpg")
+    for typed in ("caf%C3%A9", "cafe%CC%81"):  # é as one character, or e and a combining accent
+        assert [i["filename"] for i in client.get(f"/custom/images?filename={typed}").json()["images"]] == \
+            ["Café au lait.jpg"], typed
     assert client.get("/custom/images?all=cat&none=cat").json()["total"] == 0
     assert client.get("/custom/images?any=cat&filename=.jpg").json()["total"] == \
         client.get("/custom/images?tag=cat&match=true&filename=.jpg").json()["total"]
@@ -281,6 +285,8 @@ def test_the_client_pages_searches_and_exports(client: TestClient, services: Ser
     with Client(http=client) as api:
         cats = {i["image_id"] for i in api.iter_images(page_size=2, tag="cat", match=True, label="none")}
         assert cats == {i for i, kind in kinds.items() if kind == "cat"}
+        every = [i["image_id"] for i in api.iter_images(page_size=2)]
+        assert [i["image_id"] for i in api.iter_images(page_size=2, offset=3)] == every[3:]  # skipped once
         assert api.library()["pending"] == 0
         assert len(api.similar(next(iter(cats)), limit=3)["similar"]) == 3
         out = io.BytesIO()

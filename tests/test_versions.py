@@ -193,8 +193,10 @@ def test_tags_are_listed_whole_or_filtered_and_paged(client: TestClient) -> None
     """At thousands of tags the whole list is megabytes: a client can ask for the tags whose name
     holds a text, a page at a time, and every tag is seen once."""
     add(client, crops(CAT, 1, seed=70)[0], "img")
-    for tag in ("cat", "Catalog", "bobcat", "dog"):
+    for tag in ("cat", "Catalog", "bobcat", "dog", "café"):
         assert client.get(f"/custom/assign/img/positive/{tag}").status_code == 200
+    assert [t["tag"] for t in client.get("/custom/tags?contains=cafe%CC%81").json()["tags"]] == ["café"]  # as typed decomposed
+    client.get("/custom/delete/café")
     whole = client.get("/custom/tags").json()
     assert [t["tag"] for t in whole["tags"]] == ["Catalog", "bobcat", "cat", "dog"] and whole["next"] is None
     first = client.get("/custom/tags?contains=CAT&limit=2").json()

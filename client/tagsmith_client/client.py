@@ -320,7 +320,8 @@ class Client:
         return cast(dict[str, Any], self._json("GET", "/custom/images", params=params))
 
     def iter_images(self, page_size: int = 200, **query: Any) -> Iterator[dict[str, Any]]:
-        """Every library image matching the query (as ``images``), page after page."""
+        """Every library image matching the query (as ``images``), page after page; ``offset``
+        skips that many at the start (the server would skip them after every cursor)."""
         cursor = None
         while True:
             page = self.images(page_size, cursor=cursor, **query)
@@ -328,6 +329,7 @@ class Client:
             cursor = page["next"]
             if not cursor:
                 return
+            query.pop("offset", None)
 
     def similar(self, image_id: str, limit: int = 20) -> dict[str, Any]:
         """The stored images most like this one in what they show, most similar first."""

@@ -219,7 +219,7 @@ function askForCounts() {
     api("GET", `/custom/images?tag=${enc(tag)}&match=true&limit=1`)
       .then((page) => {
         cell.textContent = String(page.total);
-        const scoresFrom = page.tags && page.tags[tag] ? page.tags[tag].scores_from : null;
+        const scoresFrom = page.tags && Object.hasOwn(page.tags, tag) ? page.tags[tag].scores_from : null;  // (a tag may be 'constructor')
         if (scoresFrom === Number(version)) matchCounts.set(tag, { version: scoresFrom, count: page.total });
         else setTimeout(() => { if (cell.isConnected) countObserver.observe(cell); }, 3000);  // not rescored yet
       })
@@ -706,7 +706,7 @@ async function labelImages(ids, type, remember = true) {
     // Labels not yet known here (e.g. "select all" beyond the pages shown): ask the server.
     await inParallel(before.filter(([, label]) => label === undefined), LABELS_AT_ONCE, async (pair) => {
       const info = await api("GET", `/custom/images/${enc(pair[0])}`);
-      pair[1] = info.tags[tag] || null;
+      pair[1] = Object.hasOwn(info.tags, tag) ? info.tags[tag] : null;  // (a tag may be 'constructor')
     });
   }
   const changing = before.filter(([, label]) => label !== type);

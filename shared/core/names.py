@@ -24,6 +24,8 @@ MAX_MARKS = 4  # combining marks on one character of a new tag (Vietnamese puts 
 # variants, Mongolian spellings, emoji shown as emoji: "ℹ️", keycaps: "1️⃣"); anywhere else they
 # only make "cat" and "cat" + one of them two tags that look alike.
 _FILLERS = frozenset("\u3164\uffa0")
+# File names lose these too: the conjoining Hangul fillers as well, which a name may be made of alone.
+_FILENAME_BLANKS = _FILLERS | frozenset("\u115f\u1160")
 _MODIFIERS = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\ufe00-\ufe0f"
                         "\U000e0100-\U000e01ef]")
 _BLANK = frozenset(" \u2800")  # characters that render as empty space (U+2800: the blank Braille pattern)
@@ -81,8 +83,9 @@ def validate_new_tag(tag: str, max_length: int = 64) -> str:
     readable as the release that took them."""
     tag = validate_tag(tag, max_length)
     if _hides_characters(tag):
-        raise InvalidInput("invalid_tag", "The tag holds characters that show as nothing (fillers, or "
-                           "variation selectors and joiners after a plain letter) or only blank space.")
+        raise InvalidInput("invalid_tag", "The tag holds characters that show as nothing (fillers, "
+                           "variation selectors and joiners after a plain letter, or combining marks with "
+                           "no letter before them) or only blank space.")
     if _stacks_marks(tag):
         raise InvalidInput("invalid_tag", f"The tag stacks combining marks (the same one twice in a row, or more than "
                            f"{MAX_MARKS} on one character): they draw over each other, so tags differing in them look "
@@ -208,9 +211,18 @@ def _hides_characters(tag: str) -> bool:
     script puts one (``_modifies``)."""
     if any(c in _FILLERS for c in tag) or all(c in _BLANK or _MODIFIERS.match(c) for c in tag):
         return True
+    if _mark_on_nothing(tag):
+        return True
     if "\u2800" in tag and not all("\u2800" <= c <= "\u28ff" or c == " " for c in tag):
         return True
     return any(not _modifies(tag, found.start()) for found in _MODIFIERS.finditer(tag))
+
+
+def _mark_on_nothing(tag: str) -> bool:
+    """Whether a combining mark starts the tag or a word (a lone "◌́" shows as a dotted circle or as
+    nothing, and " ́" as a space)."""
+    return any(unicodedata.category(c)[0] == "M" and (at == 0 or tag[at - 1] in _BLANK)
+               for at, c in enumerate(tag))
 
 
 def _modifies(tag: str, at: int) -> bool:
@@ -293,7 +305,7 @@ def clean_filename(name: str) -> str:
 
 def _clean_once(name: str) -> str:
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    kept = "".join(c for c in name if unicodedata.category(c)[0] != "C" and c not in _FILLERS)
+    kept = "".join(c for c in name if unicodedata.category(c)[0] != "C" and c not in _FILENAME_BLANKS)
     return unicodedata.normalize("NFC", kept).strip()[:MAX_FILENAME].strip()  # a cut may end at a space
 
 

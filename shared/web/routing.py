@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -110,6 +111,12 @@ def _require_utf8(scope: Scope) -> None:
     except UnicodeDecodeError:
         raise InvalidInput("invalid_encoding", "The URL's percent-escapes are not UTF-8 (encode the text as "
                            "UTF-8 before percent-encoding it).") from None
+
+
+def query_text(request: Request, name: str) -> str:
+    """A text query parameter ('' when absent) in NFC, as tags and file names are stored: "café"
+    typed with a combining accent finds "café"."""
+    return unicodedata.normalize("NFC", request.query_params.get(name, ""))
 
 
 def query_int(request: Request, name: str, default: int, lowest: int, highest: int) -> int:
