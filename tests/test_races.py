@@ -675,3 +675,27 @@ def test_a_load_published_is_kept_whatever_fails_after_its_publication(
     assert current is not None and services.store.exists(current.key)
     assert not services.registry.unsettled([current.key])
     assert client.get("/get_state?tag=cat").status_code == 200
+
+
+def test_an_assignment_racing_a_tag_delete_does_not_make_the_tag_again_past_the_rules(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Assigning to a tag that exists skipped the new-tag rules; when the tag was deleted (and a
+    lookalike made) between that check and the assignment, the assignment made it anew beside
+    its lookalike: "cop" and Cyrillic "сор" both listed."""
+    add(client, crops(CAT, 1, seed=7)[0], "img")
+    assert client.get("/custom/assign/img/positive/cop").status_code == 200
+    registry = services.registry
+    real_tags_exist = registry.tags_exist
+
+    def exists_then_replaced(tags: list[str]) -> list[bool]:
+        found = real_tags_exist(tags)
+        monkeypatch.setattr(registry, "tags_exist", real_tags_exist)
+        assert client.get("/custom/delete/cop").status_code == 200
+        assert client.get("/custom/assign/img/positive/\u0441\u043e\u0440").status_code == 200
+        return found
+
+    monkeypatch.setattr(registry, "tags_exist", exists_then_replaced)
+    response = client.get("/custom/assign/img/negative/cop")
+    assert response.status_code == 400 and "looks like the tag" in response.json()["message"], response.text
+    assert registry.tags() == ["\u0441\u043e\u0440"]

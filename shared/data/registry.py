@@ -183,6 +183,7 @@ return row
 # concurrent new tags cannot go over the limit and a concurrent delete cannot leave an example behind.
 _ASSIGN = """
 if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+if ARGV[4] == '0' and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return -2 end
 if tonumber(ARGV[3]) > 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0
    and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   return 0
@@ -441,18 +442,22 @@ class Registry:
 
     # Examples ---------------------------------------------------------------
 
-    def assign(self, image_id: str, tag: str, sample_type: str, max_tags: int = 0) -> None:
+    def assign(self, image_id: str, tag: str, sample_type: str, max_tags: int = 0, create: bool = True) -> bool:
         """Make the image a positive or negative example of the tag; never both. A new tag beyond
         ``max_tags`` (0: no limit) is refused (Conflict too_many_tags), an image that does not exist
-        (or was deleted meanwhile) too (NotFound unknown_image), atomically."""
+        (or was deleted meanwhile) too (NotFound unknown_image), atomically. Without ``create``
+        only a tag that exists is assigned: False (nothing done) when it does not."""
         other = "negative" if sample_type == "positive" else "positive"
         keys = [self._k("tags"), self._k("tag", tag, sample_type), self._k("tag", tag, other),
                 self._k("image", image_id)]
-        done = self._assign(keys=keys, args=[tag, image_id, max_tags], client=self.redis)
+        done = self._assign(keys=keys, args=[tag, image_id, max_tags, int(create)], client=self.redis)
         if done == -1:
             raise NotFound("unknown_image", f"No image with id '{image_id}'.")
+        if done == -2:
+            return False
         if not done:
             raise _too_many_tags(max_tags)
+        return True
 
     def unassign(self, image_id: str, tag: str) -> str | None:
         """Make the image no example of the tag; returns what it was ('positive', 'negative' or None)."""

@@ -152,8 +152,7 @@ def add_images(
                          reserved or services.decode_budget)
             if assignment:
                 try:
-                    with labels.creating_tags(services, [assignment[0]]):
-                        services.registry.assign(added["image_id"], *assignment, services.settings.max_tags)
+                    labels.assign_checked(services, added["image_id"], *assignment)
                 except (DomainError, *BACKENDS_DOWN):
                     # e.g. another request took the last free tag, or Redis failed: this file changes
                     # nothing (as far as the backends let us undo it)

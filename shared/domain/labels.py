@@ -55,25 +55,41 @@ def check_new_tags(services: Services, tags: list[str]) -> None:
         by_shape.setdefault(shape, []).append(tag)
 
 
+ASSIGN_ATTEMPTS = 5  # a tag deleted between the check and the assignment, again and again
+
+
 @contextlib.contextmanager
-def creating_tags(services: Services, tags: list[str]) -> Iterator[None]:
+def creating_tags(services: Services, tags: list[str]) -> Iterator[bool]:
     """Check ``tags`` (``check_new_tags``) for the caller to create them: while one is new, the check
     and the caller's step run under the tag-creation lock, so that two requests creating lookalike
-    tags at once cannot both pass the check (each had seen the other's tag missing)."""
+    tags at once cannot both pass the check (each had seen the other's tag missing). Yields whether
+    they were checked as new: when all existed, the caller's step may not make one anew."""
     if all(services.registry.tags_exist(tags)):
-        yield
+        yield False
         return
     lock = services.registry.tag_creation()
     if not lock.acquire():
         raise Unavailable("busy", "The server is creating other tags; try again shortly.")
     try:
         check_new_tags(services, tags)
-        yield
+        yield True
     finally:
         # Held past its timeout (another may hold it now), or Redis unreachable: it lapses by itself,
         # and what the caller did under it stands.
         with contextlib.suppress(LockError, RedisError):
             lock.release()
+
+
+def assign_checked(services: Services, image_id: str, tag: str, sample_type: str) -> None:
+    """Assign the image to the tag under the rules for new tags (``creating_tags``). A tag that
+    existed at the check is assigned only while it still exists: a delete landing in between had
+    let the assignment make it anew past the rules (a lookalike of a tag made meanwhile); then it
+    is checked again, as new."""
+    for _ in range(ASSIGN_ATTEMPTS):
+        with creating_tags(services, [tag]) as checked:
+            if services.registry.assign(image_id, tag, sample_type, services.settings.max_tags, create=checked):
+                return
+    raise Unavailable("busy", f"The tag '{tag}' is being deleted and made again right now; try again shortly.")
 
 
 def assign(services: Services, image_id: str, tag: str, sample_type: str) -> dict[str, Any]:
@@ -82,8 +98,7 @@ def assign(services: Services, image_id: str, tag: str, sample_type: str) -> dic
     that does not exist (checked first, and again inside the assignment's atomic step: a delete
     may land between the two)."""
     require_image(services, image_id)
-    with creating_tags(services, [tag]):
-        services.registry.assign(image_id, tag, sample_type, services.settings.max_tags)
+    assign_checked(services, image_id, tag, sample_type)
     ((positives, negatives),) = services.registry.example_counts([tag])
     return {"image_id": image_id, "tag": tag, "type": sample_type, "positives": positives, "negatives": negatives}
 
