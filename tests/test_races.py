@@ -545,12 +545,12 @@ def test_two_lookalike_tags_created_at_once_are_not_both_kept(
     real_assign = registry.assign
     answers: list[Response] = []
 
-    def assign_while_another_request_creates_a_lookalike(image_id: str, tag: str, *args: Any) -> None:
+    def assign_while_another_request_creates_a_lookalike(image_id: str, tag: str, *args: Any, **kwargs: Any) -> bool:
         monkeypatch.setattr(registry, "assign", real_assign)
         other = threading.Thread(target=lambda: answers.append(client.get("/custom/assign/a/negative/\u0441\u043e\u0440")))
         other.start()
         other.join(1.0)  # without the lock it is answered meanwhile; with it, it waits for this one
-        real_assign(image_id, tag, *args)
+        return real_assign(image_id, tag, *args, **kwargs)
 
     monkeypatch.setattr(registry, "assign", assign_while_another_request_creates_a_lookalike)
     assert client.get("/custom/assign/a/positive/cop").status_code == 200
