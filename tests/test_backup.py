@@ -23,6 +23,7 @@ from functions import state
 from infra.cli import main
 from infra.gateway import create_gateway
 from shared.data.keys import model_key
+from shared.data.registry import Registry
 from shared.domain import backup, images, labels
 from shared.domain.services import Services, build_services
 from shared.models.backbone import Backbone
@@ -285,10 +286,10 @@ def test_a_second_restore_while_one_runs_is_refused(client: TestClient, services
     midway, go_on = threading.Event(), threading.Event()
     add_image = images.add_image
 
-    def held_midway(*args: Any) -> Any:  # validated, nothing added yet: the server is still empty
+    def held_midway(*args: Any, **kwargs: Any) -> Any:  # validated, nothing added yet: the server is still empty
         midway.set()
         assert go_on.wait(60)
-        return add_image(*args)
+        return add_image(*args, **kwargs)
 
     monkeypatch.setattr(images, "add_image", held_midway)
     with ThreadPoolExecutor(1) as pool:
@@ -336,11 +337,11 @@ def restore_held_midway(client: TestClient, data: bytes, monkeypatch: pytest.Mon
     image is added; the restore's answer."""
     add_image, done = images.add_image, []
 
-    def held(*args: Any) -> Any:
+    def held(*args: Any, **kwargs: Any) -> Any:
         if not done:
             done.append(None)
             meanwhile()
-        return add_image(*args)
+        return add_image(*args, **kwargs)
 
     monkeypatch.setattr(images, "add_image", held)
     answer = restore(client, data)
@@ -424,8 +425,8 @@ def test_a_restore_that_loses_its_lease_stops_and_removes_nothing(client: TestCl
     monkeypatch.setattr(backup, "RESTORE_LEASE_SECONDS", 1)  # renewed every third of a second
     add_image, added = images.add_image, []
 
-    def lease_lapses(*args: Any) -> Any:
-        added.append(add_image(*args))
+    def lease_lapses(*args: Any, **kwargs: Any) -> Any:
+        added.append(add_image(*args, **kwargs))
         if len(added) == 2:  # Redis lost the lease (a failover), and the renewal finds it gone
             other_services.redis.delete(f"{other_services.settings.key_prefix}:lease:restore")
             time.sleep(1.0)
@@ -441,16 +442,20 @@ def test_a_restore_that_loses_its_lease_stops_and_removes_nothing(client: TestCl
     assert snapshot(other) == snapshot(client)
 
 
-def killed_after(client: TestClient, data: bytes, images_added: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def killed_after(client: TestClient, data: bytes, images_added: int, monkeypatch: pytest.MonkeyPatch,
+                 registry: Registry | None = None) -> None:
     """A restore of ``data`` whose process is killed after adding ``images_added`` images: it
-    stops there and nothing of it is undone (its journal stays)."""
+    stops there and nothing of it is undone (its journal stays). With ``registry``, it dies while it
+    adds the next one: that image's id stays reserved, as a killed add leaves it."""
     add_image, calls = images.add_image, []
 
-    def dies(*args: Any) -> Any:
+    def dies(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
         if len(calls) > images_added:
+            if registry is not None:
+                registry.reserve_image(args[2], *[kwargs[k] for k in ("holder",) if k in kwargs])
             raise RuntimeError("the process was killed here")
-        return add_image(*args)
+        return add_image(*args, **kwargs)
 
     monkeypatch.setattr(images, "add_image", dies)
     monkeypatch.setattr(backup, "_undo", lambda *args: False)  # a killed process undoes nothing
@@ -475,6 +480,19 @@ def test_a_restore_cut_short_by_a_crash_is_undone_by_the_next_one(client: TestCl
     assert {i["image_id"] for i in other.get("/custom/images").json()["images"]} == leftovers | {mine}
     assert other.delete(f"/custom/images/{mine}").status_code == 200
     assert restore(other, data).status_code == 200  # only the journal's now: removed, then restored whole
+    assert snapshot(other) == snapshot(client)
+
+
+def test_a_restore_killed_while_it_added_an_image_is_restored_again_at_once(
+        client: TestClient, services: Services, empty: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The add a killed restore died in kept its id reserved for two minutes past the restore's
+    lease: restoring again was refused ("being added right now") and undid what it had restored."""
+    taught(client, services)
+    data = client.get("/backup").content
+    other_services, other = empty
+    killed_after(other, data, 2, monkeypatch, other_services.registry)
+    again = restore(other, data)
+    assert again.status_code == 200, again.text
     assert snapshot(other) == snapshot(client)
 
 

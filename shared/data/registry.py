@@ -67,6 +67,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: a reservation; ARGV: a token prefix. Removes the reservation if its token has the prefix.
+_RELEASE_HELD_BY = """
+local token = redis.call('GET', KEYS[1])
+if token and string.sub(token, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: models hash, tags set, generation counter, then one epoch key per checked tag, then the
 # unsettled versions. ARGV: number of checked epochs, rollback (1 or 0), the most tags allowed (0:
 # no limit), the expected epochs, then (tag, version, pointer JSON) triples.
@@ -292,18 +299,20 @@ class Registry:
         self._set_created_at = client.register_script(_SET_CREATED_AT)
         self._renew_lease = client.register_script(_RENEW_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._release_held_by = client.register_script(_RELEASE_HELD_BY)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
     # Images -----------------------------------------------------------------
 
-    def reserve_image(self, image_id: str) -> str:
+    def reserve_image(self, image_id: str, holder: str = "") -> str:
         """Claim an unused id before its bytes are stored; Conflict if it exists or is being added.
-        Returns the token ``release_image`` gives it back with.
+        Returns the token ``release_image`` gives it back with: ``holder`` and a random part, so that
+        ``release_images_held_by`` can find the reservations of a holder that died.
 
         One atomic round trip: no commit of the same id can slip between the two checks."""
-        token = uuid.uuid4().hex
+        token = holder + uuid.uuid4().hex
         taken = self._reserve(keys=[self._k("image", image_id), self._k("reserve", image_id), self._k("unlinked")],
                               args=[RESERVATION_SECONDS, token, image_id], client=self.redis)
         if taken == 1:
@@ -363,6 +372,12 @@ class Registry:
         """Give back the id's reservation, if ``token`` (from ``reserve_image`` or ``delete_image``)
         still holds it: one that lapsed meanwhile may be another add's now."""
         self._release_lease(keys=[self._k("reserve", image_id)], args=[token], client=self.redis)
+
+    def release_images_held_by(self, image_ids: list[str], holder: str) -> None:
+        """Give back the reservations of ``image_ids`` that ``holder`` made (``reserve_image``), as
+        the one that holds its role now, after the one that made them died."""
+        for image_id in image_ids:
+            self._release_held_by(keys=[self._k("reserve", image_id)], args=[holder], client=self.redis)
 
     def unlinked(self, most: int) -> list[str]:
         """Up to ``most`` ids whose files may be stored without an image to show for them: reserved

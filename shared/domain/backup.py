@@ -61,6 +61,9 @@ _TIME = "%Y-%m-%dT%H:%M:%SZ"
 # One restore at a time per server (every gateway shares the lease in Redis); a restore whose
 # process died frees the server this long after its last renewal.
 RESTORE_LEASE_SECONDS = 30
+# What a restore's image reservations start with (``Registry.reserve_image``): the next restore
+# gives back those of one that died.
+RESERVATION_HOLDER = "restore:"
 
 log = logging.getLogger("tagsmith")
 
@@ -322,6 +325,10 @@ def undo_unfinished_restore(services: Services, claim: RestoreClaim) -> None:
         return
     _require_only_journalled(services, added, touched)
     log.warning("removing what an unfinished restore added: %d images, %d tags", len(added), len(touched))
+    # The add it died in holds its id for RESERVATION_SECONDS: restoring again had been refused
+    # ("being added right now") for two minutes after the lease lapsed. This restore holds the
+    # lease now, so no restore's add of those ids is under way.
+    registry.release_images_held_by(added, RESERVATION_HOLDER)
     if not _undo(services, added, touched, claim):
         raise Unavailable("backend_unavailable", "What an unfinished earlier restore added could not all be "
                           "removed; try again shortly.")
@@ -530,7 +537,7 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
                 claim.check()
                 data = _member_bytes(tar, backup.members[image.member])
                 registry.journal_restore("images", image.image_id)  # first: a crash after it is undone
-                images.add_image(services, data, image.image_id, image.filename)
+                images.add_image(services, data, image.image_id, image.filename, holder=RESERVATION_HOLDER)
                 added.append(image.image_id)
                 # Images added in one second keep the backup's order (ids would decide it otherwise).
                 when = max(float(calendar.timegm(time.strptime(image.created_at, _TIME))), when + 1e-4)

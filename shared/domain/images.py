@@ -33,14 +33,14 @@ THUMBNAIL_SIZES = (64, 128, 256, 512, 1024)
 
 
 def store_image(services: Services, image_id: str, data: bytes, decoded: DecodedImage, filename: str = "",
-                dedupe: bool = False, sha256: str | None = None) -> str | None:
-    """Claim the id, write the bytes, then make the image visible; a crash leaves nothing visible.
-    With ``dedupe``, an image of the same content committed meanwhile wins: its id is returned and
-    these bytes are removed again.
+                dedupe: bool = False, sha256: str | None = None, holder: str = "") -> str | None:
+    """Claim the id (a reservation for ``holder``: ``Registry.reserve_image``), write the bytes, then
+    make the image visible; a crash leaves nothing visible. With ``dedupe``, an image of the same
+    content committed meanwhile wins: its id is returned and these bytes are removed again.
 
     An embedding or thumbnail kept under the id belongs to an earlier image of that id (a delete
     that raced its making, or died before reaching the store): they go first, never reused."""
-    token = services.registry.reserve_image(image_id)  # the id is unlinked until the commit
+    token = services.registry.reserve_image(image_id, holder)  # the id is unlinked until the commit
     try:
         services.store.delete(keys.embedding_key(services.spec.id, image_id))
         forget_thumbnails(services, image_id)
@@ -59,12 +59,13 @@ def store_image(services: Services, image_id: str, data: bytes, decoded: Decoded
 
 
 def add_image(services: Services, data: bytes, image_id: str | None = None, filename: str = "",
-              reserved: Reservation | None = None) -> dict[str, Any]:
+              reserved: Reservation | None = None, holder: str = "") -> dict[str, Any]:
     """Check that the bytes decode as an image, then store them under ``image_id`` (or a new id),
     waiting to be embedded into the library by a worker. Without ``image_id``, bytes already stored
     give the stored image back (``duplicate``: true) instead of a second copy. ``reserved``: the
-    decode's pixels, taken from the budget beforehand (else it waits for them in this thread)."""
-    added = _add(services, data, image_id, clean_filename(filename), reserved or services.decode_budget)
+    decode's pixels, taken from the budget beforehand (else it waits for them in this thread).
+    ``holder``: who reserves the id meanwhile (``store_image``)."""
+    added = _add(services, data, image_id, clean_filename(filename), reserved or services.decode_budget, holder)
     services.queue.submit_embedding()
     return added
 
@@ -73,7 +74,7 @@ _ADD_ATTEMPTS = 3  # tries to store bytes whose stored duplicate keeps being del
 
 
 def _add(services: Services, data: bytes, image_id: str | None, filename: str,
-         budget: PixelBudget | Reservation) -> dict[str, Any]:
+         budget: PixelBudget | Reservation, holder: str = "") -> dict[str, Any]:
     content = hashlib.sha256(data).hexdigest()
     decoded = None
     for _ in range(_ADD_ATTEMPTS):  # the stored copy these bytes duplicate may be deleted meanwhile
@@ -84,7 +85,8 @@ def _add(services: Services, data: bytes, image_id: str | None, filename: str,
         decoded = decoded or decode_image(data, services.settings.max_image_pixels, VERIFY_SIZE, budget)
         new_id = image_id or new_image_id()
         try:
-            existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None, sha256=content)
+            existing = store_image(services, new_id, data, decoded, filename, dedupe=image_id is None, sha256=content,
+                                   holder=holder)
         except Conflict as exc:
             # The id is taken: by these bytes (a retry, a command run twice), nothing to store.
             if image_id is not None and exc.code == "image_exists" and (found := _same_bytes(services, image_id, content)):
