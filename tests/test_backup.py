@@ -90,7 +90,10 @@ def repack(data: bytes, change: Callable[[dict[str, bytes]], dict[str, bytes]]) 
 def test_backup_restores_into_an_empty_server_identically(client: TestClient, services: Services,
                                                            empty: Server) -> None:
     taught(client, services)
+    client.get("/custom/assign/extra/positive/emptied")  # a tag whose examples were all unlabelled: still listed
+    client.post("/custom/unassign/extra/emptied")
     before = snapshot(client)
+    assert [(t["tag"], t["positives"]) for t in before["tags"]] == [("cat", 4), ("emptied", 0)]
     assert before["versions"]["cat"]["current"] == 1
     assert [v["version"] for v in before["versions"]["cat"]["versions"]] == [1, 2]
 
@@ -103,13 +106,14 @@ def test_backup_restores_into_an_empty_server_identically(client: TestClient, se
     manifest = json.loads(members(data)["manifest.json"])
     assert manifest["backbone"] == services.spec.id
     assert {i["image_id"] for i in manifest["images"]} == {i["image_id"] for i in before["images"]}
-    assert [t["current"] for t in manifest["tags"]] == [1]
+    assert [t["current"] for t in manifest["tags"]] == [1, None]
 
     other_services, other = empty
     answer = restore(other, data)
     assert answer.status_code == 200, answer.text
     assert answer.json()["images"] == len(before["images"])
-    assert answer.json()["tags"] == [{"tag": "cat", "positives": 4, "negatives": 4, "versions": [1, 2], "current": 1}]
+    assert answer.json()["tags"] == [{"tag": "cat", "positives": 4, "negatives": 4, "versions": [1, 2], "current": 1},
+                                     {"tag": "emptied", "positives": 0, "negatives": 0, "versions": [], "current": None}]
     after = snapshot(other)
     assert after == before  # ids, file names, sha256, dates, labels, versions with thresholds and metrics
     assert next(i for i in after["images"] if i["image_id"] == "extra")["filename"] == "Straße à Paris.jpg"

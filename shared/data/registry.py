@@ -524,6 +524,11 @@ class Registry:
     def tags(self) -> list[str]:
         return sorted(_text(x) for x in self.redis.smembers(self._k("tags")))
 
+    def add_tag(self, tag: str) -> None:
+        """List the tag, with no examples or model yet (a backup's tag whose examples were all
+        unlabelled); the caller has checked its name and the number of tags."""
+        self.redis.sadd(self._k("tags"), tag)
+
     # Models -----------------------------------------------------------------
 
     def model(self, tag: str) -> ModelPointer | None:

@@ -570,6 +570,7 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
                 for sample_type, examples in (("positive", tag.positives), ("negative", tag.negatives)):
                     for image_id in examples:
                         registry.assign(image_id, tag.tag, sample_type, max_tags)
+                registry.add_tag(tag.tag)  # listed as it was, with no examples or model left too
             claim.check()
             # The journal goes before the last step: a crash between the two leaves a restore that the
             # next one refuses as not empty (removing nothing), never a finished one it would remove.
