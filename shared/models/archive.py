@@ -30,7 +30,9 @@ from shared.models.backbone import BackboneSpec
 from shared.models.heads import FORMS, MOST_WRONG, Head
 
 FORMAT = "tagsmith-state"
-BACKUP_FORMAT = "tagsmith-backup"  # what a backup's manifest says it is (shared/domain/backup.py)
+# What a backup's manifest says it is (shared/domain/backup.py): named here, beside the state
+# archive's, so that reading a backup as a state archive can say where it goes instead.
+BACKUP_FORMAT = "tagsmith-backup"
 # Version 2: heads span the semantic and style embeddings. Version 1 heads span the semantic
 # embedding only; they load as "semantic" heads with zero style weights.
 FORMAT_VERSION = 2
