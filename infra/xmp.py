@@ -26,6 +26,8 @@ from pathlib import Path
 from xml.dom import XMLNS_NAMESPACE, minidom
 from xml.parsers import expat
 
+from shared.core.names import fold_case
+
 X = "adobe:ns:meta/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 DC = "http://purl.org/dc/elements/1.1/"
@@ -79,7 +81,7 @@ def _read_sidecar(sidecar: Path) -> bytes | None:
     ``MAX_SIDECAR_BYTES``: a named pipe or a device in a folder of untrusted origin had made the
     command wait for good, a huge file would fill the memory."""
     try:
-        fd = os.open(sidecar, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(sidecar, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as file:
@@ -208,8 +210,8 @@ def _unique(keywords: Iterable[str]) -> list[str]:
     seen: set[str] = set()
     out = []
     for keyword in (_NOT_XML.sub("", k).strip() for k in keywords):
-        if keyword and keyword.casefold() not in seen:
-            seen.add(keyword.casefold())
+        if keyword and fold_case(keyword) not in seen:
+            seen.add(fold_case(keyword))
             out.append(keyword)
     return out
 
@@ -217,13 +219,13 @@ def _unique(keywords: Iterable[str]) -> list[str]:
 def _lacking(items: list[str], wanted: list[str]) -> list[str]:
     """The wanted keywords that are not among ``items``, compared without case, also with the last
     level of hierarchical items ("animals|cat" has "cat")."""
-    have = {item.casefold() for item in items} | {_leaf(item) for item in items}
-    return [keyword for keyword in wanted if keyword.casefold() not in have]
+    have = {fold_case(item) for item in items} | {_leaf(item) for item in items}
+    return [keyword for keyword in wanted if fold_case(keyword) not in have]
 
 
 def _leaf(item: str) -> str:
-    """A hierarchical keyword's last level ("animals|cat" → "cat"), casefolded."""
-    return item.rsplit("|", 1)[-1].strip().casefold()
+    """A hierarchical keyword's last level ("animals|cat" → "cat"), case ignored as tags ignore it."""
+    return fold_case(item.rsplit("|", 1)[-1].strip())
 
 
 def _elements(node: minidom.Node) -> list[minidom.Element]:

@@ -685,3 +685,17 @@ def test_a_write_whose_body_came_while_a_restore_began_is_refused(client: TestCl
                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert answer.status_code == 409 and answer.json()["error"] == "restore_in_progress", answer.text
     assert not services.registry.image_exists("late")
+
+
+def test_a_restored_empty_tag_counts_against_the_tag_limit(services: Services) -> None:
+    """A backup's tag with no examples left is listed with a plain add, which had passed
+    TAGSMITH_MAX_TAGS when tags were made while the restore ran."""
+    from shared.core.errors import Conflict
+
+    registry = services.registry
+    registry.add_tag("a", 2)
+    registry.add_tag("b", 2)
+    registry.add_tag("a", 2)  # listed already: nothing new
+    with pytest.raises(Conflict) as refused:
+        registry.add_tag("c", 2)
+    assert refused.value.code == "too_many_tags" and registry.tags() == ["a", "b"]

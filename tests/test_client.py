@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -80,8 +81,18 @@ def test_calls_beyond_the_seed(tagsmith: Client, services: Services) -> None:
     for tag in ("scarab", "Scat", "dog"):
         tagsmith.assign_image("positive", tag, "p1")
     tagsmith.tags_page = 1  # a page a tag: the pages are walked, the server filters them
+    asked: list[dict[str, Any]] = []
+    real_json = tagsmith._json
+
+    def counted(method: str, path: str, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("params") or {})
+        return real_json(method, path, **kwargs)
+
+    tagsmith._json = counted  # type: ignore[method-assign]
     assert [t["tag"] for t in tagsmith.tags()] == ["Scat", "cat", "dog", "scarab"]
     assert [t["tag"] for t in tagsmith.tags(contains="CA")] == ["Scat", "cat", "scarab"]
+    assert [(a["contains"], a["limit"]) for a in asked] == [("", 1)] * 4 + [("CA", 1)] * 3
+    tagsmith._json = real_json  # type: ignore[method-assign]
     for tag in ("scarab", "Scat", "dog"):
         tagsmith.unassign_image("p1", tag)
     tagsmith.train("cat")

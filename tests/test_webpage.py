@@ -505,3 +505,87 @@ def test_the_tags_table_pages_through_many_tags_and_finds_one_by_name(live_serve
             for tag in [first, *tags]:
                 session.delete(f"{base}/custom/delete/{tag}", timeout=30)
         requests.delete(f"{base}/custom/images/{image_id}", timeout=30)
+
+
+# The tags table's list answers (`/custom/tags?…`) slowed by 1 s and a tag's own (`/custom/tags/<tag>`)
+# by 2 s: a redraw of the table then overtakes a tag's refresh, as on a loaded server.
+SLOW_TAG_ANSWERS = """
+const realFetch = window.fetch;
+window.fetch = async (url, init) => {
+  const answer = await realFetch(url, init);
+  if (String(url).startsWith('/custom/tags?')) await new Promise((r) => setTimeout(r, 1000));
+  if (String(url).startsWith('/custom/tags/')) await new Promise((r) => setTimeout(r, 2000));
+  return answer;
+};
+"""
+
+
+def _page_with_tag(base: str, browser: Any, tag: str | None) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(base + "/")
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return tagsList.drawn > 0"))
+    if tag:
+        browser.execute_async_script("const done = arguments[arguments.length - 1];"
+                                     "openTag(arguments[0]).then(() => done(1), (e) => done(String(e)));", tag)
+
+
+def test_a_new_tags_workspace_follows_its_first_labelling_while_the_table_is_redrawn(
+        live_server: TagsmithServer, browser: Any) -> None:
+    """A redraw of the tags table overtaking the refresh after a labelling left the workspace as it
+    was: a new tag's counts at 0, the grid unfiltered and Train disabled."""
+    base, tag = live_server.base, f"first-{uuid.uuid4().hex[:8]}"
+    [image] = [requests.post(f"{base}/custom/add", files={"data": (f"{tag}.jpg", data)}, timeout=60).json()["image_id"]
+               for data in crops(CAT, 1, seed=9401)]
+    _page_with_tag(base, browser, tag)
+    browser.execute_script(SLOW_TAG_ANSWERS)
+    known, positives, counts = browser.execute_async_script("""
+      const done = arguments[arguments.length - 1];
+      loadTags();
+      labelImages([arguments[0]], 'positive').then(() => new Promise((r) => setTimeout(r, 3000)))
+        .then(() => done([state.known, state.positives, document.querySelector('#counts').textContent]),
+              (e) => done([String(e), 0, '']));
+    """, image)
+    assert (known, positives, counts) == (True, 1, "1 positive · 0 negative")
+    requests.get(f"{base}/custom/delete/{quote(tag, safe='')}", timeout=30)
+    requests.delete(f"{base}/custom/images/{image}", timeout=30)
+
+
+def test_select_all_while_a_search_is_typed_selects_what_the_search_finds(
+        live_server: TagsmithServer, browser: Any) -> None:
+    """"Select all filtered" clicked before a typed search was asked for selected the query shown
+    before it: the grid then showed the search, and a label applied to the whole old selection."""
+    base, tag = live_server.base, f"typed-{uuid.uuid4().hex[:8]}"
+    images = [requests.post(f"{base}/custom/add", files={"data": (f"{tag}-{i}.jpg", data)}, timeout=60).json()["image_id"]
+              for i, data in enumerate(crops(CAT, 3, seed=9402))]
+    requests.post(f"{base}/custom/assign/{images[0]}/positive/{tag}", timeout=30).raise_for_status()
+    _page_with_tag(base, browser, tag)
+    selected = browser.execute_async_script("""
+      const done = arguments[arguments.length - 1];
+      const box = document.querySelector('#f-name');
+      box.value = arguments[0];
+      box.dispatchEvent(new Event('input', { bubbles: true }));
+      selectAllFiltered().then(() => done([...state.selected]), (e) => done(String(e)));
+    """, f"{tag}-1")
+    assert selected == [images[1]]
+    requests.get(f"{base}/custom/delete/{quote(tag, safe='')}", timeout=30)
+    for image in images:
+        requests.delete(f"{base}/custom/images/{image}", timeout=30)
+
+
+def test_a_tag_deleted_while_the_table_is_redrawn_does_not_come_back(live_server: TagsmithServer, browser: Any) -> None:
+    base, tag = live_server.base, f"gone-{uuid.uuid4().hex[:8]}"
+    image = requests.post(f"{base}/custom/add", files={"data": ("gone.jpg", crops(CAT, 1, seed=9403)[0])},
+                          timeout=60).json()["image_id"]
+    requests.post(f"{base}/custom/assign/{image}/positive/{tag}", timeout=30).raise_for_status()
+    _page_with_tag(base, browser, None)
+    browser.execute_script(SLOW_TAG_ANSWERS + "window.confirmDelete = async () => true;")
+    rows = browser.execute_async_script("""
+      const done = arguments[arguments.length - 1];
+      loadTags();  // asked before the delete: its answer still lists the tag
+      deleteTag(arguments[0]).then(() => new Promise((r) => setTimeout(r, 3000)))
+        .then(() => done([...document.querySelectorAll('#tags-body tr')].map((r) => r.dataset.tag)),
+              (e) => done([String(e)]));
+    """, tag)
+    assert tag not in rows and not any(row.startswith("Error") for row in rows), rows
+    requests.delete(f"{base}/custom/images/{image}", timeout=30)

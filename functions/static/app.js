@@ -260,6 +260,7 @@ const tagsList = {
   next: null,
   asked: 0,
   filter: "",               // the filter the table was drawn with
+  drawn: 0,                 // redraws applied: a next page is added only to the drawing it continues
   redrawing: 0,             // redraws asked for and not answered yet
   touched: new Set(),       // tags whose row changed meanwhile: put right again after the redraw
 };
@@ -279,6 +280,7 @@ async function loadTags() {
   countObserver.disconnect();
   countsWanted.length = 0;
   $("#tags-body").replaceChildren(...answer.tags.map(tagRow));
+  tagsList.drawn += 1;
   tagsList.filter = filter;
   tagsList.next = answer.next;
   showTagsState();
@@ -290,11 +292,11 @@ async function loadTags() {
 // Appends the next page of what the table shows; only where the table still ends (not twice, nor
 // after a redraw that went back to the first page).
 async function moreTags() {
-  const { filter, next: after, asked } = tagsList;
+  const { filter, next: after, drawn } = tagsList;
   if (after === null) return;
   const query = new URLSearchParams({ contains: filter, limit: String(TAGS_PAGE), after });
   const { tags, next } = await api("GET", `/custom/tags?${query}`);
-  if (asked !== tagsList.asked || after !== tagsList.next) return;
+  if (drawn !== tagsList.drawn || after !== tagsList.next) return;
   $("#tags-body").append(...tags.map(tagRow));
   tagsList.next = next;
   showTagsState();
@@ -313,8 +315,9 @@ function byCodePoint(a, b) {
 }
 
 // Puts the tag's row as the server has it now: replaced, taken out (no examples and no model
-// left), or put in its place if the table, as filtered and paged, lists the tag. Returns the tag's
-// counts and model (null: no such tag), or undefined when a newer update of the row overtook it.
+// left), or put in its place if the table, as filtered and paged, lists the tag (not when a newer
+// update of the row overtook this one: that one puts it right). Returns the tag's counts and
+// model (null: no such tag).
 const rowAsked = new Map();  // tag -> number of the newest update asked for its row
 let rowUpdates = 0;
 async function updateTagRow(tag) {
@@ -327,11 +330,9 @@ async function updateTagRow(tag) {
     info = { tag: t.tag, positives: t.positives.length, negatives: t.negatives.length, model: t.model };
   } catch (error) {
     if (error.code !== "unknown_tag") throw error;
-  } finally {
-    if (rowAsked.get(tag) === asked) rowAsked.delete(tag);
-    else info = undefined;  // an older answer than one asked since: that one puts the row right
   }
-  if (info === undefined) return undefined;
+  if (rowAsked.get(tag) !== asked) return info;  // overtaken: the newer answer draws the row
+  rowAsked.delete(tag);
   const row = tagRowOf(tag);  // looked up after the answer: a redraw may have replaced the rows
   if (row && info) {
     row.replaceWith(tagRow(info));
@@ -355,7 +356,7 @@ function showTagsState() {
 
 // Whether the table, as filtered and as far as its pages go, would list the tag.
 function tableLists(tag) {
-  const filter = tagsList.filter.toLowerCase();  // as the server ignores case
+  const filter = tagsList.filter.normalize("NFC").toLowerCase();  // as the server reads it
   return tag.toLowerCase().includes(filter) && (tagsList.next === null || byCodePoint(tag, tagsList.next) < 0);
 }
 
@@ -364,9 +365,7 @@ async function deleteTag(tag) {
   await api("DELETE", `/custom/delete/${enc(tag)}`);
   say(`Deleted the tag '${tag}'.`, true);
   if (tag === state.tag) closeTag();
-  const row = tagRowOf(tag);  // the table keeps the pages it shows
-  if (row) row.remove();
-  showTagsState();
+  await updateTagRow(tag);  // its row goes; the table keeps the pages it shows (a redraw under way too)
 }
 
 // --- one tag: the workspace ------------------------------------------------------------------
@@ -412,11 +411,13 @@ function closeTag() {
 
 // The open tag's counts, model, versions and suggestions again, and its row of the tags table
 // (a labelling changes nothing else there).
+let refreshes = 0;
 async function refreshTag() {
   const tag = state.tag;
   if (!tag) return;  // closed meanwhile
+  const asked = ++refreshes;
   const info = await updateTagRow(tag);
-  if (info === undefined || tag !== state.tag) return;  // a newer refresh, or another tag opened meanwhile
+  if (asked !== refreshes || tag !== state.tag) return;  // a newer refresh, or another tag opened meanwhile
   state.known = false;
   state.hasModel = false;
   state.positives = state.negatives = 0;
@@ -755,6 +756,7 @@ async function undo() {
 
 // Every image the filters find, page after page (only their ids are kept, not cards).
 async function selectAllFiltered() {
+  if (state.typing) await reloadImages();  // the search being typed is what is selected from
   const generation = state.generation;
   let cursor = null;
   let count = 0;

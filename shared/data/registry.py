@@ -67,6 +67,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: the tag set; ARGV: the tag, the most tags allowed (0: no limit). 0 when a new tag would pass it.
+_ADD_TAG = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if tonumber(ARGV[2]) > 0 and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+return redis.call('SADD', KEYS[1], ARGV[1]) + 1
+"""
+
 # KEYS: a reservation; ARGV: a token prefix. Removes the reservation if its token has the prefix.
 _RELEASE_HELD_BY = """
 local token = redis.call('GET', KEYS[1])
@@ -300,6 +307,7 @@ class Registry:
         self._renew_lease = client.register_script(_RENEW_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
         self._release_held_by = client.register_script(_RELEASE_HELD_BY)
+        self._add_tag = client.register_script(_ADD_TAG)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -376,6 +384,8 @@ class Registry:
     def release_images_held_by(self, image_ids: list[str], holder: str) -> None:
         """Give back the reservations of ``image_ids`` that ``holder`` made (``reserve_image``), as
         the one that holds its role now, after the one that made them died."""
+        if not holder:
+            raise ValueError("a holder is needed: every reservation's token starts with ''")
         for image_id in image_ids:
             self._release_held_by(keys=[self._k("reserve", image_id)], args=[holder], client=self.redis)
 
@@ -524,10 +534,12 @@ class Registry:
     def tags(self) -> list[str]:
         return sorted(_text(x) for x in self.redis.smembers(self._k("tags")))
 
-    def add_tag(self, tag: str) -> None:
+    def add_tag(self, tag: str, max_tags: int = 0) -> None:
         """List the tag, with no examples or model yet (a backup's tag whose examples were all
-        unlabelled); the caller has checked its name and the number of tags."""
-        self.redis.sadd(self._k("tags"), tag)
+        unlabelled; the caller has checked its name). A new tag beyond ``max_tags`` (0: no limit) is
+        refused (Conflict too_many_tags), atomically."""
+        if not self._add_tag(keys=[self._k("tags")], args=[tag, max_tags], client=self.redis):
+            raise _too_many_tags(max_tags)
 
     # Models -----------------------------------------------------------------
 

@@ -326,8 +326,11 @@ def undo_unfinished_restore(services: Services, claim: RestoreClaim) -> None:
     _require_only_journalled(services, added, touched)
     log.warning("removing what an unfinished restore added: %d images, %d tags", len(added), len(touched))
     # The add it died in holds its id for RESERVATION_SECONDS: restoring again had been refused
-    # ("being added right now") for two minutes after the lease lapsed. This restore holds the
-    # lease now, so no restore's add of those ids is under way.
+    # ("being added right now") for two minutes after the lease lapsed. This restore holds the lease
+    # now. A restore that lost it but still runs (Redis out of its reach for the lease's 30 s) stops
+    # before its next image; an add of its still under way cannot commit (its token is gone), but
+    # could yet write its bytes over this restore's copy of that one id (the same backup's, unless
+    # another backup is restored now) or remove its cached embedding and thumbnails.
     registry.release_images_held_by(added, RESERVATION_HOLDER)
     if not _undo(services, added, touched, claim):
         raise Unavailable("backend_unavailable", "What an unfinished earlier restore added could not all be "
@@ -570,7 +573,7 @@ def _apply(services: Services, file: BinaryIO, backup: _Backup, claim: RestoreCl
                 for sample_type, examples in (("positive", tag.positives), ("negative", tag.negatives)):
                     for image_id in examples:
                         registry.assign(image_id, tag.tag, sample_type, max_tags)
-                registry.add_tag(tag.tag)  # listed as it was, with no examples or model left too
+                registry.add_tag(tag.tag, max_tags)  # listed as it was, with no examples or model left too
             claim.check()
             # The journal goes before the last step: a crash between the two leaves a restore that the
             # next one refuses as not empty (removing nothing), never a finished one it would remove.
