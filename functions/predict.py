@@ -14,7 +14,7 @@ from shared.models.backbone import Features
 from shared.web.app import create_app
 from shared.web.pixels import embedding_stored
 from shared.web.responses import JSONResponse
-from shared.web.routing import ApiRoute
+from shared.web.routing import ApiRoute, query_bool
 from shared.web.state import batcher_of, services_of
 from shared.web.uploads import read_upload
 
@@ -37,28 +37,36 @@ async def _embed_upload(request: Request, with_styles: bool = False) -> tuple[Fe
 
 
 async def predict_all(request: Request) -> JSONResponse:
-    """Base keywords and styles plus every custom tag, for an uploaded image.
+    """Base keywords and styles plus every custom tag (or those that match), for an uploaded image.
     ---
     upload: data
+    query:
+      match: {type: boolean, description: 'Only the custom tags that match (with thousands of tags, a far shorter answer).'}
     response:
       description: Keywords, styles and custom tags, best first.
       schema: Prediction
       example: {keywords: [{name: cat, score: 0.93, kind: parent}], styles: [{name: warm, score: 0.71}], style_scores: {warm: 0.71}, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}
     errors: [400, 413, 415, 503]
     """
+    matches_only = bool(query_bool(request, "match"))  # refused before the upload is read
     features, styles = await _embed_upload(request, with_styles=True)
-    return JSONResponse(await run_in_threadpool(predictions.everything, services_of(request), features, styles))
+    return JSONResponse(await run_in_threadpool(predictions.everything, services_of(request), features, styles,
+                                                matches_only))
 
 
 async def predict_custom(request: Request) -> JSONResponse:
-    """Every custom tag, for an uploaded image.
+    """Every custom tag (or those that match), for an uploaded image.
     ---
     upload: data
+    query:
+      match: {type: boolean, description: 'Only the custom tags that match (with thousands of tags, a far shorter answer).'}
     response: {description: 'Every trained tag, best first.', schema: CustomPrediction, example: {custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
     errors: [400, 413, 415, 503]
     """
+    matches_only = bool(query_bool(request, "match"))
     features, _ = await _embed_upload(request)
-    custom = await run_in_threadpool(predictions.custom_scores, services_of(request), features.vectors[0])
+    custom = await run_in_threadpool(predictions.custom_scores, services_of(request), features.vectors[0], None,
+                                     matches_only)
     return JSONResponse({"custom": custom})
 
 
@@ -82,14 +90,17 @@ async def _stored_vector(request: Request, image_id: str) -> np.ndarray:
 
 
 async def predict_added(request: Request) -> JSONResponse:
-    """Every custom tag, for a stored image.
+    """Every custom tag (or those that match), for a stored image.
     ---
+    query:
+      match: {type: boolean, description: 'Only the custom tags that match (with thousands of tags, a far shorter answer).'}
     response: {description: 'Every trained tag, best first.', schema: StoredPrediction, example: {image_id: cat-1, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
     errors: [400, 404, 503]
     """
     services, image_id = services_of(request), request.path_params["image_id"]
+    matches_only = bool(query_bool(request, "match"))
     vector = await _stored_vector(request, image_id)
-    custom = await run_in_threadpool(predictions.custom_scores, services, vector)
+    custom = await run_in_threadpool(predictions.custom_scores, services, vector, None, matches_only)
     return JSONResponse({"image_id": image_id, "custom": custom})
 
 

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from shared.domain.services import Services
 from tests.support.api import add, run_queued_jobs, teach_cat
-from tests.support.photos import CAT, crops
+from tests.support.photos import CAT, OTHERS, crops
 
 
 def test_add_generates_an_id_and_refuses_reuse(client: TestClient, services: Services) -> None:
@@ -55,6 +55,14 @@ def test_train_status_predict_and_fine_tune(client: TestClient, services: Servic
     assert cat_score["tag"] == "cat" and cat_score["version"] == 1
     assert cat_score["score"] > other_score["score"]
     assert cat_score["match"] and not other_score["match"]
+    # Only the tags that match, on asking: every tag's score for each image made long answers.
+    assert set(client.post("/predict?match=true", files={"data": held_out_cat}).json()["custom"]) == {"cat"}
+    assert client.post("/predict?match=true", files={"data": held_out_other}).json()["custom"] == {}
+    assert client.post("/predict/custom?match=true", files={"data": held_out_other}).json() == {"custom": {}}
+    assert set(client.get("/custom/predict/cat-0?match=true").json()["custom"]) == {"cat"}
+    assert client.get(f"/custom/predict/{OTHERS[0]}-0?match=true").json()["custom"] == {}
+    assert client.get(f"/custom/predict/{OTHERS[0]}-0?match=false").json()["custom"]["cat"]["match"] is False
+    assert client.post("/predict?match=maybe", files={"data": held_out_cat}).json()["error"] == "invalid_parameter"
 
     everything = client.post("/predict", files={"data": held_out_cat}).json()
     assert "cat" in {k["name"] for k in everything["keywords"]}

@@ -61,6 +61,9 @@ def test_the_seed_flow(tagsmith: Client, services: Services, tmp_path: Path) -> 
     assert tagsmith.predict_custom(probe, "cat")["tag"] == "cat"
     assert tagsmith.predict_added("cat-1")["custom"]["cat"]["match"]
     assert not tagsmith.predict_added("coffee", "cat")["match"]
+    assert tagsmith.predict_added("coffee", matches_only=True)["custom"] == {}
+    assert set(tagsmith.predict_custom(probe, matches_only=True)["custom"]) == {"cat"}
+    assert set(tagsmith.predict(probe, matches_only=True)["custom"]) == {"cat"}
 
     archive = tagsmith.get_state()
     assert tagsmith.delete("cat") == {"tag": "cat", "deleted": True}

@@ -214,19 +214,22 @@ class Client:
         """Reset the tag: its models and assignments go, the images stay."""
         return cast(dict[str, Any], self._json("POST", f"/custom/delete/{_seg(tag)}"))
 
-    def predict(self, img: ImageSource) -> Prediction:
-        """Base keywords and styles plus every custom tag."""
-        return cast(Prediction, self._json("POST", "/predict", files={"data": _file(img)}))
+    def predict(self, img: ImageSource, matches_only: bool = False) -> Prediction:
+        """Base keywords and styles plus every custom tag (or, ``matches_only``, those that match)."""
+        return cast(Prediction, self._json("POST", "/predict", files={"data": _file(img)}, params=_matches(matches_only)))
 
-    def predict_custom(self, img: ImageSource, tag: str | None = None) -> dict[str, Any]:
-        """Every custom tag (``{"custom": {...}}``), or one (``{"tag", "score", "match", ...}``)."""
+    def predict_custom(self, img: ImageSource, tag: str | None = None, matches_only: bool = False) -> dict[str, Any]:
+        """Every custom tag (``{"custom": {...}}``; or, ``matches_only``, those that match), or one
+        (``{"tag", "score", "match", ...}``)."""
         path = "/predict/custom" if tag is None else f"/predict/custom/{_seg(tag)}"
-        return cast(dict[str, Any], self._json("POST", path, files={"data": _file(img)}))
+        params = _matches(matches_only) if tag is None else None
+        return cast(dict[str, Any], self._json("POST", path, files={"data": _file(img)}, params=params))
 
-    def predict_added(self, image_id: str, tag: str | None = None) -> dict[str, Any]:
-        """Custom tags for a stored image: all of them, or one."""
-        path = f"/custom/predict/{_seg(image_id)}" if tag is None else f"/custom/predict/{_seg(tag)}/{_seg(image_id)}"
-        return cast(dict[str, Any], self._json("GET", path))
+    def predict_added(self, image_id: str, tag: str | None = None, matches_only: bool = False) -> dict[str, Any]:
+        """Custom tags for a stored image: all of them (or, ``matches_only``, those that match), or one."""
+        if tag is not None:
+            return cast(dict[str, Any], self._json("GET", f"/custom/predict/{_seg(tag)}/{_seg(image_id)}"))
+        return cast(dict[str, Any], self._json("GET", f"/custom/predict/{_seg(image_id)}", params=_matches(matches_only)))
 
     def set_state(self, archive: ImageSource) -> dict[str, Any]:
         """Load custom models from a state archive (path, bytes or file)."""
@@ -398,6 +401,10 @@ class Client:
 
     def ready(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._json("GET", "/ready"))
+
+
+def _matches(matches_only: bool) -> dict[str, str] | None:
+    return {"match": "true"} if matches_only else None
 
 
 def _score_params(format: str, tags: Sequence[str], match: bool) -> dict[str, Any]:

@@ -80,23 +80,27 @@ def require_image_and_model(services: Services, image_id: str, tag: str) -> None
     require_model(services, tag)
 
 
-def custom_scores(services: Services, vector: np.ndarray, tag: str | None = None) -> dict[str, Any]:
-    """Every tag's score (or one tag's) for one (semantic | style) feature vector, best first."""
+def custom_scores(services: Services, vector: np.ndarray, tag: str | None = None,
+                  matches_only: bool = False) -> dict[str, Any]:
+    """Every tag's score (or one tag's) for one (semantic | style) feature vector, best first; with
+    ``matches_only``, only the tags that match."""
     matrix = services.heads.current(services) if tag is None else require_model(services, tag).select([tag])
-    return matrix.describe(matrix.scores(vector[None, :])[0])
+    return matrix.describe(matrix.scores(vector[None, :])[0], matches_only=matches_only)
 
 
 def one_tag(services: Services, vector: np.ndarray, tag: str) -> dict[str, Any]:
     return {"tag": tag, **custom_scores(services, vector, tag)[tag]}
 
 
-def everything(services: Services, features: Features, styles: dict[str, float]) -> dict[str, Any]:
-    """What ``POST /predict`` answers: base keywords and styles, and every custom tag."""
+def everything(services: Services, features: Features, styles: dict[str, float],
+               matches_only: bool = False) -> dict[str, Any]:
+    """What ``POST /predict`` answers: base keywords and styles, and every custom tag (or those
+    that match)."""
     return {
         "keywords": base_keywords(features.logits[0], services.settings.keyword_threshold),
         "styles": matched_styles(styles),
         "style_scores": styles,
-        "custom": custom_scores(services, features.vectors[0]),
+        "custom": custom_scores(services, features.vectors[0], matches_only=matches_only),
     }
 
 

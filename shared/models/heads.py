@@ -482,9 +482,13 @@ class HeadMatrix:
         z = normalise_groups(features, self.sizes).astype(np.float32)
         return sigmoid((z @ self.columns + self.biases).astype(np.float64))
 
-    def describe(self, scores: np.ndarray, tags: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        """One image's scores as {tag: {score, match, threshold, version}}, best first."""
+    def describe(self, scores: np.ndarray, tags: list[str] | None = None,
+                 matches_only: bool = False) -> dict[str, dict[str, Any]]:
+        """One image's scores as {tag: {score, match, threshold, version}}, best first: every tag's
+        (or ``tags``'), or only those that match."""
         chosen = np.arange(len(self.tags)) if tags is None else np.array([self.index[t] for t in tags], dtype=int)
+        if matches_only:
+            chosen = chosen[scores[chosen] >= self.thresholds[chosen]]
         order = chosen[np.argsort(-scores[chosen], kind="stable")].tolist()
         rounded = np.round(scores, 6).tolist()
         matches = (scores >= self.thresholds).tolist()
