@@ -24,12 +24,12 @@ if TYPE_CHECKING:
     from shared.domain.services import Services
 
 
-# Decoding more pixels than this takes long enough to hold back a whole batch of other requests
-# (a 50 MP PNG takes about a second): such an image is decoded on its own, beside the batches.
 # A suggestion is uncertain while the model's odds for it are within this factor of the
 # threshold's: at a threshold of 0.5, scores from 0.1 to 0.9. A score beyond is the model's
 # settled answer, not one to ask the user about, however few candidates there are.
 UNSURE_ODDS = 9.0
+# Decoding more pixels than this takes long enough to hold back a whole batch of other requests
+# (a 50 MP PNG takes about a second): such an image is decoded on its own, beside the batches.
 SLOW_PIXELS = {"JPEG": 24_000_000, "MPO": 24_000_000}  # DCT scaling skips most of a JPEG's work
 SLOW_PIXELS_OTHERS = 4_000_000
 
