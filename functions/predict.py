@@ -43,7 +43,7 @@ async def predict_all(request: Request) -> JSONResponse:
     query:
       match: {type: boolean, description: 'Only the custom tags that match (with thousands of tags, a far shorter answer).'}
     response:
-      description: Keywords, styles and custom tags, best first.
+      description: Keywords, styles and custom tags (with `match=true`, those that match), best first.
       schema: Prediction
       example: {keywords: [{name: cat, score: 0.93, kind: parent}], styles: [{name: warm, score: 0.71}], style_scores: {warm: 0.71}, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}
     errors: [400, 413, 415, 503]
@@ -60,7 +60,7 @@ async def predict_custom(request: Request) -> JSONResponse:
     upload: data
     query:
       match: {type: boolean, description: 'Only the custom tags that match (with thousands of tags, a far shorter answer).'}
-    response: {description: 'Every trained tag, best first.', schema: CustomPrediction, example: {custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
+    response: {description: 'Every trained tag (with `match=true`, those that match), best first.', schema: CustomPrediction, example: {custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
     errors: [400, 413, 415, 503]
     """
     matches_only = bool(query_bool(request, "match"))
@@ -94,7 +94,7 @@ async def predict_added(request: Request) -> JSONResponse:
     ---
     query:
       match: {type: boolean, description: 'Only the custom tags that match (with thousands of tags, a far shorter answer).'}
-    response: {description: 'Every trained tag, best first.', schema: StoredPrediction, example: {image_id: cat-1, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
+    response: {description: 'Every trained tag (with `match=true`, those that match), best first.', schema: StoredPrediction, example: {image_id: cat-1, custom: {cat: {score: 0.998, match: true, threshold: 0.5, version: 2}}}}
     errors: [400, 404, 503]
     """
     services, image_id = services_of(request), request.path_params["image_id"]

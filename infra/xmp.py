@@ -81,7 +81,8 @@ def _read_sidecar(sidecar: Path) -> bytes | None:
     ``MAX_SIDECAR_BYTES``: a named pipe or a device in a folder of untrusted origin had made the
     command wait for good, a huge file would fill the memory."""
     try:
-        fd = os.open(sidecar, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(sidecar, flags)
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as file:

@@ -64,6 +64,10 @@ def test_the_seed_flow(tagsmith: Client, services: Services, tmp_path: Path) -> 
     assert tagsmith.predict_added("coffee", matches_only=True)["custom"] == {}
     assert set(tagsmith.predict_custom(probe, matches_only=True)["custom"]) == {"cat"}
     assert set(tagsmith.predict(probe, matches_only=True)["custom"]) == {"cat"}
+    cup = crops("coffee", 1, seed=41)[0]
+    assert tagsmith.predict_custom(cup, matches_only=True)["custom"] == {}
+    assert tagsmith.predict(cup, matches_only=True)["custom"] == {}
+    assert set(tagsmith.predict(cup)["custom"]) == {"cat"}
 
     archive = tagsmith.get_state()
     assert tagsmith.delete("cat") == {"tag": "cat", "deleted": True}

@@ -315,14 +315,13 @@ function byCodePoint(a, b) {
 }
 
 // Puts the tag's row as the server has it now: replaced, taken out (no examples and no model
-// left), or put in its place if the table, as filtered and paged, lists the tag (not when a newer
-// update of the row overtook this one: that one puts it right). Returns the tag's counts and
-// model (null: no such tag).
-const rowAsked = new Map();  // tag -> number of the newest update asked for its row
+// left), or put in its place if the table, as filtered and paged, lists the tag (not when the
+// answer to a later update drew the row already). Returns the tag's counts and model (null: no
+// such tag).
+const rowDrawn = new Map();  // tag -> number of the latest update whose answer drew its row
 let rowUpdates = 0;
 async function updateTagRow(tag) {
   const asked = ++rowUpdates;
-  rowAsked.set(tag, asked);
   if (tagsList.redrawing) tagsList.touched.add(tag);
   let info = null;
   try {
@@ -331,8 +330,8 @@ async function updateTagRow(tag) {
   } catch (error) {
     if (error.code !== "unknown_tag") throw error;
   }
-  if (rowAsked.get(tag) !== asked) return info;  // overtaken: the newer answer draws the row
-  rowAsked.delete(tag);
+  if ((rowDrawn.get(tag) || 0) > asked) return info;  // a later update's answer came first
+  rowDrawn.set(tag, asked);
   const row = tagRowOf(tag);  // looked up after the answer: a redraw may have replaced the rows
   if (row && info) {
     row.replaceWith(tagRow(info));
@@ -365,7 +364,10 @@ async function deleteTag(tag) {
   await api("DELETE", `/custom/delete/${enc(tag)}`);
   say(`Deleted the tag '${tag}'.`, true);
   if (tag === state.tag) closeTag();
-  await updateTagRow(tag);  // its row goes; the table keeps the pages it shows (a redraw under way too)
+  rowDrawn.set(tag, ++rowUpdates);  // the latest word on its row: an update asked before draws nothing
+  if (tagsList.redrawing) tagsList.touched.add(tag);  // a redraw asked before may list it: checked after
+  tagRowOf(tag)?.remove();  // the table keeps the pages it shows
+  showTagsState();
 }
 
 // --- one tag: the workspace ------------------------------------------------------------------
@@ -412,12 +414,14 @@ function closeTag() {
 // The open tag's counts, model, versions and suggestions again, and its row of the tags table
 // (a labelling changes nothing else there).
 let refreshes = 0;
+let refreshApplied = 0;  // the latest refresh whose answer is shown
 async function refreshTag() {
   const tag = state.tag;
   if (!tag) return;  // closed meanwhile
   const asked = ++refreshes;
   const info = await updateTagRow(tag);
-  if (asked !== refreshes || tag !== state.tag) return;  // a newer refresh, or another tag opened meanwhile
+  if (asked < refreshApplied || tag !== state.tag) return;  // a later refresh's answer came first, or another tag opened
+  refreshApplied = asked;
   state.known = false;
   state.hasModel = false;
   state.positives = state.negatives = 0;
@@ -1337,7 +1341,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#train").addEventListener("click", guard(train));
   $("#filters").addEventListener("submit", (event) => event.preventDefault());
   $("#filters").addEventListener("change", guard(reloadImages));
-  const typed = debounce(guard(reloadImages), 300);
+  const typed = debounce(guard(() => (state.typing ? reloadImages() : undefined)), 300);  // unless reloaded since
   $("#filters").addEventListener("input", (event) => {
     if (event.target.type !== "search") return;
     state.typing = true;

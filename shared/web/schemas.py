@@ -168,7 +168,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "score": PROBABILITY, "match": {"type": "boolean", "description": "score >= threshold."},
         "threshold": PROBABILITY, "version": VERSION,
     }, "One custom tag's verdict, by its current model."),
-    "CustomScores": _map(ref("CustomScore"), "Every custom tag with a model, best score first."),
+    "CustomScores": _map(ref("CustomScore"), "Every custom tag with a model (or, when asked, those that match), best "
+                         "score first."),
     "Keyword": _obj(["name", "score", "kind"], {
         "name": STR, "score": PROBABILITY,
         "kind": {"type": "string", "enum": ["label", "parent"],
