@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from shared.core.npy import load_array
 from shared.core.process import KeyedLocks, cpu_pool
 from shared.data.keys import embedding_key, image_key
 from shared.data.store import ObjectNotFound, ObjectStore
@@ -33,7 +34,7 @@ def to_bytes(vector: np.ndarray) -> bytes:
 
 def vector_from_bytes(data: bytes, size: int) -> np.ndarray | None:
     try:
-        vector = np.load(io.BytesIO(data), allow_pickle=False)
+        vector = load_array(data)  # on many threads at once (shared/core/npy.py)
     except ValueError:
         return None
     return vector if vector.shape == (size,) and vector.dtype == np.float32 else None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.core.errors import DomainError
+from shared.core.npy import load_arrays
 from shared.data import keys
 from shared.data.store import ObjectNotFound
 from shared.domain import catalog
@@ -81,11 +82,6 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def read_npz(data: bytes, *names: str) -> tuple[np.ndarray, ...]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as found:
-        return tuple(found[name] for name in names)
-
-
 def write_pack(services: Services, rows: np.ndarray, features: np.ndarray) -> str:
     """Store the rows' features as a new pack (and its short vectors); returns its key."""
     key = keys.pack_key(services.spec.id, f"{int(rows[0]):012d}-{uuid.uuid4().hex[:12]}")
@@ -96,7 +92,7 @@ def write_pack(services: Services, rows: np.ndarray, features: np.ndarray) -> st
 
 
 def read_pack(services: Services, key: str) -> tuple[np.ndarray, np.ndarray]:
-    rows, features = read_npz(services.store.get(key), "rows", "features")
+    rows, features = load_arrays(services.store.get(key), "rows", "features")
     return rows, features
 
 

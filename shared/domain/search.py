@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.core.errors import Conflict, InvalidInput, Unavailable
+from shared.core.npy import load_arrays
 from shared.core.process import cpu_pool
 from shared.data import keys
 from shared.data.library import Library, text
@@ -28,7 +29,7 @@ from shared.domain import catalog
 from shared.domain.embeddings import vector_from_bytes
 from shared.domain.export import Row
 from shared.domain.images import describe, known_image
-from shared.domain.library import read_npz, semantic_unit
+from shared.domain.library import semantic_unit
 
 if TYPE_CHECKING:
     from shared.domain.services import Services
@@ -312,7 +313,7 @@ class SimilarIndex:
 
 
 def _short_vectors(services: Services, pack: str) -> tuple[np.ndarray, np.ndarray]:
-    rows, vectors = read_npz(services.store.get(keys.similar_key(pack)), "rows", "vectors")
+    rows, vectors = load_arrays(services.store.get(keys.similar_key(pack)), "rows", "vectors")
     return rows, vectors
 
 

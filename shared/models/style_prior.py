@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.core.npy import load_every_array
+
 PRIORS = Path(__file__).resolve().parent / "style_priors"
 
 
@@ -113,10 +115,10 @@ def style_prior(spec: str) -> StylePrior | None:
     path = PRIORS / f"{spec}.npz"
     if not path.exists():
         return None
-    with np.load(path) as saved:
-        if str(saved["spec"]) != spec:
-            raise ValueError(f"{path} describes backbone {saved['spec']}, not {spec}")
-        loaded = {name: saved[name].astype(np.float64) for name in saved.files if name != "spec"}
+    saved = load_every_array(path.read_bytes())  # a training thread may be first to ask
+    if str(saved["spec"]) != spec:
+        raise ValueError(f"{path} describes backbone {saved['spec']}, not {spec}")
+    loaded = {name: array.astype(np.float64) for name, array in saved.items() if name != "spec"}
     photos = Rescaling(loaded["directions"], loaded["scales"])
     if "edit_directions" not in loaded:  # a prior made before the edit directions: photo whitening only
         return StylePrior(spec, photos, Rescaling(np.zeros((len(photos.directions), 0)), np.zeros(0)))
