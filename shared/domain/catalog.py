@@ -98,6 +98,15 @@ def no_model(tag: str) -> NotFound:
     return NotFound("unknown_tag", f"Tag '{tag}' has no trained model.")
 
 
+def current_models(services: Services, tags: list[str] | None = None) -> dict[str, ModelPointer]:
+    """Every tag's current model, by tag; NotFound for a tag of ``tags`` that has none."""
+    models = services.registry.models()
+    for tag in tags or ():
+        if tag not in models:
+            raise no_model(tag)
+    return models
+
+
 USEFUL_EXAMPLES = 5  # of each kind: below this, cross-validated figures swing from one example to the next
 
 

@@ -314,10 +314,7 @@ def summary(services: Services, tags: list[str] | None = None) -> dict[str, Any]
     progress is at /status/<task_id>), and per tag the version its scores come from (null while a
     rescore for its current version is still to run) and whether every embedded image is scored
     with it. ``tags``: only those tags (each must have a model); default every tag with one."""
-    models = services.registry.models()
-    for tag in tags or ():
-        if tag not in models:
-            raise catalog.no_model(tag)
+    models = catalog.current_models(services, tags)
     services.registry.index_library()
     library = services.library
     images = services.registry.image_count()

@@ -246,10 +246,7 @@ def export_rows(services: Services, tags: list[str], matches_only: bool) -> Iter
     """One row per (scored image, tag) — image id, file name, tag, score, match, the version the
     scores come from — in chunks, tag by tag (memory: one score column and one chunk). Unknown
     tags are refused here, before the first chunk is asked for."""
-    models = services.registry.models()
-    for tag in tags:
-        if tag not in models:
-            raise catalog.no_model(tag)
+    models = catalog.current_models(services, tags)
     services.registry.index_library()
     rows = services.rows.refresh(services.library)
     return _export_chunks(services, [t for t in tags or list(models)], models, rows, matches_only)

@@ -73,10 +73,7 @@ def load_state(services: Services, data: bytes) -> list[dict[str, Any]]:
 
 def current_pointers(services: Services, tags: list[str]) -> list[ModelPointer]:
     """The current model of each tag asked for (every tag when none is); NotFound for a tag without one."""
-    models = services.registry.models()
-    for tag in tags:
-        if tag not in models:
-            raise catalog.no_model(tag)
+    models = catalog.current_models(services, tags)
     return [models[t] for t in tags] if tags else list(models.values())
 
 
